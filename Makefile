@@ -1,0 +1,47 @@
+# idgate: the two commands are `make demo` and `make test` (see README.md).
+# Every target installs what it needs and is missing, and does nothing when it is there.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+# Debian packages the build and the tests need:
+#   libxmlsec1-dev libclang-dev pkg-config libssl-dev: samael (SAML) builds against xmlsec/OpenSSL
+#   xmlsec1: signs SAML test fixtures independently of the code under test
+#   redis-server (with redis-cli): the store tests start their own servers and a Cluster
+#   openssl: tests check generated keys with an independent tool
+SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates
+BENCH_PACKAGES := wrk nginx-light
+
+.PHONY: demo test bench deps bench-deps toolchain fmt lint check-config
+
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+deps: toolchain
+	$(call apt_install,$(SYSTEM_PACKAGES))
+
+bench-deps: deps
+	$(call apt_install,$(BENCH_PACKAGES))
+
+toolchain:
+	@command -v rustup >/dev/null 2>&1 && { \
+	  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt; \
+	  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy; \
+	} || true
+
+demo: deps
+	$(CARGO) run --release --locked -- --log-format text demo
+
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) test --locked
+
+bench: bench-deps
+	$(CARGO) bench --locked --bench proxy

@@ -1,0 +1,490 @@
+//! Typed configuration (SPEC §3) and its validation.
+//!
+//! Loading is two steps: the TOML is read into the loose [`raw`] layer, then [`validate`]
+//! turns it into a [`Config`] while collecting **every** error with its key path. A
+//! config that validates has had all its secret references resolved and all its files
+//! read, so the rest of the program never meets an unreadable key at run time.
+
+mod raw;
+mod secret;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use secret::{Secret, SecretSource};
+
+/// Named defaults, one constant each, so the documentation, the example config and the
+/// tests can all point at the same value.
+pub mod defaults {
+    /// `[server].listen`
+    pub const LISTEN: &str = "0.0.0.0:8080";
+    /// `[server].admin_listen`: loopback, because metrics and readiness are not public.
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    /// `[server].upstream`: the app in the same pod.
+    pub const UPSTREAM: &str = "http://127.0.0.1:3000";
+    /// `[server].public_url`
+    pub const PUBLIC_URL: &str = "http://localhost:8080";
+    /// `[server].connect_timeout`
+    pub const CONNECT_TIMEOUT: &str = "2s";
+    /// `[server].upstream_timeout`
+    pub const UPSTREAM_TIMEOUT: &str = "60s";
+    /// `[server].shutdown_grace`: below Kubernetes' default 30 s termination grace.
+    pub const SHUTDOWN_GRACE: &str = "25s";
+    /// `[store].url`
+    pub const STORE_URL: &str = "memory://";
+    /// `[store].key_prefix`
+    pub const KEY_PREFIX: &str = "idgate";
+    /// `[session].cookie_name`
+    pub const COOKIE_NAME: &str = "idgate_session";
+    /// `[session].idle_timeout`
+    pub const IDLE_TIMEOUT: &str = "8h";
+    /// `[session].max_lifetime`
+    pub const MAX_LIFETIME: &str = "24h";
+    /// `[session].cache_ttl`
+    pub const CACHE_TTL: &str = "5s";
+    /// `[identity].audience`
+    pub const AUDIENCE: &str = "legacy-app";
+    /// `[identity].ttl`
+    pub const IDENTITY_TTL: &str = "60s";
+    /// `[identity.headers]` defaults, in the order user_id, group_id, tenant, email,
+    /// name, role, assertion.
+    pub const HEADERS: [&str; 7] = [
+        "X-Idgate-User-Id",
+        "X-Idgate-Group-Id",
+        "X-Idgate-Tenant",
+        "X-Idgate-Email",
+        "X-Idgate-Name",
+        "X-Idgate-Role",
+        "X-Idgate-Assertion",
+    ];
+    /// `[tenants.saml.attributes]` defaults: Maestrano's attribute names, in the order
+    /// user_id, email, first_name, last_name, group_id, group_name, role.
+    pub const ATTRIBUTES: [&str; 7] = [
+        "uid",
+        "email",
+        "name",
+        "surname",
+        "group_uid",
+        "group_name",
+        "group_role",
+    ];
+    /// `[tenants.provisioning].default_role`
+    pub const DEFAULT_ROLE: &str = "member";
+    /// `[tenants.maestrano].api_host`
+    pub const MNO_API_HOST: &str = "https://api-hub.maestrano.com";
+    /// `[tenants.maestrano].connec_host`
+    pub const MNO_CONNEC_HOST: &str = "https://api-connec.maestrano.com";
+    /// `[tenants.maestrano].connec_forward_path`
+    pub const MNO_CONNEC_FORWARD_PATH: &str = "/connec/notifications";
+    /// `[maestrano_devpl].host`
+    pub const DEVPL_HOST: &str = "https://developer.maestrano.com";
+    /// `[maestrano_devpl].refresh`
+    pub const DEVPL_REFRESH: &str = "10m";
+}
+
+/// One validation error: the key path (`tenants[1].saml.idp_certificate`) and what is
+/// wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, with `[i]` for array elements; empty for file-level errors.
+    pub path: String,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in one config, in file order as far as possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[store]`
+    pub store: StoreConfig,
+    /// `[session]`
+    pub session: SessionConfig,
+    /// `[identity]`
+    pub identity: IdentityConfig,
+    /// `[access]`
+    pub access: AccessConfig,
+    /// `[[tenants]]`, in file order.
+    pub tenants: Vec<TenantConfig>,
+    /// `[maestrano_devpl]`
+    pub maestrano_devpl: Option<DevplConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address (health, readiness, metrics, JWKS).
+    pub admin_listen: SocketAddr,
+    /// The app: `http://host:port`, with no path.
+    pub upstream: http::Uri,
+    /// External base URL, without a trailing slash.
+    pub public_url: url::Url,
+    /// Upstream TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response headers.
+    pub upstream_timeout: Duration,
+    /// Drain time after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Peers whose `X-Forwarded-*` headers are kept and appended to.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ServerConfig {
+    /// Whether cookies must be `Secure` (and `__Host-` prefixed): the public URL is https.
+    pub fn is_https(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+}
+
+/// Which store backs sessions and the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// In-process; one replica only.
+    Memory,
+    /// Standalone Redis, `redis://` or `rediss://`; the URL as given.
+    Redis(String),
+    /// Redis Cluster seed nodes, as `redis://host:port` (or `rediss://`) URLs.
+    Cluster(Vec<String>),
+}
+
+/// What to do while the store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refuse requests that need the store (503).
+    Closed,
+    /// Keep serving sessions already cached, up to `cache_ttl`.
+    Cached,
+}
+
+/// `[store]`
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Backend.
+    pub url: StoreUrl,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Behaviour while the store is down.
+    pub fail_mode: FailMode,
+}
+
+/// `[session]`
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Cookie name (gets the `__Host-` prefix when `public_url` is https).
+    pub cookie_name: String,
+    /// Sliding idle timeout.
+    pub idle_timeout: Duration,
+    /// Absolute lifetime.
+    pub max_lifetime: Duration,
+    /// Bound on staleness of the in-process cache.
+    pub cache_ttl: Duration,
+}
+
+/// The header names idgate sets on forwarded requests (`[identity.headers]`).
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    /// Local user id.
+    pub user_id: http::HeaderName,
+    /// Group (company) id.
+    pub group_id: http::HeaderName,
+    /// Tenant id.
+    pub tenant: http::HeaderName,
+    /// Email.
+    pub email: http::HeaderName,
+    /// Display name.
+    pub name: http::HeaderName,
+    /// Role.
+    pub role: http::HeaderName,
+    /// Signed JWT.
+    pub assertion: http::HeaderName,
+}
+
+impl HeaderNames {
+    /// All seven names, for stripping.
+    pub fn all(&self) -> [&http::HeaderName; 7] {
+        [
+            &self.user_id,
+            &self.group_id,
+            &self.tenant,
+            &self.email,
+            &self.name,
+            &self.role,
+            &self.assertion,
+        ]
+    }
+}
+
+/// `[identity]`
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// PEM private key; `None` means an ephemeral key (memory store only).
+    pub signing_key: Option<Secret>,
+    /// JWT `aud`.
+    pub audience: String,
+    /// JWT lifetime.
+    pub ttl: Duration,
+    /// Older keys still published in the JWKS.
+    pub previous_keys: Vec<Secret>,
+    /// Header names.
+    pub headers: HeaderNames,
+}
+
+/// `[access]`
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// Path prefixes forwarded without a session.
+    pub public_paths: Vec<String>,
+    /// Path prefixes that get 401 JSON rather than a login redirect.
+    pub api_paths: Vec<String>,
+}
+
+/// Where the IdP's settings come from.
+#[derive(Debug, Clone)]
+pub enum IdpSource {
+    /// `idp_entity_id` + `idp_sso_url` + `idp_certificate`.
+    Explicit {
+        /// IdP entity id (expected Issuer).
+        entity_id: String,
+        /// SSO endpoint (HTTP-Redirect binding).
+        sso_url: url::Url,
+        /// PEM certificates; several for rollover.
+        certificates: Vec<String>,
+    },
+    /// `idp_metadata`: the metadata XML, read from its reference.
+    Metadata(String),
+}
+
+/// SAML attribute names mapped to idgate fields.
+#[derive(Debug, Clone)]
+pub struct AttributeMap {
+    /// → user id
+    pub user_id: String,
+    /// → email
+    pub email: String,
+    /// → given name
+    pub first_name: String,
+    /// → family name
+    pub last_name: String,
+    /// → group id
+    pub group_id: String,
+    /// → group name
+    pub group_name: String,
+    /// → role
+    pub role: String,
+}
+
+/// `[tenants.saml]`
+#[derive(Debug, Clone)]
+pub struct SamlConfig {
+    /// IdP settings.
+    pub idp: IdpSource,
+    /// Our entity id (AuthnRequest Issuer, expected Audience).
+    pub sp_entity_id: String,
+    /// Where to send the browser after local logout.
+    pub idp_slo_url: Option<url::Url>,
+    /// Accept unsolicited responses.
+    pub allow_idp_initiated: bool,
+    /// Require the Assertion itself to be signed.
+    pub want_assertions_signed: bool,
+    /// Accept SHA-1 signatures (legacy IdPs).
+    pub allow_sha1: bool,
+    /// Attribute mapping.
+    pub attributes: AttributeMap,
+}
+
+/// `[tenants.provisioning]`
+#[derive(Debug, Clone)]
+pub struct ProvisioningConfig {
+    /// Create unknown groups on login.
+    pub create_groups: bool,
+    /// Create unknown users on login.
+    pub create_users: bool,
+    /// Link an unknown user id to the one user with the same email.
+    pub link_by_email: bool,
+    /// Role when the IdP sends none.
+    pub default_role: String,
+}
+
+/// How the display name is composed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameOrder {
+    /// "Given Family"
+    GivenFamily,
+    /// "Family Given"
+    FamilyGiven,
+}
+
+/// `[tenants.scim]`
+#[derive(Debug, Clone)]
+pub struct ScimConfig {
+    /// SHA-256 of the bearer token. Only the hash is kept, so a plain token given by
+    /// reference is hashed at load and compared in constant time as a hash.
+    pub token_sha256: [u8; 32],
+    /// Display-name composition.
+    pub name_order: NameOrder,
+}
+
+/// Maestrano `recheck_fail_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecheckFailMode {
+    /// Keep the session while Maestrano is unreachable.
+    Keep,
+    /// End the session while Maestrano is unreachable.
+    Logout,
+}
+
+/// Maestrano `user_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserMode {
+    /// Local user id = Maestrano uid.
+    Real,
+    /// Local user id = `<uid>.<group_uid>`.
+    Virtual,
+}
+
+/// Maestrano billing mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BillingMode {
+    /// No billing.
+    None,
+    /// One recurring bill per group.
+    Flat,
+    /// One recurring bill per user.
+    PerUser,
+}
+
+/// `[tenants.maestrano.billing]`
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    /// Mode.
+    pub mode: BillingMode,
+    /// Price in cents.
+    pub price_cents: u64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Maestrano period name (Day, Week, SemiMonth, Month, Year).
+    pub period: String,
+    /// Bill description.
+    pub description: String,
+}
+
+/// `[tenants.maestrano]`
+#[derive(Debug, Clone)]
+pub struct MaestranoConfig {
+    /// API id (also the SP entity id by default).
+    pub api_id: String,
+    /// API key.
+    pub api_key: Secret,
+    /// Maestrano API base URL.
+    pub api_host: url::Url,
+    /// Connec! base URL.
+    pub connec_host: url::Url,
+    /// Re-check the Maestrano session.
+    pub session_recheck: bool,
+    /// What an unreachable Maestrano means.
+    pub recheck_fail_mode: RecheckFailMode,
+    /// Local user id form.
+    pub user_mode: UserMode,
+    /// Upstream path for Connec! notifications.
+    pub connec_forward_path: String,
+    /// Billing.
+    pub billing: BillingConfig,
+}
+
+/// One `[[tenants]]` entry.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// `[a-z0-9-]+`
+    pub id: String,
+    /// Lower-cased host names that resolve to this tenant.
+    pub hosts: Vec<String>,
+    /// Serves requests whose Host matches no tenant.
+    pub default: bool,
+    /// SAML.
+    pub saml: SamlConfig,
+    /// Provisioning rules.
+    pub provisioning: ProvisioningConfig,
+    /// SCIM, when enabled.
+    pub scim: Option<ScimConfig>,
+    /// Maestrano, when this is a Maestrano tenant.
+    pub maestrano: Option<MaestranoConfig>,
+}
+
+/// `[maestrano_devpl]`
+#[derive(Debug, Clone)]
+pub struct DevplConfig {
+    /// Developer platform URL.
+    pub host: url::Url,
+    /// Environment key.
+    pub env_key: Secret,
+    /// Environment secret.
+    pub env_secret: Secret,
+    /// Refresh interval.
+    pub refresh: Duration,
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative `file:` references resolve against
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read config file {}: {e}", path.display()),
+            }])
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::from_toml(&text, base)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        validate::from_toml(text, base_dir)
+    }
+
+    /// The tenant that serves requests matching no host: the one marked `default`, or
+    /// the only one.
+    pub fn default_tenant(&self) -> Option<&TenantConfig> {
+        match self.tenants.as_slice() {
+            [only] => Some(only),
+            many => many.iter().find(|t| t.default),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

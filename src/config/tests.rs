@@ -1,0 +1,280 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    Config::from_toml(text, Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn errors(text: &str) -> Vec<String> {
+    load(text)
+        .expect_err("config should be invalid")
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+const CERT: &str = "file:config/examples/example-idp.crt";
+
+fn tenant(id: &str, extra: &str) -> String {
+    format!(
+        "[[tenants]]\nid = \"{id}\"\n{extra}\n[tenants.saml]\nidp_entity_id = \"https://idp\"\n\
+         idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"{CERT}\"\n"
+    )
+}
+
+#[test]
+fn an_empty_config_takes_every_named_default() {
+    let c = load("").unwrap();
+    assert_eq!(c.server.listen, defaults::LISTEN.parse().unwrap());
+    assert_eq!(
+        c.server.admin_listen,
+        defaults::ADMIN_LISTEN.parse().unwrap()
+    );
+    assert_eq!(
+        c.server.upstream,
+        defaults::UPSTREAM.parse::<http::Uri>().unwrap()
+    );
+    assert_eq!(c.server.connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.server.upstream_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
+    assert!(c.server.trusted_proxies.is_empty());
+    assert_eq!(c.store.url, StoreUrl::Memory);
+    assert_eq!(c.store.key_prefix, "idgate");
+    assert_eq!(c.store.fail_mode, FailMode::Closed);
+    assert_eq!(c.session.cookie_name, "idgate_session");
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(8 * 3600));
+    assert_eq!(c.session.max_lifetime, Duration::from_secs(24 * 3600));
+    assert_eq!(c.session.cache_ttl, Duration::from_secs(5));
+    assert!(c.identity.signing_key.is_none());
+    assert_eq!(c.identity.audience, "legacy-app");
+    assert_eq!(c.identity.ttl, Duration::from_secs(60));
+    let names: Vec<&str> = c
+        .identity
+        .headers
+        .all()
+        .iter()
+        .map(|h| h.as_str())
+        .collect();
+    let expected: Vec<String> = defaults::HEADERS
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    assert_eq!(names, expected);
+    assert!(c.access.public_paths.is_empty() && c.access.api_paths.is_empty());
+    assert!(c.tenants.is_empty());
+    assert!(c.default_tenant().is_none());
+}
+
+#[test]
+fn tenant_defaults_follow_the_spec() {
+    let c = load(&tenant("acme", "")).unwrap();
+    let t = &c.tenants[0];
+    assert_eq!(
+        c.default_tenant().unwrap().id,
+        "acme",
+        "a lone tenant is the default"
+    );
+    assert_eq!(
+        t.saml.sp_entity_id,
+        "http://localhost:8080/_idgate/saml/acme/metadata"
+    );
+    assert!(!t.saml.allow_idp_initiated && !t.saml.want_assertions_signed && !t.saml.allow_sha1);
+    assert_eq!(t.saml.attributes.user_id, "uid");
+    assert_eq!(t.saml.attributes.last_name, "surname");
+    assert!(
+        t.provisioning.create_groups && t.provisioning.create_users && t.provisioning.link_by_email
+    );
+    assert_eq!(t.provisioning.default_role, "member");
+    match &t.saml.idp {
+        IdpSource::Explicit { certificates, .. } => assert_eq!(certificates.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn maestrano_tenants_default_the_sp_entity_id_to_api_id() {
+    unsafe { std::env::set_var("IDGATE_TEST_MNO_KEY", "k") };
+    let c = load(&format!(
+        "{}[tenants.maestrano]\napi_id = \"app-42\"\napi_key = \"env:IDGATE_TEST_MNO_KEY\"\n",
+        tenant("mno", "")
+    ))
+    .unwrap();
+    let t = &c.tenants[0];
+    assert_eq!(t.saml.sp_entity_id, "app-42");
+    let m = t.maestrano.as_ref().unwrap();
+    assert_eq!(m.api_key.expose(), "k");
+    assert_eq!(m.api_host.as_str(), "https://api-hub.maestrano.com/");
+    assert_eq!(m.user_mode, UserMode::Real);
+    assert_eq!(m.recheck_fail_mode, RecheckFailMode::Keep);
+    assert_eq!(m.billing.mode, BillingMode::None);
+    assert_eq!(m.connec_forward_path, "/connec/notifications");
+}
+
+#[test]
+fn store_urls_parse_by_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = crate::identity::keys::generate_pem(crate::identity::keys::Algorithm::EdDSA).unwrap();
+    std::fs::write(dir.path().join("k.pem"), pem).unwrap();
+    let with_key = |url: &str| {
+        Config::from_toml(
+            &format!("[store]\nurl = \"{url}\"\n[identity]\nsigning_key = \"file:k.pem\"\n"),
+            dir.path(),
+        )
+    };
+    let c = with_key("redis+cluster://u:p@h1:7000,h2:7001,h3:7002").unwrap();
+    assert_eq!(
+        c.store.url,
+        StoreUrl::Cluster(vec![
+            "redis://u:p@h1:7000".into(),
+            "redis://u:p@h2:7001".into(),
+            "redis://u:p@h3:7002".into()
+        ])
+    );
+    let c = with_key("rediss://redis.example:6380/1").unwrap();
+    assert_eq!(
+        c.store.url,
+        StoreUrl::Redis("rediss://redis.example:6380/1".into())
+    );
+    let errs = errors("[store]\nurl = \"redis://127.0.0.1:6379/0\"\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("identity.signing_key: required")),
+        "a shared store needs a shared signing key: {errs:?}"
+    );
+    let errs = errors("[store]\nurl = \"redis+cluster://h1:7000,h2\"\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("cluster node 1 (\"h2\") is not host:port")),
+        "{errs:?}"
+    );
+    let errs = errors("[store]\nurl = \"mysql://x\"\nfail_mode = \"open\"\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("unknown store scheme \"mysql\"")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("store.fail_mode: \"open\" is not one of")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn redis_passwords_do_not_appear_in_errors() {
+    let errs = errors("[store]\nurl = \"redis://:hunter2@\"\n");
+    assert!(errs.iter().all(|e| !e.contains("hunter2")), "{errs:?}");
+}
+
+#[test]
+fn every_kind_of_mistake_is_reported_in_one_pass() {
+    let text = format!(
+        "[server]\nlisten = \"nowhere\"\npublic_url = \"https://app.example.com/sub\"\n\
+         trusted_proxies = [\"10.0.0.0/33\"]\nbogus = 1\n\
+         [session]\nidle_timeout = \"48h\"\ncookie_name = \"bad name\"\n\
+         [identity.headers]\nuser_id = \"X-Idgate-Email\"\nrole = \"Cookie\"\n\
+         [access]\npublic_paths = [\"relative\", \"/a/../b\"]\n{}{}{}",
+        tenant("Bad_Id", "default = true"),
+        tenant("two", "default = true\nhosts = [\"a.example\"]"),
+        tenant("three", "hosts = [\"A.example\"]"),
+    );
+    let errs = errors(&text);
+    for expected in [
+        "server.bogus: unknown key",
+        "server.listen: invalid listen address",
+        "server.public_url: \"https://app.example.com/sub\" must be a bare origin",
+        "server.trusted_proxies[0]:",
+        "session.idle_timeout: must not exceed session.max_lifetime",
+        "session.cookie_name:",
+        "identity.headers.email: same header as identity.headers.user_id",
+        "identity.headers.role: \"Cookie\" is a standard HTTP header",
+        "access.public_paths[0]: \"relative\" must start with '/'",
+        "access.public_paths[1]: \"/a/../b\" must not contain dot segments",
+        "tenants[0].id: \"Bad_Id\" must match [a-z0-9-]+",
+        "tenants[1].default: more than one default tenant: tenants[0], tenants[1]",
+        "tenants[2].hosts[0]: host \"a.example\" is already claimed by tenants[1]",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing `{expected}` in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn idp_settings_must_include_a_signing_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-cert.pem"), "hello").unwrap();
+    std::fs::write(dir.path().join("md.xml"), "<EntityDescriptor/>").unwrap();
+    let no_cert = "[[tenants]]\nid = \"a\"\n[tenants.saml]\nidp_entity_id = \"x\"\n\
+                   idp_sso_url = \"https://idp/sso\"\nidp_certificate = \"file:not-a-cert.pem\"\n\
+                   [[tenants]]\nid = \"b\"\n[tenants.saml]\nidp_metadata = \"file:md.xml\"\n\
+                   [[tenants]]\nid = \"c\"\n";
+    let errs: Vec<String> = Config::from_toml(no_cert, dir.path())
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tenants[0].saml.idp_certificate: no PEM certificate")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "tenants[1].saml.idp_metadata: the IdP metadata holds no signing certificate"
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tenants[2].saml: missing")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn scim_tokens_are_kept_only_as_hashes() {
+    let hash = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let c = load(&format!(
+        "{}[tenants.scim]\ntoken = \"{hash}\"\n",
+        tenant("a", "")
+    ))
+    .unwrap();
+    let scim = c.tenants[0].scim.as_ref().unwrap();
+    assert_eq!(hex::encode(scim.token_sha256), &hash[7..]);
+    assert_eq!(scim.name_order, NameOrder::GivenFamily);
+    // A plain token by reference is hashed at load.
+    let c = load(&format!(
+        "{}[tenants.scim]\ntoken = \"abc\"\n",
+        tenant("a", "")
+    ))
+    .unwrap();
+    assert_eq!(
+        c.tenants[0].scim.as_ref().unwrap().token_sha256,
+        scim.token_sha256
+    );
+    let errs = errors(&format!(
+        "{}[tenants.scim]\ntoken = \"sha256:ABC\"\n",
+        tenant("a", "")
+    ));
+    assert!(
+        errs[0].starts_with("tenants[0].scim.token: expected sha256:"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn syntax_errors_are_reported_with_their_location() {
+    let errs = errors("[server\nlisten = 1");
+    assert!(errs[0].starts_with("invalid TOML"), "{errs:?}");
+    let errs = errors("[server]\nlisten = 5\n");
+    assert!(
+        errs[0].contains("listen") || errs[0].contains("line"),
+        "{errs:?}"
+    );
+}

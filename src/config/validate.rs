@@ -1,0 +1,897 @@
+//! Turns the raw config into a [`Config`], gathering every error with its key path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw::*;
+use super::*;
+
+/// Collects errors; each check records and carries on with a fallback value, so that one
+/// run reports everything.
+struct Checker<'a> {
+    errors: Vec<ConfigError>,
+    base_dir: &'a Path,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: &str) -> Duration {
+        let text = value.unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.err(path, "must be greater than zero");
+                Duration::from_secs(1)
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(
+                    path,
+                    format!(
+                        "invalid duration {text:?} ({e}); use forms like \"90s\", \"5m\", \"8h\""
+                    ),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.err(
+                path,
+                format!("invalid listen address {text:?}; expected IP:PORT"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn secret(&mut self, path: &str, reference: &str) -> Option<Secret> {
+        match Secret::resolve(reference, self.base_dir) {
+            Ok(s) => Some(s),
+            Err(message) => {
+                self.err(path, message);
+                None
+            }
+        }
+    }
+
+    fn required_secret(&mut self, path: &str, reference: Option<&str>) -> Option<Secret> {
+        match reference {
+            Some(r) => self.secret(path, r),
+            None => {
+                self.err(path, "missing: required");
+                None
+            }
+        }
+    }
+
+    /// An absolute http(s) URL.
+    fn web_url(&mut self, path: &str, value: &str) -> Option<url::Url> {
+        match url::Url::parse(value) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+                Some(u)
+            }
+            Ok(_) => {
+                self.err(
+                    path,
+                    format!("{value:?} must be an absolute http:// or https:// URL"),
+                );
+                None
+            }
+            Err(e) => {
+                self.err(path, format!("malformed URL {value:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn path_prefixes(&mut self, path: &str, values: Option<Vec<String>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, p) in values.unwrap_or_default().into_iter().enumerate() {
+            if !p.starts_with('/') {
+                self.err(format!("{path}[{i}]"), format!("{p:?} must start with '/'"));
+            } else if p.split('/').any(|seg| seg == "." || seg == "..") {
+                self.err(
+                    format!("{path}[{i}]"),
+                    format!("{p:?} must not contain dot segments"),
+                );
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    fn one_of<T: Copy>(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> T {
+        let Some(v) = value else { return default };
+        match choices.iter().find(|(name, _)| *name == v) {
+            Some((_, t)) => *t,
+            None => {
+                let names: Vec<_> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+                self.err(path, format!("{v:?} is not one of {}", names.join(", ")));
+                default
+            }
+        }
+    }
+}
+
+/// Formats serde_ignored's path in the same `a.b[1].c` form as our other errors.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        P::Map { parent, key } => {
+            let p = key_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            key_path(parent)
+        }
+    }
+}
+
+pub(super) fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let fail = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message,
+        }])
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| fail(format!("invalid TOML: {e}")))?;
+    let mut unknown = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(de, |p| unknown.push(key_path(&p)))
+        .map_err(|e| fail(format!("invalid config: {e}")))?;
+    let mut c = Checker {
+        errors: unknown
+            .into_iter()
+            .map(|path| ConfigError {
+                path,
+                message: "unknown key".into(),
+            })
+            .collect(),
+        base_dir,
+    };
+    let config = build(&mut c, raw);
+    if c.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
+    let server = server(c, raw.server);
+    let store = store(c, raw.store);
+    let session = session(c, raw.session);
+    let key_given = raw.identity.signing_key.is_some();
+    let identity = identity(c, raw.identity);
+    if !key_given && store.url != StoreUrl::Memory {
+        c.err(
+            "identity.signing_key",
+            "required when [store].url is not memory://: every replica must sign with the same key",
+        );
+    }
+    let access = AccessConfig {
+        public_paths: c.path_prefixes("access.public_paths", raw.access.public_paths),
+        api_paths: c.path_prefixes("access.api_paths", raw.access.api_paths),
+    };
+    let tenants = tenants(c, raw.tenants, &server);
+    let maestrano_devpl = raw.maestrano_devpl.map(|d| devpl(c, d));
+    Config {
+        server,
+        store,
+        session,
+        identity,
+        access,
+        tenants,
+        maestrano_devpl,
+    }
+}
+
+fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
+    let upstream_text = raw.upstream.as_deref().unwrap_or(defaults::UPSTREAM);
+    let upstream = match upstream_text.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+            if u.path() != "/" && !u.path().is_empty() || u.query().is_some() {
+                c.err(
+                    "server.upstream",
+                    format!(
+                        "{upstream_text:?} must not have a path or query; requests keep their own"
+                    ),
+                );
+            }
+            u
+        }
+        Ok(u) if u.scheme_str() == Some("https") => {
+            c.err(
+                "server.upstream",
+                format!("{upstream_text:?}: https upstreams are not supported; the app is reached over loopback or the pod network with http://"),
+            );
+            u
+        }
+        _ => {
+            c.err(
+                "server.upstream",
+                format!("malformed upstream URL {upstream_text:?}; expected http://host:port"),
+            );
+            http::Uri::from_static("http://127.0.0.1:3000")
+        }
+    };
+    let public_text = raw.public_url.as_deref().unwrap_or(defaults::PUBLIC_URL);
+    let public_url = match c.web_url("server.public_url", public_text) {
+        Some(u) if u.path() != "/" || u.query().is_some() || u.fragment().is_some() => {
+            c.err(
+                "server.public_url",
+                format!("{public_text:?} must be a bare origin such as https://app.example.com (no path)"),
+            );
+            u
+        }
+        Some(u) => u,
+        None => url::Url::parse(defaults::PUBLIC_URL).expect("default is a valid URL"),
+    };
+    let mut trusted_proxies = Vec::new();
+    for (i, cidr) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
+        let parsed = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(_) => c.err(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{cidr:?} is not a CIDR such as 10.0.0.0/8 or an IP address"),
+            ),
+        }
+    }
+    ServerConfig {
+        listen: c.socket_addr("server.listen", raw.listen.as_deref(), defaults::LISTEN),
+        admin_listen: c.socket_addr(
+            "server.admin_listen",
+            raw.admin_listen.as_deref(),
+            defaults::ADMIN_LISTEN,
+        ),
+        upstream,
+        public_url,
+        connect_timeout: c.duration(
+            "server.connect_timeout",
+            raw.connect_timeout.as_deref(),
+            defaults::CONNECT_TIMEOUT,
+        ),
+        upstream_timeout: c.duration(
+            "server.upstream_timeout",
+            raw.upstream_timeout.as_deref(),
+            defaults::UPSTREAM_TIMEOUT,
+        ),
+        shutdown_grace: c.duration(
+            "server.shutdown_grace",
+            raw.shutdown_grace.as_deref(),
+            defaults::SHUTDOWN_GRACE,
+        ),
+        trusted_proxies,
+    }
+}
+
+fn store(c: &mut Checker<'_>, raw: RawStore) -> StoreConfig {
+    let text = raw.url.as_deref().unwrap_or(defaults::STORE_URL);
+    let url = if text == "memory://" {
+        StoreUrl::Memory
+    } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+        match url::Url::parse(text) {
+            Ok(u) if u.host().is_some() => StoreUrl::Redis(text.to_owned()),
+            _ => {
+                c.err(
+                    "store.url",
+                    format!("malformed Redis URL {:?}", redact_url(text)),
+                );
+                StoreUrl::Memory
+            }
+        }
+    } else if let Some(rest) = text
+        .strip_prefix("redis+cluster://")
+        .map(|r| ("redis", r))
+        .or_else(|| {
+            text.strip_prefix("rediss+cluster://")
+                .map(|r| ("rediss", r))
+        })
+    {
+        let (scheme, rest) = rest;
+        // Credentials, if any, apply to every node: `redis+cluster://user:pw@h1:7000,h2:7001`.
+        let (userinfo, hosts) = match rest.rsplit_once('@') {
+            Some((u, h)) => (format!("{u}@"), h),
+            None => (String::new(), rest),
+        };
+        let hosts = hosts.trim_end_matches('/');
+        let mut nodes = Vec::new();
+        for (i, node) in hosts.split(',').enumerate() {
+            let ok = node
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if ok {
+                nodes.push(format!("{scheme}://{userinfo}{node}"));
+            } else {
+                c.err(
+                    "store.url",
+                    format!("cluster node {i} ({node:?}) is not host:port"),
+                );
+            }
+        }
+        StoreUrl::Cluster(nodes)
+    } else {
+        let scheme = text.split("://").next().unwrap_or(text);
+        c.err(
+            "store.url",
+            format!(
+                "unknown store scheme {scheme:?}; use memory://, redis://, rediss:// or redis+cluster://"
+            ),
+        );
+        StoreUrl::Memory
+    };
+    let key_prefix = raw
+        .key_prefix
+        .unwrap_or_else(|| defaults::KEY_PREFIX.into());
+    if key_prefix.is_empty()
+        || !key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        c.err(
+            "store.key_prefix",
+            format!("{key_prefix:?} must be non-empty and use only letters, digits and - _ . :"),
+        );
+    }
+    let fail_mode = c.one_of(
+        "store.fail_mode",
+        raw.fail_mode.as_deref(),
+        FailMode::Closed,
+        &[("closed", FailMode::Closed), ("cached", FailMode::Cached)],
+    );
+    StoreConfig {
+        url,
+        key_prefix,
+        fail_mode,
+    }
+}
+
+/// Hides a password in a URL before it goes into an error message.
+fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ if text.contains('@') => "<URL with credentials>".into(),
+        _ => text.into(),
+    }
+}
+
+fn session(c: &mut Checker<'_>, raw: RawSession) -> SessionConfig {
+    let cookie_name = raw
+        .cookie_name
+        .unwrap_or_else(|| defaults::COOKIE_NAME.into());
+    if cookie_name.is_empty()
+        || !cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        c.err(
+            "session.cookie_name",
+            format!("{cookie_name:?} must use only letters, digits, '_' and '-'"),
+        );
+    }
+    let idle_timeout = c.duration(
+        "session.idle_timeout",
+        raw.idle_timeout.as_deref(),
+        defaults::IDLE_TIMEOUT,
+    );
+    let max_lifetime = c.duration(
+        "session.max_lifetime",
+        raw.max_lifetime.as_deref(),
+        defaults::MAX_LIFETIME,
+    );
+    if idle_timeout > max_lifetime {
+        c.err(
+            "session.idle_timeout",
+            "must not exceed session.max_lifetime",
+        );
+    }
+    SessionConfig {
+        cookie_name,
+        idle_timeout,
+        max_lifetime,
+        cache_ttl: c.duration(
+            "session.cache_ttl",
+            raw.cache_ttl.as_deref(),
+            defaults::CACHE_TTL,
+        ),
+    }
+}
+
+fn is_private_key_pem(text: &str) -> bool {
+    text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----")
+}
+
+fn identity(c: &mut Checker<'_>, raw: RawIdentity) -> IdentityConfig {
+    let signing_key = raw.signing_key.as_deref().and_then(|r| {
+        let s = c.secret("identity.signing_key", r)?;
+        if !is_private_key_pem(s.expose()) {
+            c.err("identity.signing_key", "not a PEM private key");
+        }
+        Some(s)
+    });
+    let mut previous_keys = Vec::new();
+    for (i, r) in raw.previous_keys.unwrap_or_default().iter().enumerate() {
+        let path = format!("identity.previous_keys[{i}]");
+        if let Some(s) = c.secret(&path, r) {
+            if !(is_private_key_pem(s.expose()) || s.expose().contains("PUBLIC KEY-----")) {
+                c.err(path, "not a PEM key");
+            }
+            previous_keys.push(s);
+        }
+    }
+    let audience = raw.audience.unwrap_or_else(|| defaults::AUDIENCE.into());
+    if audience.is_empty() {
+        c.err("identity.audience", "must not be empty");
+    }
+    let h = raw.headers;
+    let given = [
+        ("user_id", h.user_id),
+        ("group_id", h.group_id),
+        ("tenant", h.tenant),
+        ("email", h.email),
+        ("name", h.name),
+        ("role", h.role),
+        ("assertion", h.assertion),
+    ];
+    let mut names = Vec::with_capacity(7);
+    let mut seen = HashMap::new();
+    for ((key, value), default) in given.into_iter().zip(defaults::HEADERS) {
+        let path = format!("identity.headers.{key}");
+        let text = value.unwrap_or_else(|| default.into());
+        let name = match http::HeaderName::from_bytes(text.as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                c.err(&path, format!("{text:?} is not a valid header name"));
+                http::HeaderName::from_static("x-idgate-invalid")
+            }
+        };
+        let folded = crate::proxy::headers::fold_name(name.as_str());
+        if let Some(other) = seen.insert(folded, key) {
+            c.err(&path, format!("same header as identity.headers.{other}"));
+        }
+        if crate::proxy::headers::is_reserved_by_http(&name) {
+            c.err(
+                &path,
+                format!("{text:?} is a standard HTTP header and cannot carry identity"),
+            );
+        }
+        names.push(name);
+    }
+    let mut it = names.into_iter();
+    let mut next = || it.next().expect("seven names");
+    let headers = HeaderNames {
+        user_id: next(),
+        group_id: next(),
+        tenant: next(),
+        email: next(),
+        name: next(),
+        role: next(),
+        assertion: next(),
+    };
+    IdentityConfig {
+        signing_key,
+        audience,
+        ttl: c.duration("identity.ttl", raw.ttl.as_deref(), defaults::IDENTITY_TTL),
+        previous_keys,
+        headers,
+    }
+}
+
+fn tenants(c: &mut Checker<'_>, raw: Vec<RawTenant>, server: &ServerConfig) -> Vec<TenantConfig> {
+    let mut out = Vec::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut hosts: HashMap<String, usize> = HashMap::new();
+    let mut defaults_seen = Vec::new();
+    for (i, t) in raw.into_iter().enumerate() {
+        let p = format!("tenants[{i}]");
+        let id = match t.id {
+            Some(id) if is_tenant_id(&id) => id,
+            Some(id) => {
+                c.err(format!("{p}.id"), format!("{id:?} must match [a-z0-9-]+"));
+                id
+            }
+            None => {
+                c.err(format!("{p}.id"), "missing: required");
+                String::new()
+            }
+        };
+        if !id.is_empty()
+            && let Some(first) = ids.insert(id.clone(), i)
+        {
+            c.err(
+                format!("{p}.id"),
+                format!("duplicate tenant id {id:?} (also tenants[{first}])"),
+            );
+        }
+        let mut tenant_hosts = Vec::new();
+        for (j, h) in t.hosts.unwrap_or_default().into_iter().enumerate() {
+            let host = h.to_ascii_lowercase();
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
+                c.err(
+                    format!("{p}.hosts[{j}]"),
+                    format!("{h:?} is not a host name"),
+                );
+                continue;
+            }
+            if let Some(first) = hosts.insert(host.clone(), i)
+                && first != i
+            {
+                c.err(
+                    format!("{p}.hosts[{j}]"),
+                    format!("host {host:?} is already claimed by tenants[{first}]"),
+                );
+            }
+            tenant_hosts.push(host);
+        }
+        let default = t.default.unwrap_or(false);
+        if default {
+            defaults_seen.push(i);
+        }
+        let maestrano = t.maestrano.map(|m| maestrano(c, &p, m));
+        let saml = match t.saml {
+            Some(s) => saml(c, &p, s, &id, server, maestrano.as_ref()),
+            None => {
+                c.err(
+                    format!("{p}.saml"),
+                    "missing: a tenant needs its IdP signing certificate ([tenants.saml] with idp_certificate or idp_metadata)",
+                );
+                None
+            }
+        };
+        let pr = t.provisioning;
+        let provisioning = ProvisioningConfig {
+            create_groups: pr.create_groups.unwrap_or(true),
+            create_users: pr.create_users.unwrap_or(true),
+            link_by_email: pr.link_by_email.unwrap_or(true),
+            default_role: pr
+                .default_role
+                .unwrap_or_else(|| defaults::DEFAULT_ROLE.into()),
+        };
+        let scim = t.scim.map(|s| scim(c, &p, s)).and_then(|s| s);
+        if let Some(saml) = saml {
+            out.push(TenantConfig {
+                id,
+                hosts: tenant_hosts,
+                default,
+                saml,
+                provisioning,
+                scim,
+                maestrano,
+            });
+        }
+    }
+    if defaults_seen.len() > 1 {
+        let list: Vec<_> = defaults_seen
+            .iter()
+            .map(|i| format!("tenants[{i}]"))
+            .collect();
+        c.err(
+            format!("tenants[{}].default", defaults_seen[1]),
+            format!("more than one default tenant: {}", list.join(", ")),
+        );
+    }
+    out
+}
+
+fn is_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn pem_certificates(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(len) = rest[start..].find("-----END CERTIFICATE-----") else {
+            break;
+        };
+        let end = start + len + "-----END CERTIFICATE-----".len();
+        out.push(rest[start..end].to_owned());
+        rest = &rest[end..];
+    }
+    out
+}
+
+fn saml(
+    c: &mut Checker<'_>,
+    p: &str,
+    raw: RawSaml,
+    tenant_id: &str,
+    server: &ServerConfig,
+    maestrano: Option<&MaestranoConfig>,
+) -> Option<SamlConfig> {
+    let p = format!("{p}.saml");
+    let explicit =
+        raw.idp_entity_id.is_some() || raw.idp_sso_url.is_some() || raw.idp_certificate.is_some();
+    let idp = match (&raw.idp_metadata, explicit) {
+        (Some(_), true) => {
+            c.err(
+                format!("{p}.idp_metadata"),
+                "give either idp_metadata or idp_entity_id + idp_sso_url + idp_certificate, not both",
+            );
+            None
+        }
+        (Some(reference), false) => {
+            let path = format!("{p}.idp_metadata");
+            c.secret(&path, reference).and_then(|s| {
+                if !s.expose().contains("X509Certificate") {
+                    c.err(path, "the IdP metadata holds no signing certificate (X509Certificate); unsigned responses would be accepted");
+                    None
+                } else {
+                    Some(IdpSource::Metadata(s.expose().to_owned()))
+                }
+            })
+        }
+        (None, _) => {
+            let entity_id = raw.idp_entity_id.clone().filter(|s| !s.is_empty());
+            if entity_id.is_none() {
+                c.err(
+                    format!("{p}.idp_entity_id"),
+                    "missing: required without idp_metadata",
+                );
+            }
+            let sso_url = match &raw.idp_sso_url {
+                Some(u) => c.web_url(&format!("{p}.idp_sso_url"), u),
+                None => {
+                    c.err(
+                        format!("{p}.idp_sso_url"),
+                        "missing: required without idp_metadata",
+                    );
+                    None
+                }
+            };
+            let certs = match &raw.idp_certificate {
+                Some(r) => {
+                    let path = format!("{p}.idp_certificate");
+                    c.secret(&path, r).and_then(|s| {
+                        let certs = pem_certificates(s.expose());
+                        if certs.is_empty() {
+                            c.err(
+                                path,
+                                "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+                            );
+                            None
+                        } else {
+                            Some(certs)
+                        }
+                    })
+                }
+                None => {
+                    c.err(
+                        format!("{p}.idp_certificate"),
+                        "missing: the IdP signing certificate is required; without it forged responses would be accepted",
+                    );
+                    None
+                }
+            };
+            match (entity_id, sso_url, certs) {
+                (Some(entity_id), Some(sso_url), Some(certificates)) => Some(IdpSource::Explicit {
+                    entity_id,
+                    sso_url,
+                    certificates,
+                }),
+                _ => None,
+            }
+        }
+    };
+    let sp_entity_id = raw.sp_entity_id.unwrap_or_else(|| match maestrano {
+        Some(m) => m.api_id.clone(),
+        None => format!(
+            "{}/_idgate/saml/{tenant_id}/metadata",
+            server.public_url.as_str().trim_end_matches('/')
+        ),
+    });
+    let idp_slo_url = raw
+        .idp_slo_url
+        .as_deref()
+        .and_then(|u| c.web_url(&format!("{p}.idp_slo_url"), u));
+    let a = raw.attributes;
+    let [d_uid, d_email, d_first, d_last, d_gid, d_gname, d_role] = defaults::ATTRIBUTES;
+    let attributes = AttributeMap {
+        user_id: a.user_id.unwrap_or_else(|| d_uid.into()),
+        email: a.email.unwrap_or_else(|| d_email.into()),
+        first_name: a.first_name.unwrap_or_else(|| d_first.into()),
+        last_name: a.last_name.unwrap_or_else(|| d_last.into()),
+        group_id: a.group_id.unwrap_or_else(|| d_gid.into()),
+        group_name: a.group_name.unwrap_or_else(|| d_gname.into()),
+        role: a.role.unwrap_or_else(|| d_role.into()),
+    };
+    Some(SamlConfig {
+        idp: idp?,
+        sp_entity_id,
+        idp_slo_url,
+        allow_idp_initiated: raw.allow_idp_initiated.unwrap_or(false),
+        want_assertions_signed: raw.want_assertions_signed.unwrap_or(false),
+        allow_sha1: raw.allow_sha1.unwrap_or(false),
+        attributes,
+    })
+}
+
+fn scim(c: &mut Checker<'_>, p: &str, raw: RawScim) -> Option<ScimConfig> {
+    let path = format!("{p}.scim.token");
+    let token_sha256 = match raw.token.as_deref() {
+        Some(t) if t.starts_with("sha256:") => {
+            let hex_part = &t["sha256:".len()..];
+            let mut out = [0u8; 32];
+            if hex_part.len() == 64
+                && hex_part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && hex::decode_to_slice(hex_part, &mut out).is_ok()
+            {
+                Some(out)
+            } else {
+                c.err(
+                    path,
+                    "expected sha256: followed by 64 lowercase hex digits (see `idgate token`)",
+                );
+                None
+            }
+        }
+        Some(t) => c
+            .secret(&path, t)
+            .map(|s| crate::scim::token::digest(s.expose())),
+        None => {
+            c.err(
+                path,
+                "missing: required to enable SCIM (see `idgate token`)",
+            );
+            None
+        }
+    };
+    let name_order = c.one_of(
+        &format!("{p}.scim.name_order"),
+        raw.name_order.as_deref(),
+        NameOrder::GivenFamily,
+        &[
+            ("given_family", NameOrder::GivenFamily),
+            ("family_given", NameOrder::FamilyGiven),
+        ],
+    );
+    Some(ScimConfig {
+        token_sha256: token_sha256?,
+        name_order,
+    })
+}
+
+fn maestrano(c: &mut Checker<'_>, p: &str, raw: RawMaestrano) -> MaestranoConfig {
+    let p = format!("{p}.maestrano");
+    let api_id = raw.api_id.unwrap_or_default();
+    if api_id.is_empty() {
+        c.err(format!("{p}.api_id"), "missing: required");
+    }
+    let api_key = c
+        .required_secret(&format!("{p}.api_key"), raw.api_key.as_deref())
+        .unwrap_or_else(|| Secret::generated(String::new()));
+    let mut url_or_default = |key: &str, value: Option<String>, default: &str| {
+        let text = value.unwrap_or_else(|| default.into());
+        c.web_url(&format!("{p}.{key}"), &text)
+            .unwrap_or_else(|| url::Url::parse(default).expect("default is a valid URL"))
+    };
+    let api_host = url_or_default("api_host", raw.api_host, defaults::MNO_API_HOST);
+    let connec_host = url_or_default("connec_host", raw.connec_host, defaults::MNO_CONNEC_HOST);
+    let connec_forward_path = raw
+        .connec_forward_path
+        .unwrap_or_else(|| defaults::MNO_CONNEC_FORWARD_PATH.into());
+    if !connec_forward_path.starts_with('/') {
+        c.err(format!("{p}.connec_forward_path"), "must start with '/'");
+    }
+    let b = raw.billing;
+    let mode = c.one_of(
+        &format!("{p}.billing.mode"),
+        b.mode.as_deref(),
+        BillingMode::None,
+        &[
+            ("none", BillingMode::None),
+            ("flat", BillingMode::Flat),
+            ("per_user", BillingMode::PerUser),
+        ],
+    );
+    let price_cents = match b.price_cents.unwrap_or(0) {
+        n if n >= 0 => n as u64,
+        n => {
+            c.err(
+                format!("{p}.billing.price_cents"),
+                format!("{n} must not be negative"),
+            );
+            0
+        }
+    };
+    let currency = b.currency.unwrap_or_else(|| "USD".into());
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        c.err(
+            format!("{p}.billing.currency"),
+            format!("{currency:?} is not an ISO 4217 code such as \"USD\""),
+        );
+    }
+    let period = b.period.unwrap_or_else(|| "Month".into());
+    if !["Day", "Week", "SemiMonth", "Month", "Year"].contains(&period.as_str()) {
+        c.err(
+            format!("{p}.billing.period"),
+            format!("{period:?} is not one of Day, Week, SemiMonth, Month, Year"),
+        );
+    }
+    MaestranoConfig {
+        api_id,
+        api_key,
+        api_host,
+        connec_host,
+        session_recheck: raw.session_recheck.unwrap_or(true),
+        recheck_fail_mode: c.one_of(
+            &format!("{p}.recheck_fail_mode"),
+            raw.recheck_fail_mode.as_deref(),
+            RecheckFailMode::Keep,
+            &[
+                ("keep", RecheckFailMode::Keep),
+                ("logout", RecheckFailMode::Logout),
+            ],
+        ),
+        user_mode: c.one_of(
+            &format!("{p}.user_mode"),
+            raw.user_mode.as_deref(),
+            UserMode::Real,
+            &[("real", UserMode::Real), ("virtual", UserMode::Virtual)],
+        ),
+        connec_forward_path,
+        billing: BillingConfig {
+            mode,
+            price_cents,
+            currency,
+            period,
+            description: b.description.unwrap_or_else(|| "Subscription".into()),
+        },
+    }
+}
+
+fn devpl(c: &mut Checker<'_>, raw: RawDevpl) -> DevplConfig {
+    let host_text = raw.host.unwrap_or_else(|| defaults::DEVPL_HOST.into());
+    let host = c
+        .web_url("maestrano_devpl.host", &host_text)
+        .unwrap_or_else(|| url::Url::parse(defaults::DEVPL_HOST).expect("default is a valid URL"));
+    let env_key = c
+        .required_secret("maestrano_devpl.env_key", raw.env_key.as_deref())
+        .unwrap_or_else(|| Secret::generated(String::new()));
+    let env_secret = c
+        .required_secret("maestrano_devpl.env_secret", raw.env_secret.as_deref())
+        .unwrap_or_else(|| Secret::generated(String::new()));
+    DevplConfig {
+        host,
+        env_key,
+        env_secret,
+        refresh: c.duration(
+            "maestrano_devpl.refresh",
+            raw.refresh.as_deref(),
+            defaults::DEVPL_REFRESH,
+        ),
+    }
+}

@@ -1,0 +1,189 @@
+//! idgate: an identity sidecar. A reverse proxy in front of an app that cannot be
+//! changed, doing SAML SSO, provisioning and identity headers on its behalf.
+//!
+//! [`App`] is the whole product built from a [`config::Config`]; the binary in
+//! `main.rs` only parses the command line and calls into it.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod identity;
+pub mod metrics;
+pub mod proxy;
+pub mod response;
+pub mod scim;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Why the app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store could not be set up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The product, built from a config and ready to bind.
+pub struct App {
+    config: Arc<Config>,
+    gateway: Arc<Gateway>,
+    admin: Arc<Admin>,
+    draining: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Builds every component. Nothing listens yet.
+    pub fn new(config: Config) -> Result<App, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(&config.store)?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let gateway = Arc::new(Gateway::new(&config, metrics.clone()));
+        let admin = Arc::new(Admin::new(store, metrics, draining.clone()));
+        Ok(App {
+            config: Arc::new(config),
+            gateway,
+            admin,
+            draining,
+        })
+    }
+
+    /// Binds both listeners and starts serving.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let public = bind(self.config.server.listen).await?;
+        let admin = bind(self.config.server.admin_listen).await?;
+        let public_addr = public.local_addr().map_err(|source| StartError::Bind {
+            addr: self.config.server.listen,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            addr: self.config.server.admin_listen,
+            source,
+        })?;
+        let grace = self.config.server.shutdown_grace;
+        let (public_tx, public_rx) = watch::channel(false);
+        let (admin_tx, admin_rx) = watch::channel(false);
+        let public_task = tokio::spawn(server::serve(public, self.gateway, public_rx, grace));
+        // The admin listener outlives the drain, so probes keep answering (503) while
+        // the public side finishes its requests.
+        let admin_task = tokio::spawn(server::serve(
+            admin,
+            self.admin,
+            admin_rx,
+            Duration::from_secs(1),
+        ));
+        tracing::info!(
+            public = %public_addr,
+            admin = %admin_addr,
+            upstream = %self.config.server.upstream,
+            "idgate listening"
+        );
+        Ok(Running {
+            public_addr,
+            admin_addr,
+            draining: self.draining,
+            public_tx,
+            admin_tx,
+            public_task,
+            admin_task,
+        })
+    }
+}
+
+/// A started app.
+pub struct Running {
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    draining: Arc<AtomicBool>,
+    public_tx: watch::Sender<bool>,
+    admin_tx: watch::Sender<bool>,
+    public_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Where the public listener is bound (useful with port 0).
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// Where the admin listener is bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting, drains in-flight requests within the grace period, then stops
+    /// the admin listener.
+    pub async fn shutdown(self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.public_tx.send(true);
+        if let Err(e) = self.public_task.await {
+            tracing::error!(error = %e, "public listener task failed");
+        }
+        let _ = self.admin_tx.send(true);
+        if let Err(e) = self.admin_task.await {
+            tracing::error!(error = %e, "admin listener task failed");
+        }
+        tracing::info!("idgate stopped");
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        self.shutdown().await;
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM; only SIGINT stops idgate");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,139 @@
+//! The `idgate` command line. Parsing, exit codes and printing only; the product lives
+//! in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use idgate::config::Config;
+use idgate::identity::keys::{self, Algorithm};
+use idgate::telemetry::{self, LogFormat};
+
+/// Exit code for an invalid config (EX_USAGE from sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code for a failure at run time (EX_SOFTWARE).
+const EXIT_RUNTIME: u8 = 70;
+
+#[derive(Parser)]
+#[command(
+    name = "idgate",
+    version,
+    about = "Identity sidecar: SAML SSO, SCIM and signed identity headers in front of an unmodified app"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "json")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long, env = "IDGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config and print every error with its key path.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(long, env = "IDGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run on embedded defaults with a built-in echo app as the upstream.
+    Demo {
+        /// Public listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print a new PEM private key for signing identity JWTs.
+    Keygen {
+        /// Algorithm: EdDSA (default), ES256 or RS256.
+        #[arg(long, default_value = "EdDSA")]
+        alg: Algorithm,
+    },
+    /// Print a new SCIM bearer token (line 1) and its hash for the config (line 2).
+    Token,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keygen { alg } => match keys::generate_pem(alg) {
+            Ok(pem) => {
+                print!("{pem}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("idgate: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+        Command::Token => {
+            let (token, hash) = idgate::scim::token::generate();
+            println!("{token}");
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config } => {
+            telemetry::init(cli.log_format);
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in &errors.0 {
+                        tracing::error!(key = e.path, "{}", e.message);
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            run(async move {
+                let running = idgate::App::new(config)?.start().await?;
+                running.run_until_signal().await;
+                Ok::<_, idgate::StartError>(())
+            })
+        }
+        Command::Demo { listen } => {
+            telemetry::init(cli.log_format);
+            run(idgate::demo::run(listen))
+        }
+    }
+}
+
+fn run<E: std::fmt::Display>(fut: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("idgate: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "idgate failed");
+            eprintln!("idgate: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Header hygiene: identity-header stripping, hop-by-hop removal (RFC 9110 §7.6.1),
+//! cookie filtering and `X-Forwarded-*`.
+//!
+//! Everything here works on a `HeaderMap` and allocates only when it has something to
+//! change, because it runs on every proxied request.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Lower-cases a header name and folds `_` into `-`. Some servers (CGI, Rack, PHP) turn
+/// `-` into `_` when they expose headers, so `X_Idgate_User_Id` reaches the app as the
+/// same variable as `X-Idgate-User-Id` (oauth2-proxy CVE-2025-64484).
+pub fn fold_name(name: &str) -> String {
+    name.bytes().map(|b| char::from(fold_byte(b))).collect()
+}
+
+#[inline]
+fn fold_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// `a` equals the already-folded `folded` after folding.
+#[inline]
+fn eq_folded(a: &str, folded: &str) -> bool {
+    a.len() == folded.len()
+        && a.bytes()
+            .zip(folded.bytes())
+            .all(|(x, y)| fold_byte(x) == y)
+}
+
+/// Headers that HTTP itself gives meaning to; an identity header must not reuse one,
+/// or stripping it would break the request.
+pub fn is_reserved_by_http(name: &HeaderName) -> bool {
+    const RESERVED: &[&str] = &[
+        "host",
+        "cookie",
+        "authorization",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "keep-alive",
+        "proxy-connection",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "forwarded",
+    ];
+    let folded = fold_name(name.as_str());
+    RESERVED.contains(&folded.as_str())
+}
+
+/// The prefix that idgate owns outright: any client header starting with it is dropped,
+/// even names idgate does not set today, so adding a header later is never a hole.
+const OWNED_PREFIX: &str = "x-idgate-";
+
+/// Decides which client-sent headers idgate must remove before forwarding.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaderPolicy {
+    /// Folded configured names outside the owned prefix.
+    extra: Vec<String>,
+}
+
+impl IdentityHeaderPolicy {
+    /// Builds the policy from the configured identity header names.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> Self {
+        let mut extra: Vec<String> = names
+            .into_iter()
+            .map(|n| fold_name(n.as_str()))
+            .filter(|n| !n.starts_with(OWNED_PREFIX))
+            .collect();
+        extra.sort();
+        extra.dedup();
+        IdentityHeaderPolicy { extra }
+    }
+
+    /// Whether a header name (any case, `_` or `-`) is one that idgate sets.
+    pub fn is_protected(&self, name: &str) -> bool {
+        (name.len() >= OWNED_PREFIX.len() && eq_folded(&name[..OWNED_PREFIX.len()], OWNED_PREFIX))
+            || self.extra.iter().any(|e| eq_folded(name, e))
+    }
+
+    /// Removes every protected header, all occurrences. Returns the removed names, for
+    /// the debug log; the values are never returned, so they cannot be logged.
+    pub fn strip(&self, headers: &mut HeaderMap) -> Vec<HeaderName> {
+        let mut removed = Vec::new();
+        for name in headers.keys() {
+            if self.is_protected(name.as_str()) {
+                removed.push(name.clone());
+            }
+        }
+        for name in &removed {
+            headers.remove(name);
+        }
+        removed
+    }
+
+    /// A `Connection` header that names a protected header is refused: a hop that honours
+    /// it would delete the identity header that idgate adds (the "Connection trick").
+    pub fn connection_names_protected<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        connection_tokens(headers).find(|t| self.is_protected(t))
+    }
+}
+
+/// The comma-separated tokens of every `Connection` header, trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Fixed hop-by-hop fields (RFC 9110 §7.6.1), besides those named in `Connection`.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// If the message asks for a protocol upgrade (WebSocket), the `Upgrade` value to keep.
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Removes hop-by-hop headers. When `upgrade` is given, `Connection: upgrade` and that
+/// `Upgrade` value are put back, since the upgrade handshake must cross the proxy.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(proto) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+}
+
+/// Removes idgate's own session cookie (plain and `__Host-` forms) from `Cookie`, and
+/// joins several `Cookie` fields into one, as an HTTP/1.1 hop expects (RFC 9113 §8.2.3).
+pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
+    let fields = headers.get_all(header::COOKIE).iter().count();
+    let mentions = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| memfind(v.as_bytes(), cookie_name.as_bytes()));
+    if fields == 0 || (fields == 1 && !mentions) {
+        return;
+    }
+    let host_name = format!("__Host-{cookie_name}");
+    let mut kept = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = trim_bytes(pair);
+            if pair.is_empty() {
+                continue;
+            }
+            let name = trim_bytes(pair.split(|&b| b == b'=').next().unwrap_or_default());
+            if name == cookie_name.as_bytes() || name == host_name.as_bytes() {
+                continue;
+            }
+            kept.push(pair.to_vec());
+        }
+    }
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        let joined = kept.join(&b"; "[..]);
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+fn trim_bytes(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept
+/// (and the peer appended to the chain); from anyone else they are replaced, and the
+/// other client-address headers (`Forwarded`, `X-Real-IP`) dropped, so the app never
+/// believes a client about its own address.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let peer_text = peer.to_string();
+    let chain = if trusted {
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer_text
+        } else {
+            format!("{}, {peer_text}", prior.join(", "))
+        }
+    } else {
+        headers.remove(&FORWARDED);
+        headers.remove(&X_REAL_IP);
+        peer_text
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST, h);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> IdentityHeaderPolicy {
+        let names = [
+            HeaderName::from_static("x-idgate-user-id"),
+            HeaderName::from_static("x-remote-user"),
+        ];
+        IdentityHeaderPolicy::new(names.iter())
+    }
+
+    #[test]
+    fn protected_names_match_in_any_case_and_with_underscores() {
+        let p = policy();
+        for name in [
+            "x-idgate-user-id",
+            "X-IDGATE-USER-ID",
+            "x_idgate_user_id",
+            "X_Idgate-Anything",
+            "x-remote-user",
+            "X_REMOTE_USER",
+        ] {
+            assert!(p.is_protected(name), "{name}");
+        }
+        for name in ["x-idgate", "x-remote-users", "remote-user", "x-request-id"] {
+            assert!(!p.is_protected(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn strip_removes_every_occurrence_and_reports_names_only() {
+        let p = policy();
+        let mut h = HeaderMap::new();
+        h.append("x-idgate-user-id", HeaderValue::from_static("a"));
+        h.append("x-idgate-user-id", HeaderValue::from_static("b"));
+        h.append("x_remote_user", HeaderValue::from_static("c"));
+        h.append("accept", HeaderValue::from_static("*/*"));
+        let removed = p.strip(&mut h);
+        assert_eq!(removed.len(), 2);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn connection_naming_a_protected_header_is_detected() {
+        let p = policy();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X_Idgate_Tenant"),
+        );
+        assert_eq!(p.connection_names_protected(&h), Some("X_Idgate_Tenant"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert_eq!(p.connection_names_protected(&h), None);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_survives_hop_by_hop_removal() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let up = upgrade_request(&h);
+        remove_hop_by_hop(&mut h, up);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn session_cookie_is_removed_and_others_joined() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; idgate_session=secret"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-idgate_session=x;b=2"),
+        );
+        strip_cookie(&mut h, "idgate_session");
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+
+        let mut only = HeaderMap::new();
+        only.insert(header::COOKIE, HeaderValue::from_static("idgate_session=s"));
+        strip_cookie(&mut only, "idgate_session");
+        assert!(!only.contains_key(header::COOKIE));
+
+        let mut lookalike = HeaderMap::new();
+        lookalike.insert(
+            header::COOKIE,
+            HeaderValue::from_static("idgate_session_x=1"),
+        );
+        strip_cookie(&mut lookalike, "idgate_session");
+        assert_eq!(lookalike[header::COOKIE], "idgate_session_x=1");
+    }
+
+    #[test]
+    fn forwarded_headers_are_replaced_for_untrusted_and_appended_for_trusted() {
+        let peer: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        let mut untrusted = h.clone();
+        set_forwarded(
+            &mut untrusted,
+            peer,
+            false,
+            "http",
+            Some(HeaderValue::from_static("a.example")),
+        );
+        assert_eq!(untrusted["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        assert_eq!(untrusted["x-forwarded-host"], "a.example");
+        assert!(!untrusted.contains_key("forwarded"));
+
+        set_forwarded(
+            &mut h,
+            peer,
+            true,
+            "http",
+            Some(HeaderValue::from_static("a.example")),
+        );
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

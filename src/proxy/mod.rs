@@ -1,0 +1,154 @@
+//! Forwarding to the upstream: a pooled keep-alive HTTP/1.1 client, streaming bodies in
+//! both directions without buffering, timeouts, and WebSocket (Upgrade) tunnelling.
+
+pub mod headers;
+
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::config::ServerConfig;
+use crate::metrics::UpstreamErrorKind;
+
+/// Why forwarding failed. The message is for the log; the client sees only the status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream refused or did not accept the connection in time.
+    #[error("upstream connect failed: {0}")]
+    Connect(String),
+    /// No response headers within `upstream_timeout`.
+    #[error("upstream sent no response headers within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke, or the upstream's answer was not valid HTTP.
+    #[error("upstream request failed: {0}")]
+    Protocol(String),
+}
+
+impl ProxyError {
+    /// Metric label.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            ProxyError::Connect(_) => UpstreamErrorKind::Connect,
+            ProxyError::Timeout(_) => UpstreamErrorKind::Timeout,
+            ProxyError::Protocol(_) => UpstreamErrorKind::Protocol,
+        }
+    }
+
+    /// What the client gets: 504 for a slow upstream, 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// The upstream app and the pooled client that reaches it.
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    scheme: Scheme,
+    authority: Authority,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client from `[server]`.
+    pub fn new(server: &ServerConfig) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(server.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            // Below the idle timeouts of common app servers (Node 5 s is the shortest
+            // widespread one), so idgate drops an idle connection before the app does and
+            // rarely races a request against a closing socket.
+            .pool_idle_timeout(Duration::from_secs(4))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let upstream = &server.upstream;
+        Upstream {
+            client,
+            scheme: upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: upstream
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| Authority::from_static("127.0.0.1:3000")),
+            response_timeout: server.upstream_timeout,
+        }
+    }
+
+    /// Sends a request, already cleaned by the gateway, to the upstream. `upgrade` is
+    /// set when the client asked for a protocol switch; on a `101` the two connections
+    /// are joined in a background task.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::Protocol(format!("cannot build upstream URI: {e}")))?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let mut resp =
+            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+                Err(_) => return Err(ProxyError::Timeout(self.response_timeout)),
+                Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(error_chain(&e))),
+                Ok(Err(e)) => return Err(ProxyError::Protocol(error_chain(&e))),
+                Ok(Ok(resp)) => resp,
+            };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = client_side
+        {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_side, upstream_side) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(e) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "protocol upgrade failed"),
+                }
+            });
+            let up = headers::upgrade_request(resp.headers());
+            headers::remove_hop_by_hop(resp.headers_mut(), up);
+            return Ok(resp);
+        }
+        headers::remove_hop_by_hop(resp.headers_mut(), None);
+        Ok(resp)
+    }
+}
+
+/// The error with its causes, for the log ("client error (Connect): tcp connect error:
+/// Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

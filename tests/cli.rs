@@ -1,0 +1,180 @@
+//! The command line: check-config, serve's refusal of bad configs, keygen and token.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use support::run_cli;
+
+fn manifest_path(rel: &str) -> String {
+    format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let (code, out, err) = run_cli(
+        &[
+            "check-config",
+            "--config",
+            &manifest_path("config/demo.toml"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    let key = run_cli(&["keygen"], &[]).1;
+    let env = [
+        ("IDGATE_SIGNING_KEY", key.as_str()),
+        ("MNO_API_KEY", "mno-key"),
+        ("MNO_DEVPL_ENV_KEY", "devpl-key"),
+        ("MNO_DEVPL_ENV_SECRET", "devpl-secret"),
+    ];
+    let example = manifest_path("config/idgate.example.toml");
+    let (code, out, err) = run_cli(&["check-config", "--config", &example], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    // IDGATE_CONFIG stands in for --config.
+    let mut with_var = env.to_vec();
+    with_var.push(("IDGATE_CONFIG", example.as_str()));
+    let (code, _, err) = run_cli(&["check-config"], &with_var);
+    assert_eq!(code, 0, "{err}");
+}
+
+const FIVE_MISTAKES: &str = r#"
+[server]
+upstream = "not a url"
+connect_timeout = "soon"
+listne = "0.0.0.0:8080"
+
+[store]
+url = "postgres://db"
+
+[[tenants]]
+id = "acme"
+default = true
+[tenants.saml]
+idp_entity_id = "https://idp.example.com"
+idp_sso_url = "https://idp.example.com/sso"
+idp_certificate = "file:/nonexistent/idp.pem"
+
+[[tenants]]
+id = "acme"
+default = true
+[tenants.saml]
+idp_entity_id = "https://idp2.example.com"
+idp_sso_url = "https://idp2.example.com/sso"
+"#;
+
+#[test]
+fn check_config_reports_every_error_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, FIVE_MISTAKES).unwrap();
+    let (code, _, err) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{err}");
+    for expected in [
+        "server.listne: unknown key",
+        "server.upstream: malformed upstream URL",
+        "server.connect_timeout: invalid duration",
+        "store.url: unknown store scheme \"postgres\"",
+        "tenants[0].saml.idp_certificate: file not found: /nonexistent/idp.pem",
+        "tenants[1].id: duplicate tenant id \"acme\"",
+        "tenants[1].default: more than one default tenant",
+        "tenants[1].saml.idp_certificate: missing",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    let errors = err.lines().filter(|l| l.contains(": ")).count();
+    assert!(errors >= 8, "{err}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_with_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, FIVE_MISTAKES).unwrap();
+    let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("store.url: unknown store scheme"), "{err}");
+    let (code, _, err) = run_cli(&["serve", "--config", "/nonexistent/idgate.toml"], &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("cannot read config file"), "{err}");
+}
+
+/// Checks a PEM key with OpenSSL, independently of the code that made it.
+fn openssl_describes(pem: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["pkey", "-noout", "-text"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed by `make test`");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pem.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl rejected the key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn keygen_prints_keys_openssl_accepts() {
+    for (alg, expect) in [
+        ("EdDSA", "ED25519 Private-Key"),
+        ("ES256", "NIST CURVE: P-256"),
+        ("RS256", "Private-Key: (2048 bit"),
+    ] {
+        let (code, pem, err) = run_cli(&["keygen", "--alg", alg], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+        let text = openssl_describes(&pem);
+        assert!(text.contains(expect), "{alg}: {text}");
+    }
+    let (default_code, pem, _) = run_cli(&["keygen"], &[]);
+    assert_eq!(default_code, 0);
+    assert!(openssl_describes(&pem).contains("ED25519"));
+    let (code, _, _) = run_cli(&["keygen", "--alg", "HS256"], &[]);
+    assert_ne!(code, 0);
+}
+
+#[test]
+fn token_prints_a_token_and_its_sha256() {
+    let (code, out, _) = run_cli(&["token"], &[]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let (token, hash) = (lines[0], lines[1]);
+    assert!(token.len() >= 43);
+    // Independent digest: coreutils' sha256sum over the token's bytes.
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let digest = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let hex = digest.split_whitespace().next().unwrap();
+    assert_eq!(hash, format!("sha256:{hex}"));
+    assert_ne!(run_cli(&["token"], &[]).1, out, "tokens are random");
+}
+
+#[test]
+fn demo_config_validates_through_the_library_too() {
+    // `idgate demo` embeds config/demo.toml; it must build a config with an echo upstream.
+    let cfg = idgate::demo::config(None, "127.0.0.1:4000".parse().unwrap()).expect("valid");
+    assert_eq!(cfg.access.public_paths, ["/"]);
+    assert_eq!(cfg.server.upstream.to_string(), "http://127.0.0.1:4000/");
+}

@@ -1,0 +1,449 @@
+//! The proxy core and header hygiene, end to end: a real idgate process between a real
+//! client and a real upstream on loopback.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::*;
+
+fn public_all(upstream: std::net::SocketAddr) -> String {
+    config(upstream, "", "[access]\npublic_paths = [\"/\"]\n")
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&config(
+        up.addr,
+        "",
+        "[access]\npublic_paths = [\"/\"]\n[identity.headers]\nrole = \"X-Remote-Role\"\n",
+    ));
+    // Every spelling a client might use to smuggle an identity in.
+    let spoof = "GET /spoof HTTP/1.1\r\nHost: app\r\n\
+        X-Idgate-User-Id: admin\r\n\
+        x-idgate-user-id: admin2\r\n\
+        X-IDGATE-GROUP-ID: g\r\n\
+        X_Idgate_Tenant: t\r\n\
+        x_idgate_email: e@x\r\n\
+        X-Idgate_Name: n\r\n\
+        X-Idgate-Assertion: forged.jwt.value\r\n\
+        X-Idgate-Future-Header: f\r\n\
+        X-Remote-Role: owner\r\n\
+        X_REMOTE_ROLE: owner\r\n\
+        X-Kept: yes\r\n\
+        Connection: close\r\n\r\n";
+    let resp = raw(idgate.public, spoof).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let echo = raw_json(&resp);
+    let names = received_names(&echo);
+    for name in &names {
+        let folded = name.replace('_', "-");
+        assert!(
+            !folded.starts_with("x-idgate-") && folded != "x-remote-role",
+            "spoofed header {name} reached the upstream: {names:?}"
+        );
+    }
+    assert_eq!(received(&echo, "x-kept"), ["yes"]);
+    // The strip is logged at debug, by name only.
+    let logs = idgate.logs();
+    assert!(
+        logs.contains("stripped client-sent identity header"),
+        "{logs}"
+    );
+    assert!(!logs.contains("forged.jwt.value"));
+}
+
+#[tokio::test]
+async fn connection_header_naming_an_identity_header_is_refused() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    for token in [
+        "X-Idgate-User-Id, close",
+        "close, x_idgate_group_id",
+        "close, X-IDGATE-TENANT",
+    ] {
+        let req = format!(
+            "GET /trick HTTP/1.1\r\nHost: app\r\nAccept: application/json\r\nConnection: {token}\r\n\r\n"
+        );
+        let resp = raw(idgate.public, &req).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{token}: {resp}");
+        assert!(resp.contains("\"error\":\"bad_request\""), "{resp}");
+    }
+}
+
+#[tokio::test]
+async fn session_cookie_is_removed_and_other_cookies_kept() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    let r = get(
+        &idgate.url("/c"),
+        &[(
+            "cookie",
+            "theme=dark; idgate_session=SECRETSESSION; __Host-idgate_session=S2; lang=en",
+        )],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let echo = r.json();
+    assert_eq!(received(&echo, "cookie"), ["theme=dark; lang=en"]);
+    assert!(!idgate.logs().contains("SECRETSESSION"));
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_client_values_replaced() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    let r = get(
+        &idgate.url("/f"),
+        &[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=6.6.6.6"),
+        ],
+    )
+    .await;
+    let echo = r.json();
+    assert_eq!(received(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(received(&echo, "x-forwarded-proto"), ["http"]);
+    assert_eq!(received(&echo, "x-forwarded-host"), ["shop.example"]);
+    assert_eq!(received(&echo, "host"), ["shop.example"]);
+    assert!(received(&echo, "forwarded").is_empty());
+
+    // From a trusted proxy the chain is kept and extended.
+    let trusted = Idgate::start(&config(
+        up.addr,
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        "[access]\npublic_paths = [\"/\"]\n",
+    ));
+    let r = get(
+        &trusted.url("/f"),
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    let echo = r.json();
+    assert_eq!(
+        received(&echo, "x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+    assert_eq!(received(&echo, "x-forwarded-proto"), ["https"]);
+}
+
+#[tokio::test]
+async fn all_methods_and_bodies_pass_through() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    for method in [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND",
+    ] {
+        let r = send(
+            method,
+            &idgate.url("/m?q=1"),
+            &[],
+            Bytes::from_static(b"hello"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{method}");
+        let echo = r.json();
+        assert_eq!(echo["method"], method);
+        assert_eq!(echo["uri"], "/m?q=1");
+        assert_eq!(echo["body_bytes"], 5);
+    }
+    let head = send("HEAD", &idgate.url("/m"), &[], Bytes::new()).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    let req = "GET /h HTTP/1.1\r\nHost: app\r\nConnection: close, X-Client-Private\r\n\
+        X-Client-Private: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+        Proxy-Connection: keep-alive\r\nX-Client-Public: 1\r\n\r\n";
+    let echo = raw_json(&raw(idgate.public, req).await);
+    let names = received_names(&echo);
+    for hop in ["x-client-private", "keep-alive", "te", "proxy-connection"] {
+        assert!(
+            !names.contains(&hop.to_string()),
+            "{hop} forwarded: {names:?}"
+        );
+    }
+    assert!(names.contains(&"x-client-public".to_string()));
+
+    let r = get(&idgate.url("/hop"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("x-upstream-private"));
+    assert!(!r.headers.contains_key("keep-alive"));
+    assert_eq!(r.headers["x-upstream-public"], "1");
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_clients_are_served() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let req = http::Request::builder()
+        .uri(idgate.url("/h2?x=1"))
+        .header("x-idgate-user-id", "spoof")
+        .body(http_body_util::Full::new(Bytes::from_static(b"h2 body")))
+        .unwrap();
+    let resp = client.request(req).await.expect("h2 request");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        echo["version"], "HTTP/1.1",
+        "upstream is spoken to in HTTP/1.1"
+    );
+    assert_eq!(echo["uri"], "/h2?x=1");
+    assert_eq!(echo["body_bytes"], 7);
+    assert_eq!(received(&echo, "host"), [idgate.public.to_string()]);
+    assert!(received(&echo, "x-idgate-user-id").is_empty());
+}
+
+const BIG: u64 = 200 * 1024 * 1024;
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_in_bounded_memory() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+
+    // Upload: 200 MiB generated on the fly, never held whole by anyone.
+    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+    let chunks = (BIG / chunk.len() as u64) as usize;
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))),
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = http::Request::post(idgate.url("/upload"))
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap();
+    let resp = client.request(req).await.expect("upload");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["body_bytes"], BIG, "upstream received every byte");
+
+    // Download: 200 MiB streamed from the upstream, counted frame by frame.
+    let resp = client
+        .request(
+            http::Request::get(idgate.url(&format!("/bytes/{BIG}")))
+                .body(http_body_util::Empty::<Bytes>::new().boxed())
+                .unwrap(),
+        )
+        .await
+        .expect("download");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("frame").into_data() {
+            got += data.len() as u64;
+        }
+    }
+    assert_eq!(got, BIG);
+
+    let peak = idgate.peak_rss_kib();
+    assert!(
+        peak < 64 * 1024,
+        "idgate peak RSS {peak} KiB is not under 64 MiB"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", idgate.public))
+        .await
+        .expect("websocket handshake through idgate");
+    assert_eq!(resp.status(), 101);
+    for text in ["hello", "second message", &"x".repeat(100_000)] {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("a message")
+            .expect("not an error");
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_upstream_is_504_in_the_clients_format() {
+    // A port with nothing listening.
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let idgate = Idgate::start(&public_all(dead));
+    let json = get(&idgate.url("/x"), &[("accept", "application/json")]).await;
+    assert_eq!(json.status, 502);
+    assert_eq!(json.json()["error"], "upstream_unavailable");
+    let html = get(&idgate.url("/x"), &[("accept", "text/html")]).await;
+    assert_eq!(html.status, 502);
+    assert!(
+        html.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(html.text().contains("<html>") || html.text().contains("<!doctype html>"));
+    assert!(
+        idgate.logs().contains("upstream request failed"),
+        "{}",
+        idgate.logs()
+    );
+
+    let up = TestUpstream::start().await;
+    let slow = Idgate::start(&config(
+        up.addr,
+        "upstream_timeout = \"300ms\"",
+        "[access]\npublic_paths = [\"/\"]\n",
+    ));
+    let r = get(&slow.url("/sleep/2000"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    // A fast answer through the same instance is unaffected.
+    assert_eq!(get(&slow.url("/sleep/10"), &[]).await.status, 200);
+
+    let metrics = get(&slow.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("idgate_upstream_errors_total{kind=\"timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn request_id_is_forwarded_kept_and_returned() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    let r = get(&idgate.url("/r"), &[]).await;
+    let echo = r.json();
+    let sent = received(&echo, "x-request-id");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(r.headers["x-request-id"], sent[0].as_str());
+    assert!(
+        idgate.logs().contains(&sent[0]),
+        "the access log carries the id"
+    );
+
+    let r = get(&idgate.url("/r"), &[("x-request-id", "trace-abc-123")]).await;
+    assert_eq!(received(&r.json(), "x-request-id"), ["trace-abc-123"]);
+}
+
+#[tokio::test]
+async fn secrets_in_headers_are_never_logged() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    get(
+        &idgate.url("/s?token=QUERYSECRET"),
+        &[
+            ("authorization", "Bearer AUTHSECRET"),
+            ("cookie", "idgate_session=COOKIESECRET; other=OTHERSECRET"),
+            ("x-idgate-assertion", "ASSERTIONSECRET"),
+        ],
+    )
+    .await;
+    let logs = idgate.logs();
+    assert!(logs.contains("/s"), "the request was logged: {logs}");
+    for secret in [
+        "AUTHSECRET",
+        "COOKIESECRET",
+        "OTHERSECRET",
+        "ASSERTIONSECRET",
+        "QUERYSECRET",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into the log");
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_before_routing() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&config(
+        up.addr,
+        "",
+        "[access]\npublic_paths = [\"/public\"]\n",
+    ));
+    for path in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/..%2Fadmin",
+        "/public\\..\\admin",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+        let resp = raw(idgate.public, &req).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
+    }
+    assert_eq!(get(&idgate.url("/public/ok"), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn only_public_paths_are_forwarded_without_a_session() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&config(
+        up.addr,
+        "",
+        "[access]\npublic_paths = [\"/public\"]\napi_paths = [\"/api\"]\n",
+    ));
+    assert_eq!(get(&idgate.url("/public/x"), &[]).await.status, 200);
+    // `/publicity` is not under `/public`.
+    let r = get(&idgate.url("/publicity"), &[("accept", "*/*")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "unauthenticated");
+    // Reserved paths are idgate's, never the app's, however they are spelled.
+    for path in ["/_idgate/anything", "/%5Fidgate/anything"] {
+        let r = get(&idgate.url(path), &[]).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.json()["error"], "not_found");
+    }
+}
+
+#[tokio::test]
+async fn browser_navigation_is_sent_to_login_and_apis_get_401_json() {
+    let up = TestUpstream::start().await;
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let tenant = format!(
+        "[access]\napi_paths = [\"/api\"]\n[[tenants]]\nid = \"acme\"\n[tenants.saml]\n\
+         idp_entity_id = \"https://idp.example.com\"\nidp_sso_url = \"https://idp.example.com/sso\"\n\
+         idp_certificate = \"file:{dir}/config/examples/example-idp.crt\"\n"
+    );
+    let idgate = Idgate::start(&config(up.addr, "", &tenant));
+    let nav = get(
+        &idgate.url("/reports?y=2024&q=a%20b"),
+        &[("accept", "text/html")],
+    )
+    .await;
+    assert_eq!(nav.status, 302);
+    assert_eq!(
+        nav.headers["location"],
+        "/_idgate/saml/acme/login?return_to=/reports%3Fy%3D2024%26q%3Da%2520b"
+    );
+    let nav2 = get(&idgate.url("/x"), &[("sec-fetch-mode", "navigate")]).await;
+    assert_eq!(nav2.status, 302);
+    let api = get(&idgate.url("/api/items"), &[("accept", "text/html")]).await;
+    assert_eq!(api.status, 401);
+    assert_eq!(
+        api.json()["login_url"],
+        "/_idgate/saml/acme/login?return_to=/api/items"
+    );
+    let xhr = get(&idgate.url("/x"), &[("accept", "*/*")]).await;
+    assert_eq!(xhr.status, 401);
+    let post = send("POST", &idgate.url("/x"), &[("accept", "text/html")], "a").await;
+    assert_eq!(post.status, 401);
+}

@@ -1,0 +1,500 @@
+//! Test support: real processes and real servers on loopback.
+//!
+//! - [`Idgate`] runs the real `idgate` binary on port 0 and reads its bound addresses from
+//!   its JSON log.
+//! - [`TestUpstream`] is an app on loopback that echoes what it received and can stream,
+//!   stall and speak WebSocket.
+//! - [`RedisServer`] starts a private `redis-server` on a free port; it panics, never
+//!   skips, when Redis cannot be had.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TestBody = BoxBody<Bytes, BoxError>;
+
+fn full_body(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+// ---------------------------------------------------------------------------------------
+// The upstream app.
+
+/// An app on 127.0.0.1 that answers:
+/// - `/bytes/{n}`: `n` bytes, streamed in 64 KiB chunks;
+/// - `/sleep/{ms}`: waits, then answers 200 `slept`;
+/// - `/ws`: a WebSocket echo;
+/// - `/hop`: a response carrying hop-by-hop headers;
+/// - anything else: JSON describing the request as received (method, uri, headers, body
+///   size), from idgate's own echo app.
+pub struct TestUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestUpstream {
+    /// Starts it on a free port.
+    pub async fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(upstream_route))
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestUpstream { addr, task }
+    }
+}
+
+async fn upstream_route(mut req: Request<Incoming>) -> Result<Response<TestBody>, BoxError> {
+    let path = req.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let total: u64 = n.parse()?;
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len() as u64) as usize;
+                Some((
+                    Ok::<_, BoxError>(Frame::data(chunk.slice(..n))),
+                    left - n as u64,
+                ))
+            }
+        });
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse()?)).await;
+        return Ok(Response::new(full_body("slept")));
+    }
+    if path == "/hop" {
+        let mut resp = Response::new(full_body("hop"));
+        let h = resp.headers_mut();
+        h.insert("connection", "x-upstream-private".parse()?);
+        h.insert("x-upstream-private", "1".parse()?);
+        h.insert("keep-alive", "timeout=5".parse()?);
+        h.insert("x-upstream-public", "1".parse()?);
+        return Ok(resp);
+    }
+    if path == "/ws" {
+        let key = req
+            .headers()
+            .get("sec-websocket-key")
+            .ok_or("no websocket key")?
+            .clone();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    } else if msg.is_close() {
+                        break;
+                    }
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(full_body(""))?;
+        return Ok(resp);
+    }
+    let described = idgate::demo::echo::describe(req).await?;
+    let mut resp = Response::new(full_body(serde_json::to_vec(&described)?));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse()?);
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------------------------------
+// The idgate process.
+
+/// A running `idgate serve`, killed (by its PID) on drop.
+pub struct Idgate {
+    child: Child,
+    /// Public listener.
+    pub public: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A config with both listeners on free loopback ports and the given upstream; `server`
+/// adds lines to `[server]`, `rest` adds sections after it.
+pub fn config(upstream: SocketAddr, server: &str, rest: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         upstream = \"http://{upstream}\"\npublic_url = \"http://127.0.0.1\"\n{server}\n{rest}\n"
+    )
+}
+
+impl Idgate {
+    /// Starts idgate with `config` and debug logging.
+    pub fn start(config: &str) -> Idgate {
+        Idgate::start_with_env(config, &[])
+    }
+
+    /// Starts idgate with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Idgate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("idgate.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idgate"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("IDGATE_LOG", "debug,hyper=info,h2=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn idgate");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("idgate listening") {
+                        let _ = tx.send(line.clone());
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "idgate did not start; its output:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        let addr = |k: &str| -> SocketAddr {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+                .parse()
+                .unwrap()
+        };
+        Idgate {
+            public: addr("public"),
+            admin: addr("admin"),
+            child,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    /// `http://<public>` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    /// `http://<admin>` + path.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Everything it has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to this process (and only this one).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+}
+
+impl Drop for Idgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `idgate` with arguments and returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idgate"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run idgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP clients.
+
+/// A response, fully read.
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The values the echo upstream received for a header name (exact, lower-case).
+pub fn received(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .expect("echo headers")
+        .iter()
+        .filter(|pair| pair[0] == name)
+        .map(|pair| pair[1].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every header name the echo upstream received.
+pub fn received_names(echo: &serde_json::Value) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .expect("echo headers")
+        .iter()
+        .map(|pair| pair[0].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// An HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("read body").to_bytes(),
+    }
+}
+
+/// `GET` with headers.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send("GET", url, headers, Bytes::new()).await
+}
+
+/// Writes raw bytes to `addr` and reads until the server closes (requests should carry
+/// `Connection: close`). Exact header spelling survives, unlike with an HTTP library.
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON body of a raw HTTP/1.1 response (Content-Length framed).
+pub fn raw_json(response: &str) -> serde_json::Value {
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_else(|| panic!("no body in {response}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {response}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis.
+
+/// A private `redis-server` on a free port, stopped (by PID) on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// Starts one. Panics, with the reason, if `redis-server` is missing or does not
+    /// answer: a test that needs Redis must never pass without it.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer { child: None, port };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL, as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server (run `make test`, which installs it): {e}")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 7];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
