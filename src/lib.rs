@@ -28,8 +28,9 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewayWorker};
 use crate::metrics::Metrics;
+use crate::proxy::Upstream;
 use crate::store::{Store, StoreError};
 
 /// Why the app could not start.
@@ -92,7 +93,21 @@ impl App {
         let grace = self.config.server.shutdown_grace;
         let (public_tx, public_rx) = watch::channel(false);
         let (admin_tx, admin_rx) = watch::channel(false);
-        let public_task = tokio::spawn(server::serve(public, self.gateway, public_rx, grace));
+        let workers = self.config.server.workers;
+        let gateway = self.gateway;
+        let server_config = self.config.server.clone();
+        let public_task = tokio::spawn(server::serve_workers(
+            public,
+            workers,
+            move |_| {
+                Arc::new(GatewayWorker::new(
+                    gateway.clone(),
+                    Upstream::new(&server_config),
+                ))
+            },
+            public_rx,
+            grace,
+        ));
         // The admin listener outlives the drain, so probes keep answering (503) while
         // the public side finishes its requests.
         let admin_task = tokio::spawn(server::serve(
@@ -105,6 +120,7 @@ impl App {
             public = %public_addr,
             admin = %admin_addr,
             upstream = %self.config.server.upstream,
+            workers,
             "idgate listening"
         );
         Ok(Running {

@@ -145,9 +145,9 @@ impl Metrics {
     }
 
     /// Marks a request in flight until the guard drops.
-    pub fn in_flight(&self) -> InFlight {
+    pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.inc();
-        InFlight(self.in_flight.clone())
+        InFlight(&self.in_flight)
     }
 
     /// The Prometheus text exposition.
@@ -168,9 +168,9 @@ impl Default for Metrics {
 }
 
 /// Decrements the in-flight gauge on drop, whichever way the request ends.
-pub struct InFlight(IntGauge);
+pub struct InFlight<'a>(&'a IntGauge);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }

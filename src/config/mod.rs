@@ -85,6 +85,12 @@ pub mod defaults {
     pub const DEVPL_REFRESH: &str = "10m";
 }
 
+/// `[server].workers` when unset or 0: the CPUs this process may use (cgroup quota
+/// aware), so a pod with a 1-CPU limit gets one worker.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// One validation error: the key path (`tenants[1].saml.idp_certificate`) and what is
 /// wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +167,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers whose `X-Forwarded-*` headers are kept and appended to.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Threads serving the public listener, each with its own upstream pool.
+    pub workers: usize,
 }
 
 impl ServerConfig {

@@ -35,6 +35,7 @@ pub(crate) struct RawServer {
     pub upstream_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub workers: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

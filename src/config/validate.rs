@@ -262,7 +262,19 @@ fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
             ),
         }
     }
+    let workers = match raw.workers {
+        None | Some(0) => default_workers(),
+        Some(n) if (1..=1024).contains(&n) => n as usize,
+        Some(n) => {
+            c.err(
+                "server.workers",
+                format!("{n} is not between 0 (automatic) and 1024"),
+            );
+            1
+        }
+    };
     ServerConfig {
+        workers,
         listen: c.socket_addr("server.listen", raw.listen.as_deref(), defaults::LISTEN),
         admin_listen: c.socket_addr(
             "server.admin_listen",
