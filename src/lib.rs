@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod directory;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod proxy;
 pub mod response;
 pub mod scim;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod telemetry;
 

@@ -1,15 +1,25 @@
-//! Persistence behind `[store].url`.
+//! Persistence behind `[store].url`: the directory (groups, users, their indexes), the
+//! sessions, and the event bus that carries invalidations to every replica.
 //!
-//! This first cut carries only what the admin listener needs (a liveness ping); the
-//! directory and session traits, with their conformance suite, build on it.
+//! [`DirectoryStore`], [`SessionStore`] and [`EventBus`] are the contract; `tests/store.rs`
+//! runs one conformance suite against every implementation. [`Store`] is the configured
+//! backend, an enum rather than a trait object: there are exactly two backends and static
+//! dispatch keeps the hot path free of boxing.
 
 mod memory;
 mod redis;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
 use crate::config::{StoreConfig, StoreUrl};
+use crate::directory::model::{Group, User};
+use crate::session::model::{RevokeReason, SessionRecord};
 
 /// Errors from a store backend.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +27,221 @@ pub enum StoreError {
     /// The backend could not be reached or answered with an error.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A stored record could not be decoded (a bug or foreign data under our prefix).
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt {
+        /// The key (never a session id: those are hashes already).
+        key: String,
+        /// Decoder message.
+        reason: String,
+    },
 }
 
-/// The configured store. An enum rather than a trait object: there are exactly two
-/// backends, and static dispatch keeps the hot path free of boxing.
+/// Shorthand.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Outcome of [`DirectoryStore::create_user`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateUser {
+    /// Stored, with its indexes.
+    Created,
+    /// A user with this id exists already.
+    IdTaken,
+    /// Another user (the id given) holds this userName.
+    UserNameTaken(String),
+    /// Another user (the id given) holds this externalId.
+    ExternalIdTaken(String),
+}
+
+/// Outcome of [`DirectoryStore::replace_user`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaceUser {
+    /// Stored, indexes moved.
+    Replaced,
+    /// The stored version is not the expected one (or the user is gone): re-read, retry.
+    Conflict,
+    /// Another user (the id given) holds the new userName.
+    UserNameTaken(String),
+    /// Another user (the id given) holds the new externalId.
+    ExternalIdTaken(String),
+}
+
+/// A unique index over users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKey {
+    /// Email, case-insensitive. Answers only while exactly one user has claimed it.
+    Email,
+    /// SCIM userName, case-insensitive.
+    UserName,
+    /// SCIM externalId / IdP user id, exact.
+    ExternalId,
+}
+
+/// A session as stored: the immutable record plus the two fields that change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Who, where, until when.
+    pub record: SessionRecord,
+    /// Unix seconds of the last renewal (idle timeout counts from here).
+    pub last_seen: i64,
+    /// Set when the session was revoked, kept until it would have expired.
+    pub revoked: Option<RevokeReason>,
+}
+
+/// A change every replica must hear about, to drop what it cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A user changed (deactivated, renamed, memberships…).
+    User {
+        /// Tenant id.
+        tenant: String,
+        /// User id.
+        id: String,
+    },
+    /// A group changed (cancelled, renamed…).
+    Group {
+        /// Tenant id.
+        tenant: String,
+        /// Group id.
+        id: String,
+    },
+    /// A session ended or was revoked (its store hash).
+    Session {
+        /// SHA-256 hex of the cookie value.
+        hash: String,
+    },
+    /// Events may have been missed (the bus reconnected): drop everything cached.
+    Resync,
+}
+
+impl Event {
+    /// Wire form: `u|tenant|id`, `g|tenant|id`, `s|hash`. The id goes last because it
+    /// is the only part that may itself contain `|`.
+    pub fn encode(&self) -> String {
+        match self {
+            Event::User { tenant, id } => format!("u|{tenant}|{id}"),
+            Event::Group { tenant, id } => format!("g|{tenant}|{id}"),
+            Event::Session { hash } => format!("s|{hash}"),
+            Event::Resync => "r".into(),
+        }
+    }
+
+    /// Parses the wire form; unknown messages are ignored by the caller.
+    pub fn decode(text: &str) -> Option<Event> {
+        let mut parts = text.splitn(3, '|');
+        match (parts.next()?, parts.next(), parts.next()) {
+            ("u", Some(tenant), Some(id)) => Some(Event::User {
+                tenant: tenant.into(),
+                id: id.into(),
+            }),
+            ("g", Some(tenant), Some(id)) => Some(Event::Group {
+                tenant: tenant.into(),
+                id: id.into(),
+            }),
+            ("s", Some(hash), None) => Some(Event::Session { hash: hash.into() }),
+            ("r", None, None) => Some(Event::Resync),
+            _ => None,
+        }
+    }
+}
+
+/// Groups, users and their unique indexes, per tenant. Every method is atomic.
+pub trait DirectoryStore: Send + Sync {
+    /// Creates the group unless one with its id exists; returns the existing one then.
+    /// Of concurrent creates of one id, exactly one stores its record.
+    fn create_group(
+        &self,
+        tenant: &str,
+        group: &Group,
+    ) -> impl Future<Output = StoreResult<Option<Group>>> + Send;
+    /// Reads a group.
+    fn get_group(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<Option<Group>>> + Send;
+    /// Stores `group` if the stored version is `expected_version`.
+    fn replace_group(
+        &self,
+        tenant: &str,
+        group: &Group,
+        expected_version: u64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Creates a user and claims its indexes (userName, externalId, email).
+    fn create_user(
+        &self,
+        tenant: &str,
+        user: &User,
+    ) -> impl Future<Output = StoreResult<CreateUser>> + Send;
+    /// Reads a user.
+    fn get_user(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<Option<User>>> + Send;
+    /// Replaces `old` by `new` (same id) if `old.version` is still stored, moving the
+    /// indexes whose values changed.
+    fn replace_user(
+        &self,
+        tenant: &str,
+        old: &User,
+        new: &User,
+    ) -> impl Future<Output = StoreResult<ReplaceUser>> + Send;
+    /// Looks a user id up by a unique index.
+    fn find_user(
+        &self,
+        tenant: &str,
+        key: UserKey,
+        value: &str,
+    ) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+}
+
+/// Sessions, keyed by the SHA-256 hex of the cookie value.
+pub trait SessionStore: Send + Sync {
+    /// Stores a new session for `ttl` and adds it to its user's index.
+    fn put_session(
+        &self,
+        hash: &str,
+        session: &StoredSession,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Reads a session (None once expired or deleted).
+    fn get_session(
+        &self,
+        hash: &str,
+    ) -> impl Future<Output = StoreResult<Option<StoredSession>>> + Send;
+    /// Sliding renewal: sets `last_seen` and a new TTL. False if the session is gone.
+    fn touch_session(
+        &self,
+        hash: &str,
+        last_seen: i64,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Ends a session (logout).
+    fn delete_session(
+        &self,
+        hash: &str,
+        record: &SessionRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Marks every live session of a user revoked with `reason` (keeping each one's
+    /// TTL); returns their hashes.
+    fn revoke_user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        reason: RevokeReason,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+}
+
+/// Carries [`Event`]s to every replica.
+pub trait EventBus: Send + Sync {
+    /// Sends an event to every replica, this one included.
+    fn publish(&self, event: &Event) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Receives events from now on.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
+
+/// The configured backend.
 #[derive(Clone)]
 pub enum Store {
     /// In-process store (one replica only).
@@ -40,16 +261,131 @@ impl Store {
                 );
                 Ok(Store::Memory(MemoryStore::new()))
             }
-            StoreUrl::Redis(url) => Ok(Store::Redis(RedisStore::standalone(url)?)),
-            StoreUrl::Cluster(nodes) => Ok(Store::Redis(RedisStore::cluster(nodes)?)),
+            StoreUrl::Redis(url) => Ok(Store::Redis(RedisStore::standalone(
+                url,
+                &config.key_prefix,
+            )?)),
+            StoreUrl::Cluster(nodes) => Ok(Store::Redis(RedisStore::cluster(
+                nodes,
+                &config.key_prefix,
+            )?)),
         }
     }
 
     /// Whether the backend answers right now.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub async fn ping(&self) -> StoreResult<()> {
         match self {
-            Store::Memory(m) => m.ping(),
+            Store::Memory(_) => Ok(()),
             Store::Redis(r) => r.ping().await,
         }
+    }
+
+    /// True for the in-process store.
+    pub fn is_memory(&self) -> bool {
+        matches!(self, Store::Memory(_))
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Memory($s) => $call.await,
+            Store::Redis($s) => $call.await,
+        }
+    };
+}
+
+impl DirectoryStore for Store {
+    async fn create_group(&self, tenant: &str, group: &Group) -> StoreResult<Option<Group>> {
+        delegate!(self, s => s.create_group(tenant, group))
+    }
+    async fn get_group(&self, tenant: &str, id: &str) -> StoreResult<Option<Group>> {
+        delegate!(self, s => s.get_group(tenant, id))
+    }
+    async fn replace_group(&self, tenant: &str, group: &Group, expected: u64) -> StoreResult<bool> {
+        delegate!(self, s => s.replace_group(tenant, group, expected))
+    }
+    async fn create_user(&self, tenant: &str, user: &User) -> StoreResult<CreateUser> {
+        delegate!(self, s => s.create_user(tenant, user))
+    }
+    async fn get_user(&self, tenant: &str, id: &str) -> StoreResult<Option<User>> {
+        delegate!(self, s => s.get_user(tenant, id))
+    }
+    async fn replace_user(&self, tenant: &str, old: &User, new: &User) -> StoreResult<ReplaceUser> {
+        delegate!(self, s => s.replace_user(tenant, old, new))
+    }
+    async fn find_user(
+        &self,
+        tenant: &str,
+        key: UserKey,
+        value: &str,
+    ) -> StoreResult<Option<String>> {
+        delegate!(self, s => s.find_user(tenant, key, value))
+    }
+}
+
+impl SessionStore for Store {
+    async fn put_session(
+        &self,
+        hash: &str,
+        session: &StoredSession,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        delegate!(self, s => s.put_session(hash, session, ttl))
+    }
+    async fn get_session(&self, hash: &str) -> StoreResult<Option<StoredSession>> {
+        delegate!(self, s => s.get_session(hash))
+    }
+    async fn touch_session(&self, hash: &str, last_seen: i64, ttl: Duration) -> StoreResult<bool> {
+        delegate!(self, s => s.touch_session(hash, last_seen, ttl))
+    }
+    async fn delete_session(&self, hash: &str, record: &SessionRecord) -> StoreResult<()> {
+        delegate!(self, s => s.delete_session(hash, record))
+    }
+    async fn revoke_user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        reason: RevokeReason,
+    ) -> StoreResult<Vec<String>> {
+        delegate!(self, s => s.revoke_user_sessions(tenant, user_id, reason))
+    }
+}
+
+impl EventBus for Store {
+    async fn publish(&self, event: &Event) -> StoreResult<()> {
+        delegate!(self, s => s.publish(event))
+    }
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        match self {
+            Store::Memory(s) => s.subscribe(),
+            Store::Redis(s) => s.subscribe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_ids_may_contain_the_separator() {
+        for e in [
+            Event::User {
+                tenant: "acme".into(),
+                id: "a|b".into(),
+            },
+            Event::Group {
+                tenant: "acme".into(),
+                id: "g-1".into(),
+            },
+            Event::Session {
+                hash: "ab12".into(),
+            },
+            Event::Resync,
+        ] {
+            assert_eq!(Event::decode(&e.encode()), Some(e));
+        }
+        assert_eq!(Event::decode("x|y"), None);
     }
 }

@@ -1,0 +1,404 @@
+//! One conformance suite for every store: memory, a standalone `redis-server`, and a
+//! 3-node Redis Cluster, each started by the test on free ports.
+
+mod support;
+
+use std::time::Duration;
+
+use idgate::config::{FailMode, StoreConfig, StoreUrl};
+use idgate::directory::model::{Group, Membership, User};
+use idgate::session::model::{RevokeReason, SessionRecord};
+use idgate::store::{
+    CreateUser, DirectoryStore, Event, EventBus, ReplaceUser, SessionStore, Store, StoredSession,
+    UserKey,
+};
+use support::{RedisCluster, RedisServer};
+
+fn open(url: StoreUrl) -> Store {
+    Store::open(&StoreConfig {
+        url,
+        key_prefix: format!("conformance{}", std::process::id()),
+        fail_mode: FailMode::Closed,
+    })
+    .expect("open store")
+}
+
+fn cluster_url(url: &str) -> StoreUrl {
+    let hosts = url.strip_prefix("redis+cluster://").unwrap();
+    StoreUrl::Cluster(hosts.split(',').map(|h| format!("redis://{h}")).collect())
+}
+
+async fn conformance(store: Store) {
+    concurrent_group_creates_have_one_winner(&store).await;
+    group_updates_are_compare_and_set(&store).await;
+    user_indexes_are_unique(&store).await;
+    email_index_never_holds_two_users(&store).await;
+    user_updates_move_indexes_and_are_compare_and_set(&store).await;
+    sessions_live_expire_and_revoke(&store).await;
+    events_reach_subscribers(&store).await;
+}
+
+async fn concurrent_group_creates_have_one_winner(store: &Store) {
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = Group::new("g-race", format!("Company {i}"), 100);
+            (i, store.create_group("t1", &g).await.expect("create_group"))
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut seen = Vec::new();
+    for t in tasks {
+        let (i, outcome) = t.await.unwrap();
+        match outcome {
+            None => winners.push(i),
+            Some(existing) => seen.push(existing),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create wins: {winners:?}");
+    let stored = store.get_group("t1", "g-race").await.unwrap().unwrap();
+    assert_eq!(stored.name, format!("Company {}", winners[0]));
+    assert!(
+        seen.iter().all(|g| *g == stored),
+        "losers see the winner's record"
+    );
+    // Tenants are separate namespaces.
+    assert!(store.get_group("t2", "g-race").await.unwrap().is_none());
+}
+
+async fn group_updates_are_compare_and_set(store: &Store) {
+    let g = Group::new("g-cas", "Acme", 1);
+    assert!(store.create_group("t1", &g).await.unwrap().is_none());
+    let mut cancelled = g.clone();
+    cancelled.active = false;
+    cancelled.version = 2;
+    assert!(store.replace_group("t1", &cancelled, 1).await.unwrap());
+    let mut stale = g.clone();
+    stale.name = "Stale".into();
+    stale.version = 2;
+    assert!(
+        !store.replace_group("t1", &stale, 1).await.unwrap(),
+        "stale write refused"
+    );
+    let stored = store.get_group("t1", "g-cas").await.unwrap().unwrap();
+    assert!(!stored.active);
+    assert_eq!(stored.name, "Acme");
+}
+
+fn user(id: &str, name: Option<&str>, ext: Option<&str>, email: Option<&str>) -> User {
+    let mut u = User::new(id, 1);
+    u.user_name = name.map(Into::into);
+    u.external_id = ext.map(Into::into);
+    u.email = email.map(Into::into);
+    u
+}
+
+async fn user_indexes_are_unique(store: &Store) {
+    let a = user(
+        "u-a",
+        Some("Alice@Example.com"),
+        Some("ext-a"),
+        Some("alice@example.com"),
+    );
+    assert_eq!(
+        store.create_user("t1", &a).await.unwrap(),
+        CreateUser::Created
+    );
+    assert_eq!(
+        store.create_user("t1", &a).await.unwrap(),
+        CreateUser::IdTaken
+    );
+    let same_name = user("u-b", Some("alice@EXAMPLE.com"), None, None);
+    assert_eq!(
+        store.create_user("t1", &same_name).await.unwrap(),
+        CreateUser::UserNameTaken("u-a".into()),
+        "userName is unique, compared case-insensitively"
+    );
+    let same_ext = user("u-c", None, Some("ext-a"), None);
+    assert_eq!(
+        store.create_user("t1", &same_ext).await.unwrap(),
+        CreateUser::ExternalIdTaken("u-a".into())
+    );
+    assert!(
+        store.get_user("t1", "u-b").await.unwrap().is_none(),
+        "a refused create stores nothing"
+    );
+    let find = |k, v: &'static str| store.find_user("t1", k, v);
+    assert_eq!(
+        find(UserKey::UserName, "ALICE@example.COM")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("u-a")
+    );
+    assert_eq!(
+        find(UserKey::ExternalId, "ext-a").await.unwrap().as_deref(),
+        Some("u-a")
+    );
+    assert_eq!(
+        find(UserKey::ExternalId, "EXT-A").await.unwrap(),
+        None,
+        "externalId is exact"
+    );
+    let stored = store.get_user("t1", "u-a").await.unwrap().unwrap();
+    assert_eq!(
+        stored.user_name.as_deref(),
+        Some("Alice@Example.com"),
+        "case preserved"
+    );
+}
+
+async fn email_index_never_holds_two_users(store: &Store) {
+    // Concurrent creates of users sharing one email.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let u = user(&format!("dup-{i}"), None, None, Some("Shared@Example.com"));
+            store.create_user("t3", &u).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), CreateUser::Created);
+    }
+    assert_eq!(
+        store
+            .find_user("t3", UserKey::Email, "shared@example.com")
+            .await
+            .unwrap(),
+        None,
+        "an email several users share links to none of them"
+    );
+    let solo = user("solo", None, None, Some("Solo@Example.com"));
+    store.create_user("t3", &solo).await.unwrap();
+    assert_eq!(
+        store
+            .find_user("t3", UserKey::Email, "solo@example.COM")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("solo")
+    );
+    let second = user("solo-2", None, None, Some("solo@example.com"));
+    store.create_user("t3", &second).await.unwrap();
+    assert_eq!(
+        store
+            .find_user("t3", UserKey::Email, "solo@example.com")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn user_updates_move_indexes_and_are_compare_and_set(store: &Store) {
+    let old = user(
+        "u-m",
+        Some("mover"),
+        Some("ext-m"),
+        Some("mover@example.com"),
+    );
+    store.create_user("t4", &old).await.unwrap();
+    let other = user("u-o", Some("other"), None, None);
+    store.create_user("t4", &other).await.unwrap();
+
+    let mut new = old.clone();
+    new.user_name = Some("moved".into());
+    new.email = Some("moved@example.com".into());
+    new.external_id = None;
+    new.active = false;
+    new.memberships.push(Membership {
+        group_id: "g".into(),
+        role: "admin".into(),
+    });
+    new.version = 2;
+    let mut clash = new.clone();
+    clash.user_name = Some("OTHER".into());
+    assert_eq!(
+        store.replace_user("t4", &old, &clash).await.unwrap(),
+        ReplaceUser::UserNameTaken("u-o".into())
+    );
+    assert_eq!(
+        store.replace_user("t4", &old, &new).await.unwrap(),
+        ReplaceUser::Replaced
+    );
+    assert_eq!(
+        store.replace_user("t4", &old, &new).await.unwrap(),
+        ReplaceUser::Conflict,
+        "a write based on a stale version is refused"
+    );
+    let f = |k, v: &'static str| store.find_user("t4", k, v);
+    assert_eq!(
+        f(UserKey::UserName, "mover").await.unwrap(),
+        None,
+        "old userName released"
+    );
+    assert_eq!(
+        f(UserKey::UserName, "moved").await.unwrap().as_deref(),
+        Some("u-m")
+    );
+    assert_eq!(f(UserKey::ExternalId, "ext-m").await.unwrap(), None);
+    assert_eq!(f(UserKey::Email, "mover@example.com").await.unwrap(), None);
+    assert_eq!(
+        f(UserKey::Email, "moved@example.com")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("u-m")
+    );
+    assert_eq!(store.get_user("t4", "u-m").await.unwrap().unwrap(), new);
+    // The released userName can be taken by someone else now.
+    let taker = user("u-t", Some("Mover"), None, None);
+    assert_eq!(
+        store.create_user("t4", &taker).await.unwrap(),
+        CreateUser::Created
+    );
+}
+
+fn session(user_id: &str, now: i64) -> StoredSession {
+    StoredSession {
+        record: SessionRecord {
+            tenant: "t5".into(),
+            user_id: user_id.into(),
+            group_id: "g".into(),
+            created_at: now,
+            expires_at: now + 3600,
+        },
+        last_seen: now,
+        revoked: None,
+    }
+}
+
+async fn sessions_live_expire_and_revoke(store: &Store) {
+    let now = 1_700_000_000;
+    let long = Duration::from_secs(60);
+    let a1 = session("ua", now);
+    store.put_session("h-a1", &a1, long).await.unwrap();
+    store
+        .put_session("h-a2", &session("ua", now), long)
+        .await
+        .unwrap();
+    store
+        .put_session("h-b1", &session("ub", now), long)
+        .await
+        .unwrap();
+    assert_eq!(store.get_session("h-a1").await.unwrap(), Some(a1.clone()));
+    assert_eq!(store.get_session("h-none").await.unwrap(), None);
+
+    // TTL expiry, and sliding renewal pushing it back.
+    store
+        .put_session("h-short", &session("uc", now), Duration::from_millis(800))
+        .await
+        .unwrap();
+    store
+        .put_session("h-slid", &session("uc", now), Duration::from_millis(800))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        store
+            .touch_session("h-slid", now + 1, Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        store.get_session("h-short").await.unwrap(),
+        None,
+        "expired after its TTL"
+    );
+    assert!(
+        !store.touch_session("h-short", now + 2, long).await.unwrap(),
+        "cannot revive"
+    );
+    let slid = store
+        .get_session("h-slid")
+        .await
+        .unwrap()
+        .expect("renewed session lives");
+    assert_eq!(slid.last_seen, now + 1);
+
+    // Revocation marks every session of that user, and only those, with the reason.
+    let mut revoked = store
+        .revoke_user_sessions("t5", "ua", RevokeReason::AccountDeactivated)
+        .await
+        .unwrap();
+    revoked.sort();
+    assert_eq!(revoked, ["h-a1", "h-a2"]);
+    let a1 = store.get_session("h-a1").await.unwrap().unwrap();
+    assert_eq!(
+        a1.revoked,
+        Some(RevokeReason::AccountDeactivated),
+        "kept, marked, not forgotten"
+    );
+    assert_eq!(
+        store.get_session("h-b1").await.unwrap().unwrap().revoked,
+        None
+    );
+    // A touch never clears the mark.
+    assert!(store.touch_session("h-a1", now + 5, long).await.unwrap());
+    assert_eq!(
+        store.get_session("h-a1").await.unwrap().unwrap().revoked,
+        Some(RevokeReason::AccountDeactivated)
+    );
+
+    store
+        .delete_session("h-b1", &session("ub", now).record)
+        .await
+        .unwrap();
+    assert_eq!(store.get_session("h-b1").await.unwrap(), None);
+    assert!(
+        store
+            .revoke_user_sessions("t5", "ub", RevokeReason::CompanyCancelled)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn events_reach_subscribers(store: &Store) {
+    let mut rx = store.subscribe();
+    let event = Event::User {
+        tenant: "t6".into(),
+        id: "u|1".into(),
+    };
+    // A Redis subscription connects in the background: publish until it is heard.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        store.publish(&event).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e == event => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        {
+            Ok(true) => break,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "event never arrived"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_conforms() {
+    conformance(open(StoreUrl::Memory)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms() {
+    let redis = RedisServer::start();
+    conformance(open(StoreUrl::Redis(redis.url()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_conforms() {
+    let cluster = RedisCluster::start();
+    conformance(open(cluster_url(&cluster.url()))).await;
+}
