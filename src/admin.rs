@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::identity::Signer;
 use crate::metrics::Metrics;
 use crate::response::{self, Body};
 use crate::server::Handler;
@@ -22,16 +23,23 @@ pub struct Admin {
     store: Store,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
+    signer: Arc<Signer>,
 }
 
 impl Admin {
     /// `draining` turns `/readyz` red during shutdown, so the Service stops sending
     /// traffic while in-flight requests finish.
-    pub fn new(store: Store, metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Admin {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        draining: Arc<AtomicBool>,
+        signer: Arc<Signer>,
+    ) -> Admin {
         Admin {
             store,
             metrics,
             draining,
+            signer,
         }
     }
 
@@ -60,6 +68,7 @@ impl Handler for Admin {
         }
         match req.uri().path() {
             "/healthz" => response::text(StatusCode::OK, "ok\n"),
+            "/.well-known/jwks.json" => crate::gateway::jwks_response(&self.signer),
             "/readyz" => self.ready().await,
             "/metrics" => {
                 let mut resp = response::text(StatusCode::OK, self.metrics.encode());

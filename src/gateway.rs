@@ -14,11 +14,14 @@ use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::config::Config;
+use crate::identity::Signer;
 use crate::metrics::{Metrics, RouteClass};
 use crate::proxy::Upstream;
 use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
 use crate::response::{self, Body};
 use crate::server::Handler;
+use crate::session::model::RevokeReason;
+use crate::session::{Auth, Authenticated, Sessions};
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -44,6 +47,11 @@ pub struct Gateway {
     /// own such a path keep it otherwise.
     maestrano_reserved: bool,
     metrics: Arc<Metrics>,
+    sessions: Arc<Sessions>,
+    signer: Arc<Signer>,
+    /// Tenant id → where to send the browser after logout.
+    slo_urls: HashMap<String, String>,
+    public_scheme: String,
 }
 
 /// The gateway as one worker thread runs it: the shared gateway plus that thread's own
@@ -62,7 +70,12 @@ impl GatewayWorker {
 
 impl Gateway {
     /// Builds the gateway from a validated config.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Gateway {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        sessions: Arc<Sessions>,
+        signer: Arc<Signer>,
+    ) -> Gateway {
         let mut hosts = HashMap::new();
         for t in &config.tenants {
             for h in &t.hosts {
@@ -79,6 +92,14 @@ impl Gateway {
             default_tenant: config.default_tenant().map(|t| t.id.clone()),
             maestrano_reserved: config.tenants.iter().any(|t| t.maestrano.is_some()),
             metrics,
+            sessions,
+            signer,
+            slo_urls: config
+                .tenants
+                .iter()
+                .filter_map(|t| Some((t.id.clone(), t.saml.idp_slo_url.as_ref()?.to_string())))
+                .collect(),
+            public_scheme: config.server.public_url.scheme().to_owned(),
         }
     }
 
@@ -142,26 +163,159 @@ impl Gateway {
         for name in &removed {
             tracing::debug!(request_id, header = %name, "stripped client-sent identity header");
         }
-        hh::strip_cookie(req.headers_mut(), &self.cookie_name);
 
         // 2. Reserved paths: idgate's own endpoints. Never forwarded.
-        if route == RouteClass::Reserved {
-            return response::error(
+        // 3. Public paths go through without identity.
+        match route {
+            RouteClass::Reserved => return self.reserved(req, html, path, request_id).await,
+            RouteClass::Public => {
+                return self
+                    .forward(upstream, req, peer, request_id, html, None)
+                    .await;
+            }
+            RouteClass::Proxied => {}
+        }
+
+        // 4–6. Everything else needs a live session of an active user in an active group.
+        match self.sessions.authenticate(req.headers()).await {
+            Auth::Valid(auth) => {
+                self.forward(upstream, req, peer, request_id, html, Some(&auth))
+                    .await
+            }
+            Auth::Missing => self.unauthenticated(&req, html, path, request_id),
+            Auth::Revoked(reason) => {
+                tracing::info!(
+                    request_id,
+                    reason = reason.code(),
+                    "refused: session revoked"
+                );
+                forbidden(reason, html, request_id)
+            }
+            Auth::Unavailable => store_unavailable(html, request_id),
+        }
+    }
+
+    /// `/_idgate/…`
+    async fn reserved(
+        &self,
+        req: Request<Incoming>,
+        html: bool,
+        path: &str,
+        request_id: &str,
+    ) -> Response<Body> {
+        let method = req.method();
+        match path {
+            "/_idgate/jwks.json" if method == Method::GET || method == Method::HEAD => {
+                jwks_response(&self.signer)
+            }
+            "/_idgate/session" if method == Method::GET || method == Method::HEAD => {
+                match self.sessions.authenticate(req.headers()).await {
+                    Auth::Valid(a) => session_json(&a),
+                    Auth::Missing => self.unauthenticated_json(&req, request_id),
+                    Auth::Revoked(reason) => forbidden(reason, false, request_id),
+                    Auth::Unavailable => store_unavailable(false, request_id),
+                }
+            }
+            "/_idgate/logout" => self.logout(req, html, request_id).await,
+            _ => response::error(
                 StatusCode::NOT_FOUND,
                 html,
                 "not_found",
                 "No such idgate endpoint.",
                 request_id,
+            ),
+        }
+    }
+
+    /// Ends the session and redirects to `/` (or the IdP's SLO URL). A GET must come
+    /// from one of our own pages, so a cross-site link or image cannot log people out.
+    async fn logout(&self, req: Request<Incoming>, html: bool, request_id: &str) -> Response<Body> {
+        let method = req.method().clone();
+        let allowed = method == Method::POST || (method == Method::GET && self.same_origin(&req));
+        if !allowed {
+            tracing::warn!(request_id, %method, "refused: cross-site or non-POST logout");
+            return response::error(
+                StatusCode::FORBIDDEN,
+                html,
+                "cross_site_logout",
+                "Log out from a page of this application (POST, or a same-origin link).",
+                request_id,
             );
         }
-
-        // 3. Public paths go through without identity; 4–6. everything else needs a
-        // session, which no request has yet: until sessions exist every protected path
-        // is unauthenticated.
-        if route == RouteClass::Proxied {
-            return self.unauthenticated(&req, html, path, request_id);
+        let ended = match self.sessions.logout(req.headers()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(request_id, error = %e, "logout failed: store unavailable");
+                return store_unavailable(html, request_id);
+            }
+        };
+        let location = ended
+            .as_ref()
+            .and_then(|r| self.slo_urls.get(&r.tenant))
+            .cloned()
+            .unwrap_or_else(|| "/".to_owned());
+        if let Some(r) = &ended {
+            tracing::info!(
+                request_id,
+                tenant = r.tenant,
+                user_id = r.user_id,
+                "logged out"
+            );
         }
-        self.forward(upstream, req, peer, request_id, html).await
+        let mut resp = response::redirect(&location);
+        resp.headers_mut()
+            .insert(header::SET_COOKIE, self.sessions.clear_cookie());
+        resp
+    }
+
+    /// `Sec-Fetch-Site: same-origin`, or a `Referer` on the host the request addressed.
+    fn same_origin(&self, req: &Request<Incoming>) -> bool {
+        let h = req.headers();
+        if let Some(site) = h.get("sec-fetch-site") {
+            return site.as_bytes() == b"same-origin";
+        }
+        let (Some(referer), Some(host)) = (
+            h.get(header::REFERER).and_then(|v| v.to_str().ok()),
+            host_of(req),
+        ) else {
+            return false;
+        };
+        url::Url::parse(referer).is_ok_and(|r| {
+            let origin_host = match r.port() {
+                Some(p) => format!("{}:{p}", r.host_str().unwrap_or_default()),
+                None => r.host_str().unwrap_or_default().to_owned(),
+            };
+            r.scheme() == self.public_scheme && origin_host.eq_ignore_ascii_case(host)
+        })
+    }
+
+    fn login_url(&self, req: &Request<Incoming>) -> Option<String> {
+        let tenant = self.tenant_for(host_of(req))?;
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        Some(format!(
+            "/_idgate/saml/{tenant}/login?return_to={}",
+            utf8_percent_encode(target, QUERY_VALUE)
+        ))
+    }
+
+    fn unauthenticated_json(&self, req: &Request<Incoming>, request_id: &str) -> Response<Body> {
+        match self.login_url(req) {
+            Some(url) => response::json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "unauthenticated", "login_url": url}),
+            ),
+            None => response::error(
+                StatusCode::UNAUTHORIZED,
+                false,
+                "unauthenticated",
+                "No signed-in user, and no tenant serves this host.",
+                request_id,
+            ),
+        }
     }
 
     /// SPEC §5.6: a browser navigation is sent to its tenant's login; anything else
@@ -173,18 +327,7 @@ impl Gateway {
         path: &str,
         request_id: &str,
     ) -> Response<Body> {
-        let tenant = self.tenant_for(host_of(req));
-        let login_url = tenant.map(|t| {
-            let target = req
-                .uri()
-                .path_and_query()
-                .map(|pq| pq.as_str())
-                .unwrap_or("/");
-            format!(
-                "/_idgate/saml/{t}/login?return_to={}",
-                utf8_percent_encode(target, QUERY_VALUE)
-            )
-        });
+        let login_url = self.login_url(req);
         let is_api = self.api_paths.iter().any(|p| has_prefix(path, p));
         let navigation = !is_api
             && (req.method() == Method::GET || req.method() == Method::HEAD)
@@ -216,7 +359,10 @@ impl Gateway {
         peer: SocketAddr,
         request_id: &str,
         html: bool,
+        identity: Option<&Authenticated>,
     ) -> Response<Body> {
+        // After the session was read: the app never sees idgate's cookie.
+        hh::strip_cookie(req.headers_mut(), &self.cookie_name);
         let host = host_of(&req).and_then(|h| HeaderValue::from_str(h).ok());
         let upgrade = hh::upgrade_request(req.headers());
         let is_upgrade = upgrade.is_some();
@@ -227,6 +373,11 @@ impl Gateway {
             headers.entry(header::HOST).or_insert_with(|| h.clone());
         }
         hh::set_forwarded(headers, peer.ip(), self.is_trusted(peer.ip()), "http", host);
+        if let Some(auth) = identity {
+            for (name, value) in &auth.headers.headers {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
         match upstream.forward(req, is_upgrade).await {
             Ok(resp) => resp.map(http_body_util::Either::Left),
             Err(e) => {
@@ -298,6 +449,65 @@ impl Handler for GatewayWorker {
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
         resp
     }
+}
+
+/// 403 naming why the session no longer works.
+fn forbidden(reason: RevokeReason, html: bool, request_id: &str) -> Response<Body> {
+    response::error(
+        StatusCode::FORBIDDEN,
+        html,
+        reason.code(),
+        reason.message(),
+        request_id,
+    )
+}
+
+/// 503 while the store cannot vouch for sessions.
+fn store_unavailable(html: bool, request_id: &str) -> Response<Body> {
+    let mut resp = response::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        html,
+        "store_unavailable",
+        "Sign-in is temporarily unavailable. Please try again shortly.",
+        request_id,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    resp
+}
+
+/// The JWKS, cacheable for a few minutes (keys rotate with a previous-key overlap).
+pub fn jwks_response(signer: &Signer) -> Response<Body> {
+    let mut resp = Response::new(response::full(signer.jwks()));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
+}
+
+fn session_json(a: &Authenticated) -> Response<Body> {
+    let id = &a.identity;
+    response::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "user_id": id.user_id,
+            "group_id": id.group_id,
+            "tenant": id.tenant,
+            "email": id.email,
+            "name": a.name,
+            "given_name": id.given_name,
+            "family_name": id.family_name,
+            "role": id.role,
+            "created_at": a.record.created_at,
+            "expires_at": a.record.expires_at,
+        }),
+    )
 }
 
 /// Keeps a well-formed client `X-Request-Id` (so a trace crosses hops) or sets a new one,

@@ -31,8 +31,10 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayWorker};
+use crate::identity::{Signer, SignerError};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
+use crate::session::Sessions;
 use crate::store::{Store, StoreError};
 
 /// Why the app could not start.
@@ -49,6 +51,9 @@ pub enum StartError {
     /// The store could not be set up.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The identity signing keys could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] SignerError),
 }
 
 /// The product, built from a config and ready to bind.
@@ -56,6 +61,8 @@ pub struct App {
     config: Arc<Config>,
     gateway: Arc<Gateway>,
     admin: Arc<Admin>,
+    sessions: Arc<Sessions>,
+    directory: directory::Directory,
     draining: Arc<AtomicBool>,
 }
 
@@ -64,15 +71,34 @@ impl App {
     pub fn new(config: Config) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(&config.store)?;
+        let signer = Arc::new(Signer::new(&config.identity, store.is_memory())?);
+        let sessions = Arc::new(Sessions::new(&config, store.clone(), signer.clone()));
         let draining = Arc::new(AtomicBool::new(false));
-        let gateway = Arc::new(Gateway::new(&config, metrics.clone()));
-        let admin = Arc::new(Admin::new(store, metrics, draining.clone()));
+        let gateway = Arc::new(Gateway::new(
+            &config,
+            metrics.clone(),
+            sessions.clone(),
+            signer.clone(),
+        ));
+        let admin = Arc::new(Admin::new(store.clone(), metrics, draining.clone(), signer));
         Ok(App {
             config: Arc::new(config),
             gateway,
             admin,
+            sessions,
+            directory: directory::Directory::new(store),
             draining,
         })
+    }
+
+    /// The session layer: what login flows call `create_session` on.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// The directory over this app's store.
+    pub fn directory(&self) -> &directory::Directory {
+        &self.directory
     }
 
     /// Binds both listeners and starts serving.
@@ -92,6 +118,7 @@ impl App {
             addr: self.config.server.admin_listen,
             source,
         })?;
+        self.sessions.start();
         let grace = self.config.server.shutdown_grace;
         let (public_tx, public_rx) = watch::channel(false);
         let (admin_tx, admin_rx) = watch::channel(false);

@@ -36,7 +36,7 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
         sent.elapsed() < Duration::from_secs(5),
         "exited promptly once drained"
     );
-    assert!(idgate.logs().contains("draining"));
+    assert!(idgate.wait_for_log("draining"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -56,7 +56,7 @@ async fn sigint_with_a_stuck_request_exits_after_the_grace_period() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "exit took {took:?}, grace was 1 s"
     );
-    assert!(idgate.logs().contains("shutdown grace expired"));
+    assert!(idgate.wait_for_log("shutdown grace expired"));
 }
 
 #[tokio::test]

@@ -1,4 +1,209 @@
-//! The identity that idgate asserts to the app: signing keys now; claims, headers and
-//! the JWKS build on them.
+//! The identity that idgate asserts to the app: plain headers plus a signed JWT, and the
+//! JWKS that lets the app verify the JWT.
 
 pub mod keys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use serde::Serialize;
+
+use crate::config::{HeaderNames, IdentityConfig, NameOrder};
+use keys::{LoadError, SigningKey};
+
+/// Who the request is from, as the app will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Local user id.
+    pub user_id: String,
+    /// Group (company) id.
+    pub group_id: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Email, or empty.
+    pub email: String,
+    /// Given name, or empty.
+    pub given_name: String,
+    /// Family name, or empty.
+    pub family_name: String,
+    /// Role in the group.
+    pub role: String,
+}
+
+impl Identity {
+    /// The display name, composed in the tenant's order; the email (then the user id)
+    /// when the IdP sent no names, so the header is never empty.
+    pub fn display_name(&self, order: NameOrder) -> String {
+        let (a, b) = match order {
+            NameOrder::GivenFamily => (&self.given_name, &self.family_name),
+            NameOrder::FamilyGiven => (&self.family_name, &self.given_name),
+        };
+        let joined = format!("{a} {b}");
+        let joined = joined.trim();
+        if !joined.is_empty() {
+            joined.to_owned()
+        } else if !self.email.is_empty() {
+            self.email.clone()
+        } else {
+            self.user_id.clone()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'static str,
+    aud: &'a str,
+    sub: &'a str,
+    group_id: &'a str,
+    tenant: &'a str,
+    email: &'a str,
+    name: &'a str,
+    given_name: &'a str,
+    family_name: &'a str,
+    role: &'a str,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+/// The headers for one identity, built once and reused (their values are
+/// reference-counted, so cloning them into a request does not copy).
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// (name, value) pairs, the JWT last.
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// When the JWT in it expires (unix seconds).
+    pub expires_at: i64,
+}
+
+/// Signs identities and publishes the JWKS.
+pub struct Signer {
+    key: SigningKey,
+    audience: String,
+    ttl: Duration,
+    names: HeaderNames,
+    jwks: Bytes,
+}
+
+/// Errors building the signer.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    /// `[identity].signing_key` could not be used.
+    #[error("identity.signing_key: {0}")]
+    Key(LoadError),
+    /// A `[identity].previous_keys` entry could not be used.
+    #[error("identity.previous_keys[{0}]: {1}")]
+    Previous(usize, LoadError),
+}
+
+impl Signer {
+    /// Loads the signing key (or makes an ephemeral one when `ephemeral_ok` and none is
+    /// configured) and the previous keys.
+    pub fn new(config: &IdentityConfig, ephemeral_ok: bool) -> Result<Signer, SignerError> {
+        let key = match &config.signing_key {
+            Some(secret) => SigningKey::from_pem(secret.expose()).map_err(SignerError::Key)?,
+            None => {
+                // Validation guarantees this only happens with the memory store.
+                debug_assert!(ephemeral_ok);
+                tracing::warn!(
+                    "no [identity].signing_key: using an ephemeral EdDSA key; JWTs change key at every restart"
+                );
+                let pem = keys::generate_pem(keys::Algorithm::EdDSA)
+                    .map_err(|e| SignerError::Key(LoadError::from_display(e)))?;
+                SigningKey::from_pem(&pem).map_err(SignerError::Key)?
+            }
+        };
+        let mut jwks = vec![key.jwk.clone()];
+        for (i, prev) in config.previous_keys.iter().enumerate() {
+            let jwk = keys::public_jwk(prev.expose()).map_err(|e| SignerError::Previous(i, e))?;
+            if !jwks.iter().any(|k| k.common.key_id == jwk.common.key_id) {
+                jwks.push(jwk);
+            }
+        }
+        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
+            .expect("JWKS serializes")
+            .into();
+        tracing::info!(alg = ?key.alg, kid = %key.kid, "identity signing key loaded");
+        Ok(Signer {
+            key,
+            audience: config.audience.clone(),
+            ttl: config.ttl,
+            names: config.headers.clone(),
+            jwks,
+        })
+    }
+
+    /// The JWKS document, pre-serialized.
+    pub fn jwks(&self) -> Bytes {
+        self.jwks.clone()
+    }
+
+    /// The current key's id.
+    pub fn kid(&self) -> &str {
+        &self.key.kid
+    }
+
+    /// JWT lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Signs `identity` at `now` and builds its headers.
+    pub fn headers(
+        &self,
+        identity: &Identity,
+        order: NameOrder,
+        now: i64,
+    ) -> Result<IdentityHeaders, LoadError> {
+        let name = identity.display_name(order);
+        let exp = now + self.ttl.as_secs() as i64;
+        let jti = {
+            let bytes: [u8; 16] = rand::random();
+            hex::encode(bytes)
+        };
+        let token = self.key.sign(&Claims {
+            iss: "idgate",
+            aud: &self.audience,
+            sub: &identity.user_id,
+            group_id: &identity.group_id,
+            tenant: &identity.tenant,
+            email: &identity.email,
+            name: &name,
+            given_name: &identity.given_name,
+            family_name: &identity.family_name,
+            role: &identity.role,
+            iat: now,
+            exp,
+            jti,
+        })?;
+        let value = |s: &str| {
+            // UTF-8 passes as obs-text bytes; CR, LF and other controls cannot occur in
+            // a HeaderValue, so an IdP cannot inject headers through a name.
+            HeaderValue::from_bytes(s.as_bytes())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        };
+        let n = &self.names;
+        let mut headers = vec![
+            (n.user_id.clone(), value(&identity.user_id)),
+            (n.group_id.clone(), value(&identity.group_id)),
+            (n.tenant.clone(), value(&identity.tenant)),
+            (n.email.clone(), value(&identity.email)),
+            (n.name.clone(), value(&name)),
+            (n.role.clone(), value(&identity.role)),
+        ];
+        headers.push((
+            n.assertion.clone(),
+            HeaderValue::from_str(&token).map_err(LoadError::from_display)?,
+        ));
+        Ok(IdentityHeaders {
+            headers,
+            expires_at: exp,
+        })
+    }
+}
+
+/// Shared handle.
+pub type SharedSigner = Arc<Signer>;

@@ -1,4 +1,604 @@
-//! Sessions: the cookie, the record, the in-process cache of live sessions, and
-//! revocation.
+//! Sessions: the cookie, the record, the in-process cache of live sessions and of user
+//! and group status, and revocation.
+//!
+//! Hot path: a request with a live session is answered from three in-process caches
+//! (session, user, group) and a cached signed JWT, with no store round trip. Caches are
+//! invalidated through the store's event bus, and their TTL (`[session].cache_ttl`)
+//! bounds staleness if an event is lost.
 
 pub mod model;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderValue};
+use moka::sync::Cache;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, FailMode, NameOrder, SessionConfig};
+use crate::directory::model::{Group, User};
+use crate::directory::now;
+use crate::identity::{Identity, IdentityHeaders, Signer};
+use crate::store::{
+    DirectoryStore, Event, EventBus, SessionStore, Store, StoreError, StoredSession,
+};
+use model::{RevokeReason, SessionRecord};
+
+/// How often the store's health is checked in the background.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest interval between sliding renewals written to the store.
+const MAX_RENEW_INTERVAL: i64 = 60;
+/// Live sessions kept in process (per replica).
+const CACHE_CAPACITY: u64 = 200_000;
+
+/// What a request's cookie amounts to.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A live session of an active user in an active group.
+    Valid(Arc<Authenticated>),
+    /// No cookie, or one that names no live session.
+    Missing,
+    /// The session was revoked, or the user or group is blocked.
+    Revoked(RevokeReason),
+    /// The store cannot be consulted (and the fail mode says not to guess).
+    Unavailable,
+}
+
+/// A valid session with the identity to forward.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// The session.
+    pub record: SessionRecord,
+    /// Who it is.
+    pub identity: Identity,
+    /// Display name as composed for the tenant.
+    pub name: String,
+    /// Headers to set on the forwarded request.
+    pub headers: IdentityHeaders,
+}
+
+/// A session just created by a login.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// The cookie value (the only place the session id exists outside the browser).
+    pub cookie_value: String,
+    /// The `Set-Cookie` header to send.
+    pub set_cookie: HeaderValue,
+}
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The user or group is blocked (or the user is not a member).
+    #[error("login refused: {}", .0.code())]
+    Refused(RevokeReason),
+    /// No such user or group.
+    #[error("unknown user or group")]
+    Unknown,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Live {
+    hash: String,
+    stored: StoredSession,
+    last_touch: AtomicI64,
+    /// (user version, group version, signed identity): reused until either record
+    /// changes or the JWT reaches half its lifetime.
+    identity: Mutex<Option<(u64, u64, Arc<Authenticated>)>>,
+}
+
+#[derive(Clone)]
+struct TenantRules {
+    name_order: NameOrder,
+    default_role: String,
+}
+
+/// Sessions of one deployment.
+pub struct Sessions {
+    store: Store,
+    config: SessionConfig,
+    cookie_name: String,
+    secure: bool,
+    fail_mode: FailMode,
+    signer: Arc<Signer>,
+    tenants: HashMap<String, TenantRules>,
+    live: Cache<[u8; 32], Arc<Live>>,
+    users: Cache<(String, String), Arc<User>>,
+    groups: Cache<(String, String), Arc<Group>>,
+    healthy: AtomicBool,
+}
+
+/// The cookie's name on the wire: `__Host-` prefixed when the public URL is https, so
+/// that no subdomain or plain-http page can set or shadow it.
+pub fn cookie_name(config: &Config) -> String {
+    if config.server.is_https() {
+        format!("__Host-{}", config.session.cookie_name)
+    } else {
+        config.session.cookie_name.clone()
+    }
+}
+
+fn hash_cookie(value: &str) -> [u8; 32] {
+    Sha256::digest(value.as_bytes()).into()
+}
+
+/// The value of cookie `name` in the request's `Cookie` header(s).
+pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+}
+
+impl Sessions {
+    /// Builds the session layer; call [`Sessions::start`] inside the runtime to begin
+    /// listening for invalidations.
+    pub fn new(config: &Config, store: Store, signer: Arc<Signer>) -> Sessions {
+        let ttl = config.session.cache_ttl;
+        fn cache<K, V>(cap: u64, ttl: Duration) -> Cache<K, V>
+        where
+            K: std::hash::Hash + Eq + Send + Sync + 'static,
+            V: Clone + Send + Sync + 'static,
+        {
+            Cache::builder().max_capacity(cap).time_to_live(ttl).build()
+        }
+        Sessions {
+            store,
+            config: config.session.clone(),
+            cookie_name: cookie_name(config),
+            secure: config.server.is_https(),
+            fail_mode: config.store.fail_mode,
+            signer,
+            tenants: config
+                .tenants
+                .iter()
+                .map(|t| {
+                    (
+                        t.id.clone(),
+                        TenantRules {
+                            name_order: t
+                                .scim
+                                .as_ref()
+                                .map_or(NameOrder::GivenFamily, |s| s.name_order),
+                            default_role: t.provisioning.default_role.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            live: cache(CACHE_CAPACITY, ttl),
+            users: cache(CACHE_CAPACITY, ttl),
+            groups: cache(CACHE_CAPACITY / 4, ttl),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// Starts the invalidation listener and the store health monitor.
+    pub fn start(self: &Arc<Self>) {
+        let mut events = self.store.subscribe();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let event = events.recv().await;
+                let Some(this) = weak.upgrade() else { return };
+                match event {
+                    Ok(e) => this.invalidate(&e),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "invalidations lagged; dropping all cached state"
+                        );
+                        this.invalidate(&Event::Resync);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        if self.store.is_memory() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                let ok = tokio::time::timeout(Duration::from_secs(1), this.store.ping())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                    && this.store.bus_connected();
+                let was = this.healthy.swap(ok, Ordering::Relaxed);
+                if was != ok {
+                    if ok {
+                        tracing::info!("store is back");
+                    } else {
+                        tracing::warn!(fail_mode = ?this.fail_mode, "store unavailable");
+                    }
+                }
+            }
+        });
+    }
+
+    fn invalidate(&self, event: &Event) {
+        match event {
+            Event::User { tenant, id } => self.users.invalidate(&(tenant.clone(), id.clone())),
+            Event::Group { tenant, id } => self.groups.invalidate(&(tenant.clone(), id.clone())),
+            Event::Session { hash } => {
+                let mut key = [0u8; 32];
+                if hex::decode_to_slice(hash, &mut key).is_ok() {
+                    self.live.invalidate(&key);
+                }
+            }
+            Event::Resync => {
+                self.live.invalidate_all();
+                self.users.invalidate_all();
+                self.groups.invalidate_all();
+            }
+        }
+    }
+
+    /// Whether the store is answering (and invalidations are arriving).
+    pub fn store_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The cookie name on the wire.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
+    fn unhealthy(&self, e: &StoreError) {
+        tracing::warn!(error = %e, "store request failed");
+        self.healthy.store(false, Ordering::Relaxed);
+    }
+
+    async fn user(&self, tenant: &str, id: &str, may_fetch: bool) -> Result<Option<Arc<User>>, ()> {
+        let key = (tenant.to_owned(), id.to_owned());
+        if let Some(u) = self.users.get(&key) {
+            return Ok(Some(u));
+        }
+        if !may_fetch {
+            return Err(());
+        }
+        match self.store.get_user(tenant, id).await {
+            Ok(Some(u)) => {
+                let u = Arc::new(u);
+                self.users.insert(key, u.clone());
+                Ok(Some(u))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.unhealthy(&e);
+                Err(())
+            }
+        }
+    }
+
+    async fn group(
+        &self,
+        tenant: &str,
+        id: &str,
+        may_fetch: bool,
+    ) -> Result<Option<Arc<Group>>, ()> {
+        let key = (tenant.to_owned(), id.to_owned());
+        if let Some(g) = self.groups.get(&key) {
+            return Ok(Some(g));
+        }
+        if !may_fetch {
+            return Err(());
+        }
+        match self.store.get_group(tenant, id).await {
+            Ok(Some(g)) => {
+                let g = Arc::new(g);
+                self.groups.insert(key, g.clone());
+                Ok(Some(g))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.unhealthy(&e);
+                Err(())
+            }
+        }
+    }
+
+    /// Resolves the request's session cookie.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Auth {
+        let Some(value) = find_cookie(headers, &self.cookie_name) else {
+            return Auth::Missing;
+        };
+        let healthy = self.store_healthy();
+        if !healthy && self.fail_mode == FailMode::Closed {
+            return Auth::Unavailable;
+        }
+        // Only fetch from the store when it is believed up; otherwise (fail mode
+        // "cached") serve what is cached and refuse the rest.
+        let may_fetch = healthy;
+        let key = hash_cookie(value);
+        let live = match self.live.get(&key) {
+            Some(l) => l,
+            None => {
+                if !may_fetch {
+                    return Auth::Unavailable;
+                }
+                let hash = hex::encode(key);
+                match self.store.get_session(&hash).await {
+                    Ok(Some(stored)) => {
+                        let live = Arc::new(Live {
+                            last_touch: AtomicI64::new(stored.last_seen),
+                            hash,
+                            stored,
+                            identity: Mutex::new(None),
+                        });
+                        self.live.insert(key, live.clone());
+                        live
+                    }
+                    Ok(None) => return Auth::Missing,
+                    Err(e) => {
+                        self.unhealthy(&e);
+                        return Auth::Unavailable;
+                    }
+                }
+            }
+        };
+        if let Some(reason) = live.stored.revoked {
+            return Auth::Revoked(reason);
+        }
+        let now = now();
+        let rec = &live.stored.record;
+        let last_seen = live.last_touch.load(Ordering::Relaxed);
+        // Times are whole seconds, so idle expiry is "more than idle_timeout since the
+        // last renewal": at most a second lenient, never early.
+        if now > rec.expires_at || now > last_seen + self.config.idle_timeout.as_secs() as i64 {
+            return Auth::Missing;
+        }
+        let user = match self.user(&rec.tenant, &rec.user_id, may_fetch).await {
+            Ok(Some(u)) => u,
+            Ok(None) => return Auth::Missing,
+            Err(()) => return Auth::Unavailable,
+        };
+        let group = match self.group(&rec.tenant, &rec.group_id, may_fetch).await {
+            Ok(Some(g)) => g,
+            Ok(None) => return Auth::Missing,
+            Err(()) => return Auth::Unavailable,
+        };
+        if let Some(reason) = blocked(&user, &group) {
+            self.revoke(&live, reason);
+            return Auth::Revoked(reason);
+        }
+        self.renew(&live, now);
+        let cached = live
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(uv, gv, a)| {
+                *uv == user.version
+                    && *gv == group.version
+                    && a.headers.expires_at - now > self.signer.ttl().as_secs() as i64 / 2
+            })
+            .map(|(_, _, a)| a.clone());
+        if let Some(a) = cached {
+            return Auth::Valid(a);
+        }
+        let rules = self
+            .tenants
+            .get(&rec.tenant)
+            .cloned()
+            .unwrap_or(TenantRules {
+                name_order: NameOrder::GivenFamily,
+                default_role: crate::config::defaults::DEFAULT_ROLE.into(),
+            });
+        let identity = Identity {
+            user_id: user.id.clone(),
+            group_id: group.id.clone(),
+            tenant: rec.tenant.clone(),
+            email: user.email.clone().unwrap_or_default(),
+            given_name: user.given_name.clone().unwrap_or_default(),
+            family_name: user.family_name.clone().unwrap_or_default(),
+            role: user
+                .role_in(&group.id)
+                .map_or_else(|| rules.default_role.clone(), str::to_owned),
+        };
+        let headers = match self.signer.headers(&identity, rules.name_order, now) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign identity");
+                return Auth::Unavailable;
+            }
+        };
+        let auth = Arc::new(Authenticated {
+            record: rec.clone(),
+            name: identity.display_name(rules.name_order),
+            identity,
+            headers,
+        });
+        *live.identity.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((user.version, group.version, auth.clone()));
+        Auth::Valid(auth)
+    }
+
+    /// Marks a blocked session revoked in the store (once), so that it keeps answering
+    /// 403 with its reason until it would have expired, even after reactivation.
+    fn revoke(&self, live: &Arc<Live>, reason: RevokeReason) {
+        let hash = live.hash.clone();
+        let store = self.store.clone();
+        let mut key = [0u8; 32];
+        let _ = hex::decode_to_slice(&hash, &mut key);
+        self.live.invalidate(&key);
+        tokio::spawn(async move {
+            if let Err(e) = store.revoke_session(&hash, reason).await {
+                tracing::warn!(error = %e, "cannot mark session revoked");
+            }
+        });
+    }
+
+    /// Sliding idle renewal, written to the store at most once per renewal interval per
+    /// session and replica, off the request path.
+    fn renew(&self, live: &Arc<Live>, now: i64) {
+        let idle = self.config.idle_timeout.as_secs() as i64;
+        let interval = (idle / 4).clamp(1, MAX_RENEW_INTERVAL);
+        let last = live.last_touch.load(Ordering::Relaxed);
+        if now - last < interval
+            || live
+                .last_touch
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let ttl = Duration::from_secs(idle.min(live.stored.record.expires_at - now).max(1) as u64);
+        let store = self.store.clone();
+        let hash = live.hash.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_session(&hash, now, ttl).await {
+                tracing::warn!(error = %e, "cannot renew session");
+            }
+        });
+    }
+
+    /// Creates a session for a login (a new id every time: no fixation). Refused with
+    /// the reason while the user or group is blocked.
+    pub async fn create_session(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        group_id: &str,
+    ) -> Result<NewSession, SessionError> {
+        let user = self
+            .store
+            .get_user(tenant, user_id)
+            .await?
+            .ok_or(SessionError::Unknown)?;
+        let group = self
+            .store
+            .get_group(tenant, group_id)
+            .await?
+            .ok_or(SessionError::Unknown)?;
+        if let Some(reason) = blocked(&user, &group) {
+            return Err(SessionError::Refused(reason));
+        }
+        let mut raw = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let now = now();
+        let lifetime = self.config.max_lifetime.as_secs() as i64;
+        let stored = StoredSession {
+            record: SessionRecord {
+                tenant: tenant.to_owned(),
+                user_id: user_id.to_owned(),
+                group_id: group_id.to_owned(),
+                created_at: now,
+                expires_at: now + lifetime,
+            },
+            last_seen: now,
+            revoked: None,
+        };
+        let ttl = self.config.idle_timeout.min(self.config.max_lifetime);
+        self.store
+            .put_session(&hex::encode(hash_cookie(&value)), &stored, ttl)
+            .await?;
+        let set_cookie = self.cookie_header(&value, lifetime);
+        Ok(NewSession {
+            cookie_value: value,
+            set_cookie,
+        })
+    }
+
+    fn cookie_header(&self, value: &str, max_age: i64) -> HeaderValue {
+        let secure = if self.secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+            self.cookie_name
+        ))
+        .expect("cookie names and base64url values are valid header text")
+    }
+
+    /// A `Set-Cookie` that removes the session cookie.
+    pub fn clear_cookie(&self) -> HeaderValue {
+        self.cookie_header("", 0)
+    }
+
+    /// Ends the request's session, if any, on every replica. Returns its record.
+    pub async fn logout(&self, headers: &HeaderMap) -> Result<Option<SessionRecord>, StoreError> {
+        let Some(value) = find_cookie(headers, &self.cookie_name) else {
+            return Ok(None);
+        };
+        let key = hash_cookie(value);
+        let hash = hex::encode(key);
+        let Some(stored) = self.store.get_session(&hash).await? else {
+            return Ok(None);
+        };
+        self.store.delete_session(&hash, &stored.record).await?;
+        self.live.invalidate(&key);
+        if let Err(e) = self.store.publish(&Event::Session { hash }).await {
+            tracing::warn!(error = %e, "cannot publish logout; replicas catch up within cache_ttl");
+        }
+        Ok(Some(stored.record))
+    }
+}
+
+/// Why this user may not use this group, if they may not.
+fn blocked(user: &User, group: &Group) -> Option<RevokeReason> {
+    if !user.active || user.deprovisioned {
+        Some(RevokeReason::AccountDeactivated)
+    } else if !group.active {
+        Some(RevokeReason::CompanyCancelled)
+    } else if user.role_in(&group.id).is_none() {
+        Some(RevokeReason::RemovedFromCompany)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; idgate_session_x=2"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("idgate_session=abc"),
+        );
+        assert_eq!(find_cookie(&h, "idgate_session"), Some("abc"));
+        assert_eq!(find_cookie(&h, "b"), None);
+    }
+
+    #[test]
+    fn blocking_reasons_are_checked_in_order() {
+        let g = Group::new("g", "G", 0);
+        let mut u = User::new("u", 0);
+        assert_eq!(blocked(&u, &g), Some(RevokeReason::RemovedFromCompany));
+        u.memberships.push(crate::directory::model::Membership {
+            group_id: "g".into(),
+            role: "member".into(),
+        });
+        assert_eq!(blocked(&u, &g), None);
+        let mut cancelled = g.clone();
+        cancelled.active = false;
+        assert_eq!(
+            blocked(&u, &cancelled),
+            Some(RevokeReason::CompanyCancelled)
+        );
+        u.active = false;
+        assert_eq!(
+            blocked(&u, &cancelled),
+            Some(RevokeReason::AccountDeactivated)
+        );
+    }
+}

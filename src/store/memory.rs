@@ -299,6 +299,17 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn revoke_session(&self, hash: &str, reason: RevokeReason) -> StoreResult<bool> {
+        let mut g = self.lock();
+        match g.sessions.get_mut(hash) {
+            Some((s, until)) if *until > Instant::now() => {
+                s.revoked = Some(reason);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn revoke_user_sessions(
         &self,
         tenant: &str,

@@ -223,6 +223,12 @@ pub trait SessionStore: Send + Sync {
         hash: &str,
         record: &SessionRecord,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Marks one session revoked with `reason`, keeping its TTL. False if it is gone.
+    fn revoke_session(
+        &self,
+        hash: &str,
+        reason: RevokeReason,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Marks every live session of a user revoked with `reason` (keeping each one's
     /// TTL); returns their hashes.
     fn revoke_user_sessions(
@@ -277,6 +283,15 @@ impl Store {
         match self {
             Store::Memory(_) => Ok(()),
             Store::Redis(r) => r.ping().await,
+        }
+    }
+
+    /// Whether invalidations from other replicas are being received (always true for the
+    /// in-process store, which has no other replicas).
+    pub fn bus_connected(&self) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.bus_connected(),
         }
     }
 
@@ -341,6 +356,9 @@ impl SessionStore for Store {
     }
     async fn delete_session(&self, hash: &str, record: &SessionRecord) -> StoreResult<()> {
         delegate!(self, s => s.delete_session(hash, record))
+    }
+    async fn revoke_session(&self, hash: &str, reason: RevokeReason) -> StoreResult<bool> {
+        delegate!(self, s => s.revoke_session(hash, reason))
     }
     async fn revoke_user_sessions(
         &self,

@@ -595,6 +595,17 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
+    async fn revoke_session(&self, hash: &str, reason: RevokeReason) -> StoreResult<bool> {
+        let done: i64 = scripts()
+            .revoke_session
+            .key(self.session_key(hash))
+            .arg(reason.code())
+            .invoke_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        Ok(done == 1)
+    }
+
     async fn revoke_user_sessions(
         &self,
         tenant: &str,

@@ -258,6 +258,19 @@ impl Idgate {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits (up to 5 s) until the log contains `needle`: log lines cross a pipe and a
+    /// reader thread, so they may trail the response they describe.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Its PID.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -574,4 +587,53 @@ impl RedisCluster {
             .collect();
         format!("redis+cluster://{}", hosts.join(","))
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tenants, users and sessions.
+
+/// A `[[tenants]]` block for tenant `id` with the example IdP certificate.
+pub fn tenant_toml(id: &str) -> String {
+    format!(
+        "[[tenants]]\nid = \"{id}\"\n[tenants.saml]\nidp_entity_id = \"https://idp.example.com\"\n\
+         idp_sso_url = \"https://idp.example.com/sso\"\n\
+         idp_certificate = \"file:{}/config/examples/example-idp.crt\"\n",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Writes a fresh signing key (`idgate keygen --alg ALG`) into `dir` and returns its path.
+pub fn signing_key_file(dir: &std::path::Path, alg: &str) -> std::path::PathBuf {
+    let (code, pem, err) = run_cli(&["keygen", "--alg", alg], &[]);
+    assert_eq!(code, 0, "{err}");
+    let path = dir.join(format!("signing-{alg}.pem"));
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+/// Creates group `group` and user `user` (member, role `admin`, with names and email)
+/// in `tenant` through the library's directory.
+pub async fn provision(dir: &idgate::directory::Directory, tenant: &str, user: &str, group: &str) {
+    dir.ensure_group(tenant, group, &format!("{group} Inc."))
+        .await
+        .expect("ensure_group");
+    let mut u = idgate::directory::model::User::new(user, idgate::directory::now());
+    u.email = Some(format!("{user}@example.com"));
+    u.given_name = Some("Ada".into());
+    u.family_name = Some("Lovelace".into());
+    match dir.create_user(tenant, &u).await {
+        Ok(()) | Err(idgate::directory::DirectoryError::Taken { field: "id", .. }) => {}
+        Err(e) => panic!("create_user: {e}"),
+    }
+    dir.set_membership(tenant, user, group, "admin")
+        .await
+        .expect("set_membership");
+}
+
+/// A `Cookie` header value for a new session.
+pub fn cookie_for(
+    sessions: &idgate::session::Sessions,
+    new: &idgate::session::NewSession,
+) -> String {
+    format!("{}={}", sessions.cookie_name(), new.cookie_value)
 }
