@@ -48,6 +48,12 @@ impl Admin {
             return response::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
         match tokio::time::timeout(READY_PING_TIMEOUT, self.store.ping()).await {
+            // A replica that cannot hear revocations from the others must not take
+            // traffic either.
+            Ok(Ok(())) if !self.store.bus_connected() => response::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store events not connected\n",
+            ),
             Ok(Ok(())) => response::text(StatusCode::OK, "ready\n"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "not ready: store did not answer");

@@ -89,7 +89,8 @@ async fn readyz_follows_redis() {
         ),
     );
     let idgate = Idgate::start(&cfg);
-    assert_eq!(get(&idgate.admin_url("/readyz"), &[]).await.status, 200);
+    // Ready once Redis answers and the event subscription is up.
+    idgate.wait_ready().await;
 
     redis.stop();
     let started = Instant::now();

@@ -240,6 +240,8 @@ impl Sessions {
                 }
             }
             Event::Resync => {
+                // Sent when the bus (re)connects: the store is reachable again.
+                self.healthy.store(true, Ordering::Relaxed);
                 self.live.invalidate_all();
                 self.users.invalidate_all();
                 self.groups.invalidate_all();

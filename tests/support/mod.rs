@@ -258,6 +258,22 @@ impl Idgate {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits (up to 10 s) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if get(&self.admin_url("/readyz"), &[]).await.status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "idgate never became ready:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (up to 5 s) until the log contains `needle`: log lines cross a pipe and a
     /// reader thread, so they may trail the response they describe.
     pub fn wait_for_log(&self, needle: &str) -> bool {
