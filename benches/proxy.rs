@@ -3,7 +3,12 @@
 //! One run measures, with the same load generator (wrk) against the same upstream:
 //! - **direct**: wrk → upstream (the ceiling);
 //! - **idgate**: wrk → idgate (public path, release build) → upstream;
-//! - **nginx**: wrk → nginx as a plain keep-alive proxy → upstream, when nginx is installed.
+//! - **nginx**: wrk → nginx as a plain keep-alive proxy → upstream, when nginx is installed;
+//! - **idgate-auth**: wrk with a session cookie → idgate (Redis store, identity headers
+//!   and signed JWT) → upstream, with Redis commands per request counted from
+//!   `INFO commandstats` before and after;
+//! - **revocation**: a second replica on the same Redis; the time from deactivating a user
+//!   through the library to that replica answering 403, over many samples.
 //!
 //! The machine is shared and noisy, so targets are measured in interleaved rounds and the
 //! median round is reported, with ratios taken within the same run. Logging is off for
@@ -97,13 +102,21 @@ impl Drop for Proc {
     }
 }
 
-fn start_idgate(upstream: SocketAddr, dir: &std::path::Path) -> (Proc, SocketAddr) {
+/// Starts `idgate serve` with `[server]` on free loopback ports plus `rest`; returns the
+/// process, its public address and its admin address.
+fn start_idgate(
+    upstream: SocketAddr,
+    dir: &std::path::Path,
+    name: &str,
+    rest: &str,
+) -> (Proc, SocketAddr, SocketAddr) {
     let port = free_port();
+    let admin = free_port();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         upstream = \"http://{upstream}\"\n[access]\npublic_paths = [\"/\"]\n"
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         upstream = \"http://{upstream}\"\n{rest}\n"
     );
-    let path = dir.join("idgate.toml");
+    let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_idgate"))
         .args(["serve", "--config"])
@@ -116,7 +129,68 @@ fn start_idgate(upstream: SocketAddr, dir: &std::path::Path) -> (Proc, SocketAdd
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let proc = Proc(child);
     wait_for_port(addr, "idgate");
-    (proc, addr)
+    (proc, addr, format!("127.0.0.1:{admin}").parse().unwrap())
+}
+
+fn start_redis(dir: &std::path::Path) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("redis-server is installed by `make bench`");
+    let proc = Proc(child);
+    wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), "redis-server");
+    (proc, port)
+}
+
+/// Total calls over every command, from `INFO commandstats`.
+fn redis_calls(port: u16) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("calls=").nth(1))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<Bytes>,
+>;
+
+async fn status(client: &Client, url: &str, cookie: &str) -> u16 {
+    let req = hyper::Request::get(url)
+        .header("cookie", cookie)
+        .header("accept", "application/json")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    match client.request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            status
+        }
+        Err(_) => 0,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
 
 fn start_nginx(upstream: SocketAddr, dir: &std::path::Path) -> Option<(Proc, SocketAddr)> {
@@ -159,6 +233,7 @@ fn start_nginx(upstream: SocketAddr, dir: &std::path::Path) -> Option<(Proc, Soc
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    requests: u64,
     rps: f64,
     p50_us: f64,
     p99_us: f64,
@@ -178,14 +253,18 @@ fn parse_latency(text: &str) -> Option<f64> {
     num.trim().parse::<f64>().ok().map(|v| v * factor)
 }
 
-fn wrk(addr: SocketAddr, seconds: u64, connections: u64) -> Sample {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-        ])
+fn wrk(addr: SocketAddr, seconds: u64, connections: u64, cookie: Option<&str>) -> Sample {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(c) = cookie {
+        cmd.arg("-H").arg(format!("Cookie: {c}"));
+    }
+    let out = cmd
         .arg(format!("http://{addr}/bench"))
         .output()
         .expect("wrk is installed by `make bench`");
@@ -202,7 +281,17 @@ fn wrk(addr: SocketAddr, seconds: u64, connections: u64) -> Sample {
             eprintln!("warning: {addr}: {bad}: {v}");
         }
     }
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.trim().parse().ok())
+        })
+        .flatten()
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"));
     Sample {
+        requests,
         rps: field("Requests/sec:")
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}")),
@@ -229,28 +318,111 @@ fn main() {
     let seconds = env_or("BENCH_SECONDS", 8);
     let rounds = env_or("BENCH_ROUNDS", 3).max(1);
     let connections = env_or("BENCH_CONNECTIONS", 64);
+    let revocations = env_or("BENCH_REVOCATIONS", 100).max(1);
     let dir = tempfile::tempdir().unwrap();
     let upstream = start_upstream();
-    let (_idgate, idgate) = start_idgate(upstream, dir.path());
+    let (_idgate, idgate, _) = start_idgate(
+        upstream,
+        dir.path(),
+        "public",
+        "[access]\npublic_paths = [\"/\"]\n",
+    );
     let nginx = start_nginx(upstream, dir.path());
     if nginx.is_none() {
         eprintln!("nginx is not installed: measuring direct and idgate only");
     }
 
-    let mut targets: Vec<(&str, SocketAddr)> = vec![("direct", upstream), ("idgate", idgate)];
+    // The authenticated deployment: Redis store, a signing key, one tenant.
+    let (_redis, redis_port) = start_redis(dir.path());
+    let key = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(dir.path().join("signing.pem"), &key.stdout).unwrap();
+    let auth_rest = format!(
+        "[store]\nurl = \"redis://127.0.0.1:{redis_port}\"\n\
+         [identity]\nsigning_key = \"file:{}/signing.pem\"\n\
+         [[tenants]]\nid = \"bench\"\n[tenants.saml]\nidp_entity_id = \"https://idp.example.com\"\n\
+         idp_sso_url = \"https://idp.example.com/sso\"\n\
+         idp_certificate = \"file:{}/config/examples/example-idp.crt\"\n",
+        dir.path().display(),
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (_auth_a, auth_a, admin_a) = start_idgate(upstream, dir.path(), "auth-a", &auth_rest);
+    let (_auth_b, auth_b, admin_b) = start_idgate(upstream, dir.path(), "auth-b", &auth_rest);
+    let cfg_text = std::fs::read_to_string(dir.path().join("auth-a.toml")).unwrap();
+    let cfg = idgate::config::Config::from_toml(&cfg_text, dir.path()).expect("bench config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt.block_on(async { idgate::store::Store::open(&cfg.store).unwrap() });
+    let directory = idgate::directory::Directory::new(store.clone());
+    let signer = std::sync::Arc::new(idgate::identity::Signer::new(&cfg.identity, false).unwrap());
+    let sessions = idgate::session::Sessions::new(&cfg, store, signer);
+    let client: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let login = |user: String| {
+        rt.block_on(async {
+            directory
+                .ensure_group("bench", "g", "Bench Inc.")
+                .await
+                .unwrap();
+            let mut u = idgate::directory::model::User::new(&user, idgate::directory::now());
+            u.email = Some(format!("{user}@example.com"));
+            directory.create_user("bench", &u).await.unwrap();
+            directory
+                .set_membership("bench", &user, "g", "member")
+                .await
+                .unwrap();
+            let s = sessions.create_session("bench", &user, "g").await.unwrap();
+            format!("{}={}", sessions.cookie_name(), s.cookie_value)
+        })
+    };
+    rt.block_on(async {
+        for admin in [admin_a, admin_b] {
+            let url = format!("http://{admin}/readyz");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while status(&client, &url, "").await != 200 {
+                assert!(Instant::now() < deadline, "{url} never became ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let cookie = login("bench-user".into());
+    assert_eq!(
+        rt.block_on(status(&client, &format!("http://{auth_a}/bench"), &cookie)),
+        200,
+        "the bench session works"
+    );
+
+    let mut targets: Vec<(&str, SocketAddr, Option<&str>)> = vec![
+        ("direct", upstream, None),
+        ("idgate", idgate, None),
+        ("idg-auth", auth_a, Some(&cookie)),
+    ];
     if let Some((_, addr)) = &nginx {
-        targets.push(("nginx", *addr));
+        targets.push(("nginx", *addr, None));
     }
     // Warm-up: fill connection pools and caches.
-    for (_, addr) in &targets {
-        wrk(*addr, 2, connections);
+    for (_, addr, cookie) in &targets {
+        wrk(*addr, 2, connections, *cookie);
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
+    let (mut auth_requests, mut auth_calls) = (0u64, 0u64);
     for round in 0..rounds {
-        for (i, (name, addr)) in targets.iter().enumerate() {
-            let s = wrk(*addr, seconds, connections);
+        for (i, (name, addr, cookie)) in targets.iter().enumerate() {
+            let before = cookie.map(|_| redis_calls(redis_port));
+            let s = wrk(*addr, seconds, connections, *cookie);
+            if let Some(before) = before {
+                // INFO itself is one call; the difference counts idgate's commands.
+                auth_calls += redis_calls(redis_port).saturating_sub(before + 1);
+                auth_requests += s.requests;
+            }
             eprintln!(
-                "round {}: {name:<7} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
+                "round {}: {name:<8} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
                 round + 1,
                 s.rps,
                 s.p50_us,
@@ -259,40 +431,86 @@ fn main() {
             samples[i].push(s);
         }
     }
+
+    // Revocation: B has the session cached; deactivate through the library (as SCIM or
+    // a webhook would, on another replica) and time until B refuses it.
+    let mut revocation_ms = Vec::new();
+    for i in 0..revocations {
+        let user = format!("revoked-{i}");
+        let cookie = login(user.clone());
+        let url = format!("http://{auth_b}/bench");
+        rt.block_on(async {
+            assert_eq!(status(&client, &url, &cookie).await, 200);
+            let start = Instant::now();
+            directory.deactivate_user("bench", &user).await.unwrap();
+            loop {
+                if status(&client, &url, &cookie).await == 403 {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "revocation never arrived"
+                );
+            }
+            revocation_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        });
+    }
+    revocation_ms.sort_by(f64::total_cmp);
+
     let results: Vec<(&str, Sample)> = targets
         .iter()
         .zip(samples)
-        .map(|((name, _), s)| (*name, median(s)))
+        .map(|((name, _, _), s)| (*name, median(s)))
         .collect();
     println!();
     println!(
         "proxy benchmark: wrk -t2 -c{connections}, {seconds}s x {rounds} interleaved rounds, median round, 20-byte body"
     );
     println!(
-        "{:<8} {:>12} {:>10} {:>10}",
+        "{:<9} {:>12} {:>10} {:>10}",
         "target", "req/s", "p50 us", "p99 us"
     );
     for (name, s) in &results {
         println!(
-            "{name:<8} {:>12.0} {:>10.0} {:>10.0}",
+            "{name:<9} {:>12.0} {:>10.0} {:>10.0}",
             s.rps, s.p50_us, s.p99_us
         );
     }
     let get = |n: &str| results.iter().find(|(name, _)| *name == n).map(|(_, s)| *s);
     let idg = get("idgate").expect("idgate measured");
+    let auth = get("idg-auth").expect("authenticated path measured");
     let direct = get("direct").expect("direct measured");
     println!();
     println!(
-        "idgate/direct  throughput {:.2}x  p99 {:.2}x",
+        "idgate/direct          throughput {:.2}x  p99 {:.2}x",
         idg.rps / direct.rps,
         idg.p99_us / direct.p99_us
     );
     if let Some(ng) = get("nginx") {
         println!(
-            "idgate/nginx   throughput {:.2}x  p99 {:.2}x   (target: throughput >= 0.90x, p99 <= 1.00x)",
+            "idgate/nginx           throughput {:.2}x  p99 {:.2}x   (target: throughput >= 0.90x, p99 <= 1.00x)",
             idg.rps / ng.rps,
             idg.p99_us / ng.p99_us
         );
-        println!("nginx/direct   throughput {:.2}x", ng.rps / direct.rps);
+        println!(
+            "idgate-auth/nginx      throughput {:.2}x  p99 {:.2}x   (target: throughput >= 0.90x)",
+            auth.rps / ng.rps,
+            auth.p99_us / ng.p99_us
+        );
+        println!(
+            "nginx/direct           throughput {:.2}x",
+            ng.rps / direct.rps
+        );
     }
+    println!(
+        "redis commands/request {:.5}   ({auth_calls} commands over {auth_requests} authenticated requests; target < 0.01)",
+        auth_calls as f64 / auth_requests.max(1) as f64
+    );
+    println!(
+        "revocation on replica B: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} users   (target: p99 <= 100 ms)",
+        percentile(&revocation_ms, 0.5),
+        percentile(&revocation_ms, 0.99),
+        revocation_ms.last().copied().unwrap_or_default(),
+        revocation_ms.len()
+    );
 }
