@@ -9,10 +9,11 @@ CARGO ?= cargo
 #   xmlsec1: signs SAML test fixtures independently of the code under test
 #   redis-server (with redis-cli): the store tests start their own servers and a Cluster
 #   openssl: tests check generated keys with an independent tool
-SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates
+#   ruby: runs docs/examples/verify.rb (Python and Node.js are handled below)
+SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates ruby
 BENCH_PACKAGES := wrk nginx-light
 
-.PHONY: demo test bench deps bench-deps toolchain fmt lint check-config
+.PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -25,6 +26,19 @@ endef
 
 deps: toolchain
 	$(call apt_install,$(SYSTEM_PACKAGES))
+	@# The JWT verification examples in docs/examples run under Node.js (no packages) and
+	@# Python with PyJWT; install whichever is missing.
+	@command -v node >/dev/null 2>&1 || { $(MAKE) --no-print-directory apt-nodejs; }
+	@command -v python3 >/dev/null 2>&1 || { $(MAKE) --no-print-directory apt-python; }
+	@python3 -c 'import jwt, cryptography' >/dev/null 2>&1 || \
+	  python3 -m pip install -q --disable-pip-version-check 'pyjwt[crypto]>=2.8' 2>/dev/null || \
+	  $(MAKE) --no-print-directory apt-python
+
+apt-nodejs:
+	$(call apt_install,nodejs)
+
+apt-python:
+	$(call apt_install,python3 python3-jwt python3-cryptography)
 
 bench-deps: deps
 	$(call apt_install,$(BENCH_PACKAGES))
