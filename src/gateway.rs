@@ -363,7 +363,13 @@ impl Gateway {
     ) -> Response<Body> {
         // After the session was read: the app never sees idgate's cookie.
         hh::strip_cookie(req.headers_mut(), &self.cookie_name);
-        let host = host_of(&req).and_then(|h| HeaderValue::from_str(h).ok());
+        // The client's own `Host` value is reused as is (no copy); HTTP/2 requests carry
+        // it in :authority instead.
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let upgrade = hh::upgrade_request(req.headers());
         let is_upgrade = upgrade.is_some();
         let headers = req.headers_mut();

@@ -6,10 +6,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+
+use crate::proxy::pool::PooledBody;
 
 /// The body of every response idgate sends: a streamed upstream body, or one it made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<PooledBody, Full<Bytes>>;
 
 /// A body idgate made itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

@@ -453,3 +453,35 @@ async fn browser_navigation_is_sent_to_login_and_apis_get_401_json() {
     let post = send("POST", &idgate.url("/x"), &[("accept", "text/html")], "a").await;
     assert_eq!(post.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_closed_ones_replaced() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    // One client connection lands on one worker, whose pool reuses one upstream
+    // connection for sequential requests.
+    let client = client();
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let resp = client
+            .request(
+                http::Request::get(idgate.url("/conn"))
+                    .body(http_body_util::Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        ports.insert(String::from_utf8(body.to_vec()).unwrap());
+    }
+    assert_eq!(
+        ports.len(),
+        1,
+        "sequential requests reuse one upstream connection: {ports:?}"
+    );
+    // The upstream closing connections never surfaces as an error.
+    for _ in 0..10 {
+        assert_eq!(get(&idgate.url("/close"), &[]).await.status, 200);
+        assert_eq!(get(&idgate.url("/conn"), &[]).await.status, 200);
+    }
+}

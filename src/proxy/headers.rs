@@ -229,24 +229,25 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let peer_text = peer.to_string();
     let chain = if trusted {
+        let peer_text = peer.to_string();
         let prior: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        if prior.is_empty() {
+        let chain = if prior.is_empty() {
             peer_text
         } else {
             format!("{}, {peer_text}", prior.join(", "))
-        }
+        };
+        HeaderValue::from_str(&chain).ok()
     } else {
         headers.remove(&FORWARDED);
         headers.remove(&X_REAL_IP);
-        peer_text
+        Some(peer_value(peer))
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Some(v) = chain {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -262,6 +263,28 @@ pub fn set_forwarded(
             }
         }
     }
+}
+
+thread_local! {
+    /// The last peer address and its header form: a sidecar sees few distinct peers
+    /// (the ingress, the kubelet), so this saves formatting and an allocation almost
+    /// every time.
+    static LAST_PEER: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn peer_value(peer: IpAddr) -> HeaderValue {
+    LAST_PEER.with(|cell| {
+        let mut last = cell.borrow_mut();
+        if let Some((ip, v)) = last.as_ref()
+            && *ip == peer
+        {
+            return v.clone();
+        }
+        let v = HeaderValue::from_str(&peer.to_string()).expect("an IP address is header text");
+        *last = Some((peer, v.clone()));
+        v
+    })
 }
 
 #[cfg(test)]

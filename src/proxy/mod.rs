@@ -2,15 +2,17 @@
 //! both directions without buffering, timeouts, and WebSocket (Upgrade) tunnelling.
 
 pub mod headers;
+pub mod pool;
 
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+
+use pool::{Pool, PoolError, PooledBody};
 
 use crate::config::ServerConfig;
 use crate::metrics::UpstreamErrorKind;
@@ -50,8 +52,7 @@ impl ProxyError {
 
 /// The upstream app and the pooled client that reaches it.
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
-    scheme: Scheme,
+    pool: Arc<Pool>,
     authority: Authority,
     response_timeout: Duration,
 }
@@ -59,25 +60,21 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the client from `[server]`.
     pub fn new(server: &ServerConfig) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(server.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            // Below the idle timeouts of common app servers (Node 5 s is the shortest
-            // widespread one), so idgate drops an idle connection before the app does and
-            // rarely races a request against a closing socket.
-            .pool_idle_timeout(Duration::from_secs(4))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         let upstream = &server.upstream;
+        let authority = upstream
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("127.0.0.1:3000"));
+        let target = match authority.port_u16() {
+            Some(_) => authority.as_str().to_owned(),
+            None => format!("{}:80", authority.host()),
+        };
         Upstream {
-            client,
-            scheme: upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: upstream
-                .authority()
-                .cloned()
-                .unwrap_or_else(|| Authority::from_static("127.0.0.1:3000")),
+            // Below the idle timeouts of common app servers (Node's 5 s is the shortest
+            // widespread one), so idgate drops an idle connection before the app does
+            // and rarely races a request against a closing socket.
+            pool: Pool::new(target, server.connect_timeout, Duration::from_secs(4)),
+            authority,
             response_timeout: server.upstream_timeout,
         }
     }
@@ -89,29 +86,34 @@ impl Upstream {
         &self,
         mut req: Request<Incoming>,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        // Origin-form on the wire (`GET /path?q HTTP/1.1`), as every app server expects;
+        // the host travels in `Host`, which the gateway has set.
         let path_and_query = req
             .uri()
             .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ProxyError::Protocol(format!("cannot build upstream URI: {e}")))?;
-        *req.uri_mut() = uri;
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path_and_query);
+        if !req.headers().contains_key(http::header::HOST)
+            && let Ok(v) = http::HeaderValue::from_str(self.authority.as_str())
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
         *req.version_mut() = Version::HTTP_11;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let mut resp =
-            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-                Err(_) => return Err(ProxyError::Timeout(self.response_timeout)),
-                Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(error_chain(&e))),
-                Ok(Err(e)) => return Err(ProxyError::Protocol(error_chain(&e))),
-                Ok(Ok(resp)) => resp,
-            };
+        let mut resp = match tokio::time::timeout(
+            self.response_timeout,
+            self.pool.send(req, !upgrade),
+        )
+        .await
+        {
+            Err(_) => return Err(ProxyError::Timeout(self.response_timeout)),
+            Ok(Err(PoolError::Connect(e))) => return Err(ProxyError::Connect(e)),
+            Ok(Err(PoolError::Http(e))) => return Err(ProxyError::Protocol(error_chain(&e))),
+            Ok(Ok(resp)) => resp,
+        };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_side) = client_side

@@ -87,6 +87,10 @@ pub enum SessionError {
 struct Live {
     hash: String,
     stored: StoredSession,
+    /// Cache keys of the session's user and group, built once so the hot path looks
+    /// them up without allocating.
+    user_key: (String, String),
+    group_key: (String, String),
     last_touch: AtomicI64,
     /// (user version, group version, signed identity): reused until either record
     /// changes or the JWT reaches half its lifetime.
@@ -264,18 +268,17 @@ impl Sessions {
         self.healthy.store(false, Ordering::Relaxed);
     }
 
-    async fn user(&self, tenant: &str, id: &str, may_fetch: bool) -> Result<Option<Arc<User>>, ()> {
-        let key = (tenant.to_owned(), id.to_owned());
-        if let Some(u) = self.users.get(&key) {
+    async fn user(&self, key: &(String, String), may_fetch: bool) -> Result<Option<Arc<User>>, ()> {
+        if let Some(u) = self.users.get(key) {
             return Ok(Some(u));
         }
         if !may_fetch {
             return Err(());
         }
-        match self.store.get_user(tenant, id).await {
+        match self.store.get_user(&key.0, &key.1).await {
             Ok(Some(u)) => {
                 let u = Arc::new(u);
-                self.users.insert(key, u.clone());
+                self.users.insert(key.clone(), u.clone());
                 Ok(Some(u))
             }
             Ok(None) => Ok(None),
@@ -288,21 +291,19 @@ impl Sessions {
 
     async fn group(
         &self,
-        tenant: &str,
-        id: &str,
+        key: &(String, String),
         may_fetch: bool,
     ) -> Result<Option<Arc<Group>>, ()> {
-        let key = (tenant.to_owned(), id.to_owned());
-        if let Some(g) = self.groups.get(&key) {
+        if let Some(g) = self.groups.get(key) {
             return Ok(Some(g));
         }
         if !may_fetch {
             return Err(());
         }
-        match self.store.get_group(tenant, id).await {
+        match self.store.get_group(&key.0, &key.1).await {
             Ok(Some(g)) => {
                 let g = Arc::new(g);
-                self.groups.insert(key, g.clone());
+                self.groups.insert(key.clone(), g.clone());
                 Ok(Some(g))
             }
             Ok(None) => Ok(None),
@@ -335,8 +336,11 @@ impl Sessions {
                 let hash = hex::encode(key);
                 match self.store.get_session(&hash).await {
                     Ok(Some(stored)) => {
+                        let rec = &stored.record;
                         let live = Arc::new(Live {
                             last_touch: AtomicI64::new(stored.last_seen),
+                            user_key: (rec.tenant.clone(), rec.user_id.clone()),
+                            group_key: (rec.tenant.clone(), rec.group_id.clone()),
                             hash,
                             stored,
                             identity: Mutex::new(None),
@@ -363,12 +367,12 @@ impl Sessions {
         if now > rec.expires_at || now > last_seen + self.config.idle_timeout.as_secs() as i64 {
             return Auth::Missing;
         }
-        let user = match self.user(&rec.tenant, &rec.user_id, may_fetch).await {
+        let user = match self.user(&live.user_key, may_fetch).await {
             Ok(Some(u)) => u,
             Ok(None) => return Auth::Missing,
             Err(()) => return Auth::Unavailable,
         };
-        let group = match self.group(&rec.tenant, &rec.group_id, may_fetch).await {
+        let group = match self.group(&live.group_key, may_fetch).await {
             Ok(Some(g)) => g,
             Ok(None) => return Auth::Missing,
             Err(()) => return Auth::Unavailable,

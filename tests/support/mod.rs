@@ -40,6 +40,8 @@ fn full_body(b: impl Into<Bytes>) -> TestBody {
 /// - `/sleep/{ms}`: waits, then answers 200 `slept`;
 /// - `/ws`: a WebSocket echo;
 /// - `/hop`: a response carrying hop-by-hop headers;
+/// - `/conn`: the client port of the connection that carried the request;
+/// - `/close`: a response that closes its connection;
 /// - anything else: JSON describing the request as received (method, uri, headers, body
 ///   size), from idgate's own echo app.
 pub struct TestUpstream {
@@ -63,12 +65,13 @@ impl TestUpstream {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 tokio::spawn(async move {
+                    let service = service_fn(move |req| upstream_route(req, peer));
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(upstream_route))
+                        .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await;
                 });
@@ -78,8 +81,20 @@ impl TestUpstream {
     }
 }
 
-async fn upstream_route(mut req: Request<Incoming>) -> Result<Response<TestBody>, BoxError> {
+async fn upstream_route(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<TestBody>, BoxError> {
     let path = req.uri().path().to_owned();
+    if path == "/conn" {
+        // Which connection carried this request: shows keep-alive reuse.
+        return Ok(Response::new(full_body(peer.port().to_string())));
+    }
+    if path == "/close" {
+        let mut resp = Response::new(full_body("closing"));
+        resp.headers_mut().insert("connection", "close".parse()?);
+        return Ok(resp);
+    }
     if let Some(n) = path.strip_prefix("/bytes/") {
         let total: u64 = n.parse()?;
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
