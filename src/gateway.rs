@@ -411,6 +411,9 @@ impl Handler for GatewayWorker {
         let gw = &*self.gateway;
         let start = Instant::now();
         let _in_flight = gw.metrics.in_flight();
+        // Room for what idgate adds (request id, X-Forwarded-*, seven identity headers)
+        // up front: growing the map later rehashes it, once or twice per request.
+        req.headers_mut().reserve(16);
         let request_id = ensure_request_id(req.headers_mut());
         let rid = request_id.to_str().unwrap_or("-");
         let method = req.method().clone();

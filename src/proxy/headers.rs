@@ -144,6 +144,15 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers. When `upgrade` is given, `Connection: upgrade` and that
 /// `Upgrade` value are put back, since the upgrade handshake must cross the proxy.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    // Most messages carry none of these: one pass over the names (cheap comparisons of
+    // known names) saves six hashed removals per message.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        if let Some(proto) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto);
+        }
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -164,12 +173,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) 
 /// Removes idgate's own session cookie (plain and `__Host-` forms) from `Cookie`, and
 /// joins several `Cookie` fields into one, as an HTTP/1.1 hop expects (RFC 9113 §8.2.3).
 pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
-    let fields = headers.get_all(header::COOKIE).iter().count();
-    let mentions = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| memfind(v.as_bytes(), cookie_name.as_bytes()));
-    if fields == 0 || (fields == 1 && !mentions) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    let Some(first) = fields.next() else { return };
+    if fields.next().is_none() && !memfind(first.as_bytes(), cookie_name.as_bytes()) {
         return;
     }
     let host_name = format!("__Host-{cookie_name}");
@@ -243,8 +249,10 @@ pub fn set_forwarded(
         };
         HeaderValue::from_str(&chain).ok()
     } else {
-        headers.remove(&FORWARDED);
-        headers.remove(&X_REAL_IP);
+        if headers.keys().any(|n| *n == FORWARDED || *n == X_REAL_IP) {
+            headers.remove(&FORWARDED);
+            headers.remove(&X_REAL_IP);
+        }
         Some(peer_value(peer))
     };
     if let Some(v) = chain {
