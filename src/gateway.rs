@@ -21,7 +21,7 @@ use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
 use crate::response::{self, Body};
 use crate::server::Handler;
 use crate::session::model::RevokeReason;
-use crate::session::{Auth, Authenticated, Sessions};
+use crate::session::{Auth, Authenticated, Gate, Sessions};
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -170,20 +170,20 @@ impl Gateway {
             RouteClass::Reserved => return self.reserved(req, html, path, request_id).await,
             RouteClass::Public => {
                 return self
-                    .forward(upstream, req, peer, request_id, html, None)
+                    .forward(upstream, req, peer, request_id, html, Vec::new())
                     .await;
             }
             RouteClass::Proxied => {}
         }
 
         // 4–6. Everything else needs a live session of an active user in an active group.
-        match self.sessions.authenticate(req.headers()).await {
-            Auth::Valid(auth) => {
-                self.forward(upstream, req, peer, request_id, html, Some(&auth))
+        match self.sessions.gate(req.headers()).await {
+            Gate::Forward(identity) => {
+                self.forward(upstream, req, peer, request_id, html, identity)
                     .await
             }
-            Auth::Missing => self.unauthenticated(&req, html, path, request_id),
-            Auth::Revoked(reason) => {
+            Gate::Missing => self.unauthenticated(&req, html, path, request_id),
+            Gate::Revoked(reason) => {
                 tracing::info!(
                     request_id,
                     reason = reason.code(),
@@ -191,7 +191,7 @@ impl Gateway {
                 );
                 forbidden(reason, html, request_id)
             }
-            Auth::Unavailable => store_unavailable(html, request_id),
+            Gate::Unavailable => store_unavailable(html, request_id),
         }
     }
 
@@ -359,7 +359,7 @@ impl Gateway {
         peer: SocketAddr,
         request_id: &str,
         html: bool,
-        identity: Option<&Authenticated>,
+        identity: Vec<(http::HeaderName, HeaderValue)>,
     ) -> Response<Body> {
         // After the session was read: the app never sees idgate's cookie.
         hh::strip_cookie(req.headers_mut(), &self.cookie_name);
@@ -379,10 +379,8 @@ impl Gateway {
             headers.entry(header::HOST).or_insert_with(|| h.clone());
         }
         hh::set_forwarded(headers, peer.ip(), self.is_trusted(peer.ip()), "http", host);
-        if let Some(auth) = identity {
-            for (name, value) in &auth.headers.headers {
-                headers.insert(name.clone(), value.clone());
-            }
+        for (name, value) in identity {
+            headers.insert(name, value);
         }
         match upstream.forward(req, is_upgrade).await {
             Ok(resp) => resp.map(http_body_util::Either::Left),

@@ -460,17 +460,20 @@ async fn upstream_connections_are_kept_alive_and_closed_ones_replaced() {
     let idgate = Idgate::start(&public_all(up.addr));
     // One client connection lands on one worker, whose pool reuses one upstream
     // connection for sequential requests.
-    let client = client();
-    let mut ports = std::collections::BTreeSet::new();
-    for _ in 0..20 {
-        let resp = client
-            .request(
-                http::Request::get(idgate.url("/conn"))
-                    .body(http_body_util::Full::new(Bytes::new()))
-                    .unwrap(),
-            )
+    let stream = tokio::net::TcpStream::connect(idgate.public).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .unwrap();
+    tokio::spawn(conn);
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        sender.ready().await.unwrap();
+        let req = http::Request::get("/conn")
+            .header("host", "app")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         ports.insert(String::from_utf8(body.to_vec()).unwrap());
     }

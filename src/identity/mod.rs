@@ -127,11 +127,27 @@ impl Signer {
             .expect("JWKS serializes")
             .into();
         tracing::info!(alg = ?key.alg, kid = %key.kid, "identity signing key loaded");
+        // Static names clone without touching a reference count, which matters on the
+        // hot path where every forwarded request carries seven of them. The leak is
+        // seven short strings, once per process.
+        let leak = |n: &http::HeaderName| {
+            http::HeaderName::from_static(Box::leak(n.as_str().to_owned().into_boxed_str()))
+        };
+        let h = &config.headers;
+        let names = HeaderNames {
+            user_id: leak(&h.user_id),
+            group_id: leak(&h.group_id),
+            tenant: leak(&h.tenant),
+            email: leak(&h.email),
+            name: leak(&h.name),
+            role: leak(&h.role),
+            assertion: leak(&h.assertion),
+        };
         Ok(Signer {
             key,
             audience: config.audience.clone(),
             ttl: config.ttl,
-            names: config.headers.clone(),
+            names,
             jwks,
         })
     }

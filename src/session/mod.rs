@@ -9,7 +9,7 @@
 pub mod model;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +84,13 @@ pub enum SessionError {
     Store(#[from] StoreError),
 }
 
+enum AuthInner {
+    Valid(Arc<Authenticated>, Arc<Live>),
+    Missing,
+    Revoked(RevokeReason),
+    Unavailable,
+}
+
 struct Live {
     hash: String,
     stored: StoredSession,
@@ -116,7 +123,49 @@ pub struct Sessions {
     users: Cache<(String, String), Arc<User>>,
     groups: Cache<(String, String), Arc<Group>>,
     healthy: AtomicBool,
+    /// Bumped by every invalidation; per-thread front entries from an older generation
+    /// are not used.
+    generation: AtomicU64,
+    /// Tells this instance's front entries from another's on the same thread (tests run
+    /// several apps in one process).
+    instance: u64,
 }
+
+/// What the gate needs to forward a request: the identity headers, copied for this
+/// thread.
+pub enum Gate {
+    /// Forward with these headers.
+    Forward(Vec<(http::HeaderName, HeaderValue)>),
+    /// No usable session.
+    Missing,
+    /// Revoked or blocked, with the reason.
+    Revoked(RevokeReason),
+    /// The store cannot vouch for the session.
+    Unavailable,
+}
+
+/// A thread's copy of a valid session's outcome. The header values are copied per
+/// thread so that forwarding never touches a reference count shared with another
+/// worker (one session used from many connections would otherwise bounce that cache
+/// line between cores on every request).
+struct Front {
+    instance: u64,
+    generation: u64,
+    until: std::time::Instant,
+    live: Arc<Live>,
+    jwt_expires_at: i64,
+    headers: Vec<(http::HeaderName, HeaderValue)>,
+}
+
+thread_local! {
+    static FRONT: std::cell::RefCell<HashMap<[u8; 32], Front>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// Per-thread front entries kept at most.
+const FRONT_CAPACITY: usize = 10_000;
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 /// The cookie's name on the wire: `__Host-` prefixed when the public URL is https, so
 /// that no subdomain or plain-http page can set or shadow it.
@@ -184,6 +233,8 @@ impl Sessions {
             users: cache(CACHE_CAPACITY, ttl),
             groups: cache(CACHE_CAPACITY / 4, ttl),
             healthy: AtomicBool::new(true),
+            generation: AtomicU64::new(0),
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -251,6 +302,9 @@ impl Sessions {
                 self.groups.invalidate_all();
             }
         }
+        // Bumped after the shared caches are cleared, so a thread that sees the new
+        // generation can only have read fresh entries.
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Whether the store is answering (and invalidations are arriving).
@@ -314,24 +368,110 @@ impl Sessions {
         }
     }
 
+    /// The access gate's question: may this request be forwarded, and with which
+    /// identity headers? Answered from this thread's front entry when nothing has been
+    /// invalidated since, else through [`Sessions::authenticate`].
+    pub async fn gate(&self, headers: &HeaderMap) -> Gate {
+        let Some(value) = find_cookie(headers, &self.cookie_name) else {
+            return Gate::Missing;
+        };
+        if !self.store_healthy() && self.fail_mode == FailMode::Closed {
+            return Gate::Unavailable;
+        }
+        let key = hash_cookie(value);
+        let generation = self.generation.load(Ordering::Acquire);
+        let fast = FRONT.with(|front| {
+            let front = front.borrow();
+            let entry = front.get(&key)?;
+            if entry.instance != self.instance
+                || entry.generation != generation
+                || entry.until <= std::time::Instant::now()
+            {
+                return None;
+            }
+            let now = now();
+            if self.expired(&entry.live, now)
+                || entry.jwt_expires_at - now <= self.signer.ttl().as_secs() as i64 / 2
+            {
+                return None;
+            }
+            self.renew(&entry.live, now);
+            Some(entry.headers.clone())
+        });
+        if let Some(headers) = fast {
+            return Gate::Forward(headers);
+        }
+        match self.authenticate_hashed(key).await {
+            AuthInner::Valid(auth, live) => {
+                let copied: Vec<_> = auth
+                    .headers
+                    .headers
+                    .iter()
+                    .map(|(n, v)| {
+                        let v = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+                        (n.clone(), v)
+                    })
+                    .collect();
+                FRONT.with(|front| {
+                    let mut front = front.borrow_mut();
+                    if front.len() >= FRONT_CAPACITY {
+                        front.clear();
+                    }
+                    front.insert(
+                        key,
+                        Front {
+                            instance: self.instance,
+                            generation,
+                            until: std::time::Instant::now() + self.config.cache_ttl,
+                            live,
+                            jwt_expires_at: auth.headers.expires_at,
+                            headers: copied.clone(),
+                        },
+                    );
+                });
+                Gate::Forward(copied)
+            }
+            AuthInner::Missing => Gate::Missing,
+            AuthInner::Revoked(r) => Gate::Revoked(r),
+            AuthInner::Unavailable => Gate::Unavailable,
+        }
+    }
+
+    /// Lifetime or idle timeout passed. Times are whole seconds, so idle expiry is
+    /// "more than idle_timeout since the last renewal": at most a second lenient, never
+    /// early.
+    fn expired(&self, live: &Live, now: i64) -> bool {
+        let last_seen = live.last_touch.load(Ordering::Relaxed);
+        now > live.stored.record.expires_at
+            || now > last_seen + self.config.idle_timeout.as_secs() as i64
+    }
+
     /// Resolves the request's session cookie.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Auth {
         let Some(value) = find_cookie(headers, &self.cookie_name) else {
             return Auth::Missing;
         };
-        let healthy = self.store_healthy();
-        if !healthy && self.fail_mode == FailMode::Closed {
+        if !self.store_healthy() && self.fail_mode == FailMode::Closed {
             return Auth::Unavailable;
         }
+        match self.authenticate_hashed(hash_cookie(value)).await {
+            AuthInner::Valid(a, _) => Auth::Valid(a),
+            AuthInner::Missing => Auth::Missing,
+            AuthInner::Revoked(r) => Auth::Revoked(r),
+            AuthInner::Unavailable => Auth::Unavailable,
+        }
+    }
+
+    async fn authenticate_hashed(&self, key: [u8; 32]) -> AuthInner {
+        let healthy = self.store_healthy();
         // Only fetch from the store when it is believed up; otherwise (fail mode
         // "cached") serve what is cached and refuse the rest.
         let may_fetch = healthy;
-        let key = hash_cookie(value);
         let live = match self.live.get(&key) {
             Some(l) => l,
             None => {
                 if !may_fetch {
-                    return Auth::Unavailable;
+                    return AuthInner::Unavailable;
                 }
                 let hash = hex::encode(key);
                 match self.store.get_session(&hash).await {
@@ -348,38 +488,35 @@ impl Sessions {
                         self.live.insert(key, live.clone());
                         live
                     }
-                    Ok(None) => return Auth::Missing,
+                    Ok(None) => return AuthInner::Missing,
                     Err(e) => {
                         self.unhealthy(&e);
-                        return Auth::Unavailable;
+                        return AuthInner::Unavailable;
                     }
                 }
             }
         };
         if let Some(reason) = live.stored.revoked {
-            return Auth::Revoked(reason);
+            return AuthInner::Revoked(reason);
         }
         let now = now();
         let rec = &live.stored.record;
-        let last_seen = live.last_touch.load(Ordering::Relaxed);
-        // Times are whole seconds, so idle expiry is "more than idle_timeout since the
-        // last renewal": at most a second lenient, never early.
-        if now > rec.expires_at || now > last_seen + self.config.idle_timeout.as_secs() as i64 {
-            return Auth::Missing;
+        if self.expired(&live, now) {
+            return AuthInner::Missing;
         }
         let user = match self.user(&live.user_key, may_fetch).await {
             Ok(Some(u)) => u,
-            Ok(None) => return Auth::Missing,
-            Err(()) => return Auth::Unavailable,
+            Ok(None) => return AuthInner::Missing,
+            Err(()) => return AuthInner::Unavailable,
         };
         let group = match self.group(&live.group_key, may_fetch).await {
             Ok(Some(g)) => g,
-            Ok(None) => return Auth::Missing,
-            Err(()) => return Auth::Unavailable,
+            Ok(None) => return AuthInner::Missing,
+            Err(()) => return AuthInner::Unavailable,
         };
         if let Some(reason) = blocked(&user, &group) {
             self.revoke(&live, reason);
-            return Auth::Revoked(reason);
+            return AuthInner::Revoked(reason);
         }
         self.renew(&live, now);
         let cached = live
@@ -394,7 +531,7 @@ impl Sessions {
             })
             .map(|(_, _, a)| a.clone());
         if let Some(a) = cached {
-            return Auth::Valid(a);
+            return AuthInner::Valid(a, live.clone());
         }
         let rules = self
             .tenants
@@ -419,7 +556,7 @@ impl Sessions {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign identity");
-                return Auth::Unavailable;
+                return AuthInner::Unavailable;
             }
         };
         let auth = Arc::new(Authenticated {
@@ -430,7 +567,7 @@ impl Sessions {
         });
         *live.identity.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((user.version, group.version, auth.clone()));
-        Auth::Valid(auth)
+        AuthInner::Valid(auth, live)
     }
 
     /// Marks a blocked session revoked in the store (once), so that it keeps answering
@@ -441,6 +578,7 @@ impl Sessions {
         let mut key = [0u8; 32];
         let _ = hex::decode_to_slice(&hash, &mut key);
         self.live.invalidate(&key);
+        self.generation.fetch_add(1, Ordering::Release);
         tokio::spawn(async move {
             if let Err(e) = store.revoke_session(&hash, reason).await {
                 tracing::warn!(error = %e, "cannot mark session revoked");
