@@ -9,7 +9,7 @@ use idgate::config::{FailMode, StoreConfig, StoreUrl};
 use idgate::directory::model::{Group, Membership, User};
 use idgate::session::model::{RevokeReason, SessionRecord};
 use idgate::store::{
-    CreateUser, DirectoryStore, Event, EventBus, ReplaceUser, SessionStore, Store, StoredSession,
+    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore, Store, StoredSession,
     UserKey,
 };
 use support::{RedisCluster, RedisServer};
@@ -35,7 +35,32 @@ async fn conformance(store: Store) {
     email_index_never_holds_two_users(&store).await;
     user_updates_move_indexes_and_are_compare_and_set(&store).await;
     sessions_live_expire_and_revoke(&store).await;
+    ephemeral_values_are_claimed_once_taken_once_and_expire(&store).await;
     events_reach_subscribers(&store).await;
+}
+
+async fn ephemeral_values_are_claimed_once_taken_once_and_expire(store: &Store) {
+    let ttl = Duration::from_secs(30);
+    // Concurrent claims of one key (a replayed assertion id): exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.put_once("assertion:abc", &i.to_string(), ttl).await.unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    assert!(store.put_once("pending:r1", "/return", ttl).await.unwrap());
+    assert_eq!(store.take("pending:r1").await.unwrap().as_deref(), Some("/return"));
+    assert_eq!(store.take("pending:r1").await.unwrap(), None, "taken once");
+    assert!(store.put_once("short", "x", Duration::from_millis(300)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.take("short").await.unwrap(), None, "expired");
+    assert!(store.put_once("short", "y", ttl).await.unwrap(), "free again after expiry");
 }
 
 async fn concurrent_group_creates_have_one_winner(store: &Store) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::{
-    CreateUser, DirectoryStore, Event, EventBus, ReplaceUser, SessionStore, StoreResult,
+    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore, StoreResult,
     StoredSession, UserKey,
 };
 use crate::directory::model::{Group, User, index_key};
@@ -26,6 +26,7 @@ struct Inner {
     index: HashMap<(String, u8, String), String>,
     sessions: HashMap<String, (StoredSession, Instant)>,
     user_sessions: HashMap<(String, String), HashSet<String>>,
+    ephemeral: HashMap<String, (String, Instant)>,
     puts: u64,
 }
 
@@ -113,6 +114,7 @@ impl Inner {
 
     fn sweep(&mut self, now: Instant) {
         self.sessions.retain(|_, (_, until)| *until > now);
+        self.ephemeral.retain(|_, (_, until)| *until > now);
         let live = &self.sessions;
         self.user_sessions.retain(|_, set| {
             set.retain(|h| live.contains_key(h));
@@ -333,6 +335,30 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(revoked)
+    }
+}
+
+impl EphemeralStore for MemoryStore {
+    async fn put_once(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        g.puts += 1;
+        if g.puts.is_multiple_of(256) {
+            g.sweep(now);
+        }
+        if g.ephemeral.get(key).is_some_and(|(_, until)| *until > now) {
+            return Ok(false);
+        }
+        g.ephemeral.insert(key.to_owned(), (value.to_owned(), now + ttl));
+        Ok(true)
+    }
+
+    async fn take(&self, key: &str) -> StoreResult<Option<String>> {
+        let mut g = self.lock();
+        Ok(g.ephemeral
+            .remove(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(v, _)| v))
     }
 }
 

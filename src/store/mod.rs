@@ -239,6 +239,21 @@ pub trait SessionStore: Send + Sync {
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }
 
+/// Short-lived values shared by every replica: pending login requests, the assertion
+/// replay cache.
+pub trait EphemeralStore: Send + Sync {
+    /// Stores `value` under `key` for `ttl` unless the key exists. True if stored: of
+    /// concurrent calls with one key, exactly one wins (the replay check relies on it).
+    fn put_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Reads and deletes `key` in one step: a value can be taken once.
+    fn take(&self, key: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+}
+
 /// Carries [`Event`]s to every replica.
 pub trait EventBus: Send + Sync {
     /// Sends an event to every replica, this one included.
@@ -367,6 +382,15 @@ impl SessionStore for Store {
         reason: RevokeReason,
     ) -> StoreResult<Vec<String>> {
         delegate!(self, s => s.revoke_user_sessions(tenant, user_id, reason))
+    }
+}
+
+impl EphemeralStore for Store {
+    async fn put_once(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
+        delegate!(self, s => s.put_once(key, value, ttl))
+    }
+    async fn take(&self, key: &str) -> StoreResult<Option<String>> {
+        delegate!(self, s => s.take(key))
     }
 }
 

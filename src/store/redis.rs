@@ -24,7 +24,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::{OnceCell, broadcast};
 
 use super::{
-    CreateUser, DirectoryStore, Event, EventBus, ReplaceUser, SessionStore, StoreError,
+    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore, StoreError,
     StoreResult, StoredSession, UserKey,
 };
 use crate::directory::model::{Group, User, index_key};
@@ -644,6 +644,29 @@ impl SessionStore for RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(revoked)
+    }
+}
+
+impl EphemeralStore for RedisStore {
+    async fn put_once(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
+        let stored: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:eph:{key}", self.prefix))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        Ok(stored.is_some())
+    }
+
+    async fn take(&self, key: &str) -> StoreResult<Option<String>> {
+        redis::cmd("GETDEL")
+            .arg(format!("{}:eph:{key}", self.prefix))
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)
     }
 }
 
