@@ -14,14 +14,17 @@ use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::config::Config;
+use crate::config::ProvisioningConfig;
+use crate::directory::{Directory, LoginError, LoginIdentity};
 use crate::identity::Signer;
 use crate::metrics::{Metrics, RouteClass};
 use crate::proxy::Upstream;
 use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
 use crate::response::{self, Body};
+use crate::saml::SamlTenant;
 use crate::server::Handler;
 use crate::session::model::RevokeReason;
-use crate::session::{Auth, Authenticated, Gate, Sessions};
+use crate::session::{Auth, Authenticated, Gate, SessionError, Sessions};
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -52,6 +55,9 @@ pub struct Gateway {
     /// Tenant id → where to send the browser after logout.
     slo_urls: HashMap<String, String>,
     public_scheme: String,
+    saml: HashMap<String, SamlTenant>,
+    provisioning: HashMap<String, ProvisioningConfig>,
+    directory: Directory,
 }
 
 /// The gateway as one worker thread runs it: the shared gateway plus that thread's own
@@ -75,6 +81,8 @@ impl Gateway {
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
         signer: Arc<Signer>,
+        directory: Directory,
+        saml: HashMap<String, SamlTenant>,
     ) -> Gateway {
         let mut hosts = HashMap::new();
         for t in &config.tenants {
@@ -100,6 +108,13 @@ impl Gateway {
                 .filter_map(|t| Some((t.id.clone(), t.saml.idp_slo_url.as_ref()?.to_string())))
                 .collect(),
             public_scheme: config.server.public_url.scheme().to_owned(),
+            saml,
+            provisioning: config
+                .tenants
+                .iter()
+                .map(|t| (t.id.clone(), t.provisioning.clone()))
+                .collect(),
+            directory,
         }
     }
 
@@ -217,6 +232,7 @@ impl Gateway {
                 }
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
+            p if p.starts_with("/_idgate/saml/") => self.saml(req, p, request_id).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,
                 html,
@@ -224,6 +240,204 @@ impl Gateway {
                 "No such idgate endpoint.",
                 request_id,
             ),
+        }
+    }
+
+    /// `/_idgate/saml/{tenant}/{metadata|login|acs}`
+    async fn saml(&self, req: Request<Incoming>, path: &str, request_id: &str) -> Response<Body> {
+        let html = response::accepts_html(req.headers());
+        let rest = &path["/_idgate/saml/".len()..];
+        let (tenant, action) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(sp) = self.saml.get(tenant) else {
+            return response::error(
+                StatusCode::NOT_FOUND,
+                html,
+                "unknown_tenant",
+                "No such tenant.",
+                request_id,
+            );
+        };
+        match (req.method(), action) {
+            (&Method::GET, "metadata") => match sp.metadata_xml() {
+                Ok(xml) => {
+                    let mut resp = Response::new(response::full(xml));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/samlmetadata+xml"),
+                    );
+                    resp
+                }
+                Err(e) => {
+                    tracing::error!(request_id, tenant, error = %e, "cannot render SP metadata");
+                    response::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        html,
+                        "internal",
+                        "Metadata unavailable.",
+                        request_id,
+                    )
+                }
+            },
+            (&Method::GET, "login") => {
+                let return_to = req
+                    .uri()
+                    .query()
+                    .and_then(|q| {
+                        url::form_urlencoded::parse(q.as_bytes())
+                            .find(|(k, _)| k == "return_to")
+                            .map(|(_, v)| v.into_owned())
+                    })
+                    .and_then(|r| crate::saml::safe_return_to(&r))
+                    .unwrap_or_else(|| "/".to_owned());
+                match sp.login_redirect(self.directory.store(), &return_to).await {
+                    Ok(location) => {
+                        let mut resp = response::redirect(&location);
+                        resp.headers_mut()
+                            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        resp
+                    }
+                    Err(e) => {
+                        tracing::error!(request_id, tenant, error = %e, "cannot start SAML login");
+                        store_unavailable(html, request_id)
+                    }
+                }
+            }
+            (&Method::POST, "acs") => self.acs(sp, req, request_id).await,
+            _ => response::error(
+                StatusCode::NOT_FOUND,
+                html,
+                "not_found",
+                "No such idgate endpoint.",
+                request_id,
+            ),
+        }
+    }
+
+    /// The Assertion Consumer Service: validate, provision, create the session, go back
+    /// to where the user was. Every refusal is a short page with a reference and a log
+    /// line (same reference) naming the precise reason.
+    async fn acs(
+        &self,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Response<Body> {
+        use http_body_util::BodyExt;
+        let tenant = sp.tenant();
+        let refuse = |status: StatusCode, code: &str, message: &str| {
+            response::error(status, true, code, message, request_id)
+        };
+        // A SAML response is a few KiB; 1 MiB is far beyond any real one.
+        let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                self.metrics.saml_rejected("malformed");
+                tracing::warn!(request_id, tenant, reason = "malformed", error = %e, "SAML login rejected: unreadable body");
+                return refuse(StatusCode::BAD_REQUEST, "login_failed", "Sign-in failed.");
+            }
+        };
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        let claims = match form.get("SAMLResponse") {
+            None => Err(crate::saml::AcsError::Malformed(
+                "no SAMLResponse field".into(),
+            )),
+            Some(r) => {
+                sp.consume(
+                    self.directory.store(),
+                    r,
+                    form.get("RelayState").map(String::as_str),
+                )
+                .await
+            }
+        };
+        let claims = match claims {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.saml_rejected(e.code());
+                tracing::warn!(request_id, tenant, reason = e.code(), error = %e, "SAML login rejected");
+                let status = if matches!(e, crate::saml::AcsError::Store(_)) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return refuse(
+                    status,
+                    "login_failed",
+                    "Sign-in failed. Please start again from your identity provider or application.",
+                );
+            }
+        };
+        let who = LoginIdentity {
+            user_id: claims.user_id.clone(),
+            name_id: claims.name_id.clone(),
+            email: claims.email.clone(),
+            given_name: claims.given_name.clone(),
+            family_name: claims.family_name.clone(),
+            group_id: claims.group_id.clone(),
+            group_name: claims.group_name.clone(),
+            role: claims.role.clone(),
+        };
+        let default_rules = ProvisioningConfig {
+            create_groups: true,
+            create_users: true,
+            link_by_email: true,
+            default_role: crate::config::defaults::DEFAULT_ROLE.into(),
+        };
+        let rules = self.provisioning.get(tenant).unwrap_or(&default_rules);
+        let user_id = match self.directory.login(tenant, rules, &who).await {
+            Ok(id) => id,
+            Err(LoginError::Blocked(reason)) => {
+                tracing::info!(
+                    request_id,
+                    tenant,
+                    reason = reason.code(),
+                    user = who.user_id,
+                    "login refused: blocked"
+                );
+                return forbidden(reason, true, request_id);
+            }
+            Err(e @ (LoginError::UnknownGroup | LoginError::UnknownUser)) => {
+                tracing::warn!(request_id, tenant, error = %e, user = who.user_id, "login refused: not provisioned");
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "not_provisioned",
+                    "Your account has not been set up for this application.",
+                );
+            }
+            Err(LoginError::Directory(e)) => {
+                tracing::error!(request_id, tenant, error = %e, "login failed: directory unavailable");
+                return store_unavailable(true, request_id);
+            }
+        };
+        match self
+            .sessions
+            .create_session(tenant, &user_id, &who.group_id)
+            .await
+        {
+            Ok(new) => {
+                self.metrics.login();
+                tracing::info!(
+                    request_id,
+                    tenant,
+                    user_id,
+                    group_id = who.group_id,
+                    "logged in"
+                );
+                let mut resp = response::redirect(&claims.return_to);
+                *resp.status_mut() = StatusCode::SEE_OTHER;
+                resp.headers_mut()
+                    .insert(header::SET_COOKIE, new.set_cookie);
+                resp
+            }
+            Err(SessionError::Refused(reason)) => forbidden(reason, true, request_id),
+            Err(e) => {
+                tracing::error!(request_id, tenant, error = %e, "cannot create session");
+                store_unavailable(true, request_id)
+            }
         }
     }
 

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod response;
+pub mod saml;
 pub mod scim;
 pub mod server;
 pub mod session;
@@ -54,6 +55,14 @@ pub enum StartError {
     /// The identity signing keys could not be loaded.
     #[error(transparent)]
     Identity(#[from] SignerError),
+    /// A tenant's SAML settings could not be turned into a working SP.
+    #[error("tenants.{tenant}.saml: {reason}")]
+    Saml {
+        /// Tenant id.
+        tenant: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// The product, built from a config and ready to bind.
@@ -74,11 +83,27 @@ impl App {
         let signer = Arc::new(Signer::new(&config.identity, store.is_memory())?);
         let sessions = Arc::new(Sessions::new(&config, store.clone(), signer.clone()));
         let draining = Arc::new(AtomicBool::new(false));
+        let mut saml = std::collections::HashMap::new();
+        for t in &config.tenants {
+            let acs = format!(
+                "{}/_idgate/saml/{}/acs",
+                config.server.public_url.as_str().trim_end_matches('/'),
+                t.id
+            );
+            let sp = saml::SamlTenant::new(t, acs).map_err(|reason| StartError::Saml {
+                tenant: t.id.clone(),
+                reason,
+            })?;
+            saml.insert(t.id.clone(), sp);
+        }
+        let directory = directory::Directory::new(store.clone());
         let gateway = Arc::new(Gateway::new(
             &config,
             metrics.clone(),
             sessions.clone(),
             signer.clone(),
+            directory.clone(),
+            saml,
         ));
         let admin = Arc::new(Admin::new(store.clone(), metrics, draining.clone(), signer));
         Ok(App {
@@ -86,7 +111,7 @@ impl App {
             gateway,
             admin,
             sessions,
-            directory: directory::Directory::new(store),
+            directory,
             draining,
         })
     }

@@ -74,6 +74,8 @@ pub struct Metrics {
     duration: [Histogram; 3],
     upstream_errors: [IntCounter; 3],
     in_flight: IntGauge,
+    saml_rejections: IntCounterVec,
+    logins: IntCounter,
 }
 
 impl Metrics {
@@ -111,11 +113,23 @@ impl Metrics {
         .expect("static metric definition");
         let in_flight = IntGauge::new("in_flight_requests", "Requests being handled now.")
             .expect("static metric definition");
+        let saml_rejections = IntCounterVec::new(
+            Opts::new(
+                "saml_rejections_total",
+                "SAML responses refused, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let logins = IntCounter::new("logins_total", "Sessions created by logins.")
+            .expect("static metric definition");
         for c in [
             Box::new(requests_vec.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration_vec.clone()),
             Box::new(upstream_vec.clone()),
             Box::new(in_flight.clone()),
+            Box::new(saml_rejections.clone()),
+            Box::new(logins.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -129,7 +143,19 @@ impl Metrics {
             duration,
             upstream_errors,
             in_flight,
+            saml_rejections,
+            logins,
         }
+    }
+
+    /// Counts a refused SAML response.
+    pub fn saml_rejected(&self, reason: &str) {
+        self.saml_rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a successful login.
+    pub fn login(&self) {
+        self.logins.inc();
     }
 
     /// Counts one answered request.

@@ -9,8 +9,8 @@ use idgate::config::{FailMode, StoreConfig, StoreUrl};
 use idgate::directory::model::{Group, Membership, User};
 use idgate::session::model::{RevokeReason, SessionRecord};
 use idgate::store::{
-    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore, Store, StoredSession,
-    UserKey,
+    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore, Store,
+    StoredSession, UserKey,
 };
 use support::{RedisCluster, RedisServer};
 
@@ -46,7 +46,10 @@ async fn ephemeral_values_are_claimed_once_taken_once_and_expire(store: &Store) 
     for i in 0..16 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.put_once("assertion:abc", &i.to_string(), ttl).await.unwrap()
+            store
+                .put_once("assertion:abc", &i.to_string(), ttl)
+                .await
+                .unwrap()
         }));
     }
     let mut wins = 0;
@@ -55,12 +58,23 @@ async fn ephemeral_values_are_claimed_once_taken_once_and_expire(store: &Store) 
     }
     assert_eq!(wins, 1);
     assert!(store.put_once("pending:r1", "/return", ttl).await.unwrap());
-    assert_eq!(store.take("pending:r1").await.unwrap().as_deref(), Some("/return"));
+    assert_eq!(
+        store.take("pending:r1").await.unwrap().as_deref(),
+        Some("/return")
+    );
     assert_eq!(store.take("pending:r1").await.unwrap(), None, "taken once");
-    assert!(store.put_once("short", "x", Duration::from_millis(300)).await.unwrap());
+    assert!(
+        store
+            .put_once("short", "x", Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(store.take("short").await.unwrap(), None, "expired");
-    assert!(store.put_once("short", "y", ttl).await.unwrap(), "free again after expiry");
+    assert!(
+        store.put_once("short", "y", ttl).await.unwrap(),
+        "free again after expiry"
+    );
 }
 
 async fn concurrent_group_creates_have_one_winner(store: &Store) {

@@ -7,9 +7,11 @@
 
 pub mod model;
 
+use crate::config::ProvisioningConfig;
 use crate::session::model::RevokeReason;
 use crate::store::{
     CreateUser, DirectoryStore, Event, EventBus, ReplaceUser, SessionStore, Store, StoreError,
+    UserKey,
 };
 use model::{Group, Membership, User};
 
@@ -33,6 +35,51 @@ pub enum DirectoryError {
     /// The record kept changing under us (many concurrent writers).
     #[error("too many concurrent updates; try again")]
     Contended,
+}
+
+/// Who an IdP says is logging in, in idgate's terms (protocol modules map their
+/// attributes to this).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginIdentity {
+    /// The IdP's user id.
+    pub user_id: String,
+    /// Subject NameID, matched against SCIM userNames.
+    pub name_id: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+    /// Given name.
+    pub given_name: Option<String>,
+    /// Family name.
+    pub family_name: Option<String>,
+    /// Group id.
+    pub group_id: String,
+    /// Group name (defaults to the id for a new group).
+    pub group_name: Option<String>,
+    /// Role in that group (defaults to `default_role`).
+    pub role: Option<String>,
+}
+
+/// Why a login cannot proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The user or group is blocked.
+    #[error("login refused: {}", .0.code())]
+    Blocked(RevokeReason),
+    /// Unknown group and `create_groups` is off.
+    #[error("unknown group and create_groups is off")]
+    UnknownGroup,
+    /// Unknown user and `create_users` is off.
+    #[error("unknown user and create_users is off")]
+    UnknownUser,
+    /// The directory failed.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
+
+impl From<StoreError> for LoginError {
+    fn from(e: StoreError) -> Self {
+        LoginError::Directory(DirectoryError::Store(e))
+    }
 }
 
 /// Compare-and-set attempts before giving up under contention.
@@ -245,6 +292,126 @@ impl Directory {
     pub async fn cancel_group(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
         self.update_group(tenant, id, |g| g.active = false).await?;
         Ok(())
+    }
+
+    /// Just-in-time provisioning for a login. Creates the group on first sight (one
+    /// group per id, whatever the concurrency), then finds the user by, in order: the IdP
+    /// user id linked earlier (externalId, or the id itself), the SCIM userName equal to
+    /// the NameID or email, and, with `link_by_email`, the one user holding that email
+    /// (user migration). Unknown users are created. Names, email and the role for this
+    /// group are refreshed. Returns the local user id.
+    pub async fn login(
+        &self,
+        tenant: &str,
+        rules: &ProvisioningConfig,
+        who: &LoginIdentity,
+    ) -> Result<String, LoginError> {
+        let group = match self.store.get_group(tenant, &who.group_id).await? {
+            Some(g) => g,
+            None if rules.create_groups => {
+                let name = who.group_name.as_deref().unwrap_or(&who.group_id);
+                self.ensure_group(tenant, &who.group_id, name).await?.0
+            }
+            None => return Err(LoginError::UnknownGroup),
+        };
+        if !group.active {
+            return Err(LoginError::Blocked(RevokeReason::CompanyCancelled));
+        }
+        let role = who
+            .role
+            .clone()
+            .unwrap_or_else(|| rules.default_role.clone());
+        let found = match self.match_user(tenant, rules, who).await? {
+            Some(id) => id,
+            None if rules.create_users => {
+                let mut user = User::new(&who.user_id, now());
+                user.external_id = Some(who.user_id.clone());
+                user.email = who.email.clone();
+                user.given_name = who.given_name.clone();
+                user.family_name = who.family_name.clone();
+                user.memberships.push(Membership {
+                    group_id: who.group_id.clone(),
+                    role: role.clone(),
+                });
+                match self.store.create_user(tenant, &user).await? {
+                    CreateUser::Created => return Ok(user.id),
+                    // A concurrent first login of the same user won: use theirs.
+                    CreateUser::IdTaken | CreateUser::ExternalIdTaken(_) => self
+                        .match_user(tenant, rules, who)
+                        .await?
+                        .ok_or(LoginError::UnknownUser)?,
+                    CreateUser::UserNameTaken(holder) => holder,
+                }
+            }
+            None => return Err(LoginError::UnknownUser),
+        };
+        let user = self
+            .store
+            .get_user(tenant, &found)
+            .await?
+            .ok_or(LoginError::UnknownUser)?;
+        if !user.active || user.deprovisioned {
+            return Err(LoginError::Blocked(RevokeReason::AccountDeactivated));
+        }
+        let idp_id = who.user_id.clone();
+        let fresh = who.clone();
+        let group_id = who.group_id.clone();
+        self.update_user(tenant, &found, move |u| {
+            if u.external_id.is_none() && u.id != idp_id {
+                u.external_id = Some(idp_id.clone());
+            }
+            if fresh.email.is_some() {
+                u.email = fresh.email.clone();
+            }
+            if fresh.given_name.is_some() {
+                u.given_name = fresh.given_name.clone();
+            }
+            if fresh.family_name.is_some() {
+                u.family_name = fresh.family_name.clone();
+            }
+            match u.memberships.iter_mut().find(|m| m.group_id == group_id) {
+                Some(m) => m.role = role.clone(),
+                None => u.memberships.push(Membership {
+                    group_id: group_id.clone(),
+                    role: role.clone(),
+                }),
+            }
+        })
+        .await?;
+        Ok(found)
+    }
+
+    async fn match_user(
+        &self,
+        tenant: &str,
+        rules: &ProvisioningConfig,
+        who: &LoginIdentity,
+    ) -> Result<Option<String>, StoreError> {
+        if let Some(id) = self
+            .store
+            .find_user(tenant, UserKey::ExternalId, &who.user_id)
+            .await?
+        {
+            return Ok(Some(id));
+        }
+        if self.store.get_user(tenant, &who.user_id).await?.is_some() {
+            return Ok(Some(who.user_id.clone()));
+        }
+        for candidate in [&who.name_id, &who.email].into_iter().flatten() {
+            if let Some(id) = self
+                .store
+                .find_user(tenant, UserKey::UserName, candidate)
+                .await?
+            {
+                return Ok(Some(id));
+            }
+        }
+        if rules.link_by_email
+            && let Some(email) = &who.email
+        {
+            return self.store.find_user(tenant, UserKey::Email, email).await;
+        }
+        Ok(None)
     }
 
     /// Marks the user's sessions revoked and tells every replica to drop them.

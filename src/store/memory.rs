@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::{
-    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore, StoreResult,
-    StoredSession, UserKey,
+    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore,
+    StoreResult, StoredSession, UserKey,
 };
 use crate::directory::model::{Group, User, index_key};
 use crate::session::model::{RevokeReason, SessionRecord};
@@ -349,7 +349,8 @@ impl EphemeralStore for MemoryStore {
         if g.ephemeral.get(key).is_some_and(|(_, until)| *until > now) {
             return Ok(false);
         }
-        g.ephemeral.insert(key.to_owned(), (value.to_owned(), now + ttl));
+        g.ephemeral
+            .insert(key.to_owned(), (value.to_owned(), now + ttl));
         Ok(true)
     }
 

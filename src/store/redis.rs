@@ -24,8 +24,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::{OnceCell, broadcast};
 
 use super::{
-    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore, StoreError,
-    StoreResult, StoredSession, UserKey,
+    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore,
+    StoreError, StoreResult, StoredSession, UserKey,
 };
 use crate::directory::model::{Group, User, index_key};
 use crate::session::model::{RevokeReason, SessionRecord};

@@ -1,0 +1,432 @@
+//! SAML SSO end to end: SP-initiated and IdP-initiated logins with responses signed by
+//! the `xmlsec1` CLI, every rejection, and just-in-time provisioning.
+
+mod support;
+
+#[path = "support/saml.rs"]
+mod saml_support;
+
+use std::io::Read;
+
+use idgate::config::Config;
+use saml_support::*;
+use support::*;
+
+const IDP: &str = "https://idp.example.com/metadata";
+const ACS: &str = "http://127.0.0.1/_idgate/saml/acme/acs";
+const SP: &str = "http://127.0.0.1/_idgate/saml/acme/metadata";
+
+struct Sso {
+    app: idgate::Running,
+    dir: idgate::directory::Directory,
+    idp: TestIdp,
+    _up: TestUpstream,
+}
+
+async fn start(saml_extra: &str, extra: &str) -> Sso {
+    let idp = TestIdp::new("test-idp");
+    let up = TestUpstream::start().await;
+    let text = config(
+        up.addr,
+        "",
+        &format!(
+            "{extra}\n[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
+             idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n{saml_extra}\n",
+            idp.cert.display()
+        ),
+    );
+    let app = idgate::App::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap())
+        .expect("app");
+    let dir = app.directory().clone();
+    Sso {
+        app: app.start().await.unwrap(),
+        dir,
+        idp,
+        _up: up,
+    }
+}
+
+impl Sso {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.app.public_addr())
+    }
+
+    /// Starts an SP-initiated login; returns the AuthnRequest's id (also the RelayState).
+    async fn begin(&self, return_to: &str) -> String {
+        let r = get(
+            &self.url(&format!("/_idgate/saml/acme/login?return_to={return_to}")),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 302);
+        let location = url::Url::parse(r.headers["location"].to_str().unwrap()).unwrap();
+        assert_eq!(location.host_str(), Some("idp.example.com"));
+        let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+        let deflated = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            &q["SAMLRequest"],
+        )
+        .unwrap();
+        let mut xml = String::new();
+        flate2::read::DeflateDecoder::new(&deflated[..])
+            .read_to_string(&mut xml)
+            .unwrap();
+        let relay = q["RelayState"].clone();
+        assert!(xml.contains(&format!("ID=\"{relay}\"")), "{xml}");
+        assert!(
+            relay.len() >= 33,
+            "request ids carry 128 random bits: {relay}"
+        );
+        assert!(xml.contains(ACS) && xml.contains(SP), "{xml}");
+        relay
+    }
+
+    async fn post(&self, xml: &str, relay: Option<&str>) -> Reply {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("SAMLResponse", &b64(xml));
+        if let Some(r) = relay {
+            form.append_pair("RelayState", r);
+        }
+        send(
+            "POST",
+            &self.url("/_idgate/saml/acme/acs"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            form.finish(),
+        )
+        .await
+    }
+}
+
+fn session_cookie(r: &Reply) -> String {
+    let set = r.headers["set-cookie"].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sp_initiated_login_provisions_and_forwards_the_identity() {
+    let sso = start("", "").await;
+    let meta = get(&sso.url("/_idgate/saml/acme/metadata"), &[]).await;
+    assert_eq!(meta.status, 200);
+    let meta = meta.text();
+    assert!(meta.contains(&format!("entityID=\"{SP}\"")), "{meta}");
+    assert!(meta.contains(ACS), "{meta}");
+
+    let id = sso.begin("/reports%3Fy%3D1").await;
+    let spec = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    let r = sso
+        .post(&signed_assertion_response(&spec, &sso.idp), Some(&id))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.headers["location"], "/reports?y=1");
+    let cookie = session_cookie(&r);
+
+    let echo = get(&sso.url("/reports"), &[("cookie", &cookie)])
+        .await
+        .json();
+    assert_eq!(received(&echo, "x-idgate-user-id"), ["idp-user-1"]);
+    assert_eq!(received(&echo, "x-idgate-group-id"), ["grp-1"]);
+    assert_eq!(received(&echo, "x-idgate-email"), ["ada@example.com"]);
+    assert_eq!(received(&echo, "x-idgate-name"), ["Ada Lovelace"]);
+    assert_eq!(received(&echo, "x-idgate-role"), ["Admin"]);
+    let group = sso
+        .dir
+        .group("acme", "grp-1")
+        .await
+        .unwrap()
+        .expect("company created");
+    assert_eq!(group.name, "Analytical Engines");
+
+    // The same response again is a replay; the request id is used up too.
+    let again = sso
+        .post(&signed_assertion_response(&spec, &sso.idp), Some(&id))
+        .await;
+    assert_eq!(
+        again.status, 403,
+        "a second response to one request is refused"
+    );
+    let replay = sso
+        .post(
+            &signed_assertion_response(
+                &ResponseSpec {
+                    in_response_to: None,
+                    ..spec.clone()
+                },
+                &sso.idp,
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(replay.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_and_misaddressed_responses_are_refused() {
+    let sso = start("want_assertions_signed = true", "").await;
+    let other = TestIdp::new("evil-idp");
+
+    let mut cases: Vec<(&str, String, Option<String>)> = Vec::new();
+
+    // Each case gets its own request id.
+    let id = sso.begin("/").await;
+    cases.push((
+        "unsigned",
+        unsigned_response(&ResponseSpec::new(IDP, ACS, SP, Some(&id))),
+        Some(id),
+    ));
+    let id = sso.begin("/").await;
+    let signed = signed_assertion_response(&ResponseSpec::new(IDP, ACS, SP, Some(&id)), &sso.idp);
+    cases.push((
+        "tampered",
+        signed.replace("ada@example.com", "root@example.com"),
+        Some(id),
+    ));
+    let id = sso.begin("/").await;
+    cases.push((
+        "wrong key, its certificate in KeyInfo",
+        signed_assertion_response(&ResponseSpec::new(IDP, ACS, SP, Some(&id)), &other),
+        Some(id),
+    ));
+    let id = sso.begin("/").await;
+    cases.push((
+        "wrong audience",
+        signed_assertion_response(
+            &ResponseSpec::new(IDP, ACS, "https://other-sp", Some(&id)),
+            &sso.idp,
+        ),
+        Some(id),
+    ));
+    let id = sso.begin("/").await;
+    cases.push((
+        "no audience restriction",
+        signed_assertion_response(&ResponseSpec::new(IDP, ACS, "", Some(&id)), &sso.idp),
+        Some(id),
+    ));
+    let id = sso.begin("/").await;
+    cases.push((
+        "wrong issuer",
+        signed_assertion_response(
+            &ResponseSpec::new("https://evil-idp", ACS, SP, Some(&id)),
+            &sso.idp,
+        ),
+        Some(id),
+    ));
+    let id = sso.begin("/").await;
+    let mut s = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    s.recipient = "https://elsewhere/acs".into();
+    cases.push((
+        "wrong recipient",
+        signed_assertion_response(&s, &sso.idp),
+        Some(id),
+    ));
+    let id = sso.begin("/").await;
+    let mut s = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    s.destination = "https://elsewhere/acs".into();
+    cases.push(("wrong destination", signed_response(&s, &sso.idp), Some(id)));
+    let id = sso.begin("/").await;
+    let mut s = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    s.not_before = -600;
+    s.not_on_or_after = -120;
+    cases.push(("expired", signed_assertion_response(&s, &sso.idp), Some(id)));
+    let id = sso.begin("/").await;
+    let mut s = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    s.not_before = 120;
+    s.not_on_or_after = 600;
+    cases.push((
+        "not yet valid",
+        signed_assertion_response(&s, &sso.idp),
+        Some(id),
+    ));
+    let id = sso.begin("/").await;
+    let mut s = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    s.status = "urn:oasis:names:tc:SAML:2.0:status:Requester".into();
+    cases.push(("failed status", signed_response(&s, &sso.idp), Some(id)));
+    cases.push((
+        "unknown InResponseTo",
+        signed_assertion_response(
+            &ResponseSpec::new(IDP, ACS, SP, Some("_never-issued")),
+            &sso.idp,
+        ),
+        None,
+    ));
+    cases.push((
+        "unsolicited while allow_idp_initiated is off",
+        signed_assertion_response(&ResponseSpec::new(IDP, ACS, SP, None), &sso.idp),
+        None,
+    ));
+    let id = sso.begin("/").await;
+    cases.push((
+        "response signed, assertion unsigned, want_assertions_signed",
+        signed_response(&ResponseSpec::new(IDP, ACS, SP, Some(&id)), &sso.idp),
+        Some(id),
+    ));
+
+    for (name, xml, relay) in cases {
+        let r = sso.post(&xml, relay.as_deref()).await;
+        assert!(
+            r.status == 403 || r.status == 400,
+            "{name}: accepted ({}) {}",
+            r.status,
+            r.text()
+        );
+        assert!(
+            r.headers.get("set-cookie").is_none(),
+            "{name}: got a session"
+        );
+        assert!(
+            r.text().contains("Reference:"),
+            "{name}: page names its reference"
+        );
+    }
+    let metrics = get(&format!("http://{}/metrics", sso.app.admin_addr()), &[])
+        .await
+        .text();
+    for line in [
+        "idgate_saml_rejections_total{reason=\"rejected\"} 11",
+        "idgate_saml_rejections_total{reason=\"audience\"} 1",
+        "idgate_saml_rejections_total{reason=\"unknown_request\"} 1",
+        "idgate_saml_rejections_total{reason=\"assertion_unsigned\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in {metrics}");
+    }
+    assert!(metrics.contains("idgate_logins_total 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_initiated_logins_follow_safe_relay_states_only() {
+    let sso = start("allow_idp_initiated = true", "").await;
+    let r = sso
+        .post(
+            &signed_assertion_response(&ResponseSpec::new(IDP, ACS, SP, None), &sso.idp),
+            Some("/inbox"),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.headers["location"], "/inbox");
+    for evil in [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+    ] {
+        let r = sso
+            .post(
+                &signed_assertion_response(&ResponseSpec::new(IDP, ACS, SP, None), &sso.idp),
+                Some(evil),
+            )
+            .await;
+        assert_eq!(r.status, 303);
+        assert_eq!(r.headers["location"], "/", "{evil} must not be followed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_creates_one_company_links_by_email_and_blocks_the_inactive() {
+    let sso = start("allow_idp_initiated = true", "").await;
+    // 50 concurrent first logins from one new group: exactly one company.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let spec = ResponseSpec::new(IDP, ACS, SP, None)
+            .attr("uid", &format!("racer-{i}"))
+            .attr("email", &format!("racer-{i}@example.com"))
+            .attr("group_uid", "grp-race")
+            .attr("group_name", &format!("Race {i}"));
+        let xml = signed_assertion_response(&spec, &sso.idp);
+        let url = sso.url("/_idgate/saml/acme/acs");
+        tasks.push(tokio::spawn(async move {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("SAMLResponse", &b64(&xml))
+                .finish();
+            send(
+                "POST",
+                &url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                body,
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 303);
+    }
+    let group = sso.dir.group("acme", "grp-race").await.unwrap().unwrap();
+    assert!(group.name.starts_with("Race "));
+    for i in 0..50 {
+        let u = sso
+            .dir
+            .user("acme", &format!("racer-{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.role_in("grp-race"), Some("Admin"));
+    }
+
+    // User migration: an existing user with that email gets the new IdP id linked.
+    let mut legacy = idgate::directory::model::User::new("legacy-42", idgate::directory::now());
+    legacy.email = Some("grace@example.com".into());
+    sso.dir.create_user("acme", &legacy).await.unwrap();
+    let spec = ResponseSpec::new(IDP, ACS, SP, None)
+        .attr("uid", "new-idp-id-7")
+        .attr("email", "Grace@Example.com");
+    let r = sso
+        .post(&signed_assertion_response(&spec, &sso.idp), None)
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let echo = get(&sso.url("/x"), &[("cookie", &session_cookie(&r))])
+        .await
+        .json();
+    assert_eq!(
+        received(&echo, "x-idgate-user-id"),
+        ["legacy-42"],
+        "linked, not duplicated"
+    );
+    assert!(
+        sso.dir
+            .user("acme", "new-idp-id-7")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Later logins find the user by the linked id.
+    let r = sso
+        .post(
+            &signed_assertion_response(&spec.clone().attr("email", "g2@example.com"), &sso.idp),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let echo = get(&sso.url("/x"), &[("cookie", &session_cookie(&r))])
+        .await
+        .json();
+    assert_eq!(received(&echo, "x-idgate-user-id"), ["legacy-42"]);
+    assert_eq!(
+        received(&echo, "x-idgate-email"),
+        ["g2@example.com"],
+        "email refreshed"
+    );
+
+    // A deactivated user, or a cancelled company, gets no session but a 403 saying so.
+    sso.dir.deactivate_user("acme", "legacy-42").await.unwrap();
+    let r = sso
+        .post(
+            &signed_assertion_response(&spec.clone().fresh(), &sso.idp),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("deactivated"));
+    assert!(r.headers.get("set-cookie").is_none());
+    sso.dir.cancel_group("acme", "grp-race").await.unwrap();
+    let r = sso
+        .post(
+            &signed_assertion_response(
+                &ResponseSpec::new(IDP, ACS, SP, None)
+                    .attr("uid", "racer-1")
+                    .attr("group_uid", "grp-race"),
+                &sso.idp,
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("cancelled"));
+}

@@ -1,0 +1,239 @@
+//! SAML responses for tests, signed by the `xmlsec1` CLI (see tests/fixtures/README.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// An IdP signing key and certificate, made with `openssl` for this test.
+pub struct TestIdp {
+    /// Where key and certificate live (removed on drop).
+    _dir: tempfile::TempDir,
+    /// `idp.key`
+    pub key: PathBuf,
+    /// `idp.crt`
+    pub cert: PathBuf,
+}
+
+impl TestIdp {
+    /// Makes a fresh RSA-2048 key and self-signed certificate.
+    pub fn new(cn: &str) -> TestIdp {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("idp.key");
+        let cert = dir.path().join("idp.crt");
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-days", "1", "-nodes",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .args(["-subj", &format!("/CN={cn}")])
+            .output()
+            .expect("openssl is installed by `make test`");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TestIdp {
+            _dir: dir,
+            key,
+            cert,
+        }
+    }
+}
+
+/// What goes into a response.
+#[derive(Clone)]
+pub struct ResponseSpec {
+    pub issuer: String,
+    pub destination: String,
+    pub recipient: String,
+    pub audience: String,
+    pub in_response_to: Option<String>,
+    pub name_id: String,
+    pub attributes: Vec<(String, String)>,
+    pub assertion_id: String,
+    /// Seconds from now for NotBefore / NotOnOrAfter.
+    pub not_before: i64,
+    pub not_on_or_after: i64,
+    pub status: String,
+}
+
+impl ResponseSpec {
+    /// A valid response for `acs` / `audience` from `issuer`.
+    pub fn new(issuer: &str, acs: &str, audience: &str, in_response_to: Option<&str>) -> Self {
+        ResponseSpec {
+            issuer: issuer.into(),
+            destination: acs.into(),
+            recipient: acs.into(),
+            audience: audience.into(),
+            in_response_to: in_response_to.map(Into::into),
+            name_id: "ada@example.com".into(),
+            attributes: vec![
+                ("uid".into(), "idp-user-1".into()),
+                ("email".into(), "ada@example.com".into()),
+                ("name".into(), "Ada".into()),
+                ("surname".into(), "Lovelace".into()),
+                ("group_uid".into(), "grp-1".into()),
+                ("group_name".into(), "Analytical Engines".into()),
+                ("group_role".into(), "Admin".into()),
+            ],
+            assertion_id: format!("_a{}", rand_hex()),
+            not_before: -30,
+            not_on_or_after: 300,
+            status: "urn:oasis:names:tc:SAML:2.0:status:Success".into(),
+        }
+    }
+
+    /// Replaces (or adds) an attribute; the result is a new assertion (new id).
+    pub fn attr(mut self, name: &str, value: &str) -> Self {
+        self.attributes.retain(|(n, _)| n != name);
+        self.attributes.push((name.into(), value.into()));
+        self.fresh()
+    }
+
+    /// The same content as a new assertion (new id), so it is not a replay.
+    pub fn fresh(mut self) -> Self {
+        self.assertion_id = format!("_a{}", rand_hex());
+        self
+    }
+}
+
+fn rand_hex() -> String {
+    let bytes: [u8; 12] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn ts(offset: i64) -> String {
+    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(offset.max(0) as u64)
+        - std::time::Duration::from_secs((-offset).max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The signature template xmlsec1 fills in.
+pub fn signature_template(reference: &str) -> String {
+    format!(
+        r##"<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo><ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/><ds:SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"/><ds:Reference URI="#{reference}"><ds:Transforms><ds:Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/><ds:Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></ds:Transforms><ds:DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/><ds:DigestValue></ds:DigestValue></ds:Reference></ds:SignedInfo><ds:SignatureValue></ds:SignatureValue><ds:KeyInfo><ds:X509Data><ds:X509Certificate></ds:X509Certificate></ds:X509Data></ds:KeyInfo></ds:Signature>"##
+    )
+}
+
+/// The Assertion element; `signature` is placed after its Issuer.
+pub fn assertion_xml(s: &ResponseSpec, signature: &str) -> String {
+    let irt = s
+        .in_response_to
+        .as_ref()
+        .map(|i| format!(r#" InResponseTo="{i}""#))
+        .unwrap_or_default();
+    let attrs: String = s
+        .attributes
+        .iter()
+        .map(|(n, v)| {
+            format!(
+                r#"<saml:Attribute Name="{}" NameFormat="urn:oasis:names:tc:SAML:2.0:attrname-format:basic"><saml:AttributeValue>{}</saml:AttributeValue></saml:Attribute>"#,
+                xml_escape(n),
+                xml_escape(v)
+            )
+        })
+        .collect();
+    format!(
+        r#"<saml:Assertion xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{now}"><saml:Issuer>{issuer}</saml:Issuer>{signature}<saml:Subject><saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">{name_id}</saml:NameID><saml:SubjectConfirmation Method="urn:oasis:names:tc:SAML:2.0:cm:bearer"><saml:SubjectConfirmationData{irt} NotOnOrAfter="{nooa}" Recipient="{recipient}"/></saml:SubjectConfirmation></saml:Subject><saml:Conditions NotBefore="{nb}" NotOnOrAfter="{nooa}">{audience}</saml:Conditions><saml:AuthnStatement AuthnInstant="{now}" SessionIndex="{id}"><saml:AuthnContext><saml:AuthnContextClassRef>urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport</saml:AuthnContextClassRef></saml:AuthnContext></saml:AuthnStatement><saml:AttributeStatement>{attrs}</saml:AttributeStatement></saml:Assertion>"#,
+        id = s.assertion_id,
+        now = ts(0),
+        issuer = xml_escape(&s.issuer),
+        name_id = xml_escape(&s.name_id),
+        nooa = ts(s.not_on_or_after),
+        nb = ts(s.not_before),
+        recipient = xml_escape(&s.recipient),
+        // An empty audience leaves the AudienceRestriction out altogether.
+        audience = if s.audience.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<saml:AudienceRestriction><saml:Audience>{}</saml:Audience></saml:AudienceRestriction>",
+                xml_escape(&s.audience)
+            )
+        },
+    )
+}
+
+/// The Response element around `assertion`, with `signature` after its Issuer.
+pub fn response_xml(
+    s: &ResponseSpec,
+    response_id: &str,
+    signature: &str,
+    assertion: &str,
+) -> String {
+    let irt = s
+        .in_response_to
+        .as_ref()
+        .map(|i| format!(r#" InResponseTo="{i}""#))
+        .unwrap_or_default();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{response_id}" Version="2.0" IssueInstant="{now}" Destination="{dest}"{irt}><saml:Issuer>{issuer}</saml:Issuer>{signature}<samlp:Status><samlp:StatusCode Value="{status}"/></samlp:Status>{assertion}</samlp:Response>"#,
+        now = ts(0),
+        dest = xml_escape(&s.destination),
+        issuer = xml_escape(&s.issuer),
+        status = s.status,
+    )
+}
+
+/// Runs `xmlsec1 --sign` on `xml`, with IDs of `id_element` registered.
+pub fn xmlsec_sign(xml: &str, key: &Path, cert: &Path, id_element: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("unsigned.xml");
+    let output = dir.path().join("signed.xml");
+    std::fs::write(&input, xml).unwrap();
+    let out = Command::new("xmlsec1")
+        .arg("--sign")
+        .arg("--privkey-pem")
+        .arg(format!("{},{}", key.display(), cert.display()))
+        .arg("--id-attr:ID")
+        .arg(id_element)
+        .arg("--output")
+        .arg(&output)
+        .arg(&input)
+        .output()
+        .expect("xmlsec1 is installed by `make test`");
+    assert!(
+        out.status.success(),
+        "xmlsec1 failed: {}\n{xml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(output).unwrap()
+}
+
+const ASSERTION: &str = "urn:oasis:names:tc:SAML:2.0:assertion:Assertion";
+const RESPONSE: &str = "urn:oasis:names:tc:SAML:2.0:protocol:Response";
+
+/// A Response whose Assertion is signed by `idp`.
+pub fn signed_assertion_response(s: &ResponseSpec, idp: &TestIdp) -> String {
+    let assertion = assertion_xml(s, &signature_template(&s.assertion_id));
+    let doc = response_xml(s, &format!("_r{}", rand_hex()), "", &assertion);
+    xmlsec_sign(&doc, &idp.key, &idp.cert, ASSERTION)
+}
+
+/// A Response signed as a whole by `idp`, its Assertion unsigned.
+pub fn signed_response(s: &ResponseSpec, idp: &TestIdp) -> String {
+    let rid = format!("_r{}", rand_hex());
+    let assertion = assertion_xml(s, "");
+    let doc = response_xml(s, &rid, &signature_template(&rid), &assertion);
+    xmlsec_sign(&doc, &idp.key, &idp.cert, RESPONSE)
+}
+
+/// A Response with nothing signed.
+pub fn unsigned_response(s: &ResponseSpec) -> String {
+    response_xml(s, &format!("_r{}", rand_hex()), "", &assertion_xml(s, ""))
+}
+
+/// Base64 for the HTTP-POST binding.
+pub fn b64(xml: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, xml.as_bytes())
+}
