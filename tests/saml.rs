@@ -260,14 +260,34 @@ async fn forged_tampered_and_misaddressed_responses_are_refused() {
         Some(id),
     ));
 
-    for (name, xml, relay) in cases {
+    let expected = [
+        "signature",
+        "signature",
+        "signature",
+        "audience",
+        "audience",
+        "issuer",
+        "recipient",
+        "destination",
+        "expired",
+        "not_yet_valid",
+        "status",
+        "unknown_request",
+        "in_response_to",
+        "assertion_unsigned",
+    ];
+    assert_eq!(cases.len(), expected.len());
+    let metrics_url = format!("http://{}/metrics", sso.app.admin_addr());
+    let count = |text: &str, reason: &str| -> u64 {
+        let prefix = format!("idgate_saml_rejections_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    for ((name, xml, relay), reason) in cases.into_iter().zip(expected) {
+        let before = count(&get(&metrics_url, &[]).await.text(), reason);
         let r = sso.post(&xml, relay.as_deref()).await;
-        assert!(
-            r.status == 403 || r.status == 400,
-            "{name}: accepted ({}) {}",
-            r.status,
-            r.text()
-        );
+        assert_eq!(r.status, 403, "{name}: {}", r.text());
         assert!(
             r.headers.get("set-cookie").is_none(),
             "{name}: got a session"
@@ -276,19 +296,134 @@ async fn forged_tampered_and_misaddressed_responses_are_refused() {
             r.text().contains("Reference:"),
             "{name}: page names its reference"
         );
+        let after = count(&get(&metrics_url, &[]).await.text(), reason);
+        assert_eq!(after, before + 1, "{name}: not counted as {reason}");
     }
-    let metrics = get(&format!("http://{}/metrics", sso.app.admin_addr()), &[])
-        .await
-        .text();
-    for line in [
-        "idgate_saml_rejections_total{reason=\"rejected\"} 11",
-        "idgate_saml_rejections_total{reason=\"audience\"} 1",
-        "idgate_saml_rejections_total{reason=\"unknown_request\"} 1",
-        "idgate_saml_rejections_total{reason=\"assertion_unsigned\"} 1",
-    ] {
-        assert!(metrics.contains(line), "missing {line} in {metrics}");
-    }
+    let metrics = get(&metrics_url, &[]).await.text();
     assert!(metrics.contains("idgate_logins_total 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_wrapping_and_comment_injection_cannot_change_the_identity() {
+    let sso = start("allow_idp_initiated = true", "").await;
+    let forged = |uid: &str| {
+        assertion_xml(
+            &ResponseSpec::new(IDP, ACS, SP, None)
+                .attr("uid", uid)
+                .attr("group_uid", "grp-evil"),
+            "",
+        )
+    };
+    let spec = ResponseSpec::new(IDP, ACS, SP, None).attr("uid", "honest-user");
+    let signed = signed_assertion_response(&spec, &sso.idp);
+    // XSW: a forged, unsigned assertion before, and after, the signed one.
+    let cut = signed.find("<saml:Assertion").unwrap();
+    let before = format!("{}{}{}", &signed[..cut], forged("admin"), &signed[cut..]);
+    let end = signed.rfind("</samlp:Response>").unwrap();
+    let after = format!("{}{}{}", &signed[..end], forged("admin"), &signed[end..]);
+    // The signed assertion moved inside an extension of a forged one.
+    for (name, xml) in [("forged before", before), ("forged after", after)] {
+        let r = sso.post(&xml, None).await;
+        if r.status == 303 {
+            let echo = get(&sso.url("/x"), &[("cookie", &session_cookie(&r))])
+                .await
+                .json();
+            assert_eq!(
+                received(&echo, "x-idgate-user-id"),
+                ["honest-user"],
+                "{name}"
+            );
+            assert_eq!(received(&echo, "x-idgate-group-id"), ["grp-1"], "{name}");
+        } else {
+            assert_eq!(r.status, 403, "{name}: {}", r.text());
+        }
+    }
+
+    // Comment injection: the IdP signed "victim@example.com.evil.test"; a comment
+    // splits the text node without breaking the (comment-free C14N) signature.
+    let spec = ResponseSpec::new(IDP, ACS, SP, None).attr("uid", "victim@example.com.evil.test");
+    let signed = signed_assertion_response(&spec, &sso.idp);
+    let injected = signed.replace(
+        ">victim@example.com.evil.test<",
+        ">victim@example.com<!---->.evil.test<",
+    );
+    assert_ne!(injected, signed);
+    let r = sso.post(&injected, None).await;
+    if r.status == 303 {
+        let echo = get(&sso.url("/x"), &[("cookie", &session_cookie(&r))])
+            .await
+            .json();
+        assert_eq!(
+            received(&echo, "x-idgate-user-id"),
+            ["victim@example.com.evil.test"],
+            "the whole signed value, never the part before the comment"
+        );
+    } else {
+        assert_eq!(r.status, 403);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha1_is_refused_unless_the_tenant_allows_it_and_certificates_can_roll_over() {
+    let strict = start("allow_idp_initiated = true", "").await;
+    let spec = ResponseSpec::new(IDP, ACS, SP, None);
+    let r = strict
+        .post(&sha1_signed_assertion_response(&spec, &strict.idp), None)
+        .await;
+    assert_eq!(r.status, 403, "SHA-1 refused by default: {}", r.text());
+
+    let legacy = start("allow_idp_initiated = true\nallow_sha1 = true", "").await;
+    let r = legacy
+        .post(
+            &sha1_signed_assertion_response(&spec.clone().fresh(), &legacy.idp),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303, "allow_sha1 accepts SHA-1: {}", r.text());
+
+    // Rollover: the configured file holds the old and the new certificate.
+    let old = TestIdp::new("old-idp");
+    let new = TestIdp::new("new-idp");
+    let both = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        both.path(),
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&old.cert).unwrap(),
+            std::fs::read_to_string(&new.cert).unwrap()
+        ),
+    )
+    .unwrap();
+    let up = TestUpstream::start().await;
+    let text = config(
+        up.addr,
+        "",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
+             idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
+             allow_idp_initiated = true\n",
+            both.path().display()
+        ),
+    );
+    let app = idgate::App::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap())
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    for idp in [&old, &new] {
+        let xml = signed_assertion_response(&spec.clone().fresh(), idp);
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("SAMLResponse", &b64(&xml))
+            .finish();
+        let r = send(
+            "POST",
+            &format!("http://{}/_idgate/saml/acme/acs", app.public_addr()),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,10 +33,14 @@ pub enum AcsError {
     /// The POST carried no (or undecodable) `SAMLResponse`.
     #[error("malformed SAMLResponse: {0}")]
     Malformed(String),
-    /// samael refused it: signature, issuer, destination, recipient, status, time
-    /// conditions or InResponseTo.
-    #[error("response rejected: {0}")]
-    Rejected(String),
+    /// samael refused it; the code names the check (see [`rejection_code`]).
+    #[error("response rejected ({code}): {detail}")]
+    Rejected {
+        /// Stable reason code.
+        code: &'static str,
+        /// samael's message.
+        detail: String,
+    },
     /// No AudienceRestriction naming this SP.
     #[error("assertion audience does not name this SP ({0})")]
     Audience(String),
@@ -63,7 +67,7 @@ impl AcsError {
     pub fn code(&self) -> &'static str {
         match self {
             AcsError::Malformed(_) => "malformed",
-            AcsError::Rejected(_) => "rejected",
+            AcsError::Rejected { code, .. } => code,
             AcsError::Audience(_) => "audience",
             AcsError::AssertionUnsigned => "assertion_unsigned",
             AcsError::Replay(_) => "replay",
@@ -281,7 +285,10 @@ impl SamlTenant {
         let assertion = self
             .sp
             .parse_xml_response(&xml, Some(&pending_refs))
-            .map_err(|e| AcsError::Rejected(e.to_string()))?;
+            .map_err(|e| AcsError::Rejected {
+                code: rejection_code(&e),
+                detail: e.to_string(),
+            })?;
         self.check_audience(&assertion)?;
         // samael hands back only verified content, with signatures stripped; the
         // Assertion was signed itself if some signature in the document references its
@@ -374,6 +381,43 @@ impl SamlTenant {
     /// The ACS URL.
     pub fn acs_url(&self) -> &str {
         &self.acs_url
+    }
+}
+
+/// The stable reason code for each check samael performs. Together with
+/// [`AcsError::code`] these are every reason a login can be refused for.
+pub fn rejection_code(e: &samael::service_provider::Error) -> &'static str {
+    use samael::service_provider::Error as E;
+    match e {
+        E::FailedToValidateSignature | E::CryptoXmlError(_) | E::CryptoProviderError(_) => {
+            "signature"
+        }
+        E::DestinationValidationError { .. } => "destination",
+        E::AssertionRecipientMismatch { .. } => "recipient",
+        E::AssertionIssuerMismatch { .. } | E::ResponseIssuerMismatch { .. } => "issuer",
+        E::AssertionConditionAudienceRestrictionFailed { .. } => "audience",
+        E::AssertionExpired { .. }
+        | E::ResponseExpired { .. }
+        | E::AssertionConditionExpired { .. }
+        | E::AssertionSubjectConfirmationExpired { .. } => "expired",
+        E::AssertionConditionExpiredBefore { .. }
+        | E::AssertionSubjectConfirmationExpiredBefore { .. } => "not_yet_valid",
+        E::AssertionInResponseToInvalid { .. } | E::ResponseInResponseToInvalid { .. } => {
+            "in_response_to"
+        }
+        E::ResponseBadStatusCode { .. } => "status",
+        E::AssertionBearerSubjectConfirmationMissing | E::AssertionSubjectConfirmationMissing => {
+            "subject_confirmation"
+        }
+        E::EncryptedAssertionsNotYetSupported
+        | E::MissingPrivateKeySP
+        | E::MissingEncryptedKeyInfo
+        | E::MissingEncryptedValueInfo
+        | E::EncryptedAssertionKeyMethodUnsupported { .. }
+        | E::EncryptedAssertionValueMethodUnsupported { .. }
+        | E::EncryptedAssertionInvalid
+        | E::FailedToDecryptAssertion => "encrypted_assertion",
+        _ => "malformed",
     }
 }
 
