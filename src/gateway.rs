@@ -15,6 +15,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 
 use crate::config::Config;
 use crate::config::ProvisioningConfig;
+use crate::demo::idp::DevIdp;
 use crate::directory::{Directory, LoginError, LoginIdentity};
 use crate::identity::Signer;
 use crate::metrics::{Metrics, RouteClass};
@@ -58,6 +59,7 @@ pub struct Gateway {
     saml: HashMap<String, SamlTenant>,
     provisioning: HashMap<String, ProvisioningConfig>,
     directory: Directory,
+    dev_idp: Option<Arc<DevIdp>>,
 }
 
 /// The gateway as one worker thread runs it: the shared gateway plus that thread's own
@@ -83,6 +85,7 @@ impl Gateway {
         signer: Arc<Signer>,
         directory: Directory,
         saml: HashMap<String, SamlTenant>,
+        dev_idp: Option<Arc<DevIdp>>,
     ) -> Gateway {
         let mut hosts = HashMap::new();
         for t in &config.tenants {
@@ -115,6 +118,7 @@ impl Gateway {
                 .map(|t| (t.id.clone(), t.provisioning.clone()))
                 .collect(),
             directory,
+            dev_idp,
         }
     }
 
@@ -233,6 +237,7 @@ impl Gateway {
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
             p if p.starts_with("/_idgate/saml/") => self.saml(req, p, request_id).await,
+            "/_idgate/dev-idp/sso" if self.dev_idp.is_some() => self.dev_idp(req, request_id).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,
                 html,
@@ -240,6 +245,72 @@ impl Gateway {
                 "No such idgate endpoint.",
                 request_id,
             ),
+        }
+    }
+
+    /// The demo's development IdP (present only under `idgate demo`).
+    async fn dev_idp(&self, req: Request<Incoming>, request_id: &str) -> Response<Body> {
+        use http_body_util::BodyExt;
+        let Some(idp) = &self.dev_idp else {
+            return response::error(
+                StatusCode::NOT_FOUND,
+                true,
+                "not_found",
+                "No such endpoint.",
+                request_id,
+            );
+        };
+        let page = |html: String| {
+            let mut resp = Response::new(response::full(html));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        };
+        if req.method() == Method::GET {
+            let q: HashMap<String, String> = req
+                .uri()
+                .query()
+                .map(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .into_owned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            return page(idp.form(
+                q.get("SAMLRequest").map(String::as_str),
+                q.get("RelayState").map(String::as_str),
+            ));
+        }
+        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return response::error(
+                    StatusCode::BAD_REQUEST,
+                    true,
+                    "bad_request",
+                    "Unreadable form.",
+                    request_id,
+                );
+            }
+        };
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+        match idp.respond(&form) {
+            Ok(html) => page(html),
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "dev IdP could not sign");
+                response::error(
+                    StatusCode::BAD_REQUEST,
+                    true,
+                    "bad_request",
+                    "The dev IdP could not sign this.",
+                    request_id,
+                )
+            }
         }
     }
 

@@ -78,6 +78,16 @@ pub struct App {
 impl App {
     /// Builds every component. Nothing listens yet.
     pub fn new(config: Config) -> Result<App, StartError> {
+        App::build(config, None)
+    }
+
+    /// The demo's app: the same, plus the development IdP under `/_idgate/dev-idp/`.
+    /// Nothing but `idgate demo` calls this, so `serve` never exposes a dev IdP.
+    pub fn with_dev_idp(config: Config, idp: demo::idp::DevIdp) -> Result<App, StartError> {
+        App::build(config, Some(Arc::new(idp)))
+    }
+
+    fn build(config: Config, dev_idp: Option<Arc<demo::idp::DevIdp>>) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(&config.store)?;
         let signer = Arc::new(Signer::new(&config.identity, store.is_memory())?);
@@ -104,6 +114,7 @@ impl App {
             signer.clone(),
             directory.clone(),
             saml,
+            dev_idp,
         ));
         let admin = Arc::new(Admin::new(store.clone(), metrics, draining.clone(), signer));
         Ok(App {

@@ -175,6 +175,8 @@ fn token_prints_a_token_and_its_sha256() {
 fn demo_config_validates_through_the_library_too() {
     // `idgate demo` embeds config/demo.toml; it must build a config with an echo upstream.
     let cfg = idgate::demo::config(None, "127.0.0.1:4000".parse().unwrap()).expect("valid");
-    assert_eq!(cfg.access.public_paths, ["/"]);
+    assert_eq!(cfg.access.public_paths, ["/public/"]);
+    let (tenant, _idp) = idgate::demo::dev_tenant(&cfg).expect("dev IdP");
+    assert_eq!(tenant.id, "demo");
     assert_eq!(cfg.server.upstream.to_string(), "http://127.0.0.1:4000/");
 }

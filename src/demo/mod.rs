@@ -2,6 +2,7 @@
 //! (an in-memory store and an echo app as the upstream), so one command shows it working.
 
 pub mod echo;
+pub mod idp;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +11,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{
+    AttributeMap, Config, ConfigErrors, IdpSource, ProvisioningConfig, SamlConfig, TenantConfig,
+};
 use crate::{App, StartError};
 
 /// The demo's config, shipped as `config/demo.toml` and embedded here so the binary
@@ -29,6 +32,9 @@ pub enum DemoError {
     /// The proxy could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The development IdP could not be made.
+    #[error(transparent)]
+    Idp(#[from] idp::DevIdpError),
 }
 
 /// The demo config with the proxy on `listen` (default from `config/demo.toml`) and the
@@ -47,27 +53,83 @@ pub fn config(listen: Option<SocketAddr>, upstream: SocketAddr) -> Result<Config
     Ok(config)
 }
 
+/// The tenant `demo`, whose IdP is the development IdP, and that IdP.
+pub fn dev_tenant(config: &Config) -> Result<(TenantConfig, idp::DevIdp), idp::DevIdpError> {
+    let base = config
+        .server
+        .public_url
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    let sp_entity_id = format!("{base}/_idgate/saml/demo/metadata");
+    let idp = idp::DevIdp::new(
+        format!("{base}/_idgate/saml/demo/acs"),
+        sp_entity_id.clone(),
+    )?;
+    let sso_url = url::Url::parse(&format!("{base}/_idgate/dev-idp/sso"))
+        .map_err(|e| idp::DevIdpError(e.to_string()))?;
+    let tenant = TenantConfig {
+        id: "demo".into(),
+        hosts: Vec::new(),
+        default: true,
+        saml: SamlConfig {
+            idp: IdpSource::Explicit {
+                entity_id: idp::ENTITY_ID.into(),
+                sso_url,
+                certificates: vec![idp.cert_pem.clone()],
+            },
+            sp_entity_id,
+            idp_slo_url: None,
+            allow_idp_initiated: false,
+            want_assertions_signed: true,
+            allow_sha1: false,
+            attributes: AttributeMap {
+                user_id: "uid".into(),
+                email: "email".into(),
+                first_name: "name".into(),
+                last_name: "surname".into(),
+                group_id: "group_uid".into(),
+                group_name: "group_name".into(),
+                role: "group_role".into(),
+            },
+        },
+        provisioning: ProvisioningConfig {
+            create_groups: true,
+            create_users: true,
+            link_by_email: true,
+            default_role: crate::config::defaults::DEFAULT_ROLE.into(),
+        },
+        scim: None,
+        maestrano: None,
+    };
+    Ok((tenant, idp))
+}
+
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: Option<SocketAddr>) -> Result<(), DemoError> {
     let echo = TcpListener::bind(("127.0.0.1", 0))
         .await
         .map_err(DemoError::Echo)?;
     let echo_addr = echo.local_addr().map_err(DemoError::Echo)?;
+    let mut config = config(listen, echo_addr)?;
+    let (tenant, dev_idp) = dev_tenant(&config)?;
+    config.tenants.push(tenant);
+    let jwks_url = format!("http://{}/_idgate/jwks.json", config.server.listen);
     let (stop_echo, stop_rx) = watch::channel(false);
     let echo_task = tokio::spawn(crate::server::serve(
         echo,
-        Arc::new(echo::Echo),
+        Arc::new(echo::Echo::verifying(jwks_url)),
         stop_rx,
         std::time::Duration::from_secs(1),
     ));
-    let config = config(listen, echo_addr)?;
-    let running = App::new(config)?.start().await?;
+    let running = App::with_dev_idp(config, dev_idp)?.start().await?;
     println!();
     println!("  idgate demo is running.");
     println!(
-        "  Open http://{}/ in a browser to see the request as the app receives it.",
+        "  Open http://{}/ in a browser: log in at the built-in dev IdP, then see the request",
         running.public_addr()
     );
+    println!("  (identity headers, verified JWT) as the app behind idgate receives it.");
     println!(
         "  Admin: http://{}/metrics   Stop: Ctrl-C",
         running.admin_addr()
