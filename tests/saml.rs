@@ -60,7 +60,11 @@ impl Sso {
         .await;
         assert_eq!(r.status, 302);
         let location = url::Url::parse(r.headers["location"].to_str().unwrap()).unwrap();
-        assert_eq!(location.host_str(), Some("idp.example.com"));
+        assert!(
+            location
+                .host_str()
+                .is_some_and(|h| h.ends_with("idp.example.com"))
+        );
         let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
         let deflated = base64::Engine::decode(
             &base64::engine::general_purpose::STANDARD,
@@ -102,9 +106,28 @@ fn session_cookie(r: &Reply) -> String {
     set.split(';').next().unwrap().to_owned()
 }
 
+/// Store settings for running a scenario against a private `redis-server`.
+fn redis_extra(redis: &RedisServer, keys: &std::path::Path) -> String {
+    format!(
+        "[store]\nurl = \"{}\"\n[identity]\nsigning_key = \"file:{}\"\n",
+        redis.url(),
+        signing_key_file(keys, "EdDSA").display()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sp_initiated_login_provisions_and_forwards_the_identity() {
-    let sso = start("", "").await;
+    sp_initiated(&start("", "").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sp_initiated_login_on_redis() {
+    let redis = RedisServer::start();
+    let keys = tempfile::tempdir().unwrap();
+    sp_initiated(&start("", &redis_extra(&redis, keys.path())).await).await;
+}
+
+async fn sp_initiated(sso: &Sso) {
     let meta = get(&sso.url("/_idgate/saml/acme/metadata"), &[]).await;
     assert_eq!(meta.status, 200);
     let meta = meta.text();
@@ -455,7 +478,24 @@ async fn idp_initiated_logins_follow_safe_relay_states_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_creates_one_company_links_by_email_and_blocks_the_inactive() {
-    let sso = start("allow_idp_initiated = true", "").await;
+    provisioning(&start("allow_idp_initiated = true", "").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_rules_hold_on_redis() {
+    let redis = RedisServer::start();
+    let keys = tempfile::tempdir().unwrap();
+    provisioning(
+        &start(
+            "allow_idp_initiated = true",
+            &redis_extra(&redis, keys.path()),
+        )
+        .await,
+    )
+    .await;
+}
+
+async fn provisioning(sso: &Sso) {
     // 50 concurrent first logins from one new group: exactly one company.
     let mut tasks = Vec::new();
     for i in 0..50 {
@@ -564,4 +604,88 @@ async fn provisioning_creates_one_company_links_by_email_and_blocks_the_inactive
         .await;
     assert_eq!(r.status, 403);
     assert!(r.text().contains("cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_metadata_scim_usernames_default_roles_and_slo() {
+    let idp = TestIdp::new("metadata-idp");
+    let cert: String = std::fs::read_to_string(&idp.cert)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let metadata = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        metadata.path(),
+        format!(
+            r#"<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" entityID="{IDP}"><md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol"><md:KeyDescriptor use="signing"><ds:KeyInfo xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:X509Data><ds:X509Certificate>{cert}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor><md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="https://md-idp.example.com/sso"/></md:IDPSSODescriptor></md:EntityDescriptor>"#
+        ),
+    )
+    .unwrap();
+    let up = TestUpstream::start().await;
+    let text = config(
+        up.addr,
+        "",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_metadata = \"file:{}\"\n\
+             idp_slo_url = \"https://md-idp.example.com/slo\"\n\
+             [tenants.provisioning]\ndefault_role = \"viewer\"\n",
+            metadata.path().display()
+        ),
+    );
+    let app =
+        idgate::App::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap()).unwrap();
+    let dir = app.directory().clone();
+    let sso = Sso {
+        app: app.start().await.unwrap(),
+        dir,
+        idp,
+        _up: up,
+    };
+
+    // The login redirect goes to the SSO URL from the metadata.
+    let r = get(&sso.url("/_idgate/saml/acme/login"), &[]).await;
+    assert!(
+        r.headers["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("https://md-idp.example.com/sso?")
+    );
+    let id = sso.begin("/").await;
+
+    // A user SCIM created earlier is found by userName = NameID, case-insensitively.
+    let mut scim_user = idgate::directory::model::User::new("scim-123", idgate::directory::now());
+    scim_user.user_name = Some("Ada.L@Example.com".into());
+    sso.dir.create_user("acme", &scim_user).await.unwrap();
+    let mut spec = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    spec.name_id = "ada.l@example.COM".into();
+    spec.attributes
+        .retain(|(n, _)| n != "group_role" && n != "email");
+    let r = sso
+        .post(&signed_assertion_response(&spec, &sso.idp), Some(&id))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let cookie = session_cookie(&r);
+    let echo = get(&sso.url("/x"), &[("cookie", &cookie)]).await.json();
+    assert_eq!(
+        received(&echo, "x-idgate-user-id"),
+        ["scim-123"],
+        "the SCIM id is kept"
+    );
+    assert_eq!(
+        received(&echo, "x-idgate-role"),
+        ["viewer"],
+        "default_role without a role attribute"
+    );
+
+    // Logout goes to the IdP's SLO URL.
+    let out = send(
+        "POST",
+        &sso.url("/_idgate/logout"),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(out.status, 302);
+    assert_eq!(out.headers["location"], "https://md-idp.example.com/slo");
 }
