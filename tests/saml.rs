@@ -133,6 +133,8 @@ async fn sp_initiated(sso: &Sso) {
     let meta = meta.text();
     assert!(meta.contains(&format!("entityID=\"{SP}\"")), "{meta}");
     assert!(meta.contains(ACS), "{meta}");
+    assert!(meta.contains("nameid-format:persistent"), "{meta}");
+    assert!(meta.contains("WantAssertionsSigned=\"false\""), "{meta}");
 
     let id = sso.begin("/reports%3Fy%3D1").await;
     let spec = ResponseSpec::new(IDP, ACS, SP, Some(&id));
@@ -688,4 +690,53 @@ async fn idp_metadata_scim_usernames_default_roles_and_slo() {
     .await;
     assert_eq!(out.status, 302);
     assert_eq!(out.headers["location"], "https://md-idp.example.com/slo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_can_be_turned_off() {
+    let sso = start(
+        "allow_idp_initiated = true\n[tenants.provisioning]\ncreate_groups = false\ncreate_users = false\nlink_by_email = false",
+        "",
+    )
+    .await;
+    let spec = ResponseSpec::new(IDP, ACS, SP, None);
+    let r = sso
+        .post(&signed_assertion_response(&spec, &sso.idp), None)
+        .await;
+    assert_eq!(r.status, 403, "unknown group, create_groups off");
+    assert!(r.text().contains("not been set up"), "{}", r.text());
+    sso.dir
+        .ensure_group("acme", "grp-1", "Known")
+        .await
+        .unwrap();
+    let r = sso
+        .post(
+            &signed_assertion_response(&spec.clone().fresh(), &sso.idp),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403, "unknown user, create_users off");
+    // An existing user with that email is not linked when link_by_email is off.
+    let mut u = idgate::directory::model::User::new("someone", idgate::directory::now());
+    u.email = Some("ada@example.com".into());
+    sso.dir.create_user("acme", &u).await.unwrap();
+    let r = sso
+        .post(
+            &signed_assertion_response(&spec.clone().fresh(), &sso.idp),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    // A user provisioned beforehand (as SCIM would) logs in.
+    let mut known = idgate::directory::model::User::new("idp-user-1", idgate::directory::now());
+    known.email = Some("other@example.com".into());
+    sso.dir.create_user("acme", &known).await.unwrap();
+    let r = sso
+        .post(
+            &signed_assertion_response(&spec.clone().fresh(), &sso.idp),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(sso.dir.group("acme", "grp-1").await.unwrap().unwrap().name == "Known");
 }

@@ -240,6 +240,15 @@ impl SamlTenant {
         if let Some(sp) = md.sp_sso_descriptors.as_mut().and_then(|v| v.first_mut()) {
             sp.want_assertions_signed = Some(self.want_assertions_signed);
             sp.single_logout_services = None;
+            sp.name_id_formats = Some(
+                [
+                    "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+                    "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
+                    "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified",
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
         }
         md.to_string().map_err(|e| e.to_string())
     }
