@@ -16,7 +16,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use crate::config::Config;
 use crate::config::ProvisioningConfig;
 use crate::demo::idp::DevIdp;
-use crate::directory::{Directory, LoginError, LoginIdentity};
+use crate::directory::{Directory, LoginError};
 use crate::identity::Signer;
 use crate::metrics::{Metrics, RouteClass};
 use crate::proxy::Upstream;
@@ -442,24 +442,21 @@ impl Gateway {
                 );
             }
         };
-        let who = LoginIdentity {
-            user_id: claims.user_id.clone(),
-            name_id: claims.name_id.clone(),
-            email: claims.email.clone(),
-            given_name: claims.given_name.clone(),
-            family_name: claims.family_name.clone(),
-            group_id: claims.group_id.clone(),
-            group_name: claims.group_name.clone(),
-            role: claims.role.clone(),
+        let who = &claims.identity;
+        // Every SAML tenant comes from a tenant config, so its rules exist.
+        let Some(rules) = self.provisioning.get(tenant) else {
+            tracing::error!(
+                request_id,
+                tenant,
+                "no provisioning rules for a SAML tenant"
+            );
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Sign-in failed.",
+            );
         };
-        let default_rules = ProvisioningConfig {
-            create_groups: true,
-            create_users: true,
-            link_by_email: true,
-            default_role: crate::config::defaults::DEFAULT_ROLE.into(),
-        };
-        let rules = self.provisioning.get(tenant).unwrap_or(&default_rules);
-        let user_id = match self.directory.login(tenant, rules, &who).await {
+        let user_id = match self.directory.login(tenant, rules, who).await {
             Ok(id) => id,
             Err(LoginError::Blocked(reason)) => {
                 tracing::info!(

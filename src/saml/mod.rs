@@ -17,6 +17,7 @@ use samael::service_provider::{ServiceProvider, ServiceProviderBuilder};
 use samael::traits::ToXml;
 
 use crate::config::{AttributeMap, IdpSource, TenantConfig};
+use crate::directory::LoginIdentity;
 use crate::store::{EphemeralStore, Store, StoreError};
 
 /// How long a login started here may take at the IdP.
@@ -78,26 +79,13 @@ impl AcsError {
     }
 }
 
-/// The identity an accepted assertion carries, mapped through the tenant's attributes.
+/// What an accepted assertion yields: the identity, mapped through the tenant's
+/// attributes into the directory's terms, and where to send the browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginClaims {
-    /// The IdP's user id.
-    pub user_id: String,
-    /// Subject NameID.
-    pub name_id: Option<String>,
-    /// Email.
-    pub email: Option<String>,
-    /// Given name.
-    pub given_name: Option<String>,
-    /// Family name.
-    pub family_name: Option<String>,
-    /// Group id.
-    pub group_id: String,
-    /// Group name.
-    pub group_name: Option<String>,
-    /// Role.
-    pub role: Option<String>,
-    /// Where to go after login (same-origin path), from the pending request.
+    /// Who is logging in.
+    pub identity: LoginIdentity,
+    /// Where to go after login (a same-origin path), from the pending request.
     pub return_to: String,
 }
 
@@ -375,14 +363,16 @@ impl SamlTenant {
         let group_id =
             attr(&a.group_id).ok_or_else(|| AcsError::MissingAttribute(a.group_id.clone()))?;
         Ok(LoginClaims {
-            user_id,
-            email: attr(&a.email),
-            given_name: attr(&a.first_name),
-            family_name: attr(&a.last_name),
-            group_name: attr(&a.group_name),
-            role: attr(&a.role),
-            group_id,
-            name_id,
+            identity: LoginIdentity {
+                user_id,
+                email: attr(&a.email),
+                given_name: attr(&a.first_name),
+                family_name: attr(&a.last_name),
+                group_name: attr(&a.group_name),
+                role: attr(&a.role),
+                group_id,
+                name_id,
+            },
             return_to,
         })
     }
