@@ -56,6 +56,10 @@ pub struct Gateway {
     /// Tenant id → where to send the browser after logout.
     slo_urls: HashMap<String, String>,
     public_scheme: String,
+    /// `X-Forwarded-Proto` for untrusted peers: the scheme users reach the app by
+    /// (TLS usually ends at an ingress in front of idgate).
+    public_proto: &'static str,
+    login_cookie_name: String,
     saml: HashMap<String, SamlTenant>,
     provisioning: HashMap<String, ProvisioningConfig>,
     directory: Directory,
@@ -111,6 +115,12 @@ impl Gateway {
                 .filter_map(|t| Some((t.id.clone(), t.saml.idp_slo_url.as_ref()?.to_string())))
                 .collect(),
             public_scheme: config.server.public_url.scheme().to_owned(),
+            public_proto: if config.server.is_https() {
+                "https"
+            } else {
+                "http"
+            },
+            login_cookie_name: format!("{}_login", crate::session::cookie_name(config)),
             saml,
             provisioning: config
                 .tenants
@@ -314,6 +324,20 @@ impl Gateway {
         }
     }
 
+    /// The cookie that ties a pending SP-initiated login to the browser that started it.
+    /// The IdP posts to the ACS cross-site, so over https it must be `SameSite=None`.
+    fn login_cookie(&self, value: &str, max_age: u32) -> String {
+        let attrs = if self.public_scheme == "https" {
+            "; Secure; SameSite=None"
+        } else {
+            "; SameSite=Lax"
+        };
+        format!(
+            "{}={value}; Path=/; HttpOnly; Max-Age={max_age}{attrs}",
+            self.login_cookie_name
+        )
+    }
+
     /// `/_idgate/saml/{tenant}/{metadata|login|acs}`
     async fn saml(&self, req: Request<Incoming>, path: &str, request_id: &str) -> Response<Body> {
         let html = response::accepts_html(req.headers());
@@ -361,10 +385,13 @@ impl Gateway {
                     .and_then(|r| crate::saml::safe_return_to(&r))
                     .unwrap_or_else(|| "/".to_owned());
                 match sp.login_redirect(self.directory.store(), &return_to).await {
-                    Ok(location) => {
+                    Ok((location, nonce)) => {
                         let mut resp = response::redirect(&location);
                         resp.headers_mut()
                             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        if let Ok(v) = HeaderValue::from_str(&self.login_cookie(&nonce, 600)) {
+                            resp.headers_mut().insert(header::SET_COOKIE, v);
+                        }
                         resp
                     }
                     Err(e) => {
@@ -398,6 +425,8 @@ impl Gateway {
         let refuse = |status: StatusCode, code: &str, message: &str| {
             response::error(status, true, code, message, request_id)
         };
+        let login_nonce =
+            crate::session::find_cookie(req.headers(), &self.login_cookie_name).map(str::to_owned);
         // A SAML response is a few KiB; 1 MiB is far beyond any real one.
         let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
             .collect()
@@ -421,6 +450,7 @@ impl Gateway {
                     self.directory.store(),
                     r,
                     form.get("RelayState").map(String::as_str),
+                    login_nonce.as_deref(),
                 )
                 .await
             }
@@ -660,7 +690,13 @@ impl Gateway {
             // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs `Host`.
             headers.entry(header::HOST).or_insert_with(|| h.clone());
         }
-        hh::set_forwarded(headers, peer.ip(), self.is_trusted(peer.ip()), "http", host);
+        hh::set_forwarded(
+            headers,
+            peer.ip(),
+            self.is_trusted(peer.ip()),
+            self.public_proto,
+            host,
+        );
         for (name, value) in identity {
             headers.insert(name, value);
         }
@@ -885,7 +921,14 @@ pub fn routing_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
     if decoded.contains(['\\', '\0']) {
         return Err("path contains a backslash or NUL");
     }
-    if decoded.contains("/.") && decoded.split('/').any(|seg| seg == "." || seg == "..") {
+    // `..;x` is a dot segment to Tomcat, Jetty and Spring (path parameters), so the
+    // part before any `;` is what counts.
+    if decoded.contains("/.")
+        && decoded.split('/').any(|seg| {
+            let seg = seg.split(';').next().unwrap_or(seg);
+            seg == "." || seg == ".."
+        })
+    {
         return Err("path contains a dot segment");
     }
     Ok(decoded)
@@ -914,6 +957,8 @@ mod tests {
             "/public/%2E%2E%2Fadmin",
             "/public/./x",
             "/public/..",
+            "/public/..;/admin",
+            "/public/.;x/admin",
             "/a\\b",
             "/a%5Cb",
             "/a%00",

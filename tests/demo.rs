@@ -73,6 +73,14 @@ async fn a_person_logs_in_through_the_dev_idp_and_sees_their_identity() {
     let r = support::get(&format!("{base}{login}"), &html).await;
     assert_eq!(r.status, 302);
     let idp = r.headers["location"].to_str().unwrap().to_owned();
+    // The browser keeps the login cookie that ties the response to this login.
+    let login_cookie = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     assert!(
         idp.starts_with(&format!("{base}/_idgate/dev-idp/sso?SAMLRequest=")),
         "{idp}"
@@ -109,7 +117,7 @@ async fn a_person_logs_in_through_the_dev_idp_and_sees_their_identity() {
         ("SAMLResponse", &input_value(&autopost, "SAMLResponse")),
         ("RelayState", &input_value(&autopost, "RelayState")),
     ]);
-    let r = support::send("POST", &acs, &ct, body).await;
+    let r = support::send("POST", &acs, &[ct[0], ("cookie", &login_cookie)], body).await;
     assert_eq!(r.status, 303, "{}", r.text());
     assert_eq!(r.headers["location"], "/");
     let cookie = r.headers["set-cookie"]

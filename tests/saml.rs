@@ -18,6 +18,8 @@ const SP: &str = "http://127.0.0.1/_idgate/saml/acme/metadata";
 
 struct Sso {
     app: idgate::Running,
+    /// Login cookie per pending request id, as the browser that began it holds it.
+    cookies: std::sync::Mutex<std::collections::HashMap<String, String>>,
     dir: idgate::directory::Directory,
     idp: TestIdp,
     _up: TestUpstream,
@@ -40,6 +42,7 @@ async fn start(saml_extra: &str, extra: &str) -> Sso {
     let dir = app.directory().clone();
     Sso {
         app: app.start().await.unwrap(),
+        cookies: Default::default(),
         dir,
         idp,
         _up: up,
@@ -76,6 +79,13 @@ impl Sso {
             .read_to_string(&mut xml)
             .unwrap();
         let relay = q["RelayState"].clone();
+        let cookie = r.headers["set-cookie"].to_str().unwrap();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("Max-Age=600"),
+            "{cookie}"
+        );
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        self.cookies.lock().unwrap().insert(relay.clone(), cookie);
         assert!(xml.contains(&format!("ID=\"{relay}\"")), "{xml}");
         assert!(
             relay.len() >= 33,
@@ -91,10 +101,15 @@ impl Sso {
         if let Some(r) = relay {
             form.append_pair("RelayState", r);
         }
+        let cookie = relay.and_then(|r| self.cookies.lock().unwrap().get(r).cloned());
+        let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+        if let Some(c) = &cookie {
+            headers.push(("cookie", c));
+        }
         send(
             "POST",
             &self.url("/_idgate/saml/acme/acs"),
-            &[("content-type", "application/x-www-form-urlencoded")],
+            &headers,
             form.finish(),
         )
         .await
@@ -135,6 +150,16 @@ async fn sp_initiated(sso: &Sso) {
     assert!(meta.contains(ACS), "{meta}");
     assert!(meta.contains("nameid-format:persistent"), "{meta}");
     assert!(meta.contains("WantAssertionsSigned=\"false\""), "{meta}");
+
+    // A response to a login that this browser did not start is refused (login CSRF):
+    // the attacker's own signed response, posted without the victim's login cookie.
+    let other = sso.begin("/").await;
+    let stolen =
+        signed_assertion_response(&ResponseSpec::new(IDP, ACS, SP, Some(&other)), &sso.idp);
+    sso.cookies.lock().unwrap().remove(&other);
+    let r = sso.post(&stolen, Some(&other)).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.headers.get("set-cookie").is_none());
 
     let id = sso.begin("/reports%3Fy%3D1").await;
     let spec = ResponseSpec::new(IDP, ACS, SP, Some(&id));
@@ -640,6 +665,7 @@ async fn idp_metadata_scim_usernames_default_roles_and_slo() {
     let dir = app.directory().clone();
     let sso = Sso {
         app: app.start().await.unwrap(),
+        cookies: Default::default(),
         dir,
         idp,
         _up: up,

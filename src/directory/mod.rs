@@ -394,22 +394,33 @@ impl Directory {
         {
             return Ok(Some(id));
         }
-        if self.store.get_user(tenant, &who.user_id).await?.is_some() {
-            return Ok(Some(who.user_id.clone()));
+        // Every other match must be a user not yet linked to a different IdP identity:
+        // otherwise a second IdP account with the same email (or a uid equal to a local
+        // id) would be logged in as the first.
+        let linkable = |u: &User| u.external_id.as_ref().is_none_or(|e| *e == who.user_id);
+        if let Some(u) = self.store.get_user(tenant, &who.user_id).await?
+            && linkable(&u)
+        {
+            return Ok(Some(u.id));
         }
         for candidate in [&who.name_id, &who.email].into_iter().flatten() {
             if let Some(id) = self
                 .store
                 .find_user(tenant, UserKey::UserName, candidate)
                 .await?
+                && let Some(u) = self.store.get_user(tenant, &id).await?
+                && linkable(&u)
             {
                 return Ok(Some(id));
             }
         }
         if rules.link_by_email
             && let Some(email) = &who.email
+            && let Some(id) = self.store.find_user(tenant, UserKey::Email, email).await?
+            && let Some(u) = self.store.get_user(tenant, &id).await?
+            && linkable(&u)
         {
-            return self.store.find_user(tenant, UserKey::Email, email).await;
+            return Ok(Some(id));
         }
         Ok(None)
     }

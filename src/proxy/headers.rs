@@ -122,23 +122,28 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Fixed hop-by-hop fields (RFC 9110 §7.6.1), besides those named in `Connection`.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    // Request trailers are dropped (see `NoTrailers`), so announcing them is dropped too.
+    header::TRAILER,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
 ];
 
-/// If the message asks for a protocol upgrade (WebSocket), the `Upgrade` value to keep.
+/// If the message asks for a WebSocket upgrade, the `Upgrade` value to keep. Only
+/// `websocket` is tunnelled: an `h2c` (or any other) upgrade would open a raw channel
+/// whose later requests never pass the gateway's checks.
 pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     let wants = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    if wants {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    let value = headers.get(header::UPGRADE)?;
+    let websocket = value.to_str().is_ok_and(|v| {
+        v.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+    });
+    (wants && websocket).then(|| value.clone())
 }
 
 /// Removes hop-by-hop headers. When `upgrade` is given, `Connection: upgrade` and that
@@ -179,6 +184,11 @@ pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
         return;
     }
     let host_name = format!("__Host-{cookie_name}");
+    // The session cookie, and the short-lived login cookie beside it.
+    let ours = |name: &[u8]| {
+        let base = name.strip_suffix(b"_login").unwrap_or(name);
+        base == cookie_name.as_bytes() || base == host_name.as_bytes()
+    };
     let mut kept = Vec::new();
     for value in headers.get_all(header::COOKIE) {
         for pair in value.as_bytes().split(|&b| b == b';') {
@@ -187,7 +197,7 @@ pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
                 continue;
             }
             let name = trim_bytes(pair.split(|&b| b == b'=').next().unwrap_or_default());
-            if name == cookie_name.as_bytes() || name == host_name.as_bytes() {
+            if ours(name) {
                 continue;
             }
             kept.push(pair.to_vec());
@@ -221,8 +231,15 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Folded names of the headers that carry a client's address or scheme.
+const CLIENT_ADDRESS_HEADERS: [&str; 6] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-client-ip",
+];
 
 /// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept
 /// (and the peer appended to the chain); from anyone else they are replaced, and the
@@ -249,9 +266,22 @@ pub fn set_forwarded(
         };
         HeaderValue::from_str(&chain).ok()
     } else {
-        if headers.keys().any(|n| *n == FORWARDED || *n == X_REAL_IP) {
-            headers.remove(&FORWARDED);
-            headers.remove(&X_REAL_IP);
+        // Every spelling of the client-address headers (`X_Forwarded_For` reaches a CGI
+        // or Rack app as the same variable) is dropped before idgate sets its own.
+        let is_spoofable = |n: &HeaderName| {
+            CLIENT_ADDRESS_HEADERS
+                .iter()
+                .any(|c| eq_folded(n.as_str(), c))
+        };
+        if headers.keys().any(is_spoofable) {
+            let names: Vec<HeaderName> = headers
+                .keys()
+                .filter(|n| is_spoofable(n))
+                .cloned()
+                .collect();
+            for n in names {
+                headers.remove(n);
+            }
         }
         Some(peer_value(peer))
     };

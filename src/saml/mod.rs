@@ -55,6 +55,10 @@ pub enum AcsError {
     /// that this tenant never issued or already used.
     #[error("InResponseTo is not a pending request of this tenant")]
     UnknownRequest,
+    /// A solicited response arrived in a browser other than the one that started the
+    /// login (no or wrong login cookie): login CSRF.
+    #[error("the login was started in another browser")]
+    BrowserMismatch,
     /// A required attribute (user id or group id) is missing.
     #[error("required attribute {0} missing")]
     MissingAttribute(String),
@@ -73,6 +77,7 @@ impl AcsError {
             AcsError::AssertionUnsigned => "assertion_unsigned",
             AcsError::Replay(_) => "replay",
             AcsError::UnknownRequest => "unknown_request",
+            AcsError::BrowserMismatch => "browser_mismatch",
             AcsError::MissingAttribute(_) => "missing_attribute",
             AcsError::Store(_) => "store_unavailable",
         }
@@ -241,23 +246,33 @@ impl SamlTenant {
         md.to_string().map_err(|e| e.to_string())
     }
 
-    /// Starts an SP-initiated login: the IdP redirect URL. The request id (128 random
-    /// bits) is kept with `return_to` for [`PENDING_TTL`] and is the RelayState.
-    pub async fn login_redirect(&self, store: &Store, return_to: &str) -> Result<String, AcsError> {
+    /// Starts an SP-initiated login: returns the IdP redirect URL and a nonce for the
+    /// browser's login cookie. The request id (128 random bits) is the RelayState and
+    /// is kept, with `return_to` and the nonce's hash, for [`PENDING_TTL`]; the ACS
+    /// accepts the response only from the browser holding the nonce, so an attacker
+    /// cannot post their own login into someone else's browser.
+    pub async fn login_redirect(
+        &self,
+        store: &Store,
+        return_to: &str,
+    ) -> Result<(String, String), AcsError> {
         let mut request = self
             .sp
             .make_authentication_request(&self.sso_url)
             .map_err(|e| AcsError::Malformed(e.to_string()))?;
         let id = format!("_{}", hex::encode(rand::random::<[u8; 16]>()));
         request.id = id.clone();
+        let nonce =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let pending = serde_json::json!({ "return_to": return_to, "nonce": nonce_hash(&nonce) });
         store
-            .put_once(&self.pending_key(&id), return_to, PENDING_TTL)
+            .put_once(&self.pending_key(&id), &pending.to_string(), PENDING_TTL)
             .await?;
         let url = request
             .redirect(&id)
             .map_err(|e| AcsError::Malformed(e.to_string()))?
             .ok_or_else(|| AcsError::Malformed("no SSO destination".into()))?;
-        Ok(url.to_string())
+        Ok((url.to_string(), nonce))
     }
 
     fn pending_key(&self, request_id: &str) -> String {
@@ -270,9 +285,15 @@ impl SamlTenant {
         store: &Store,
         saml_response: &str,
         relay_state: Option<&str>,
+        login_nonce: Option<&str>,
     ) -> Result<LoginClaims, AcsError> {
+        // Some IdPs wrap the base64 at 76 columns.
+        let compact: String = saml_response
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
         let xml = base64::engine::general_purpose::STANDARD
-            .decode(saml_response.trim())
+            .decode(compact)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| AcsError::Malformed("not base64 UTF-8".into()))?;
@@ -297,10 +318,23 @@ impl SamlTenant {
         }
         // Solicited: the request must be one we issued, and is used up now.
         let return_to = match &in_response_to {
-            Some(id) => store
-                .take(&self.pending_key(id))
-                .await?
-                .ok_or(AcsError::UnknownRequest)?,
+            Some(id) => {
+                let pending = store
+                    .take(&self.pending_key(id))
+                    .await?
+                    .ok_or(AcsError::UnknownRequest)?;
+                let pending: serde_json::Value =
+                    serde_json::from_str(&pending).map_err(|_| AcsError::UnknownRequest)?;
+                let expected = pending["nonce"].as_str().unwrap_or_default().as_bytes();
+                let presented = login_nonce.map(nonce_hash).unwrap_or_default();
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                    expected,
+                    presented.as_bytes(),
+                )) {
+                    return Err(AcsError::BrowserMismatch);
+                }
+                pending["return_to"].as_str().unwrap_or("/").to_owned()
+            }
             None if self.allow_idp_initiated => relay_state
                 .and_then(safe_return_to)
                 .unwrap_or_else(|| "/".to_owned()),
@@ -418,6 +452,10 @@ pub fn rejection_code(e: &samael::service_provider::Error) -> &'static str {
         | E::FailedToDecryptAssertion => "encrypted_assertion",
         _ => "malformed",
     }
+}
+
+fn nonce_hash(nonce: &str) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(nonce.as_bytes()))
 }
 
 /// How long an assertion id must be remembered: until its latest NotOnOrAfter plus the

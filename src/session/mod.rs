@@ -322,7 +322,24 @@ impl Sessions {
         self.healthy.store(false, Ordering::Relaxed);
     }
 
-    async fn user(&self, key: &(String, String), may_fetch: bool) -> Result<Option<Arc<User>>, ()> {
+    /// Caches `value` only if no invalidation arrived since `generation` was read: a
+    /// record fetched before an invalidation must not outlive it.
+    fn cache_if_current<K, V>(&self, cache: &Cache<K, V>, generation: u64, key: K, value: V)
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        if self.generation.load(Ordering::Acquire) == generation {
+            cache.insert(key, value);
+        }
+    }
+
+    async fn user(
+        &self,
+        key: &(String, String),
+        may_fetch: bool,
+        generation: u64,
+    ) -> Result<Option<Arc<User>>, ()> {
         if let Some(u) = self.users.get(key) {
             return Ok(Some(u));
         }
@@ -332,7 +349,7 @@ impl Sessions {
         match self.store.get_user(&key.0, &key.1).await {
             Ok(Some(u)) => {
                 let u = Arc::new(u);
-                self.users.insert(key.clone(), u.clone());
+                self.cache_if_current(&self.users, generation, key.clone(), u.clone());
                 Ok(Some(u))
             }
             Ok(None) => Ok(None),
@@ -347,6 +364,7 @@ impl Sessions {
         &self,
         key: &(String, String),
         may_fetch: bool,
+        generation: u64,
     ) -> Result<Option<Arc<Group>>, ()> {
         if let Some(g) = self.groups.get(key) {
             return Ok(Some(g));
@@ -357,7 +375,7 @@ impl Sessions {
         match self.store.get_group(&key.0, &key.1).await {
             Ok(Some(g)) => {
                 let g = Arc::new(g);
-                self.groups.insert(key.clone(), g.clone());
+                self.cache_if_current(&self.groups, generation, key.clone(), g.clone());
                 Ok(Some(g))
             }
             Ok(None) => Ok(None),
@@ -463,6 +481,7 @@ impl Sessions {
     }
 
     async fn authenticate_hashed(&self, key: [u8; 32]) -> AuthInner {
+        let generation = self.generation.load(Ordering::Acquire);
         let healthy = self.store_healthy();
         // Only fetch from the store when it is believed up; otherwise (fail mode
         // "cached") serve what is cached and refuse the rest.
@@ -485,7 +504,7 @@ impl Sessions {
                             stored,
                             identity: Mutex::new(None),
                         });
-                        self.live.insert(key, live.clone());
+                        self.cache_if_current(&self.live, generation, key, live.clone());
                         live
                     }
                     Ok(None) => return AuthInner::Missing,
@@ -504,12 +523,12 @@ impl Sessions {
         if self.expired(&live, now) {
             return AuthInner::Missing;
         }
-        let user = match self.user(&live.user_key, may_fetch).await {
+        let user = match self.user(&live.user_key, may_fetch, generation).await {
             Ok(Some(u)) => u,
             Ok(None) => return AuthInner::Missing,
             Err(()) => return AuthInner::Unavailable,
         };
-        let group = match self.group(&live.group_key, may_fetch).await {
+        let group = match self.group(&live.group_key, may_fetch, generation).await {
             Ok(Some(g)) => g,
             Ok(None) => return AuthInner::Missing,
             Err(()) => return AuthInner::Unavailable,
@@ -684,6 +703,8 @@ impl Sessions {
         };
         self.store.delete_session(&hash, &stored.record).await?;
         self.live.invalidate(&key);
+        // This replica's per-thread entries stop at once, not when the event echoes back.
+        self.generation.fetch_add(1, Ordering::Release);
         if let Err(e) = self.store.publish(&Event::Session { hash }).await {
             tracing::warn!(error = %e, "cannot publish logout; replicas catch up within cache_ttl");
         }
