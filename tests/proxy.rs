@@ -488,3 +488,34 @@ async fn upstream_connections_are_kept_alive_and_closed_ones_replaced() {
         assert_eq!(get(&idgate.url("/conn"), &[]).await.status, 200);
     }
 }
+
+#[tokio::test]
+async fn request_trailers_and_h2c_upgrades_are_not_passed_on() {
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    // A chunked body whose trailer would set an identity header.
+    let req = "POST /t HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\
+        Trailer: X-Idgate-User-Id\r\nConnection: close\r\n\r\n\
+        5\r\nhello\r\n0\r\nX-Idgate-User-Id: admin\r\n\r\n";
+    // Sent straight to the app, the trailer arrives (so this test can tell).
+    let direct = raw(up.addr, req).await;
+    let direct: serde_json::Value =
+        serde_json::from_str(direct.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(direct["trailers"][0][0], "x-idgate-user-id", "{direct}");
+    let resp = raw(idgate.public, req).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body = resp.split_once("\r\n\r\n").unwrap().1;
+    // The echo answers with Content-Length; the body is the JSON description.
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["body_bytes"], 5);
+    assert_eq!(echo["trailers"], serde_json::json!([]), "{echo}");
+    assert!(received(&echo, "trailer").is_empty());
+
+    // An h2c upgrade is not tunnelled: the upstream sees a plain request.
+    let req = "GET /plain HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+        Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let resp = raw(idgate.public, req).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let echo = raw_json(&resp);
+    assert!(received(&echo, "upgrade").is_empty(), "{echo}");
+}

@@ -33,6 +33,8 @@ pub struct Described {
     pub body_bytes: u64,
     /// The first bytes of the body, lossily decoded.
     pub body_start: String,
+    /// Request trailers, if any arrived.
+    pub trailers: Vec<(String, String)>,
 }
 
 /// Reads (and counts) a request, keeping at most [`QUOTED_BODY`] bytes of its body.
@@ -40,11 +42,24 @@ pub async fn describe(req: Request<Incoming>) -> Result<Described, hyper::Error>
     let (parts, mut body) = req.into_parts();
     let mut body_bytes = 0u64;
     let mut quoted = Vec::new();
+    let mut trailers = Vec::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            body_bytes += data.len() as u64;
-            let room = QUOTED_BODY.saturating_sub(quoted.len());
-            quoted.extend_from_slice(&data[..room.min(data.len())]);
+        match frame?.into_data() {
+            Ok(data) => {
+                body_bytes += data.len() as u64;
+                let room = QUOTED_BODY.saturating_sub(quoted.len());
+                quoted.extend_from_slice(&data[..room.min(data.len())]);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.extend(t.iter().map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    }));
+                }
+            }
         }
     }
     Ok(Described {
@@ -63,6 +78,7 @@ pub async fn describe(req: Request<Incoming>) -> Result<Described, hyper::Error>
             .collect(),
         body_bytes,
         body_start: String::from_utf8_lossy(&quoted).into_owned(),
+        trailers,
     })
 }
 

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
-use pool::{Pool, PoolError, PooledBody};
+use pool::{NoTrailers, Pool, PoolError, PooledBody};
 
 use crate::config::ServerConfig;
 use crate::metrics::UpstreamErrorKind;
@@ -105,7 +105,7 @@ impl Upstream {
 
         let mut resp = match tokio::time::timeout(
             self.response_timeout,
-            self.pool.send(req, !upgrade),
+            self.pool.send(req.map(NoTrailers), !upgrade),
         )
         .await
         {

@@ -34,7 +34,7 @@ pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<(SendRequest<Incoming>, Instant)>>,
+    idle: Mutex<Vec<(SendRequest<NoTrailers>, Instant)>>,
 }
 
 impl Pool {
@@ -49,11 +49,11 @@ impl Pool {
         })
     }
 
-    fn pop(&self) -> Option<(SendRequest<Incoming>, Instant)> {
+    fn pop(&self) -> Option<(SendRequest<NoTrailers>, Instant)> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    fn checkin(&self, sender: SendRequest<Incoming>) {
+    fn checkin(&self, sender: SendRequest<NoTrailers>) {
         if sender.is_closed() {
             return;
         }
@@ -63,7 +63,7 @@ impl Pool {
         }
     }
 
-    async fn checkout(&self) -> Result<SendRequest<Incoming>, PoolError> {
+    async fn checkout(&self) -> Result<SendRequest<NoTrailers>, PoolError> {
         while let Some((mut sender, since)) = self.pop() {
             if sender.is_closed() || since.elapsed() > self.idle_timeout {
                 continue;
@@ -80,7 +80,7 @@ impl Pool {
         self.connect().await
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, PoolError> {
+    async fn connect(&self) -> Result<SendRequest<NoTrailers>, PoolError> {
         let stream = match tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(self.target.as_str()),
@@ -114,7 +114,7 @@ impl Pool {
     /// With `keep` false (protocol upgrades) the connection is not returned to the pool.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<NoTrailers>,
         keep: bool,
     ) -> Result<Response<PooledBody>, PoolError> {
         let mut attempts = 0;
@@ -141,12 +141,45 @@ impl Pool {
     }
 }
 
+/// A client's request body with its trailers dropped: a trailer can carry any header
+/// name, identity headers included, and some frameworks merge trailers into headers, so
+/// none is forwarded (the `Trailer` announcement is removed with the hop-by-hop set).
+pub struct NoTrailers(pub Incoming);
+
+impl Body for NoTrailers {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    tracing::debug!("dropped request trailers");
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
 /// An upstream response body that returns its connection to the pool once it has been
 /// read to the end. Dropped early, it takes the connection with it (a half-read
 /// response cannot be reused).
 pub struct PooledBody {
     inner: Option<Incoming>,
-    slot: Option<(SendRequest<Incoming>, Arc<Pool>)>,
+    slot: Option<(SendRequest<NoTrailers>, Arc<Pool>)>,
 }
 
 impl PooledBody {

@@ -104,6 +104,7 @@ pub struct SamlTenant {
     attributes: AttributeMap,
     want_assertions_signed: bool,
     allow_idp_initiated: bool,
+    allow_sha1: bool,
 }
 
 fn cert_base64(pem: &str) -> String {
@@ -180,7 +181,8 @@ impl SamlTenant {
         ];
         if saml.allow_sha1 {
             // samael has no SHA-1 entry in its allow-list; legacy tenants get no
-            // algorithm filter from samael (the signature is still required).
+            // algorithm filter from samael (the signature is still required) and
+            // `consume` checks the algorithms against LEGACY_ALGORITHMS instead.
             algorithms.clear();
         }
         let sp = ServiceProviderBuilder::default()
@@ -218,6 +220,7 @@ impl SamlTenant {
             attributes: saml.attributes.clone(),
             want_assertions_signed: saml.want_assertions_signed,
             allow_idp_initiated: saml.allow_idp_initiated,
+            allow_sha1: saml.allow_sha1,
         })
     }
 
@@ -297,6 +300,19 @@ impl SamlTenant {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| AcsError::Malformed("not base64 UTF-8".into()))?;
+        if self.allow_sha1 {
+            // samael has no SHA-1 entry in its allow-list, so a legacy tenant runs it
+            // without one; the algorithms are checked here instead.
+            if let Some(bad) = signature_algorithms(&xml)
+                .into_iter()
+                .find(|a| !LEGACY_ALGORITHMS.contains(&a.as_str()))
+            {
+                return Err(AcsError::Rejected {
+                    code: "signature",
+                    detail: format!("algorithm {bad} is not accepted"),
+                });
+            }
+        }
         let in_response_to = response_in_response_to(&xml);
         let pending: Vec<String> = in_response_to.iter().cloned().collect();
         let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
@@ -311,9 +327,7 @@ impl SamlTenant {
         // samael hands back only verified content, with signatures stripped; the
         // Assertion was signed itself if some signature in the document references its
         // ID (every signature present has been verified by then).
-        if self.want_assertions_signed
-            && !signature_references(&xml).contains(&format!("#{}", assertion.id))
-        {
+        if self.want_assertions_signed && !assertion_signed_itself(&xml, &assertion.id) {
             return Err(AcsError::AssertionUnsigned);
         }
         // Solicited: the request must be one we issued, and is used up now.
@@ -505,26 +519,100 @@ fn response_in_response_to(xml: &str) -> Option<String> {
     }
 }
 
-/// The `URI` of every signature `Reference` in the document.
-fn signature_references(xml: &str) -> Vec<String> {
+/// Whether the Assertion with ID `id` carries its own signature: a `Signature` that is
+/// a direct child of that Assertion and references `#id`. (samael has verified every
+/// signature by the time this runs; this only decides which element was signed.)
+fn assertion_signed_itself(xml: &str, id: &str) -> bool {
+    use quick_xml::events::Event;
+    let target = format!("#{id}");
     let mut reader = quick_xml::Reader::from_str(xml);
-    let mut out = Vec::new();
+    // (local name, is the target Assertion) for each open element.
+    let mut stack: Vec<(Vec<u8>, bool)> = Vec::new();
+    // Depth of the Signature that is a direct child of the target Assertion.
+    let mut in_signature: Option<usize> = None;
     loop {
-        match reader.read_event() {
-            Ok(quick_xml::events::Event::Start(e)) | Ok(quick_xml::events::Event::Empty(e))
-                if e.local_name().as_ref() == b"Reference" =>
-            {
-                if let Ok(Some(uri)) = e.try_get_attribute("URI")
-                    && let Ok(v) = String::from_utf8(uri.value.to_vec())
+        let event = match reader.read_event() {
+            Ok(e) => e,
+            Err(_) => return false,
+        };
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let local = e.local_name().as_ref().to_vec();
+                let is_target = local == b"Assertion"
+                    && e.try_get_attribute("ID")
+                        .ok()
+                        .flatten()
+                        .is_some_and(|a| a.value.as_ref() == id.as_bytes());
+                let child_of_target = stack.last().is_some_and(|(_, t)| *t);
+                if local == b"Signature" && child_of_target {
+                    in_signature = Some(stack.len());
+                }
+                if local == b"Reference"
+                    && in_signature.is_some()
+                    && e.try_get_attribute("URI")
+                        .ok()
+                        .flatten()
+                        .is_some_and(|a| a.value.as_ref() == target.as_bytes())
                 {
-                    out.push(v);
+                    return true;
+                }
+                // Self-closing elements open nothing.
+                if matches!(event, Event::Start(_)) {
+                    stack.push((local, is_target));
+                } else if local == b"Signature" && child_of_target {
+                    in_signature = None;
                 }
             }
-            Ok(quick_xml::events::Event::Eof) | Err(_) => return out,
+            Event::End(_) => {
+                stack.pop();
+                if in_signature.is_some_and(|d| stack.len() <= d) {
+                    in_signature = None;
+                }
+            }
+            Event::Eof => return false,
             _ => {}
         }
     }
 }
+
+/// Every `SignatureMethod` and `DigestMethod` algorithm in the document.
+fn signature_algorithms(xml: &str) -> Vec<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut out = Vec::new();
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e))
+                if matches!(
+                    e.local_name().as_ref(),
+                    b"SignatureMethod" | b"DigestMethod"
+                ) =>
+            {
+                if let Ok(Some(a)) = e.try_get_attribute("Algorithm") {
+                    out.push(String::from_utf8_lossy(a.value.as_ref()).into_owned());
+                }
+            }
+            Ok(Event::Eof) | Err(_) => return out,
+            _ => {}
+        }
+    }
+}
+
+/// What a legacy (`allow_sha1`) tenant accepts: SHA-1 with RSA, and everything a
+/// strict tenant accepts; never MD5, DSA or HMAC.
+const LEGACY_ALGORITHMS: [&str; 11] = [
+    "http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
+    "http://www.w3.org/2000/09/xmldsig#sha1",
+    "http://www.w3.org/2001/04/xmlenc#sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#sha384",
+    "http://www.w3.org/2001/04/xmlenc#sha512",
+];
 
 /// A `return_to` or RelayState that is a same-origin path, or None: `/x?y` is kept;
 /// `//evil.example`, `/\evil`, `https://…` and anything with control characters are
@@ -560,6 +648,31 @@ mod tests {
         ] {
             assert_eq!(safe_return_to(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_a_signature_inside_the_assertion_counts_as_the_assertion_signed() {
+        let signed = r##"<Response><Assertion ID="a1"><Issuer>x</Issuer><ds:Signature><ds:SignedInfo><ds:Reference URI="#a1"/></ds:SignedInfo></ds:Signature></Assertion></Response>"##;
+        assert!(assertion_signed_itself(signed, "a1"));
+        // A Reference elsewhere (a stray one, or the Response's own signature) does not.
+        let stray = r##"<Response><x:Reference URI="#a1"/><Assertion ID="a1"><Issuer>x</Issuer></Assertion></Response>"##;
+        assert!(!assertion_signed_itself(stray, "a1"));
+        let response_signed = r##"<Response ID="r"><ds:Signature><ds:SignedInfo><ds:Reference URI="#a1"/></ds:SignedInfo></ds:Signature><Assertion ID="a1"/></Response>"##;
+        assert!(!assertion_signed_itself(response_signed, "a1"));
+        let other = r##"<Response><Assertion ID="a2"><ds:Signature><ds:SignedInfo><ds:Reference URI="#a1"/></ds:SignedInfo></ds:Signature></Assertion></Response>"##;
+        assert!(!assertion_signed_itself(other, "a1"));
+    }
+
+    #[test]
+    fn algorithms_are_collected_for_the_legacy_allow_list() {
+        let xml = r##"<S><SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-md5"/><DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"/></S>"##;
+        let found = signature_algorithms(xml);
+        assert_eq!(found.len(), 2);
+        assert!(
+            !LEGACY_ALGORITHMS.contains(&found[0].as_str()),
+            "MD5 is never accepted"
+        );
+        assert!(LEGACY_ALGORITHMS.contains(&found[1].as_str()));
     }
 
     #[test]
