@@ -183,13 +183,12 @@ pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
     if fields.next().is_none() && !memfind(first.as_bytes(), cookie_name.as_bytes()) {
         return;
     }
-    let host_name = format!("__Host-{cookie_name}");
-    // The session cookie, and the short-lived login cookie beside it.
+    // The session cookie (plain or `__Host-`), and the short-lived login cookie beside it.
     let ours = |name: &[u8]| {
         let base = name.strip_suffix(b"_login").unwrap_or(name);
-        base == cookie_name.as_bytes() || base == host_name.as_bytes()
+        base.strip_prefix(b"__Host-").unwrap_or(base) == cookie_name.as_bytes()
     };
-    let mut kept = Vec::new();
+    let mut joined: Vec<u8> = Vec::new();
     for value in headers.get_all(header::COOKIE) {
         for pair in value.as_bytes().split(|&b| b == b';') {
             let pair = trim_bytes(pair);
@@ -200,15 +199,17 @@ pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
             if ours(name) {
                 continue;
             }
-            kept.push(pair.to_vec());
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(pair);
         }
     }
     headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        let joined = kept.join(&b"; "[..]);
-        if let Ok(v) = HeaderValue::from_bytes(&joined) {
-            headers.insert(header::COOKIE, v);
-        }
+    if !joined.is_empty()
+        && let Ok(v) = HeaderValue::from_bytes(&joined)
+    {
+        headers.insert(header::COOKIE, v);
     }
 }
 

@@ -158,7 +158,10 @@ struct Front {
 }
 
 thread_local! {
-    static FRONT: std::cell::RefCell<HashMap<[u8; 32], Front>> =
+    /// Keyed by the cookie value itself, so the hot path does not hash it with SHA-256
+    /// (only the store key needs that). The map's keyed SipHash leaves no useful timing
+    /// signal about other cookies.
+    static FRONT: std::cell::RefCell<HashMap<Box<str>, Front>> =
         std::cell::RefCell::new(HashMap::new());
 }
 
@@ -396,11 +399,10 @@ impl Sessions {
         if !self.store_healthy() && self.fail_mode == FailMode::Closed {
             return Gate::Unavailable;
         }
-        let key = hash_cookie(value);
         let generation = self.generation.load(Ordering::Acquire);
         let fast = FRONT.with(|front| {
             let front = front.borrow();
-            let entry = front.get(&key)?;
+            let entry = front.get(value)?;
             if entry.instance != self.instance
                 || entry.generation != generation
                 || entry.until <= std::time::Instant::now()
@@ -419,7 +421,7 @@ impl Sessions {
         if let Some(headers) = fast {
             return Gate::Forward(headers);
         }
-        match self.authenticate_hashed(key).await {
+        match self.authenticate_hashed(hash_cookie(value)).await {
             AuthInner::Valid(auth, live) => {
                 let copied: Vec<_> = auth
                     .headers
@@ -436,7 +438,7 @@ impl Sessions {
                         front.clear();
                     }
                     front.insert(
-                        key,
+                        value.into(),
                         Front {
                             instance: self.instance,
                             generation,
