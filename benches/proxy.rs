@@ -4,6 +4,8 @@
 //! - **direct**: wrk → upstream (the ceiling);
 //! - **idgate**: wrk → idgate (public path, release build) → upstream;
 //! - **nginx**: wrk → nginx as a plain keep-alive proxy → upstream, when nginx is installed;
+//! - **nginx-hdr**: the same nginx also setting seven headers as large as idgate's
+//!   identity headers, so the upstream parses the same bytes as behind idgate-auth;
 //! - **idgate-auth**: wrk with a session cookie → idgate (Redis store, identity headers
 //!   and signed JWT) → upstream, with Redis commands per request counted from
 //!   `INFO commandstats` before and after;
@@ -193,7 +195,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn start_nginx(upstream: SocketAddr, dir: &std::path::Path) -> Option<(Proc, SocketAddr)> {
+/// nginx as a plain proxy; `extra` adds directives inside `location /` (the
+/// "nginx+headers" baseline sets headers as large as idgate's identity headers, to
+/// separate what those headers cost the upstream from what idgate itself costs).
+fn start_nginx(
+    upstream: SocketAddr,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &str,
+) -> Option<(Proc, SocketAddr)> {
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -205,16 +215,16 @@ fn start_nginx(upstream: SocketAddr, dir: &std::path::Path) -> Option<(Proc, Soc
         .unwrap_or(false);
     let d = dir.display();
     let conf = format!(
-        "{user}worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+        "{user}worker_processes 2;\ndaemon off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            upstream app {{ server {upstream}; keepalive 128; }}\n\
            server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n\
-                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n{extra}    }}\n  }}\n}}\n",
         user = if is_root { "user root;\n" } else { "" },
     );
-    let path = dir.join("nginx.conf");
+    let path = dir.join(format!("{name}.conf"));
     std::fs::write(&path, conf).unwrap();
     let child = Command::new(nginx)
         .arg("-p")
@@ -338,7 +348,23 @@ fn main() {
         "public",
         "[access]\npublic_paths = [\"/\"]\n",
     );
-    let nginx = start_nginx(upstream, dir.path());
+    let nginx = start_nginx(upstream, dir.path(), "nginx", "");
+    // The same header bytes idgate adds on the authenticated path: six short values and
+    // a JWT-sized one.
+    let jwt_like = "x".repeat(520);
+    let header_block: String = [
+        ("X-Idgate-User-Id", "bench-user"),
+        ("X-Idgate-Group-Id", "g"),
+        ("X-Idgate-Tenant", "bench"),
+        ("X-Idgate-Email", "bench-user@example.com"),
+        ("X-Idgate-Name", "bench-user@example.com"),
+        ("X-Idgate-Role", "member"),
+        ("X-Idgate-Assertion", jwt_like.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| format!("      proxy_set_header {k} \"{v}\";\n"))
+    .collect();
+    let nginx_hdr = start_nginx(upstream, dir.path(), "nginx-hdr", &header_block);
     if nginx.is_none() {
         eprintln!("nginx is not installed: measuring direct and idgate only");
     }
@@ -417,6 +443,9 @@ fn main() {
     if let Some((_, addr)) = &nginx {
         targets.push(("nginx", *addr, None));
     }
+    if let Some((_, addr)) = &nginx_hdr {
+        targets.push(("nginx-hdr", *addr, None));
+    }
     // Warm-up: fill connection pools and caches.
     for (_, addr, cookie) in &targets {
         wrk(*addr, 2, connections, *cookie);
@@ -433,7 +462,7 @@ fn main() {
                 auth_requests += s.requests;
             }
             eprintln!(
-                "round {}: {name:<8} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
+                "round {}: {name:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
                 round + 1,
                 s.rps,
                 s.p50_us,
@@ -511,6 +540,13 @@ fn main() {
         println!(
             "nginx/direct           throughput {:.2}x",
             ng.rps / direct.rps
+        );
+    }
+    if let Some(nh) = get("nginx-hdr") {
+        println!(
+            "idgate-auth/nginx-hdr  throughput {:.2}x  p99 {:.2}x   (nginx adding headers of the same size)",
+            auth.rps / nh.rps,
+            auth.p99_us / nh.p99_us
         );
     }
     println!(
