@@ -37,6 +37,9 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// Login starts allowed per client address per window ([`crate::saml::PENDING_TTL`]).
+pub const LOGIN_STARTS_PER_WINDOW: u32 = 60;
+
 /// The public-listener handler.
 pub struct Gateway {
     policy: IdentityHeaderPolicy,
@@ -64,6 +67,7 @@ pub struct Gateway {
     provisioning: HashMap<String, ProvisioningConfig>,
     directory: Directory,
     dev_idp: Option<Arc<DevIdp>>,
+    login_starts: moka::sync::Cache<IpAddr, Arc<std::sync::atomic::AtomicU32>>,
 }
 
 /// The gateway as one worker thread runs it: the shared gateway plus that thread's own
@@ -129,12 +133,45 @@ impl Gateway {
                 .collect(),
             directory,
             dev_idp,
+            login_starts: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(crate::saml::PENDING_TTL)
+                .build(),
         }
     }
 
     fn is_trusted(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+
+    /// The client's address: the peer, or, behind trusted proxies, the nearest hop in
+    /// `X-Forwarded-For` that is not one of them.
+    fn client_ip(&self, headers: &http::HeaderMap, peer: IpAddr) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|h| h.trim().parse().ok())
+            .collect();
+        hops.into_iter()
+            .rev()
+            .find(|ip| !self.is_trusted(*ip))
+            .unwrap_or(peer)
+    }
+
+    /// Counts a login start for `client`; false once it has started more than
+    /// [`LOGIN_STARTS_PER_WINDOW`] in the current window. Each start stores a pending
+    /// request for ten minutes, so this bounds what one client can make the store hold.
+    fn allow_login_start(&self, client: IpAddr) -> bool {
+        let count = self
+            .login_starts
+            .get_with(client, || Arc::new(std::sync::atomic::AtomicU32::new(0)));
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < LOGIN_STARTS_PER_WINDOW
     }
 
     fn classify(&self, path: &str) -> RouteClass {
@@ -196,7 +233,7 @@ impl Gateway {
         // 2. Reserved paths: idgate's own endpoints. Never forwarded.
         // 3. Public paths go through without identity.
         match route {
-            RouteClass::Reserved => return self.reserved(req, html, path, request_id).await,
+            RouteClass::Reserved => return self.reserved(req, peer, html, path, request_id).await,
             RouteClass::Public => {
                 return self
                     .forward(upstream, req, peer, request_id, html, Vec::new())
@@ -228,6 +265,7 @@ impl Gateway {
     async fn reserved(
         &self,
         req: Request<Incoming>,
+        peer: SocketAddr,
         html: bool,
         path: &str,
         request_id: &str,
@@ -246,7 +284,7 @@ impl Gateway {
                 }
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
-            p if p.starts_with("/_idgate/saml/") => self.saml(req, p, request_id).await,
+            p if p.starts_with("/_idgate/saml/") => self.saml(req, peer, p, request_id).await,
             "/_idgate/dev-idp/sso" if self.dev_idp.is_some() => self.dev_idp(req, request_id).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,
@@ -339,7 +377,13 @@ impl Gateway {
     }
 
     /// `/_idgate/saml/{tenant}/{metadata|login|acs}`
-    async fn saml(&self, req: Request<Incoming>, path: &str, request_id: &str) -> Response<Body> {
+    async fn saml(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        path: &str,
+        request_id: &str,
+    ) -> Response<Body> {
         let html = response::accepts_html(req.headers());
         let rest = &path["/_idgate/saml/".len()..];
         let (tenant, action) = rest.split_once('/').unwrap_or((rest, ""));
@@ -374,6 +418,20 @@ impl Gateway {
                 }
             },
             (&Method::GET, "login") => {
+                let client = self.client_ip(req.headers(), peer.ip());
+                if !self.allow_login_start(client) {
+                    tracing::warn!(request_id, tenant, %client, "refused: too many login starts");
+                    let mut resp = response::error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        html,
+                        "too_many_logins",
+                        "Too many sign-in attempts. Please wait a few minutes.",
+                        request_id,
+                    );
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
+                    return resp;
+                }
                 let return_to = req
                     .uri()
                     .query()

@@ -766,3 +766,16 @@ async fn provisioning_can_be_turned_off() {
     assert_eq!(r.status, 303, "{}", r.text());
     assert!(sso.dir.group("acme", "grp-1").await.unwrap().unwrap().name == "Known");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_starts_are_limited_per_client() {
+    let sso = start("", "").await;
+    let url = sso.url("/_idgate/saml/acme/login?return_to=/");
+    for i in 0..idgate::gateway::LOGIN_STARTS_PER_WINDOW {
+        assert_eq!(get(&url, &[]).await.status, 302, "start {i}");
+    }
+    let r = get(&url, &[("accept", "application/json")]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"], "too_many_logins");
+    assert_eq!(r.headers["retry-after"], "600");
+}
