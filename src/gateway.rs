@@ -75,12 +75,18 @@ pub struct Gateway {
 pub struct GatewayWorker {
     gateway: Arc<Gateway>,
     upstream: Upstream,
+    stats: Arc<crate::metrics::WorkerStats>,
 }
 
 impl GatewayWorker {
     /// A worker's handler; `upstream` is built on the worker's thread.
     pub fn new(gateway: Arc<Gateway>, upstream: Upstream) -> GatewayWorker {
-        GatewayWorker { gateway, upstream }
+        let stats = gateway.metrics.worker();
+        GatewayWorker {
+            gateway,
+            upstream,
+            stats,
+        }
     }
 }
 
@@ -784,7 +790,7 @@ impl Handler for GatewayWorker {
     async fn call(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let gw = &*self.gateway;
         let start = Instant::now();
-        let _in_flight = gw.metrics.in_flight();
+        let _in_flight = self.stats.in_flight();
         // Room for what idgate adds (request id, X-Forwarded-*, seven identity headers)
         // up front: growing the map later rehashes it, once or twice per request.
         req.headers_mut().reserve(16);
@@ -817,7 +823,7 @@ impl Handler for GatewayWorker {
             }
         };
         let elapsed = start.elapsed();
-        gw.metrics.record(route, resp.status(), elapsed);
+        self.stats.record(route, resp.status(), elapsed);
         // The query string is left out: it can carry tokens.
         tracing::info!(
             target: "idgate::access",
