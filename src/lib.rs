@@ -65,6 +65,38 @@ pub enum StartError {
     },
 }
 
+/// Loads a config and checks everything that can be checked before serving: besides
+/// [`Config::load`]'s validation, the identity keys parse and every tenant's SAML
+/// settings make a working SP (for example, IdP metadata that is not valid XML). Both
+/// `check-config` and `serve` use this, so a config `check-config` accepts also starts.
+pub fn check_config(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
+    let config = Config::load(path)?;
+    let mut errors = Vec::new();
+    if config.identity.signing_key.is_some()
+        && let Err(e) = identity::Signer::new(&config.identity, false)
+    {
+        let (path, message) = match e {
+            SignerError::Key(m) => ("identity.signing_key".to_owned(), m.to_string()),
+            SignerError::Previous(i, m) => (format!("identity.previous_keys[{i}]"), m.to_string()),
+        };
+        errors.push(config::ConfigError { path, message });
+    }
+    for (i, t) in config.tenants.iter().enumerate() {
+        let acs = format!("{}/_idgate/saml/{}/acs", config.server.public_url, t.id);
+        if let Err(message) = saml::SamlTenant::new(t, acs) {
+            errors.push(config::ConfigError {
+                path: format!("tenants[{i}].saml"),
+                message,
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(config::ConfigErrors(errors))
+    }
+}
+
 /// The product, built from a config and ready to bind.
 pub struct App {
     config: Arc<Config>,
@@ -91,6 +123,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(&config.store)?;
         let signer = Arc::new(Signer::new(&config.identity, store.is_memory())?);
+        tracing::info!(kid = %signer.kid(), "identity signing key loaded");
         let sessions = Arc::new(Sessions::new(&config, store.clone(), signer.clone()));
         let draining = Arc::new(AtomicBool::new(false));
         let mut saml = std::collections::HashMap::new();

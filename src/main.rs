@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use idgate::config::Config;
 use idgate::identity::keys::{self, Algorithm};
 use idgate::telemetry::{self, LogFormat};
 
@@ -85,7 +84,7 @@ fn main() -> ExitCode {
             println!("{hash}");
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match Config::load(&config) {
+        Command::CheckConfig { config } => match idgate::check_config(&config) {
             Ok(_) => {
                 println!("{}: valid", config.display());
                 ExitCode::SUCCESS
@@ -100,7 +99,7 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             telemetry::init(cli.log_format);
-            let config = match Config::load(&config) {
+            let config = match idgate::check_config(&config) {
                 Ok(c) => c,
                 Err(errors) => {
                     for e in &errors.0 {

@@ -180,3 +180,38 @@ fn demo_config_validates_through_the_library_too() {
     assert_eq!(tenant.id, "demo");
     assert_eq!(cfg.server.upstream.to_string(), "http://127.0.0.1:4000/");
 }
+
+#[test]
+fn check_config_also_proves_keys_and_saml_settings_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    // A P-384 key is a PEM private key, but not one idgate can sign with.
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+        ])
+        .output()
+        .expect("openssl");
+    std::fs::write(dir.path().join("p384.pem"), &out.stdout).unwrap();
+    // Metadata that mentions a certificate but is not XML.
+    std::fs::write(dir.path().join("md.xml"), "X509Certificate but not XML").unwrap();
+    let cfg = dir.path().join("idgate.toml");
+    std::fs::write(
+        &cfg,
+        "[identity]\nsigning_key = \"file:p384.pem\"\n\
+         [[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_metadata = \"file:md.xml\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["check-config", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("identity.signing_key:"), "{err}");
+    assert!(
+        err.contains("tenants[0].saml: cannot parse IdP metadata"),
+        "{err}"
+    );
+    let (code, _, _) = run_cli(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "serve refuses the same config");
+}

@@ -126,7 +126,6 @@ impl Signer {
         let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
             .expect("JWKS serializes")
             .into();
-        tracing::info!(alg = ?key.alg, kid = %key.kid, "identity signing key loaded");
         // Static names clone without touching a reference count, which matters on the
         // hot path where every forwarded request carries seven of them. The leak is
         // seven short strings, once per process.
