@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "support/saml.rs"]
+mod saml_support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,7 @@ use support::*;
 /// The library side of a deployment: the same config as the replicas, used by the test
 /// to provision users and create sessions as a login would.
 struct Control {
+    idp: saml_support::TestIdp,
     dir: Directory,
     sessions: Arc<Sessions>,
     text: String,
@@ -26,19 +30,24 @@ struct Control {
 fn deployment(upstream: std::net::SocketAddr, store_url: &str, extra: &str) -> Control {
     let keys = tempfile::tempdir().unwrap();
     let key = signing_key_file(keys.path(), "EdDSA");
+    let idp = saml_support::TestIdp::new("replica-idp");
     let text = config(
         upstream,
         "",
         &format!(
-            "[store]\nurl = \"{store_url}\"\n{extra}\n[identity]\nsigning_key = \"file:{}\"\n{}",
+            "[store]\nurl = \"{store_url}\"\n{extra}\n[identity]\nsigning_key = \"file:{}\"\n\
+             [[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
+             idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
+             allow_idp_initiated = true\n",
             key.display(),
-            tenant_toml("acme")
+            idp.cert.display()
         ),
     );
     let cfg = Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
     let store = Store::open(&cfg.store).expect("store");
     let signer = Arc::new(Signer::new(&cfg.identity, false).expect("signer"));
     Control {
+        idp,
         dir: Directory::new(store.clone()),
         sessions: Arc::new(Sessions::new(&cfg, store, signer)),
         text,
@@ -46,7 +55,39 @@ fn deployment(upstream: std::net::SocketAddr, store_url: &str, extra: &str) -> C
     }
 }
 
+const IDP: &str = "https://idp.example.com/metadata";
+const ACS: &str = "http://127.0.0.1/_idgate/saml/acme/acs";
+const SP: &str = "http://127.0.0.1/_idgate/saml/acme/metadata";
+
 impl Control {
+    /// Logs `user` of `group` in through `replica`'s ACS, with a response signed by the
+    /// test IdP (xmlsec1), as a browser coming from the IdP would.
+    async fn saml_login(&self, replica: &Idgate, user: &str, group: &str) -> String {
+        let spec = saml_support::ResponseSpec::new(IDP, ACS, SP, None)
+            .attr("uid", user)
+            .attr("email", &format!("{user}@example.com"))
+            .attr("group_uid", group);
+        let xml = saml_support::signed_assertion_response(&spec, &self.idp);
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("SAMLResponse", &saml_support::b64(&xml))
+            .finish();
+        let r = send(
+            "POST",
+            &replica.url("/_idgate/saml/acme/acs"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.text());
+        r.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
     async fn login(&self, user: &str, group: &str) -> String {
         // Right after a Redis restart the first command on an old connection fails
         // while it reconnects, as it would for any client: retry briefly.
@@ -96,10 +137,11 @@ async fn revocation_reaches_the_other_replica(store_url: &str) {
     let b = Idgate::start(&ctl.text);
     a.wait_ready().await;
     b.wait_ready().await;
-    let cookie = ctl.login("u-1", "g-1").await;
-    let bystander = ctl.login("u-2", "g-1").await;
+    // The user logs in through replica A (SAML, just-in-time provisioning).
+    let cookie = ctl.saml_login(&a, "u-1", "g-1").await;
+    let bystander = ctl.saml_login(&b, "u-2", "g-1").await;
 
-    // A session made once works on every replica, and B now has it cached.
+    // A session made through A works on every replica, and B now has it cached.
     assert_eq!(status(&a.url("/x"), &cookie).await, 200);
     for _ in 0..3 {
         assert_eq!(status(&b.url("/x"), &cookie).await, 200);

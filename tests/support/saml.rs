@@ -1,4 +1,6 @@
 //! SAML responses for tests, signed by the `xmlsec1` CLI (see tests/fixtures/README.md).
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
