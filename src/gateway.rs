@@ -68,6 +68,7 @@ pub struct Gateway {
     directory: Directory,
     dev_idp: Option<Arc<DevIdp>>,
     login_starts: moka::sync::Cache<IpAddr, Arc<std::sync::atomic::AtomicU32>>,
+    scim: crate::scim::Scim,
 }
 
 /// The gateway as one worker thread runs it: the shared gateway plus that thread's own
@@ -137,6 +138,7 @@ impl Gateway {
                 .iter()
                 .map(|t| (t.id.clone(), t.provisioning.clone()))
                 .collect(),
+            scim: crate::scim::Scim::new(config, directory.clone()),
             directory,
             dev_idp,
             login_starts: moka::sync::Cache::builder()
@@ -291,6 +293,12 @@ impl Gateway {
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
             p if p.starts_with("/_idgate/saml/") => self.saml(req, peer, p, request_id).await,
+            p if p.starts_with("/_idgate/scim/") => {
+                let client = self.client_ip(req.headers(), peer.ip());
+                self.scim
+                    .handle(req, &p["/_idgate/scim/".len()..], client, request_id)
+                    .await
+            }
             "/_idgate/dev-idp/sso" if self.dev_idp.is_some() => self.dev_idp(req, request_id).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,

@@ -6,11 +6,12 @@ mod support;
 use std::time::Duration;
 
 use idgate::config::{FailMode, StoreConfig, StoreUrl};
+use idgate::directory::model::Email;
 use idgate::directory::model::{Group, Membership, User};
 use idgate::session::model::{RevokeReason, SessionRecord};
 use idgate::store::{
-    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore, Store,
-    StoredSession, UserKey,
+    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Listing,
+    ReplaceGroup, ReplaceUser, SessionStore, Store, StoredSession, UserKey,
 };
 use support::{RedisCluster, RedisServer};
 
@@ -34,6 +35,9 @@ async fn conformance(store: Store) {
     user_indexes_are_unique(&store).await;
     email_index_never_holds_two_users(&store).await;
     user_updates_move_indexes_and_are_compare_and_set(&store).await;
+    listings_are_paged_in_id_order_and_hide_deprovisioned(&store).await;
+    multi_valued_indexes_follow_the_record(&store).await;
+    group_external_ids_are_unique(&store).await;
     sessions_live_expire_and_revoke(&store).await;
     ephemeral_values_are_claimed_once_taken_once_and_expire(&store).await;
     events_reach_subscribers(&store).await;
@@ -91,8 +95,9 @@ async fn concurrent_group_creates_have_one_winner(store: &Store) {
     for t in tasks {
         let (i, outcome) = t.await.unwrap();
         match outcome {
-            None => winners.push(i),
-            Some(existing) => seen.push(existing),
+            CreateGroup::Created => winners.push(i),
+            CreateGroup::Exists(existing) => seen.push(existing),
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(winners.len(), 1, "exactly one create wins: {winners:?}");
@@ -108,16 +113,23 @@ async fn concurrent_group_creates_have_one_winner(store: &Store) {
 
 async fn group_updates_are_compare_and_set(store: &Store) {
     let g = Group::new("g-cas", "Acme", 1);
-    assert!(store.create_group("t1", &g).await.unwrap().is_none());
+    assert_eq!(
+        store.create_group("t1", &g).await.unwrap(),
+        CreateGroup::Created
+    );
     let mut cancelled = g.clone();
     cancelled.active = false;
     cancelled.version = 2;
-    assert!(store.replace_group("t1", &cancelled, 1).await.unwrap());
+    assert_eq!(
+        store.replace_group("t1", &g, &cancelled).await.unwrap(),
+        ReplaceGroup::Replaced
+    );
     let mut stale = g.clone();
     stale.name = "Stale".into();
     stale.version = 2;
-    assert!(
-        !store.replace_group("t1", &stale, 1).await.unwrap(),
+    assert_eq!(
+        store.replace_group("t1", &g, &stale).await.unwrap(),
+        ReplaceGroup::Conflict,
         "stale write refused"
     );
     let stored = store.get_group("t1", "g-cas").await.unwrap().unwrap();
@@ -292,6 +304,161 @@ async fn user_updates_move_indexes_and_are_compare_and_set(store: &Store) {
         store.create_user("t4", &taker).await.unwrap(),
         CreateUser::Created
     );
+}
+
+async fn listings_are_paged_in_id_order_and_hide_deprovisioned(store: &Store) {
+    for i in [3, 1, 4, 0, 2] {
+        let u = user(&format!("L{i}"), Some(&format!("list-{i}")), None, None);
+        assert_eq!(
+            store.create_user("t7", &u).await.unwrap(),
+            CreateUser::Created
+        );
+    }
+    let (page, total) = store.list("t7", Listing::Users, 1, 2).await.unwrap();
+    assert_eq!((page, total), (vec!["L1".to_owned(), "L2".into()], 5));
+    let (tail, _) = store.list("t7", Listing::Users, 4, 10).await.unwrap();
+    assert_eq!(tail, vec!["L4".to_owned()]);
+    let (none, total) = store.list("t7", Listing::Users, 9, 10).await.unwrap();
+    assert!(none.is_empty() && total == 5);
+
+    let old = store.get_user("t7", "L2").await.unwrap().unwrap();
+    let mut gone = old.clone();
+    gone.deprovisioned = true;
+    gone.version = 2;
+    store.replace_user("t7", &old, &gone).await.unwrap();
+    let (all, total) = store.list("t7", Listing::Users, 0, 10).await.unwrap();
+    assert_eq!(total, 4);
+    assert!(
+        !all.contains(&"L2".to_owned()),
+        "deprovisioned users are not listed"
+    );
+    assert_eq!(
+        store
+            .find_user("t7", UserKey::UserName, "LIST-2")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("L2"),
+        "but keep their userName, so a later create can restore them"
+    );
+    let got = store
+        .get_users("t7", &["L0".into(), "nope".into(), "L4".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        ["L0", "L4"]
+    );
+    let (groups, n) = store.list("t7", Listing::Groups, 0, 10).await.unwrap();
+    assert!(groups.is_empty() && n == 0, "listings are separate");
+}
+
+async fn multi_valued_indexes_follow_the_record(store: &Store) {
+    let mut a = user("M-a", Some("ma"), None, None);
+    a.set_emails(vec![
+        Email {
+            value: "Work@X.com".into(),
+            kind: Some("work".into()),
+            primary: true,
+        },
+        Email {
+            value: "home@x.com".into(),
+            kind: Some("home".into()),
+            primary: false,
+        },
+    ]);
+    a.display_name = Some("Ann Lee".into());
+    a.memberships.push(Membership {
+        group_id: "G1".into(),
+        role: "member".into(),
+    });
+    store.create_user("t8", &a).await.unwrap();
+    let mut b = user("M-b", Some("mb"), None, Some("home@X.com"));
+    b.memberships.push(Membership {
+        group_id: "G1".into(),
+        role: "admin".into(),
+    });
+    store.create_user("t8", &b).await.unwrap();
+
+    let find = |i, v: &'static str| store.find("t8", i, v);
+    assert_eq!(find(Index::Email, "work@x.com").await.unwrap(), ["M-a"]);
+    assert_eq!(
+        find(Index::Email, "HOME@x.com").await.unwrap(),
+        ["M-a", "M-b"]
+    );
+    assert_eq!(
+        find(Index::UserDisplayName, "ann lee").await.unwrap(),
+        ["M-a"]
+    );
+    assert_eq!(find(Index::Members, "G1").await.unwrap(), ["M-a", "M-b"]);
+
+    let mut moved = a.clone();
+    moved.memberships.clear();
+    moved.set_emails(Vec::new());
+    moved.display_name = None;
+    moved.version = 2;
+    assert_eq!(
+        store.replace_user("t8", &a, &moved).await.unwrap(),
+        ReplaceUser::Replaced
+    );
+    assert!(find(Index::Email, "work@x.com").await.unwrap().is_empty());
+    assert_eq!(find(Index::Email, "home@x.com").await.unwrap(), ["M-b"]);
+    assert!(
+        find(Index::UserDisplayName, "Ann Lee")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(find(Index::Members, "G1").await.unwrap(), ["M-b"]);
+    assert_eq!(
+        store
+            .find_user("t8", UserKey::Email, "home@x.com")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("M-b"),
+        "an email one user holds again links to that user"
+    );
+}
+
+async fn group_external_ids_are_unique(store: &Store) {
+    let mut g = Group::new("GX1", "Sales", 1);
+    g.external_id = Some("ext-g".into());
+    assert_eq!(
+        store.create_group("t9", &g).await.unwrap(),
+        CreateGroup::Created
+    );
+    let mut h = Group::new("GX2", "sales", 1);
+    h.external_id = Some("ext-g".into());
+    assert_eq!(
+        store.create_group("t9", &h).await.unwrap(),
+        CreateGroup::ExternalIdTaken("GX1".into())
+    );
+    assert!(store.get_group("t9", "GX2").await.unwrap().is_none());
+    h.external_id = None;
+    store.create_group("t9", &h).await.unwrap();
+    assert_eq!(
+        store.find("t9", Index::GroupName, "SALES").await.unwrap(),
+        ["GX1", "GX2"],
+        "display names are not unique"
+    );
+    assert_eq!(
+        store
+            .find("t9", Index::GroupExternalId, "ext-g")
+            .await
+            .unwrap(),
+        ["GX1"]
+    );
+    let mut renamed = g.clone();
+    renamed.name = "Marketing".into();
+    renamed.version = 2;
+    store.replace_group("t9", &g, &renamed).await.unwrap();
+    assert_eq!(
+        store.find("t9", Index::GroupName, "sales").await.unwrap(),
+        ["GX2"]
+    );
+    let (ids, total) = store.list("t9", Listing::Groups, 0, 10).await.unwrap();
+    assert_eq!((ids.len(), total), (2, 2));
 }
 
 fn session(user_id: &str, now: i64) -> StoredSession {

@@ -10,8 +10,8 @@ pub mod model;
 use crate::config::ProvisioningConfig;
 use crate::session::model::RevokeReason;
 use crate::store::{
-    CreateUser, DirectoryStore, Event, EventBus, ReplaceUser, SessionStore, Store, StoreError,
-    UserKey,
+    CreateGroup, CreateUser, DirectoryStore, Event, EventBus, Index, Listing, ReplaceGroup,
+    ReplaceUser, SessionStore, Store, StoreError, UserKey,
 };
 use model::{Group, Membership, User};
 
@@ -24,8 +24,8 @@ pub enum DirectoryError {
     /// No such user or group.
     #[error("not found")]
     NotFound,
-    /// A unique index is held by another user (the id given).
-    #[error("{field} is already used by another user")]
+    /// A unique index is held by another record (the id given).
+    #[error("{field} is already used by another record")]
     Taken {
         /// `userName` or `externalId`.
         field: &'static str,
@@ -35,6 +35,12 @@ pub enum DirectoryError {
     /// The record kept changing under us (many concurrent writers).
     #[error("too many concurrent updates; try again")]
     Contended,
+    /// The record is not at the version the caller based its change on.
+    #[error("the record changed since it was read")]
+    VersionMismatch,
+    /// A member to add does not exist.
+    #[error("no such user: {0}")]
+    UnknownMember(String),
 }
 
 /// Who an IdP says is logging in, in idgate's terms (protocol modules map their
@@ -129,10 +135,14 @@ impl Directory {
         name: &str,
     ) -> Result<(Group, bool), DirectoryError> {
         let fresh = Group::new(id, name, now());
-        Ok(match self.store.create_group(tenant, &fresh).await? {
-            None => (fresh, true),
-            Some(existing) => (existing, false),
-        })
+        match self.store.create_group(tenant, &fresh).await? {
+            CreateGroup::Created => Ok((fresh, true)),
+            CreateGroup::Exists(existing) => Ok((existing, false)),
+            CreateGroup::ExternalIdTaken(holder) => Err(DirectoryError::Taken {
+                field: "externalId",
+                holder,
+            }),
+        }
     }
 
     /// Stores a new user.
@@ -173,33 +183,63 @@ impl Directory {
             if new == old {
                 return Ok(None);
             }
-            new.version = old.version + 1;
-            new.updated_at = now();
-            match self.store.replace_user(tenant, &old, &new).await? {
-                ReplaceUser::Replaced => {
-                    self.publish(Event::User {
-                        tenant: tenant.into(),
-                        id: id.into(),
-                    })
-                    .await;
-                    return Ok(Some((old, new)));
-                }
-                ReplaceUser::Conflict => continue,
-                ReplaceUser::UserNameTaken(holder) => {
-                    return Err(DirectoryError::Taken {
-                        field: "userName",
-                        holder,
-                    });
-                }
-                ReplaceUser::ExternalIdTaken(holder) => {
-                    return Err(DirectoryError::Taken {
-                        field: "externalId",
-                        holder,
-                    });
-                }
+            match self.replace_user(tenant, &old, new).await {
+                Ok(new) => return Ok(Some((old, new))),
+                Err(DirectoryError::VersionMismatch) => continue,
+                Err(e) => return Err(e),
             }
         }
         Err(DirectoryError::Contended)
+    }
+
+    /// Stores `new` in place of `old` if `old` is still the stored version (else
+    /// [`DirectoryError::VersionMismatch`]), then applies the lifecycle rules of the
+    /// change: every replica drops the old record, and a user who lost access (was
+    /// deactivated, deprovisioned or removed from a group) has their sessions revoked
+    /// with the reason. Every protocol's user writes end here.
+    pub async fn replace_user(
+        &self,
+        tenant: &str,
+        old: &User,
+        mut new: User,
+    ) -> Result<User, DirectoryError> {
+        new.id.clone_from(&old.id);
+        new.version = old.version + 1;
+        new.updated_at = now();
+        match self.store.replace_user(tenant, old, &new).await? {
+            ReplaceUser::Replaced => {}
+            ReplaceUser::Conflict => return Err(DirectoryError::VersionMismatch),
+            ReplaceUser::UserNameTaken(holder) => {
+                return Err(DirectoryError::Taken {
+                    field: "userName",
+                    holder,
+                });
+            }
+            ReplaceUser::ExternalIdTaken(holder) => {
+                return Err(DirectoryError::Taken {
+                    field: "externalId",
+                    holder,
+                });
+            }
+        }
+        self.publish(Event::User {
+            tenant: tenant.into(),
+            id: new.id.clone(),
+        })
+        .await;
+        let lost_account = (old.active && !new.active) || (!old.deprovisioned && new.deprovisioned);
+        let left_group = old
+            .memberships
+            .iter()
+            .any(|m| new.role_in(&m.group_id).is_none());
+        if lost_account {
+            self.revoke_sessions(tenant, &new.id, RevokeReason::AccountDeactivated)
+                .await?;
+        } else if left_group {
+            self.revoke_sessions(tenant, &new.id, RevokeReason::RemovedFromCompany)
+                .await?;
+        }
+        Ok(new)
     }
 
     /// Applies `change` to a group with compare-and-set.
@@ -220,18 +260,43 @@ impl Directory {
             if new == old {
                 return Ok(None);
             }
-            new.version = old.version + 1;
-            new.updated_at = now();
-            if self.store.replace_group(tenant, &new, old.version).await? {
-                self.publish(Event::Group {
-                    tenant: tenant.into(),
-                    id: id.into(),
-                })
-                .await;
-                return Ok(Some(new));
+            match self.replace_group(tenant, &old, new).await {
+                Ok(new) => return Ok(Some(new)),
+                Err(DirectoryError::VersionMismatch) => continue,
+                Err(e) => return Err(e),
             }
         }
         Err(DirectoryError::Contended)
+    }
+
+    /// Stores `new` in place of `old` if `old` is still the stored version. A cancelled
+    /// group blocks its members on every replica through the group's status, which the
+    /// access gate checks on every request.
+    pub async fn replace_group(
+        &self,
+        tenant: &str,
+        old: &Group,
+        mut new: Group,
+    ) -> Result<Group, DirectoryError> {
+        new.id.clone_from(&old.id);
+        new.version = old.version + 1;
+        new.updated_at = now();
+        match self.store.replace_group(tenant, old, &new).await? {
+            ReplaceGroup::Replaced => {}
+            ReplaceGroup::Conflict => return Err(DirectoryError::VersionMismatch),
+            ReplaceGroup::ExternalIdTaken(holder) => {
+                return Err(DirectoryError::Taken {
+                    field: "externalId",
+                    holder,
+                });
+            }
+        }
+        self.publish(Event::Group {
+            tenant: tenant.into(),
+            id: new.id.clone(),
+        })
+        .await;
+        Ok(new)
     }
 
     /// Adds (or changes the role of) a membership.
@@ -259,8 +324,7 @@ impl Directory {
     /// with the reason. The record is never erased.
     pub async fn deactivate_user(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
         self.update_user(tenant, id, |u| u.active = false).await?;
-        self.revoke_sessions(tenant, id, RevokeReason::AccountDeactivated)
-            .await
+        Ok(())
     }
 
     /// Reactivates a user. Sessions revoked earlier stay revoked: they log in again.
@@ -284,14 +348,230 @@ impl Directory {
             u.memberships.retain(|m| m.group_id != group_id)
         })
         .await?;
-        self.revoke_sessions(tenant, user_id, RevokeReason::RemovedFromCompany)
-            .await
+        Ok(())
     }
 
     /// Cancels a group: every member is blocked at once, on every replica.
     pub async fn cancel_group(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
         self.update_group(tenant, id, |g| g.active = false).await?;
         Ok(())
+    }
+
+    /// Provisioning of a user by a client that names them (SCIM `POST /Users`).
+    /// `desired` carries the client's attributes (its id is ignored). Finds, in order:
+    /// the user holding `userName`, then the one holding `externalId`, then (with
+    /// `link_by_email`) the one user holding the primary email. A deprovisioned match is
+    /// restored with its id; a match that no client manages yet (made by a SAML login,
+    /// so without a userName) is adopted, so deprovisioning it later cuts off the person
+    /// who logs in; any other match is a conflict. Returns the user and whether it is
+    /// new to the client.
+    pub async fn provision_user(
+        &self,
+        tenant: &str,
+        rules: &ProvisioningConfig,
+        desired: &User,
+    ) -> Result<User, DirectoryError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let mut found = None;
+            for (key, value, field) in [
+                (UserKey::UserName, &desired.user_name, "userName"),
+                (UserKey::ExternalId, &desired.external_id, "externalId"),
+            ] {
+                if let Some(v) = value
+                    && let Some(id) = self.store.find_user(tenant, key, v).await?
+                {
+                    found = Some((id, field));
+                    break;
+                }
+            }
+            if found.is_none()
+                && rules.link_by_email
+                && let Some(email) = &desired.email
+                && let Some(id) = self.store.find_user(tenant, UserKey::Email, email).await?
+            {
+                found = Some((id, "email"));
+            }
+            let Some((id, field)) = found else {
+                let mut user = desired.clone();
+                user.id = uuid::Uuid::new_v4().to_string();
+                user.deprovisioned = false;
+                user.version = 1;
+                user.created_at = now();
+                user.updated_at = user.created_at;
+                self.create_user(tenant, &user).await?;
+                return Ok(user);
+            };
+            let Some(old) = self.store.get_user(tenant, &id).await? else {
+                continue; // the index moved under us: look again
+            };
+            let managed = old.user_name.is_some();
+            if managed && !old.deprovisioned {
+                if field == "email" {
+                    // A client-managed user merely shares the address: a new user it is,
+                    // and the shared address stops linking logins by email.
+                    let mut user = desired.clone();
+                    user.id = uuid::Uuid::new_v4().to_string();
+                    user.version = 1;
+                    user.created_at = now();
+                    user.updated_at = user.created_at;
+                    self.create_user(tenant, &user).await?;
+                    return Ok(user);
+                }
+                return Err(DirectoryError::Taken { field, holder: id });
+            }
+            let mut new = old.clone();
+            new.user_name.clone_from(&desired.user_name);
+            if desired.external_id.is_some() {
+                new.external_id.clone_from(&desired.external_id);
+            }
+            if !desired.emails.is_empty() {
+                new.set_emails(desired.emails.clone());
+            }
+            new.given_name.clone_from(&desired.given_name);
+            new.family_name.clone_from(&desired.family_name);
+            new.display_name.clone_from(&desired.display_name);
+            new.active = desired.active;
+            new.deprovisioned = false;
+            match self.replace_user(tenant, &old, new).await {
+                Ok(user) => {
+                    tracing::info!(
+                        tenant,
+                        user = %user.id,
+                        how = if old.deprovisioned { "restored" } else { "adopted" },
+                        "provisioned an existing user"
+                    );
+                    return Ok(user);
+                }
+                Err(DirectoryError::VersionMismatch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(DirectoryError::Contended)
+    }
+
+    /// Provisioning of a group by a client (SCIM `POST /Groups`). The group's id is the
+    /// client's `externalId` when it gives one, so that a SAML login naming that group
+    /// id lands in the same company; otherwise a new UUID. A deprovisioned group with
+    /// that id is restored, and one that no client manages yet (made by a SAML login) is
+    /// adopted; any other is a conflict.
+    pub async fn provision_group(
+        &self,
+        tenant: &str,
+        desired: &Group,
+    ) -> Result<Group, DirectoryError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let mut existing = None;
+            if let Some(ext) = &desired.external_id {
+                existing = match self
+                    .store
+                    .find(tenant, Index::GroupExternalId, ext)
+                    .await?
+                    .pop()
+                {
+                    Some(id) => Some(id),
+                    None => self.store.get_group(tenant, ext).await?.map(|g| g.id),
+                };
+            }
+            let Some(id) = existing else {
+                let mut group = desired.clone();
+                group.id = desired
+                    .external_id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                group.version = 1;
+                group.created_at = now();
+                group.updated_at = group.created_at;
+                group.deprovisioned = false;
+                match self.store.create_group(tenant, &group).await? {
+                    CreateGroup::Created => return Ok(group),
+                    CreateGroup::Exists(_) => continue,
+                    CreateGroup::ExternalIdTaken(holder) => {
+                        return Err(DirectoryError::Taken {
+                            field: "externalId",
+                            holder,
+                        });
+                    }
+                }
+            };
+            let Some(old) = self.store.get_group(tenant, &id).await? else {
+                continue;
+            };
+            if old.external_id.is_some() && !old.deprovisioned {
+                return Err(DirectoryError::Taken {
+                    field: "externalId",
+                    holder: id,
+                });
+            }
+            let mut new = old.clone();
+            new.name.clone_from(&desired.name);
+            new.external_id.clone_from(&desired.external_id);
+            new.active = true;
+            new.deprovisioned = false;
+            match self.replace_group(tenant, &old, new).await {
+                Ok(g) => return Ok(g),
+                Err(DirectoryError::VersionMismatch) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(DirectoryError::Contended)
+    }
+
+    /// Changes a group's members: `add` join with `role` (or keep their role), `remove`
+    /// leave (their sessions are revoked). Every user to add must exist, checked before
+    /// anything changes.
+    pub async fn change_members(
+        &self,
+        tenant: &str,
+        group_id: &str,
+        add: &[String],
+        remove: &[String],
+        role: &str,
+    ) -> Result<(), DirectoryError> {
+        let known = self.store.get_users(tenant, add).await?;
+        if let Some(missing) = add
+            .iter()
+            .find(|id| !known.iter().any(|u| &u.id == *id && !u.deprovisioned))
+        {
+            return Err(DirectoryError::UnknownMember(missing.clone()));
+        }
+        for id in add {
+            self.update_user(tenant, id, |u| {
+                if u.role_in(group_id).is_none() {
+                    u.memberships.push(Membership {
+                        group_id: group_id.to_owned(),
+                        role: role.to_owned(),
+                    });
+                }
+            })
+            .await?;
+        }
+        for id in remove {
+            match self.remove_membership(tenant, id, group_id).await {
+                Ok(()) | Err(DirectoryError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of a group's members, in id order.
+    pub async fn members(
+        &self,
+        tenant: &str,
+        group_id: &str,
+    ) -> Result<Vec<String>, DirectoryError> {
+        Ok(self.store.find(tenant, Index::Members, group_id).await?)
+    }
+
+    /// A page of a listing: ids and the listing's size.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        start: usize,
+        count: usize,
+    ) -> Result<(Vec<String>, usize), DirectoryError> {
+        Ok(self.store.list(tenant, listing, start, count).await?)
     }
 
     /// Just-in-time provisioning for a login. Creates the group on first sight (one
@@ -360,8 +640,8 @@ impl Directory {
             if u.external_id.is_none() && u.id != idp_id {
                 u.external_id = Some(idp_id.clone());
             }
-            if fresh.email.is_some() {
-                u.email = fresh.email.clone();
+            if let Some(email) = &fresh.email {
+                u.set_primary_email(email);
             }
             if fresh.given_name.is_some() {
                 u.given_name = fresh.given_name.clone();

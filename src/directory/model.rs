@@ -11,6 +11,12 @@ pub struct Group {
     pub name: String,
     /// False once cancelled: its members are blocked.
     pub active: bool,
+    /// SCIM `externalId` (the provisioning client's own id for the group).
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Deprovisioned by SCIM DELETE: cancelled, kept, hidden from SCIM.
+    #[serde(default)]
+    pub deprovisioned: bool,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds.
@@ -28,6 +34,19 @@ pub struct Membership {
     pub role: String,
 }
 
+/// One of a user's email addresses, in SCIM's terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Email {
+    /// The address.
+    pub value: String,
+    /// `work`, `home`, `other`…
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Whether this is the primary address.
+    #[serde(default)]
+    pub primary: bool,
+}
+
 /// A user. Users are never erased: deactivation and deprovisioning are flags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -39,9 +58,16 @@ pub struct User {
     /// SCIM `externalId` or the IdP's user id (unique per tenant).
     #[serde(default)]
     pub external_id: Option<String>,
-    /// Email address.
+    /// The primary email address (identity headers, login matching).
     #[serde(default)]
     pub email: Option<String>,
+    /// Every address SCIM gave, as given; `email` is the primary (or first) of them.
+    /// Empty for users that only SAML has seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<Email>,
+    /// SCIM `displayName`, used for the name header when there are no given/family names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     /// Given name.
     #[serde(default)]
     pub given_name: Option<String>,
@@ -72,6 +98,8 @@ impl User {
             user_name: None,
             external_id: None,
             email: None,
+            emails: Vec::new(),
+            display_name: None,
             given_name: None,
             family_name: None,
             active: true,
@@ -81,6 +109,45 @@ impl User {
             updated_at: now,
             version: 1,
         }
+    }
+
+    /// Sets the primary address, as a login from the IdP reports it: the SCIM list keeps
+    /// its other entries, and the primary entry (or the only one) takes the new value.
+    pub fn set_primary_email(&mut self, email: &str) {
+        if self.email.as_deref() == Some(email) {
+            return;
+        }
+        if !self.emails.is_empty() {
+            let at = self.emails.iter().position(|e| e.primary).unwrap_or(0);
+            if let Some(entry) = self.emails.get_mut(at) {
+                entry.value = email.to_owned();
+            }
+        }
+        self.email = Some(email.to_owned());
+    }
+
+    /// Replaces the SCIM email list; the primary entry (else the first) becomes `email`.
+    pub fn set_emails(&mut self, emails: Vec<Email>) {
+        self.email = emails
+            .iter()
+            .find(|e| e.primary)
+            .or(emails.first())
+            .map(|e| e.value.clone());
+        self.emails = emails;
+    }
+
+    /// Every distinct address of the user, case-folded, for the email index.
+    pub fn email_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .email
+            .iter()
+            .chain(self.emails.iter().map(|e| &e.value))
+            .map(|e| index_key(e))
+            .filter(|k| !k.is_empty())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// The role in `group_id`, if a member.
@@ -99,6 +166,8 @@ impl Group {
             id: id.into(),
             name: name.into(),
             active: true,
+            external_id: None,
+            deprovisioned: false,
             created_at: now,
             updated_at: now,
             version: 1,

@@ -30,6 +30,9 @@ pub struct Identity {
     pub family_name: String,
     /// Role in the group.
     pub role: String,
+    /// The provisioning client's display name for the user, or empty: the name when
+    /// there are no given/family names.
+    pub display_name: String,
 }
 
 impl Identity {
@@ -44,6 +47,8 @@ impl Identity {
         let joined = joined.trim();
         if !joined.is_empty() {
             joined.to_owned()
+        } else if !self.display_name.trim().is_empty() {
+            self.display_name.trim().to_owned()
         } else if !self.email.is_empty() {
             self.email.clone()
         } else {

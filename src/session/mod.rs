@@ -569,6 +569,7 @@ impl Sessions {
             email: user.email.clone().unwrap_or_default(),
             given_name: user.given_name.clone().unwrap_or_default(),
             family_name: user.family_name.clone().unwrap_or_default(),
+            display_name: user.display_name.clone().unwrap_or_default(),
             role: user
                 .role_in(&group.id)
                 .map_or_else(|| rules.default_role.clone(), str::to_owned),

@@ -2,28 +2,30 @@
 //! keeps the same contract as Redis (atomic operations, unique indexes, TTLs, events),
 //! so the conformance suite holds for both.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
+use super::index::{Entries, IndexOp};
 use super::{
-    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore,
-    StoreResult, StoredSession, UserKey,
+    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Listing,
+    ReplaceGroup, ReplaceUser, SessionStore, StoreResult, StoredSession, UserKey,
 };
-use crate::directory::model::{Group, User, index_key};
+use crate::directory::model::{Group, User};
 use crate::session::model::{RevokeReason, SessionRecord};
-
-/// An email index entry claimed by more than one user: never answers.
-const AMBIGUOUS: &str = "!";
 
 #[derive(Default)]
 struct Inner {
     groups: HashMap<(String, String), Group>,
     users: HashMap<(String, String), User>,
-    /// (tenant, index, folded value) → user id
-    index: HashMap<(String, u8, String), String>,
+    /// (tenant, logical key) → id, for unique indexes
+    unique: HashMap<(String, String), String>,
+    /// (tenant, logical key) → ids, for the other indexes
+    sets: HashMap<(String, String), BTreeSet<String>>,
+    /// (tenant, listing) → ids, in id order as on Redis
+    lists: HashMap<(String, &'static str), BTreeSet<String>>,
     sessions: HashMap<String, (StoredSession, Instant)>,
     user_sessions: HashMap<(String, String), HashSet<String>>,
     ephemeral: HashMap<String, (String, Instant)>,
@@ -41,22 +43,6 @@ impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore::new()
     }
-}
-
-fn idx(key: UserKey) -> u8 {
-    match key {
-        UserKey::Email => 0,
-        UserKey::UserName => 1,
-        UserKey::ExternalId => 2,
-    }
-}
-
-fn index_values(user: &User) -> [(UserKey, Option<String>); 3] {
-    [
-        (UserKey::UserName, user.user_name.as_deref().map(index_key)),
-        (UserKey::ExternalId, user.external_id.clone()),
-        (UserKey::Email, user.email.as_deref().map(index_key)),
-    ]
 }
 
 impl MemoryStore {
@@ -77,39 +63,53 @@ impl MemoryStore {
 }
 
 impl Inner {
-    /// The holder of a unique index other than `id`, if any.
-    fn taken(
-        &self,
-        tenant: &str,
-        key: UserKey,
-        value: &Option<String>,
-        id: &str,
-    ) -> Option<String> {
-        let value = value.as_ref()?;
-        self.index
-            .get(&(tenant.to_owned(), idx(key), value.clone()))
-            .filter(|holder| *holder != id)
-            .cloned()
-    }
-
-    fn claim_email(&mut self, tenant: &str, email: &str, id: &str) {
-        let k = (tenant.to_owned(), idx(UserKey::Email), email.to_owned());
-        match self.index.get(&k) {
-            None => {
-                self.index.insert(k, id.to_owned());
-            }
-            Some(holder) if holder == id => {}
-            Some(_) => {
-                self.index.insert(k, AMBIGUOUS.to_owned());
+    /// Applies index ops for record `id`, as the Redis script does: every claim is
+    /// checked before anything changes. Err((key, holder)) when a claim is taken.
+    fn apply(&mut self, tenant: &str, id: &str, ops: &[IndexOp]) -> Result<(), (String, String)> {
+        for op in ops {
+            if let IndexOp::Claim(k) = op
+                && let Some(holder) = self.unique.get(&(tenant.to_owned(), k.clone()))
+                && holder != id
+            {
+                return Err((k.clone(), holder.clone()));
             }
         }
-    }
-
-    fn release(&mut self, tenant: &str, key: UserKey, value: &str, id: &str) {
-        let k = (tenant.to_owned(), idx(key), value.to_owned());
-        if self.index.get(&k).is_some_and(|holder| holder == id) {
-            self.index.remove(&k);
+        for op in ops {
+            let k = (tenant.to_owned(), op.key().to_owned());
+            match op {
+                IndexOp::Claim(_) => {
+                    self.unique.insert(k, id.to_owned());
+                }
+                IndexOp::Release(_) => {
+                    if self.unique.get(&k).is_some_and(|h| h == id) {
+                        self.unique.remove(&k);
+                    }
+                }
+                IndexOp::Add(_) => {
+                    self.sets.entry(k).or_default().insert(id.to_owned());
+                }
+                IndexOp::Remove(_) => {
+                    if let Some(set) = self.sets.get_mut(&k) {
+                        set.remove(id);
+                        if set.is_empty() {
+                            self.sets.remove(&k);
+                        }
+                    }
+                }
+                IndexOp::List(l) => {
+                    self.lists
+                        .entry((tenant.to_owned(), l))
+                        .or_default()
+                        .insert(id.to_owned());
+                }
+                IndexOp::Unlist(l) => {
+                    if let Some(set) = self.lists.get_mut(&(tenant.to_owned(), *l)) {
+                        set.remove(id);
+                    }
+                }
+            }
         }
+        Ok(())
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -124,14 +124,18 @@ impl Inner {
 }
 
 impl DirectoryStore for MemoryStore {
-    async fn create_group(&self, tenant: &str, group: &Group) -> StoreResult<Option<Group>> {
+    async fn create_group(&self, tenant: &str, group: &Group) -> StoreResult<CreateGroup> {
         let mut g = self.lock();
         let k = (tenant.to_owned(), group.id.clone());
         if let Some(existing) = g.groups.get(&k) {
-            return Ok(Some(existing.clone()));
+            return Ok(CreateGroup::Exists(existing.clone()));
+        }
+        let ops = Entries::of_group(group).plan_from(None);
+        if let Err((_, holder)) = g.apply(tenant, &group.id, &ops) {
+            return Ok(CreateGroup::ExternalIdTaken(holder));
         }
         g.groups.insert(k, group.clone());
-        Ok(None)
+        Ok(CreateGroup::Created)
     }
 
     async fn get_group(&self, tenant: &str, id: &str) -> StoreResult<Option<Group>> {
@@ -142,15 +146,23 @@ impl DirectoryStore for MemoryStore {
             .cloned())
     }
 
-    async fn replace_group(&self, tenant: &str, group: &Group, expected: u64) -> StoreResult<bool> {
+    async fn replace_group(
+        &self,
+        tenant: &str,
+        old: &Group,
+        new: &Group,
+    ) -> StoreResult<ReplaceGroup> {
         let mut g = self.lock();
-        match g.groups.get_mut(&(tenant.to_owned(), group.id.clone())) {
-            Some(cur) if cur.version == expected => {
-                *cur = group.clone();
-                Ok(true)
-            }
-            _ => Ok(false),
+        let k = (tenant.to_owned(), old.id.clone());
+        if g.groups.get(&k).map(|cur| cur.version) != Some(old.version) {
+            return Ok(ReplaceGroup::Conflict);
         }
+        let ops = Entries::of_group(new).plan_from(Some(&Entries::of_group(old)));
+        if let Err((_, holder)) = g.apply(tenant, &new.id, &ops) {
+            return Ok(ReplaceGroup::ExternalIdTaken(holder));
+        }
+        g.groups.insert(k, new.clone());
+        Ok(ReplaceGroup::Replaced)
     }
 
     async fn create_user(&self, tenant: &str, user: &User) -> StoreResult<CreateUser> {
@@ -159,24 +171,15 @@ impl DirectoryStore for MemoryStore {
         if g.users.contains_key(&k) {
             return Ok(CreateUser::IdTaken);
         }
-        let [(_, uname), (_, ext), (_, email)] = index_values(user);
-        if let Some(other) = g.taken(tenant, UserKey::UserName, &uname, &user.id) {
-            return Ok(CreateUser::UserNameTaken(other));
-        }
-        if let Some(other) = g.taken(tenant, UserKey::ExternalId, &ext, &user.id) {
-            return Ok(CreateUser::ExternalIdTaken(other));
-        }
-        g.users.insert(k, user.clone());
-        for (key, value) in [(UserKey::UserName, uname), (UserKey::ExternalId, ext)] {
-            if let Some(v) = value {
-                g.index
-                    .insert((tenant.to_owned(), idx(key), v), user.id.clone());
+        let ops = Entries::of_user(user).plan_from(None);
+        match g.apply(tenant, &user.id, &ops) {
+            Ok(()) => {
+                g.users.insert(k, user.clone());
+                Ok(CreateUser::Created)
             }
+            Err((key, holder)) if key.starts_with("n:") => Ok(CreateUser::UserNameTaken(holder)),
+            Err((_, holder)) => Ok(CreateUser::ExternalIdTaken(holder)),
         }
-        if let Some(e) = email {
-            g.claim_email(tenant, &e, &user.id);
-        }
-        Ok(CreateUser::Created)
     }
 
     async fn get_user(&self, tenant: &str, id: &str) -> StoreResult<Option<User>> {
@@ -193,35 +196,15 @@ impl DirectoryStore for MemoryStore {
         if g.users.get(&k).map(|u| u.version) != Some(old.version) {
             return Ok(ReplaceUser::Conflict);
         }
-        let [(_, new_uname), (_, new_ext), (_, new_email)] = index_values(new);
-        if let Some(other) = g.taken(tenant, UserKey::UserName, &new_uname, &new.id) {
-            return Ok(ReplaceUser::UserNameTaken(other));
-        }
-        if let Some(other) = g.taken(tenant, UserKey::ExternalId, &new_ext, &new.id) {
-            return Ok(ReplaceUser::ExternalIdTaken(other));
-        }
-        let old_values = index_values(old);
-        for ((key, old_v), new_v) in old_values.iter().zip([&new_uname, &new_ext, &new_email]) {
-            if let Some(ov) = old_v
-                && Some(ov) != new_v.as_ref()
-            {
-                g.release(tenant, *key, ov, &old.id);
+        let ops = Entries::of_user(new).plan_from(Some(&Entries::of_user(old)));
+        match g.apply(tenant, &new.id, &ops) {
+            Ok(()) => {
+                g.users.insert(k, new.clone());
+                Ok(ReplaceUser::Replaced)
             }
+            Err((key, holder)) if key.starts_with("n:") => Ok(ReplaceUser::UserNameTaken(holder)),
+            Err((_, holder)) => Ok(ReplaceUser::ExternalIdTaken(holder)),
         }
-        for (key, value) in [
-            (UserKey::UserName, new_uname),
-            (UserKey::ExternalId, new_ext),
-        ] {
-            if let Some(v) = value {
-                g.index
-                    .insert((tenant.to_owned(), idx(key), v), new.id.clone());
-            }
-        }
-        if let Some(e) = new_email {
-            g.claim_email(tenant, &e, &new.id);
-        }
-        g.users.insert(k, new.clone());
-        Ok(ReplaceUser::Replaced)
     }
 
     async fn find_user(
@@ -230,16 +213,56 @@ impl DirectoryStore for MemoryStore {
         key: UserKey,
         value: &str,
     ) -> StoreResult<Option<String>> {
-        let folded = match key {
-            UserKey::ExternalId => value.to_owned(),
-            _ => index_key(value),
+        let found = self.find(tenant, key.index(), value).await?;
+        // An email answers only while exactly one user holds it.
+        Ok(match found.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        })
+    }
+
+    async fn find(&self, tenant: &str, index: Index, value: &str) -> StoreResult<Vec<String>> {
+        let g = self.lock();
+        let k = (tenant.to_owned(), index.key(value));
+        Ok(if index.unique() {
+            g.unique.get(&k).cloned().into_iter().collect()
+        } else {
+            g.sets
+                .get(&k)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        start: usize,
+        count: usize,
+    ) -> StoreResult<(Vec<String>, usize)> {
+        let g = self.lock();
+        let Some(set) = g.lists.get(&(tenant.to_owned(), listing.key())) else {
+            return Ok((Vec::new(), 0));
         };
-        Ok(self
-            .lock()
-            .index
-            .get(&(tenant.to_owned(), idx(key), folded))
-            .filter(|id| *id != AMBIGUOUS)
-            .cloned())
+        let page = set.iter().skip(start).take(count).cloned().collect();
+        Ok((page, set.len()))
+    }
+
+    async fn get_users(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<User>> {
+        let g = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| g.users.get(&(tenant.to_owned(), id.clone())).cloned())
+            .collect())
+    }
+
+    async fn get_groups(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<Group>> {
+        let g = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| g.groups.get(&(tenant.to_owned(), id.clone())).cloned())
+            .collect())
     }
 }
 

@@ -6,6 +6,7 @@
 //! backend, an enum rather than a trait object: there are exactly two backends and static
 //! dispatch keeps the hot path free of boxing.
 
+mod index;
 mod memory;
 mod redis;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+pub use self::index::{Index, Listing};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
@@ -53,6 +55,28 @@ pub enum CreateUser {
     ExternalIdTaken(String),
 }
 
+/// Outcome of [`DirectoryStore::create_group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateGroup {
+    /// Stored, with its indexes.
+    Created,
+    /// A group with this id exists already: here it is.
+    Exists(Group),
+    /// Another group (the id given) holds this externalId.
+    ExternalIdTaken(String),
+}
+
+/// Outcome of [`DirectoryStore::replace_group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaceGroup {
+    /// Stored, indexes moved.
+    Replaced,
+    /// The stored version is not the expected one (or the group is gone).
+    Conflict,
+    /// Another group (the id given) holds the new externalId.
+    ExternalIdTaken(String),
+}
+
 /// Outcome of [`DirectoryStore::replace_user`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplaceUser {
@@ -75,6 +99,17 @@ pub enum UserKey {
     UserName,
     /// SCIM externalId / IdP user id, exact.
     ExternalId,
+}
+
+impl UserKey {
+    /// The index that serves this key.
+    pub fn index(self) -> Index {
+        match self {
+            UserKey::Email => Index::Email,
+            UserKey::UserName => Index::UserName,
+            UserKey::ExternalId => Index::ExternalId,
+        }
+    }
 }
 
 /// A session as stored: the immutable record plus the two fields that change.
@@ -153,20 +188,21 @@ pub trait DirectoryStore: Send + Sync {
         &self,
         tenant: &str,
         group: &Group,
-    ) -> impl Future<Output = StoreResult<Option<Group>>> + Send;
+    ) -> impl Future<Output = StoreResult<CreateGroup>> + Send;
     /// Reads a group.
     fn get_group(
         &self,
         tenant: &str,
         id: &str,
     ) -> impl Future<Output = StoreResult<Option<Group>>> + Send;
-    /// Stores `group` if the stored version is `expected_version`.
+    /// Replaces `old` by `new` (same id) if `old.version` is still stored, moving the
+    /// indexes whose values changed.
     fn replace_group(
         &self,
         tenant: &str,
-        group: &Group,
-        expected_version: u64,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+        old: &Group,
+        new: &Group,
+    ) -> impl Future<Output = StoreResult<ReplaceGroup>> + Send;
     /// Creates a user and claims its indexes (userName, externalId, email).
     fn create_user(
         &self,
@@ -194,6 +230,34 @@ pub trait DirectoryStore: Send + Sync {
         key: UserKey,
         value: &str,
     ) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    /// Every id that `index` holds under `value`, in id order.
+    fn find(
+        &self,
+        tenant: &str,
+        index: Index,
+        value: &str,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+    /// A page of a listing, in id order: ids `start..start + count` (0-based) and the
+    /// listing's size.
+    fn list(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        start: usize,
+        count: usize,
+    ) -> impl Future<Output = StoreResult<(Vec<String>, usize)>> + Send;
+    /// Reads several users in one round trip; missing ones are left out.
+    fn get_users(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> impl Future<Output = StoreResult<Vec<User>>> + Send;
+    /// Reads several groups in one round trip; missing ones are left out.
+    fn get_groups(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> impl Future<Output = StoreResult<Vec<Group>>> + Send;
 }
 
 /// Sessions, keyed by the SHA-256 hex of the cookie value.
@@ -326,14 +390,19 @@ macro_rules! delegate {
 }
 
 impl DirectoryStore for Store {
-    async fn create_group(&self, tenant: &str, group: &Group) -> StoreResult<Option<Group>> {
+    async fn create_group(&self, tenant: &str, group: &Group) -> StoreResult<CreateGroup> {
         delegate!(self, s => s.create_group(tenant, group))
     }
     async fn get_group(&self, tenant: &str, id: &str) -> StoreResult<Option<Group>> {
         delegate!(self, s => s.get_group(tenant, id))
     }
-    async fn replace_group(&self, tenant: &str, group: &Group, expected: u64) -> StoreResult<bool> {
-        delegate!(self, s => s.replace_group(tenant, group, expected))
+    async fn replace_group(
+        &self,
+        tenant: &str,
+        old: &Group,
+        new: &Group,
+    ) -> StoreResult<ReplaceGroup> {
+        delegate!(self, s => s.replace_group(tenant, old, new))
     }
     async fn create_user(&self, tenant: &str, user: &User) -> StoreResult<CreateUser> {
         delegate!(self, s => s.create_user(tenant, user))
@@ -351,6 +420,24 @@ impl DirectoryStore for Store {
         value: &str,
     ) -> StoreResult<Option<String>> {
         delegate!(self, s => s.find_user(tenant, key, value))
+    }
+    async fn find(&self, tenant: &str, index: Index, value: &str) -> StoreResult<Vec<String>> {
+        delegate!(self, s => s.find(tenant, index, value))
+    }
+    async fn list(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        start: usize,
+        count: usize,
+    ) -> StoreResult<(Vec<String>, usize)> {
+        delegate!(self, s => s.list(tenant, listing, start, count))
+    }
+    async fn get_users(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<User>> {
+        delegate!(self, s => s.get_users(tenant, ids))
+    }
+    async fn get_groups(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<Group>> {
+        delegate!(self, s => s.get_groups(tenant, ids))
     }
 }
 

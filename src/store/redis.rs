@@ -3,8 +3,11 @@
 //!
 //! Key layout (`P` = `key_prefix`):
 //! - `P:{tenant}:group:<id>`, `P:{tenant}:user:<id>`: JSON records;
-//! - `P:{tenant}:idx:<e|n|x>:<value>`: unique indexes (email, userName, externalId) →
-//!   user id, `!` for an email claimed by several users;
+//! - `P:{tenant}:idx:<logical key>`: indexes (see `store::index`): a string holding
+//!   the id for unique ones (userName, externalId), a set of ids for the others (emails,
+//!   display names, a group's members);
+//! - `P:{tenant}:list:<users|groups>`: sorted sets (score 0, so in id order) of what
+//!   SCIM lists;
 //! - `P:{tenant}:usess:<user id>`: set of that user's session hashes;
 //! - `P:sess:<sha256 hex>`: a session hash (`r` record, `t` last seen, `x` revoked);
 //! - channel `P:events`: invalidations.
@@ -23,11 +26,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::{OnceCell, broadcast};
 
+use super::index::{Entries, IndexOp};
 use super::{
-    CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, ReplaceUser, SessionStore,
-    StoreError, StoreResult, StoredSession, UserKey,
+    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Listing,
+    ReplaceGroup, ReplaceUser, SessionStore, StoreError, StoreResult, StoredSession, UserKey,
 };
-use crate::directory::model::{Group, User, index_key};
+use crate::directory::model::{Group, User};
 use crate::session::model::{RevokeReason, SessionRecord};
 
 /// Bound on any single Redis round trip, so a hung server fails fast instead of
@@ -105,74 +109,35 @@ fn encode<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("records serialize")
 }
 
-fn flag(b: bool) -> &'static str {
-    if b { "1" } else { "0" }
-}
-
-const CREATE_GROUP: &str = r"
-local existing = redis.call('GET', KEYS[1])
-if existing then return existing end
-redis.call('SET', KEYS[1], ARGV[1])
-return false
-";
-
-const REPLACE_IF_VERSION: &str = r"
+// The one write path for users and groups: check the record's version (or its absence),
+// check the unique keys, then store the record and apply every index op, atomically.
+// KEYS: record, then one key per op. ARGV: expected version ('' = create), json, id,
+// then one op code per index key (see `IndexOp::code`).
+const WRITE_RECORD: &str = r"
 local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if tostring(cjson.decode(cur)['version']) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-";
-
-// KEYS: user, userName idx, externalId idx, email idx
-// ARGV: json, id, has userName, has externalId, has email
-const CREATE_USER: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'id'} end
-if ARGV[3] == '1' then
-  local o = redis.call('GET', KEYS[2])
-  if o and o ~= ARGV[2] then return {'name', o} end
+if ARGV[1] == '' then
+  if cur then return {'exists', cur} end
+else
+  if not cur then return {'conflict'} end
+  if tostring(cjson.decode(cur)['version']) ~= ARGV[1] then return {'conflict'} end
 end
-if ARGV[4] == '1' then
-  local o = redis.call('GET', KEYS[3])
-  if o and o ~= ARGV[2] then return {'ext', o} end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[2]) end
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2]) end
-if ARGV[5] == '1' then
-  local o = redis.call('GET', KEYS[4])
-  if not o then redis.call('SET', KEYS[4], ARGV[2])
-  elseif o ~= ARGV[2] then redis.call('SET', KEYS[4], '!') end
-end
-return {'ok'}
-";
-
-// KEYS: user, new name, new ext, new email, old name, old ext, old email
-// ARGV: expected version, json, id, then six presence flags for KEYS[2..7]
-const REPLACE_USER: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return {'conflict'} end
-if tostring(cjson.decode(cur)['version']) ~= ARGV[1] then return {'conflict'} end
 local id = ARGV[3]
-if ARGV[4] == '1' then
-  local o = redis.call('GET', KEYS[2])
-  if o and o ~= id then return {'name', o} end
-end
-if ARGV[5] == '1' then
-  local o = redis.call('GET', KEYS[3])
-  if o and o ~= id then return {'ext', o} end
-end
-for i = 5, 7 do
-  if ARGV[i + 2] == '1' and (ARGV[i - 1] ~= '1' or KEYS[i] ~= KEYS[i - 3]) then
-    if redis.call('GET', KEYS[i]) == id then redis.call('DEL', KEYS[i]) end
+for i = 2, #KEYS do
+  if ARGV[i + 2] == 'c' then
+    local o = redis.call('GET', KEYS[i])
+    if o and o ~= id then return {'taken', tostring(i - 1), o} end
   end
 end
-if ARGV[4] == '1' then redis.call('SET', KEYS[2], id) end
-if ARGV[5] == '1' then redis.call('SET', KEYS[3], id) end
-if ARGV[6] == '1' then
-  local o = redis.call('GET', KEYS[4])
-  if not o then redis.call('SET', KEYS[4], id)
-  elseif o ~= id then redis.call('SET', KEYS[4], '!') end
+for i = 2, #KEYS do
+  local op = ARGV[i + 2]
+  if op == 'c' then redis.call('SET', KEYS[i], id)
+  elseif op == 'r' then
+    if redis.call('GET', KEYS[i]) == id then redis.call('DEL', KEYS[i]) end
+  elseif op == 'a' then redis.call('SADD', KEYS[i], id)
+  elseif op == 'd' then redis.call('SREM', KEYS[i], id)
+  elseif op == 'z' then redis.call('ZADD', KEYS[i], 0, id)
+  elseif op == 'y' then redis.call('ZREM', KEYS[i], id)
+  end
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return {'ok'}
@@ -192,10 +157,7 @@ return 1
 ";
 
 struct Scripts {
-    create_group: Script,
-    replace_if_version: Script,
-    create_user: Script,
-    replace_user: Script,
+    write_record: Script,
     touch_session: Script,
     revoke_session: Script,
 }
@@ -203,10 +165,7 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        create_group: Script::new(CREATE_GROUP),
-        replace_if_version: Script::new(REPLACE_IF_VERSION),
-        create_user: Script::new(CREATE_USER),
-        replace_user: Script::new(REPLACE_USER),
+        write_record: Script::new(WRITE_RECORD),
         touch_session: Script::new(TOUCH_SESSION),
         revoke_session: Script::new(REVOKE_SESSION),
     })
@@ -304,13 +263,12 @@ impl RedisStore {
         format!("{}:{{{tenant}}}:{kind}:{id}", self.prefix)
     }
 
-    fn index_key(&self, tenant: &str, key: UserKey, value: &str) -> String {
-        let (tag, folded) = match key {
-            UserKey::Email => ("e", index_key(value)),
-            UserKey::UserName => ("n", index_key(value)),
-            UserKey::ExternalId => ("x", value.to_owned()),
-        };
-        self.tkey(tenant, "idx", &format!("{tag}:{folded}"))
+    fn idx_key(&self, tenant: &str, logical: &str) -> String {
+        self.tkey(tenant, "idx", logical)
+    }
+
+    fn list_key(&self, tenant: &str, listing: Listing) -> String {
+        self.tkey(tenant, "list", listing.key())
     }
 
     fn session_key(&self, hash: &str) -> String {
@@ -330,18 +288,70 @@ impl RedisStore {
         raw.map(|j| decode(key, &j)).transpose()
     }
 
-    /// Index keys of a user, with presence flags; absent ones get a same-slot stand-in so
-    /// the script's key list stays single-slot.
-    fn user_index_keys(&self, tenant: &str, user: &User) -> [(String, bool); 3] {
-        let k = |key: UserKey, v: &Option<String>| match v {
-            Some(v) => (self.index_key(tenant, key, v), true),
-            None => (self.tkey(tenant, "idx", "-"), false),
-        };
-        [
-            k(UserKey::UserName, &user.user_name),
-            k(UserKey::ExternalId, &user.external_id),
-            k(UserKey::Email, &user.email),
-        ]
+    /// Runs [`WRITE_RECORD`]: `expected` None creates, Some(v) replaces version v.
+    async fn write(
+        &self,
+        tenant: &str,
+        record_key: String,
+        expected: Option<u64>,
+        json: String,
+        id: &str,
+        ops: &[IndexOp],
+    ) -> StoreResult<Written> {
+        let mut inv = scripts().write_record.key(record_key);
+        for op in ops {
+            inv.key(match op {
+                IndexOp::List(l) | IndexOp::Unlist(l) => self.tkey(tenant, "list", l),
+                other => self.idx_key(tenant, other.key()),
+            });
+        }
+        inv.arg(expected.map(|v| v.to_string()).unwrap_or_default())
+            .arg(json)
+            .arg(id);
+        for op in ops {
+            inv.arg(op.code());
+        }
+        let reply: Vec<String> = inv
+            .invoke_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        Ok(match reply.as_slice() {
+            [ok] if ok == "ok" => Written::Ok,
+            [c] if c == "conflict" => Written::Conflict,
+            [e, cur] if e == "exists" => Written::Exists(cur.clone()),
+            [t, at, holder] if t == "taken" => {
+                let key = at
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| ops.get(i.wrapping_sub(1)))
+                    .map(|op| op.key().to_owned())
+                    .unwrap_or_default();
+                Written::Taken(key, holder.clone())
+            }
+            other => return Err(unavailable(format!("unexpected script reply {other:?}"))),
+        })
+    }
+
+    async fn mget<T: serde::de::DeserializeOwned>(
+        &self,
+        tenant: &str,
+        kind: &str,
+        ids: &[String],
+    ) -> StoreResult<Vec<T>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.tkey(tenant, kind, id)).collect();
+        // One slot (the tenant's hash tag), so MGET works on a Cluster too.
+        let raw: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        keys.iter()
+            .zip(raw)
+            .filter_map(|(k, j)| j.map(|j| decode(k, &j)))
+            .collect()
     }
 
     fn spawn_subscriber(&self) {
@@ -398,58 +408,63 @@ impl RedisStore {
 }
 
 impl DirectoryStore for RedisStore {
-    async fn create_group(&self, tenant: &str, group: &Group) -> StoreResult<Option<Group>> {
+    async fn create_group(&self, tenant: &str, group: &Group) -> StoreResult<CreateGroup> {
         let key = self.tkey(tenant, "group", &group.id);
-        let existing: Option<String> = scripts()
-            .create_group
-            .key(&key)
-            .arg(encode(group))
-            .invoke_async(&mut self.active().await?)
-            .await
-            .map_err(unavailable)?;
-        existing.map(|j| decode(&key, &j)).transpose()
+        let ops = Entries::of_group(group).plan_from(None);
+        Ok(
+            match self
+                .write(tenant, key.clone(), None, encode(group), &group.id, &ops)
+                .await?
+            {
+                Written::Ok => CreateGroup::Created,
+                Written::Exists(cur) => CreateGroup::Exists(decode(&key, &cur)?),
+                Written::Taken(_, holder) => CreateGroup::ExternalIdTaken(holder),
+                Written::Conflict => return Err(unavailable("create reported a conflict")),
+            },
+        )
     }
 
     async fn get_group(&self, tenant: &str, id: &str) -> StoreResult<Option<Group>> {
         self.get_json(&self.tkey(tenant, "group", id)).await
     }
 
-    async fn replace_group(&self, tenant: &str, group: &Group, expected: u64) -> StoreResult<bool> {
-        let done: i64 = scripts()
-            .replace_if_version
-            .key(self.tkey(tenant, "group", &group.id))
-            .arg(expected.to_string())
-            .arg(encode(group))
-            .invoke_async(&mut self.active().await?)
-            .await
-            .map_err(unavailable)?;
-        Ok(done == 1)
+    async fn replace_group(
+        &self,
+        tenant: &str,
+        old: &Group,
+        new: &Group,
+    ) -> StoreResult<ReplaceGroup> {
+        let ops = Entries::of_group(new).plan_from(Some(&Entries::of_group(old)));
+        let key = self.tkey(tenant, "group", &old.id);
+        Ok(
+            match self
+                .write(tenant, key, Some(old.version), encode(new), &new.id, &ops)
+                .await?
+            {
+                Written::Ok => ReplaceGroup::Replaced,
+                Written::Conflict | Written::Exists(_) => ReplaceGroup::Conflict,
+                Written::Taken(_, holder) => ReplaceGroup::ExternalIdTaken(holder),
+            },
+        )
     }
 
     async fn create_user(&self, tenant: &str, user: &User) -> StoreResult<CreateUser> {
-        let [(name, has_name), (ext, has_ext), (email, has_email)] =
-            self.user_index_keys(tenant, user);
-        let reply: Vec<String> = scripts()
-            .create_user
-            .key(self.tkey(tenant, "user", &user.id))
-            .key(name)
-            .key(ext)
-            .key(email)
-            .arg(encode(user))
-            .arg(&user.id)
-            .arg(flag(has_name))
-            .arg(flag(has_ext))
-            .arg(flag(has_email))
-            .invoke_async(&mut self.active().await?)
-            .await
-            .map_err(unavailable)?;
-        Ok(match reply.as_slice() {
-            [ok] if ok == "ok" => CreateUser::Created,
-            [id] if id == "id" => CreateUser::IdTaken,
-            [k, other] if k == "name" => CreateUser::UserNameTaken(other.clone()),
-            [k, other] if k == "ext" => CreateUser::ExternalIdTaken(other.clone()),
-            other => return Err(unavailable(format!("unexpected script reply {other:?}"))),
-        })
+        let ops = Entries::of_user(user).plan_from(None);
+        let key = self.tkey(tenant, "user", &user.id);
+        Ok(
+            match self
+                .write(tenant, key, None, encode(user), &user.id, &ops)
+                .await?
+            {
+                Written::Ok => CreateUser::Created,
+                Written::Exists(_) => CreateUser::IdTaken,
+                Written::Taken(k, holder) if k.starts_with("n:") => {
+                    CreateUser::UserNameTaken(holder)
+                }
+                Written::Taken(_, holder) => CreateUser::ExternalIdTaken(holder),
+                Written::Conflict => return Err(unavailable("create reported a conflict")),
+            },
+        )
     }
 
     async fn get_user(&self, tenant: &str, id: &str) -> StoreResult<Option<User>> {
@@ -457,36 +472,21 @@ impl DirectoryStore for RedisStore {
     }
 
     async fn replace_user(&self, tenant: &str, old: &User, new: &User) -> StoreResult<ReplaceUser> {
-        let [(nn, hnn), (ne, hne), (nm, hnm)] = self.user_index_keys(tenant, new);
-        let [(on, hon), (oe, hoe), (om, hom)] = self.user_index_keys(tenant, old);
-        let reply: Vec<String> = scripts()
-            .replace_user
-            .key(self.tkey(tenant, "user", &old.id))
-            .key(nn)
-            .key(ne)
-            .key(nm)
-            .key(on)
-            .key(oe)
-            .key(om)
-            .arg(old.version.to_string())
-            .arg(encode(new))
-            .arg(&new.id)
-            .arg(flag(hnn))
-            .arg(flag(hne))
-            .arg(flag(hnm))
-            .arg(flag(hon))
-            .arg(flag(hoe))
-            .arg(flag(hom))
-            .invoke_async(&mut self.active().await?)
-            .await
-            .map_err(unavailable)?;
-        Ok(match reply.as_slice() {
-            [ok] if ok == "ok" => ReplaceUser::Replaced,
-            [c] if c == "conflict" => ReplaceUser::Conflict,
-            [k, other] if k == "name" => ReplaceUser::UserNameTaken(other.clone()),
-            [k, other] if k == "ext" => ReplaceUser::ExternalIdTaken(other.clone()),
-            other => return Err(unavailable(format!("unexpected script reply {other:?}"))),
-        })
+        let ops = Entries::of_user(new).plan_from(Some(&Entries::of_user(old)));
+        let key = self.tkey(tenant, "user", &old.id);
+        Ok(
+            match self
+                .write(tenant, key, Some(old.version), encode(new), &new.id, &ops)
+                .await?
+            {
+                Written::Ok => ReplaceUser::Replaced,
+                Written::Conflict | Written::Exists(_) => ReplaceUser::Conflict,
+                Written::Taken(k, holder) if k.starts_with("n:") => {
+                    ReplaceUser::UserNameTaken(holder)
+                }
+                Written::Taken(_, holder) => ReplaceUser::ExternalIdTaken(holder),
+            },
+        )
     }
 
     async fn find_user(
@@ -495,13 +495,81 @@ impl DirectoryStore for RedisStore {
         key: UserKey,
         value: &str,
     ) -> StoreResult<Option<String>> {
-        let id: Option<String> = redis::cmd("GET")
-            .arg(self.index_key(tenant, key, value))
-            .query_async(&mut self.active().await?)
+        let found = self.find(tenant, key.index(), value).await?;
+        // An email answers only while exactly one user holds it.
+        Ok(match found.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        })
+    }
+
+    async fn find(&self, tenant: &str, index: Index, value: &str) -> StoreResult<Vec<String>> {
+        let key = self.idx_key(tenant, &index.key(value));
+        let mut conn = self.active().await?;
+        if index.unique() {
+            let id: Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(id.into_iter().collect())
+        } else {
+            let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            ids.sort();
+            Ok(ids)
+        }
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        start: usize,
+        count: usize,
+    ) -> StoreResult<(Vec<String>, usize)> {
+        let key = self.list_key(tenant, listing);
+        let mut conn = self.active().await?;
+        let total: usize = redis::cmd("ZCARD")
+            .arg(&key)
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(id.filter(|id| id != "!"))
+        if count == 0 || start >= total {
+            return Ok((Vec::new(), total));
+        }
+        // Every member has score 0, so the order is the members' byte order: stable,
+        // and independent of when each was added.
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(start)
+            .arg(start + count - 1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((ids, total))
     }
+
+    async fn get_users(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<User>> {
+        self.mget(tenant, "user", ids).await
+    }
+
+    async fn get_groups(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<Group>> {
+        self.mget(tenant, "group", ids).await
+    }
+}
+
+/// What [`WRITE_RECORD`] did.
+enum Written {
+    Ok,
+    Conflict,
+    /// Create found a record; its JSON.
+    Exists(String),
+    /// The unique key (logical) is held by the id given.
+    Taken(String, String),
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {
