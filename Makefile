@@ -12,8 +12,12 @@ CARGO ?= cargo
 #   ruby: runs docs/examples/verify.rb (Python and Node.js are handled below)
 SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates ruby
 BENCH_PACKAGES := wrk nginx-light
+# The public SCIM compliance checker, in a private virtualenv under target/ (see
+# tests/scim_compliance.rs); pinned so that its verdicts only change when we bump it.
+SCIM2_TESTER := target/scim2-tester
+SCIM2_TESTER_PKG := scim2-tester[httpx2]==0.5.2
 
-.PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python
+.PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python apt-venv
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -33,6 +37,16 @@ deps: toolchain
 	@python3 -c 'import jwt, cryptography' >/dev/null 2>&1 || \
 	  python3 -m pip install -q --disable-pip-version-check 'pyjwt[crypto]>=2.8' 2>/dev/null || \
 	  $(MAKE) --no-print-directory apt-python
+
+	@$(SCIM2_TESTER)/bin/python -c 'import scim2_tester, httpx2' >/dev/null 2>&1 || { \
+	  echo "installing $(SCIM2_TESTER_PKG) into $(SCIM2_TESTER)"; \
+	  rm -rf $(SCIM2_TESTER); \
+	  python3 -m venv $(SCIM2_TESTER) 2>/dev/null || { $(MAKE) --no-print-directory apt-venv && python3 -m venv $(SCIM2_TESTER); }; \
+	  $(SCIM2_TESTER)/bin/pip install -q --disable-pip-version-check '$(SCIM2_TESTER_PKG)'; \
+	}
+
+apt-venv:
+	$(call apt_install,python3-venv)
 
 apt-nodejs:
 	$(call apt_install,nodejs)
@@ -61,3 +75,4 @@ test: deps
 
 bench: bench-deps
 	$(CARGO) bench --locked --bench proxy
+	$(CARGO) bench --locked --bench scim

@@ -371,7 +371,7 @@ async fn users_are_created_read_replaced_and_unique_by_user_name() {
     assert_eq!(r.status, 200, "{}", r.text());
     let u = r.json();
     assert_eq!(u["userName"], "Test.User@okta.local", "case preserved");
-    assert_eq!(u["name"], json!({"givenName": "Tess", "formatted": "Tess"}));
+    assert_eq!(u["name"], json!({"givenName": "Tess"}));
     assert!(u.get("emails").is_none());
     assert!(u.get("externalId").is_none());
     assert_eq!(u["meta"]["version"], "W/\"2\"");

@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, NameOrder, ProvisioningConfig};
+use crate::config::{Config, ProvisioningConfig};
 use crate::directory::model::{Group, User};
 use crate::directory::{Directory, DirectoryError};
 use crate::response::{Body, full};
@@ -157,7 +157,6 @@ fn resource_response(status: StatusCode, doc: &Value) -> Response<Body> {
 
 struct Tenant {
     token_sha256: [u8; 32],
-    name_order: NameOrder,
     provisioning: ProvisioningConfig,
     base: String,
 }
@@ -335,7 +334,6 @@ impl Scim {
                     t.id.clone(),
                     Tenant {
                         token_sha256: s.token_sha256,
-                        name_order: s.name_order,
                         provisioning: t.provisioning.clone(),
                         base: format!("{root}/_idgate/scim/{}/v2", t.id),
                     },
@@ -629,7 +627,7 @@ impl Scim {
                     .iter()
                     .filter_map(|m| groups.get(m.group_id.as_str()).copied())
                     .collect();
-                resource::user_json(u, &mine, &t.base, t.name_order)
+                resource::user_json(u, &mine, &t.base)
             })
             .collect())
     }

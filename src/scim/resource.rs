@@ -8,7 +8,6 @@
 use serde_json::{Map, Value, json};
 
 use super::ScimError;
-use crate::config::NameOrder;
 use crate::directory::model::{Email, Group, User};
 
 /// Core schema URNs.
@@ -48,7 +47,10 @@ fn meta(kind: &str, location: String, created: i64, updated: i64, version: u64) 
 }
 
 /// A user as SCIM shows it. `groups` are the user's (visible) groups.
-pub fn user_json(user: &User, groups: &[&Group], base: &str, order: NameOrder) -> Value {
+///
+/// There is no `name.formatted`: it would be derived from the other two, and clients
+/// that write a name compare what they get back with what they sent.
+pub fn user_json(user: &User, groups: &[&Group], base: &str) -> Value {
     let mut o = Map::new();
     o.insert("schemas".into(), json!([USER_SCHEMA]));
     o.insert("id".into(), json!(user.id));
@@ -67,20 +69,6 @@ pub fn user_json(user: &User, groups: &[&Group], base: &str, order: NameOrder) -
     }
     if let Some(f) = &user.family_name {
         name.insert("familyName".into(), json!(f));
-    }
-    let (a, b) = match order {
-        NameOrder::GivenFamily => (&user.given_name, &user.family_name),
-        NameOrder::FamilyGiven => (&user.family_name, &user.given_name),
-    };
-    let formatted = [a, b]
-        .into_iter()
-        .flatten()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    if !formatted.is_empty() {
-        name.insert("formatted".into(), json!(formatted));
     }
     if !name.is_empty() {
         o.insert("name".into(), Value::Object(name));
@@ -267,10 +255,11 @@ pub fn user_from_json(body: &Value, base: &User) -> Result<User, ScimError> {
         return Err(ScimError::invalid_value("at most one email may be primary"));
     }
     u.set_emails(emails);
-    u.active = match get(o, "active") {
-        None => true,
-        Some(v) => boolean(v, "active")?,
-    };
+    // Without `active`, the status stays what it was (true for a new user): removing
+    // the attribute must not quietly reactivate someone.
+    if let Some(v) = get(o, "active") {
+        u.active = boolean(v, "active")?;
+    }
     Ok(u)
 }
 
@@ -456,7 +445,6 @@ pub fn schemas(base: &str) -> Vec<Value> {
         "attributes": [
             attr("userName", "string", json!({"required": true, "uniqueness": "server"})),
             attr("name", "complex", json!({"subAttributes": [
-                attr("formatted", "string", json!({"mutability": "readOnly"})),
                 attr("familyName", "string", json!({})),
                 attr("givenName", "string", json!({})),
             ]})),
@@ -525,7 +513,7 @@ mod tests {
         base.display_name = Some("Old".into());
         let u = user_from_json(&json!({"userName": "a"}), &base).unwrap();
         assert_eq!((u.given_name, u.display_name), (None, None));
-        assert!(u.active, "active defaults to true");
+        assert!(u.active, "a new user is active");
         for bad in [
             json!({}),
             json!({"userName": 7}),
@@ -540,7 +528,7 @@ mod tests {
     #[test]
     fn projection_keeps_asked_attributes_and_always_the_id() {
         let u = User::new("u1", 0);
-        let mut v = user_json(&u, &[], "https://x/v2", NameOrder::GivenFamily);
+        let mut v = user_json(&u, &[], "https://x/v2");
         project(&mut v, &["userName".into()], &[]);
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["id", "schemas", "userName"]);
@@ -553,12 +541,14 @@ mod tests {
     }
 
     #[test]
-    fn the_formatted_name_follows_name_order() {
+    fn names_are_shown_as_stored_and_absent_active_keeps_the_status() {
         let mut u = User::new("u1", 0);
         u.given_name = Some("Ann".into());
-        u.family_name = Some("Lee".into());
-        let v = user_json(&u, &[], "b", NameOrder::FamilyGiven);
-        assert_eq!(v["name"]["formatted"], "Lee Ann");
+        u.active = false;
+        let v = user_json(&u, &[], "b");
+        assert_eq!(v["name"], json!({"givenName": "Ann"}));
         assert_eq!(v["meta"]["version"], "W/\"1\"");
+        let back = user_from_json(&json!({"userName": "a"}), &u).unwrap();
+        assert!(!back.active, "a body without active does not reactivate");
     }
 }
