@@ -290,11 +290,18 @@ async fn tokens_are_per_tenant_and_failures_are_rate_limited_and_not_logged() {
     scim_error(&get(&users, &[("authorization", &near)]).await, 401, None);
     assert_eq!(e.call("GET", "/Users", None).await.status, 200);
 
-    // Past the limit, this address is refused even with the right token for a while.
+    // Past the limit, failures from this address get 429 (and one log line, not one
+    // each); a valid token still works, as IdPs share egress addresses.
     for _ in 0..idgate::scim::AUTH_FAILURES_PER_WINDOW {
         get(&users, &[("authorization", "Bearer wrong")]).await;
     }
-    scim_error(&e.call("GET", "/Users", None).await, 429, None);
+    scim_error(
+        &get(&users, &[("authorization", "Bearer wrong")]).await,
+        429,
+        None,
+    );
+    scim_error(&get(&users, &[]).await, 429, None);
+    assert_eq!(e.call("GET", "/Users", None).await.status, 200);
     assert!(e.idgate.wait_for_log("SCIM authentication failed"));
     let logs = e.idgate.logs();
     assert!(!logs.contains(&e.token), "the token was logged");
@@ -948,11 +955,16 @@ async fn deactivation_deletion_and_restoration_reach_the_gate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_made_by_saml_is_adopted_not_duplicated() {
     let e = env("").await;
-    // A SAML login made this user: IdP id as externalId, an email, no userName.
+    // A SAML login made this user: linked to its uid, an email, no userName.
     let mut u = idgate::directory::model::User::new("okta-00u1", idgate::directory::now());
-    u.external_id = Some("okta-00u1".into());
+    u.idp_subject = Some("okta-00u1".into());
     u.email = Some("sam@x.com".into());
     e.dir.create_user("acme", &u).await.unwrap();
+    assert_eq!(
+        e.call("GET", "/Users", None).await.json()["totalResults"],
+        0,
+        "SCIM lists the users it manages"
+    );
     let created = e
         .create_user("sam@x.com", json!({"externalId": "okta-00u1"}))
         .await;
@@ -965,6 +977,178 @@ async fn a_user_made_by_saml_is_adopted_not_duplicated() {
     let cookie = e.session("okta-00u1", "g").await;
     e.call("DELETE", "/Users/okta-00u1", None).await;
     assert_eq!(e.app(&cookie).await.status, 403);
+
+    // Adoption by the one user holding the email, when the client's id is another.
+    let mut v = idgate::directory::model::User::new("saml-vic", idgate::directory::now());
+    v.idp_subject = Some("vic.saml".into());
+    v.email = Some("vic@x.com".into());
+    e.dir.create_user("acme", &v).await.unwrap();
+    let adopted = e
+        .create_user("vic@x.com", json!({"externalId": "00u-vic"}))
+        .await;
+    assert_eq!(adopted["id"], "saml-vic");
+}
+
+fn rules() -> idgate::config::ProvisioningConfig {
+    idgate::config::ProvisioningConfig {
+        create_groups: true,
+        create_users: true,
+        link_by_email: true,
+        default_role: "member".into(),
+    }
+}
+
+fn saml_identity(uid: &str, email: &str, group: &str) -> idgate::directory::LoginIdentity {
+    idgate::directory::LoginIdentity {
+        user_id: uid.into(),
+        name_id: Some(email.into()),
+        email: Some(email.into()),
+        group_id: group.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scim_user_logging_in_through_saml_is_one_person() {
+    let e = env("").await;
+    // Okta's externalId is its own id; the SAML uid is another id for the same person.
+    let created = e
+        .create_user("ann@x.com", json!({"externalId": "00u-okta-ann"}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let who = saml_identity("ann.saml", "ann@x.com", "g1");
+    let logged_in = e.dir.login("acme", &rules(), &who).await.unwrap();
+    assert_eq!(logged_in, id, "found by userName = NameID, not duplicated");
+    // The link is the uid from now on, whatever the client does to its externalId.
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "externalId", "value": "00u-new"}]});
+    assert_eq!(
+        e.call("PATCH", &format!("/Users/{id}"), Some(&patch))
+            .await
+            .status,
+        200
+    );
+    let mut renamed = who.clone();
+    renamed.name_id = Some("someone-else@x.com".into());
+    assert_eq!(e.dir.login("acme", &rules(), &renamed).await.unwrap(), id);
+    assert_eq!(
+        e.call("GET", "/Users", None).await.json()["totalResults"],
+        1
+    );
+    // Deactivating that SCIM user blocks the person's SAML logins.
+    let off = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "active", "value": false}]});
+    e.call("PATCH", &format!("/Users/{id}"), Some(&off)).await;
+    match e.dir.login("acme", &rules(), &who).await {
+        Err(idgate::directory::LoginError::Blocked(_)) => {}
+        other => panic!("a deactivated user logged in: {other:?}"),
+    }
+    // Another IdP identity with the same email is not logged in as Ann.
+    let intruder = saml_identity("mallory", "ann@x.com", "g1");
+    let other = e.dir.login("acme", &rules(), &intruder).await.unwrap();
+    assert_ne!(other, id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recycled_email_does_not_inherit_a_deprovisioned_user() {
+    let e = env("").await;
+    let old = e
+        .create_user(
+            "old.hire@x.com",
+            json!({"externalId": "ext-old", "emails": [{"value": "sales@x.com", "primary": true}]}),
+        )
+        .await;
+    let old_id = old["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        e.call("DELETE", &format!("/Users/{old_id}"), None)
+            .await
+            .status,
+        204
+    );
+    let new = e
+        .create_user(
+            "new.hire@x.com",
+            json!({"externalId": "ext-new", "emails": [{"value": "sales@x.com", "primary": true}]}),
+        )
+        .await;
+    assert_ne!(new["id"], old_id.as_str(), "a new person, a new user");
+    assert_eq!(new["groups"], json!([]));
+    // The departed user stays deprovisioned.
+    scim_error(
+        &e.call("GET", &format!("/Users/{old_id}"), None).await,
+        404,
+        None,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_membership_changes_revoke_only_what_they_should() {
+    let e = env("").await;
+    let a = e.create_user("ga@x.com", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = e.create_user("gb@x.com", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let g = e
+        .call("POST", "/Groups", Some(&json!({"displayName": "G", "externalId": "ext-g", "members": [{"value": a}, {"value": b}]})))
+        .await;
+    assert_eq!(g.status, 201, "{}", g.text());
+    let v1 = g.headers["etag"].to_str().unwrap().to_owned();
+    let a_in_g = e.session(&a, "ext-g").await;
+    let a_in_h = e.session(&a, "H").await;
+    let b_in_g = e.session(&b, "ext-g").await;
+    for c in [&a_in_g, &a_in_h, &b_in_g] {
+        assert_eq!(e.app(c).await.status, 200);
+    }
+    // Removing a from G ends a's session in G only.
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "remove", "path": format!("members[value eq \"{a}\"]")}]});
+    let r = e.call("PATCH", "/Groups/ext-g", Some(&patch)).await;
+    assert_eq!(r.status, 200);
+    assert_ne!(
+        r.headers["etag"].to_str().unwrap(),
+        v1,
+        "a member change moves the version"
+    );
+    let r = e.app(&a_in_g).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"].clone()),
+        (403, json!("removed_from_company"))
+    );
+    assert_eq!(
+        e.app(&a_in_h).await.status,
+        200,
+        "other companies are unaffected"
+    );
+    // Deleting G cancels it: b's session is marked, and stays so after a restore.
+    assert_eq!(e.call("DELETE", "/Groups/ext-g", None).await.status, 204);
+    let r = e.app(&b_in_g).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"].clone()),
+        (403, json!("company_cancelled"))
+    );
+    let restored = e
+        .call("POST", "/Groups", Some(&json!({"displayName": "G again", "externalId": "ext-g", "members": [{"value": a}]})))
+        .await;
+    assert_eq!(restored.status, 201, "{}", restored.text());
+    let restored = restored.json();
+    assert_eq!(restored["id"], "ext-g");
+    let members: Vec<&str> = restored["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        members,
+        [a.as_str()],
+        "former members do not come back with the group"
+    );
+    assert_eq!(
+        e.app(&b_in_g).await.status,
+        403,
+        "a revoked session stays revoked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

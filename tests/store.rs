@@ -524,13 +524,32 @@ async fn sessions_live_expire_and_revoke(store: &Store) {
         .expect("renewed session lives");
     assert_eq!(slid.last_seen, now + 1);
 
+    // Leaving one company ends only the sessions made in it.
+    let mut other_group = session("ua", now);
+    other_group.record.group_id = "g-other".into();
+    store.put_session("h-a3", &other_group, long).await.unwrap();
+    let only = store
+        .revoke_user_sessions(
+            "t5",
+            "ua",
+            RevokeReason::RemovedFromCompany,
+            Some("g-other"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(only, ["h-a3"]);
+    assert_eq!(
+        store.get_session("h-a1").await.unwrap().unwrap().revoked,
+        None
+    );
+
     // Revocation marks every session of that user, and only those, with the reason.
     let mut revoked = store
-        .revoke_user_sessions("t5", "ua", RevokeReason::AccountDeactivated)
+        .revoke_user_sessions("t5", "ua", RevokeReason::AccountDeactivated, None)
         .await
         .unwrap();
     revoked.sort();
-    assert_eq!(revoked, ["h-a1", "h-a2"]);
+    assert_eq!(revoked, ["h-a1", "h-a2", "h-a3"]);
     let a1 = store.get_session("h-a1").await.unwrap().unwrap();
     assert_eq!(
         a1.revoked,
@@ -555,7 +574,7 @@ async fn sessions_live_expire_and_revoke(store: &Store) {
     assert_eq!(store.get_session("h-b1").await.unwrap(), None);
     assert!(
         store
-            .revoke_user_sessions("t5", "ub", RevokeReason::CompanyCancelled)
+            .revoke_user_sessions("t5", "ub", RevokeReason::CompanyCancelled, None)
             .await
             .unwrap()
             .is_empty()

@@ -161,6 +161,10 @@ impl Directory {
                 field: "externalId",
                 holder,
             }),
+            CreateUser::SubjectTaken(holder) => Err(DirectoryError::Taken {
+                field: "idpSubject",
+                holder,
+            }),
         }
     }
 
@@ -221,6 +225,12 @@ impl Directory {
                     holder,
                 });
             }
+            ReplaceUser::SubjectTaken(holder) => {
+                return Err(DirectoryError::Taken {
+                    field: "idpSubject",
+                    holder,
+                });
+            }
         }
         self.publish(Event::User {
             tenant: tenant.into(),
@@ -228,18 +238,36 @@ impl Directory {
         })
         .await;
         let lost_account = (old.active && !new.active) || (!old.deprovisioned && new.deprovisioned);
-        let left_group = old
-            .memberships
-            .iter()
-            .any(|m| new.role_in(&m.group_id).is_none());
         if lost_account {
-            self.revoke_sessions(tenant, &new.id, RevokeReason::AccountDeactivated)
+            self.revoke_sessions(tenant, &new.id, RevokeReason::AccountDeactivated, None)
                 .await?;
-        } else if left_group {
-            self.revoke_sessions(tenant, &new.id, RevokeReason::RemovedFromCompany)
+        } else {
+            for left in old
+                .memberships
+                .iter()
+                .filter(|m| new.role_in(&m.group_id).is_none())
+            {
+                self.revoke_sessions(
+                    tenant,
+                    &new.id,
+                    RevokeReason::RemovedFromCompany,
+                    Some(&left.group_id),
+                )
                 .await?;
+            }
         }
         Ok(new)
+    }
+
+    /// Marks the sessions of a user who is blocked revoked again. The write that
+    /// blocked them revoked them already; this repairs the case where that revocation
+    /// failed after the write (the store went away in between) and the client retried.
+    pub async fn enforce_block(&self, tenant: &str, user: &User) -> Result<(), DirectoryError> {
+        if !user.active || user.deprovisioned {
+            self.revoke_sessions(tenant, &user.id, RevokeReason::AccountDeactivated, None)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Applies `change` to a group with compare-and-set.
@@ -296,6 +324,20 @@ impl Directory {
             id: new.id.clone(),
         })
         .await;
+        if old.active && !new.active {
+            // The gate already refuses members through the group's status; marking
+            // their sessions keeps them refused (with the reason) even if the group
+            // comes back.
+            for member in self.store.find(tenant, Index::Members, &new.id).await? {
+                self.revoke_sessions(
+                    tenant,
+                    &member,
+                    RevokeReason::CompanyCancelled,
+                    Some(&new.id),
+                )
+                .await?;
+            }
+        }
         Ok(new)
     }
 
@@ -358,13 +400,16 @@ impl Directory {
     }
 
     /// Provisioning of a user by a client that names them (SCIM `POST /Users`).
-    /// `desired` carries the client's attributes (its id is ignored). Finds, in order:
-    /// the user holding `userName`, then the one holding `externalId`, then (with
-    /// `link_by_email`) the one user holding the primary email. A deprovisioned match is
-    /// restored with its id; a match that no client manages yet (made by a SAML login,
-    /// so without a userName) is adopted, so deprovisioning it later cuts off the person
-    /// who logs in; any other match is a conflict. Returns the user and whether it is
-    /// new to the client.
+    /// `desired` carries the client's attributes (its id is ignored). Looks for, in
+    /// order: the user holding `userName`, the one holding `externalId`, the one who
+    /// logs in (SAML) with the client's `externalId` as uid, and, with `link_by_email`,
+    /// the one user holding the primary email.
+    /// - A deprovisioned user found by `userName` or `externalId` is restored, with its
+    ///   id. Found only by email or uid, it is not the same person: a new user is made.
+    /// - A user no client manages yet (a SAML login made it, so it has no userName) is
+    ///   adopted, so that deprovisioning it later cuts off the person who logs in.
+    /// - An active client-managed user holding the userName or externalId is a conflict;
+    ///   one that merely shares the email or uid does not stop a new user.
     pub async fn provision_user(
         &self,
         tenant: &str,
@@ -372,28 +417,48 @@ impl Directory {
         desired: &User,
     ) -> Result<User, DirectoryError> {
         for _ in 0..CAS_ATTEMPTS {
+            let mut lookups: Vec<(UserKey, &String, &'static str)> = Vec::new();
+            if let Some(v) = &desired.user_name {
+                lookups.push((UserKey::UserName, v, "userName"));
+            }
+            if let Some(v) = &desired.external_id {
+                lookups.push((UserKey::ExternalId, v, "externalId"));
+                lookups.push((UserKey::IdpSubject, v, "uid"));
+            }
+            if rules.link_by_email
+                && let Some(v) = &desired.email
+            {
+                lookups.push((UserKey::Email, v, "email"));
+            }
             let mut found = None;
-            for (key, value, field) in [
-                (UserKey::UserName, &desired.user_name, "userName"),
-                (UserKey::ExternalId, &desired.external_id, "externalId"),
-            ] {
-                if let Some(v) = value
-                    && let Some(id) = self.store.find_user(tenant, key, v).await?
-                {
-                    found = Some((id, field));
+            for (key, value, how) in lookups {
+                let Some(id) = self.store.find_user(tenant, key, value).await? else {
+                    continue;
+                };
+                let Some(old) = self.store.get_user(tenant, &id).await? else {
+                    continue;
+                };
+                let named = how == "userName" || how == "externalId";
+                let managed = old.user_name.is_some();
+                if old.deprovisioned {
+                    if named {
+                        found = Some((old, "restored"));
+                        break;
+                    }
+                } else if !managed {
+                    found = Some((old, "adopted"));
                     break;
+                } else if named {
+                    return Err(DirectoryError::Taken {
+                        field: how,
+                        holder: id,
+                    });
                 }
             }
-            if found.is_none()
-                && rules.link_by_email
-                && let Some(email) = &desired.email
-                && let Some(id) = self.store.find_user(tenant, UserKey::Email, email).await?
-            {
-                found = Some((id, "email"));
-            }
-            let Some((id, field)) = found else {
+            let Some((old, how)) = found else {
                 let mut user = desired.clone();
                 user.id = uuid::Uuid::new_v4().to_string();
+                user.idp_subject = None;
                 user.deprovisioned = false;
                 user.version = 1;
                 user.created_at = now();
@@ -401,24 +466,6 @@ impl Directory {
                 self.create_user(tenant, &user).await?;
                 return Ok(user);
             };
-            let Some(old) = self.store.get_user(tenant, &id).await? else {
-                continue; // the index moved under us: look again
-            };
-            let managed = old.user_name.is_some();
-            if managed && !old.deprovisioned {
-                if field == "email" {
-                    // A client-managed user merely shares the address: a new user it is,
-                    // and the shared address stops linking logins by email.
-                    let mut user = desired.clone();
-                    user.id = uuid::Uuid::new_v4().to_string();
-                    user.version = 1;
-                    user.created_at = now();
-                    user.updated_at = user.created_at;
-                    self.create_user(tenant, &user).await?;
-                    return Ok(user);
-                }
-                return Err(DirectoryError::Taken { field, holder: id });
-            }
             let mut new = old.clone();
             new.user_name.clone_from(&desired.user_name);
             if desired.external_id.is_some() {
@@ -434,12 +481,7 @@ impl Directory {
             new.deprovisioned = false;
             match self.replace_user(tenant, &old, new).await {
                 Ok(user) => {
-                    tracing::info!(
-                        tenant,
-                        user = %user.id,
-                        how = if old.deprovisioned { "restored" } else { "adopted" },
-                        "provisioned an existing user"
-                    );
+                    tracing::info!(tenant, user = %user.id, how, "provisioned an existing user");
                     return Ok(user);
                 }
                 Err(DirectoryError::VersionMismatch) => continue,
@@ -452,13 +494,15 @@ impl Directory {
     /// Provisioning of a group by a client (SCIM `POST /Groups`). The group's id is the
     /// client's `externalId` when it gives one, so that a SAML login naming that group
     /// id lands in the same company; otherwise a new UUID. A deprovisioned group with
-    /// that id is restored, and one that no client manages yet (made by a SAML login) is
-    /// adopted; any other is a conflict.
+    /// that id is restored, and an active one that no client manages yet (made by a SAML
+    /// login) is adopted; any other is a conflict. A group cancelled some other way (a
+    /// marketplace webhook) is not reopened by a client. Returns the group and whether
+    /// it existed before (the caller then sets its members to exactly the requested ones).
     pub async fn provision_group(
         &self,
         tenant: &str,
         desired: &Group,
-    ) -> Result<Group, DirectoryError> {
+    ) -> Result<(Group, bool), DirectoryError> {
         for _ in 0..CAS_ATTEMPTS {
             let mut existing = None;
             if let Some(ext) = &desired.external_id {
@@ -483,7 +527,7 @@ impl Directory {
                 group.updated_at = group.created_at;
                 group.deprovisioned = false;
                 match self.store.create_group(tenant, &group).await? {
-                    CreateGroup::Created => return Ok(group),
+                    CreateGroup::Created => return Ok((group, false)),
                     CreateGroup::Exists(_) => continue,
                     CreateGroup::ExternalIdTaken(holder) => {
                         return Err(DirectoryError::Taken {
@@ -496,7 +540,8 @@ impl Directory {
             let Some(old) = self.store.get_group(tenant, &id).await? else {
                 continue;
             };
-            if old.external_id.is_some() && !old.deprovisioned {
+            let adoptable = old.external_id.is_none() && old.active;
+            if !old.deprovisioned && !adoptable {
                 return Err(DirectoryError::Taken {
                     field: "externalId",
                     holder: id,
@@ -508,7 +553,7 @@ impl Directory {
             new.active = true;
             new.deprovisioned = false;
             match self.replace_group(tenant, &old, new).await {
-                Ok(g) => return Ok(g),
+                Ok(g) => return Ok((g, true)),
                 Err(DirectoryError::VersionMismatch) => continue,
                 Err(e) => return Err(e),
             }
@@ -527,11 +572,15 @@ impl Directory {
         remove: &[String],
         role: &str,
     ) -> Result<(), DirectoryError> {
-        let known = self.store.get_users(tenant, add).await?;
-        if let Some(missing) = add
-            .iter()
-            .find(|id| !known.iter().any(|u| &u.id == *id && !u.deprovisioned))
-        {
+        let known: std::collections::HashSet<String> = self
+            .store
+            .get_users(tenant, add)
+            .await?
+            .into_iter()
+            .filter(|u| !u.deprovisioned)
+            .map(|u| u.id)
+            .collect();
+        if let Some(missing) = add.iter().find(|id| !known.contains(*id)) {
             return Err(DirectoryError::UnknownMember(missing.clone()));
         }
         for id in add {
@@ -605,7 +654,7 @@ impl Directory {
             Some(id) => id,
             None if rules.create_users => {
                 let mut user = User::new(&who.user_id, now());
-                user.external_id = Some(who.user_id.clone());
+                user.idp_subject = Some(who.user_id.clone());
                 user.email = who.email.clone();
                 user.given_name = who.given_name.clone();
                 user.family_name = who.family_name.clone();
@@ -616,7 +665,9 @@ impl Directory {
                 match self.store.create_user(tenant, &user).await? {
                     CreateUser::Created => return Ok(user.id),
                     // A concurrent first login of the same user won: use theirs.
-                    CreateUser::IdTaken | CreateUser::ExternalIdTaken(_) => self
+                    CreateUser::IdTaken
+                    | CreateUser::ExternalIdTaken(_)
+                    | CreateUser::SubjectTaken(_) => self
                         .match_user(tenant, rules, who)
                         .await?
                         .ok_or(LoginError::UnknownUser)?,
@@ -637,8 +688,8 @@ impl Directory {
         let fresh = who.clone();
         let group_id = who.group_id.clone();
         self.update_user(tenant, &found, move |u| {
-            if u.external_id.is_none() && u.id != idp_id {
-                u.external_id = Some(idp_id.clone());
+            if u.idp_subject.is_none() {
+                u.idp_subject = Some(idp_id.clone());
             }
             if let Some(email) = &fresh.email {
                 u.set_primary_email(email);
@@ -669,7 +720,7 @@ impl Directory {
     ) -> Result<Option<String>, StoreError> {
         if let Some(id) = self
             .store
-            .find_user(tenant, UserKey::ExternalId, &who.user_id)
+            .find_user(tenant, UserKey::IdpSubject, &who.user_id)
             .await?
         {
             return Ok(Some(id));
@@ -677,11 +728,24 @@ impl Directory {
         // Every other match must be a user not yet linked to a different IdP identity:
         // otherwise a second IdP account with the same email (or a uid equal to a local
         // id) would be logged in as the first.
-        let linkable = |u: &User| u.external_id.as_ref().is_none_or(|e| *e == who.user_id);
-        if let Some(u) = self.store.get_user(tenant, &who.user_id).await?
-            && linkable(&u)
+        let linkable = |u: &User| u.idp_subject.as_ref().is_none_or(|s| *s == who.user_id);
+        let mut candidates = Vec::new();
+        // A provisioning client whose externalId is the id the IdP also sends as uid
+        // (Entra's object id, say), then a local id equal to the uid.
+        if let Some(id) = self
+            .store
+            .find_user(tenant, UserKey::ExternalId, &who.user_id)
+            .await?
         {
-            return Ok(Some(u.id));
+            candidates.push(id);
+        }
+        candidates.push(who.user_id.clone());
+        for id in candidates {
+            if let Some(u) = self.store.get_user(tenant, &id).await?
+                && linkable(&u)
+            {
+                return Ok(Some(u.id));
+            }
         }
         for candidate in [&who.name_id, &who.email].into_iter().flatten() {
             if let Some(id) = self
@@ -711,10 +775,11 @@ impl Directory {
         tenant: &str,
         user_id: &str,
         reason: RevokeReason,
+        group: Option<&str>,
     ) -> Result<(), DirectoryError> {
         let hashes = self
             .store
-            .revoke_user_sessions(tenant, user_id, reason)
+            .revoke_user_sessions(tenant, user_id, reason, group)
             .await?;
         for hash in hashes {
             self.publish(Event::Session { hash }).await;

@@ -55,9 +55,15 @@ pub struct User {
     /// SCIM `userName` (unique per tenant, case-insensitive).
     #[serde(default)]
     pub user_name: Option<String>,
-    /// SCIM `externalId` or the IdP's user id (unique per tenant).
+    /// SCIM `externalId`: the provisioning client's id for the user (unique per
+    /// tenant). Only SCIM writes it.
     #[serde(default)]
     pub external_id: Option<String>,
+    /// The SAML user id (`uid`) this user logs in as, linked at the first login (unique
+    /// per tenant). Only logins write it: a provisioning client's `externalId` is often
+    /// a different id for the same person, and must not break the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_subject: Option<String>,
     /// The primary email address (identity headers, login matching).
     #[serde(default)]
     pub email: Option<String>,
@@ -97,6 +103,7 @@ impl User {
             id: id.into(),
             user_name: None,
             external_id: None,
+            idp_subject: None,
             email: None,
             emails: Vec::new(),
             display_name: None,

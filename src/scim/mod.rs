@@ -12,7 +12,7 @@ pub mod patch;
 mod resource;
 pub mod token;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,6 +44,14 @@ pub const DEFAULT_COUNT: usize = 100;
 pub const AUTH_FAILURES_PER_WINDOW: u32 = 20;
 /// See [`AUTH_FAILURES_PER_WINDOW`].
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// Most matches a sorted query may have (sorting needs them all in memory).
+pub const MAX_SORTED: usize = 50_000;
+/// Longest filter expression accepted.
+pub const MAX_FILTER: usize = 8 * 1024;
+/// Most members one request may name.
+pub const MAX_MEMBERS: usize = 10_000;
+/// Most operations in one PATCH request (each may scan the resource once).
+pub const MAX_PATCH_OPS: usize = 1_000;
 /// Records read per store round trip while scanning a listing.
 const SCAN_BATCH: usize = 500;
 /// Attempts at a read-modify-write before reporting contention.
@@ -378,11 +386,15 @@ impl Scim {
         {
             Ok(r) => r,
             Err(e) => {
+                // The detail may echo the request (a filter naming an email): it goes
+                // to the debug log only.
+                let scim_type = e.scim_type.unwrap_or("-");
                 if e.status.is_server_error() {
-                    tracing::warn!(request_id, tenant = tenant_id, %method, status = e.status.as_u16(), detail = %e.detail, "SCIM request failed");
+                    tracing::warn!(request_id, tenant = tenant_id, %method, status = e.status.as_u16(), scim_type, "SCIM request failed");
                 } else {
-                    tracing::info!(request_id, tenant = tenant_id, %method, status = e.status.as_u16(), detail = %e.detail, "SCIM request refused");
+                    tracing::info!(request_id, tenant = tenant_id, %method, status = e.status.as_u16(), scim_type, "SCIM request refused");
                 }
+                tracing::debug!(request_id, detail = %e.detail, "SCIM refusal detail");
                 e.response()
             }
         }
@@ -396,18 +408,6 @@ impl Scim {
         client: IpAddr,
         request_id: &str,
     ) -> Result<(), ScimError> {
-        let failures = self.failures.get(&client);
-        if failures
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Relaxed) >= AUTH_FAILURES_PER_WINDOW)
-        {
-            tracing::warn!(request_id, tenant = tenant_id, %client, "SCIM request refused: too many failed authentications");
-            return Err(ScimError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                None,
-                "too many failed authentications; try again later",
-            ));
-        }
         let token = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -420,11 +420,25 @@ impl Scim {
         // nothing about how much of a guess was right.
         let ok = token.is_some_and(|t| bool::from(token::digest(t).ct_eq(&tenant.token_sha256)));
         if ok {
+            // A valid token always passes: IdPs call from shared addresses, and one
+            // tenant's stale token must not lock out the others behind the same egress.
             return Ok(());
         }
-        self.failures
+        let failures = self
+            .failures
             .get_with(client, || Arc::new(AtomicU32::new(0)))
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if failures > AUTH_FAILURES_PER_WINDOW {
+            if failures == AUTH_FAILURES_PER_WINDOW + 1 {
+                tracing::warn!(request_id, tenant = tenant_id, %client, "SCIM authentication failures over the limit: answering 429 until the window ends");
+            }
+            return Err(ScimError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                "too many failed authentications; try again later",
+            ));
+        }
         tracing::warn!(
             request_id,
             tenant = tenant_id,
@@ -689,7 +703,20 @@ impl Scim {
         filter: &filter::Filter,
         rid: &str,
     ) -> Result<Option<Vec<String>>, ScimError> {
-        let Some((key, value)) = filter.required_eq() else {
+        let indexed = |key: &str| match (kind, key) {
+            (_, "id") => true,
+            (Kind::User, k) => matches!(
+                k,
+                "username" | "externalid" | "emails" | "emails.value" | "displayname"
+            ),
+            (Kind::Group, k) => {
+                matches!(
+                    k,
+                    "displayname" | "externalid" | "members" | "members.value"
+                )
+            }
+        };
+        let Some((key, value)) = filter.required_eqs().into_iter().find(|(k, _)| indexed(k)) else {
             return Ok(None);
         };
         let index = match (kind, key.as_str()) {
@@ -771,6 +798,12 @@ impl Scim {
             Kind::User => Listing::Users,
             Kind::Group => Listing::Groups,
         };
+        if q.filter.as_ref().is_some_and(|f| f.len() > MAX_FILTER) {
+            return Err(ScimError::bad(
+                "invalidFilter",
+                format!("the filter is longer than {MAX_FILTER} bytes"),
+            ));
+        }
         let parsed = match &q.filter {
             Some(text) => Some(
                 filter::parse(text).map_err(|e| ScimError::bad("invalidFilter", e.to_string()))?,
@@ -802,15 +835,34 @@ impl Scim {
         }
 
         let matches = |doc: &Value| parsed.as_ref().is_none_or(|f| f.matches(doc, &case_exact));
+        // Without sorting, only the requested page is kept (the rest is only counted);
+        // sorting needs every match, up to a bound.
+        let sorting = q.sort_by.is_some();
+        let (skip, take) = (q.start - 1, q.count);
         let mut found = Vec::new();
+        let mut total = 0usize;
+        let mut keep = |docs: Vec<Value>| -> Result<(), ScimError> {
+            for d in docs.into_iter().filter(|d| matches(d)) {
+                if sorting || (total >= skip && total < skip + take) {
+                    found.push(d);
+                }
+                total += 1;
+                if sorting && total > MAX_SORTED {
+                    return Err(ScimError::bad(
+                        "tooMany",
+                        format!("more than {MAX_SORTED} matches to sort; narrow the filter"),
+                    ));
+                }
+            }
+            Ok(())
+        };
         match match &parsed {
             Some(f) => self.candidates(tenant, kind, f, rid).await?,
             None => None,
         } {
             Some(ids) => {
                 for chunk in ids.chunks(SCAN_BATCH) {
-                    let docs = self.load(t, tenant, kind, chunk, members, rid).await?;
-                    found.extend(docs.into_iter().filter(|d| matches(d)));
+                    keep(self.load(t, tenant, kind, chunk, members, rid).await?)?;
                 }
             }
             None => {
@@ -818,15 +870,15 @@ impl Scim {
                 // for any filter, linear in the tenant's size.
                 let mut start = 0;
                 loop {
-                    let (ids, total) = self
+                    let (ids, size) = self
                         .directory
                         .list(tenant, listing, start, SCAN_BATCH)
                         .await
                         .map_err(|e| directory_error(e, rid))?;
-                    let docs = self.load(t, tenant, kind, &ids, members, rid).await?;
-                    found.extend(docs.into_iter().filter(|d| matches(d)));
+                    let done = ids.is_empty();
+                    keep(self.load(t, tenant, kind, &ids, members, rid).await?)?;
                     start += SCAN_BATCH;
-                    if ids.is_empty() || start >= total {
+                    if done || start >= size {
                         break;
                     }
                 }
@@ -836,10 +888,9 @@ impl Scim {
             let path = filter::AttrPath::parse(by)
                 .map_err(|e| ScimError::bad("invalidPath", e.to_string()))?;
             sort_docs(&mut found, &path, q.descending);
+            found = found.into_iter().skip(skip).take(take).collect();
         }
-        let total = found.len();
-        let page: Vec<Value> = found.into_iter().skip(q.start - 1).take(q.count).collect();
-        Ok(finish(page, total))
+        Ok(finish(found, total))
     }
 
     async fn create_user(
@@ -870,18 +921,42 @@ impl Scim {
         let (desired, members) =
             resource::group_from_json(body, &Group::new("", "", crate::directory::now()))?;
         let members = members.unwrap_or_default();
+        if desired
+            .external_id
+            .as_deref()
+            .is_some_and(|x| x.contains(['/', '?', '#']) || x.chars().any(char::is_control))
+        {
+            // It becomes the group's id, which must fit in a URL path segment.
+            return Err(ScimError::invalid_value(
+                "a group externalId may not contain '/', '?', '#' or control characters",
+            ));
+        }
         self.check_members_exist(tenant, &members, rid).await?;
-        let group = self
+        let (group, existed) = self
             .directory
             .provision_group(tenant, &desired)
             .await
             .map_err(|e| directory_error(e, rid))?;
+        // A restored or adopted group has exactly the members asked for: former members
+        // do not get their access back with it.
+        let remove: Vec<String> = if existed {
+            let wanted: HashSet<&String> = members.iter().collect();
+            self.directory
+                .members(tenant, &group.id)
+                .await
+                .map_err(|e| directory_error(e, rid))?
+                .into_iter()
+                .filter(|m| !wanted.contains(m))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.directory
             .change_members(
                 tenant,
                 &group.id,
                 &members,
-                &[],
+                &remove,
                 &t.provisioning.default_role,
             )
             .await
@@ -897,16 +972,17 @@ impl Scim {
         ids: &[String],
         rid: &str,
     ) -> Result<(), ScimError> {
-        let found = self
+        let found: HashSet<String> = self
             .directory
             .store()
             .get_users(tenant, ids)
             .await
-            .map_err(|e| store_error(e, rid))?;
-        match ids
-            .iter()
-            .find(|id| !found.iter().any(|u| &u.id == *id && !u.deprovisioned))
-        {
+            .map_err(|e| store_error(e, rid))?
+            .into_iter()
+            .filter(|u| !u.deprovisioned)
+            .map(|u| u.id)
+            .collect();
+        match ids.iter().find(|id| !found.contains(*id)) {
             Some(missing) => Err(ScimError::invalid_value(format!(
                 "no such user to add as a member: {missing}"
             ))),
@@ -928,7 +1004,7 @@ impl Scim {
         rid: &str,
     ) -> Result<Value, ScimError> {
         let ops = if patch {
-            patch::parse(body).map_err(patch_error)?
+            parse_patch(body)?
         } else {
             Vec::new()
         };
@@ -953,6 +1029,10 @@ impl Scim {
                 resource::user_from_json(body, &old)?
             };
             if new == old {
+                self.directory
+                    .enforce_block(tenant, &old)
+                    .await
+                    .map_err(|e| directory_error(e, rid))?;
                 let mut docs = self.render_users(t, tenant, &[old], rid).await?;
                 return docs.pop().ok_or_else(|| ScimError::internal(rid));
             }
@@ -990,7 +1070,7 @@ impl Scim {
         rid: &str,
     ) -> Result<Value, ScimError> {
         let ops = if patch {
-            patch::parse(body).map_err(patch_error)?
+            parse_patch(body)?
         } else {
             Vec::new()
         };
@@ -1013,18 +1093,23 @@ impl Scim {
             };
             // PUT without members leaves them alone rather than removing everyone.
             let new_members = new_members.unwrap_or_else(|| members.clone());
+            let (before, after): (HashSet<&String>, HashSet<&String>) =
+                (members.iter().collect(), new_members.iter().collect());
             let add: Vec<String> = new_members
                 .iter()
-                .filter(|m| !members.contains(m))
+                .filter(|m| !before.contains(m))
                 .cloned()
                 .collect();
             let remove: Vec<String> = members
                 .iter()
-                .filter(|m| !new_members.contains(m))
+                .filter(|m| !after.contains(m))
                 .cloned()
                 .collect();
             self.check_members_exist(tenant, &add, rid).await?;
-            let stored = if new == old {
+            // A change of members is a change of the group: its version moves (so ETags
+            // and If-Match cover the member list), and the compare-and-set on it orders
+            // concurrent member changes.
+            let stored = if new == old && add.is_empty() && remove.is_empty() {
                 old
             } else {
                 match self.directory.replace_group(tenant, &old, new).await {
@@ -1114,6 +1199,17 @@ fn wants_members(q: &Query) -> bool {
         })
     };
     !named(&q.excluded) && (q.attributes.is_empty() || named(&q.attributes))
+}
+
+/// Parses a PatchOp body, refusing more operations than [`MAX_PATCH_OPS`].
+fn parse_patch(body: &Value) -> Result<Vec<patch::PatchOp>, ScimError> {
+    let ops = patch::parse(body).map_err(patch_error)?;
+    if ops.len() > MAX_PATCH_OPS {
+        return Err(ScimError::invalid_value(format!(
+            "more than {MAX_PATCH_OPS} operations in one request"
+        )));
+    }
+    Ok(ops)
 }
 
 fn patch_error(e: patch::PatchError) -> ScimError {

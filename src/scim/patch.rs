@@ -2,6 +2,8 @@
 //! shapes Okta and Microsoft Entra ID actually send, which stretch the RFC in a few places.
 
 use super::filter::{self, AttrPath, CompareOp, Filter};
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 const PATCH_OP_URN: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -563,7 +565,17 @@ fn remove_path(
                 Some(Value::Array(list)) => list.iter().collect(),
                 other => other.into_iter().collect(),
             };
-            items.retain(|item| !given.iter().any(|g| same_value(item, g, exact)));
+            // Keyed, not pairwise: a group may hold many members and the request name
+            // many of them.
+            let keys: HashSet<String> = given.iter().filter_map(|g| value_key(g, exact)).collect();
+            let unkeyed: Vec<&&Value> = given
+                .iter()
+                .filter(|g| value_key(g, exact).is_none())
+                .collect();
+            items.retain(|item| {
+                !(value_key(item, exact).is_some_and(|k| keys.contains(&k))
+                    || unkeyed.iter().any(|g| same_value(item, g, exact)))
+            });
             items.is_empty()
         }
         (None, None, Some(_)) => true,
@@ -575,17 +587,54 @@ fn remove_path(
     Ok(())
 }
 
-/// Appends the values in `value` that the array does not already hold.
+/// The comparable form of an element's value (its `value`, or itself), when it is a
+/// string: what duplicate checks index by.
+fn value_key(v: &Value, exact: bool) -> Option<String> {
+    let inner = if v.is_object() {
+        filter::get_ci(v, "value")?
+    } else {
+        v
+    };
+    let s = inner.as_str()?;
+    Some(if exact {
+        s.to_owned()
+    } else {
+        s.to_lowercase()
+    })
+}
+
+/// Appends the values in `value` that the array does not already hold. Existing
+/// elements are indexed by value first, so adding k members to a group of n costs
+/// about n + k, not n × k.
 fn add_unique(items: &mut Vec<Value>, value: &Value, exact: bool) {
     let new: Vec<&Value> = match value {
         Value::Array(list) => list.iter().collect(),
         single => vec![single],
     };
+    let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some(k) = value_key(item, exact) {
+            by_key.entry(k).or_default().push(i);
+        }
+    }
     for candidate in new {
-        let duplicate = items
-            .iter()
-            .any(|item| same_value(item, candidate, exact) && !types_differ(item, candidate));
-        if !candidate.is_null() && !duplicate {
+        if candidate.is_null() {
+            continue;
+        }
+        let duplicate = match value_key(candidate, exact) {
+            Some(k) => by_key.get(&k).is_some_and(|at| {
+                at.iter()
+                    .filter_map(|&i| items.get(i))
+                    .any(|item| !types_differ(item, candidate))
+            }),
+            None => items
+                .iter()
+                .any(|item| same_value(item, candidate, exact) && !types_differ(item, candidate)),
+        };
+        if !duplicate {
+            if let Some(k) = value_key(candidate, exact) {
+                by_key.entry(k).or_default().push(items.len());
+            }
             items.push(candidate.clone());
         }
     }

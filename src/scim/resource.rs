@@ -30,6 +30,18 @@ pub fn etag(version: u64) -> String {
     format!("W/\"{version}\"")
 }
 
+/// An id as one URL path segment. Ids made by logins are the IdP's (group_uid, uid)
+/// and may hold any character.
+fn segment(id: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'@');
+    percent_encoding::utf8_percent_encode(id, SEGMENT).to_string()
+}
+
 fn rfc3339(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .unwrap_or_default()
@@ -103,7 +115,7 @@ pub fn user_json(user: &User, groups: &[&Group], base: &str) -> Value {
             json!({
                 "value": g.id,
                 "display": g.name,
-                "$ref": format!("{base}/Groups/{}", g.id),
+                "$ref": format!("{base}/Groups/{}", segment(&g.id)),
                 "type": "direct",
             })
         })
@@ -113,7 +125,7 @@ pub fn user_json(user: &User, groups: &[&Group], base: &str) -> Value {
         "meta".into(),
         meta(
             "User",
-            format!("{base}/Users/{}", user.id),
+            format!("{base}/Users/{}", segment(&user.id)),
             user.created_at,
             user.updated_at,
             user.version,
@@ -135,7 +147,7 @@ pub fn group_json(group: &Group, members: Option<&[String]>, base: &str) -> Valu
     if let Some(members) = members {
         let list: Vec<Value> = members
             .iter()
-            .map(|id| json!({"value": id, "$ref": format!("{base}/Users/{id}"), "type": "User"}))
+            .map(|id| json!({"value": id, "$ref": format!("{base}/Users/{}", segment(id)), "type": "User"}))
             .collect();
         o.insert("members".into(), Value::Array(list));
     }
@@ -143,7 +155,7 @@ pub fn group_json(group: &Group, members: Option<&[String]>, base: &str) -> Valu
         "meta".into(),
         meta(
             "Group",
-            format!("{base}/Groups/{}", group.id),
+            format!("{base}/Groups/{}", segment(&group.id)),
             group.created_at,
             group.updated_at,
             group.version,
@@ -276,15 +288,22 @@ pub fn group_from_json(
     g.external_id = string(o, "externalId")?;
     let members = match get(o, "members") {
         None => None,
+        Some(Value::Array(list)) if list.len() > super::MAX_MEMBERS => {
+            return Err(ScimError::invalid_value(format!(
+                "more than {} members in one request",
+                super::MAX_MEMBERS
+            )));
+        }
         Some(Value::Array(list)) => {
             let mut ids = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for m in list {
                 let m = m
                     .as_object()
                     .ok_or_else(|| ScimError::invalid_value("members must hold objects"))?;
                 let id = string(m, "value")?
                     .ok_or_else(|| ScimError::invalid_value("a member needs a value"))?;
-                if !ids.contains(&id) {
+                if seen.insert(id.clone()) {
                     ids.push(id);
                 }
             }
@@ -370,7 +389,6 @@ fn drop_sub(v: &mut Value, sub: &str) {
 pub fn service_provider_config(base: &str, max_results: usize) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-        "documentationUri": "https://github.com/idgate/idgate/blob/main/docs/scim.md",
         "patch": {"supported": true},
         "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
         "filter": {"supported": true, "maxResults": max_results},

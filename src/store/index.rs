@@ -13,8 +13,10 @@ use crate::directory::model::{Group, User, index_key};
 pub enum Index {
     /// Users by SCIM `userName`, case-insensitive. Unique.
     UserName,
-    /// Users by `externalId` (or the IdP's user id), exact. Unique.
+    /// Users by SCIM `externalId`, exact. Unique.
     ExternalId,
+    /// Users by the SAML user id they log in as, exact. Unique.
+    IdpSubject,
     /// Users by any of their email addresses, case-insensitive.
     Email,
     /// Users by SCIM `displayName`, case-insensitive.
@@ -32,7 +34,7 @@ impl Index {
     pub fn unique(self) -> bool {
         matches!(
             self,
-            Index::UserName | Index::ExternalId | Index::GroupExternalId
+            Index::UserName | Index::ExternalId | Index::IdpSubject | Index::GroupExternalId
         )
     }
 
@@ -41,6 +43,7 @@ impl Index {
         match self {
             Index::UserName => format!("n:{}", index_key(value)),
             Index::ExternalId => format!("x:{value}"),
+            Index::IdpSubject => format!("sub:{value}"),
             Index::Email => format!("em:{}", index_key(value)),
             Index::UserDisplayName => format!("dn:{}", index_key(value)),
             Index::Members => format!("gm:{value}"),
@@ -53,7 +56,7 @@ impl Index {
 /// Which listing a record appears in (for SCIM's paged lists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
-    /// Users that SCIM shows (not deprovisioned).
+    /// Users that SCIM shows: those it manages (with a userName), not deprovisioned.
     Users,
     /// Groups that SCIM shows (not deprovisioned).
     Groups,
@@ -126,6 +129,9 @@ impl Entries {
         if let Some(x) = &user.external_id {
             e.unique.push(Index::ExternalId.key(x));
         }
+        if let Some(s) = &user.idp_subject {
+            e.unique.push(Index::IdpSubject.key(s));
+        }
         for email in user.email_keys() {
             e.sets.push(Index::Email.key(&email));
         }
@@ -136,11 +142,15 @@ impl Entries {
         {
             e.sets.push(Index::UserDisplayName.key(d));
         }
-        for m in &user.memberships {
-            e.sets.push(Index::Members.key(&m.group_id));
-        }
+        // A deprovisioned user is nobody's member any more (the memberships are kept
+        // for a restore); SAML-only users are members but not SCIM's to list.
         if !user.deprovisioned {
-            e.listed = Some(Listing::Users.key());
+            for m in &user.memberships {
+                e.sets.push(Index::Members.key(&m.group_id));
+            }
+            if user.user_name.is_some() {
+                e.listed = Some(Listing::Users.key());
+            }
         }
         e.sets.sort();
         e.sets.dedup();

@@ -178,6 +178,7 @@ impl DirectoryStore for MemoryStore {
                 Ok(CreateUser::Created)
             }
             Err((key, holder)) if key.starts_with("n:") => Ok(CreateUser::UserNameTaken(holder)),
+            Err((key, holder)) if key.starts_with("sub:") => Ok(CreateUser::SubjectTaken(holder)),
             Err((_, holder)) => Ok(CreateUser::ExternalIdTaken(holder)),
         }
     }
@@ -203,6 +204,7 @@ impl DirectoryStore for MemoryStore {
                 Ok(ReplaceUser::Replaced)
             }
             Err((key, holder)) if key.starts_with("n:") => Ok(ReplaceUser::UserNameTaken(holder)),
+            Err((key, holder)) if key.starts_with("sub:") => Ok(ReplaceUser::SubjectTaken(holder)),
             Err((_, holder)) => Ok(ReplaceUser::ExternalIdTaken(holder)),
         }
     }
@@ -340,6 +342,7 @@ impl SessionStore for MemoryStore {
         tenant: &str,
         user_id: &str,
         reason: RevokeReason,
+        group: Option<&str>,
     ) -> StoreResult<Vec<String>> {
         let mut g = self.lock();
         let now = Instant::now();
@@ -352,6 +355,7 @@ impl SessionStore for MemoryStore {
         for h in hashes {
             if let Some((s, until)) = g.sessions.get_mut(&h)
                 && *until > now
+                && group.is_none_or(|gid| s.record.group_id == gid)
             {
                 s.revoked = Some(reason);
                 revoked.push(h);

@@ -53,6 +53,8 @@ pub enum CreateUser {
     UserNameTaken(String),
     /// Another user (the id given) holds this externalId.
     ExternalIdTaken(String),
+    /// Another user (the id given) logs in with this SAML user id.
+    SubjectTaken(String),
 }
 
 /// Outcome of [`DirectoryStore::create_group`].
@@ -88,6 +90,8 @@ pub enum ReplaceUser {
     UserNameTaken(String),
     /// Another user (the id given) holds the new externalId.
     ExternalIdTaken(String),
+    /// Another user (the id given) logs in with the new SAML user id.
+    SubjectTaken(String),
 }
 
 /// A unique index over users.
@@ -97,8 +101,10 @@ pub enum UserKey {
     Email,
     /// SCIM userName, case-insensitive.
     UserName,
-    /// SCIM externalId / IdP user id, exact.
+    /// SCIM externalId, exact.
     ExternalId,
+    /// The SAML user id a user logs in as, exact.
+    IdpSubject,
 }
 
 impl UserKey {
@@ -108,6 +114,7 @@ impl UserKey {
             UserKey::Email => Index::Email,
             UserKey::UserName => Index::UserName,
             UserKey::ExternalId => Index::ExternalId,
+            UserKey::IdpSubject => Index::IdpSubject,
         }
     }
 }
@@ -294,12 +301,13 @@ pub trait SessionStore: Send + Sync {
         reason: RevokeReason,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Marks every live session of a user revoked with `reason` (keeping each one's
-    /// TTL); returns their hashes.
+    /// TTL), or only those made in `group` when one is given; returns their hashes.
     fn revoke_user_sessions(
         &self,
         tenant: &str,
         user_id: &str,
         reason: RevokeReason,
+        group: Option<&str>,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }
 
@@ -467,8 +475,9 @@ impl SessionStore for Store {
         tenant: &str,
         user_id: &str,
         reason: RevokeReason,
+        group: Option<&str>,
     ) -> StoreResult<Vec<String>> {
-        delegate!(self, s => s.revoke_user_sessions(tenant, user_id, reason))
+        delegate!(self, s => s.revoke_user_sessions(tenant, user_id, reason, group))
     }
 }
 

@@ -150,8 +150,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
+// ARGV: reason, and a group id ('' = any): a session made in another group is left
+// alone (2), so leaving one company does not end the user's sessions in another.
 const REVOKE_SESSION: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[2] and ARGV[2] ~= '' then
+  local r = redis.call('HGET', KEYS[1], 'r')
+  if not r or cjson.decode(r)['group_id'] ~= ARGV[2] then return 2 end
+end
 redis.call('HSET', KEYS[1], 'x', ARGV[1])
 return 1
 ";
@@ -461,6 +467,9 @@ impl DirectoryStore for RedisStore {
                 Written::Taken(k, holder) if k.starts_with("n:") => {
                     CreateUser::UserNameTaken(holder)
                 }
+                Written::Taken(k, holder) if k.starts_with("sub:") => {
+                    CreateUser::SubjectTaken(holder)
+                }
                 Written::Taken(_, holder) => CreateUser::ExternalIdTaken(holder),
                 Written::Conflict => return Err(unavailable("create reported a conflict")),
             },
@@ -483,6 +492,9 @@ impl DirectoryStore for RedisStore {
                 Written::Conflict | Written::Exists(_) => ReplaceUser::Conflict,
                 Written::Taken(k, holder) if k.starts_with("n:") => {
                     ReplaceUser::UserNameTaken(holder)
+                }
+                Written::Taken(k, holder) if k.starts_with("sub:") => {
+                    ReplaceUser::SubjectTaken(holder)
                 }
                 Written::Taken(_, holder) => ReplaceUser::ExternalIdTaken(holder),
             },
@@ -679,6 +691,7 @@ impl SessionStore for RedisStore {
         tenant: &str,
         user_id: &str,
         reason: RevokeReason,
+        group: Option<&str>,
     ) -> StoreResult<Vec<String>> {
         let mut conn = self.active().await?;
         let index = self.tkey(tenant, "usess", user_id);
@@ -694,13 +707,14 @@ impl SessionStore for RedisStore {
                 .revoke_session
                 .key(self.session_key(&h))
                 .arg(reason.code())
+                .arg(group.unwrap_or(""))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            if done == 1 {
-                revoked.push(h);
-            } else {
-                gone.push(h);
+            match done {
+                1 => revoked.push(h),
+                0 => gone.push(h),
+                _ => {}
             }
         }
         if !gone.is_empty() {
