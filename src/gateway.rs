@@ -69,6 +69,7 @@ pub struct Gateway {
     dev_idp: Option<Arc<DevIdp>>,
     login_starts: moka::sync::Cache<IpAddr, Arc<std::sync::atomic::AtomicU32>>,
     scim: crate::scim::Scim,
+    maestrano: crate::maestrano::Maestrano,
 }
 
 /// The gateway as one worker thread runs it: the shared gateway plus that thread's own
@@ -139,6 +140,7 @@ impl Gateway {
                 .map(|t| (t.id.clone(), t.provisioning.clone()))
                 .collect(),
             scim: crate::scim::Scim::new(config, directory.clone()),
+            maestrano: crate::maestrano::Maestrano::new(config, directory.clone()),
             directory,
             dev_idp,
             login_starts: moka::sync::Cache::builder()
@@ -293,6 +295,9 @@ impl Gateway {
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
             p if p.starts_with("/_idgate/saml/") => self.saml(req, peer, p, request_id).await,
+            p if p.starts_with("/maestrano/") && self.maestrano.any() => {
+                self.maestrano_route(req, peer, p, request_id).await
+            }
             p if p.starts_with("/_idgate/scim/") => {
                 let client = self.client_ip(req.headers(), peer.ip());
                 self.scim
@@ -431,47 +436,7 @@ impl Gateway {
                     )
                 }
             },
-            (&Method::GET, "login") => {
-                let client = self.client_ip(req.headers(), peer.ip());
-                if !self.allow_login_start(client) {
-                    tracing::warn!(request_id, tenant, %client, "refused: too many login starts");
-                    let mut resp = response::error(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        html,
-                        "too_many_logins",
-                        "Too many sign-in attempts. Please wait a few minutes.",
-                        request_id,
-                    );
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
-                    return resp;
-                }
-                let return_to = req
-                    .uri()
-                    .query()
-                    .and_then(|q| {
-                        url::form_urlencoded::parse(q.as_bytes())
-                            .find(|(k, _)| k == "return_to")
-                            .map(|(_, v)| v.into_owned())
-                    })
-                    .and_then(|r| crate::saml::safe_return_to(&r))
-                    .unwrap_or_else(|| "/".to_owned());
-                match sp.login_redirect(self.directory.store(), &return_to).await {
-                    Ok((location, nonce)) => {
-                        let mut resp = response::redirect(&location);
-                        resp.headers_mut()
-                            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                        if let Ok(v) = HeaderValue::from_str(&self.login_cookie(&nonce, 600)) {
-                            resp.headers_mut().insert(header::SET_COOKIE, v);
-                        }
-                        resp
-                    }
-                    Err(e) => {
-                        tracing::error!(request_id, tenant, error = %e, "cannot start SAML login");
-                        store_unavailable(html, request_id)
-                    }
-                }
-            }
+            (&Method::GET, "login") => self.saml_login(sp, req, peer, html, request_id).await,
             (&Method::POST, "acs") => self.acs(sp, req, request_id).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,
@@ -479,6 +444,148 @@ impl Gateway {
                 "not_found",
                 "No such idgate endpoint.",
                 request_id,
+            ),
+        }
+    }
+
+    /// SP-initiated login: a redirect to the IdP with an AuthnRequest, the request
+    /// remembered for the ACS, and the login cookie binding it to this browser.
+    async fn saml_login(
+        &self,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        html: bool,
+        request_id: &str,
+    ) -> Response<Body> {
+        let tenant = sp.tenant();
+        let client = self.client_ip(req.headers(), peer.ip());
+        if !self.allow_login_start(client) {
+            tracing::warn!(request_id, tenant, %client, "refused: too many login starts");
+            let mut resp = response::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                html,
+                "too_many_logins",
+                "Too many sign-in attempts. Please wait a few minutes.",
+                request_id,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
+            return resp;
+        }
+        let return_to = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "return_to")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .and_then(|r| crate::saml::safe_return_to(&r))
+            .unwrap_or_else(|| "/".to_owned());
+        match sp.login_redirect(self.directory.store(), &return_to).await {
+            Ok((location, nonce)) => {
+                let mut resp = response::redirect(&location);
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                if let Ok(v) = HeaderValue::from_str(&self.login_cookie(&nonce, 600)) {
+                    resp.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                resp
+            }
+            Err(e) => {
+                tracing::error!(request_id, tenant, error = %e, "cannot start SAML login");
+                store_unavailable(html, request_id)
+            }
+        }
+    }
+
+    /// `/maestrano/…` for Maestrano tenants: SSO under Maestrano's paths, metadata and
+    /// account webhooks. Answers are JSON in the SDKs' shapes.
+    async fn maestrano_route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        path: &str,
+        request_id: &str,
+    ) -> Response<Body> {
+        use crate::maestrano::{Refusal, Route, answer};
+        let not_found = |what: &str| {
+            answer(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": format!("{what} not found") }),
+            )
+        };
+        let Some((route, named)) = crate::maestrano::route(path) else {
+            return not_found("Endpoint");
+        };
+        let Some(tenant) = self.maestrano.tenant_id(named).map(str::to_owned) else {
+            return not_found("Tenant");
+        };
+        let method = req.method().clone();
+        let html = response::accepts_html(req.headers());
+        let api = matches!(
+            route,
+            Route::Metadata
+                | Route::GroupCancelled { .. }
+                | Route::UserRemoved { .. }
+                | Route::ConnecNotifications
+        );
+        if api {
+            match self.maestrano.authenticate(&tenant, req.headers()) {
+                Ok(()) => {}
+                Err(Refusal::BadCredentials) => {
+                    let client = self.client_ip(req.headers(), peer.ip());
+                    tracing::warn!(request_id, tenant, %client, "Maestrano request refused: invalid credentials");
+                    return answer(
+                        StatusCode::UNAUTHORIZED,
+                        &serde_json::json!({"error": "Invalid credentials"}),
+                    );
+                }
+                Err(Refusal::UnknownTenant) => return not_found("Tenant"),
+            }
+        }
+        let done = |r: Result<(), crate::directory::DirectoryError>, what: &str| match r {
+            Ok(()) => {
+                tracing::info!(request_id, tenant, what, "Maestrano webhook applied");
+                answer(StatusCode::OK, &serde_json::json!({"success": true}))
+            }
+            Err(e) => {
+                tracing::error!(request_id, tenant, what, error = %e, "Maestrano webhook failed");
+                answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"error": "Temporarily unavailable, retry later"}),
+                )
+            }
+        };
+        match (&method, route) {
+            (&Method::GET, Route::Metadata) => match self.maestrano.metadata(&tenant) {
+                Some(doc) => answer(StatusCode::OK, &doc),
+                None => not_found("Tenant"),
+            },
+            (&Method::GET, Route::Init) => match self.saml.get(&tenant) {
+                Some(sp) => self.saml_login(sp, req, peer, html, request_id).await,
+                None => not_found("Tenant"),
+            },
+            (&Method::POST, Route::Consume) => match self.saml.get(&tenant) {
+                Some(sp) => self.acs(sp, req, request_id).await,
+                None => not_found("Tenant"),
+            },
+            (&Method::DELETE, Route::GroupCancelled { group }) => done(
+                self.maestrano.group_cancelled(&tenant, group).await,
+                "group cancelled",
+            ),
+            (&Method::DELETE, Route::UserRemoved { group, user }) => done(
+                self.maestrano.user_removed(&tenant, group, user).await,
+                "user removed from group",
+            ),
+            (&Method::POST, Route::ConnecNotifications) => answer(
+                StatusCode::NOT_IMPLEMENTED,
+                &serde_json::json!({"error": "Connec! notifications are not relayed yet"}),
+            ),
+            _ => answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &serde_json::json!({"error": format!("{method} is not allowed here")}),
             ),
         }
     }
@@ -544,7 +651,11 @@ impl Gateway {
                 );
             }
         };
-        let who = &claims.identity;
+        let mut identity = claims.identity.clone();
+        let mno = self
+            .maestrano
+            .map_login(tenant, &mut identity, &claims.attributes);
+        let who = &identity;
         // Every SAML tenant comes from a tenant config, so its rules exist.
         let Some(rules) = self.provisioning.get(tenant) else {
             tracing::error!(
@@ -585,7 +696,7 @@ impl Gateway {
         };
         match self
             .sessions
-            .create_session(tenant, &user_id, &who.group_id)
+            .create_session_with(tenant, &user_id, &who.group_id, mno)
             .await
         {
             Ok(new) => {

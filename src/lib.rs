@@ -10,6 +10,7 @@ pub mod demo;
 pub mod directory;
 pub mod gateway;
 pub mod identity;
+pub mod maestrano;
 pub mod metrics;
 pub mod proxy;
 pub mod response;
@@ -82,8 +83,7 @@ pub fn check_config(path: &std::path::Path) -> Result<Config, config::ConfigErro
         errors.push(config::ConfigError { path, message });
     }
     for (i, t) in config.tenants.iter().enumerate() {
-        let acs = format!("{}/_idgate/saml/{}/acs", config.server.public_url, t.id);
-        if let Err(message) = saml::SamlTenant::new(t, acs) {
+        if let Err(message) = saml::SamlTenant::new(t, config.acs_url(t)) {
             errors.push(config::ConfigError {
                 path: format!("tenants[{i}].saml"),
                 message,
@@ -128,15 +128,11 @@ impl App {
         let draining = Arc::new(AtomicBool::new(false));
         let mut saml = std::collections::HashMap::new();
         for t in &config.tenants {
-            let acs = format!(
-                "{}/_idgate/saml/{}/acs",
-                config.server.public_url.as_str().trim_end_matches('/'),
-                t.id
-            );
-            let sp = saml::SamlTenant::new(t, acs).map_err(|reason| StartError::Saml {
-                tenant: t.id.clone(),
-                reason,
-            })?;
+            let sp =
+                saml::SamlTenant::new(t, config.acs_url(t)).map_err(|reason| StartError::Saml {
+                    tenant: t.id.clone(),
+                    reason,
+                })?;
             saml.insert(t.id.clone(), sp);
         }
         let directory = directory::Directory::new(store.clone());

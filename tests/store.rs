@@ -469,6 +469,7 @@ fn session(user_id: &str, now: i64) -> StoredSession {
             group_id: "g".into(),
             created_at: now,
             expires_at: now + 3600,
+            mno: None,
         },
         last_seen: now,
         revoked: None,
@@ -549,7 +550,12 @@ async fn sessions_live_expire_and_revoke(store: &Store) {
         .await
         .unwrap();
     revoked.sort();
-    assert_eq!(revoked, ["h-a1", "h-a2", "h-a3"]);
+    assert_eq!(revoked, ["h-a1", "h-a2"], "h-a3 was revoked already");
+    assert_eq!(
+        store.get_session("h-a3").await.unwrap().unwrap().revoked,
+        Some(RevokeReason::RemovedFromCompany),
+        "a session keeps the first reason it was revoked for"
+    );
     let a1 = store.get_session("h-a1").await.unwrap().unwrap();
     assert_eq!(
         a1.revoked,

@@ -466,6 +466,17 @@ pub struct DevplConfig {
 }
 
 impl Config {
+    /// Where the tenant's IdP posts SAML responses: Maestrano's consume path for a
+    /// Maestrano tenant (what its dev platform is configured with), else idgate's own.
+    pub fn acs_url(&self, tenant: &TenantConfig) -> String {
+        let root = self.server.public_url.as_str().trim_end_matches('/');
+        if tenant.maestrano.is_some() {
+            format!("{root}/maestrano/auth/saml/consume/{}", tenant.id)
+        } else {
+            format!("{root}/_idgate/saml/{}/acs", tenant.id)
+        }
+    }
+
     /// Reads and validates a config file. Relative `file:` references resolve against
     /// the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {

@@ -92,6 +92,9 @@ pub struct LoginClaims {
     pub identity: LoginIdentity,
     /// Where to go after login (a same-origin path), from the pending request.
     pub return_to: String,
+    /// Every attribute of the assertion, by name, with its first value: what
+    /// protocol-specific layers (Maestrano's session values) read beyond the identity.
+    pub attributes: std::collections::HashMap<String, String>,
 }
 
 /// One tenant's SP.
@@ -410,7 +413,19 @@ impl SamlTenant {
             .ok_or_else(|| AcsError::MissingAttribute(a.user_id.clone()))?;
         let group_id =
             attr(&a.group_id).ok_or_else(|| AcsError::MissingAttribute(a.group_id.clone()))?;
+        let attributes = assertion
+            .attribute_statements
+            .iter()
+            .flatten()
+            .flat_map(|s| s.attributes.iter())
+            .filter_map(|a| {
+                let name = a.name.clone().or_else(|| a.friendly_name.clone())?;
+                let value = a.values.iter().find_map(|v| v.value.clone())?;
+                Some((name, value.trim().to_owned()))
+            })
+            .collect();
         Ok(LoginClaims {
+            attributes,
             identity: LoginIdentity {
                 user_id,
                 email: attr(&a.email),

@@ -184,6 +184,12 @@ fn hash_cookie(value: &str) -> [u8; 32] {
     Sha256::digest(value.as_bytes()).into()
 }
 
+/// The store key of the session a cookie value names (hex SHA-256): what
+/// [`crate::store::SessionStore`] is keyed by, for tools and tests that inspect it.
+pub fn store_key(cookie_value: &str) -> String {
+    hex::encode(hash_cookie(cookie_value))
+}
+
 /// The value of cookie `name` in the request's `Cookie` header(s).
 pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
@@ -640,6 +646,18 @@ impl Sessions {
         user_id: &str,
         group_id: &str,
     ) -> Result<NewSession, SessionError> {
+        self.create_session_with(tenant, user_id, group_id, None)
+            .await
+    }
+
+    /// [`Sessions::create_session`], keeping the Maestrano session it came with.
+    pub async fn create_session_with(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        group_id: &str,
+        mno: Option<crate::session::model::MnoSession>,
+    ) -> Result<NewSession, SessionError> {
         let user = self
             .store
             .get_user(tenant, user_id)
@@ -665,6 +683,7 @@ impl Sessions {
                 group_id: group_id.to_owned(),
                 created_at: now,
                 expires_at: now + lifetime,
+                mno,
             },
             last_seen: now,
             revoked: None,

@@ -47,4 +47,16 @@ pub struct SessionRecord {
     pub created_at: i64,
     /// Unix seconds: `created_at + max_lifetime`, never extended.
     pub expires_at: i64,
+    /// The Maestrano session behind this one, for tenants that re-check it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mno: Option<MnoSession>,
+}
+
+/// Maestrano's session for a login (`mno_session`, `mno_session_recheck`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MnoSession {
+    /// The `mno_session` token, asked about at re-check.
+    pub session: String,
+    /// Unix seconds after which Maestrano must be asked again (0: at once).
+    pub recheck: i64,
 }

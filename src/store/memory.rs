@@ -329,7 +329,7 @@ impl SessionStore for MemoryStore {
     async fn revoke_session(&self, hash: &str, reason: RevokeReason) -> StoreResult<bool> {
         let mut g = self.lock();
         match g.sessions.get_mut(hash) {
-            Some((s, until)) if *until > Instant::now() => {
+            Some((s, until)) if *until > Instant::now() && s.revoked.is_none() => {
                 s.revoked = Some(reason);
                 Ok(true)
             }
@@ -356,6 +356,7 @@ impl SessionStore for MemoryStore {
             if let Some((s, until)) = g.sessions.get_mut(&h)
                 && *until > now
                 && group.is_none_or(|gid| s.record.group_id == gid)
+                && s.revoked.is_none()
             {
                 s.revoked = Some(reason);
                 revoked.push(h);

@@ -294,7 +294,8 @@ pub trait SessionStore: Send + Sync {
         hash: &str,
         record: &SessionRecord,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Marks one session revoked with `reason`, keeping its TTL. False if it is gone.
+    /// Marks one session revoked with `reason`, keeping its TTL. False if it is gone
+    /// or revoked already (it keeps its first reason).
     fn revoke_session(
         &self,
         hash: &str,
@@ -302,6 +303,7 @@ pub trait SessionStore: Send + Sync {
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Marks every live session of a user revoked with `reason` (keeping each one's
     /// TTL), or only those made in `group` when one is given; returns their hashes.
+    /// Sessions revoked already keep their first reason and are not returned.
     fn revoke_user_sessions(
         &self,
         tenant: &str,

@@ -151,9 +151,11 @@ return 1
 ";
 
 // ARGV: reason, and a group id ('' = any): a session made in another group is left
-// alone (2), so leaving one company does not end the user's sessions in another.
+// alone (2), so leaving one company does not end the user's sessions in another. A
+// session revoked already keeps its first reason (3): that is what happened to it.
 const REVOKE_SESSION: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 3 end
 if ARGV[2] and ARGV[2] ~= '' then
   local r = redis.call('HGET', KEYS[1], 'r')
   if not r or cjson.decode(r)['group_id'] ~= ARGV[2] then return 2 end

@@ -18,12 +18,24 @@ pub struct TestIdp {
 impl TestIdp {
     /// Makes a fresh RSA-2048 key and self-signed certificate.
     pub fn new(cn: &str) -> TestIdp {
+        TestIdp::with_bits(cn, 2048)
+    }
+
+    /// Makes a fresh RSA key of `bits` (Maestrano's IdP signs with RSA-1024).
+    pub fn with_bits(cn: &str, bits: u32) -> TestIdp {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("idp.key");
         let cert = dir.path().join("idp.crt");
         let out = Command::new("openssl")
             .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-days", "1", "-nodes",
+                "req",
+                "-x509",
+                "-newkey",
+                &format!("rsa:{bits}"),
+                "-sha256",
+                "-days",
+                "1",
+                "-nodes",
             ])
             .arg("-keyout")
             .arg(&key)

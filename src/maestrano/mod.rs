@@ -1,0 +1,408 @@
+//! Maestrano marketplaces: the paths, metadata, account webhooks and login mapping that
+//! Maestrano's SDKs (maestrano-ruby, -rails, -php) gave an app, served by idgate so the
+//! app itself needs no change.
+//!
+//! The SSO itself is the tenant's ordinary SAML flow (`saml`), reached under
+//! Maestrano's paths; this module adds what is Maestrano's own: the `virtual` user mode,
+//! the `mno_session` values kept with the session, HTTP Basic with `api_id:api_key`,
+//! and the webhooks, which go through the same directory functions as SCIM.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, IdpSource, MaestranoConfig, UserMode};
+use crate::directory::{Directory, DirectoryError, LoginIdentity};
+use crate::response::{Body, full};
+use crate::session::model::MnoSession;
+use crate::store::{DirectoryStore, UserKey};
+
+/// What a `/maestrano/…` path asks for. The tenant is an optional last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET /maestrano/metadata[/{tenant}]`
+    Metadata,
+    /// `GET /maestrano/auth/saml/init[/{tenant}]`
+    Init,
+    /// `POST /maestrano/auth/saml/consume[/{tenant}]`
+    Consume,
+    /// `DELETE /maestrano/account/groups/{group_id}[/{tenant}]`
+    GroupCancelled {
+        /// Maestrano group uid.
+        group: &'a str,
+    },
+    /// `DELETE /maestrano/account/groups/{group_id}/users/{user_id}[/{tenant}]`
+    UserRemoved {
+        /// Maestrano group uid.
+        group: &'a str,
+        /// Maestrano user uid (the real one, also in virtual mode).
+        user: &'a str,
+    },
+    /// `POST /maestrano/connec/notifications[/{tenant}]`
+    ConnecNotifications,
+}
+
+/// Parses a path under `/maestrano/` into the route and the tenant segment, if any.
+pub fn route(path: &str) -> Option<(Route<'_>, Option<&str>)> {
+    let rest = path.strip_prefix("/maestrano/")?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let (route, used) = match segs.as_slice() {
+        ["metadata", ..] => (Route::Metadata, 1),
+        ["auth", "saml", "init", ..] => (Route::Init, 3),
+        ["auth", "saml", "consume", ..] => (Route::Consume, 3),
+        ["account", "groups", group, "users", user, ..]
+            if !group.is_empty() && !user.is_empty() =>
+        {
+            (Route::UserRemoved { group, user }, 5)
+        }
+        ["account", "groups", group, ..] if !group.is_empty() => {
+            (Route::GroupCancelled { group }, 3)
+        }
+        ["connec", "notifications", ..] => (Route::ConnecNotifications, 2),
+        _ => return None,
+    };
+    match &segs[used..] {
+        [] | [""] => Some((route, None)),
+        [t] => Some((route, Some(*t).filter(|t| !t.is_empty()))),
+        _ => None,
+    }
+}
+
+/// One Maestrano tenant, as its endpoints need it.
+struct Tenant {
+    config: MaestranoConfig,
+    /// SHA-256 of `api_id:api_key`: Basic credentials are compared as digests, in
+    /// constant time, and the key itself is not kept.
+    credentials: [u8; 32],
+    idp_url: String,
+    idp_certificate: Option<String>,
+}
+
+/// The Maestrano side of every Maestrano tenant.
+pub struct Maestrano {
+    tenants: HashMap<String, Tenant>,
+    default_tenant: Option<String>,
+    public_url: String,
+    directory: Directory,
+}
+
+/// Why a webhook or metadata request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such Maestrano tenant (or none by default).
+    UnknownTenant,
+    /// Missing or wrong `api_id:api_key`.
+    BadCredentials,
+}
+
+fn credentials_digest(id: &str, key: &str) -> [u8; 32] {
+    Sha256::digest(format!("{id}:{key}").as_bytes()).into()
+}
+
+/// `AA:BB:…`: SHA-1 of the certificate's DER, as the SDKs published it.
+fn fingerprint(pem: &str) -> Option<String> {
+    let b64: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let digest = sha1::Sha1::digest(&der);
+    Some(
+        digest
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
+/// A JSON answer in Maestrano's style.
+pub fn answer(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+impl Maestrano {
+    /// The Maestrano tenants of a validated config (none: every route answers 404).
+    pub fn new(config: &Config, directory: Directory) -> Maestrano {
+        let tenants: HashMap<String, Tenant> = config
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let m = t.maestrano.clone()?;
+                let (idp_url, idp_certificate) = match &t.saml.idp {
+                    IdpSource::Explicit {
+                        sso_url,
+                        certificates,
+                        ..
+                    } => (sso_url.to_string(), certificates.first().cloned()),
+                    IdpSource::Metadata(_) => (String::new(), None),
+                };
+                Some((
+                    t.id.clone(),
+                    Tenant {
+                        credentials: credentials_digest(&m.api_id, m.api_key.expose()),
+                        config: m,
+                        idp_url,
+                        idp_certificate,
+                    },
+                ))
+            })
+            .collect();
+        let default_tenant = config
+            .default_tenant()
+            .map(|t| t.id.clone())
+            .filter(|id| tenants.contains_key(id));
+        Maestrano {
+            tenants,
+            default_tenant,
+            public_url: config
+                .server
+                .public_url
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned(),
+            directory,
+        }
+    }
+
+    /// Whether any tenant is a Maestrano tenant (then `/maestrano/` is reserved).
+    pub fn any(&self) -> bool {
+        !self.tenants.is_empty()
+    }
+
+    /// The Maestrano tenant a path names, or the default one.
+    pub fn tenant_id<'a>(&'a self, named: Option<&'a str>) -> Option<&'a str> {
+        match named {
+            Some(t) => self.tenants.contains_key(t).then_some(t),
+            None => self.default_tenant.as_deref(),
+        }
+    }
+
+    /// Whether `tenant` is a Maestrano tenant.
+    pub fn is_maestrano(&self, tenant: &str) -> bool {
+        self.tenants.contains_key(tenant)
+    }
+
+    /// Checks HTTP Basic `api_id:api_key` for the tenant.
+    pub fn authenticate(&self, tenant: &str, headers: &HeaderMap) -> Result<(), Refusal> {
+        let t = self.tenants.get(tenant).ok_or(Refusal::UnknownTenant)?;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, b64) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("basic").then_some(b64.trim())
+            })
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .map(|raw| <[u8; 32]>::from(Sha256::digest(&raw)));
+        match given {
+            Some(d) if bool::from(d.ct_eq(&t.credentials)) => Ok(()),
+            _ => Err(Refusal::BadCredentials),
+        }
+    }
+
+    /// `GET /maestrano/metadata[/{tenant}]`: what the SDKs served, with idgate's own
+    /// paths for this tenant. Never a secret.
+    pub fn metadata(&self, tenant: &str) -> Option<Value> {
+        let t = self.tenants.get(tenant)?;
+        let m = &t.config;
+        let suffix = format!("/{tenant}");
+        Some(json!({
+            "environment": "production",
+            "app": {"host": self.public_url},
+            "api": {
+                "id": m.api_id,
+                "host": m.api_host.as_str().trim_end_matches('/'),
+                "base": "/api/v1/",
+                "lang": "idgate",
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+            "sso": {
+                "enabled": true,
+                "slo_enabled": false,
+                "creation_mode": match m.user_mode { UserMode::Real => "real", UserMode::Virtual => "virtual" },
+                "init_path": format!("/maestrano/auth/saml/init{suffix}"),
+                "consume_path": format!("/maestrano/auth/saml/consume{suffix}"),
+                "idm": self.public_url,
+                "idp": t.idp_url,
+                "name_id_format": "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+                "x509_fingerprint": t.idp_certificate.as_deref().and_then(fingerprint),
+                "x509_certificate": t.idp_certificate,
+            },
+            "connec": {
+                "enabled": true,
+                "host": m.connec_host.as_str().trim_end_matches('/'),
+            },
+            "webhook": {
+                "account": {
+                    "groups_path": format!("/maestrano/account/groups/:id{suffix}"),
+                    "group_users_path": format!("/maestrano/account/groups/:group_id/users/:id{suffix}"),
+                },
+                "connec": {
+                    "notifications_path": format!("/maestrano/connec/notifications{suffix}"),
+                },
+            },
+        }))
+    }
+
+    /// The local user id for a Maestrano uid in `group`: the uid itself, or
+    /// `<uid>.<group_uid>` in virtual mode (one local user per company membership).
+    pub fn local_uid(&self, tenant: &str, uid: &str, group: &str) -> String {
+        match self.tenants.get(tenant).map(|t| t.config.user_mode) {
+            Some(UserMode::Virtual) => format!("{uid}.{group}"),
+            _ => uid.to_owned(),
+        }
+    }
+
+    /// Adapts a login's identity to the tenant's user mode, and returns the Maestrano
+    /// session values to keep with the idgate session. `attributes` are every
+    /// attribute of the assertion (first values).
+    pub fn map_login(
+        &self,
+        tenant: &str,
+        who: &mut LoginIdentity,
+        attributes: &HashMap<String, String>,
+    ) -> Option<MnoSession> {
+        let t = self.tenants.get(tenant)?;
+        if t.config.user_mode == UserMode::Virtual {
+            who.user_id = attributes
+                .get("virtual_uid")
+                .cloned()
+                .unwrap_or_else(|| format!("{}.{}", who.user_id, who.group_id));
+            if let Some(email) = attributes.get("virtual_email") {
+                who.email = Some(email.clone());
+            }
+            // The NameID is the real uid, shared by every virtual user of one person.
+            who.name_id = None;
+        }
+        let session = attributes.get("mno_session")?.clone();
+        let recheck = attributes
+            .get("mno_session_recheck")
+            .and_then(|r| chrono::DateTime::parse_from_rfc3339(r).ok())
+            .map_or(0, |t| t.timestamp());
+        Some(MnoSession { session, recheck })
+    }
+
+    /// `DELETE /maestrano/account/groups/{group}`: the company cancelled. Its members
+    /// are blocked on every replica. Unknown or already cancelled groups are fine.
+    pub async fn group_cancelled(&self, tenant: &str, group: &str) -> Result<(), DirectoryError> {
+        match self.directory.cancel_group(tenant, group).await {
+            Ok(()) | Err(DirectoryError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE /maestrano/account/groups/{group}/users/{user}`: the user left the
+    /// company; once they belong to no active company, they are deactivated.
+    pub async fn user_removed(
+        &self,
+        tenant: &str,
+        group: &str,
+        uid: &str,
+    ) -> Result<(), DirectoryError> {
+        let local = self.local_uid(tenant, uid, group);
+        let store = self.directory.store();
+        let id = match store.find_user(tenant, UserKey::IdpSubject, &local).await? {
+            Some(id) => id,
+            None => match self.directory.user(tenant, &local).await? {
+                Some(u) => u.id,
+                None => return Ok(()),
+            },
+        };
+        match self.directory.remove_membership(tenant, &id, group).await {
+            Ok(()) | Err(DirectoryError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let Some(user) = self.directory.user(tenant, &id).await? else {
+            return Ok(());
+        };
+        let ids: Vec<String> = user
+            .memberships
+            .iter()
+            .map(|m| m.group_id.clone())
+            .collect();
+        let groups = store.get_groups(tenant, &ids).await?;
+        if user.active && !groups.iter().any(|g| g.active) {
+            self.directory.deactivate_user(tenant, &id).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_with_and_without_a_tenant() {
+        assert_eq!(route("/maestrano/metadata"), Some((Route::Metadata, None)));
+        assert_eq!(
+            route("/maestrano/metadata/acme"),
+            Some((Route::Metadata, Some("acme")))
+        );
+        assert_eq!(
+            route("/maestrano/auth/saml/consume/acme"),
+            Some((Route::Consume, Some("acme")))
+        );
+        assert_eq!(
+            route("/maestrano/account/groups/cld-1"),
+            Some((Route::GroupCancelled { group: "cld-1" }, None))
+        );
+        assert_eq!(
+            route("/maestrano/account/groups/cld-1/acme"),
+            Some((Route::GroupCancelled { group: "cld-1" }, Some("acme")))
+        );
+        assert_eq!(
+            route("/maestrano/account/groups/cld-1/users/usr-2/acme"),
+            Some((
+                Route::UserRemoved {
+                    group: "cld-1",
+                    user: "usr-2"
+                },
+                Some("acme")
+            ))
+        );
+        assert_eq!(
+            route("/maestrano/connec/notifications/"),
+            Some((Route::ConnecNotifications, None))
+        );
+        assert_eq!(route("/maestrano/account/groups/"), None);
+        assert_eq!(route("/maestrano/metadata/a/b"), None);
+        assert_eq!(route("/maestrano/elsewhere"), None);
+    }
+
+    #[test]
+    fn fingerprints_are_sha1_of_the_der_in_colon_hex() {
+        // Independent value: `openssl x509 -noout -fingerprint -sha1` on the example cert.
+        let pem = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/examples/example-idp.crt"
+        ))
+        .unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/examples/example-idp.crt"
+            ))
+            .output()
+            .expect("openssl is installed by make deps");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let expected = text.trim().rsplit('=').next().unwrap();
+        assert_eq!(fingerprint(&pem).as_deref(), Some(expected));
+    }
+}

@@ -1,0 +1,470 @@
+//! Maestrano marketplaces end to end, on a real Redis: SSO under Maestrano's paths with
+//! its legacy signatures (RSA-1024, SHA-1), the virtual user mode, the metadata endpoint
+//! and the account webhooks, each behind the tenant's `api_id:api_key`.
+
+mod support;
+
+#[path = "support/saml.rs"]
+mod saml_support;
+
+use std::io::Read;
+
+use base64::Engine;
+use idgate::config::Config;
+use idgate::store::SessionStore;
+use saml_support::*;
+use serde_json::json;
+use support::*;
+
+const MNO_IDP: &str = "https://maestrano.example.com";
+const CONSUME: &str = "http://127.0.0.1/maestrano/auth/saml/consume/mno";
+const CONSUME_VIRT: &str = "http://127.0.0.1/maestrano/auth/saml/consume/virt";
+
+struct Market {
+    app: idgate::Running,
+    dir: idgate::directory::Directory,
+    idp: TestIdp,
+    _up: TestUpstream,
+    _redis: RedisServer,
+    _keys: tempfile::TempDir,
+}
+
+async fn market() -> Market {
+    let redis = RedisServer::start();
+    let keys = tempfile::tempdir().unwrap();
+    let idp = TestIdp::with_bits("maestrano-idp", 1024);
+    let up = TestUpstream::start().await;
+    let tenant = |id: &str, api_id: &str, key: &str, extra: &str| {
+        format!(
+            "[[tenants]]\nid = \"{id}\"\n{extra}\n[tenants.saml]\nidp_entity_id = \"{MNO_IDP}\"\n\
+             idp_sso_url = \"{MNO_IDP}/api/v1/auth/saml\"\nidp_certificate = \"file:{}\"\n\
+             allow_sha1 = true\n[tenants.maestrano]\napi_id = \"{api_id}\"\napi_key = \"{key}\"\n",
+            idp.cert.display()
+        )
+    };
+    let text = config(
+        up.addr,
+        "",
+        &format!(
+            "[store]\nurl = \"{}\"\n[identity]\nsigning_key = \"file:{}\"\n{}{}user_mode = \"virtual\"\n",
+            redis.url(),
+            signing_key_file(keys.path(), "EdDSA").display(),
+            tenant("mno", "app-123", "key-123", "default = true"),
+            tenant("virt", "app-456", "key-456", ""),
+        ),
+    );
+    let app = idgate::App::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap())
+        .expect("app");
+    let dir = app.directory().clone();
+    Market {
+        app: app.start().await.unwrap(),
+        dir,
+        idp,
+        _up: up,
+        _redis: redis,
+        _keys: keys,
+    }
+}
+
+fn basic(id: &str, key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{key}"))
+    )
+}
+
+impl Market {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.app.public_addr())
+    }
+
+    /// Starts a login at Maestrano's init path; returns (request id, login cookie, the
+    /// decoded AuthnRequest).
+    async fn init(&self, path: &str) -> (String, String, String) {
+        let r = get(&self.url(path), &[]).await;
+        assert_eq!(r.status, 302, "{}", r.text());
+        let location = url::Url::parse(r.headers["location"].to_str().unwrap()).unwrap();
+        assert!(
+            location
+                .as_str()
+                .starts_with(&format!("{MNO_IDP}/api/v1/auth/saml?"))
+        );
+        let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+        let deflated = base64::engine::general_purpose::STANDARD
+            .decode(&q["SAMLRequest"])
+            .unwrap();
+        let mut xml = String::new();
+        flate2::read::DeflateDecoder::new(&deflated[..])
+            .read_to_string(&mut xml)
+            .unwrap();
+        let cookie = r.headers["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        (q["RelayState"].clone(), cookie, xml)
+    }
+
+    /// A full SP-initiated login through Maestrano's paths, signed as Maestrano signs.
+    async fn login(&self, tenant: &str, spec: ResponseSpec) -> Reply {
+        let suffix = if tenant == "mno" {
+            String::new()
+        } else {
+            format!("/{tenant}")
+        };
+        let (id, cookie, _) = self
+            .init(&format!("/maestrano/auth/saml/init{suffix}"))
+            .await;
+        let mut spec = spec;
+        spec.in_response_to = Some(id.clone());
+        let xml = sha1_signed_assertion_response(&spec, &self.idp);
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("SAMLResponse", &b64(&xml))
+            .append_pair("RelayState", &id)
+            .finish();
+        send(
+            "POST",
+            &self.url(&format!("/maestrano/auth/saml/consume{suffix}")),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("cookie", &cookie),
+            ],
+            form,
+        )
+        .await
+    }
+
+    async fn app_status(&self, cookie: &str) -> (u16, serde_json::Value) {
+        let r = get(
+            &self.url("/app"),
+            &[("cookie", cookie), ("accept", "application/json")],
+        )
+        .await;
+        (r.status.as_u16(), r.json())
+    }
+
+    async fn webhook(&self, path: &str, auth: &str) -> Reply {
+        send("DELETE", &self.url(path), &[("authorization", auth)], "").await
+    }
+}
+
+fn spec(consume: &str, audience: &str, uid: &str, group: &str) -> ResponseSpec {
+    let mut s = ResponseSpec::new(MNO_IDP, consume, audience, None)
+        .attr("uid", uid)
+        .attr("virtual_uid", &format!("{uid}.{group}"))
+        .attr("email", &format!("{uid}@example.com"))
+        .attr("virtual_email", &format!("{uid}.{group}@maestrano.example"))
+        .attr("group_uid", group)
+        .attr("group_name", &format!("Company {group}"))
+        .attr("group_role", "Admin")
+        .attr("mno_session", &format!("sess-{uid}"))
+        .attr("mno_session_recheck", "2030-01-01T00:00:00Z");
+    s.name_id = uid.into();
+    s
+}
+
+fn cookie_of(r: &Reply) -> String {
+    r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_is_served_behind_basic_auth_without_secrets() {
+    let m = market().await;
+    let r = get(
+        &m.url("/maestrano/metadata"),
+        &[("authorization", &basic("app-123", "key-123"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let md = r.json();
+    assert_eq!(md["api"]["id"], "app-123");
+    assert_eq!(md["app"]["host"], "http://127.0.0.1");
+    assert_eq!(md["sso"]["enabled"], true);
+    assert_eq!(md["sso"]["init_path"], "/maestrano/auth/saml/init/mno");
+    assert_eq!(
+        md["sso"]["consume_path"],
+        "/maestrano/auth/saml/consume/mno"
+    );
+    assert_eq!(md["sso"]["idp"], format!("{MNO_IDP}/api/v1/auth/saml"));
+    assert_eq!(
+        md["sso"]["name_id_format"],
+        "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
+    );
+    let fp = md["sso"]["x509_fingerprint"].as_str().unwrap();
+    assert_eq!(fp.len(), 59, "SHA-1 in colon hex: {fp}");
+    assert!(
+        md["sso"]["x509_certificate"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert_eq!(
+        md["webhook"]["account"]["groups_path"],
+        "/maestrano/account/groups/:id/mno"
+    );
+    assert_eq!(
+        md["webhook"]["account"]["group_users_path"],
+        "/maestrano/account/groups/:group_id/users/:id/mno"
+    );
+    assert_eq!(
+        md["webhook"]["connec"]["notifications_path"],
+        "/maestrano/connec/notifications/mno"
+    );
+    assert!(!r.text().contains("key-123"), "the api key is never served");
+
+    let virt = get(
+        &m.url("/maestrano/metadata/virt"),
+        &[("authorization", &basic("app-456", "key-456"))],
+    )
+    .await;
+    assert_eq!(virt.json()["sso"]["creation_mode"], "virtual");
+    // Wrong, missing, or another tenant's credentials.
+    for auth in [
+        basic("app-123", "nope"),
+        basic("app-123", "key-456"),
+        "Bearer key-123".into(),
+    ] {
+        let r = get(&m.url("/maestrano/metadata"), &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json(), json!({"error": "Invalid credentials"}));
+    }
+    let r = get(
+        &m.url("/maestrano/metadata/virt"),
+        &[("authorization", &basic("app-123", "key-123"))],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(get(&m.url("/maestrano/metadata"), &[]).await.status, 401);
+    assert_eq!(
+        get(&m.url("/maestrano/metadata/nobody"), &[]).await.status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_through_maestrano_paths_provisions_and_keeps_the_maestrano_session() {
+    let m = market().await;
+    let (_, _, authn) = m.init("/maestrano/auth/saml/init").await;
+    assert!(
+        authn.contains(">app-123</"),
+        "Issuer is the api_id: {authn}"
+    );
+    assert!(
+        authn.contains("urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"),
+        "{authn}"
+    );
+    assert!(authn.contains(CONSUME), "{authn}");
+
+    let r = m
+        .login("mno", spec(CONSUME, "app-123", "usr-1", "cld-1"))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let cookie = cookie_of(&r);
+    let (status, echo) = m.app_status(&cookie).await;
+    assert_eq!(status, 200);
+    assert_eq!(received(&echo, "x-idgate-user-id"), ["usr-1"]);
+    assert_eq!(received(&echo, "x-idgate-group-id"), ["cld-1"]);
+    assert_eq!(received(&echo, "x-idgate-role"), ["Admin"]);
+    let company = m
+        .dir
+        .group("mno", "cld-1")
+        .await
+        .unwrap()
+        .expect("company created");
+    assert_eq!(company.name, "Company cld-1");
+    // The Maestrano session travels with idgate's.
+    let value = cookie.split_once('=').unwrap().1;
+    let stored = m
+        .dir
+        .store()
+        .get_session(&idgate::session::store_key(value))
+        .await
+        .unwrap()
+        .unwrap();
+    let mno = stored.record.mno.expect("mno_session kept");
+    assert_eq!(mno.session, "sess-usr-1");
+    assert_eq!(mno.recheck, 1_893_456_000);
+
+    // User migration: an unknown uid whose email an existing user holds is linked.
+    let mut legacy = idgate::directory::model::User::new("legacy-7", idgate::directory::now());
+    legacy.email = Some("usr-9@example.com".into());
+    m.dir.create_user("mno", &legacy).await.unwrap();
+    let r = m
+        .login("mno", spec(CONSUME, "app-123", "usr-9", "cld-1"))
+        .await;
+    let (_, echo) = m.app_status(&cookie_of(&r)).await;
+    assert_eq!(received(&echo, "x-idgate-user-id"), ["legacy-7"]);
+    // A later login logs the same user in.
+    let r = m
+        .login("mno", spec(CONSUME, "app-123", "usr-1", "cld-1"))
+        .await;
+    let (_, echo) = m.app_status(&cookie_of(&r)).await;
+    assert_eq!(received(&echo, "x-idgate-user-id"), ["usr-1"]);
+
+    // A response signed by another key is refused.
+    let stranger = TestIdp::with_bits("stranger", 1024);
+    let (id, login_cookie, _) = m.init("/maestrano/auth/saml/init").await;
+    let mut forged = spec(CONSUME, "app-123", "usr-1", "cld-1");
+    forged.in_response_to = Some(id.clone());
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "SAMLResponse",
+            &b64(&sha1_signed_assertion_response(&forged, &stranger)),
+        )
+        .append_pair("RelayState", &id)
+        .finish();
+    let r = send(
+        "POST",
+        &m.url("/maestrano/auth/saml/consume"),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", &login_cookie),
+        ],
+        form,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.headers.get("set-cookie").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_mode_makes_one_user_per_company() {
+    let m = market().await;
+    let a = m
+        .login("virt", spec(CONSUME_VIRT, "app-456", "usr-1", "cld-A"))
+        .await;
+    assert_eq!(a.status, 303, "{}", a.text());
+    let b = m
+        .login("virt", spec(CONSUME_VIRT, "app-456", "usr-1", "cld-B"))
+        .await;
+    assert_eq!(b.status, 303, "{}", b.text());
+    let (_, echo_a) = m.app_status(&cookie_of(&a)).await;
+    let (_, echo_b) = m.app_status(&cookie_of(&b)).await;
+    assert_eq!(received(&echo_a, "x-idgate-user-id"), ["usr-1.cld-A"]);
+    assert_eq!(received(&echo_b, "x-idgate-user-id"), ["usr-1.cld-B"]);
+    assert_eq!(
+        received(&echo_b, "x-idgate-email"),
+        ["usr-1.cld-B@maestrano.example"]
+    );
+
+    // The webhook names the real uid; the virtual user of that company is the one removed.
+    let auth = basic("app-456", "key-456");
+    let r = m
+        .webhook("/maestrano/account/groups/cld-A/users/usr-1/virt", &auth)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (status, body) = m.app_status(&cookie_of(&a)).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (403, json!("removed_from_company"))
+    );
+    assert!(
+        !m.dir
+            .user("virt", "usr-1.cld-A")
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    assert_eq!(
+        m.app_status(&cookie_of(&b)).await.0,
+        200,
+        "the other company's user is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_webhooks_cancel_companies_and_remove_users_idempotently() {
+    let m = market().await;
+    let auth = basic("app-123", "key-123");
+    let ann_1 = cookie_of(
+        &m.login("mno", spec(CONSUME, "app-123", "ann", "cld-1"))
+            .await,
+    );
+    let bob_1 = cookie_of(
+        &m.login("mno", spec(CONSUME, "app-123", "bob", "cld-1"))
+            .await,
+    );
+    let bob_2 = cookie_of(
+        &m.login("mno", spec(CONSUME, "app-123", "bob", "cld-2"))
+            .await,
+    );
+    for c in [&ann_1, &bob_1, &bob_2] {
+        assert_eq!(m.app_status(c).await.0, 200);
+    }
+
+    // Bad credentials change nothing.
+    let r = m
+        .webhook(
+            "/maestrano/account/groups/cld-1",
+            &basic("app-123", "wrong"),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json(), json!({"error": "Invalid credentials"}));
+    assert_eq!(m.app_status(&ann_1).await.0, 200);
+
+    // Bob leaves company 2: his session there ends; he stays active (company 1).
+    let r = m
+        .webhook("/maestrano/account/groups/cld-2/users/bob", &auth)
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()),
+        (200, json!({"success": true}))
+    );
+    let (status, body) = m.app_status(&bob_2).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (403, json!("removed_from_company"))
+    );
+    assert_eq!(m.app_status(&bob_1).await.0, 200);
+    assert!(m.dir.user("mno", "bob").await.unwrap().unwrap().active);
+
+    // Company 1 cancels: every member is blocked at once, with the reason.
+    let r = m
+        .webhook("/maestrano/account/groups/cld-1/mno", &auth)
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()),
+        (200, json!({"success": true}))
+    );
+    for c in [&ann_1, &bob_1] {
+        let (status, body) = m.app_status(c).await;
+        assert_eq!(
+            (status, body["error"].clone()),
+            (403, json!("company_cancelled"))
+        );
+    }
+    // Logging in again is refused while it stays cancelled.
+    let r = m
+        .login("mno", spec(CONSUME, "app-123", "ann", "cld-1"))
+        .await;
+    assert_eq!(r.status, 403);
+
+    // Repeats and unknown ids are fine.
+    for path in [
+        "/maestrano/account/groups/cld-1",
+        "/maestrano/account/groups/cld-404",
+        "/maestrano/account/groups/cld-2/users/bob",
+        "/maestrano/account/groups/cld-1/users/nobody/mno",
+    ] {
+        let r = m.webhook(path, &auth).await;
+        assert_eq!(
+            (r.status.as_u16(), r.json()),
+            (200, json!({"success": true})),
+            "{path}"
+        );
+    }
+    // Only DELETE means anything there.
+    let r = send(
+        "POST",
+        &m.url("/maestrano/account/groups/cld-1"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+}
