@@ -10,8 +10,8 @@ use idgate::directory::model::Email;
 use idgate::directory::model::{Group, Membership, User};
 use idgate::session::model::{RevokeReason, SessionRecord};
 use idgate::store::{
-    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Listing,
-    ReplaceGroup, ReplaceUser, SessionStore, Store, StoredSession, UserKey,
+    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Job, JobQueue,
+    Listing, Records, ReplaceGroup, ReplaceUser, SessionStore, Store, StoredSession, UserKey,
 };
 use support::{RedisCluster, RedisServer};
 
@@ -39,8 +39,85 @@ async fn conformance(store: Store) {
     multi_valued_indexes_follow_the_record(&store).await;
     group_external_ids_are_unique(&store).await;
     sessions_live_expire_and_revoke(&store).await;
+    job_queues_hand_each_job_to_one_consumer_and_recover_stale_ones(&store).await;
     ephemeral_values_are_claimed_once_taken_once_and_expire(&store).await;
     events_reach_subscribers(&store).await;
+}
+
+async fn job_queues_hand_each_job_to_one_consumer_and_recover_stale_ones(store: &Store) {
+    let q = "conformance-jobs";
+    let stale = Duration::from_millis(400);
+    for i in 0..3 {
+        store.enqueue(q, &format!("job-{i}")).await.unwrap();
+    }
+    let a = store.claim(q, "A", 2, stale).await.unwrap();
+    let bodies = |jobs: &[Job]| jobs.iter().map(|j| j.body.clone()).collect::<Vec<_>>();
+    assert_eq!(bodies(&a), ["job-0", "job-1"], "in order");
+    let b = store.claim(q, "B", 5, stale).await.unwrap();
+    assert_eq!(bodies(&b), ["job-2"], "a claimed job is nobody else's");
+    assert!(store.claim(q, "B", 5, stale).await.unwrap().is_empty());
+    store.ack(q, &a[0].id).await.unwrap();
+    store.ack(q, &b[0].id).await.unwrap();
+    // A keeps job-1 alive for a while, then stops (it died): B takes it over.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        store
+            .keep(q, "A", std::slice::from_ref(&a[1].id))
+            .await
+            .unwrap();
+        assert!(
+            store.claim(q, "B", 5, stale).await.unwrap().is_empty(),
+            "kept jobs stay A's"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let taken = store.claim(q, "B", 5, stale).await.unwrap();
+    assert_eq!(bodies(&taken), ["job-1"]);
+    store.ack(q, &taken[0].id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        store.claim(q, "C", 5, stale).await.unwrap().is_empty(),
+        "acked jobs are gone"
+    );
+
+    // Many consumers at once: every job exactly once.
+    for i in 0..40 {
+        store.enqueue(q, &format!("bulk-{i}")).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let jobs = store
+                    .claim(q, &format!("c{c}"), 3, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                if jobs.is_empty() {
+                    break got;
+                }
+                for j in jobs {
+                    store.ack(q, &j.id).await.unwrap();
+                    got.push(j.body);
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let mut want: Vec<String> = (0..40).map(|i| format!("bulk-{i}")).collect();
+    want.sort();
+    assert_eq!(all, want);
+
+    assert_eq!(store.get_record("r1").await.unwrap(), None);
+    store.set_record("r1", "v1").await.unwrap();
+    assert_eq!(store.get_record("r1").await.unwrap().as_deref(), Some("v1"));
+    store.delete_record("r1").await.unwrap();
+    assert_eq!(store.get_record("r1").await.unwrap(), None);
 }
 
 async fn ephemeral_values_are_claimed_once_taken_once_and_expire(store: &Store) {

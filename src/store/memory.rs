@@ -2,7 +2,7 @@
 //! keeps the same contract as Redis (atomic operations, unique indexes, TTLs, events),
 //! so the conformance suite holds for both.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 
 use super::index::{Entries, IndexOp};
 use super::{
-    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Listing,
-    ReplaceGroup, ReplaceUser, SessionStore, StoreResult, StoredSession, UserKey,
+    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Job, JobQueue,
+    Listing, Records, ReplaceGroup, ReplaceUser, SessionStore, StoreResult, StoredSession, UserKey,
 };
 use crate::directory::model::{Group, User};
 use crate::session::model::{RevokeReason, SessionRecord};
@@ -30,6 +30,10 @@ struct Inner {
     user_sessions: HashMap<(String, String), HashSet<String>>,
     ephemeral: HashMap<String, (String, Instant)>,
     puts: u64,
+    /// queue → (sequence → (body, holder and when it last touched the job))
+    queues: HashMap<String, BTreeMap<u64, (String, Option<(String, Instant)>)>>,
+    next_job: u64,
+    records: HashMap<String, String>,
 }
 
 /// In-process store; cheap to clone (shared state).
@@ -388,6 +392,89 @@ impl EphemeralStore for MemoryStore {
             .remove(key)
             .filter(|(_, until)| *until > Instant::now())
             .map(|(v, _)| v))
+    }
+}
+
+impl JobQueue for MemoryStore {
+    async fn enqueue(&self, queue: &str, body: &str) -> StoreResult<String> {
+        let mut g = self.lock();
+        g.next_job += 1;
+        let n = g.next_job;
+        g.queues
+            .entry(queue.to_owned())
+            .or_default()
+            .insert(n, (body.to_owned(), None));
+        Ok(n.to_string())
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+        stale_after: Duration,
+    ) -> StoreResult<Vec<Job>> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        let Some(q) = g.queues.get_mut(queue) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        // Stale ones first, then new ones, as the Redis backend does.
+        for stale_pass in [true, false] {
+            for (n, (body, holder)) in q.iter_mut() {
+                if out.len() >= max {
+                    break;
+                }
+                let take = match holder {
+                    Some((_, at)) => stale_pass && now.duration_since(*at) > stale_after,
+                    None => !stale_pass,
+                };
+                if take {
+                    *holder = Some((consumer.to_owned(), now));
+                    out.push(Job {
+                        id: n.to_string(),
+                        body: body.clone(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<()> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        if let Some(q) = g.queues.get_mut(queue) {
+            for id in ids {
+                if let Some((_, holder)) = id.parse().ok().and_then(|n: u64| q.get_mut(&n)) {
+                    *holder = Some((consumer.to_owned(), now));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, queue: &str, id: &str) -> StoreResult<()> {
+        let mut g = self.lock();
+        if let (Some(q), Ok(n)) = (g.queues.get_mut(queue), id.parse::<u64>()) {
+            q.remove(&n);
+        }
+        Ok(())
+    }
+}
+
+impl Records for MemoryStore {
+    async fn get_record(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self.lock().records.get(key).cloned())
+    }
+    async fn set_record(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.lock().records.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+    async fn delete_record(&self, key: &str) -> StoreResult<()> {
+        self.lock().records.remove(key);
+        Ok(())
     }
 }
 

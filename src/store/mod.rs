@@ -328,6 +328,53 @@ pub trait EphemeralStore: Send + Sync {
     fn take(&self, key: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
 }
 
+/// A job taken from a [`JobQueue`], to be acknowledged once done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Queue-assigned id (ordered by enqueue time).
+    pub id: String,
+    /// What to do, as the producer wrote it.
+    pub body: String,
+}
+
+/// Durable work shared by every replica (a Redis Stream with one consumer group; in
+/// process for `memory://`). A job is handed to one consumer at a time; a consumer that
+/// stops touching its jobs (it died) loses them to the next claim after `stale_after`,
+/// so nothing is lost and nothing runs twice at once.
+pub trait JobQueue: Send + Sync {
+    /// Appends a job; durable when this returns.
+    fn enqueue(&self, queue: &str, body: &str) -> impl Future<Output = StoreResult<String>> + Send;
+    /// Up to `max` jobs for `consumer`: first those left idle by others for longer than
+    /// `stale_after`, then new ones.
+    fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+        stale_after: Duration,
+    ) -> impl Future<Output = StoreResult<Vec<Job>>> + Send;
+    /// Marks jobs as still being worked on by `consumer` (resets their idle time).
+    fn keep(
+        &self,
+        queue: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Completes a job: it is gone for good.
+    fn ack(&self, queue: &str, id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// Small durable records that outlive sessions: recurring bill ids per company, Connec!
+/// id mappings.
+pub trait Records: Send + Sync {
+    /// Reads a record.
+    fn get_record(&self, key: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    /// Writes a record.
+    fn set_record(&self, key: &str, value: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Deletes a record.
+    fn delete_record(&self, key: &str) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
 /// Carries [`Event`]s to every replica.
 pub trait EventBus: Send + Sync {
     /// Sends an event to every replica, this one included.
@@ -489,6 +536,39 @@ impl EphemeralStore for Store {
     }
     async fn take(&self, key: &str) -> StoreResult<Option<String>> {
         delegate!(self, s => s.take(key))
+    }
+}
+
+impl JobQueue for Store {
+    async fn enqueue(&self, queue: &str, body: &str) -> StoreResult<String> {
+        delegate!(self, s => s.enqueue(queue, body))
+    }
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+        stale_after: Duration,
+    ) -> StoreResult<Vec<Job>> {
+        delegate!(self, s => s.claim(queue, consumer, max, stale_after))
+    }
+    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<()> {
+        delegate!(self, s => s.keep(queue, consumer, ids))
+    }
+    async fn ack(&self, queue: &str, id: &str) -> StoreResult<()> {
+        delegate!(self, s => s.ack(queue, id))
+    }
+}
+
+impl Records for Store {
+    async fn get_record(&self, key: &str) -> StoreResult<Option<String>> {
+        delegate!(self, s => s.get_record(key))
+    }
+    async fn set_record(&self, key: &str, value: &str) -> StoreResult<()> {
+        delegate!(self, s => s.set_record(key, value))
+    }
+    async fn delete_record(&self, key: &str) -> StoreResult<()> {
+        delegate!(self, s => s.delete_record(key))
     }
 }
 

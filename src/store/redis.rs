@@ -28,8 +28,9 @@ use tokio::sync::{OnceCell, broadcast};
 
 use super::index::{Entries, IndexOp};
 use super::{
-    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Listing,
-    ReplaceGroup, ReplaceUser, SessionStore, StoreError, StoreResult, StoredSession, UserKey,
+    CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Job, JobQueue,
+    Listing, Records, ReplaceGroup, ReplaceUser, SessionStore, StoreError, StoreResult,
+    StoredSession, UserKey,
 };
 use crate::directory::model::{Group, User};
 use crate::session::model::{RevokeReason, SessionRecord};
@@ -750,6 +751,179 @@ impl EphemeralStore for RedisStore {
             .arg(format!("{}:eph:{key}", self.prefix))
             .query_async(&mut self.active().await?)
             .await
+            .map_err(unavailable)
+    }
+}
+
+/// The consumer group every replica reads job streams through.
+const JOB_GROUP: &str = "idgate";
+
+/// Stream entries (`[[id, [field, value, …]], …]`) as jobs; entries whose data are gone
+/// (deleted meanwhile) are skipped.
+fn stream_entries(v: &Value) -> Vec<Job> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let id: String = redis::from_redis_value(parts.first()?.clone()).ok()?;
+            let Value::Array(fields) = parts.get(1)? else {
+                return None;
+            };
+            let body: String = redis::from_redis_value(fields.get(1)?.clone()).ok()?;
+            Some(Job { id, body })
+        })
+        .collect()
+}
+
+impl RedisStore {
+    fn queue_key(&self, queue: &str) -> String {
+        format!("{}:q:{queue}", self.prefix)
+    }
+
+    /// Runs `cmd`; when the stream or its group does not exist yet, makes both (from the
+    /// stream's start, so jobs enqueued before any consumer are not skipped) and retries.
+    async fn with_group(&self, key: &str, cmd: &Cmd) -> StoreResult<Value> {
+        let mut conn = self.active().await?;
+        match cmd.query_async::<Value>(&mut conn).await {
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                let made: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(key)
+                    .arg(JOB_GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = made
+                    && !e.to_string().contains("BUSYGROUP")
+                {
+                    return Err(unavailable(e));
+                }
+                cmd.query_async(&mut conn).await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
+    }
+}
+
+impl JobQueue for RedisStore {
+    async fn enqueue(&self, queue: &str, body: &str) -> StoreResult<String> {
+        redis::cmd("XADD")
+            .arg(self.queue_key(queue))
+            .arg("*")
+            .arg("b")
+            .arg(body)
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+        stale_after: Duration,
+    ) -> StoreResult<Vec<Job>> {
+        let key = self.queue_key(queue);
+        let mut auto = redis::cmd("XAUTOCLAIM");
+        auto.arg(&key)
+            .arg(JOB_GROUP)
+            .arg(consumer)
+            .arg(stale_after.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max.max(1));
+        let reply = self.with_group(&key, &auto).await?;
+        let mut jobs = match &reply {
+            Value::Array(parts) => parts.get(1).map(stream_entries).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if jobs.len() < max {
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(JOB_GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max - jobs.len())
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(">");
+            if let Value::Array(streams) = self.with_group(&key, &read).await? {
+                for stream in streams {
+                    if let Value::Array(kv) = stream
+                        && let Some(entries) = kv.get(1)
+                    {
+                        jobs.extend(stream_entries(entries));
+                    }
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let key = self.queue_key(queue);
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&key).arg(JOB_GROUP).arg(consumer).arg(0);
+        for id in ids {
+            cmd.arg(id);
+        }
+        cmd.arg("JUSTID");
+        self.with_group(&key, &cmd).await.map(|_| ())
+    }
+
+    async fn ack(&self, queue: &str, id: &str) -> StoreResult<()> {
+        let key = self.queue_key(queue);
+        let mut conn = self.active().await?;
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(&key)
+            .arg(JOB_GROUP)
+            .arg(id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&key)
+            .arg(id)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+impl Records for RedisStore {
+    async fn get_record(&self, key: &str) -> StoreResult<Option<String>> {
+        redis::cmd("GET")
+            .arg(format!("{}:rec:{key}", self.prefix))
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)
+    }
+    async fn set_record(&self, key: &str, value: &str) -> StoreResult<()> {
+        redis::cmd("SET")
+            .arg(format!("{}:rec:{key}", self.prefix))
+            .arg(value)
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)
+    }
+    async fn delete_record(&self, key: &str) -> StoreResult<()> {
+        redis::cmd("DEL")
+            .arg(format!("{}:rec:{key}", self.prefix))
+            .query_async::<i64>(&mut self.active().await?)
+            .await
+            .map(|_| ())
             .map_err(unavailable)
     }
 }
