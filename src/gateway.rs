@@ -37,6 +37,9 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// Largest Connec! notification accepted (they batch many entities).
+pub const CONNEC_MAX_BODY: usize = 16 << 20;
+
 /// Login starts allowed per client address per window ([`crate::saml::PENDING_TTL`]).
 pub const LOGIN_STARTS_PER_WINDOW: u32 = 60;
 
@@ -579,10 +582,52 @@ impl Gateway {
                 self.maestrano.user_removed(&tenant, group, user).await,
                 "user removed from group",
             ),
-            (&Method::POST, Route::ConnecNotifications) => answer(
-                StatusCode::NOT_IMPLEMENTED,
-                &serde_json::json!({"error": "Connec! notifications are not relayed yet"}),
-            ),
+            (&Method::POST, Route::ConnecNotifications) => {
+                use http_body_util::BodyExt;
+                let body = match http_body_util::Limited::new(req.into_body(), CONNEC_MAX_BODY)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        tracing::warn!(request_id, tenant, error = %e, "Connec! notification refused: unreadable or too large");
+                        return answer(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &serde_json::json!({"error": "The notification could not be read"}),
+                        );
+                    }
+                };
+                match self.maestrano.connec_notification(&tenant, &body).await {
+                    Ok(n) => {
+                        tracing::info!(
+                            request_id,
+                            tenant,
+                            entities = n,
+                            "Connec! notification queued for the app"
+                        );
+                        answer(StatusCode::OK, &serde_json::json!({"success": true}))
+                    }
+                    Err(reason) if reason.starts_with("store:") => {
+                        tracing::error!(
+                            request_id,
+                            tenant,
+                            reason,
+                            "Connec! notification not queued"
+                        );
+                        answer(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &serde_json::json!({"error": "Temporarily unavailable, retry later"}),
+                        )
+                    }
+                    Err(reason) => {
+                        tracing::warn!(request_id, tenant, reason, "Connec! notification refused");
+                        answer(
+                            StatusCode::BAD_REQUEST,
+                            &serde_json::json!({"error": reason}),
+                        )
+                    }
+                }
+            }
             _ => answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &serde_json::json!({"error": format!("{method} is not allowed here")}),
@@ -701,6 +746,11 @@ impl Gateway {
         {
             Ok(new) => {
                 self.metrics.login();
+                if self.maestrano.is_maestrano(tenant) {
+                    // A new company gets its bill, and a per-user bill follows a new
+                    // member; the job finds out which (and does nothing otherwise).
+                    self.maestrano.billing_changed(tenant, &who.group_id).await;
+                }
                 tracing::info!(
                     request_id,
                     tenant,

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod directory;
 pub mod gateway;
 pub mod identity;
+pub mod jobs;
 pub mod maestrano;
 pub mod metrics;
 pub mod proxy;
@@ -100,6 +101,7 @@ pub fn check_config(path: &std::path::Path) -> Result<Config, config::ConfigErro
 /// The product, built from a config and ready to bind.
 pub struct App {
     config: Arc<Config>,
+    worker: Arc<maestrano::worker::Worker>,
     gateway: Arc<Gateway>,
     admin: Arc<Admin>,
     sessions: Arc<Sessions>,
@@ -145,9 +147,15 @@ impl App {
             saml,
             dev_idp,
         ));
+        let worker = Arc::new(maestrano::worker::Worker::new(
+            &config,
+            store.clone(),
+            signer.clone(),
+        ));
         let admin = Arc::new(Admin::new(store.clone(), metrics, draining.clone(), signer));
         Ok(App {
             config: Arc::new(config),
+            worker,
             gateway,
             admin,
             sessions,
@@ -184,6 +192,8 @@ impl App {
             source,
         })?;
         self.sessions.start();
+        let (jobs_tx, jobs_rx) = watch::channel(false);
+        self.worker.clone().start(jobs_rx);
         let grace = self.config.server.shutdown_grace;
         let (public_tx, public_rx) = watch::channel(false);
         let (admin_tx, admin_rx) = watch::channel(false);
@@ -218,6 +228,7 @@ impl App {
             "idgate listening"
         );
         Ok(Running {
+            jobs_tx,
             public_addr,
             admin_addr,
             draining: self.draining,
@@ -231,6 +242,7 @@ impl App {
 
 /// A started app.
 pub struct Running {
+    jobs_tx: watch::Sender<bool>,
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
     draining: Arc<AtomicBool>,
@@ -255,6 +267,7 @@ impl Running {
     /// the admin listener.
     pub async fn shutdown(self) {
         self.draining.store(true, Ordering::Relaxed);
+        let _ = self.jobs_tx.send(true);
         let _ = self.public_tx.send(true);
         if let Err(e) = self.public_task.await {
             tracing::error!(error = %e, "public listener task failed");

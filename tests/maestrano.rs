@@ -21,19 +21,32 @@ const CONSUME: &str = "http://127.0.0.1/maestrano/auth/saml/consume/mno";
 const CONSUME_VIRT: &str = "http://127.0.0.1/maestrano/auth/saml/consume/virt";
 
 struct Market {
-    app: idgate::Running,
+    base: String,
+    app: Option<idgate::Running>,
     dir: idgate::directory::Directory,
     idp: TestIdp,
-    _up: TestUpstream,
+    text: String,
+    _up: Option<TestUpstream>,
     _redis: RedisServer,
     _keys: tempfile::TempDir,
 }
 
 async fn market() -> Market {
+    let up = TestUpstream::start().await;
+    let addr = up.addr;
+    market_with(addr, "", Some(up)).await
+}
+
+/// A marketplace whose app is at `upstream`, with `mno_extra` added to the default
+/// tenant's `[tenants.maestrano]` section.
+async fn market_with(
+    upstream: std::net::SocketAddr,
+    mno_extra: &str,
+    up: Option<TestUpstream>,
+) -> Market {
     let redis = RedisServer::start();
     let keys = tempfile::tempdir().unwrap();
     let idp = TestIdp::with_bits("maestrano-idp", 1024);
-    let up = TestUpstream::start().await;
     let tenant = |id: &str, api_id: &str, key: &str, extra: &str| {
         format!(
             "[[tenants]]\nid = \"{id}\"\n{extra}\n[tenants.saml]\nidp_entity_id = \"{MNO_IDP}\"\n\
@@ -43,23 +56,26 @@ async fn market() -> Market {
         )
     };
     let text = config(
-        up.addr,
+        upstream,
         "",
         &format!(
-            "[store]\nurl = \"{}\"\n[identity]\nsigning_key = \"file:{}\"\n{}{}user_mode = \"virtual\"\n",
+            "[store]\nurl = \"{}\"\n[identity]\nsigning_key = \"file:{}\"\n{}{mno_extra}\n{}user_mode = \"virtual\"\n",
             redis.url(),
             signing_key_file(keys.path(), "EdDSA").display(),
             tenant("mno", "app-123", "key-123", "default = true"),
             tenant("virt", "app-456", "key-456", ""),
         ),
     );
-    let app = idgate::App::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap())
-        .expect("app");
+    let cfg = Config::from_toml(&text, std::path::Path::new("/")).unwrap();
+    let app = idgate::App::new(cfg).expect("app");
     let dir = app.directory().clone();
+    let app = app.start().await.unwrap();
     Market {
-        app: app.start().await.unwrap(),
+        base: format!("http://{}", app.public_addr()),
+        app: Some(app),
         dir,
         idp,
+        text,
         _up: up,
         _redis: redis,
         _keys: keys,
@@ -75,7 +91,19 @@ fn basic(id: &str, key: &str) -> String {
 
 impl Market {
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.app.public_addr())
+        format!("{}{path}", self.base)
+    }
+
+    /// Serves through a separate idgate process instead (same config and store), one
+    /// that a test can stop and restart.
+    async fn switch_to_process(&mut self) -> Idgate {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+        let p = Idgate::start(&self.text);
+        p.wait_ready().await;
+        self.base = p.url("");
+        p
     }
 
     /// Starts a login at Maestrano's init path; returns (request id, login cookie, the
@@ -467,4 +495,282 @@ async fn account_webhooks_cancel_companies_and_remove_users_idempotently() {
     )
     .await;
     assert_eq!(r.status, 405);
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `limit`.
+async fn eventually(what: &str, limit: std::time::Duration, check: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn bill_calls(api: &Recorder) -> (Vec<Recorded>, Vec<String>) {
+    let calls = api.calls();
+    let created: Vec<Recorded> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/api/v1/account/recurring_bills")
+        .cloned()
+        .collect();
+    let cancelled = calls
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.path.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    (created, cancelled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_follows_the_company_and_survives_a_restart_mid_retry() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let failing = Arc::new(AtomicBool::new(true));
+    let made = Arc::new(AtomicUsize::new(0));
+    let (f, n) = (failing.clone(), made.clone());
+    let api = Recorder::start(move |r| {
+        let json = vec![("content-type".to_owned(), "application/json".to_owned())];
+        match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/api/v1/account/recurring_bills") if f.load(Ordering::SeqCst) => {
+                (503, json, "{\"error\":\"down\"}".into())
+            }
+            ("POST", "/api/v1/account/recurring_bills") => {
+                let i = n.fetch_add(1, Ordering::SeqCst) + 1;
+                (
+                    200,
+                    json,
+                    format!("{{\"success\":true,\"data\":{{\"id\":\"rbill-{i}\"}}}}"),
+                )
+            }
+            ("DELETE", _) => (200, json, "{\"success\":true}".into()),
+            _ => (404, json, "{}".into()),
+        }
+    })
+    .await;
+    let up = TestUpstream::start().await;
+    let extra = format!(
+        "api_host = \"{}\"\n[tenants.maestrano.billing]\nmode = \"per_user\"\nprice_cents = 1500\n\
+         currency = \"AUD\"\nperiod = \"Month\"\ndescription = \"Seat\"\n",
+        api.url()
+    );
+    let mut m = market_with(up.addr, &extra, Some(up)).await;
+    let mut a = m.switch_to_process().await;
+
+    // A new company: its bill is attempted, and Maestrano is down.
+    let r = m
+        .login("mno", spec(CONSUME, "app-123", "ann", "cld-1"))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    eventually(
+        "retries against a failing Maestrano",
+        std::time::Duration::from_secs(10),
+        || bill_calls(&api).0.len() >= 2,
+    )
+    .await;
+    // idgate dies in the middle of those retries (no chance to hand anything over);
+    // Maestrano comes back.
+    a.signal("KILL");
+    assert!(
+        tokio::task::block_in_place(|| a.wait_exit(std::time::Duration::from_secs(10))).is_some()
+    );
+    let attempts_before = bill_calls(&api).0.len();
+    failing.store(false, Ordering::SeqCst);
+    let _b = m.switch_to_process().await;
+    eventually(
+        "the restarted idgate takes the pending bill over",
+        idgate::jobs::STALE_AFTER + std::time::Duration::from_secs(15),
+        || made.load(Ordering::SeqCst) >= 1,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (created, _) = bill_calls(&api);
+    assert_eq!(made.load(Ordering::SeqCst), 1, "no duplicate bill");
+    let ok = &created[attempts_before..];
+    assert_eq!(ok.len(), 1, "one create after the restart");
+    let form = ok[0].form();
+    assert_eq!(form["group_id"], "cld-1");
+    assert_eq!(form["units"], "1");
+    assert_eq!(form["price_cents"], "1500");
+    assert_eq!(form["currency"], "AUD");
+    assert_eq!(form["period"], "Month");
+    assert_eq!(
+        ok[0].headers["authorization"],
+        basic("app-123", "key-123").as_str()
+    );
+
+    // Per user: a second member replaces the bill; the first is cancelled after.
+    let r = m
+        .login("mno", spec(CONSUME, "app-123", "bob", "cld-1"))
+        .await;
+    assert_eq!(r.status, 303);
+    eventually(
+        "the bill follows the user count",
+        std::time::Duration::from_secs(10),
+        || bill_calls(&api).1.contains(&"rbill-1".to_owned()),
+    )
+    .await;
+    let (created, _) = bill_calls(&api);
+    assert_eq!(created.last().unwrap().form()["units"], "2");
+    assert_eq!(created.last().unwrap().form()["price_cents"], "3000");
+    // A repeat login of a member changes nothing.
+    m.login("mno", spec(CONSUME, "app-123", "bob", "cld-1"))
+        .await;
+    // Bob leaves: back to one seat.
+    let auth = basic("app-123", "key-123");
+    assert_eq!(
+        m.webhook("/maestrano/account/groups/cld-1/users/bob", &auth)
+            .await
+            .status,
+        200
+    );
+    eventually(
+        "the bill shrinks",
+        std::time::Duration::from_secs(10),
+        || bill_calls(&api).1.contains(&"rbill-2".to_owned()),
+    )
+    .await;
+    assert_eq!(made.load(Ordering::SeqCst), 3);
+    // The company cancels: its bill is cancelled, and no new one is made.
+    assert_eq!(
+        m.webhook("/maestrano/account/groups/cld-1", &auth)
+            .await
+            .status,
+        200
+    );
+    eventually(
+        "the bill is cancelled",
+        std::time::Duration::from_secs(10),
+        || bill_calls(&api).1.contains(&"rbill-3".to_owned()),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(made.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connec_notifications_reach_the_app_once_each_even_while_it_is_down() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The app is down at first: nothing listens on its port.
+    let app_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let m = market_with(app_addr, "", None).await;
+    let auth = basic("app-123", "key-123");
+    let notify = |body: serde_json::Value, auth: String| {
+        let url = m.url("/maestrano/connec/notifications");
+        async move {
+            send(
+                "POST",
+                &url,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string(),
+            )
+            .await
+        }
+    };
+    let body = json!({
+        "organizations": [{"id": "org-1", "group_id": "cld-1", "name": "Acme"}],
+        "people": [
+            {"id": "per-1", "group_id": "cld-1", "first_name": "Ann"},
+            {"id": "per-2", "group_id": "cld-2", "first_name": "Bob"},
+        ],
+    });
+    let r = notify(body.clone(), basic("app-123", "bad")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()),
+        (401, json!({"error": "Invalid credentials"}))
+    );
+    let r = notify(json!({"people": [{"id": "x"}]}), auth.clone()).await;
+    assert_eq!(
+        r.status, 400,
+        "an entity without group_id refuses the notification"
+    );
+    let r = notify(body, auth.clone()).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()),
+        (200, json!({"success": true}))
+    );
+
+    // Down for a while (connections refused), then up but failing twice, then well.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let app = Recorder::start_on(app_addr, move |r| {
+        if s.fetch_add(1, Ordering::SeqCst) < 2 {
+            return (503, vec![], "busy".into());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let id = v["id"].as_str().unwrap_or("?");
+        (
+            201,
+            vec![("content-type".into(), "application/json".into())],
+            json!({"id": format!("local-{id}")}).to_string(),
+        )
+    })
+    .await;
+    let delivered = |app: &Recorder| -> Vec<Recorded> { app.calls().into_iter().skip(2).collect() };
+    eventually(
+        "every entity reaches the app",
+        std::time::Duration::from_secs(40),
+        || delivered(&app).len() >= 3,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let got = delivered(&app);
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|c| {
+            serde_json::from_slice::<serde_json::Value>(&c.body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["org-1", "per-1", "per-2"],
+        "each entity accepted exactly once"
+    );
+    for c in &got {
+        assert_eq!(c.path, "/connec/notifications");
+        assert_eq!(c.headers["x-idgate-tenant"], "mno");
+        let entity = c.headers["x-idgate-connec-entity"].to_str().unwrap();
+        assert!(entity == "organizations" || entity == "people");
+        let group = c.headers["x-idgate-group-id"].to_str().unwrap();
+        let jwt = c.headers["x-idgate-assertion"].to_str().unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwt.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["tenant"], "mno");
+        assert_eq!(claims["group_id"], group);
+        assert!(
+            claims.get("sub").is_none(),
+            "signed for the company, with no user"
+        );
+        assert!(
+            c.headers.get("x-idgate-local-id").is_none(),
+            "no local id known yet"
+        );
+    }
+    // The app's ids are remembered and sent with later notifications of the entity.
+    let r = notify(
+        json!({"organizations": [{"id": "org-1", "group_id": "cld-1", "name": "Acme Ltd"}]}),
+        auth,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    eventually(
+        "the update arrives",
+        std::time::Duration::from_secs(10),
+        || delivered(&app).len() >= 4,
+    )
+    .await;
+    let last = delivered(&app).pop().unwrap();
+    assert_eq!(last.headers["x-idgate-local-id"], "local-org-1");
 }

@@ -74,6 +74,19 @@ struct Claims<'a> {
     jti: String,
 }
 
+/// Claims of a request idgate makes on a company's behalf, with no user (Connec!
+/// deliveries): the app can tell it from a user's by the missing `sub`.
+#[derive(Serialize)]
+struct ServiceClaims<'a> {
+    iss: &'static str,
+    aud: &'a str,
+    tenant: &'a str,
+    group_id: &'a str,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
 /// The headers for one identity, built once and reused (their values are
 /// reference-counted, so cloning them into a request does not copy).
 #[derive(Debug, Clone)]
@@ -222,6 +235,34 @@ impl Signer {
             headers,
             expires_at: exp,
         })
+    }
+}
+
+impl Signer {
+    /// Tenant, group and JWT headers (configured names) for a request idgate makes for
+    /// a company rather than a user.
+    pub fn service_headers(
+        &self,
+        tenant: &str,
+        group_id: &str,
+        now: i64,
+    ) -> Result<Vec<(http::HeaderName, HeaderValue)>, LoadError> {
+        let token = self.key.sign(&ServiceClaims {
+            iss: "idgate",
+            aud: &self.audience,
+            tenant,
+            group_id,
+            iat: now,
+            exp: now + self.ttl.as_secs() as i64,
+            jti: hex::encode(rand::random::<[u8; 16]>()),
+        })?;
+        let value = |s: &str| HeaderValue::from_str(s).map_err(LoadError::from_display);
+        let n = &self.names;
+        Ok(vec![
+            (n.tenant.clone(), value(tenant)?),
+            (n.group_id.clone(), value(group_id)?),
+            (n.assertion.clone(), value(&token)?),
+        ])
     }
 }
 

@@ -7,6 +7,8 @@
 //! the `mno_session` values kept with the session, HTTP Basic with `api_id:api_key`,
 //! and the webhooks, which go through the same directory functions as SCIM.
 
+pub mod worker;
+
 use std::collections::HashMap;
 
 use base64::Engine;
@@ -297,13 +299,73 @@ impl Maestrano {
         Some(MnoSession { session, recheck })
     }
 
+    /// Queues a reconciliation of the company's recurring bill, when the tenant bills.
+    pub async fn billing_changed(&self, tenant: &str, group: &str) {
+        let bills = self
+            .tenants
+            .get(tenant)
+            .is_some_and(|t| t.config.billing.mode != crate::config::BillingMode::None);
+        if bills {
+            worker::Worker::enqueue_bill(self.directory.store(), tenant, group).await;
+        }
+    }
+
     /// `DELETE /maestrano/account/groups/{group}`: the company cancelled. Its members
-    /// are blocked on every replica. Unknown or already cancelled groups are fine.
+    /// are blocked on every replica, and its recurring bill is cancelled. Unknown or
+    /// already cancelled groups are fine.
     pub async fn group_cancelled(&self, tenant: &str, group: &str) -> Result<(), DirectoryError> {
         match self.directory.cancel_group(tenant, group).await {
-            Ok(()) | Err(DirectoryError::NotFound) => Ok(()),
-            Err(e) => Err(e),
+            Ok(()) | Err(DirectoryError::NotFound) => {}
+            Err(e) => return Err(e),
         }
+        self.billing_changed(tenant, group).await;
+        Ok(())
+    }
+
+    /// `POST /maestrano/connec/notifications`: every entity becomes one durable
+    /// delivery to the app. The whole notification is checked before any of it is
+    /// queued, so a refused one can be resent as it is.
+    pub async fn connec_notification(&self, tenant: &str, body: &[u8]) -> Result<usize, String> {
+        let doc: Value =
+            serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+        let collections = doc
+            .as_object()
+            .ok_or("the body must be an object of entity collections")?;
+        let mut deliveries = Vec::new();
+        for (entity, list) in collections {
+            let list = list
+                .as_array()
+                .ok_or_else(|| format!("{entity} must be an array of entities"))?;
+            for e in list {
+                let group = e["group_id"]
+                    .as_str()
+                    .filter(|g| !g.is_empty())
+                    .ok_or_else(|| format!("an entity of {entity} has no group_id"))?;
+                let connec_id = match &e["id"] {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Array(ids) => ids
+                        .iter()
+                        .find(|i| i["provider"] == "connec")
+                        .and_then(|i| i["id"].as_str())
+                        .map(str::to_owned),
+                    _ => None,
+                };
+                deliveries.push(worker::ConnecDelivery {
+                    tenant: tenant.to_owned(),
+                    group: group.to_owned(),
+                    entity: entity.clone(),
+                    connec_id,
+                    body: e.clone(),
+                });
+            }
+        }
+        for d in &deliveries {
+            let job = serde_json::to_string(d).map_err(|e| e.to_string())?;
+            crate::store::JobQueue::enqueue(self.directory.store(), worker::CONNEC_QUEUE, &job)
+                .await
+                .map_err(|e| format!("store: {e}"))?;
+        }
+        Ok(deliveries.len())
     }
 
     /// `DELETE /maestrano/account/groups/{group}/users/{user}`: the user left the
@@ -339,6 +401,7 @@ impl Maestrano {
         if user.active && !groups.iter().any(|g| g.active) {
             self.directory.deactivate_user(tenant, &id).await?;
         }
+        self.billing_changed(tenant, group).await;
         Ok(())
     }
 }

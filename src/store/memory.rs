@@ -16,6 +16,9 @@ use super::{
 use crate::directory::model::{Group, User};
 use crate::session::model::{RevokeReason, SessionRecord};
 
+/// A job's body, and its holder with when it last touched the job.
+type QueuedJob = (String, Option<(String, Instant)>);
+
 #[derive(Default)]
 struct Inner {
     groups: HashMap<(String, String), Group>,
@@ -30,8 +33,8 @@ struct Inner {
     user_sessions: HashMap<(String, String), HashSet<String>>,
     ephemeral: HashMap<String, (String, Instant)>,
     puts: u64,
-    /// queue → (sequence → (body, holder and when it last touched the job))
-    queues: HashMap<String, BTreeMap<u64, (String, Option<(String, Instant)>)>>,
+    /// queue → sequence → job
+    queues: HashMap<String, BTreeMap<u64, QueuedJob>>,
     next_job: u64,
     records: HashMap<String, String>,
 }

@@ -668,3 +668,124 @@ pub fn cookie_for(
 ) -> String {
     format!("{}={}", sessions.cookie_name(), new.cookie_value)
 }
+
+// ---------------------------------------------------------------------------------------
+// A recording server: fake third parties (Maestrano's API) and apps that answer as told.
+
+/// One request a [`Recorder`] received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path (no query).
+    pub path: String,
+    /// Query string, or empty.
+    pub query: String,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Recorded {
+    /// The body as form fields.
+    pub fn form(&self) -> std::collections::HashMap<String, String> {
+        url::form_urlencoded::parse(&self.body)
+            .into_owned()
+            .collect()
+    }
+}
+
+/// What a [`Recorder`] answers: status, headers, body.
+pub type Answer = (u16, Vec<(String, String)>, String);
+
+/// An HTTP server on 127.0.0.1 that records every request and answers through `respond`.
+pub struct Recorder {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    calls: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Recorder {
+    /// Starts on a free port.
+    pub async fn start<F>(respond: F) -> Recorder
+    where
+        F: Fn(&Recorded) -> Answer + Send + Sync + 'static,
+    {
+        Recorder::start_on("127.0.0.1:0".parse().unwrap(), respond).await
+    }
+
+    /// Starts on `addr` (to bring an app back on the port it had).
+    pub async fn start_on<F>(addr: SocketAddr, respond: F) -> Recorder
+    where
+        F: Fn(&Recorded) -> Answer + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.expect("bind recorder");
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let respond = Arc::new(respond);
+        let c = calls.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let calls = c.clone();
+                let respond = respond.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let calls = calls.clone();
+                        let respond = respond.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let rec = Recorded {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_owned(),
+                                query: parts.uri.query().unwrap_or("").to_owned(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            let (status, headers, text) = respond(&rec);
+                            calls.lock().unwrap().push(rec);
+                            let mut resp = Response::new(full_body(text));
+                            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                            for (k, v) in headers {
+                                resp.headers_mut().insert(
+                                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                    http::HeaderValue::from_str(&v).unwrap(),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Recorder { addr, calls, task }
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request so far.
+    pub fn calls(&self) -> Vec<Recorded> {
+        self.calls.lock().unwrap().clone()
+    }
+}

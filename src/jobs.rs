@@ -1,0 +1,167 @@
+//! Background delivery of durable jobs (billing calls to Maestrano, Connec! deliveries to
+//! the app): claim from the store's queue, run, retry with backoff, acknowledge.
+//!
+//! A job is acknowledged only after its handler says it is done (or can never be), so a
+//! crash or a restart loses nothing: the job stays pending in the store, and once its
+//! holder has stopped touching it for [`STALE_AFTER`], the next replica to claim takes it
+//! over. While a replica holds a job it touches it, so no other replica runs it at the
+//! same time.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::store::{Job, JobQueue, Store};
+
+/// How long a job may go untouched before another replica takes it over.
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+/// How often held jobs are touched.
+const KEEP_EVERY: Duration = Duration::from_secs(2);
+/// Pause between polls when there is nothing to do.
+const POLL: Duration = Duration::from_millis(200);
+/// First retry delay; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest retry delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Most jobs one replica holds at a time per queue.
+const HOLD: usize = 64;
+
+/// What a handler made of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: acknowledge it.
+    Done,
+    /// Failed for now (the other side is down or busy): try again later.
+    Retry(String),
+    /// Can never succeed (malformed, refused for good): log and acknowledge it.
+    Drop(String),
+}
+
+struct Held {
+    job: Job,
+    attempts: u32,
+    due: Instant,
+}
+
+fn backoff(attempts: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << attempts.min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// Runs `handler` over queue `queue` until `stop` turns true. Jobs of one queue run one
+/// at a time on this replica, in the order they were claimed. Jobs held when it stops
+/// stay pending in the store for another replica (after [`STALE_AFTER`]).
+pub fn spawn<H, F>(
+    store: Store,
+    queue: &'static str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Job) -> F + Send + Sync + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let consumer = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "idgate".into()),
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 4]>())
+    );
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        let mut held: Vec<Held> = Vec::new();
+        let mut last_keep = Instant::now();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if held.len() < HOLD {
+                match store
+                    .claim(queue, &consumer, HOLD - held.len(), STALE_AFTER)
+                    .await
+                {
+                    Ok(jobs) => {
+                        let now = Instant::now();
+                        for job in jobs {
+                            if held.iter().any(|h| h.job.id == job.id) {
+                                continue;
+                            }
+                            held.push(Held {
+                                job,
+                                attempts: 0,
+                                due: now,
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(queue, error = %e, "cannot claim jobs; retrying"),
+                }
+            }
+            let now = Instant::now();
+            let mut i = 0;
+            while i < held.len() {
+                if held[i].due > now {
+                    i += 1;
+                    continue;
+                }
+                let outcome = handler(held[i].job.clone()).await;
+                match outcome {
+                    Outcome::Done | Outcome::Drop(_) => {
+                        if let Outcome::Drop(reason) = &outcome {
+                            tracing::error!(queue, job = %held[i].job.id, reason, "job dropped: it cannot succeed");
+                        }
+                        match store.ack(queue, &held[i].job.id).await {
+                            Ok(()) => {
+                                held.remove(i);
+                            }
+                            Err(e) => {
+                                // Done but not acknowledged: try the ack again soon; the
+                                // handler is run again only if this replica dies first.
+                                tracing::warn!(queue, error = %e, "cannot acknowledge a finished job");
+                                held[i].due = Instant::now() + FIRST_BACKOFF;
+                                i += 1;
+                            }
+                        }
+                    }
+                    Outcome::Retry(reason) => {
+                        let h = &mut held[i];
+                        h.attempts += 1;
+                        let wait = backoff(h.attempts);
+                        h.due = Instant::now() + wait;
+                        tracing::warn!(queue, job = %h.job.id, attempts = h.attempts, retry_in_ms = wait.as_millis() as u64, reason, "job failed; will retry");
+                        i += 1;
+                    }
+                }
+            }
+            if last_keep.elapsed() >= KEEP_EVERY && !held.is_empty() {
+                let ids: Vec<String> = held.iter().map(|h| h.job.id.clone()).collect();
+                if let Err(e) = store.keep(queue, &consumer, &ids).await {
+                    tracing::warn!(queue, error = %e, "cannot keep held jobs; another replica may take them over");
+                }
+                last_keep = Instant::now();
+            }
+            let next_due = held.iter().map(|h| h.due).min();
+            let pause = next_due
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(POLL)
+                .clamp(Duration::from_millis(10), POLL);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_millis(1000));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}
