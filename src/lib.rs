@@ -127,6 +127,9 @@ impl App {
         let signer = Arc::new(Signer::new(&config.identity, store.is_memory())?);
         tracing::info!(kid = %signer.kid(), "identity signing key loaded");
         let sessions = Arc::new(Sessions::new(&config, store.clone(), signer.clone()));
+        if let Some(recheck) = maestrano::recheck::Recheck::new(&config, store.clone()) {
+            sessions.set_recheck(recheck);
+        }
         let draining = Arc::new(AtomicBool::new(false));
         let mut saml = std::collections::HashMap::new();
         for t in &config.tenants {

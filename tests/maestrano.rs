@@ -37,11 +37,21 @@ async fn market() -> Market {
     market_with(addr, "", Some(up)).await
 }
 
-/// A marketplace whose app is at `upstream`, with `mno_extra` added to the default
-/// tenant's `[tenants.maestrano]` section.
+/// As [`market_with`], with `virt_extra` added to the second tenant's section too.
 async fn market_with(
     upstream: std::net::SocketAddr,
     mno_extra: &str,
+    up: Option<TestUpstream>,
+) -> Market {
+    market_with_both(upstream, mno_extra, "", up).await
+}
+
+/// A marketplace whose app is at `upstream`, with `mno_extra` added to the default
+/// tenant's `[tenants.maestrano]` section (and `virt_extra` to the virtual one's).
+async fn market_with_both(
+    upstream: std::net::SocketAddr,
+    mno_extra: &str,
+    virt_extra: &str,
     up: Option<TestUpstream>,
 ) -> Market {
     let redis = RedisServer::start();
@@ -59,7 +69,7 @@ async fn market_with(
         upstream,
         "",
         &format!(
-            "[store]\nurl = \"{}\"\n[identity]\nsigning_key = \"file:{}\"\n{}{mno_extra}\n{}user_mode = \"virtual\"\n",
+            "[store]\nurl = \"{}\"\n[identity]\nsigning_key = \"file:{}\"\n{}{mno_extra}\n{}user_mode = \"virtual\"\n{virt_extra}\n",
             redis.url(),
             signing_key_file(keys.path(), "EdDSA").display(),
             tenant("mno", "app-123", "key-123", "default = true"),
@@ -773,4 +783,154 @@ async fn connec_notifications_reach_the_app_once_each_even_while_it_is_down() {
     .await;
     let last = delivered(&app).pop().unwrap();
     assert_eq!(last.headers["x-idgate-local-id"], "local-org-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_rechecked_with_maestrano_in_the_background() {
+    use std::sync::atomic::Ordering;
+    let api = Recorder::start(|r| {
+        let json = vec![("content-type".to_owned(), "application/json".to_owned())];
+        let session = r.form_query("session");
+        match session.as_deref() {
+            Some(s) if s.starts_with("valid") => (
+                200,
+                json,
+                json!({"valid": "true", "recheck": "2031-01-01T00:00:00Z"}).to_string(),
+            ),
+            Some(s) if s.starts_with("invalid") => (200, json, json!({"valid": false}).to_string()),
+            _ => (503, json, "{}".into()),
+        }
+    })
+    .await;
+    let extra = format!("api_host = \"{}\"\nsession_recheck = true\n", api.url());
+    let virt = format!("{extra}recheck_fail_mode = \"logout\"\n");
+    let up = TestUpstream::start().await;
+    let m = market_with_both(up.addr, &extra, &virt, Some(up)).await;
+    let due = |uid: &str, group: &str, session: &str, consume: &str, audience: &str| {
+        spec(consume, audience, uid, group)
+            .attr("mno_session", session)
+            .attr("mno_session_recheck", "2001-01-01T00:00:00Z")
+    };
+    let calls_for = |session: &str| {
+        api.calls()
+            .iter()
+            .filter(|c| c.form_query("session").as_deref() == Some(session))
+            .count()
+    };
+
+    // Valid: asked once, in the background; the next re-check time is Maestrano's.
+    let ann = cookie_of(
+        &m.login("mno", due("ann", "cld-1", "valid-ann", CONSUME, "app-123"))
+            .await,
+    );
+    assert_eq!(m.app_status(&ann).await.0, 200);
+    eventually(
+        "the re-check is made",
+        std::time::Duration::from_secs(10),
+        || calls_for("valid-ann") == 1,
+    )
+    .await;
+    let call = api
+        .calls()
+        .into_iter()
+        .find(|c| c.form_query("session").as_deref() == Some("valid-ann"))
+        .unwrap();
+    assert_eq!(call.path, "/api/v1/auth/saml/ann");
+    assert_eq!(
+        call.headers["authorization"],
+        basic("app-123", "key-123").as_str()
+    );
+    let key = idgate::session::store_key(ann.split_once('=').unwrap().1);
+    let mut stored_at = 0;
+    for _ in 0..100 {
+        stored_at = m
+            .dir
+            .store()
+            .get_session(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .mno
+            .unwrap()
+            .recheck;
+        if stored_at != 978_307_200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_at, 1_924_992_000, "kept for every replica");
+    for _ in 0..5 {
+        assert_eq!(m.app_status(&ann).await.0, 200);
+    }
+    assert_eq!(
+        calls_for("valid-ann"),
+        1,
+        "not asked again before the new time"
+    );
+
+    // Invalid: the request that found the re-check due was not held up by it (it got
+    // through, although the answer is "invalid"); then the session is over.
+    let bob = cookie_of(
+        &m.login(
+            "mno",
+            due("bob", "cld-1", "invalid-bob", CONSUME, "app-123"),
+        )
+        .await,
+    );
+    assert_eq!(m.app_status(&bob).await.0, 200);
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for _ in 0..200 {
+        let (status, body) = m.app_status(&bob).await;
+        if status == 401 {
+            assert_eq!(body["error"], "unauthenticated");
+            ended.store(true, Ordering::SeqCst);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        ended.load(Ordering::SeqCst),
+        "an invalid Maestrano session ends idgate's"
+    );
+
+    // Maestrano unreachable, recheck_fail_mode = keep: the session goes on, and the
+    // re-check is retried later rather than on every request.
+    let carl = cookie_of(
+        &m.login("mno", due("carl", "cld-1", "down-carl", CONSUME, "app-123"))
+            .await,
+    );
+    assert_eq!(m.app_status(&carl).await.0, 200);
+    eventually(
+        "the re-check is tried",
+        std::time::Duration::from_secs(10),
+        || calls_for("down-carl") == 1,
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(m.app_status(&carl).await.0, 200);
+    }
+    assert_eq!(calls_for("down-carl"), 1, "backing off");
+
+    // Unreachable with recheck_fail_mode = logout: the session ends.
+    let dave = cookie_of(
+        &m.login(
+            "virt",
+            due("dave", "cld-D", "down-dave", CONSUME_VIRT, "app-456"),
+        )
+        .await,
+    );
+    assert_eq!(m.app_status(&dave).await.0, 200);
+    let mut gone = false;
+    for _ in 0..200 {
+        if m.app_status(&dave).await.0 == 401 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        gone,
+        "logout mode ends the session when Maestrano cannot be asked"
+    );
 }

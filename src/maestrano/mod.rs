@@ -7,6 +7,7 @@
 //! the `mno_session` values kept with the session, HTTP Basic with `api_id:api_key`,
 //! and the webhooks, which go through the same directory functions as SCIM.
 
+pub mod recheck;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -280,6 +281,7 @@ impl Maestrano {
         attributes: &HashMap<String, String>,
     ) -> Option<MnoSession> {
         let t = self.tenants.get(tenant)?;
+        let uid = who.user_id.clone();
         if t.config.user_mode == UserMode::Virtual {
             who.user_id = attributes
                 .get("virtual_uid")
@@ -296,7 +298,11 @@ impl Maestrano {
             .get("mno_session_recheck")
             .and_then(|r| chrono::DateTime::parse_from_rfc3339(r).ok())
             .map_or(0, |t| t.timestamp());
-        Some(MnoSession { session, recheck })
+        Some(MnoSession {
+            uid,
+            session,
+            recheck,
+        })
     }
 
     /// Queues a reconciliation of the company's recurring bill, when the tenant bills.

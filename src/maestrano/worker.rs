@@ -27,7 +27,8 @@ pub const CONNEC_QUEUE: &str = "maestrano-connec";
 /// Bound on one call to Maestrano or to the app.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Client = hyper_util::client::legacy::Client<
+/// The HTTP(S) client idgate calls Maestrano and the app with.
+pub type Client = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 >;

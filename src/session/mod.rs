@@ -102,6 +102,9 @@ struct Live {
     /// (user version, group version, signed identity): reused until either record
     /// changes or the JWT reaches half its lifetime.
     identity: Mutex<Option<(u64, u64, Arc<Authenticated>)>>,
+    /// Unix seconds of the next Maestrano re-check (`i64::MAX`: none). Shared with the
+    /// re-check in flight, which moves it.
+    recheck_at: Arc<AtomicI64>,
 }
 
 #[derive(Clone)]
@@ -129,6 +132,19 @@ pub struct Sessions {
     /// Tells this instance's front entries from another's on the same thread (tests run
     /// several apps in one process).
     instance: u64,
+    /// Maestrano's session re-check, for tenants that ask for it.
+    recheck: std::sync::OnceLock<Arc<dyn RecheckHook>>,
+}
+
+/// How long a re-check may take before another one may start for the same session.
+const RECHECK_IN_FLIGHT: i64 = 60;
+
+/// Re-checks a session with the IdP that vouched for it (Maestrano), in the background:
+/// the request that finds a re-check due is never held up by it.
+pub trait RecheckHook: Send + Sync {
+    /// A re-check of this session is due. `next` holds the session's next re-check
+    /// time; the hook sets it from the answer (or ends the session).
+    fn due(&self, hash: &str, record: &SessionRecord, next: Arc<AtomicI64>);
 }
 
 /// What the gate needs to forward a request: the identity headers, copied for this
@@ -238,6 +254,7 @@ impl Sessions {
                     )
                 })
                 .collect(),
+            recheck: std::sync::OnceLock::new(),
             live: cache(CACHE_CAPACITY, ttl),
             users: cache(CACHE_CAPACITY, ttl),
             groups: cache(CACHE_CAPACITY / 4, ttl),
@@ -422,6 +439,7 @@ impl Sessions {
                 return None;
             }
             self.renew(&entry.live, now);
+            self.poke_recheck(&entry.live, now);
             Some(entry.headers.clone())
         });
         if let Some(headers) = fast {
@@ -429,6 +447,7 @@ impl Sessions {
         }
         match self.authenticate_hashed(hash_cookie(value)).await {
             AuthInner::Valid(auth, live) => {
+                self.poke_recheck(&live, now());
                 let copied: Vec<_> = auth
                     .headers
                     .headers
@@ -505,6 +524,9 @@ impl Sessions {
                     Ok(Some(stored)) => {
                         let rec = &stored.record;
                         let live = Arc::new(Live {
+                            recheck_at: Arc::new(AtomicI64::new(
+                                stored.record.mno.as_ref().map_or(i64::MAX, |m| m.recheck),
+                            )),
                             last_touch: AtomicI64::new(stored.last_seen),
                             user_key: (rec.tenant.clone(), rec.user_id.clone()),
                             group_key: (rec.tenant.clone(), rec.group_id.clone()),
@@ -616,6 +638,35 @@ impl Sessions {
 
     /// Sliding idle renewal, written to the store at most once per renewal interval per
     /// session and replica, off the request path.
+    /// Installs the re-check (once, at startup).
+    pub fn set_recheck(&self, hook: Arc<dyn RecheckHook>) {
+        let _ = self.recheck.set(hook);
+    }
+
+    /// Starts the session's re-check when it is due: one atomic read on the hot path,
+    /// and at most one re-check in flight per session on this replica.
+    fn poke_recheck(&self, live: &Arc<Live>, now: i64) {
+        let at = live.recheck_at.load(Ordering::Relaxed);
+        if now < at {
+            return;
+        }
+        let Some(hook) = self.recheck.get() else {
+            return;
+        };
+        if live
+            .recheck_at
+            .compare_exchange(
+                at,
+                now + RECHECK_IN_FLIGHT,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            hook.due(&live.hash, &live.stored.record, live.recheck_at.clone());
+        }
+    }
+
     fn renew(&self, live: &Arc<Live>, now: i64) {
         let idle = self.config.idle_timeout.as_secs() as i64;
         let interval = (idle / 4).clamp(1, MAX_RENEW_INTERVAL);

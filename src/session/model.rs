@@ -55,6 +55,9 @@ pub struct SessionRecord {
 /// Maestrano's session for a login (`mno_session`, `mno_session_recheck`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MnoSession {
+    /// The Maestrano uid (the real one, also in virtual mode), asked about at re-check.
+    #[serde(default)]
+    pub uid: String,
     /// The `mno_session` token, asked about at re-check.
     pub session: String,
     /// Unix seconds after which Maestrano must be asked again (0: at once).

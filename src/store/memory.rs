@@ -333,6 +333,17 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn set_session_record(&self, hash: &str, record: &SessionRecord) -> StoreResult<bool> {
+        let mut g = self.lock();
+        match g.sessions.get_mut(hash) {
+            Some((s, until)) if *until > Instant::now() => {
+                s.record = record.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn revoke_session(&self, hash: &str, reason: RevokeReason) -> StoreResult<bool> {
         let mut g = self.lock();
         match g.sessions.get_mut(hash) {

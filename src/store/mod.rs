@@ -288,6 +288,13 @@ pub trait SessionStore: Send + Sync {
         last_seen: i64,
         ttl: Duration,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Replaces a live session's record (its Maestrano re-check time moved). False if
+    /// the session is gone.
+    fn set_session_record(
+        &self,
+        hash: &str,
+        record: &SessionRecord,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Ends a session (logout).
     fn delete_session(
         &self,
@@ -515,6 +522,9 @@ impl SessionStore for Store {
     }
     async fn delete_session(&self, hash: &str, record: &SessionRecord) -> StoreResult<()> {
         delegate!(self, s => s.delete_session(hash, record))
+    }
+    async fn set_session_record(&self, hash: &str, record: &SessionRecord) -> StoreResult<bool> {
+        delegate!(self, s => s.set_session_record(hash, record))
     }
     async fn revoke_session(&self, hash: &str, reason: RevokeReason) -> StoreResult<bool> {
         delegate!(self, s => s.revoke_session(hash, reason))

@@ -165,7 +165,15 @@ redis.call('HSET', KEYS[1], 'x', ARGV[1])
 return 1
 ";
 
+// A session's record changes only while the session lives (never recreated by it).
+const SET_IF_EXISTS: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'r', ARGV[1])
+return 1
+";
+
 struct Scripts {
+    set_if_exists: Script,
     write_record: Script,
     touch_session: Script,
     revoke_session: Script,
@@ -174,6 +182,7 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
+        set_if_exists: Script::new(SET_IF_EXISTS),
         write_record: Script::new(WRITE_RECORD),
         touch_session: Script::new(TOUCH_SESSION),
         revoke_session: Script::new(REVOKE_SESSION),
@@ -676,6 +685,17 @@ impl SessionStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn set_session_record(&self, hash: &str, record: &SessionRecord) -> StoreResult<bool> {
+        let done: i64 = scripts()
+            .set_if_exists
+            .key(self.session_key(hash))
+            .arg(encode(record))
+            .invoke_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        Ok(done == 1)
     }
 
     async fn revoke_session(&self, hash: &str, reason: RevokeReason) -> StoreResult<bool> {

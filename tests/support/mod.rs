@@ -688,6 +688,13 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// A query parameter.
+    pub fn form_query(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
     /// The body as form fields.
     pub fn form(&self) -> std::collections::HashMap<String, String> {
         url::form_urlencoded::parse(&self.body)

@@ -1,0 +1,212 @@
+//! Maestrano's session re-check (`session_recheck = true`): once a session passes the
+//! `mno_session_recheck` time Maestrano gave, idgate asks Maestrano whether the session
+//! is still valid, in the background, while the user's requests go on.
+//!
+//! - Valid: the next re-check time is Maestrano's answer, kept in the store for every
+//!   replica.
+//! - Invalid: the session ends on every replica; the next request goes to login.
+//! - Maestrano unreachable: `recheck_fail_mode` decides. `"keep"` logs a warning and
+//!   retries with backoff; `"logout"` ends the session, as the Ruby SDK did.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+use crate::config::{Config, MaestranoConfig, RecheckFailMode};
+use crate::session::RecheckHook;
+use crate::session::model::SessionRecord;
+use crate::store::{Event, EventBus, SessionStore, Store};
+
+/// First wait after Maestrano could not be reached ("keep" mode); it doubles.
+const FIRST_RETRY: i64 = 15;
+/// Longest wait between attempts while Maestrano stays unreachable.
+const MAX_RETRY: i64 = 600;
+/// Soonest next re-check, whatever Maestrano answers (a past time would mean asking on
+/// every request).
+const MIN_INTERVAL: i64 = 10;
+
+/// The re-check for every tenant that asks for it.
+pub struct Recheck {
+    tenants: HashMap<String, MaestranoConfig>,
+    caller: Caller,
+}
+
+/// What a re-check in flight needs (cheap to clone into its task).
+#[derive(Clone)]
+struct Caller {
+    store: Store,
+    http: super::worker::Client,
+    /// Consecutive unreachable answers per session (for the backoff).
+    failures: moka::sync::Cache<String, u32>,
+}
+
+/// What Maestrano said.
+enum Verdict {
+    Valid(i64),
+    Invalid,
+    Unreachable(String),
+}
+
+impl Recheck {
+    /// None when no tenant re-checks.
+    pub fn new(config: &Config, store: Store) -> Option<Arc<Recheck>> {
+        let tenants: HashMap<String, MaestranoConfig> = config
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let m = t.maestrano.clone()?;
+                m.session_recheck.then(|| (t.id.clone(), m))
+            })
+            .collect();
+        if tenants.is_empty() {
+            return None;
+        }
+        Some(Arc::new(Recheck {
+            tenants,
+            caller: Caller {
+                store,
+                http: super::worker::client(),
+                failures: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(std::time::Duration::from_secs(3600))
+                    .build(),
+            },
+        }))
+    }
+}
+
+impl Caller {
+    async fn ask(&self, m: &MaestranoConfig, uid: &str, session: &str) -> Verdict {
+        let path: String = url::form_urlencoded::byte_serialize(uid.as_bytes()).collect();
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("session", session)
+            .finish();
+        let url = format!(
+            "{}/api/v1/auth/saml/{path}?{query}",
+            m.api_host.as_str().trim_end_matches('/')
+        );
+        let mut auth = match HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                m.api_id,
+                m.api_key.expose()
+            ))
+        )) {
+            Ok(v) => v,
+            Err(_) => return Verdict::Unreachable("unusable api credentials".into()),
+        };
+        auth.set_sensitive(true);
+        let req = match Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .header(header::AUTHORIZATION, auth)
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+        {
+            Ok(r) => r,
+            Err(e) => return Verdict::Unreachable(format!("bad re-check request: {e}")),
+        };
+        let timeout = std::time::Duration::from_secs(10);
+        let resp = match tokio::time::timeout(timeout, self.http.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Verdict::Unreachable(e.to_string()),
+            Err(_) => return Verdict::Unreachable("timed out".into()),
+        };
+        let status = resp.status();
+        let body = match tokio::time::timeout(timeout, resp.into_body().collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => return Verdict::Unreachable("unreadable answer".into()),
+        };
+        if !status.is_success() {
+            return Verdict::Unreachable(format!("HTTP {status}"));
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            return Verdict::Unreachable("the answer is not JSON".into());
+        };
+        // The SDKs accepted both `true` and `"true"`.
+        let valid = v["valid"] == Value::Bool(true) || v["valid"] == "true";
+        if !valid {
+            return Verdict::Invalid;
+        }
+        let next = v["recheck"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp())
+            .unwrap_or(0);
+        Verdict::Valid(next)
+    }
+
+    async fn end(&self, hash: &str, record: &SessionRecord) {
+        if let Err(e) = self.store.delete_session(hash, record).await {
+            tracing::error!(tenant = %record.tenant, error = %e, "cannot end a session Maestrano no longer vouches for");
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .publish(&Event::Session {
+                hash: hash.to_owned(),
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish a session end; replicas catch up within cache_ttl");
+        }
+    }
+}
+
+impl RecheckHook for Recheck {
+    fn due(&self, hash: &str, record: &SessionRecord, next: Arc<AtomicI64>) {
+        let Some(m) = self.tenants.get(&record.tenant).cloned() else {
+            next.store(i64::MAX, Ordering::Relaxed);
+            return;
+        };
+        let Some(mno) = record.mno.clone() else {
+            next.store(i64::MAX, Ordering::Relaxed);
+            return;
+        };
+        let (hash, record) = (hash.to_owned(), record.clone());
+        let this = self.caller.clone();
+        tokio::spawn(async move {
+            let now = crate::directory::now();
+            match this.ask(&m, &mno.uid, &mno.session).await {
+                Verdict::Valid(at) => {
+                    this.failures.invalidate(&hash);
+                    let at = at.max(now + MIN_INTERVAL);
+                    next.store(at, Ordering::Relaxed);
+                    let mut updated = record.clone();
+                    if let Some(x) = updated.mno.as_mut() {
+                        x.recheck = at;
+                    }
+                    if let Err(e) = this.store.set_session_record(&hash, &updated).await {
+                        tracing::warn!(error = %e, "cannot store the next re-check time; other replicas re-check sooner");
+                    }
+                    tracing::debug!(tenant = %record.tenant, user = %record.user_id, "Maestrano session still valid");
+                }
+                Verdict::Invalid => {
+                    tracing::info!(tenant = %record.tenant, user = %record.user_id, "Maestrano session no longer valid: session ended");
+                    this.end(&hash, &record).await;
+                }
+                Verdict::Unreachable(why) => match m.recheck_fail_mode {
+                    RecheckFailMode::Keep => {
+                        let n = this.failures.get(&hash).unwrap_or(0) + 1;
+                        this.failures.insert(hash.clone(), n);
+                        let wait = (FIRST_RETRY << n.min(10).saturating_sub(1)).min(MAX_RETRY);
+                        next.store(now + wait, Ordering::Relaxed);
+                        tracing::warn!(tenant = %record.tenant, user = %record.user_id, reason = %why, retry_in_s = wait, "Maestrano session re-check failed; the session is kept (recheck_fail_mode = keep)");
+                    }
+                    RecheckFailMode::Logout => {
+                        tracing::warn!(tenant = %record.tenant, user = %record.user_id, reason = %why, "Maestrano session re-check failed: session ended (recheck_fail_mode = logout)");
+                        this.end(&hash, &record).await;
+                    }
+                },
+            }
+        });
+    }
+}
