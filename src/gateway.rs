@@ -50,29 +50,78 @@ pub struct Gateway {
     public_paths: Vec<String>,
     api_paths: Vec<String>,
     trusted_proxies: Vec<ipnet::IpNet>,
+    metrics: Arc<Metrics>,
+    sessions: Arc<Sessions>,
+    signer: Arc<Signer>,
+    public_scheme: String,
+    /// `X-Forwarded-Proto` for untrusted peers: the scheme users reach the app by
+    /// (TLS usually ends at an ingress in front of idgate).
+    public_proto: &'static str,
+    login_cookie_name: String,
+    directory: Directory,
+    dev_idp: Option<Arc<DevIdp>>,
+    login_starts: moka::sync::Cache<IpAddr, Arc<std::sync::atomic::AtomicU32>>,
+    /// Everything that depends on the set of tenants, replaced whole when Maestrano's
+    /// developer platform changes it.
+    tenancy: arc_swap::ArcSwap<Tenancy>,
+}
+
+/// The tenant-dependent parts of the gateway, built from one config.
+pub struct Tenancy {
     /// Lower-cased host (no port) → tenant id.
     hosts: HashMap<String, String>,
     default_tenant: Option<String>,
     /// `/maestrano/` is reserved only when some tenant is a Maestrano tenant, so apps that
     /// own such a path keep it otherwise.
     maestrano_reserved: bool,
-    metrics: Arc<Metrics>,
-    sessions: Arc<Sessions>,
-    signer: Arc<Signer>,
     /// Tenant id → where to send the browser after logout.
     slo_urls: HashMap<String, String>,
-    public_scheme: String,
-    /// `X-Forwarded-Proto` for untrusted peers: the scheme users reach the app by
-    /// (TLS usually ends at an ingress in front of idgate).
-    public_proto: &'static str,
-    login_cookie_name: String,
     saml: HashMap<String, SamlTenant>,
     provisioning: HashMap<String, ProvisioningConfig>,
-    directory: Directory,
-    dev_idp: Option<Arc<DevIdp>>,
-    login_starts: moka::sync::Cache<IpAddr, Arc<std::sync::atomic::AtomicU32>>,
     scim: crate::scim::Scim,
     maestrano: crate::maestrano::Maestrano,
+}
+
+impl Tenancy {
+    /// Builds every tenant's SP and endpoints from a validated config.
+    pub fn build(config: &Config, directory: &Directory) -> Result<Tenancy, (String, String)> {
+        let mut saml = HashMap::new();
+        for t in &config.tenants {
+            let sp = SamlTenant::new(t, config.acs_url(t)).map_err(|e| (t.id.clone(), e))?;
+            saml.insert(t.id.clone(), sp);
+        }
+        let mut hosts = HashMap::new();
+        for t in &config.tenants {
+            for h in &t.hosts {
+                hosts.insert(h.clone(), t.id.clone());
+            }
+        }
+        Ok(Tenancy {
+            hosts,
+            default_tenant: config.default_tenant().map(|t| t.id.clone()),
+            maestrano_reserved: config.tenants.iter().any(|t| t.maestrano.is_some()),
+            slo_urls: config
+                .tenants
+                .iter()
+                .filter_map(|t| Some((t.id.clone(), t.saml.idp_slo_url.as_ref()?.to_string())))
+                .collect(),
+            saml,
+            provisioning: config
+                .tenants
+                .iter()
+                .map(|t| (t.id.clone(), t.provisioning.clone()))
+                .collect(),
+            scim: crate::scim::Scim::new(config, directory.clone()),
+            maestrano: crate::maestrano::Maestrano::new(config, directory.clone()),
+        })
+    }
+
+    /// Tenant ids, sorted.
+    pub fn tenant_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.saml.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
 }
 
 /// The gateway as one worker thread runs it: the shared gateway plus that thread's own
@@ -103,32 +152,19 @@ impl Gateway {
         sessions: Arc<Sessions>,
         signer: Arc<Signer>,
         directory: Directory,
-        saml: HashMap<String, SamlTenant>,
+        tenancy: Tenancy,
         dev_idp: Option<Arc<DevIdp>>,
     ) -> Gateway {
-        let mut hosts = HashMap::new();
-        for t in &config.tenants {
-            for h in &t.hosts {
-                hosts.insert(h.clone(), t.id.clone());
-            }
-        }
         Gateway {
+            tenancy: arc_swap::ArcSwap::from_pointee(tenancy),
             policy: IdentityHeaderPolicy::new(config.identity.headers.all()),
             cookie_name: config.session.cookie_name.clone(),
             public_paths: config.access.public_paths.clone(),
             api_paths: config.access.api_paths.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
-            hosts,
-            default_tenant: config.default_tenant().map(|t| t.id.clone()),
-            maestrano_reserved: config.tenants.iter().any(|t| t.maestrano.is_some()),
             metrics,
             sessions,
             signer,
-            slo_urls: config
-                .tenants
-                .iter()
-                .filter_map(|t| Some((t.id.clone(), t.saml.idp_slo_url.as_ref()?.to_string())))
-                .collect(),
             public_scheme: config.server.public_url.scheme().to_owned(),
             public_proto: if config.server.is_https() {
                 "https"
@@ -136,14 +172,6 @@ impl Gateway {
                 "http"
             },
             login_cookie_name: format!("{}_login", crate::session::cookie_name(config)),
-            saml,
-            provisioning: config
-                .tenants
-                .iter()
-                .map(|t| (t.id.clone(), t.provisioning.clone()))
-                .collect(),
-            scim: crate::scim::Scim::new(config, directory.clone()),
-            maestrano: crate::maestrano::Maestrano::new(config, directory.clone()),
             directory,
             dev_idp,
             login_starts: moka::sync::Cache::builder()
@@ -151,6 +179,11 @@ impl Gateway {
                 .time_to_live(crate::saml::PENDING_TTL)
                 .build(),
         }
+    }
+
+    /// Replaces the tenant set (Maestrano's developer platform changed it).
+    pub fn set_tenancy(&self, tenancy: Tenancy) {
+        self.tenancy.store(Arc::new(tenancy));
     }
 
     fn is_trusted(&self, peer: IpAddr) -> bool {
@@ -189,7 +222,7 @@ impl Gateway {
 
     fn classify(&self, path: &str) -> RouteClass {
         if has_prefix(path, "/_idgate")
-            || (self.maestrano_reserved && has_prefix(path, "/maestrano"))
+            || (self.tenancy.load().maestrano_reserved && has_prefix(path, "/maestrano"))
         {
             RouteClass::Reserved
         } else if self.public_paths.iter().any(|p| has_prefix(path, p)) {
@@ -199,17 +232,18 @@ impl Gateway {
         }
     }
 
-    fn tenant_for(&self, host: Option<&str>) -> Option<&str> {
+    fn tenant_for(&self, host: Option<&str>) -> Option<String> {
+        let tn = self.tenancy.load();
         host.map(strip_port)
             .and_then(|h| {
                 if h.bytes().any(|b| b.is_ascii_uppercase()) {
-                    self.hosts.get(&h.to_ascii_lowercase())
+                    tn.hosts.get(&h.to_ascii_lowercase())
                 } else {
-                    self.hosts.get(h)
+                    tn.hosts.get(h)
                 }
             })
-            .or(self.default_tenant.as_ref())
-            .map(String::as_str)
+            .or(tn.default_tenant.as_ref())
+            .cloned()
     }
 
     async fn handle(
@@ -297,13 +331,18 @@ impl Gateway {
                 }
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
-            p if p.starts_with("/_idgate/saml/") => self.saml(req, peer, p, request_id).await,
-            p if p.starts_with("/maestrano/") && self.maestrano.any() => {
-                self.maestrano_route(req, peer, p, request_id).await
+            p if p.starts_with("/_idgate/saml/") => {
+                let tn = self.tenancy.load_full();
+                self.saml(&tn, req, peer, p, request_id).await
+            }
+            p if p.starts_with("/maestrano/") && self.tenancy.load().maestrano.any() => {
+                let tn = self.tenancy.load_full();
+                self.maestrano_route(&tn, req, peer, p, request_id).await
             }
             p if p.starts_with("/_idgate/scim/") => {
                 let client = self.client_ip(req.headers(), peer.ip());
-                self.scim
+                let tn = self.tenancy.load_full();
+                tn.scim
                     .handle(req, &p["/_idgate/scim/".len()..], client, request_id)
                     .await
             }
@@ -401,6 +440,7 @@ impl Gateway {
     /// `/_idgate/saml/{tenant}/{metadata|login|acs}`
     async fn saml(
         &self,
+        tn: &Tenancy,
         req: Request<Incoming>,
         peer: SocketAddr,
         path: &str,
@@ -409,7 +449,7 @@ impl Gateway {
         let html = response::accepts_html(req.headers());
         let rest = &path["/_idgate/saml/".len()..];
         let (tenant, action) = rest.split_once('/').unwrap_or((rest, ""));
-        let Some(sp) = self.saml.get(tenant) else {
+        let Some(sp) = tn.saml.get(tenant) else {
             return response::error(
                 StatusCode::NOT_FOUND,
                 html,
@@ -440,7 +480,7 @@ impl Gateway {
                 }
             },
             (&Method::GET, "login") => self.saml_login(sp, req, peer, html, request_id).await,
-            (&Method::POST, "acs") => self.acs(sp, req, request_id).await,
+            (&Method::POST, "acs") => self.acs(tn, sp, req, request_id).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,
                 html,
@@ -507,6 +547,7 @@ impl Gateway {
     /// account webhooks. Answers are JSON in the SDKs' shapes.
     async fn maestrano_route(
         &self,
+        tn: &Tenancy,
         req: Request<Incoming>,
         peer: SocketAddr,
         path: &str,
@@ -522,7 +563,7 @@ impl Gateway {
         let Some((route, named)) = crate::maestrano::route(path) else {
             return not_found("Endpoint");
         };
-        let Some(tenant) = self.maestrano.tenant_id(named).map(str::to_owned) else {
+        let Some(tenant) = tn.maestrano.tenant_id(named).map(str::to_owned) else {
             return not_found("Tenant");
         };
         let method = req.method().clone();
@@ -535,7 +576,7 @@ impl Gateway {
                 | Route::ConnecNotifications
         );
         if api {
-            match self.maestrano.authenticate(&tenant, req.headers()) {
+            match tn.maestrano.authenticate(&tenant, req.headers()) {
                 Ok(()) => {}
                 Err(Refusal::BadCredentials) => {
                     let client = self.client_ip(req.headers(), peer.ip());
@@ -562,24 +603,24 @@ impl Gateway {
             }
         };
         match (&method, route) {
-            (&Method::GET, Route::Metadata) => match self.maestrano.metadata(&tenant) {
+            (&Method::GET, Route::Metadata) => match tn.maestrano.metadata(&tenant) {
                 Some(doc) => answer(StatusCode::OK, &doc),
                 None => not_found("Tenant"),
             },
-            (&Method::GET, Route::Init) => match self.saml.get(&tenant) {
+            (&Method::GET, Route::Init) => match tn.saml.get(&tenant) {
                 Some(sp) => self.saml_login(sp, req, peer, html, request_id).await,
                 None => not_found("Tenant"),
             },
-            (&Method::POST, Route::Consume) => match self.saml.get(&tenant) {
-                Some(sp) => self.acs(sp, req, request_id).await,
+            (&Method::POST, Route::Consume) => match tn.saml.get(&tenant) {
+                Some(sp) => self.acs(tn, sp, req, request_id).await,
                 None => not_found("Tenant"),
             },
             (&Method::DELETE, Route::GroupCancelled { group }) => done(
-                self.maestrano.group_cancelled(&tenant, group).await,
+                tn.maestrano.group_cancelled(&tenant, group).await,
                 "group cancelled",
             ),
             (&Method::DELETE, Route::UserRemoved { group, user }) => done(
-                self.maestrano.user_removed(&tenant, group, user).await,
+                tn.maestrano.user_removed(&tenant, group, user).await,
                 "user removed from group",
             ),
             (&Method::POST, Route::ConnecNotifications) => {
@@ -597,7 +638,7 @@ impl Gateway {
                         );
                     }
                 };
-                match self.maestrano.connec_notification(&tenant, &body).await {
+                match tn.maestrano.connec_notification(&tenant, &body).await {
                     Ok(n) => {
                         tracing::info!(
                             request_id,
@@ -640,6 +681,7 @@ impl Gateway {
     /// line (same reference) naming the precise reason.
     async fn acs(
         &self,
+        tn: &Tenancy,
         sp: &SamlTenant,
         req: Request<Incoming>,
         request_id: &str,
@@ -697,12 +739,12 @@ impl Gateway {
             }
         };
         let mut identity = claims.identity.clone();
-        let mno = self
+        let mno = tn
             .maestrano
             .map_login(tenant, &mut identity, &claims.attributes);
         let who = &identity;
         // Every SAML tenant comes from a tenant config, so its rules exist.
-        let Some(rules) = self.provisioning.get(tenant) else {
+        let Some(rules) = tn.provisioning.get(tenant) else {
             tracing::error!(
                 request_id,
                 tenant,
@@ -746,10 +788,10 @@ impl Gateway {
         {
             Ok(new) => {
                 self.metrics.login();
-                if self.maestrano.is_maestrano(tenant) {
+                if tn.maestrano.is_maestrano(tenant) {
                     // A new company gets its bill, and a per-user bill follows a new
                     // member; the job finds out which (and does nothing otherwise).
-                    self.maestrano.billing_changed(tenant, &who.group_id).await;
+                    tn.maestrano.billing_changed(tenant, &who.group_id).await;
                 }
                 tracing::info!(
                     request_id,
@@ -796,8 +838,7 @@ impl Gateway {
         };
         let location = ended
             .as_ref()
-            .and_then(|r| self.slo_urls.get(&r.tenant))
-            .cloned()
+            .and_then(|r| self.tenancy.load().slo_urls.get(&r.tenant).cloned())
             .unwrap_or_else(|| "/".to_owned());
         if let Some(r) = &ended {
             tracing::info!(

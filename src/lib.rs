@@ -101,6 +101,7 @@ pub fn check_config(path: &std::path::Path) -> Result<Config, config::ConfigErro
 /// The product, built from a config and ready to bind.
 pub struct App {
     config: Arc<Config>,
+    recheck: Option<Arc<maestrano::recheck::Recheck>>,
     worker: Arc<maestrano::worker::Worker>,
     gateway: Arc<Gateway>,
     admin: Arc<Admin>,
@@ -127,27 +128,21 @@ impl App {
         let signer = Arc::new(Signer::new(&config.identity, store.is_memory())?);
         tracing::info!(kid = %signer.kid(), "identity signing key loaded");
         let sessions = Arc::new(Sessions::new(&config, store.clone(), signer.clone()));
-        if let Some(recheck) = maestrano::recheck::Recheck::new(&config, store.clone()) {
-            sessions.set_recheck(recheck);
+        let recheck = maestrano::recheck::Recheck::new(&config, store.clone());
+        if let Some(r) = &recheck {
+            sessions.set_recheck(r.clone());
         }
         let draining = Arc::new(AtomicBool::new(false));
-        let mut saml = std::collections::HashMap::new();
-        for t in &config.tenants {
-            let sp =
-                saml::SamlTenant::new(t, config.acs_url(t)).map_err(|reason| StartError::Saml {
-                    tenant: t.id.clone(),
-                    reason,
-                })?;
-            saml.insert(t.id.clone(), sp);
-        }
         let directory = directory::Directory::new(store.clone());
+        let tenancy = gateway::Tenancy::build(&config, &directory)
+            .map_err(|(tenant, reason)| StartError::Saml { tenant, reason })?;
         let gateway = Arc::new(Gateway::new(
             &config,
             metrics.clone(),
             sessions.clone(),
             signer.clone(),
             directory.clone(),
-            saml,
+            tenancy,
             dev_idp,
         ));
         let worker = Arc::new(maestrano::worker::Worker::new(
@@ -158,6 +153,7 @@ impl App {
         let admin = Arc::new(Admin::new(store.clone(), metrics, draining.clone(), signer));
         Ok(App {
             config: Arc::new(config),
+            recheck,
             worker,
             gateway,
             admin,
@@ -175,6 +171,56 @@ impl App {
     /// The directory over this app's store.
     pub fn directory(&self) -> &directory::Directory {
         &self.directory
+    }
+
+    /// Keeps the tenant set in step with Maestrano's developer platform: fetched now,
+    /// then every `refresh`. A failed refresh keeps the last good set.
+    fn refresh_tenants(&self, mut stop: watch::Receiver<bool>) {
+        let Some(devpl) = self.config.maestrano_devpl.clone() else {
+            return;
+        };
+        let config = self.config.clone();
+        let gateway = self.gateway.clone();
+        let worker = self.worker.clone();
+        let recheck = self.recheck.clone();
+        let directory = self.directory.clone();
+        tokio::spawn(async move {
+            let http = maestrano::worker::client();
+            let mut applied: Option<Vec<serde_json::Value>> = None;
+            loop {
+                match maestrano::devpl::fetch(&devpl, &http).await {
+                    Ok(markets) if applied.as_ref() == Some(&markets) => {}
+                    Ok(markets) => {
+                        match maestrano::devpl::merged(&config, &markets).and_then(|cfg| {
+                            gateway::Tenancy::build(&cfg, &directory)
+                                .map(|t| (cfg, t))
+                                .map_err(|(tenant, reason)| format!("tenant {tenant}: {reason}"))
+                        }) {
+                            Ok((cfg, tenancy)) => {
+                                let ids = tenancy.tenant_ids();
+                                gateway.set_tenancy(tenancy);
+                                worker.set_tenants(&cfg);
+                                if let Some(r) = &recheck {
+                                    r.set_tenants(&cfg);
+                                }
+                                applied = Some(markets);
+                                tracing::info!(tenants = ?ids, "tenants updated from Maestrano's developer platform");
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the developer platform's marketplaces do not make a valid config; keeping the last good set");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot refresh tenants from Maestrano's developer platform; keeping the last good set");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(devpl.refresh) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
     }
 
     /// Binds both listeners and starts serving.
@@ -196,7 +242,10 @@ impl App {
         })?;
         self.sessions.start();
         let (jobs_tx, jobs_rx) = watch::channel(false);
-        self.worker.clone().start(jobs_rx);
+        self.worker.clone().start(jobs_rx.clone());
+        if self.config.maestrano_devpl.is_some() {
+            self.refresh_tenants(jobs_rx);
+        }
         let grace = self.config.server.shutdown_grace;
         let (public_tx, public_rx) = watch::channel(false);
         let (admin_tx, admin_rx) = watch::channel(false);

@@ -934,3 +934,156 @@ async fn sessions_are_rechecked_with_maestrano_in_the_background() {
         "logout mode ends the session when Maestrano cannot be asked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn developer_platform_marketplaces_become_tenants_and_a_failed_refresh_keeps_them() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let idp = TestIdp::with_bits("devpl-idp", 1024);
+    let cert = std::fs::read_to_string(&idp.cert).unwrap();
+    let market = |name: &str, api_id: &str, hooks_key: &str| {
+        json!({
+            "marketplace": name,
+            "api": {"id": api_id, "key": format!("key-{api_id}"), "host": "https://api-hub.example"},
+            "sso": {"idm": "http://127.0.0.1", "init_path": "/maestrano/auth/saml/init", "consume_path": "/maestrano/auth/saml/consume",
+                    "idp": format!("https://idp.{name}.example"), "x509_fingerprint": "AA", "x509_certificate": cert},
+            "connec": {"host": "https://connec.example"},
+            hooks_key: {"account": {"group_path": "/mno/groups/:id", "group_user_path": "/mno/groups/:group_id/users/:id"},
+                        "connec": {"notification_path": "/mno/connec"}},
+        })
+    };
+    let listed = Arc::new(Mutex::new(
+        json!({"marketplaces": [market("maestrano", "app-a", "webhooks")]}),
+    ));
+    let down = Arc::new(AtomicBool::new(false));
+    let (l, d) = (listed.clone(), down.clone());
+    let devpl = Recorder::start(move |r| {
+        let ok_auth = r.headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(basic("env-key", "env-secret").as_str());
+        if !ok_auth || r.path != "/api/config/v1/marketplaces" {
+            return (401, vec![], "{}".into());
+        }
+        if d.load(Ordering::SeqCst) {
+            return (500, vec![], "oops".into());
+        }
+        (
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            l.lock().unwrap().to_string(),
+        )
+    })
+    .await;
+    let up = TestUpstream::start().await;
+    let text = config(
+        up.addr,
+        "",
+        &format!(
+            "[maestrano_devpl]\nhost = \"{}\"\nenv_key = \"env-key\"\nenv_secret = \"env-secret\"\nrefresh = \"1s\"\n",
+            devpl.url()
+        ),
+    );
+    let app = idgate::App::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap())
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let url = |p: &str| format!("http://{}{p}", app.public_addr());
+    let metadata = |tenant: &str, api_id: &str| {
+        let (u, auth) = (
+            url(&format!("/maestrano/metadata/{tenant}")),
+            basic(api_id, &format!("key-{api_id}")),
+        );
+        async move { get(&u, &[("authorization", &auth)]).await }
+    };
+    let mut ok = false;
+    for _ in 0..100 {
+        if metadata("maestrano", "app-a").await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the marketplace became a tenant");
+    let md = metadata("maestrano", "app-a").await.json();
+    assert_eq!(
+        md["sso"]["idp"],
+        "https://idp.maestrano.example/api/v1/auth/saml"
+    );
+    assert_eq!(
+        md["sso"]["init_path"],
+        "/maestrano/auth/saml/init/maestrano"
+    );
+
+    // Its SSO works end to end, with the marketplace's IdP certificate.
+    let r = get(&url("/maestrano/auth/saml/init/maestrano"), &[]).await;
+    assert_eq!(r.status, 302);
+    let location = url::Url::parse(r.headers["location"].to_str().unwrap()).unwrap();
+    assert_eq!(location.host_str(), Some("idp.maestrano.example"));
+    let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    let login_cookie = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let consume = "http://127.0.0.1/maestrano/auth/saml/consume/maestrano";
+    let mut s = ResponseSpec::new(
+        "https://idp.maestrano.example",
+        consume,
+        "app-a",
+        Some(&q["RelayState"]),
+    )
+    .attr("uid", "usr-d")
+    .attr("group_uid", "cld-d");
+    s.name_id = "usr-d".into();
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "SAMLResponse",
+            &b64(&sha1_signed_assertion_response(&s, &idp)),
+        )
+        .append_pair("RelayState", &q["RelayState"])
+        .finish();
+    let r = send(
+        "POST",
+        &url("/maestrano/auth/saml/consume/maestrano"),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", &login_cookie),
+        ],
+        form,
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+
+    // A new marketplace (spelled `webhook`) comes in with the next refresh, and one that
+    // is not a valid tenant is left out without keeping the others out.
+    let mut broken = market("broken", "app-x", "webhooks");
+    broken["sso"]["x509_certificate"] = json!("not a certificate");
+    *listed.lock().unwrap() = json!({"marketplaces": [
+        market("maestrano", "app-a", "webhooks"), market("uat", "app-b", "webhook"), broken,
+    ]});
+    let mut ok = false;
+    for _ in 0..100 {
+        if metadata("uat", "app-b").await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the new marketplace became a tenant");
+    assert_eq!(metadata("broken", "app-x").await.status, 404);
+
+    // The platform fails: the last good set stays.
+    down.store(true, Ordering::SeqCst);
+    let before = devpl.calls().len();
+    for _ in 0..100 {
+        if devpl.calls().len() >= before + 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(devpl.calls().len() >= before + 2, "refreshes went on");
+    assert_eq!(metadata("maestrano", "app-a").await.status, 200);
+    assert_eq!(metadata("uat", "app-b").await.status, 200);
+}

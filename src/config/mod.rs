@@ -146,6 +146,10 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// `[maestrano_devpl]`
     pub maestrano_devpl: Option<DevplConfig>,
+    /// The TOML this was read from, and the directory `file:` references resolve
+    /// against: tenants from Maestrano's developer platform are added to it and the
+    /// whole validated again, so they meet exactly the rules of configured ones.
+    pub source: (String, std::path::PathBuf),
 }
 
 /// `[server]`
@@ -492,7 +496,9 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-        validate::from_toml(text, base_dir)
+        let mut config = validate::from_toml(text, base_dir)?;
+        config.source = (text.to_owned(), base_dir.to_owned());
+        Ok(config)
     }
 
     /// The tenant that serves requests matching no host: the one marked `default`, or

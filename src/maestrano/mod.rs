@@ -7,6 +7,7 @@
 //! the `mno_session` values kept with the session, HTTP Basic with `api_id:api_key`,
 //! and the webhooks, which go through the same directory functions as SCIM.
 
+pub mod devpl;
 pub mod recheck;
 pub mod worker;
 

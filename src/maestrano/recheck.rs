@@ -34,8 +34,19 @@ const MIN_INTERVAL: i64 = 10;
 
 /// The re-check for every tenant that asks for it.
 pub struct Recheck {
-    tenants: HashMap<String, MaestranoConfig>,
+    tenants: arc_swap::ArcSwap<HashMap<String, MaestranoConfig>>,
     caller: Caller,
+}
+
+fn rechecking(config: &Config) -> HashMap<String, MaestranoConfig> {
+    config
+        .tenants
+        .iter()
+        .filter_map(|t| {
+            let m = t.maestrano.clone()?;
+            m.session_recheck.then(|| (t.id.clone(), m))
+        })
+        .collect()
 }
 
 /// What a re-check in flight needs (cheap to clone into its task).
@@ -55,21 +66,14 @@ enum Verdict {
 }
 
 impl Recheck {
-    /// None when no tenant re-checks.
+    /// None when no tenant re-checks (and the developer platform cannot add one).
     pub fn new(config: &Config, store: Store) -> Option<Arc<Recheck>> {
-        let tenants: HashMap<String, MaestranoConfig> = config
-            .tenants
-            .iter()
-            .filter_map(|t| {
-                let m = t.maestrano.clone()?;
-                m.session_recheck.then(|| (t.id.clone(), m))
-            })
-            .collect();
-        if tenants.is_empty() {
+        let tenants = rechecking(config);
+        if tenants.is_empty() && config.maestrano_devpl.is_none() {
             return None;
         }
         Some(Arc::new(Recheck {
-            tenants,
+            tenants: arc_swap::ArcSwap::from_pointee(tenants),
             caller: Caller {
                 store,
                 http: super::worker::client(),
@@ -79,6 +83,13 @@ impl Recheck {
                     .build(),
             },
         }))
+    }
+}
+
+impl Recheck {
+    /// Takes the re-checking tenants of a new config.
+    pub fn set_tenants(&self, config: &Config) {
+        self.tenants.store(Arc::new(rechecking(config)));
     }
 }
 
@@ -163,7 +174,7 @@ impl Caller {
 
 impl RecheckHook for Recheck {
     fn due(&self, hash: &str, record: &SessionRecord, next: Arc<AtomicI64>) {
-        let Some(m) = self.tenants.get(&record.tenant).cloned() else {
+        let Some(m) = self.tenants.load().get(&record.tenant).cloned() else {
             next.store(i64::MAX, Ordering::Relaxed);
             return;
         };

@@ -84,11 +84,21 @@ fn local_id_key(tenant: &str, entity: &str, connec_id: &str) -> String {
     format!("{{{tenant}}}:connec:{entity}:{connec_id}")
 }
 
+fn maestrano_tenants(config: &Config) -> HashMap<String, MaestranoConfig> {
+    config
+        .tenants
+        .iter()
+        .filter_map(|t| Some((t.id.clone(), t.maestrano.clone()?)))
+        .collect()
+}
+
 /// Shared state of the background handlers.
 pub struct Worker {
     store: Store,
     directory: Directory,
-    tenants: HashMap<String, MaestranoConfig>,
+    tenants: arc_swap::ArcSwap<HashMap<String, MaestranoConfig>>,
+    /// Runs even with no Maestrano tenant yet: the developer platform may add some.
+    devpl: bool,
     signer: Arc<Signer>,
     upstream: String,
     http: Client,
@@ -105,11 +115,8 @@ impl Worker {
         Worker {
             directory: Directory::new(store.clone()),
             store,
-            tenants: config
-                .tenants
-                .iter()
-                .filter_map(|t| Some((t.id.clone(), t.maestrano.clone()?)))
-                .collect(),
+            tenants: arc_swap::ArcSwap::from_pointee(maestrano_tenants(config)),
+            devpl: config.maestrano_devpl.is_some(),
             signer,
             upstream: config
                 .server
@@ -128,7 +135,12 @@ impl Worker {
 
     /// Whether there is anything to run.
     pub fn any(&self) -> bool {
-        !self.tenants.is_empty()
+        self.devpl || !self.tenants.load().is_empty()
+    }
+
+    /// Takes the Maestrano tenants of a new config (the developer platform's changed).
+    pub fn set_tenants(&self, config: &Config) {
+        self.tenants.store(Arc::new(maestrano_tenants(config)));
     }
 
     /// One call; the response's status and body.
@@ -209,7 +221,8 @@ impl Worker {
         let Ok(SyncBill { tenant, group }) = serde_json::from_str(&job.body) else {
             return Outcome::Drop("not a billing job".into());
         };
-        let Some(m) = self.tenants.get(&tenant) else {
+        let tenants = self.tenants.load_full();
+        let Some(m) = tenants.get(&tenant) else {
             return Outcome::Drop(format!("tenant {tenant} is not a Maestrano tenant"));
         };
         if m.billing.mode == BillingMode::None {
@@ -358,7 +371,8 @@ impl Worker {
         let Ok(d) = serde_json::from_str::<ConnecDelivery>(&job.body) else {
             return Outcome::Drop("not a Connec! delivery".into());
         };
-        let Some(m) = self.tenants.get(&d.tenant) else {
+        let tenants = self.tenants.load_full();
+        let Some(m) = tenants.get(&d.tenant) else {
             return Outcome::Drop(format!("tenant {} is not a Maestrano tenant", d.tenant));
         };
         let now = crate::directory::now();

@@ -1,0 +1,194 @@
+//! Tenants from Maestrano's developer platform (`[maestrano_devpl]`): one Maestrano
+//! tenant per marketplace, read from `GET {host}/api/config/v1/marketplaces` and
+//! refreshed in the background.
+//!
+//! Each marketplace becomes a `[[tenants]]` table added to the configured TOML, and the
+//! whole is validated again by the same code as a config file: a marketplace is held to
+//! exactly the rules of a configured tenant (certificate required, ids well formed).
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+use crate::config::{Config, DevplConfig};
+
+/// A marketplace name as a tenant id (`[a-z0-9-]+`).
+pub fn tenant_id(marketplace: &str) -> String {
+    let id: String = marketplace
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    id.trim_matches('-').to_owned()
+}
+
+/// Reads the marketplaces.
+pub async fn fetch(
+    devpl: &DevplConfig,
+    http: &super::worker::Client,
+) -> Result<Vec<Value>, String> {
+    let url = format!(
+        "{}/api/config/v1/marketplaces",
+        devpl.host.as_str().trim_end_matches('/')
+    );
+    let mut auth = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            devpl.env_key.expose(),
+            devpl.env_secret.expose()
+        ))
+    ))
+    .map_err(|_| "unusable env_key / env_secret".to_owned())?;
+    auth.set_sensitive(true);
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(&url)
+        .header(header::AUTHORIZATION, auth)
+        .header(header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("bad request: {e}"))?;
+    let timeout = std::time::Duration::from_secs(15);
+    let resp = tokio::time::timeout(timeout, http.request(req))
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status();
+    let body = tokio::time::timeout(timeout, resp.into_body().collect())
+        .await
+        .map_err(|_| format!("{url}: body timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("{url}: HTTP {status}"));
+    }
+    let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    doc["marketplaces"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("{url}: no marketplaces array"))
+}
+
+fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// One marketplace as a `[[tenants]]` table, or why it cannot be one.
+fn tenant_table(m: &Value) -> Result<(String, toml::Table), String> {
+    let name = text(m, &["marketplace"]).ok_or("a marketplace without a name")?;
+    let id = tenant_id(name);
+    if id.is_empty() {
+        return Err(format!("marketplace {name:?} gives no usable tenant id"));
+    }
+    let need = |path: &[&str]| {
+        text(m, path)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("marketplace {name}: {} is missing", path.join(".")))
+    };
+    let idp = need(&["sso", "idp"])?;
+    let mut saml = toml::Table::new();
+    saml.insert("idp_entity_id".into(), idp.clone().into());
+    saml.insert(
+        "idp_sso_url".into(),
+        format!("{}/api/v1/auth/saml", idp.trim_end_matches('/')).into(),
+    );
+    saml.insert(
+        "idp_certificate".into(),
+        need(&["sso", "x509_certificate"])?.into(),
+    );
+    // Maestrano's IdP key signs with SHA-1.
+    saml.insert("allow_sha1".into(), true.into());
+    let mut mno = toml::Table::new();
+    mno.insert("api_id".into(), need(&["api", "id"])?.into());
+    mno.insert("api_key".into(), need(&["api", "key"])?.into());
+    if let Some(h) = text(m, &["api", "host"]) {
+        mno.insert("api_host".into(), h.into());
+    }
+    if let Some(h) = text(m, &["connec", "host"]) {
+        mno.insert("connec_host".into(), h.into());
+    }
+    // The platform spells it both ways; idgate serves its own paths (see
+    // /maestrano/metadata), so the value only has to be readable.
+    let hooks = m.get("webhooks").or_else(|| m.get("webhook"));
+    if hooks.is_some_and(|h| !h.is_object()) {
+        return Err(format!("marketplace {name}: webhooks is not an object"));
+    }
+    let mut t = toml::Table::new();
+    t.insert("id".into(), id.clone().into());
+    t.insert("saml".into(), saml.into());
+    t.insert("maestrano".into(), mno.into());
+    Ok((id, t))
+}
+
+/// The configured TOML plus one tenant per marketplace, validated as a whole. A
+/// marketplace that cannot be a tenant, or whose id a configured tenant has, is left
+/// out with a log line; the others still come in.
+pub fn merged(base: &Config, marketplaces: &[Value]) -> Result<Config, String> {
+    let (text, dir) = &base.source;
+    let mut taken: Vec<String> = base.tenants.iter().map(|t| t.id.clone()).collect();
+    let mut tables = Vec::new();
+    for m in marketplaces {
+        match tenant_table(m) {
+            Ok((id, _)) if taken.contains(&id) => {
+                tracing::error!(tenant = %id, "a marketplace has the id of a configured tenant: left out");
+            }
+            Ok((id, table)) => {
+                // Checked alone first, so one bad marketplace does not keep out the rest.
+                let mut doc = toml::Table::new();
+                doc.insert(
+                    "tenants".into(),
+                    toml::Value::Array(vec![table.clone().into()]),
+                );
+                let alone = format!(
+                    "{text}\n{}",
+                    toml::to_string(&doc).map_err(|e| e.to_string())?
+                );
+                match Config::from_toml(&alone, dir) {
+                    Ok(_) => {
+                        taken.push(id);
+                        tables.push(toml::Value::Table(table));
+                    }
+                    Err(e) => {
+                        tracing::error!(tenant = %id, error = %e, "a marketplace is not a valid tenant: left out")
+                    }
+                }
+            }
+            Err(reason) => tracing::error!(reason, "a marketplace is not a valid tenant: left out"),
+        }
+    }
+    let mut doc = toml::Table::new();
+    doc.insert("tenants".into(), toml::Value::Array(tables));
+    let all = format!(
+        "{text}\n{}",
+        toml::to_string(&doc).map_err(|e| e.to_string())?
+    );
+    Config::from_toml(&all, dir).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marketplace_names_become_tenant_ids() {
+        assert_eq!(tenant_id("maestrano"), "maestrano");
+        assert_eq!(tenant_id("My Market.io"), "my-market-io");
+        assert_eq!(tenant_id("--"), "");
+    }
+
+    #[test]
+    fn a_marketplace_needs_its_certificate_and_credentials() {
+        let m = serde_json::json!({"marketplace": "m", "api": {"id": "a", "key": "k"}, "sso": {"idp": "https://idp"}});
+        assert!(tenant_table(&m).unwrap_err().contains("x509_certificate"));
+        let m = serde_json::json!({"marketplace": "m", "webhook": 3, "api": {"id": "a", "key": "k"}, "sso": {"idp": "https://idp", "x509_certificate": "x"}});
+        assert!(tenant_table(&m).unwrap_err().contains("webhooks"));
+    }
+}
