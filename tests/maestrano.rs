@@ -1087,3 +1087,76 @@ async fn developer_platform_marketplaces_become_tenants_and_a_failed_refresh_kee
     assert_eq!(metadata("maestrano", "app-a").await.status, 200);
     assert_eq!(metadata("uat", "app-b").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_webhook_on_one_replica_blocks_members_on_another_within_a_second() {
+    let api = Recorder::start(|_| {
+        (
+            200,
+            vec![],
+            json!({"success": true, "data": {"id": "rbill-flat"}}).to_string(),
+        )
+    })
+    .await;
+    let up = TestUpstream::start().await;
+    let extra = format!(
+        "api_host = \"{}\"\n[tenants.maestrano.billing]\nmode = \"flat\"\nprice_cents = 9900\n",
+        api.url()
+    );
+    let mut m = market_with(up.addr, &extra, Some(up)).await;
+    let _a = m.switch_to_process().await;
+    let b = Idgate::start(&m.text);
+    b.wait_ready().await;
+    let ann = cookie_of(
+        &m.login("mno", spec(CONSUME, "app-123", "ann", "cld-9"))
+            .await,
+    );
+    let bob = cookie_of(
+        &m.login("mno", spec(CONSUME, "app-123", "bob", "cld-9"))
+            .await,
+    );
+    let on_b = |cookie: String| {
+        let u = b.url("/app");
+        async move {
+            get(&u, &[("cookie", &cookie), ("accept", "application/json")])
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(on_b(ann.clone()).await, 200);
+    assert_eq!(on_b(bob.clone()).await, 200);
+    // Flat billing: one bill for the company, however many members log in.
+    eventually(
+        "the company's bill",
+        std::time::Duration::from_secs(10),
+        || bill_calls(&api).0.len() == 1,
+    )
+    .await;
+    assert_eq!(bill_calls(&api).0[0].form()["units"], "1");
+    assert_eq!(bill_calls(&api).0[0].form()["price_cents"], "9900");
+
+    let auth = basic("app-123", "key-123");
+    let r = m.webhook("/maestrano/account/groups/cld-9", &auth).await;
+    assert_eq!(r.status, 200);
+    let start = std::time::Instant::now();
+    for cookie in [ann, bob] {
+        loop {
+            if on_b(cookie.clone()).await == 403 {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(1),
+                "replica B still lets members in"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    eventually(
+        "the flat bill is cancelled",
+        std::time::Duration::from_secs(10),
+        || bill_calls(&api).1 == ["rbill-flat"],
+    )
+    .await;
+    assert_eq!(bill_calls(&api).0.len(), 1, "no second bill");
+}
