@@ -791,7 +791,9 @@ impl Gateway {
                 if tn.maestrano.is_maestrano(tenant) {
                     // A new company gets its bill, and a per-user bill follows a new
                     // member; the job finds out which (and does nothing otherwise).
-                    tn.maestrano.billing_changed(tenant, &who.group_id).await;
+                    if let Err(e) = tn.maestrano.billing_changed(tenant, &who.group_id).await {
+                        tracing::error!(request_id, tenant, error = %e, "cannot queue a billing update; the company's next login or webhook queues it again");
+                    }
                 }
                 tracing::info!(
                     request_id,

@@ -7,8 +7,9 @@
 //! over. While a replica holds a job it touches it, so no other replica runs it at the
 //! same time.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -43,6 +44,8 @@ struct Held {
     job: Job,
     attempts: u32,
     due: Instant,
+    /// The handler finished; only the acknowledgement is still to be made.
+    done: bool,
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -54,6 +57,10 @@ fn backoff(attempts: u32) -> Duration {
 /// Runs `handler` over queue `queue` until `stop` turns true. Jobs of one queue run one
 /// at a time on this replica, in the order they were claimed. Jobs held when it stops
 /// stay pending in the store for another replica (after [`STALE_AFTER`]).
+///
+/// Held jobs are touched by a task of their own, every [`KEEP_EVERY`], however long a
+/// handler takes; a job another replica took over meanwhile (this one was cut off from
+/// the store for longer than [`STALE_AFTER`]) is let go, not run again.
 pub fn spawn<H, F>(
     store: Store,
     queue: &'static str,
@@ -70,12 +77,56 @@ pub fn spawn<H, F>(
         hex::encode(rand::random::<[u8; 4]>())
     );
     let handler = Arc::new(handler);
+    let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let lost: Arc<Mutex<HashSet<String>>> = Arc::default();
+    {
+        let (store, consumer, ids, lost, mut stop) = (
+            store.clone(),
+            consumer.clone(),
+            ids.clone(),
+            lost.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(KEEP_EVERY) => {}
+                    _ = stop.changed() => return,
+                }
+                let held: Vec<String> = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match store.keep(queue, &consumer, &held).await {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::warn!(
+                            queue,
+                            jobs = gone.len(),
+                            "jobs were taken over by another replica; letting them go"
+                        );
+                        lost.lock().unwrap_or_else(|p| p.into_inner()).extend(gone);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(queue, error = %e, "cannot keep held jobs; another replica may take them over")
+                    }
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         let mut held: Vec<Held> = Vec::new();
-        let mut last_keep = Instant::now();
+        let publish = |held: &Vec<Held>| {
+            *ids.lock().unwrap_or_else(|p| p.into_inner()) =
+                held.iter().map(|h| h.job.id.clone()).collect();
+        };
         loop {
             if *stop.borrow() {
                 return;
+            }
+            {
+                let mut gone = lost.lock().unwrap_or_else(|p| p.into_inner());
+                if !gone.is_empty() {
+                    held.retain(|h| !gone.contains(&h.job.id));
+                    gone.clear();
+                }
             }
             if held.len() < HOLD {
                 match store
@@ -92,11 +143,13 @@ pub fn spawn<H, F>(
                                 job,
                                 attempts: 0,
                                 due: now,
+                                done: false,
                             });
                         }
                     }
                     Err(e) => tracing::warn!(queue, error = %e, "cannot claim jobs; retrying"),
                 }
+                publish(&held);
             }
             let now = Instant::now();
             let mut i = 0;
@@ -105,41 +158,37 @@ pub fn spawn<H, F>(
                     i += 1;
                     continue;
                 }
-                let outcome = handler(held[i].job.clone()).await;
-                match outcome {
-                    Outcome::Done | Outcome::Drop(_) => {
-                        if let Outcome::Drop(reason) = &outcome {
+                if !held[i].done {
+                    match handler(held[i].job.clone()).await {
+                        Outcome::Done => held[i].done = true,
+                        Outcome::Drop(reason) => {
                             tracing::error!(queue, job = %held[i].job.id, reason, "job dropped: it cannot succeed");
+                            held[i].done = true;
                         }
-                        match store.ack(queue, &held[i].job.id).await {
-                            Ok(()) => {
-                                held.remove(i);
-                            }
-                            Err(e) => {
-                                // Done but not acknowledged: try the ack again soon; the
-                                // handler is run again only if this replica dies first.
-                                tracing::warn!(queue, error = %e, "cannot acknowledge a finished job");
-                                held[i].due = Instant::now() + FIRST_BACKOFF;
-                                i += 1;
-                            }
+                        Outcome::Retry(reason) => {
+                            let h = &mut held[i];
+                            h.attempts += 1;
+                            let wait = backoff(h.attempts);
+                            h.due = Instant::now() + wait;
+                            tracing::warn!(queue, job = %h.job.id, attempts = h.attempts, retry_in_ms = wait.as_millis() as u64, reason, "job failed; will retry");
+                            i += 1;
+                            continue;
                         }
                     }
-                    Outcome::Retry(reason) => {
-                        let h = &mut held[i];
-                        h.attempts += 1;
-                        let wait = backoff(h.attempts);
-                        h.due = Instant::now() + wait;
-                        tracing::warn!(queue, job = %h.job.id, attempts = h.attempts, retry_in_ms = wait.as_millis() as u64, reason, "job failed; will retry");
+                }
+                match store.ack(queue, &held[i].job.id).await {
+                    Ok(()) => {
+                        held.remove(i);
+                        publish(&held);
+                    }
+                    Err(e) => {
+                        // Done but not acknowledged: only the acknowledgement is tried
+                        // again; the handler is not run twice by this replica.
+                        tracing::warn!(queue, error = %e, "cannot acknowledge a finished job");
+                        held[i].due = Instant::now() + FIRST_BACKOFF;
                         i += 1;
                     }
                 }
-            }
-            if last_keep.elapsed() >= KEEP_EVERY && !held.is_empty() {
-                let ids: Vec<String> = held.iter().map(|h| h.job.id.clone()).collect();
-                if let Err(e) = store.keep(queue, &consumer, &ids).await {
-                    tracing::warn!(queue, error = %e, "cannot keep held jobs; another replica may take them over");
-                }
-                last_keep = Instant::now();
             }
             let next_due = held.iter().map(|h| h.due).min();
             let pause = next_due

@@ -149,7 +149,18 @@ pub struct Config {
     /// The TOML this was read from, and the directory `file:` references resolve
     /// against: tenants from Maestrano's developer platform are added to it and the
     /// whole validated again, so they meet exactly the rules of configured ones.
-    pub source: (String, std::path::PathBuf),
+    pub source: Source,
+}
+
+/// The text a config was read from and its directory. Its `Debug` leaves the text out:
+/// it may hold inline secrets.
+#[derive(Clone, Default)]
+pub struct Source(pub String, pub std::path::PathBuf);
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Source(*** {} bytes, {:?})", self.0.len(), self.1)
+    }
 }
 
 /// `[server]`
@@ -497,7 +508,7 @@ impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         let mut config = validate::from_toml(text, base_dir)?;
-        config.source = (text.to_owned(), base_dir.to_owned());
+        config.source = Source(text.to_owned(), base_dir.to_owned());
         Ok(config)
     }
 

@@ -205,7 +205,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         access,
         tenants,
         maestrano_devpl,
-        source: (String::new(), std::path::PathBuf::new()),
+        source: super::Source::default(),
     }
 }
 

@@ -58,11 +58,15 @@ pub async fn fetch(
         .map_err(|_| format!("{url}: timed out"))?
         .map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status();
-    let body = tokio::time::timeout(timeout, resp.into_body().collect())
-        .await
-        .map_err(|_| format!("{url}: body timed out"))?
-        .map_err(|e| format!("{url}: {e}"))?
-        .to_bytes();
+    // Marketplaces with their certificates: a few KiB each.
+    let body = tokio::time::timeout(
+        timeout,
+        http_body_util::Limited::new(resp.into_body(), 8 << 20).collect(),
+    )
+    .await
+    .map_err(|_| format!("{url}: body timed out"))?
+    .map_err(|e| format!("{url}: {e}"))?
+    .to_bytes();
     if !status.is_success() {
         return Err(format!("{url}: HTTP {status}"));
     }
@@ -81,6 +85,20 @@ fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     cur.as_str().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// Values from the platform are data, never secret references: `file:/…` or `env:…`
+/// there would make idgate read its own secrets and send them to the marketplace's
+/// API host.
+fn literal(name: &str, path: &[&str], v: &str) -> Result<String, String> {
+    let lower = v.to_ascii_lowercase();
+    if lower.starts_with("file:") || lower.starts_with("env:") {
+        return Err(format!(
+            "marketplace {name}: {} looks like a secret reference; refused",
+            path.join(".")
+        ));
+    }
+    Ok(v.to_owned())
+}
+
 /// One marketplace as a `[[tenants]]` table, or why it cannot be one.
 fn tenant_table(m: &Value) -> Result<(String, toml::Table), String> {
     let name = text(m, &["marketplace"]).ok_or("a marketplace without a name")?;
@@ -90,8 +108,8 @@ fn tenant_table(m: &Value) -> Result<(String, toml::Table), String> {
     }
     let need = |path: &[&str]| {
         text(m, path)
-            .map(str::to_owned)
             .ok_or_else(|| format!("marketplace {name}: {} is missing", path.join(".")))
+            .and_then(|v| literal(name, path, v))
     };
     let idp = need(&["sso", "idp"])?;
     let mut saml = toml::Table::new();
@@ -110,10 +128,16 @@ fn tenant_table(m: &Value) -> Result<(String, toml::Table), String> {
     mno.insert("api_id".into(), need(&["api", "id"])?.into());
     mno.insert("api_key".into(), need(&["api", "key"])?.into());
     if let Some(h) = text(m, &["api", "host"]) {
-        mno.insert("api_host".into(), h.into());
+        mno.insert(
+            "api_host".into(),
+            literal(name, &["api", "host"], h)?.into(),
+        );
     }
     if let Some(h) = text(m, &["connec", "host"]) {
-        mno.insert("connec_host".into(), h.into());
+        mno.insert(
+            "connec_host".into(),
+            literal(name, &["connec", "host"], h)?.into(),
+        );
     }
     // The platform spells it both ways; idgate serves its own paths (see
     // /maestrano/metadata), so the value only has to be readable.
@@ -130,31 +154,45 @@ fn tenant_table(m: &Value) -> Result<(String, toml::Table), String> {
 
 /// The configured TOML plus one tenant per marketplace, validated as a whole. A
 /// marketplace that cannot be a tenant, or whose id a configured tenant has, is left
-/// out with a log line; the others still come in.
+/// out with a log line; the others still come in. An empty list is refused (a platform
+/// answering with nothing is more likely broken than emptied).
 pub fn merged(base: &Config, marketplaces: &[Value]) -> Result<Config, String> {
-    let (text, dir) = &base.source;
+    if marketplaces.is_empty() {
+        return Err("the developer platform lists no marketplace".into());
+    }
+    let (text, dir) = (&base.source.0, &base.source.1);
+    let mut doc: toml::Table = text.parse().map_err(|e| format!("the config: {e}"))?;
+    let mut tenants = match doc.remove("tenants") {
+        Some(toml::Value::Array(a)) => a,
+        None => Vec::new(),
+        Some(_) => return Err("the config's tenants is not an array".into()),
+    };
+    // A config with one tenant makes it the default; keep it so once marketplaces join.
+    if let [toml::Value::Table(only)] = tenants.as_mut_slice()
+        && !only.contains_key("default")
+    {
+        only.insert("default".into(), true.into());
+    }
+    let render = |tenants: &[toml::Value]| -> Result<String, String> {
+        let mut d = doc.clone();
+        d.insert("tenants".into(), toml::Value::Array(tenants.to_vec()));
+        toml::to_string(&d).map_err(|e| e.to_string())
+    };
     let mut taken: Vec<String> = base.tenants.iter().map(|t| t.id.clone()).collect();
-    let mut tables = Vec::new();
     for m in marketplaces {
         match tenant_table(m) {
             Ok((id, _)) if taken.contains(&id) => {
                 tracing::error!(tenant = %id, "a marketplace has the id of a configured tenant: left out");
             }
             Ok((id, table)) => {
-                // Checked alone first, so one bad marketplace does not keep out the rest.
-                let mut doc = toml::Table::new();
-                doc.insert(
-                    "tenants".into(),
-                    toml::Value::Array(vec![table.clone().into()]),
-                );
-                let alone = format!(
-                    "{text}\n{}",
-                    toml::to_string(&doc).map_err(|e| e.to_string())?
-                );
-                match Config::from_toml(&alone, dir) {
+                // Checked on top of what is accepted so far, so one bad marketplace
+                // does not keep out the rest.
+                let mut trial = tenants.clone();
+                trial.push(toml::Value::Table(table));
+                match Config::from_toml(&render(&trial)?, dir) {
                     Ok(_) => {
                         taken.push(id);
-                        tables.push(toml::Value::Table(table));
+                        tenants = trial;
                     }
                     Err(e) => {
                         tracing::error!(tenant = %id, error = %e, "a marketplace is not a valid tenant: left out")
@@ -164,13 +202,7 @@ pub fn merged(base: &Config, marketplaces: &[Value]) -> Result<Config, String> {
             Err(reason) => tracing::error!(reason, "a marketplace is not a valid tenant: left out"),
         }
     }
-    let mut doc = toml::Table::new();
-    doc.insert("tenants".into(), toml::Value::Array(tables));
-    let all = format!(
-        "{text}\n{}",
-        toml::to_string(&doc).map_err(|e| e.to_string())?
-    );
-    Config::from_toml(&all, dir).map_err(|e| e.to_string())
+    Config::from_toml(&render(&tenants)?, dir).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -190,5 +222,17 @@ mod tests {
         assert!(tenant_table(&m).unwrap_err().contains("x509_certificate"));
         let m = serde_json::json!({"marketplace": "m", "webhook": 3, "api": {"id": "a", "key": "k"}, "sso": {"idp": "https://idp", "x509_certificate": "x"}});
         assert!(tenant_table(&m).unwrap_err().contains("webhooks"));
+        for (path, value) in [
+            ("key", "file:/etc/idgate/signing.pem"),
+            ("key", "ENV:SECRET"),
+        ] {
+            let m = serde_json::json!({"marketplace": "m", "api": {"id": "a", path: value}, "sso": {"idp": "https://idp", "x509_certificate": "x"}});
+            assert!(
+                tenant_table(&m).unwrap_err().contains("secret reference"),
+                "{value}"
+            );
+        }
+        let m = serde_json::json!({"marketplace": "m", "api": {"id": "a", "key": "k"}, "sso": {"idp": "https://idp", "x509_certificate": "file:/etc/passwd"}});
+        assert!(tenant_table(&m).unwrap_err().contains("secret reference"));
     }
 }

@@ -26,6 +26,9 @@ use crate::response::{Body, full};
 use crate::session::model::MnoSession;
 use crate::store::{DirectoryStore, UserKey};
 
+/// Most entities one Connec! notification may carry (each becomes a job).
+pub const MAX_CONNEC_ENTITIES: usize = 10_000;
+
 /// What a `/maestrano/…` path asks for. The tenant is an optional last segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -307,14 +310,15 @@ impl Maestrano {
     }
 
     /// Queues a reconciliation of the company's recurring bill, when the tenant bills.
-    pub async fn billing_changed(&self, tenant: &str, group: &str) {
+    pub async fn billing_changed(&self, tenant: &str, group: &str) -> Result<(), DirectoryError> {
         let bills = self
             .tenants
             .get(tenant)
             .is_some_and(|t| t.config.billing.mode != crate::config::BillingMode::None);
         if bills {
-            worker::Worker::enqueue_bill(self.directory.store(), tenant, group).await;
+            worker::Worker::enqueue_bill(self.directory.store(), tenant, group).await?;
         }
+        Ok(())
     }
 
     /// `DELETE /maestrano/account/groups/{group}`: the company cancelled. Its members
@@ -325,8 +329,8 @@ impl Maestrano {
             Ok(()) | Err(DirectoryError::NotFound) => {}
             Err(e) => return Err(e),
         }
-        self.billing_changed(tenant, group).await;
-        Ok(())
+        // Not queued means not billed correctly: the webhook fails, and Maestrano retries.
+        self.billing_changed(tenant, group).await
     }
 
     /// `POST /maestrano/connec/notifications`: every entity becomes one durable
@@ -348,6 +352,17 @@ impl Maestrano {
                     .as_str()
                     .filter(|g| !g.is_empty())
                     .ok_or_else(|| format!("an entity of {entity} has no group_id"))?;
+                // Both travel as header values to the app.
+                if HeaderValue::from_str(group).is_err() || HeaderValue::from_str(entity).is_err() {
+                    return Err(format!(
+                        "{entity}: a group_id or entity name is not header-safe"
+                    ));
+                }
+                if deliveries.len() >= MAX_CONNEC_ENTITIES {
+                    return Err(format!(
+                        "more than {MAX_CONNEC_ENTITIES} entities in one notification"
+                    ));
+                }
                 let connec_id = match &e["id"] {
                     Value::String(s) => Some(s.clone()),
                     Value::Array(ids) => ids
@@ -408,8 +423,7 @@ impl Maestrano {
         if user.active && !groups.iter().any(|g| g.active) {
             self.directory.deactivate_user(tenant, &id).await?;
         }
-        self.billing_changed(tenant, group).await;
-        Ok(())
+        self.billing_changed(tenant, group).await
     }
 }
 

@@ -28,6 +28,8 @@ use crate::store::{Event, EventBus, SessionStore, Store};
 const FIRST_RETRY: i64 = 15;
 /// Longest wait between attempts while Maestrano stays unreachable.
 const MAX_RETRY: i64 = 600;
+/// Next re-check when a valid answer names no time.
+const DEFAULT_INTERVAL: i64 = 300;
 /// Soonest next re-check, whatever Maestrano answers (a past time would mean asking on
 /// every request).
 const MIN_INTERVAL: i64 = 10;
@@ -56,6 +58,9 @@ struct Caller {
     http: super::worker::Client,
     /// Consecutive unreachable answers per session (for the backoff).
     failures: moka::sync::Cache<String, u32>,
+    /// Sessions with a re-check in flight on this replica: one at a time, however often
+    /// the session's cached state is rebuilt meanwhile.
+    in_flight: moka::sync::Cache<String, ()>,
 }
 
 /// What Maestrano said.
@@ -81,6 +86,10 @@ impl Recheck {
                     .max_capacity(100_000)
                     .time_to_live(std::time::Duration::from_secs(3600))
                     .build(),
+                in_flight: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(std::time::Duration::from_secs(60))
+                    .build(),
             },
         }))
     }
@@ -95,7 +104,7 @@ impl Recheck {
 
 impl Caller {
     async fn ask(&self, m: &MaestranoConfig, uid: &str, session: &str) -> Verdict {
-        let path: String = url::form_urlencoded::byte_serialize(uid.as_bytes()).collect();
+        let path = percent_encoding::utf8_percent_encode(uid, percent_encoding::NON_ALPHANUMERIC);
         let query = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("session", session)
             .finish();
@@ -132,10 +141,20 @@ impl Caller {
             Err(_) => return Verdict::Unreachable("timed out".into()),
         };
         let status = resp.status();
-        let body = match tokio::time::timeout(timeout, resp.into_body().collect()).await {
+        let body = match tokio::time::timeout(
+            timeout,
+            http_body_util::Limited::new(resp.into_body(), super::worker::MAX_ANSWER).collect(),
+        )
+        .await
+        {
             Ok(Ok(b)) => b.to_bytes(),
             _ => return Verdict::Unreachable("unreadable answer".into()),
         };
+        // Maestrano no longer knowing the session (or the user) is an answer, not an
+        // outage.
+        if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::GONE {
+            return Verdict::Invalid;
+        }
         if !status.is_success() {
             return Verdict::Unreachable(format!("HTTP {status}"));
         }
@@ -151,7 +170,7 @@ impl Caller {
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp())
-            .unwrap_or(0);
+            .unwrap_or_else(|| crate::directory::now() + DEFAULT_INTERVAL);
         Verdict::Valid(next)
     }
 
@@ -182,6 +201,10 @@ impl RecheckHook for Recheck {
             next.store(i64::MAX, Ordering::Relaxed);
             return;
         };
+        if self.caller.in_flight.contains_key(hash) {
+            return;
+        }
+        self.caller.in_flight.insert(hash.to_owned(), ());
         let (hash, record) = (hash.to_owned(), record.clone());
         let this = self.caller.clone();
         tokio::spawn(async move {
@@ -210,6 +233,13 @@ impl RecheckHook for Recheck {
                         this.failures.insert(hash.clone(), n);
                         let wait = (FIRST_RETRY << n.min(10).saturating_sub(1)).min(MAX_RETRY);
                         next.store(now + wait, Ordering::Relaxed);
+                        // Kept in the store too, so the backoff outlives this replica's
+                        // cached copy of the session (rebuilt every cache_ttl).
+                        let mut updated = record.clone();
+                        if let Some(x) = updated.mno.as_mut() {
+                            x.recheck = now + wait;
+                        }
+                        let _ = this.store.set_session_record(&hash, &updated).await;
                         tracing::warn!(tenant = %record.tenant, user = %record.user_id, reason = %why, retry_in_s = wait, "Maestrano session re-check failed; the session is kept (recheck_fail_mode = keep)");
                     }
                     RecheckFailMode::Logout => {
@@ -218,6 +248,7 @@ impl RecheckHook for Recheck {
                     }
                 },
             }
+            this.in_flight.invalidate(&hash);
         });
     }
 }

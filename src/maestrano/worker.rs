@@ -26,6 +26,11 @@ pub const BILLING_QUEUE: &str = "maestrano-billing";
 pub const CONNEC_QUEUE: &str = "maestrano-connec";
 /// Bound on one call to Maestrano or to the app.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer read from Maestrano or the app.
+pub const MAX_ANSWER: usize = 1 << 20;
+/// How long one replica may hold a company's billing lock (longer than the calls of one
+/// reconciliation can take).
+const BILL_LOCK: Duration = Duration::from_secs(120);
 
 /// The HTTP(S) client idgate calls Maestrano and the app with.
 pub type Client = hyper_util::client::legacy::Client<
@@ -143,7 +148,18 @@ impl Worker {
         self.tenants.store(Arc::new(maestrano_tenants(config)));
     }
 
-    /// One call; the response's status and body.
+    /// A job for a tenant this replica does not know (now). With the developer platform,
+    /// that may be a marketplace not fetched yet (or missing from one answer): the job
+    /// waits rather than being lost.
+    fn unknown_tenant(&self, tenant: &str) -> Outcome {
+        if self.devpl {
+            Outcome::Retry(format!("tenant {tenant} is not known (yet)"))
+        } else {
+            Outcome::Drop(format!("tenant {tenant} is not a Maestrano tenant"))
+        }
+    }
+
+    /// One call; the response's status and body (at most [`MAX_ANSWER`] bytes).
     async fn call(
         &self,
         method: Method,
@@ -163,11 +179,14 @@ impl Worker {
             .map_err(|_| CallError(format!("{url}: timed out")))?
             .map_err(|e| CallError(format!("{url}: {e}")))?;
         let (parts, body) = resp.into_parts();
-        let body = tokio::time::timeout(CALL_TIMEOUT, body.collect())
-            .await
-            .map_err(|_| CallError(format!("{url}: body timed out")))?
-            .map_err(|e| CallError(format!("{url}: {e}")))?
-            .to_bytes();
+        let body = tokio::time::timeout(
+            CALL_TIMEOUT,
+            http_body_util::Limited::new(body, MAX_ANSWER).collect(),
+        )
+        .await
+        .map_err(|_| CallError(format!("{url}: body timed out")))?
+        .map_err(|e| CallError(format!("{url}: {e}")))?
+        .to_bytes();
         Ok((parts.status, parts.headers, body))
     }
 
@@ -223,15 +242,29 @@ impl Worker {
         };
         let tenants = self.tenants.load_full();
         let Some(m) = tenants.get(&tenant) else {
-            return Outcome::Drop(format!("tenant {tenant} is not a Maestrano tenant"));
+            return self.unknown_tenant(&tenant);
         };
         if m.billing.mode == BillingMode::None {
             return Outcome::Done;
         }
-        match self.reconcile(m, &tenant, &group).await {
-            Ok(()) => Outcome::Done,
-            Err(e) => Outcome::Retry(e.0),
+        // One reconciliation per company at a time, across replicas: two at once would
+        // both see "no bill" and both create one.
+        let lock = format!("{{{tenant}}}:bill-lock:{group}");
+        let token = hex::encode(rand::random::<[u8; 8]>());
+        match crate::store::EphemeralStore::put_once(&self.store, &lock, &token, BILL_LOCK).await {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Retry("another replica is billing this company".into()),
+            Err(e) => return Outcome::Retry(format!("store: {e}")),
         }
+        let outcome = match self.reconcile(m, &tenant, &group).await {
+            Ok(()) => Outcome::Done,
+            Err(CallError(e)) if e.starts_with("refused:") => Outcome::Drop(e),
+            Err(e) => Outcome::Retry(e.0),
+        };
+        if let Err(e) = crate::store::EphemeralStore::take(&self.store, &lock).await {
+            tracing::warn!(error = %e, "cannot release a billing lock; it expires by itself");
+        }
+        outcome
     }
 
     async fn reconcile(
@@ -310,8 +343,14 @@ impl Worker {
                     )
                     .await?;
                 if !status.is_success() {
+                    // Maestrano refusing the bill itself (bad price, unknown group) will
+                    // not change by retrying; being down or busy will.
+                    let permanent = status.is_client_error()
+                        && status != StatusCode::REQUEST_TIMEOUT
+                        && status != StatusCode::TOO_MANY_REQUESTS;
+                    let prefix = if permanent { "refused: " } else { "" };
                     return Err(CallError(format!(
-                        "creating the recurring bill: HTTP {status}"
+                        "{prefix}creating the recurring bill: HTTP {status}"
                     )));
                 }
                 let id = reply["data"]["id"]
@@ -354,11 +393,8 @@ impl Worker {
                 }
             }
         }
-        let changed = !still.is_empty() || failed.is_none();
         rec.cancel = still;
-        if changed {
-            save(&rec).await?;
-        }
+        save(&rec).await?;
         match failed {
             Some(e) => Err(CallError(e)),
             None => Ok(()),
@@ -373,7 +409,7 @@ impl Worker {
         };
         let tenants = self.tenants.load_full();
         let Some(m) = tenants.get(&d.tenant) else {
-            return Outcome::Drop(format!("tenant {} is not a Maestrano tenant", d.tenant));
+            return self.unknown_tenant(&d.tenant);
         };
         let now = crate::directory::now();
         let mut headers = match self.signer.service_headers(&d.tenant, &d.group, now) {
@@ -441,11 +477,13 @@ impl Worker {
     }
 
     /// Enqueues a billing reconciliation for a company of a billing tenant.
-    pub async fn enqueue_bill(store: &Store, tenant: &str, group: &str) {
+    pub async fn enqueue_bill(
+        store: &Store,
+        tenant: &str,
+        group: &str,
+    ) -> Result<(), crate::store::StoreError> {
         let body = serde_json::json!({"tenant": tenant, "group": group}).to_string();
-        if let Err(e) = store.enqueue(BILLING_QUEUE, &body).await {
-            tracing::error!(tenant, group, error = %e, "cannot queue a billing update; it is applied at the next change of this company");
-        }
+        store.enqueue(BILLING_QUEUE, &body).await.map(|_| ())
     }
 
     /// Starts the handlers on the current runtime, until `stop` turns true.

@@ -456,17 +456,22 @@ impl JobQueue for MemoryStore {
         Ok(out)
     }
 
-    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<()> {
+    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<Vec<String>> {
         let mut g = self.lock();
         let now = Instant::now();
-        if let Some(q) = g.queues.get_mut(queue) {
-            for id in ids {
-                if let Some((_, holder)) = id.parse().ok().and_then(|n: u64| q.get_mut(&n)) {
-                    *holder = Some((consumer.to_owned(), now));
-                }
+        let mut lost = Vec::new();
+        let q = g.queues.get_mut(queue);
+        let mut q = q;
+        for id in ids {
+            let entry = q
+                .as_deref_mut()
+                .and_then(|q| id.parse().ok().and_then(|n: u64| q.get_mut(&n)));
+            match entry {
+                Some((_, Some((who, at)))) if who == consumer => *at = now,
+                _ => lost.push(id.clone()),
             }
         }
-        Ok(())
+        Ok(lost)
     }
 
     async fn ack(&self, queue: &str, id: &str) -> StoreResult<()> {

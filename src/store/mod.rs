@@ -360,13 +360,15 @@ pub trait JobQueue: Send + Sync {
         max: usize,
         stale_after: Duration,
     ) -> impl Future<Output = StoreResult<Vec<Job>>> + Send;
-    /// Marks jobs as still being worked on by `consumer` (resets their idle time).
+    /// Marks jobs as still being worked on by `consumer` (resets their idle time), for
+    /// those it still holds; returns the ids it no longer holds (another consumer took
+    /// them over), which it must stop working on.
     fn keep(
         &self,
         queue: &str,
         consumer: &str,
         ids: &[String],
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
     /// Completes a job: it is gone for good.
     fn ack(&self, queue: &str, id: &str) -> impl Future<Output = StoreResult<()>> + Send;
 }
@@ -562,7 +564,7 @@ impl JobQueue for Store {
     ) -> StoreResult<Vec<Job>> {
         delegate!(self, s => s.claim(queue, consumer, max, stale_after))
     }
-    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<()> {
+    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<Vec<String>> {
         delegate!(self, s => s.keep(queue, consumer, ids))
     }
     async fn ack(&self, queue: &str, id: &str) -> StoreResult<()> {

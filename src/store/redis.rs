@@ -172,7 +172,24 @@ redis.call('HSET', KEYS[1], 'r', ARGV[1])
 return 1
 ";
 
+// Touches only the jobs this consumer still holds (a plain XCLAIM would take a job back
+// from whoever took it over); returns the others.
+// KEYS: stream. ARGV: group, consumer, ids…
+const KEEP_JOBS: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 or p[1][2] ~= ARGV[2] then
+    table.insert(lost, ARGV[i])
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
+end
+return lost
+";
+
 struct Scripts {
+    keep_jobs: Script,
     set_if_exists: Script,
     write_record: Script,
     touch_session: Script,
@@ -182,6 +199,7 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
+        keep_jobs: Script::new(KEEP_JOBS),
         set_if_exists: Script::new(SET_IF_EXISTS),
         write_record: Script::new(WRITE_RECORD),
         touch_session: Script::new(TOUCH_SESSION),
@@ -887,18 +905,18 @@ impl JobQueue for RedisStore {
         Ok(jobs)
     }
 
-    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<()> {
+    async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<Vec<String>> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let key = self.queue_key(queue);
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&key).arg(JOB_GROUP).arg(consumer).arg(0);
+        let mut inv = scripts().keep_jobs.key(self.queue_key(queue));
+        inv.arg(JOB_GROUP).arg(consumer);
         for id in ids {
-            cmd.arg(id);
+            inv.arg(id);
         }
-        cmd.arg("JUSTID");
-        self.with_group(&key, &cmd).await.map(|_| ())
+        inv.invoke_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)
     }
 
     async fn ack(&self, queue: &str, id: &str) -> StoreResult<()> {
