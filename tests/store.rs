@@ -706,6 +706,12 @@ async fn redis_store_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_store_conforms() {
+    let redis = RedisServer::start_tls();
+    conformance(open(StoreUrl::Redis(redis.tls_url()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_store_conforms() {
     let cluster = RedisCluster::start();
     conformance(open(cluster_url(&cluster.url()))).await;

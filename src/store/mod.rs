@@ -412,10 +412,17 @@ impl Store {
                 );
                 Ok(Store::Memory(MemoryStore::new()))
             }
-            StoreUrl::Redis(url) => Ok(Store::Redis(RedisStore::standalone(
-                url,
-                &config.key_prefix,
-            )?)),
+            StoreUrl::Redis(url) => {
+                if url.ends_with("#insecure") {
+                    tracing::warn!(
+                        "store TLS certificate is not verified (#insecure): use only on a network you trust"
+                    );
+                }
+                Ok(Store::Redis(RedisStore::standalone(
+                    url,
+                    &config.key_prefix,
+                )?))
+            }
             StoreUrl::Cluster(nodes) => Ok(Store::Redis(RedisStore::cluster(
                 nodes,
                 &config.key_prefix,

@@ -471,6 +471,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// Its TLS port and certificate directory, when started with TLS.
+    tls: Option<(u16, tempfile::TempDir)>,
 }
 
 /// A port that was free a moment ago.
@@ -487,9 +489,49 @@ impl RedisServer {
     /// answer: a test that needs Redis must never pass without it.
     pub fn start() -> RedisServer {
         let port = free_port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls: None,
+        };
         server.restart();
         server
+    }
+
+    /// Starts one that also serves TLS (a self-signed certificate made with `openssl`).
+    pub fn start_tls() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl is installed by `make test`");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let tls_port = free_port();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls: Some((tls_port, dir)),
+        };
+        server.restart();
+        server
+    }
+
+    /// `rediss://…/#insecure` for a TLS server (its certificate is self-signed).
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://127.0.0.1:{port}/#insecure")
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -507,7 +549,26 @@ impl RedisServer {
 
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
-        self.start_with(&[]);
+        match &self.tls {
+            Some((port, dir)) => {
+                let port = port.to_string();
+                let key = dir.path().join("key.pem").display().to_string();
+                let cert = dir.path().join("cert.pem").display().to_string();
+                self.start_with(&[
+                    "--tls-port",
+                    &port,
+                    "--tls-cert-file",
+                    &cert,
+                    "--tls-key-file",
+                    &key,
+                    "--tls-ca-cert-file",
+                    &cert,
+                    "--tls-auth-clients",
+                    "no",
+                ]);
+            }
+            None => self.start_with(&[]),
+        }
     }
 
     fn start_with(&mut self, extra: &[&str]) {
@@ -564,7 +625,11 @@ impl RedisCluster {
             let port = free_port();
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            let mut server = RedisServer { child: None, port };
+            let mut server = RedisServer {
+                child: None,
+                port,
+                tls: None,
+            };
             server.start_with(&[
                 "--cluster-enabled",
                 "yes",
