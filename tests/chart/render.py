@@ -7,7 +7,9 @@ Used by tests/chart.rs (which makes the assertions), and handy by hand:
         --helm target/chart-tools/node_modules/.bin/helm -- \
         template demo charts/idgate -f charts/idgate/ci/sidecar-values.yaml
 
-Everything after `--` is passed to helm as is. Prints one JSON object on stdout:
+Everything after `--` is passed to helm as is, extra flags included (tests/chart.rs adds
+`--kube-version 1.30.0`, another version to check the native-sidecar guard, and
+`--api-versions monitoring.coreos.com/v1/ServiceMonitor` for a ServiceMonitor). Prints one JSON object on stdout:
     {"ok": true,  "manifests": [{"source": "idgate/templates/x.yaml", "doc": {...}}, ...]}
     {"ok": false, "error": "<helm's stderr>"}
 and exits 0 in both cases (a refused render is a result the caller checks); it exits 2

@@ -140,8 +140,25 @@ change.
 {{- fail "redis.url is set, so every replica must sign with the same key: set identity.signingKey (a PEM from `idgate keygen`) or existingSecret with a signing.pem key" }}
 {{- end }}
 {{- end }}
+{{- if eq (int $v.ports.http) (int $v.ports.admin) }}
+{{- fail (printf "ports.http and ports.admin are both %d: idgate's public and admin listeners need two ports" (int $v.ports.http)) }}
+{{- end }}
+{{- if ne $v.mode "gateway" }}
+{{- $appPort := int $v.app.port }}
+{{- if or (eq $appPort (int $v.ports.http)) (eq $appPort (int $v.ports.admin)) }}
+{{- fail (printf "app.port (%d) is also one of idgate's ports (ports.http %d, ports.admin %d): in mode %s the app and idgate share the pod's network, so one of them could not bind; change app.port or ports.*" $appPort (int $v.ports.http) (int $v.ports.admin) $v.mode) }}
+{{- end }}
+{{- if and $v.sidecar.native (semverCompare "<1.29-0" .Capabilities.KubeVersion.Version) }}
+{{- fail (printf "sidecar.native needs Kubernetes 1.29 or later (native sidecars: initContainers with restartPolicy: Always), but the cluster is %s: set sidecar.native=false" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- end }}
+{{- $preStop := int (($v.preStop | default dict).sleepSeconds | default 0) }}
+{{- if lt $preStop 0 }}
+{{- fail (printf "preStop.sleepSeconds must be 0 (no preStop hook) or more, not %d" $preStop) }}
+{{- end }}
 {{- $grace := include "idgate.durationSeconds" $v.server.shutdownGrace }}
-{{- if and $grace (le (int $v.terminationGracePeriodSeconds) (int $grace)) }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed server.shutdownGrace (%s), or in-flight requests are killed before idgate has drained them" (int $v.terminationGracePeriodSeconds) (toString $v.server.shutdownGrace)) }}
+{{- $needed := add $preStop (int ($grace | default 0)) }}
+{{- if le (int $v.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStop.sleepSeconds (%d) + server.shutdownGrace (%s) = %ds, or in-flight requests are killed before idgate has drained them" (int $v.terminationGracePeriodSeconds) $preStop (toString $v.server.shutdownGrace) $needed) }}
 {{- end }}
 {{- end }}

@@ -9,8 +9,9 @@ All three take one dict:
              such subchart, root itself is taken as the idgate chart.
   overrides  optional dict deep-merged over the idgate values for the container only:
              image, resources, securityContext, extraEnv, extraVolumeMounts, probes,
-             logLevel, logFormat, sidecar.native, ports. (Config keys are rendered into
-             the ConfigMap by the subchart, so set those in the subchart's values.)
+             logLevel, logFormat, sidecar.native, ports, preStop. (Config keys are
+             rendered into the ConfigMap by the subchart, so set those in the subchart's
+             values.)
 
   idgate.sidecarContainer   one container list item ("- name: idgate ..."); with
                             sidecar.native it carries restartPolicy: Always and a
@@ -89,6 +90,14 @@ All three take one dict:
     periodSeconds: {{ $v.probes.readiness.periodSeconds }}
     timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
     failureThreshold: {{ $v.probes.readiness.failureThreshold }}
+  {{- with ($v.preStop | default dict).sleepSeconds }}
+  lifecycle:
+    # Endpoints and ingresses take a moment to drop a terminating pod: keep accepting
+    # until they have, then SIGTERM starts idgate's drain (server.shutdownGrace).
+    preStop:
+      exec:
+        command: ["sleep", {{ int . | toString | quote }}]
+  {{- end }}
   {{- with $v.resources }}
   resources:
     {{- toYaml . | nindent 4 }}
