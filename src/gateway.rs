@@ -64,6 +64,9 @@ pub struct Gateway {
     /// Everything that depends on the set of tenants, replaced whole when Maestrano's
     /// developer platform changes it.
     tenancy: arc_swap::ArcSwap<Tenancy>,
+    /// `tenancy.maestrano_reserved`, copied out so that classifying a proxied request
+    /// reads one atomic instead of the tenancy.
+    maestrano_reserved: std::sync::atomic::AtomicBool,
 }
 
 /// The tenant-dependent parts of the gateway, built from one config.
@@ -156,6 +159,7 @@ impl Gateway {
         dev_idp: Option<Arc<DevIdp>>,
     ) -> Gateway {
         Gateway {
+            maestrano_reserved: std::sync::atomic::AtomicBool::new(tenancy.maestrano_reserved),
             tenancy: arc_swap::ArcSwap::from_pointee(tenancy),
             policy: IdentityHeaderPolicy::new(config.identity.headers.all()),
             cookie_name: config.session.cookie_name.clone(),
@@ -183,6 +187,10 @@ impl Gateway {
 
     /// Replaces the tenant set (Maestrano's developer platform changed it).
     pub fn set_tenancy(&self, tenancy: Tenancy) {
+        self.maestrano_reserved.store(
+            tenancy.maestrano_reserved,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.tenancy.store(Arc::new(tenancy));
     }
 
@@ -222,7 +230,10 @@ impl Gateway {
 
     fn classify(&self, path: &str) -> RouteClass {
         if has_prefix(path, "/_idgate")
-            || (self.tenancy.load().maestrano_reserved && has_prefix(path, "/maestrano"))
+            || (self
+                .maestrano_reserved
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && has_prefix(path, "/maestrano"))
         {
             RouteClass::Reserved
         } else if self.public_paths.iter().any(|p| has_prefix(path, p)) {

@@ -54,9 +54,14 @@ pub fn start_idgate(
 ) -> (Proc, SocketAddr, SocketAddr) {
     let port = free_port();
     let admin = free_port();
+    // BENCH_IDGATE_WORKERS sets [server].workers (default: one per core).
+    let workers = std::env::var("BENCH_IDGATE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+        .map_or(String::new(), |w| format!("workers = {w}\n"));
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-         upstream = \"http://{upstream}\"\n{rest}\n"
+         upstream = \"http://{upstream}\"\n{workers}{rest}\n"
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();

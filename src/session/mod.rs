@@ -636,8 +636,6 @@ impl Sessions {
         });
     }
 
-    /// Sliding idle renewal, written to the store at most once per renewal interval per
-    /// session and replica, off the request path.
     /// Installs the re-check (once, at startup).
     pub fn set_recheck(&self, hook: Arc<dyn RecheckHook>) {
         let _ = self.recheck.set(hook);
@@ -667,6 +665,8 @@ impl Sessions {
         }
     }
 
+    /// Sliding idle renewal, written to the store at most once per renewal interval per
+    /// session and replica, off the request path.
     fn renew(&self, live: &Arc<Live>, now: i64) {
         let idle = self.config.idle_timeout.as_secs() as i64;
         let interval = (idle / 4).clamp(1, MAX_RENEW_INTERVAL);
