@@ -184,6 +184,7 @@ impl App {
         let worker = self.worker.clone();
         let recheck = self.recheck.clone();
         let directory = self.directory.clone();
+        let sessions = self.sessions.clone();
         tokio::spawn(async move {
             let http = maestrano::worker::client();
             let mut applied: Option<Vec<serde_json::Value>> = None;
@@ -199,6 +200,9 @@ impl App {
                             Ok((cfg, tenancy)) => {
                                 let ids = tenancy.tenant_ids();
                                 gateway.set_tenancy(tenancy);
+                                sessions.set_tenants(
+                                    cfg.tenants.iter().map(|t| t.id.clone()).collect(),
+                                );
                                 worker.set_tenants(&cfg);
                                 if let Some(r) = &recheck {
                                     r.set_tenants(&cfg);

@@ -1086,6 +1086,42 @@ async fn developer_platform_marketplaces_become_tenants_and_a_failed_refresh_kee
     assert!(devpl.calls().len() >= before + 2, "refreshes went on");
     assert_eq!(metadata("maestrano", "app-a").await.status, 200);
     assert_eq!(metadata("uat", "app-b").await.status, 200);
+
+    // A marketplace dropped from the platform takes its tenant and its sessions along.
+    let session = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let app_status = |cookie: String| {
+        let u = url("/app");
+        async move {
+            get(&u, &[("cookie", &cookie), ("accept", "application/json")])
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(app_status(session.clone()).await, 200);
+    *listed.lock().unwrap() = json!({"marketplaces": [market("uat", "app-b", "webhook")]});
+    down.store(false, Ordering::SeqCst);
+    let mut gone = false;
+    for _ in 0..100 {
+        if metadata("maestrano", "app-a").await.status == 404
+            && app_status(session.clone()).await == 401
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "the removed marketplace's tenant and sessions are gone"
+    );
+    assert_eq!(metadata("uat", "app-b").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

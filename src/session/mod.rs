@@ -134,6 +134,9 @@ pub struct Sessions {
     instance: u64,
     /// Maestrano's session re-check, for tenants that ask for it.
     recheck: std::sync::OnceLock<Arc<dyn RecheckHook>>,
+    /// The tenants that exist now: a session of a tenant removed since (a marketplace
+    /// the developer platform dropped) no longer works.
+    known_tenants: arc_swap::ArcSwap<std::collections::HashSet<String>>,
 }
 
 /// How long a re-check may take before another one may start for the same session.
@@ -255,6 +258,9 @@ impl Sessions {
                 })
                 .collect(),
             recheck: std::sync::OnceLock::new(),
+            known_tenants: arc_swap::ArcSwap::from_pointee(
+                config.tenants.iter().map(|t| t.id.clone()).collect(),
+            ),
             live: cache(CACHE_CAPACITY, ttl),
             users: cache(CACHE_CAPACITY, ttl),
             groups: cache(CACHE_CAPACITY / 4, ttl),
@@ -550,7 +556,7 @@ impl Sessions {
         }
         let now = now();
         let rec = &live.stored.record;
-        if self.expired(&live, now) {
+        if self.expired(&live, now) || !self.known_tenants.load().contains(&rec.tenant) {
             return AuthInner::Missing;
         }
         let user = match self.user(&live.user_key, may_fetch, generation).await {
@@ -634,6 +640,14 @@ impl Sessions {
                 tracing::warn!(error = %e, "cannot mark session revoked");
             }
         });
+    }
+
+    /// Replaces the set of existing tenants. Sessions of tenants no longer in it stop
+    /// working at their next request on this replica (every cached entry is dropped).
+    pub fn set_tenants(&self, ids: std::collections::HashSet<String>) {
+        self.known_tenants.store(Arc::new(ids));
+        self.live.invalidate_all();
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Installs the re-check (once, at startup).
