@@ -564,7 +564,8 @@ impl Gateway {
         path: &str,
         request_id: &str,
     ) -> Response<Body> {
-        use crate::maestrano::{Refusal, Route, answer};
+        use crate::maestrano::{Refusal, Route};
+        use response::json as answer;
         let not_found = |what: &str| {
             answer(
                 StatusCode::NOT_FOUND,

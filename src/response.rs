@@ -53,7 +53,16 @@ fn base(status: StatusCode, content_type: &'static str, body: Body) -> Response<
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    base(status, "application/json", full(value.to_string()))
+    json_as(status, "application/json", value)
+}
+
+/// A JSON response under another JSON media type (SCIM's `application/scim+json`).
+pub fn json_as(
+    status: StatusCode,
+    content_type: &'static str,
+    value: &serde_json::Value,
+) -> Response<Body> {
+    base(status, content_type, full(value.to_string()))
 }
 
 /// A plain-text response.

@@ -74,13 +74,7 @@ async fn a_person_logs_in_through_the_dev_idp_and_sees_their_identity() {
     assert_eq!(r.status, 302);
     let idp = r.headers["location"].to_str().unwrap().to_owned();
     // The browser keeps the login cookie that ties the response to this login.
-    let login_cookie = r.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let login_cookie = r.cookie();
     assert!(
         idp.starts_with(&format!("{base}/_idgate/dev-idp/sso?SAMLRequest=")),
         "{idp}"
@@ -120,13 +114,7 @@ async fn a_person_logs_in_through_the_dev_idp_and_sees_their_identity() {
     let r = support::send("POST", &acs, &[ct[0], ("cookie", &login_cookie)], body).await;
     assert_eq!(r.status, 303, "{}", r.text());
     assert_eq!(r.headers["location"], "/");
-    let cookie = r.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = r.cookie();
 
     // 4. The echo page shows the identity the app received, and that the JWT verified.
     let page = support::get(

@@ -4,6 +4,10 @@
 
 mod support;
 
+fn cookie_of(r: &Reply) -> String {
+    r.cookie()
+}
+
 #[path = "support/saml.rs"]
 mod saml_support;
 
@@ -135,9 +139,7 @@ impl Market {
         flate2::read::DeflateDecoder::new(&deflated[..])
             .read_to_string(&mut xml)
             .unwrap();
-        let cookie = r.headers["set-cookie"].to_str().unwrap();
-        let cookie = cookie.split(';').next().unwrap().to_owned();
-        (q["RelayState"].clone(), cookie, xml)
+        (q["RelayState"].clone(), r.cookie(), xml)
     }
 
     /// A full SP-initiated login through Maestrano's paths, signed as Maestrano signs.
@@ -196,16 +198,6 @@ fn spec(consume: &str, audience: &str, uid: &str, group: &str) -> ResponseSpec {
         .attr("mno_session_recheck", "2030-01-01T00:00:00Z");
     s.name_id = uid.into();
     s
-}
-
-fn cookie_of(r: &Reply) -> String {
-    r.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1020,13 +1012,7 @@ async fn developer_platform_marketplaces_become_tenants_and_a_failed_refresh_kee
     let location = url::Url::parse(r.headers["location"].to_str().unwrap()).unwrap();
     assert_eq!(location.host_str(), Some("idp.maestrano.example"));
     let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
-    let login_cookie = r.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let login_cookie = r.cookie();
     let consume = "http://127.0.0.1/maestrano/auth/saml/consume/maestrano";
     let mut s = ResponseSpec::new(
         "https://idp.maestrano.example",
@@ -1088,13 +1074,7 @@ async fn developer_platform_marketplaces_become_tenants_and_a_failed_refresh_kee
     assert_eq!(metadata("uat", "app-b").await.status, 200);
 
     // A marketplace dropped from the platform takes its tenant and its sessions along.
-    let session = r.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let session = r.cookie();
     let app_status = |cookie: String| {
         let u = url("/app");
         async move {

@@ -79,13 +79,7 @@ impl Control {
         )
         .await;
         assert_eq!(r.status, 303, "{}", r.text());
-        r.headers["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned()
+        r.cookie()
     }
 
     async fn login(&self, user: &str, group: &str) -> String {

@@ -117,8 +117,7 @@ impl Sso {
 }
 
 fn session_cookie(r: &Reply) -> String {
-    let set = r.headers["set-cookie"].to_str().unwrap();
-    set.split(';').next().unwrap().to_owned()
+    r.cookie()
 }
 
 /// Store settings for running a scenario against a private `redis-server`.

@@ -561,9 +561,27 @@ impl Directory {
         Err(DirectoryError::Contended)
     }
 
+    /// Whether every user to add as a member exists (and is not deprovisioned), in one
+    /// round trip: callers check before their first write, so a refused change leaves
+    /// nothing half done.
+    pub async fn check_members(&self, tenant: &str, ids: &[String]) -> Result<(), DirectoryError> {
+        let known: std::collections::HashSet<String> = self
+            .store
+            .get_users(tenant, ids)
+            .await?
+            .into_iter()
+            .filter(|u| !u.deprovisioned)
+            .map(|u| u.id)
+            .collect();
+        match ids.iter().find(|id| !known.contains(*id)) {
+            Some(missing) => Err(DirectoryError::UnknownMember(missing.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Changes a group's members: `add` join with `role` (or keep their role), `remove`
-    /// leave (their sessions are revoked). Every user to add must exist, checked before
-    /// anything changes.
+    /// leave (their sessions are revoked). The users to add have passed
+    /// [`Directory::check_members`]; one that vanished since is reported as unknown.
     pub async fn change_members(
         &self,
         tenant: &str,
@@ -572,17 +590,6 @@ impl Directory {
         remove: &[String],
         role: &str,
     ) -> Result<(), DirectoryError> {
-        let known: std::collections::HashSet<String> = self
-            .store
-            .get_users(tenant, add)
-            .await?
-            .into_iter()
-            .filter(|u| !u.deprovisioned)
-            .map(|u| u.id)
-            .collect();
-        if let Some(missing) = add.iter().find(|id| !known.contains(*id)) {
-            return Err(DirectoryError::UnknownMember(missing.clone()));
-        }
         for id in add {
             self.update_user(tenant, id, |u| {
                 if u.role_in(group_id).is_none() {
@@ -592,7 +599,11 @@ impl Directory {
                     });
                 }
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                DirectoryError::NotFound => DirectoryError::UnknownMember(id.clone()),
+                other => other,
+            })?;
         }
         for id in remove {
             match self.remove_membership(tenant, id, group_id).await {

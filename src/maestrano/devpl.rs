@@ -6,11 +6,9 @@
 //! whole is validated again by the same code as a config file: a marketplace is held to
 //! exactly the rules of a configured tenant (certificate required, ids well formed).
 
-use base64::Engine;
 use bytes::Bytes;
+use http::Method;
 use http::header::{self, HeaderValue};
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use crate::config::{Config, DevplConfig};
@@ -35,38 +33,18 @@ pub async fn fetch(
         "{}/api/config/v1/marketplaces",
         devpl.host.as_str().trim_end_matches('/')
     );
-    let mut auth = HeaderValue::from_str(&format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            devpl.env_key.expose(),
-            devpl.env_secret.expose()
-        ))
-    ))
-    .map_err(|_| "unusable env_key / env_secret".to_owned())?;
-    auth.set_sensitive(true);
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(&url)
-        .header(header::AUTHORIZATION, auth)
-        .header(header::ACCEPT, "application/json")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| format!("bad request: {e}"))?;
-    let timeout = std::time::Duration::from_secs(15);
-    let resp = tokio::time::timeout(timeout, http.request(req))
-        .await
-        .map_err(|_| format!("{url}: timed out"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = resp.status();
+    let headers = vec![
+        (
+            header::AUTHORIZATION,
+            super::worker::basic_auth(devpl.env_key.expose(), devpl.env_secret.expose()),
+        ),
+        (header::ACCEPT, HeaderValue::from_static("application/json")),
+    ];
     // Marketplaces with their certificates: a few KiB each.
-    let body = tokio::time::timeout(
-        timeout,
-        http_body_util::Limited::new(resp.into_body(), 8 << 20).collect(),
-    )
-    .await
-    .map_err(|_| format!("{url}: body timed out"))?
-    .map_err(|e| format!("{url}: {e}"))?
-    .to_bytes();
+    let (status, _, body) =
+        super::worker::call(http, Method::GET, &url, headers, Bytes::new(), 8 << 20)
+            .await
+            .map_err(|e| e.0)?;
     if !status.is_success() {
         return Err(format!("{url}: HTTP {status}"));
     }

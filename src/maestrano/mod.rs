@@ -15,14 +15,12 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Response, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, IdpSource, MaestranoConfig, UserMode};
 use crate::directory::{Directory, DirectoryError, LoginIdentity};
-use crate::response::{Body, full};
 use crate::session::model::MnoSession;
 use crate::store::{DirectoryStore, UserKey};
 
@@ -127,19 +125,6 @@ fn fingerprint(pem: &str) -> Option<String> {
             .collect::<Vec<_>>()
             .join(":"),
     )
-}
-
-/// A JSON answer in Maestrano's style.
-pub fn answer(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut resp = Response::new(full(body.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 impl Maestrano {

@@ -12,11 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use base64::Engine;
 use bytes::Bytes;
+use http::Method;
 use http::header::{self, HeaderValue};
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use crate::config::{Config, MaestranoConfig, RecheckFailMode};
@@ -112,43 +110,25 @@ impl Caller {
             "{}/api/v1/auth/saml/{path}?{query}",
             m.api_host.as_str().trim_end_matches('/')
         );
-        let mut auth = match HeaderValue::from_str(&format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                m.api_id,
-                m.api_key.expose()
-            ))
-        )) {
-            Ok(v) => v,
-            Err(_) => return Verdict::Unreachable("unusable api credentials".into()),
-        };
-        auth.set_sensitive(true);
-        let req = match Request::builder()
-            .method(Method::GET)
-            .uri(&url)
-            .header(header::AUTHORIZATION, auth)
-            .header(header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::new()))
-        {
-            Ok(r) => r,
-            Err(e) => return Verdict::Unreachable(format!("bad re-check request: {e}")),
-        };
-        let timeout = std::time::Duration::from_secs(10);
-        let resp = match tokio::time::timeout(timeout, self.http.request(req)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Verdict::Unreachable(e.to_string()),
-            Err(_) => return Verdict::Unreachable("timed out".into()),
-        };
-        let status = resp.status();
-        let body = match tokio::time::timeout(
-            timeout,
-            http_body_util::Limited::new(resp.into_body(), super::worker::MAX_ANSWER).collect(),
+        let headers = vec![
+            (
+                header::AUTHORIZATION,
+                super::worker::basic_auth(&m.api_id, m.api_key.expose()),
+            ),
+            (header::ACCEPT, HeaderValue::from_static("application/json")),
+        ];
+        let (status, _, body) = match super::worker::call(
+            &self.http,
+            Method::GET,
+            &url,
+            headers,
+            Bytes::new(),
+            super::worker::MAX_ANSWER,
         )
         .await
         {
-            Ok(Ok(b)) => b.to_bytes(),
-            _ => return Verdict::Unreachable("unreadable answer".into()),
+            Ok(answer) => answer,
+            Err(e) => return Verdict::Unreachable(e.0),
         };
         // Maestrano no longer knowing the session (or the user) is an answer, not an
         // outage.

@@ -48,6 +48,49 @@ pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
 }
 
+/// HTTP Basic credentials, marked sensitive so that no log or debug print shows them.
+pub fn basic_auth(user: &str, secret: &str) -> HeaderValue {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+    let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    v.set_sensitive(true);
+    v
+}
+
+/// One call to Maestrano (or the app): its status, headers and body, each wait bounded
+/// by [`CALL_TIMEOUT`] and the body by `limit` bytes. Errors name the URL, never the
+/// credentials.
+pub async fn call(
+    http: &Client,
+    method: Method,
+    url: &str,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    body: Bytes,
+    limit: usize,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req
+        .body(Full::new(body))
+        .map_err(|e| CallError(format!("bad request to {url}: {e}")))?;
+    let resp = tokio::time::timeout(CALL_TIMEOUT, http.request(req))
+        .await
+        .map_err(|_| CallError(format!("{url}: timed out")))?
+        .map_err(|e| CallError(format!("{url}: {e}")))?;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(
+        CALL_TIMEOUT,
+        http_body_util::Limited::new(body, limit).collect(),
+    )
+    .await
+    .map_err(|_| CallError(format!("{url}: body timed out")))?
+    .map_err(|e| CallError(format!("{url}: {e}")))?
+    .to_bytes();
+    Ok((parts.status, parts.headers, body))
+}
+
 /// A job on [`BILLING_QUEUE`]: bring this company's bill in line with its state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncBill {
@@ -112,7 +155,7 @@ pub struct Worker {
 /// A failed call, said without secrets.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct CallError(String);
+pub struct CallError(pub String);
 
 impl Worker {
     /// Handlers for every Maestrano tenant of `config`.
@@ -160,47 +203,6 @@ impl Worker {
     }
 
     /// One call; the response's status and body (at most [`MAX_ANSWER`] bytes).
-    async fn call(
-        &self,
-        method: Method,
-        url: &str,
-        headers: Vec<(header::HeaderName, HeaderValue)>,
-        body: Bytes,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
-        let mut req = Request::builder().method(method).uri(url);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| CallError(format!("bad request to {url}: {e}")))?;
-        let resp = tokio::time::timeout(CALL_TIMEOUT, self.http.request(req))
-            .await
-            .map_err(|_| CallError(format!("{url}: timed out")))?
-            .map_err(|e| CallError(format!("{url}: {e}")))?;
-        let (parts, body) = resp.into_parts();
-        let body = tokio::time::timeout(
-            CALL_TIMEOUT,
-            http_body_util::Limited::new(body, MAX_ANSWER).collect(),
-        )
-        .await
-        .map_err(|_| CallError(format!("{url}: body timed out")))?
-        .map_err(|e| CallError(format!("{url}: {e}")))?
-        .to_bytes();
-        Ok((parts.status, parts.headers, body))
-    }
-
-    fn basic(m: &MaestranoConfig) -> HeaderValue {
-        let raw = format!("{}:{}", m.api_id, m.api_key.expose());
-        let mut v = HeaderValue::from_str(&format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
-        v.set_sensitive(true);
-        v
-    }
-
     async fn api(
         &self,
         m: &MaestranoConfig,
@@ -210,7 +212,10 @@ impl Worker {
     ) -> Result<(StatusCode, Value), CallError> {
         let url = format!("{}{path}", m.api_host.as_str().trim_end_matches('/'));
         let mut headers = vec![
-            (header::AUTHORIZATION, Self::basic(m)),
+            (
+                header::AUTHORIZATION,
+                basic_auth(&m.api_id, m.api_key.expose()),
+            ),
             (header::ACCEPT, HeaderValue::from_static("application/json")),
         ];
         let body = match form {
@@ -227,7 +232,7 @@ impl Worker {
             }
             None => Bytes::new(),
         };
-        let (status, _, body) = self.call(method, &url, headers, body).await?;
+        let (status, _, body) = call(&self.http, method, &url, headers, body, MAX_ANSWER).await?;
         let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
         Ok((status, json))
     }
@@ -445,7 +450,7 @@ impl Worker {
         }
         let url = format!("{}{}", self.upstream, m.connec_forward_path);
         let body = Bytes::from(d.body.to_string());
-        match self.call(Method::POST, &url, headers, body).await {
+        match call(&self.http, Method::POST, &url, headers, body, MAX_ANSWER).await {
             Ok((status, resp_headers, resp_body)) if status.is_success() => {
                 let local = resp_headers
                     .get("x-idgate-local-id")

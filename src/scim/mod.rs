@@ -131,16 +131,7 @@ impl ScimError {
 }
 
 fn scim_response(status: StatusCode, doc: &Value) -> Response<Body> {
-    let mut resp = Response::new(full(doc.to_string()));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    crate::response::json_as(status, SCIM_JSON, doc)
 }
 
 /// A resource response, with its ETag (and Location when created).
@@ -931,7 +922,10 @@ impl Scim {
                 "a group externalId may not contain '/', '?', '#' or control characters",
             ));
         }
-        self.check_members_exist(tenant, &members, rid).await?;
+        self.directory
+            .check_members(tenant, &members)
+            .await
+            .map_err(|e| directory_error(e, rid))?;
         let (group, existed) = self
             .directory
             .provision_group(tenant, &desired)
@@ -964,30 +958,6 @@ impl Scim {
         tracing::info!(request_id = rid, tenant, group = %group.id, members = members.len(), "SCIM group provisioned");
         let mut docs = self.render_groups(t, tenant, &[group], true, rid).await?;
         docs.pop().ok_or_else(|| ScimError::internal(rid))
-    }
-
-    async fn check_members_exist(
-        &self,
-        tenant: &str,
-        ids: &[String],
-        rid: &str,
-    ) -> Result<(), ScimError> {
-        let found: HashSet<String> = self
-            .directory
-            .store()
-            .get_users(tenant, ids)
-            .await
-            .map_err(|e| store_error(e, rid))?
-            .into_iter()
-            .filter(|u| !u.deprovisioned)
-            .map(|u| u.id)
-            .collect();
-        match ids.iter().find(|id| !found.contains(*id)) {
-            Some(missing) => Err(ScimError::invalid_value(format!(
-                "no such user to add as a member: {missing}"
-            ))),
-            None => Ok(()),
-        }
     }
 
     /// PUT (`patch` false: the body is the whole resource) or PATCH (the body is a
@@ -1105,7 +1075,10 @@ impl Scim {
                 .filter(|m| !after.contains(m))
                 .cloned()
                 .collect();
-            self.check_members_exist(tenant, &add, rid).await?;
+            self.directory
+                .check_members(tenant, &add)
+                .await
+                .map_err(|e| directory_error(e, rid))?;
             // A change of members is a change of the group: its version moves (so ETags
             // and If-Match cover the member list), and the compare-and-set on it orders
             // concurrent member changes.

@@ -387,6 +387,12 @@ impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The `name=value` of the `Set-Cookie` header, as a browser sends it back.
+    pub fn cookie(&self) -> String {
+        let set = self.headers["set-cookie"].to_str().unwrap();
+        set.split(';').next().unwrap().to_owned()
+    }
 }
 
 /// The values the echo upstream received for a header name (exact, lower-case).
