@@ -94,10 +94,13 @@ toolchain:
 demo: deps
 	$(CARGO) run --locked -- --log-format text demo
 
+# The release binary is built too: tests/runtime_libs.rs proves the container image's
+# libraries against the binary the image ships.
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
-	$(CARGO) test --locked
+	$(CARGO) build --release --locked --bin idgate
+	IDGATE_REQUIRE_RELEASE=1 $(CARGO) test --locked
 
 # Builds the container image (needs a Docker engine; see docs/operations.md).
 image:

@@ -12,15 +12,22 @@ fn manifest(rel: &str) -> PathBuf {
 
 /// The binary cargo built for these tests and, when there is one, the release build
 /// next to it: the script checks the union of their libraries and reports whether the
-/// two link the same set.
+/// two link the same set. `make test` builds the release binary first and sets
+/// `IDGATE_REQUIRE_RELEASE=1`, so there the release build (what the image ships) is
+/// always checked.
 fn binaries() -> Vec<PathBuf> {
     let built = PathBuf::from(env!("CARGO_BIN_EXE_idgate"));
     let mut out = vec![built.clone()];
-    if let Some(target) = built.parent().and_then(Path::parent) {
-        let release = target.join("release").join("idgate");
-        if release.is_file() && release != built {
-            out.push(release);
-        }
+    let release = built
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("release").join("idgate"));
+    match release {
+        Some(r) if r.is_file() && r != built => out.push(r),
+        _ => assert!(
+            std::env::var_os("IDGATE_REQUIRE_RELEASE").is_none(),
+            "IDGATE_REQUIRE_RELEASE is set but target/release/idgate is missing: run `make test`"
+        ),
     }
     out
 }
