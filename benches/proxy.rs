@@ -13,11 +13,18 @@
 //!   through the library to that replica answering 403, over many samples.
 //!
 //! The machine is shared and noisy, so targets are measured in interleaved rounds and the
-//! median of each figure is reported, with ratios taken within the same run. Logging is off for
+//! median of each figure is reported, with ratios taken within the same run: the ratio
+//! of those medians, and beside it the median of the ratios within each round. Logging is off for
 //! both proxies (`IDGATE_LOG=warn`, nginx `access_log off`).
 //!
+//! Besides throughput and latency, each proxy's own CPU time per request (user + system,
+//! from `/proc`, nginx's workers included) is printed: on a machine shared with the load
+//! generator and the upstream, it says what the proxy itself costs.
+//!
 //! Knobs: `BENCH_SECONDS` (per round, default 8), `BENCH_ROUNDS` (default 3),
-//! `BENCH_CONNECTIONS` (default 64).
+//! `BENCH_CONNECTIONS` (default 64), `BENCH_REVOCATIONS` (default 100),
+//! `BENCH_TARGETS` (a comma-separated subset of the target names, for profiling),
+//! `BENCH_IDGATE_WORKERS` and `BENCH_IDGATE_WRAPPER` (see `benches/common`).
 
 mod common;
 
@@ -134,7 +141,8 @@ fn start_nginx(
         .spawn()
         .ok()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let proc = Proc(child);
+    // SIGTERM to the master, which ends its workers; SIGKILL would orphan them.
+    let proc = Proc::gentle(child);
     wait_for_port(addr, "nginx");
     Some((proc, addr))
 }
@@ -145,6 +153,8 @@ struct Sample {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// The proxy's own CPU microseconds per request; NaN for the direct target.
+    cpu_us: f64,
 }
 
 fn parse_latency(text: &str) -> Option<f64> {
@@ -209,6 +219,7 @@ fn wrk(addr: SocketAddr, seconds: u64, connections: u64, cookie: Option<&str>) -
         p99_us: field("99%")
             .and_then(|v| parse_latency(&v))
             .unwrap_or_else(|| panic!("no p99 in wrk output:\n{text}")),
+        cpu_us: f64::NAN,
     }
 }
 
@@ -225,6 +236,7 @@ fn median(v: Vec<Sample>) -> Sample {
         rps: mid(|s| s.rps),
         p50_us: mid(|s| s.p50_us),
         p99_us: mid(|s| s.p99_us),
+        cpu_us: mid(|s| s.cpu_us),
     }
 }
 
@@ -240,7 +252,7 @@ fn main() {
     let revocations = env_or("BENCH_REVOCATIONS", 100).max(1);
     let dir = tempfile::tempdir().unwrap();
     let upstream = start_upstream();
-    let (_idgate, idgate, _) = start_idgate(
+    let (idgate_proc, idgate, _) = start_idgate(
         upstream,
         dir.path(),
         "public",
@@ -283,7 +295,7 @@ fn main() {
         dir.path().display(),
         env!("CARGO_MANIFEST_DIR")
     );
-    let (_auth_a, auth_a, admin_a) = start_idgate(upstream, dir.path(), "auth-a", &auth_rest);
+    let (auth_a_proc, auth_a, admin_a) = start_idgate(upstream, dir.path(), "auth-a", &auth_rest);
     let (_auth_b, auth_b, admin_b) = start_idgate(upstream, dir.path(), "auth-b", &auth_rest);
     let cfg_text = std::fs::read_to_string(dir.path().join("auth-a.toml")).unwrap();
     let cfg = idgate::config::Config::from_toml(&cfg_text, dir.path()).expect("bench config");
@@ -333,39 +345,55 @@ fn main() {
         "the bench session works"
     );
 
-    let mut targets: Vec<(&str, SocketAddr, Option<&str>)> = vec![
-        ("direct", upstream, None),
-        ("idgate", idgate, None),
-        ("idg-auth", auth_a, Some(&cookie)),
+    // (name, address, cookie, the proxy's PID)
+    let mut targets: Vec<(&str, SocketAddr, Option<&str>, Option<u32>)> = vec![
+        ("direct", upstream, None, None),
+        ("idgate", idgate, None, Some(idgate_proc.pid())),
+        ("idg-auth", auth_a, Some(&cookie), Some(auth_a_proc.pid())),
     ];
-    if let Some((_, addr)) = &nginx {
-        targets.push(("nginx", *addr, None));
+    if let Some((proc, addr)) = &nginx {
+        targets.push(("nginx", *addr, None, Some(proc.pid())));
     }
-    if let Some((_, addr)) = &nginx_hdr {
-        targets.push(("nginx-hdr", *addr, None));
+    if let Some((proc, addr)) = &nginx_hdr {
+        targets.push(("nginx-hdr", *addr, None, Some(proc.pid())));
+    }
+    if let Ok(only) = std::env::var("BENCH_TARGETS") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        targets.retain(|(name, ..)| only.contains(name));
+        assert!(
+            !targets.is_empty(),
+            "BENCH_TARGETS names none of the targets"
+        );
     }
     // Warm-up: fill connection pools and caches.
-    for (_, addr, cookie) in &targets {
-        wrk(*addr, 2, connections, *cookie);
-    }
+    let mut sent: Vec<u64> = targets
+        .iter()
+        .map(|(_, addr, cookie, _)| wrk(*addr, 2, connections, *cookie).requests)
+        .collect();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
     let (mut auth_requests, mut auth_calls) = (0u64, 0u64);
     for round in 0..rounds {
-        for (i, (name, addr, cookie)) in targets.iter().enumerate() {
+        for (i, (name, addr, cookie, pid)) in targets.iter().enumerate() {
             let before = cookie.map(|_| redis_calls(redis_port));
-            let s = wrk(*addr, seconds, connections, *cookie);
+            let cpu_before = pid.and_then(cpu_micros);
+            let mut s = wrk(*addr, seconds, connections, *cookie);
+            if let (Some(before), Some(after)) = (cpu_before, pid.and_then(cpu_micros)) {
+                s.cpu_us = after.saturating_sub(before) as f64 / s.requests.max(1) as f64;
+            }
             if let Some(before) = before {
                 // INFO itself is one call; the difference counts idgate's commands.
                 auth_calls += redis_calls(redis_port).saturating_sub(before + 1);
                 auth_requests += s.requests;
             }
             eprintln!(
-                "round {}: {name:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
+                "round {}: {name:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  cpu {:>5.1} us/req",
                 round + 1,
                 s.rps,
                 s.p50_us,
-                s.p99_us
+                s.p99_us,
+                s.cpu_us
             );
+            sent[i] += s.requests;
             samples[i].push(s);
         }
     }
@@ -395,58 +423,82 @@ fn main() {
     }
     revocation_ms.sort_by(f64::total_cmp);
 
+    if std::env::var_os("BENCH_IDGATE_WRAPPER").is_some() {
+        // To divide a profile's totals by (the revocation phase is not included).
+        for ((name, ..), n) in targets.iter().zip(&sent) {
+            println!("profiling: {n} load requests sent to {name}, warm-up included");
+        }
+    }
+    let per_round: Vec<(&str, Vec<Sample>)> = targets
+        .iter()
+        .zip(&samples)
+        .map(|((name, ..), s)| (*name, s.clone()))
+        .collect();
     let results: Vec<(&str, Sample)> = targets
         .iter()
         .zip(samples)
-        .map(|((name, _, _), s)| (*name, median(s)))
+        .map(|((name, ..), s)| (*name, median(s)))
         .collect();
     println!();
     println!(
         "proxy benchmark: wrk -t2 -c{connections}, {seconds}s x {rounds} interleaved rounds, median of each figure, 20-byte body"
     );
     println!(
-        "{:<9} {:>12} {:>10} {:>10}",
-        "target", "req/s", "p50 us", "p99 us"
+        "{:<9} {:>12} {:>10} {:>10} {:>14}",
+        "target", "req/s", "p50 us", "p99 us", "proxy cpu us"
     );
     for (name, s) in &results {
         println!(
-            "{name:<9} {:>12.0} {:>10.0} {:>10.0}",
-            s.rps, s.p50_us, s.p99_us
+            "{name:<9} {:>12.0} {:>10.0} {:>10.0} {:>14.1}",
+            s.rps, s.p50_us, s.p99_us, s.cpu_us
         );
     }
     let get = |n: &str| results.iter().find(|(name, _)| *name == n).map(|(_, s)| *s);
-    let idg = get("idgate").expect("idgate measured");
-    let auth = get("idg-auth").expect("authenticated path measured");
-    let direct = get("direct").expect("direct measured");
     println!();
-    println!(
-        "idgate/direct          throughput {:.2}x  p99 {:.2}x",
-        idg.rps / direct.rps,
-        idg.p99_us / direct.p99_us
+    // A line per pair measured in this run (BENCH_TARGETS may leave some out).
+    // The median of the ratios within each round pairs measurements taken close
+    // together, so it moves less with the machine's load than the ratio of medians.
+    let paired = |a: &str, b: &str| -> Option<f64> {
+        let xs = &per_round.iter().find(|(n, _)| *n == a)?.1;
+        let ys = &per_round.iter().find(|(n, _)| *n == b)?.1;
+        let mut r: Vec<f64> = xs.iter().zip(ys).map(|(x, y)| x.rps / y.rps).collect();
+        r.sort_by(f64::total_cmp);
+        Some(r[r.len() / 2])
+    };
+    let ratio = |label: &str, a: &str, b: &str, note: &str| {
+        if let (Some(x), Some(y), Some(p)) = (get(a), get(b), paired(a, b)) {
+            let cpu = if x.cpu_us.is_nan() || y.cpu_us.is_nan() {
+                String::new()
+            } else {
+                format!("  cpu/req {:.2}x", x.cpu_us / y.cpu_us)
+            };
+            println!(
+                "{label:<22} throughput {:.2}x (per round {p:.2}x)  p99 {:.2}x{cpu}{note}",
+                x.rps / y.rps,
+                x.p99_us / y.p99_us
+            );
+        }
+    };
+    ratio("idgate/direct", "idgate", "direct", "");
+    ratio(
+        "idgate/nginx",
+        "idgate",
+        "nginx",
+        "   (target: throughput >= 0.90x, p99 <= 1.00x)",
     );
-    if let Some(ng) = get("nginx") {
-        println!(
-            "idgate/nginx           throughput {:.2}x  p99 {:.2}x   (target: throughput >= 0.90x, p99 <= 1.00x)",
-            idg.rps / ng.rps,
-            idg.p99_us / ng.p99_us
-        );
-        println!(
-            "idgate-auth/nginx      throughput {:.2}x  p99 {:.2}x   (target: throughput >= 0.90x)",
-            auth.rps / ng.rps,
-            auth.p99_us / ng.p99_us
-        );
-        println!(
-            "nginx/direct           throughput {:.2}x",
-            ng.rps / direct.rps
-        );
-    }
-    if let Some(nh) = get("nginx-hdr") {
-        println!(
-            "idgate-auth/nginx-hdr  throughput {:.2}x  p99 {:.2}x   (nginx adding headers of the same size)",
-            auth.rps / nh.rps,
-            auth.p99_us / nh.p99_us
-        );
-    }
+    ratio(
+        "idgate-auth/nginx",
+        "idg-auth",
+        "nginx",
+        "   (target: throughput >= 0.90x)",
+    );
+    ratio("nginx/direct", "nginx", "direct", "");
+    ratio(
+        "idgate-auth/nginx-hdr",
+        "idg-auth",
+        "nginx-hdr",
+        "   (nginx adding headers of the same size)",
+    );
     println!(
         "redis commands/request {:.5}   ({auth_calls} commands over {auth_requests} authenticated requests; target < 0.01)",
         auth_calls as f64 / auth_requests.max(1) as f64

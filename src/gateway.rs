@@ -25,7 +25,7 @@ use crate::response::{self, Body};
 use crate::saml::SamlTenant;
 use crate::server::Handler;
 use crate::session::model::RevokeReason;
-use crate::session::{Auth, Authenticated, Gate, SessionError, Sessions};
+use crate::session::{Auth, Authenticated, Gate, SessionError, Sessions, ThreadHeaders};
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -291,10 +291,14 @@ impl Gateway {
         // 2. Reserved paths: idgate's own endpoints. Never forwarded.
         // 3. Public paths go through without identity.
         match route {
-            RouteClass::Reserved => return self.reserved(req, peer, html, path, request_id).await,
+            // Boxed: the reserved endpoints' state (SAML, SCIM, Maestrano) is far larger
+            // than the proxied path's, and hyper moves the request future as a whole.
+            RouteClass::Reserved => {
+                return Box::pin(self.reserved(req, peer, html, path, request_id)).await;
+            }
             RouteClass::Public => {
                 return self
-                    .forward(upstream, req, peer, request_id, html, Vec::new())
+                    .forward(upstream, req, peer, request_id, html, None)
                     .await;
             }
             RouteClass::Proxied => {}
@@ -303,7 +307,7 @@ impl Gateway {
         // 4–6. Everything else needs a live session of an active user in an active group.
         match self.sessions.gate(req.headers()).await {
             Gate::Forward(identity) => {
-                self.forward(upstream, req, peer, request_id, html, identity)
+                self.forward(upstream, req, peer, request_id, html, Some(identity))
                     .await
             }
             Gate::Missing => self.unauthenticated(&req, html, path, request_id),
@@ -959,7 +963,7 @@ impl Gateway {
         peer: SocketAddr,
         request_id: &str,
         html: bool,
-        identity: Vec<(http::HeaderName, HeaderValue)>,
+        identity: Option<ThreadHeaders>,
     ) -> Response<Body> {
         // After the session was read: the app never sees idgate's cookie.
         hh::strip_cookie(req.headers_mut(), &self.cookie_name);
@@ -985,8 +989,8 @@ impl Gateway {
             self.public_proto,
             host,
         );
-        for (name, value) in identity {
-            headers.insert(name, value);
+        for (name, value) in identity.iter().flat_map(|h| h.iter()) {
+            headers.insert(name.clone(), value.clone());
         }
         match upstream.forward(req, is_upgrade).await {
             Ok(resp) => resp.map(http_body_util::Either::Left),
@@ -1154,12 +1158,11 @@ fn new_request_id() -> HeaderValue {
         c.set((base, n.wrapping_add(1)));
         (base, n)
     });
-    let value = (u128::from(base) << 64) | u128::from(n);
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&base.to_be_bytes());
+    raw[8..].copy_from_slice(&n.to_be_bytes());
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        let nibble = (value >> (124 - 4 * i)) & 0xf;
-        *b = b"0123456789abcdef"[nibble as usize];
-    }
+    hex::encode_to_slice(raw, &mut buf).expect("32 digits for 16 bytes");
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 

@@ -33,15 +33,80 @@ pub fn wait_for_port(addr: SocketAddr, what: &str) {
     }
 }
 
-/// A child process, killed (by its PID) and reaped on drop.
-pub struct Proc(pub Child);
+/// A child process, ended (by its PID) and reaped on drop.
+pub struct Proc {
+    child: Child,
+    /// Ask with SIGTERM first: a process with children of its own (nginx's master and
+    /// its workers) or a profiler wrapping idgate must get to clean up, or workers are
+    /// orphaned and profiles never written.
+    gentle: bool,
+}
+
+impl Proc {
+    /// Killed with SIGKILL on drop.
+    pub fn new(child: Child) -> Proc {
+        Proc {
+            child,
+            gentle: false,
+        }
+    }
+
+    /// Sent SIGTERM on drop, and SIGKILL only if it is still there after 10 s.
+    pub fn gentle(child: Child) -> Proc {
+        Proc {
+            child,
+            gentle: true,
+        }
+    }
+
+    /// The process id, for reading its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
         // Only the process this bench started, by its PID.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if self.gentle {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// CPU time (user + system) used so far by `pid` and its direct children (nginx's
+/// workers), in microseconds, from `/proc`. None where `/proc` is not readable.
+pub fn cpu_micros(pid: u32) -> Option<u64> {
+    let ticks = |stat: &str| -> Option<(u32, u64)> {
+        // The command name is in parentheses and may hold spaces: split after it.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((ppid, utime + stime))
+    };
+    let own = ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?.1;
+    let children: u64 = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| ticks(&std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?))
+        .filter(|(ppid, _)| *ppid == pid)
+        .map(|(_, t)| t)
+        .sum();
+    // Linux reports in USER_HZ, which is 100 on every architecture it runs on.
+    Some((own + children) * 10_000)
 }
 
 /// Starts `idgate serve` with `[server]` on free loopback ports plus `rest`; returns the
@@ -65,7 +130,19 @@ pub fn start_idgate(
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_idgate"))
+    // BENCH_IDGATE_WRAPPER runs idgate under a profiler, for example
+    // "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg-%p.out".
+    let wrapper = std::env::var("BENCH_IDGATE_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(words).arg(env!("CARGO_BIN_EXE_idgate"));
+            cmd
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_idgate")),
+    };
+    let child = cmd
         .args(["serve", "--config"])
         .arg(&path)
         .env("IDGATE_LOG", "warn")
@@ -74,7 +151,11 @@ pub fn start_idgate(
         .spawn()
         .expect("start idgate");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let proc = Proc(child);
+    let proc = if wrapper.is_empty() {
+        Proc::new(child)
+    } else {
+        Proc::gentle(child)
+    };
     wait_for_port(addr, "idgate");
     (proc, addr, format!("127.0.0.1:{admin}").parse().unwrap())
 }
@@ -96,7 +177,7 @@ pub fn start_redis(dir: &std::path::Path) -> (Proc, u16) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("redis-server is installed by `make bench`");
-    let proc = Proc(child);
+    let proc = Proc::new(child);
     wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), "redis-server");
     (proc, port)
 }

@@ -178,25 +178,45 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) 
 /// Removes idgate's own session cookie (plain and `__Host-` forms) from `Cookie`, and
 /// joins several `Cookie` fields into one, as an HTTP/1.1 hop expects (RFC 9113 §8.2.3).
 pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
-    let mut fields = headers.get_all(header::COOKIE).iter();
-    let Some(first) = fields.next() else { return };
-    if fields.next().is_none() && !memfind(first.as_bytes(), cookie_name.as_bytes()) {
-        return;
-    }
     // The session cookie (plain or `__Host-`), and the short-lived login cookie beside it.
-    let ours = |name: &[u8]| {
+    let ours = |pair: &[u8]| {
+        let name = pair
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
         let base = name.strip_suffix(b"_login").unwrap_or(name);
         base.strip_prefix(b"__Host-").unwrap_or(base) == cookie_name.as_bytes()
     };
-    let mut joined: Vec<u8> = Vec::new();
+    // One look first: most requests carry a single field, and either none of ours
+    // (nothing to do) or only ours (remove the field); neither needs rebuilding.
+    let (mut fields, mut found, mut others) = (0, false, false);
     for value in headers.get_all(header::COOKIE) {
+        fields += 1;
         for pair in value.as_bytes().split(|&b| b == b';') {
-            let pair = trim_bytes(pair);
+            let pair = pair.trim_ascii();
             if pair.is_empty() {
                 continue;
             }
-            let name = trim_bytes(pair.split(|&b| b == b'=').next().unwrap_or_default());
-            if ours(name) {
+            if ours(pair) {
+                found = true;
+            } else {
+                others = true;
+            }
+        }
+    }
+    if fields == 0 || (fields == 1 && !found) {
+        return;
+    }
+    if !others {
+        headers.remove(header::COOKIE);
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() || ours(pair) {
                 continue;
             }
             if !joined.is_empty() {
@@ -205,28 +225,15 @@ pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
             joined.extend_from_slice(pair);
         }
     }
-    headers.remove(header::COOKIE);
-    if !joined.is_empty()
-        && let Ok(v) = HeaderValue::from_bytes(&joined)
-    {
-        headers.insert(header::COOKIE, v);
+    // `insert` replaces every field at once.
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => {
+            headers.insert(header::COOKIE, v);
+        }
+        Err(_) => {
+            headers.remove(header::COOKIE);
+        }
     }
-}
-
-fn trim_bytes(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
-}
-
-fn memfind(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -438,6 +445,22 @@ mod tests {
         );
         strip_cookie(&mut lookalike, "idgate_session");
         assert_eq!(lookalike[header::COOKIE], "idgate_session_x=1");
+
+        // Two fields (HTTP/2 sends one per cookie) are joined even with none of ours,
+        // since an HTTP/1.1 hop expects one; the login cookie goes too.
+        let mut split = HeaderMap::new();
+        split.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        split.append(header::COOKIE, HeaderValue::from_static(" b=2 ;"));
+        let mut with_login = split.clone();
+        strip_cookie(&mut split, "idgate_session");
+        assert_eq!(split.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(split[header::COOKIE], "a=1; b=2");
+        with_login.append(
+            header::COOKIE,
+            HeaderValue::from_static("idgate_session_login=z"),
+        );
+        strip_cookie(&mut with_login, "idgate_session");
+        assert_eq!(with_login[header::COOKIE], "a=1; b=2");
     }
 
     #[test]

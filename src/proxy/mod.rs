@@ -1,6 +1,7 @@
 //! Forwarding to the upstream: a pooled keep-alive HTTP/1.1 client, streaming bodies in
 //! both directions without buffering, timeouts, and WebSocket (Upgrade) tunnelling.
 
+pub mod deadline;
 pub mod headers;
 pub mod pool;
 
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
+use deadline::Deadlines;
 use pool::{NoTrailers, Pool, PoolError, PooledBody};
 
 use crate::config::ServerConfig;
@@ -55,6 +57,7 @@ pub struct Upstream {
     pool: Arc<Pool>,
     authority: Authority,
     response_timeout: Duration,
+    deadlines: Arc<Deadlines>,
 }
 
 impl Upstream {
@@ -76,6 +79,7 @@ impl Upstream {
             pool: Pool::new(target, server.connect_timeout, Duration::from_secs(4)),
             authority,
             response_timeout: server.upstream_timeout,
+            deadlines: Deadlines::new(),
         }
     }
 
@@ -103,11 +107,13 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let mut resp = match tokio::time::timeout(
-            self.response_timeout,
-            self.pool.send(req.map(NoTrailers), !upgrade),
-        )
-        .await
+        let mut resp = match self
+            .deadlines
+            .run(
+                self.response_timeout,
+                self.pool.send(req.map(NoTrailers), !upgrade),
+            )
+            .await
         {
             Err(_) => return Err(ProxyError::Timeout(self.response_timeout)),
             Ok(Err(PoolError::Connect(e))) => return Err(ProxyError::Connect(e)),

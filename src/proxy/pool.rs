@@ -77,7 +77,9 @@ impl Pool {
                 return Ok(sender);
             }
         }
-        self.connect().await
+        // Boxed: connecting is rare on a warm pool, and its state would otherwise sit in
+        // every request's future.
+        Box::pin(self.connect()).await
     }
 
     async fn connect(&self) -> Result<SendRequest<NoTrailers>, PoolError> {

@@ -150,11 +150,14 @@ pub trait RecheckHook: Send + Sync {
     fn due(&self, hash: &str, record: &SessionRecord, next: Arc<AtomicI64>);
 }
 
+/// The identity headers for one session, as copied for one worker thread.
+pub type ThreadHeaders = Arc<[(http::HeaderName, HeaderValue)]>;
+
 /// What the gate needs to forward a request: the identity headers, copied for this
 /// thread.
 pub enum Gate {
     /// Forward with these headers.
-    Forward(Vec<(http::HeaderName, HeaderValue)>),
+    Forward(ThreadHeaders),
     /// No usable session.
     Missing,
     /// Revoked or blocked, with the reason.
@@ -173,7 +176,7 @@ struct Front {
     until: std::time::Instant,
     live: Arc<Live>,
     jwt_expires_at: i64,
-    headers: Vec<(http::HeaderName, HeaderValue)>,
+    headers: ThreadHeaders,
 }
 
 thread_local! {
@@ -211,15 +214,16 @@ pub fn store_key(cookie_value: &str) -> String {
 
 /// The value of cookie `name` in the request's `Cookie` header(s).
 pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k.trim() == name).then(|| v.trim())
+    // Bytes, not `str`: this runs on every proxied request, and a cookie pair is
+    // ASCII by definition (RFC 6265 §4.1.1), so only the value found needs checking.
+    let name = name.as_bytes();
+    headers.get_all(header::COOKIE).iter().find_map(|field| {
+        field.as_bytes().split(|&b| b == b';').find_map(|pair| {
+            let rest = pair.trim_ascii_start().strip_prefix(name)?;
+            let value = rest.trim_ascii_start().strip_prefix(b"=")?;
+            std::str::from_utf8(value.trim_ascii()).ok()
         })
+    })
 }
 
 impl Sessions {
@@ -454,7 +458,7 @@ impl Sessions {
         match self.authenticate_hashed(hash_cookie(value)).await {
             AuthInner::Valid(auth, live) => {
                 self.poke_recheck(&live, now());
-                let copied: Vec<_> = auth
+                let copied: ThreadHeaders = auth
                     .headers
                     .headers
                     .iter()
