@@ -25,6 +25,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::proxy::deadline::{CoarseTimer, Deadlines};
 use crate::response::Body;
 
 /// Something that answers requests. Errors are already responses by the time they leave
@@ -41,12 +42,20 @@ pub trait Handler: Send + Sync + 'static {
 /// Slowloris bound: a client gets this long to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn builder() -> auto::Builder<TokioExecutor> {
+/// The connection builder. `coarse` gives HTTP/1's header-read timeout, which hyper arms
+/// for every request, a worker's coarse clock instead of a tokio timer.
+fn builder(
+    coarse: Option<Arc<Deadlines>>,
+    header_read_timeout: Duration,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+    let mut http1 = builder.http1();
+    match coarse {
+        Some(deadlines) => http1.timer(CoarseTimer(deadlines)),
+        None => http1.timer(TokioTimer::new()),
+    };
+    http1
+        .header_read_timeout(header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     builder
@@ -111,7 +120,7 @@ pub async fn serve<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let builder = builder();
+    let builder = builder(None, HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -206,7 +215,7 @@ async fn worker<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let builder = builder();
+    let builder = builder(Some(Deadlines::new()), HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -221,4 +230,66 @@ async fn worker<H: Handler>(
         }
     }
     drain(graceful, grace).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Hello;
+
+    impl Handler for Hello {
+        async fn call(
+            self: Arc<Self>,
+            _req: Request<Incoming>,
+            _peer: SocketAddr,
+        ) -> Response<Body> {
+            crate::response::text(http::StatusCode::OK, "hello")
+        }
+    }
+
+    /// Slowloris: a client that never finishes its request head is cut off once the
+    /// header-read timeout passes, on the workers' coarse clock, while requests sent in
+    /// time on the same kind of connection are served.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_head_that_never_ends_is_cut_off() {
+        let timeout = Duration::from_millis(300);
+        let builder = builder(Some(Deadlines::new()), timeout);
+        let graceful = GracefulShutdown::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = Arc::new(Hello);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = listener.accept().await.unwrap();
+                spawn_connection(&builder, &graceful, stream, peer, &handler);
+            }
+        });
+
+        let mut ok = TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        ok.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let start = std::time::Instant::now();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+            .await
+            .expect("the server closes the connection")
+            .ok();
+        let waited = start.elapsed();
+        assert!(waited >= timeout, "closed after {waited:?}");
+        assert!(
+            !String::from_utf8_lossy(&rest).contains(" 200 "),
+            "{rest:?}"
+        );
+    }
 }

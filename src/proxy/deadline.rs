@@ -9,14 +9,16 @@
 //! ends or is dropped: no clock read and no timer.
 //!
 //! A deadline fires no earlier than asked and at most two ticks later.
+//!
+//! [`CoarseTimer`] puts the same clock behind hyper's timer, for the server's
+//! header-read timeout, which hyper arms for every request on a connection and drops as
+//! soon as the request's head has arrived.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The clock's resolution.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -69,6 +71,13 @@ impl Deadlines {
         (self.start.elapsed().as_nanos() / TICK.as_nanos()) as u64
     }
 
+    /// The first tick at or after `at`.
+    fn tick_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start)
+            .as_nanos()
+            .div_ceil(TICK.as_nanos()) as u64
+    }
+
     /// Wraps `future` so that it resolves to `Err(Elapsed)` once `after` has passed.
     pub fn run<F: Future>(self: &Arc<Self>, after: Duration, future: F) -> Deadline<F> {
         // Rounded up, plus one tick: the current tick may be nearly over.
@@ -77,13 +86,13 @@ impl Deadlines {
             inner: future,
             guard: Registration {
                 deadlines: self.clone(),
-                ticks,
+                due: Due::After(ticks),
                 slot: None,
             },
         }
     }
 
-    fn register(self: &Arc<Self>, ticks: u64, waker: Waker) -> usize {
+    fn register(self: &Arc<Self>, due: Due, waker: Waker) -> usize {
         let mut inner = self.lock();
         if !inner.ticking {
             // The count stood still while nothing was waiting: bring it up to date.
@@ -92,7 +101,12 @@ impl Deadlines {
             tokio::spawn(tick(Arc::downgrade(self)));
         }
         let slot = Slot {
-            due: inner.now + ticks,
+            due: match due {
+                Due::After(ticks) => inner.now + ticks,
+                // The ticker expires a slot once `now` (rounded down) reaches it, and
+                // `tick_at` rounds up: never early.
+                Due::At(tick) => tick,
+            },
             waker,
             expired: false,
         };
@@ -181,11 +195,42 @@ async fn tick(deadlines: Weak<Deadlines>) {
     }
 }
 
-/// A slot held by one [`Deadline`]; given back on drop, however the future ends.
+/// When a registration expires.
+#[derive(Clone, Copy)]
+enum Due {
+    /// This many ticks after the current one: known without reading the clock.
+    After(u64),
+    /// At this tick (since [`Deadlines`]' start).
+    At(u64),
+}
+
+/// A slot held by one [`Deadline`] or [`CoarseSleep`]; given back on drop, however the
+/// future ends.
 struct Registration {
     deadlines: Arc<Deadlines>,
-    ticks: u64,
+    due: Due,
     slot: Option<usize>,
+}
+
+impl Registration {
+    /// Registers on the first call; afterwards, whether the deadline has passed.
+    fn expired(&mut self, cx: &Context<'_>) -> bool {
+        match self.slot {
+            None => {
+                self.slot = Some(self.deadlines.register(self.due, cx.waker().clone()));
+                false
+            }
+            Some(i) => {
+                if self.deadlines.check(i, cx.waker()) {
+                    self.slot = None;
+                    self.deadlines.release(i);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -216,22 +261,49 @@ impl<F: Future> Future for Deadline<F> {
             }
             return Poll::Ready(Ok(out));
         }
-        let guard = this.guard;
-        match guard.slot {
-            None => {
-                guard.slot = Some(guard.deadlines.register(guard.ticks, cx.waker().clone()));
-            }
-            Some(i) => {
-                if guard.deadlines.check(i, cx.waker()) {
-                    guard.slot = None;
-                    guard.deadlines.release(i);
-                    return Poll::Ready(Err(Elapsed));
-                }
-            }
+        if this.guard.expired(cx) {
+            return Poll::Ready(Err(Elapsed));
         }
         Poll::Pending
     }
 }
+
+/// hyper's timer on a worker's [`Deadlines`]. hyper reads `now` from the system clock
+/// (the default), so deadlines computed after an idle spell are right even though the
+/// tick count stood still.
+#[derive(Clone)]
+pub struct CoarseTimer(pub Arc<Deadlines>);
+
+impl hyper::rt::Timer for CoarseTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(CoarseSleep(Registration {
+            deadlines: self.0.clone(),
+            due: Due::At(self.0.tick_at(deadline)),
+            slot: None,
+        }))
+    }
+}
+
+/// A sleep on the coarse clock; see [`CoarseTimer`].
+pub struct CoarseSleep(Registration);
+
+impl Future for CoarseSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.expired(cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl hyper::rt::Sleep for CoarseSleep {}
 
 #[cfg(test)]
 mod tests {
@@ -249,7 +321,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_slow_future_expires_no_earlier_than_asked() {
         let deadlines = Deadlines::new();
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let out =
             bounded(deadlines.run(Duration::from_millis(250), std::future::pending::<()>())).await;
         assert_eq!(out, Err(Elapsed));
@@ -267,6 +339,25 @@ mod tests {
         }))
         .await;
         assert_eq!(out, Ok(7));
+        assert_eq!(deadlines.pending(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn hyper_sleeps_end_at_their_deadline_and_free_their_slot() {
+        use hyper::rt::Timer;
+        let deadlines = Deadlines::new();
+        let timer = CoarseTimer(deadlines.clone());
+        let start = Instant::now();
+        bounded(timer.sleep(Duration::from_millis(250))).await;
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert_eq!(deadlines.pending(), 0);
+        // A deadline already past ends at the next tick; a dropped sleep gives its slot back.
+        bounded(timer.sleep_until(Instant::now() - Duration::from_secs(1))).await;
+        let mut far = timer.sleep(Duration::from_secs(60));
+        assert!(futures_util::poll!(far.as_mut()).is_pending());
+        assert_eq!(deadlines.pending(), 1);
+        drop(far);
         assert_eq!(deadlines.pending(), 0);
     }
 
