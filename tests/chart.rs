@@ -1056,6 +1056,66 @@ fn with(file: &str, extra: &[&str]) -> Vec<String> {
 }
 
 #[test]
+fn redis_passwords_stay_out_of_the_config_map() {
+    let password = "chart-test-redis-password";
+    // Generated Secret: a URL with credentials moves into it.
+    let url = format!("rediss://:{password}@redis.example.internal:6380/0");
+    let r = render_ok(
+        "idgate",
+        &chart_dir(),
+        &with("ha-values.yaml", &["--set", &format!("redis.url={url}")]),
+    );
+    assert!(!r.config_text().contains(password), "{}", r.config_text());
+    assert_eq!(
+        r.config()["store"]["url"].as_str(),
+        Some("file:/etc/idgate/secrets/redis-url")
+    );
+    let files = r.secret_files().expect("generated Secret");
+    assert_eq!(files.get("redis-url"), Some(&url));
+    check_config(&r, &BTreeMap::new());
+
+    // existingSecret: the URL is read from the key that redis.urlSecretKey names.
+    let mut args = with(
+        "redis-cluster-values.yaml",
+        &[
+            "--set",
+            "redis.url=",
+            "--set",
+            "redis.urlSecretKey=redis-url",
+        ],
+    );
+    let r = render_ok("idgate", &chart_dir(), &args);
+    assert_eq!(
+        r.config()["store"]["url"].as_str(),
+        Some("file:/etc/idgate/secrets/redis-url")
+    );
+    assert_eq!(secret_refs(&r), set(&["redis-url", "signing.pem"]));
+    let mut existing = existing_secret_files("redis-cluster-values.yaml");
+    existing.insert(
+        "redis-url".into(),
+        format!("redis+cluster://:{password}@rc-0:6379,rc-1:6379,rc-2:6379"),
+    );
+    check_config(&r, &existing);
+    // Two replicas are allowed: the store is Redis, even though values cannot show it.
+    assert_eq!(r.one("Deployment")["spec"]["replicas"], 2);
+
+    // What is refused, each naming the value to change.
+    args.extend(["--set".into(), "redis.url=redis://x:6379".into()]);
+    refused(&args, &["redis.url", "redis.urlSecretKey", "not both"]);
+    refused(
+        &with(
+            "redis-cluster-values.yaml",
+            &["--set", &format!("redis.url=redis://:{password}@rc-0:6379")],
+        ),
+        &["redis.url holds credentials", "redis.urlSecretKey"],
+    );
+    refused(
+        &with("ha-values.yaml", &["--set", "redis.urlSecretKey=redis-url"]),
+        &["redis.urlSecretKey", "existingSecret"],
+    );
+}
+
+#[test]
 fn fail_guards_refuse_what_would_break_at_run_time() {
     // Two replicas on the per-process memory store.
     let memory = root().join("tests/chart/memory-replicas-values.yaml");

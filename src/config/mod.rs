@@ -193,8 +193,8 @@ impl ServerConfig {
     }
 }
 
-/// Which store backs sessions and the directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which store backs sessions and the directory. Its `Debug` hides passwords.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// In-process; one replica only.
     Memory,
@@ -202,6 +202,31 @@ pub enum StoreUrl {
     Redis(String),
     /// Redis Cluster seed nodes, as `redis://host:port` (or `rediss://`) URLs.
     Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("Memory"),
+            StoreUrl::Redis(url) => f.debug_tuple("Redis").field(&redacted(url)).finish(),
+            StoreUrl::Cluster(nodes) => f
+                .debug_tuple("Cluster")
+                .field(&nodes.iter().map(|n| redacted(n)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// A Redis URL with its user information (`user:password@`) replaced.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None if url.contains('@') => "<URL with credentials>".into(),
+        None => url.to_owned(),
+    }
 }
 
 /// What to do while the store is unreachable.

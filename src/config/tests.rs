@@ -133,6 +133,28 @@ fn store_urls_parse_by_scheme() {
             "redis://u:p@h3:7002".into()
         ])
     );
+    // Debug output (a config in a log line) never shows the password.
+    let shown = format!("{:?}", c.store);
+    assert!(!shown.contains("u:p"), "{shown}");
+    assert!(shown.contains("redis://***@h1:7000"), "{shown}");
+    // The URL may be a secret reference, from a file or the environment.
+    std::fs::write(
+        dir.path().join("redis-url"),
+        "redis://:s3cret@redis.example:6379/0\n",
+    )
+    .unwrap();
+    let c = with_key("file:redis-url").unwrap();
+    assert_eq!(
+        c.store.url,
+        StoreUrl::Redis("redis://:s3cret@redis.example:6379/0".into())
+    );
+    assert!(!format!("{:?}", c.store).contains("s3cret"));
+    let errs = errors("[store]\nurl = \"env:IDGATE_TEST_NO_SUCH_VARIABLE\"\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("store.url:") && e.contains("not set")),
+        "{errs:?}"
+    );
     let c = with_key("rediss://redis.example:6380/1").unwrap();
     assert_eq!(
         c.store.url,

@@ -304,7 +304,17 @@ fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
 }
 
 fn store(c: &mut Checker<'_>, raw: RawStore) -> StoreConfig {
-    let text = raw.url.as_deref().unwrap_or(defaults::STORE_URL);
+    let given = raw.url.as_deref().unwrap_or(defaults::STORE_URL);
+    // A URL with a password is a secret: like every secret it may be an `env:` or
+    // `file:` reference, so that it can live in a Kubernetes Secret, not a ConfigMap.
+    let resolved = (given.starts_with("env:") || given.starts_with("file:"))
+        .then(|| c.secret("store.url", given));
+    let text = match &resolved {
+        None => given,
+        Some(Some(secret)) => secret.expose().trim(),
+        // Already reported; the rest of [store] is still checked.
+        Some(None) => "memory://",
+    };
     let url = if text == "memory://" {
         StoreUrl::Memory
     } else if text.starts_with("redis://") || text.starts_with("rediss://") {

@@ -58,6 +58,20 @@ config. Args: ctx, plan.
 {{- $v := $ctx.Values }}
 {{- $plan := .plan }}
 {{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" "signing" "key" ($v.identity.signingKeySecretKey | default "") "value" $v.identity.signingKey "what" "identity.signingKey" "required" false) }}
+{{- $redisUrl := $v.redis.url | default "" | toString }}
+{{- if $v.redis.urlSecretKey }}
+{{- if not $v.existingSecret }}
+{{- fail "redis.urlSecretKey names a key of existingSecret, which is not set" }}
+{{- end }}
+{{- if $redisUrl }}
+{{- fail "set redis.url or redis.urlSecretKey, not both" }}
+{{- end }}
+{{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" "store" "key" $v.redis.urlSecretKey "value" "" "what" "redis.urlSecretKey" "required" true) }}
+{{- else if and (contains "@" $redisUrl) $v.existingSecret (not (or (hasPrefix "file:" $redisUrl) (hasPrefix "env:" $redisUrl))) }}
+{{- fail (printf "redis.url holds credentials but existingSecret (%s) is used: put the URL in that Secret and set redis.urlSecretKey to its key" $v.existingSecret) }}
+{{- else if contains "@" $redisUrl }}
+{{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" "store" "key" "redis-url" "value" $redisUrl "what" "redis.url" "required" false) }}
+{{- end }}
 {{- range $i, $k := $v.identity.previousKeys | default list }}
 {{- $slot := printf "previous-%d" $i }}
 {{- if and $v.existingSecret (not (or (hasPrefix "file:" $k) (hasPrefix "env:" $k))) }}
@@ -133,7 +147,7 @@ upstream = {{ include "idgate.upstream" . | toJson }}
 {{- include "idgate.toml.map" (dict "m" $v.server "keys" (list "connectTimeout=connect_timeout" "upstreamTimeout=upstream_timeout" "shutdownGrace=shutdown_grace" "trustedProxies=trusted_proxies" "workers=workers")) }}
 
 [store]
-url = {{ include "idgate.storeUrl" . | toJson }}
+url = {{ index $refs "store" | default (include "idgate.storeUrl" .) | toJson }}
 {{- include "idgate.toml.map" (dict "m" $v.store "keys" (list "keyPrefix=key_prefix" "failMode=fail_mode")) }}
 
 [session]

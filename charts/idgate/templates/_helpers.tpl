@@ -79,9 +79,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "idgate.configPath" -}}/etc/idgate/idgate.toml{{- end }}
 {{- define "idgate.secretsDir" -}}/etc/idgate/secrets{{- end }}
 
-{{/* The store URL for [store].url. */}}
+{{/* The store URL as given in values (a reference with redis.urlSecretKey); the config
+gets it through the secret plan when it holds credentials. */}}
 {{- define "idgate.storeUrl" -}}
+{{- if .Values.redis.urlSecretKey }}
+{{- printf "file:%s/%s" (include "idgate.secretsDir" .) .Values.redis.urlSecretKey }}
+{{- else }}
 {{- .Values.redis.url | default "memory://" }}
+{{- end }}
 {{- end }}
 
 {{/* "true" when the store is the in-memory one. */}}
