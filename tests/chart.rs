@@ -1116,6 +1116,46 @@ fn redis_passwords_stay_out_of_the_config_map() {
 }
 
 #[test]
+fn a_private_redis_ca_is_mounted_and_named_in_the_config() {
+    // Only the marker matters to check-config; redis-server is not involved here.
+    let dir = tempfile::tempdir().unwrap();
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIBchart\n-----END CERTIFICATE-----\n";
+    let ca = dir.path().join("redis-ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let mut args = scenario_args("ha-values.yaml");
+    args.extend(template_flags("ha-values.yaml"));
+    args.extend(set_file("store.caCertificate", &ca));
+    let r = render_ok("idgate", &chart_dir(), &args);
+    assert_eq!(
+        r.config()["store"]["ca_certificate"].as_str(),
+        Some("file:/etc/idgate/secrets/redis-ca.pem")
+    );
+    let files = r.secret_files().expect("generated Secret");
+    assert_eq!(files.get("redis-ca.pem").map(String::as_str), Some(pem));
+    check_config(&r, &BTreeMap::new());
+
+    // From existingSecret, under the key caCertificateSecretKey names.
+    let args = with(
+        "redis-cluster-values.yaml",
+        &[
+            // A comma separates --set values, hence the escape.
+            "--set-string",
+            "redis.url=rediss+cluster://rc-0:6379\\,rc-1:6379",
+            "--set",
+            "store.caCertificateSecretKey=ca.pem",
+        ],
+    );
+    let r = render_ok("idgate", &chart_dir(), &args);
+    assert_eq!(secret_refs(&r), set(&["ca.pem", "signing.pem"]));
+    let mut existing = existing_secret_files("redis-cluster-values.yaml");
+    existing.insert("ca.pem".into(), pem.into());
+    check_config(&r, &existing);
+    // Without it, nothing about a CA is rendered.
+    let r = scenario("ha-values.yaml");
+    assert!(r.config()["store"].get("ca_certificate").is_none());
+}
+
+#[test]
 fn fail_guards_refuse_what_would_break_at_run_time() {
     // Two replicas on the per-process memory store.
     let memory = root().join("tests/chart/memory-replicas-values.yaml");

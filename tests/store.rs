@@ -16,10 +16,15 @@ use idgate::store::{
 use support::{RedisCluster, RedisServer};
 
 fn open(url: StoreUrl) -> Store {
+    open_with_ca(url, None)
+}
+
+fn open_with_ca(url: StoreUrl, ca_certificate: Option<Vec<u8>>) -> Store {
     Store::open(&StoreConfig {
         url,
         key_prefix: format!("conformance{}", std::process::id()),
         fail_mode: FailMode::Closed,
+        ca_certificate,
     })
     .expect("open store")
 }
@@ -708,7 +713,37 @@ async fn redis_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_store_conforms() {
     let redis = RedisServer::start_tls();
-    conformance(open(StoreUrl::Redis(redis.tls_url()))).await;
+    // Verified against the private CA given as store.ca_certificate: the whole suite,
+    // including the event subscriber's own connection.
+    conformance(open_with_ca(
+        StoreUrl::Redis(redis.tls_verified_url()),
+        Some(redis.tls_ca()),
+    ))
+    .await;
+    // The same server is refused without that CA (the web PKI roots do not know it)
+    // and with another CA, and reached with #insecure, which skips verification.
+    let other = tempfile::tempdir().unwrap();
+    support::make_ca(other.path(), "other");
+    let other_ca = std::fs::read(other.path().join("other.pem")).unwrap();
+    for (what, store) in [
+        (
+            "web PKI roots",
+            open(StoreUrl::Redis(redis.tls_verified_url())),
+        ),
+        (
+            "another CA",
+            open_with_ca(StoreUrl::Redis(redis.tls_verified_url()), Some(other_ca)),
+        ),
+    ] {
+        assert!(
+            store.ping().await.is_err(),
+            "a server certificate that does not chain to the trusted CA was accepted ({what})"
+        );
+    }
+    open(StoreUrl::Redis(redis.tls_url()))
+        .ping()
+        .await
+        .expect("#insecure reaches the server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

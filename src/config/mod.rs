@@ -247,6 +247,9 @@ pub struct StoreConfig {
     pub key_prefix: String,
     /// Behaviour while the store is down.
     pub fail_mode: FailMode,
+    /// PEM of the CA(s) that a `rediss://` server's certificate must chain to, in place of
+    /// the public web PKI roots (for Redis behind a private CA).
+    pub ca_certificate: Option<Vec<u8>>,
 }
 
 /// `[session]`

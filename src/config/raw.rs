@@ -41,6 +41,7 @@ pub(crate) struct RawServer {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawStore {
     pub url: Option<String>,
+    pub ca_certificate: Option<String>,
     pub key_prefix: Option<String>,
     pub fail_mode: Option<String>,
 }

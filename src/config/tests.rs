@@ -155,6 +155,57 @@ fn store_urls_parse_by_scheme() {
             .any(|e| e.starts_with("store.url:") && e.contains("not set")),
         "{errs:?}"
     );
+    // A private CA for rediss://, and only there.
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("not-a-cert.pem"), "hello\n").unwrap();
+    let with_ca = |url: &str, ca: &str| {
+        Config::from_toml(
+            &format!(
+                "[store]\nurl = \"{url}\"\nca_certificate = \"{ca}\"\n\
+                 [identity]\nsigning_key = \"file:k.pem\"\n"
+            ),
+            dir.path(),
+        )
+    };
+    let c = with_ca("rediss://redis.internal:6380/0", "file:ca.pem").unwrap();
+    assert!(c.store.ca_certificate.is_some());
+    let c = with_ca("rediss+cluster://h1:7000,h2:7001", "file:ca.pem").unwrap();
+    assert!(c.store.ca_certificate.is_some());
+    for (url, ca, expected) in [
+        (
+            "redis://redis.internal:6379/0",
+            "file:ca.pem",
+            "only to rediss://",
+        ),
+        (
+            "rediss://redis.internal:6380/0#insecure",
+            "file:ca.pem",
+            "contradicts #insecure",
+        ),
+        (
+            "rediss://redis.internal:6380/0",
+            "file:not-a-cert.pem",
+            "not a PEM certificate",
+        ),
+        (
+            "rediss://redis.internal:6380/0",
+            "file:missing.pem",
+            "missing.pem",
+        ),
+    ] {
+        let errs = match with_ca(url, ca) {
+            Ok(_) => panic!("accepted {url} with {ca}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            errs.contains("store.ca_certificate") && errs.contains(expected),
+            "{url} with {ca}: {errs}"
+        );
+    }
     let c = with_key("rediss://redis.example:6380/1").unwrap();
     assert_eq!(
         c.store.url,

@@ -387,10 +387,41 @@ fn store(c: &mut Checker<'_>, raw: RawStore) -> StoreConfig {
         FailMode::Closed,
         &[("closed", FailMode::Closed), ("cached", FailMode::Cached)],
     );
+    let ca_certificate = raw.ca_certificate.as_deref().and_then(|reference| {
+        let tls = match &url {
+            StoreUrl::Redis(u) => u.starts_with("rediss://"),
+            StoreUrl::Cluster(nodes) => nodes.iter().all(|n| n.starts_with("rediss://")),
+            StoreUrl::Memory => false,
+        };
+        if !tls {
+            c.err(
+                "store.ca_certificate",
+                "applies only to rediss:// and rediss+cluster:// URLs",
+            );
+            return None;
+        }
+        if text.ends_with("#insecure") {
+            c.err(
+                "store.ca_certificate",
+                "contradicts #insecure in store.url: verify against this CA, or not at all",
+            );
+            return None;
+        }
+        let pem = c.secret("store.ca_certificate", reference)?;
+        if !pem.expose().contains("-----BEGIN CERTIFICATE-----") {
+            c.err(
+                "store.ca_certificate",
+                "is not a PEM certificate (-----BEGIN CERTIFICATE-----)",
+            );
+            return None;
+        }
+        Some(pem.expose().as_bytes().to_vec())
+    });
     StoreConfig {
         url,
         key_prefix,
         fail_mode,
+        ca_certificate,
     }
 }
 

@@ -421,11 +421,13 @@ impl Store {
                 Ok(Store::Redis(RedisStore::standalone(
                     url,
                     &config.key_prefix,
+                    config.ca_certificate.as_deref(),
                 )?))
             }
             StoreUrl::Cluster(nodes) => Ok(Store::Redis(RedisStore::cluster(
                 nodes,
                 &config.key_prefix,
+                config.ca_certificate.as_deref(),
             )?)),
         }
     }

@@ -90,9 +90,27 @@ pub struct RedisStore {
     /// Where the event subscriber connects: the server, or each Cluster node in turn
     /// (a PUBLISH reaches every node of a Cluster).
     pubsub_urls: Arc<Vec<String>>,
+    /// The private CA for `rediss://`, which the subscriber's connections need too.
+    ca: Option<Arc<[u8]>>,
     events: broadcast::Sender<Event>,
     subscriber: Arc<OnceLock<()>>,
     bus_up: Arc<AtomicBool>,
+}
+
+/// Trust exactly `pem` (no client certificate), instead of the web PKI roots.
+fn private_ca(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
+}
+
+/// A client for `url`, verifying TLS against `ca` when one is given.
+fn client(url: &str, ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    match ca {
+        Some(pem) => redis::Client::build_with_tls(url, private_ca(pem)),
+        None => redis::Client::open(url),
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -218,12 +236,13 @@ fn reason_from_code(code: &str) -> Option<RevokeReason> {
 }
 
 impl RedisStore {
-    fn new(conn: Conn, prefix: &str, pubsub_urls: Vec<String>) -> RedisStore {
+    fn new(conn: Conn, prefix: &str, pubsub_urls: Vec<String>, ca: Option<&[u8]>) -> RedisStore {
         let (events, _) = broadcast::channel(4096);
         RedisStore {
             conn,
             prefix: prefix.into(),
             pubsub_urls: Arc::new(pubsub_urls),
+            ca: ca.map(Arc::from),
             events,
             subscriber: Arc::new(OnceLock::new()),
             bus_up: Arc::new(AtomicBool::new(false)),
@@ -231,8 +250,8 @@ impl RedisStore {
     }
 
     /// A standalone server.
-    pub fn standalone(url: &str, prefix: &str) -> StoreResult<RedisStore> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+    pub fn standalone(url: &str, prefix: &str, ca: Option<&[u8]>) -> StoreResult<RedisStore> {
+        let client = client(url, ca).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -243,20 +262,24 @@ impl RedisStore {
             Conn::Standalone(manager),
             prefix,
             vec![url.to_owned()],
+            ca,
         ))
     }
 
     /// A Cluster, from its seed nodes.
-    pub fn cluster(nodes: &[String], prefix: &str) -> StoreResult<RedisStore> {
-        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+    pub fn cluster(nodes: &[String], prefix: &str, ca: Option<&[u8]>) -> StoreResult<RedisStore> {
+        let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
             .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .build()
-            .map_err(unavailable)?;
+            .response_timeout(RESPONSE_TIMEOUT);
+        if let Some(pem) = ca {
+            builder = builder.certs(private_ca(pem));
+        }
+        let client = builder.build().map_err(unavailable)?;
         Ok(RedisStore::new(
             Conn::Cluster(Arc::new((client, OnceCell::new()))),
             prefix,
             nodes.to_vec(),
+            ca,
         ))
     }
 
@@ -399,7 +422,7 @@ impl RedisStore {
                 let url = &store.pubsub_urls[attempt % store.pubsub_urls.len()];
                 attempt += 1;
                 let connected = async {
-                    let client = redis::Client::open(url.as_str())?;
+                    let client = client(url, store.ca.as_deref())?;
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(&channel).await?;
                     Ok::<_, redis::RedisError>(pubsub)

@@ -504,25 +504,47 @@ impl RedisServer {
         server
     }
 
-    /// Starts one that also serves TLS (a self-signed certificate made with `openssl`).
+    /// Starts one that also serves TLS, with a certificate for 127.0.0.1 issued by a
+    /// private CA, both made with `openssl` (see [`RedisServer::tls_ca`]).
     pub fn start_tls() -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl is installed by `make test`");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        make_ca(dir.path(), "ca");
+        let p = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(
+            dir.path().join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p("key.pem"),
+            "-out",
+            &p("leaf.csr"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("leaf.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &p("leaf.ext"),
+            "-out",
+            &p("cert.pem"),
+        ]);
         let port = free_port();
         let tls_port = free_port();
         let mut server = RedisServer {
@@ -534,10 +556,21 @@ impl RedisServer {
         server
     }
 
-    /// `rediss://…/#insecure` for a TLS server (its certificate is self-signed).
+    /// `rediss://…/#insecure` for a TLS server (its CA is not in the web PKI).
     pub fn tls_url(&self) -> String {
+        format!("{}#insecure", self.tls_verified_url())
+    }
+
+    /// `rediss://…/`, to be verified against [`RedisServer::tls_ca`].
+    pub fn tls_verified_url(&self) -> String {
         let (port, _) = self.tls.as_ref().expect("started with start_tls");
-        format!("rediss://127.0.0.1:{port}/#insecure")
+        format!("rediss://127.0.0.1:{port}/")
+    }
+
+    /// The PEM of the CA that issued the TLS server's certificate.
+    pub fn tls_ca(&self) -> Vec<u8> {
+        let (_, dir) = self.tls.as_ref().expect("started with start_tls");
+        std::fs::read(dir.path().join("ca.pem")).unwrap()
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -568,7 +601,7 @@ impl RedisServer {
                     "--tls-key-file",
                     &key,
                     "--tls-ca-cert-file",
-                    &cert,
+                    &dir.path().join("ca.pem").display().to_string(),
                     "--tls-auth-clients",
                     "no",
                 ]);
@@ -866,4 +899,41 @@ impl Recorder {
     pub fn calls(&self) -> Vec<Recorded> {
         self.calls.lock().unwrap().clone()
     }
+}
+
+/// Runs `openssl` with `args`, failing the test with its error output.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed by `make test`");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed CA in `dir`: `<name>.pem` and `<name>.key`.
+pub fn make_ca(dir: &std::path::Path, name: &str) {
+    let p = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN=idgate test {name}"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        &p("key"),
+        "-out",
+        &p("pem"),
+    ]);
 }

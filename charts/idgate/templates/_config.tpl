@@ -58,6 +58,11 @@ config. Args: ctx, plan.
 {{- $v := $ctx.Values }}
 {{- $plan := .plan }}
 {{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" "signing" "key" ($v.identity.signingKeySecretKey | default "") "value" $v.identity.signingKey "what" "identity.signingKey" "required" false) }}
+{{- $caKey := $v.store.caCertificateSecretKey | default "" }}
+{{- if and $v.store.caCertificate (not $caKey) }}
+{{- $caKey = "redis-ca.pem" }}
+{{- end }}
+{{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" "storeCa" "key" $caKey "value" $v.store.caCertificate "what" "store.caCertificate" "required" false) }}
 {{- $redisUrl := $v.redis.url | default "" | toString }}
 {{- if $v.redis.urlSecretKey }}
 {{- if not $v.existingSecret }}
@@ -148,6 +153,9 @@ upstream = {{ include "idgate.upstream" . | toJson }}
 
 [store]
 url = {{ index $refs "store" | default (include "idgate.storeUrl" .) | toJson }}
+{{- with index $refs "storeCa" }}
+ca_certificate = {{ . | toJson }}
+{{- end }}
 {{- include "idgate.toml.map" (dict "m" $v.store "keys" (list "keyPrefix=key_prefix" "failMode=fail_mode")) }}
 
 [session]
