@@ -654,17 +654,7 @@ fn check_config(r: &Rendered, existing: &BTreeMap<String, String>) {
     let text = r.config_text();
 
     // Every reference into the secrets directory names a key the Secret holds.
-    let prefix = format!("file:{SECRETS_DIR}/");
-    let referenced: BTreeSet<String> = text
-        .match_indices(&prefix)
-        .map(|(i, _)| {
-            text[i + prefix.len()..]
-                .split('"')
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let referenced = secret_refs(r);
     for key in &referenced {
         assert!(
             files.contains_key(key),
@@ -683,7 +673,10 @@ fn check_config(r: &Rendered, existing: &BTreeMap<String, String>) {
     for (key, value) in &files {
         std::fs::write(secrets.join(key), value).unwrap();
     }
-    let rewritten = text.replace(&prefix, &format!("file:{}/", secrets.display()));
+    let rewritten = text.replace(
+        &format!("file:{SECRETS_DIR}/"),
+        &format!("file:{}/", secrets.display()),
+    );
     assert!(
         !rewritten.contains("file:/etc/"),
         "idgate.toml refers to a file the chart does not mount:\n{text}"

@@ -26,29 +26,23 @@ impl TestIdp {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("idp.key");
         let cert = dir.path().join("idp.crt");
-        let out = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                &format!("rsa:{bits}"),
-                "-sha256",
-                "-days",
-                "1",
-                "-nodes",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .args(["-subj", &format!("/CN={cn}")])
-            .output()
-            .expect("openssl is installed by `make test`");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (k, c) = (key.display().to_string(), cert.display().to_string());
+        super::openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            &format!("rsa:{bits}"),
+            "-sha256",
+            "-days",
+            "1",
+            "-nodes",
+            "-keyout",
+            &k,
+            "-out",
+            &c,
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
         TestIdp {
             _dir: dir,
             key,
