@@ -519,3 +519,252 @@ async fn request_trailers_and_h2c_upgrades_are_not_passed_on() {
     let echo = raw_json(&resp);
     assert!(received(&echo, "upgrade").is_empty(), "{echo}");
 }
+
+/// An upstream speaking raw bytes: each request (bodiless, as the tests send) gets the
+/// reply scripted for its path, and every connection it accepts is counted. It is how
+/// the tests reach framings that no well-behaved server library would produce.
+struct ScriptedUpstream {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ScriptedUpstream {
+    /// `script` maps a request line to the bytes to answer and what to do next.
+    async fn start(script: fn(&str) -> (&'static str, After)) -> ScriptedUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut drop_next = false;
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        if drop_next {
+                            return;
+                        }
+                        let (reply, after) = script(head.lines().next().unwrap_or(""));
+                        if stream.write_all(reply.as_bytes()).await.is_err()
+                            || after == After::Close
+                        {
+                            return;
+                        }
+                        drop_next = after == After::DropNextRequest;
+                    }
+                });
+            }
+        });
+        ScriptedUpstream {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a scripted upstream does after its reply.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Waits for the next request.
+    Keep,
+    /// Closes the connection.
+    Close,
+    /// Reads the next request and closes without answering: a keep-alive timeout that
+    /// fires just as a request arrives.
+    DropNextRequest,
+}
+
+/// One client connection (so one idgate worker and one upstream pool) for a sequence of
+/// requests; a response whose body fails comes back as `Err`.
+struct OneConnection(hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>);
+
+impl OneConnection {
+    async fn open(addr: std::net::SocketAddr) -> OneConnection {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        OneConnection(sender)
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+    ) -> Result<(u16, http::HeaderMap, String), String> {
+        self.0.ready().await.map_err(|e| e.to_string())?;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "app")
+            .header("accept", "application/json")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.0.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((
+            parts.status.as_u16(),
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }
+}
+
+fn scripted(request_line: &str) -> (&'static str, After) {
+    let path = request_line.split(' ').nth(1).unwrap_or("");
+    if request_line.starts_with("HEAD ") {
+        // A body anyway, as careless apps do; idgate must not take it for a response.
+        return (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            After::Keep,
+        );
+    }
+    match path {
+        "/length" => (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            After::Keep,
+        ),
+        "/chunked" => (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Idgate-User-Id\r\n\r\n\
+             5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Idgate-User-Id: admin\r\n\r\n",
+            After::Keep,
+        ),
+        "/interim" => (
+            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            After::Keep,
+        ),
+        "/until-close" => ("HTTP/1.1 200 OK\r\n\r\nall of it", After::Close),
+        "/smuggle" => (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            After::Keep,
+        ),
+        "/two-lengths" => (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            After::Keep,
+        ),
+        "/extra" => (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+             HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen",
+            After::Keep,
+        ),
+        "/drop-next" => (
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            After::DropNextRequest,
+        ),
+        "/truncated" => (
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+            After::Close,
+        ),
+        // No `Connection: close`, so idgate pools the connection that is then closed.
+        "/silent-close" => (
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            After::Close,
+        ),
+        _ => (
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            After::Keep,
+        ),
+    }
+}
+
+#[tokio::test]
+async fn bodiless_requests_are_framed_strictly_and_connections_reused_only_when_clean() {
+    let up = ScriptedUpstream::start(scripted).await;
+    let idgate = Idgate::start(&public_all(up.addr));
+    let mut c = OneConnection::open(idgate.public).await;
+
+    // Length, chunked (extensions and trailers dropped) and interim 1xx responses share
+    // one upstream connection.
+    let (status, _, body) = c.send("GET", "/length").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let (status, headers, body) = c.send("GET", "/chunked").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello world"));
+    assert!(headers.get("trailer").is_none(), "{headers:?}");
+    assert!(headers.get("x-idgate-user-id").is_none(), "{headers:?}");
+    let (status, _, body) = c.send("GET", "/interim").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(up.connections(), 1, "clean responses keep the connection");
+    // After HEAD (to which this app wrongly sends a body) the connection is not reused.
+    let (status, headers, body) = c.send("HEAD", "/length").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(headers["content-length"], "5");
+    assert_eq!(c.send("GET", "/length").await.unwrap().2, "hello");
+    assert_eq!(up.connections(), 2);
+
+    // Bytes beyond the response are never taken for the next answer: that connection
+    // is dropped and the next request gets its own response on a new one.
+    let (status, _, body) = c.send("GET", "/extra").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let (status, _, body) = c.send("GET", "/length").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"), "no stray response");
+    assert_eq!(up.connections(), 3);
+
+    // A body delimited by the close is read to the end and its connection not reused.
+    let (status, _, body) = c.send("GET", "/until-close").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "all of it"));
+    assert_eq!(c.send("GET", "/length").await.unwrap().2, "hello");
+    assert_eq!(up.connections(), 4);
+
+    // A pooled connection the upstream closed in silence is replaced, unseen.
+    assert_eq!(c.send("GET", "/silent-close").await.unwrap().2, "ok");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _, body) = c.send("GET", "/length").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"));
+
+    // A request that meets a connection closing under it is sent again on a new one
+    // (GET and HEAD are idempotent), unseen by the client.
+    let before = up.connections();
+    assert_eq!(c.send("GET", "/drop-next").await.unwrap().2, "ok");
+    let (status, _, body) = c.send("GET", "/length").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    assert_eq!(up.connections(), before + 1);
+
+    // Ambiguous framing is a 502 in the client's format, logged with the reason.
+    for (path, reason) in [
+        ("/smuggle", "both Transfer-Encoding and Content-Length"),
+        ("/two-lengths", "conflicting Content-Length values"),
+    ] {
+        let (status, _, body) = c.send("GET", path).await.unwrap();
+        assert_eq!(status, 502, "{path}: {body}");
+        assert!(body.contains("upstream_unavailable"), "{body}");
+        assert!(idgate.wait_for_log(reason), "{path}: {}", idgate.logs());
+    }
+
+    // A body cut short reaches the client as a failed response, never as a whole one.
+    let mut c = OneConnection::open(idgate.public).await;
+    let cut = c.send("GET", "/truncated").await;
+    assert!(cut.is_err(), "{cut:?}");
+    assert!(
+        idgate.wait_for_log("upstream closed the connection mid-message"),
+        "{}",
+        idgate.logs()
+    );
+}

@@ -2,13 +2,15 @@
 //! both directions without buffering, timeouts, and WebSocket (Upgrade) tunnelling.
 
 pub mod deadline;
+pub mod h1;
 pub mod headers;
 pub mod pool;
 
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
@@ -98,28 +100,40 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path_and_query);
         if !req.headers().contains_key(http::header::HOST)
             && let Ok(v) = http::HeaderValue::from_str(self.authority.as_str())
         {
             req.headers_mut().insert(http::header::HOST, v);
         }
+        // Most requests carry no body: those skip hyper's client (see `h1`).
+        if !upgrade
+            && (req.method() == Method::GET || req.method() == Method::HEAD)
+            && req.body().is_end_stream()
+        {
+            let sent = self
+                .deadlines
+                .run(
+                    self.response_timeout,
+                    self.pool
+                        .send_bodiless(req.method(), path_and_query.as_str(), req.headers()),
+                )
+                .await;
+            let mut resp = Self::settle(sent, self.response_timeout)?;
+            headers::remove_hop_by_hop(resp.headers_mut(), None);
+            return Ok(resp);
+        }
+        *req.uri_mut() = Uri::from(path_and_query);
         *req.version_mut() = Version::HTTP_11;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let mut resp = match self
+        let sent = self
             .deadlines
             .run(
                 self.response_timeout,
                 self.pool.send(req.map(NoTrailers), !upgrade),
             )
-            .await
-        {
-            Err(_) => return Err(ProxyError::Timeout(self.response_timeout)),
-            Ok(Err(PoolError::Connect(e))) => return Err(ProxyError::Connect(e)),
-            Ok(Err(PoolError::Http(e))) => return Err(ProxyError::Protocol(error_chain(&e))),
-            Ok(Ok(resp)) => resp,
-        };
+            .await;
+        let mut resp = Self::settle(sent, self.response_timeout)?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_side) = client_side
@@ -145,6 +159,21 @@ impl Upstream {
         }
         headers::remove_hop_by_hop(resp.headers_mut(), None);
         Ok(resp)
+    }
+}
+
+impl Upstream {
+    fn settle<T, E>(
+        sent: Result<Result<T, PoolError>, E>,
+        timeout: Duration,
+    ) -> Result<T, ProxyError> {
+        match sent {
+            Err(_) => Err(ProxyError::Timeout(timeout)),
+            Ok(Err(PoolError::Connect(e))) => Err(ProxyError::Connect(e)),
+            Ok(Err(PoolError::Http(e))) => Err(ProxyError::Protocol(error_chain(&e))),
+            Ok(Err(PoolError::Exchange(e))) => Err(ProxyError::Protocol(e.to_string())),
+            Ok(Ok(resp)) => Ok(resp),
+        }
     }
 }
 

@@ -11,12 +11,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use super::h1::{BodyReader, Conn, H1Error};
 
 /// Why a connection could not be had or used.
 #[derive(Debug)]
@@ -25,6 +27,8 @@ pub enum PoolError {
     Connect(String),
     /// The HTTP exchange failed.
     Http(hyper::Error),
+    /// A bodiless exchange (see `h1`) failed.
+    Exchange(H1Error),
 }
 
 /// Idle connections, most recently used last (so reuse is LIFO and the oldest ones
@@ -35,6 +39,8 @@ pub struct Pool {
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<(SendRequest<NoTrailers>, Instant)>>,
+    /// Connections for bodiless requests, spoken to directly (see `h1`).
+    direct: Mutex<Vec<(Conn, Instant)>>,
 }
 
 impl Pool {
@@ -46,6 +52,7 @@ impl Pool {
             idle_timeout,
             max_idle: 512,
             idle: Mutex::new(Vec::new()),
+            direct: Mutex::new(Vec::new()),
         })
     }
 
@@ -82,7 +89,7 @@ impl Pool {
         Box::pin(self.connect()).await
     }
 
-    async fn connect(&self) -> Result<SendRequest<NoTrailers>, PoolError> {
+    async fn connect_tcp(&self) -> Result<TcpStream, PoolError> {
         let stream = match tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(self.target.as_str()),
@@ -99,6 +106,11 @@ impl Pool {
             }
         };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<NoTrailers>, PoolError> {
+        let stream = self.connect_tcp().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -126,7 +138,7 @@ impl Pool {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let (parts, inner) = resp.into_parts();
-                    let mut body = PooledBody {
+                    let mut body = PooledBody::Hyper {
                         inner: Some(inner),
                         slot: keep.then(|| (sender, self.clone())),
                     };
@@ -139,6 +151,57 @@ impl Pool {
                     _ => return Err(PoolError::Http(e.into_error())),
                 },
             }
+        }
+    }
+    /// Sends a request without a body (`GET`, `HEAD`) over a directly driven
+    /// connection (see `h1`). A pooled connection that turns out closed before any
+    /// response byte is replaced once: these methods are idempotent (RFC 9110 §9.2.2),
+    /// so sending again is safe even if the app saw the first attempt.
+    pub async fn send_bodiless(
+        self: &Arc<Self>,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let mut retried = false;
+        loop {
+            let (mut conn, reused) = match self.pop_direct() {
+                Some(conn) => (conn, true),
+                None => (Conn::new(Box::pin(self.connect_tcp()).await?), false),
+            };
+            match conn.exchange(method, target, headers).await {
+                Ok(head) => {
+                    let reader = BodyReader::new(conn, &head);
+                    let mut resp = Response::new(());
+                    *resp.status_mut() = head.status;
+                    *resp.headers_mut() = head.headers;
+                    let mut body = PooledBody::Direct {
+                        reader,
+                        pool: self.clone(),
+                    };
+                    body.release_if_done();
+                    return Ok(resp.map(|()| body));
+                }
+                Err(H1Error::ClosedBeforeResponse) if reused && !retried => retried = true,
+                Err(e) => return Err(PoolError::Exchange(e)),
+            }
+        }
+    }
+
+    fn pop_direct(&self) -> Option<Conn> {
+        let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((conn, since)) = direct.pop() {
+            if since.elapsed() <= self.idle_timeout && !conn.stirred_while_idle() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin_direct(&self, conn: Conn) {
+        let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        if direct.len() < self.max_idle {
+            direct.push((conn, Instant::now()));
         }
     }
 }
@@ -179,55 +242,101 @@ impl Body for NoTrailers {
 /// An upstream response body that returns its connection to the pool once it has been
 /// read to the end. Dropped early, it takes the connection with it (a half-read
 /// response cannot be reused).
-pub struct PooledBody {
-    inner: Option<Incoming>,
-    slot: Option<(SendRequest<NoTrailers>, Arc<Pool>)>,
+pub enum PooledBody {
+    /// A response read by hyper's client.
+    Hyper {
+        /// The body, until it ends.
+        inner: Option<Incoming>,
+        /// The connection and its pool, while it may still be returned.
+        slot: Option<(SendRequest<NoTrailers>, Arc<Pool>)>,
+    },
+    /// A response to a bodiless request, read off the connection directly.
+    Direct {
+        /// The body and its connection.
+        reader: BodyReader,
+        /// Where the connection goes back.
+        pool: Arc<Pool>,
+    },
 }
+
+/// What a response body's error carries to hyper: it ends the client's response early.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl PooledBody {
     fn release_if_done(&mut self) {
-        if self.inner.as_ref().is_some_and(|b| b.is_end_stream())
-            && let Some((sender, pool)) = self.slot.take()
-        {
-            pool.checkin(sender);
+        match self {
+            PooledBody::Hyper { inner, slot } => {
+                if inner.as_ref().is_some_and(|b| b.is_end_stream())
+                    && let Some((sender, pool)) = slot.take()
+                {
+                    pool.checkin(sender);
+                }
+            }
+            PooledBody::Direct { reader, pool } => {
+                if let Some(conn) = reader.take_reusable() {
+                    pool.checkin_direct(conn);
+                }
+            }
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = std::pin::Pin::new(inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some((sender, pool)) = self.slot.take() {
-                    pool.checkin(sender);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut *self {
+            PooledBody::Hyper { inner, slot } => {
+                let Some(inner) = inner.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let polled = std::pin::Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some((sender, pool)) = slot.take() {
+                            pool.checkin(sender);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => *slot = None,
+                    Poll::Ready(Some(Ok(_))) => self.release_if_done(),
+                    Poll::Pending => {}
                 }
+                polled.map_err(Into::into)
             }
-            Poll::Ready(Some(Err(_))) => {
-                self.slot = None;
+            PooledBody::Direct { reader, .. } => {
+                let polled = reader.poll_data(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => self.release_if_done(),
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::warn!(error = %e, "upstream response body failed");
+                    }
+                    Poll::Pending => {}
+                }
+                polled.map(|o| o.map(|r| r.map(Frame::data).map_err(Into::into)))
             }
-            Poll::Ready(Some(Ok(_))) => self.release_if_done(),
-            Poll::Pending => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        match self {
+            PooledBody::Hyper { inner, .. } => inner.as_ref().is_none_or(|b| b.is_end_stream()),
+            PooledBody::Direct { reader, .. } => reader.is_end(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+        match self {
+            PooledBody::Hyper { inner, .. } => inner
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()),
+            PooledBody::Direct { reader, .. } => match reader.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+        }
     }
 }
