@@ -564,10 +564,18 @@ impl ScriptedUpstream {
                             return;
                         }
                         let (reply, after) = script(head.lines().next().unwrap_or(""));
-                        if stream.write_all(reply.as_bytes()).await.is_err()
+                        if after == After::CloseUnanswered
+                            || stream.write_all(reply.as_bytes()).await.is_err()
                             || after == After::Close
                         {
                             return;
+                        }
+                        if after == After::LateStray {
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                            let stray = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen";
+                            if stream.write_all(stray.as_bytes()).await.is_err() {
+                                return;
+                            }
                         }
                         drop_next = after == After::DropNextRequest;
                     }
@@ -596,6 +604,10 @@ enum After {
     /// Reads the next request and closes without answering: a keep-alive timeout that
     /// fires just as a request arrives.
     DropNextRequest,
+    /// Closes without writing the reply at all.
+    CloseUnanswered,
+    /// After a pause, writes a stray response that belongs to no request.
+    LateStray,
 }
 
 /// One client connection (so one idgate worker and one upstream pool) for a sequence of
@@ -679,6 +691,11 @@ fn scripted(request_line: &str) -> (&'static str, After) {
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             After::DropNextRequest,
         ),
+        "/late-stray" => (
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            After::LateStray,
+        ),
+        "/unanswered" => ("", After::CloseUnanswered),
         "/truncated" => (
             "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
             After::Close,
@@ -746,6 +763,29 @@ async fn bodiless_requests_are_framed_strictly_and_connections_reused_only_when_
     let (status, _, body) = c.send("GET", "/length").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "hello"));
     assert_eq!(up.connections(), before + 1);
+
+    // Bytes that arrive on an idle pooled connection are never read as a response.
+    let before = up.connections();
+    assert_eq!(c.send("GET", "/late-stray").await.unwrap().2, "ok");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body) = c.send("GET", "/length").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"), "no stray response");
+    assert_eq!(up.connections(), before + 1);
+
+    // A request is sent at most twice, and never again after a fresh connection fails.
+    let before = up.connections();
+    let (status, _, body) = c.send("GET", "/unanswered").await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        up.connections(),
+        before + 1,
+        "one retry, on a new connection"
+    );
+    assert!(
+        idgate.wait_for_log("upstream closed the connection before responding"),
+        "{}",
+        idgate.logs()
+    );
 
     // Ambiguous framing is a 502 in the client's format, logged with the reason.
     for (path, reason) in [

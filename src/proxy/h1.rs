@@ -20,6 +20,7 @@
 //! - a connection goes back to the pool only when its message ended exactly at the end
 //!   of what was read, on HTTP/1.1, without `Connection: close`.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -31,7 +32,8 @@ use std::mem::MaybeUninit;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Largest response head accepted; hyper's client allowed about as much by default.
+/// Largest response head accepted: eight times nginx's default `proxy_buffer_size`
+/// limit, below hyper's 400 KiB.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in one response head.
 const MAX_HEADERS: usize = 128;
@@ -93,7 +95,7 @@ impl Conn {
         encode_head(&mut self.out, method, target, headers);
         if let Err(e) = self.stream.write_all(&self.out).await {
             // A reused connection that the upstream has closed fails here or at the
-            // first read; either way nothing reached the app.
+            // first read (the caller decides whether to send again).
             return Err(match e.kind() {
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
                     H1Error::ClosedBeforeResponse
@@ -145,7 +147,14 @@ impl Conn {
     /// so this costs no system call.
     pub fn stirred_while_idle(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.stream.poll_read_ready(&mut cx).is_ready()
+        // Outside tokio's cooperative budget: with the budget spent, the readiness poll
+        // answers Pending whatever the socket holds, and a stirred socket would pass.
+        let check = std::future::poll_fn(|cx| Poll::Ready(self.stream.poll_read_ready(cx)));
+        let mut check = std::pin::pin!(tokio::task::unconstrained(check));
+        match check.as_mut().poll(&mut cx) {
+            Poll::Ready(ready) => ready.is_ready(),
+            Poll::Pending => true,
+        }
     }
 
     /// Reads more of the response body into the buffer; `Ok(0)` is end of stream.
@@ -309,11 +318,13 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
-        // An app that writes a body anyway (to HEAD, or to a 204 that announces one)
-        // would have it read as the next response: such a connection carries no other
-        // request. HEAD is rare enough that a new connection costs nothing.
+        // An app that writes a body anyway (to HEAD, or to a 204 or 304 that announces
+        // one with a transfer coding or a 204 with a length) would have it read as the
+        // next response: such a connection carries no other request. These are rare
+        // enough that a new connection costs nothing.
         if head_request
-            || (status == StatusCode::NO_CONTENT && (chunked || length.is_some_and(|l| l > 0)))
+            || chunked
+            || (status == StatusCode::NO_CONTENT && length.is_some_and(|l| l > 0))
         {
             close = true;
         }
@@ -649,6 +660,14 @@ mod tests {
         assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
         let h = final_head("HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Empty, false));
+        let h = final_head("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, false));
+        let h = final_head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        let h = final_head("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
         let h = final_head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
         assert!(!h.keep_alive, "HTTP/1.0 connections are not reused");
         let h = final_head(
@@ -673,7 +692,7 @@ mod tests {
             refused("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
             "conflicting Content-Length values"
         );
-        for cl in ["-1", "+3", "3x", "", "0x10", "1234567890123456789"] {
+        for cl in ["-1", "+3", "3x", "", "5,", "0x10", "1234567890123456789"] {
             assert_eq!(
                 refused(&format!("HTTP/1.1 200 OK\r\nContent-Length: {cl}\r\n\r\n")),
                 "invalid Content-Length",

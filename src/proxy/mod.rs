@@ -6,6 +6,7 @@ pub mod h1;
 pub mod headers;
 pub mod pool;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -110,12 +111,21 @@ impl Upstream {
             && (req.method() == Method::GET || req.method() == Method::HEAD)
             && req.body().is_end_stream()
         {
+            // `PathAndQuery` may lack the leading `/` (an HTTP/2 `:path` of `?q`), which
+            // the gateway routed as `/`: the app gets that same path.
+            let target = match path_and_query.as_str() {
+                t if t.starts_with('/') => Cow::Borrowed(t),
+                _ => Cow::Owned(match path_and_query.query() {
+                    Some(q) => format!("{}?{q}", path_and_query.path()),
+                    None => path_and_query.path().to_owned(),
+                }),
+            };
             let sent = self
                 .deadlines
                 .run(
                     self.response_timeout,
                     self.pool
-                        .send_bodiless(req.method(), path_and_query.as_str(), req.headers()),
+                        .send_bodiless(req.method(), &target, req.headers()),
                 )
                 .await;
             let mut resp = Self::settle(sent, self.response_timeout)?;

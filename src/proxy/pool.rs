@@ -155,8 +155,9 @@ impl Pool {
     }
     /// Sends a request without a body (`GET`, `HEAD`) over a directly driven
     /// connection (see `h1`). A pooled connection that turns out closed before any
-    /// response byte is replaced once: these methods are idempotent (RFC 9110 §9.2.2),
-    /// so sending again is safe even if the app saw the first attempt.
+    /// response byte is replaced once and the request sent again: these methods are
+    /// idempotent (RFC 9110 §9.2.2), though an app that read the first copy and then
+    /// dropped the connection will see it twice.
     pub async fn send_bodiless(
         self: &Arc<Self>,
         method: &Method,
@@ -182,7 +183,15 @@ impl Pool {
                     body.release_if_done();
                     return Ok(resp.map(|()| body));
                 }
-                Err(H1Error::ClosedBeforeResponse) if reused && !retried => retried = true,
+                // The keep-alive race: the app closed an idle connection just as the
+                // request went out. nginx sends idempotent requests again in this case
+                // too (`proxy_next_upstream error`); a fresh connection is not retried.
+                Err(H1Error::ClosedBeforeResponse) if reused && !retried => {
+                    tracing::debug!(
+                        "pooled upstream connection closed under a request; sending it again"
+                    );
+                    retried = true;
+                }
                 Err(e) => return Err(PoolError::Exchange(e)),
             }
         }
@@ -199,9 +208,17 @@ impl Pool {
     }
 
     fn checkin_direct(&self, conn: Conn) {
+        let now = Instant::now();
         let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        // Reuse is LIFO, so the oldest sit at the front: close the expired ones there,
+        // or a pool that stays warm would hold sockets the app has long closed.
+        let expired = direct
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) > self.idle_timeout)
+            .count();
+        direct.drain(..expired);
         if direct.len() < self.max_idle {
-            direct.push((conn, Instant::now()));
+            direct.push((conn, now));
         }
     }
 }
@@ -338,5 +355,70 @@ impl Body for PooledBody {
                 None => SizeHint::default(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_sockets_that_stirred_are_never_handed_out_however_many() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::new(
+            addr.to_string(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        // More than tokio's cooperative budget (128) per task poll.
+        let mut app_side = Vec::new();
+        for _ in 0..300 {
+            let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+            app_side.push(listener.accept().await.unwrap().0);
+            pool.checkin_direct(conn);
+        }
+        // The app closes half and writes stray bytes on the others while they idle.
+        let mut kept = Vec::new();
+        for (i, mut s) in app_side.into_iter().enumerate() {
+            if i % 2 == 0 {
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen")
+                    .await
+                    .unwrap();
+                kept.push(s);
+            }
+        }
+        // Idle, the runtime's I/O driver sees the events.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            pool.pop_direct().is_none(),
+            "a stirred socket was handed out"
+        );
+
+        // A quiet one is.
+        let quiet = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let _app = listener.accept().await.unwrap();
+        pool.checkin_direct(quiet);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.pop_direct().is_some());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn expired_idle_sockets_are_closed_at_the_next_checkin() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::new(
+            addr.to_string(),
+            Duration::from_secs(1),
+            Duration::from_millis(100),
+        );
+        for _ in 0..3 {
+            pool.checkin_direct(Conn::new(TcpStream::connect(addr).await.unwrap()));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pool.checkin_direct(Conn::new(TcpStream::connect(addr).await.unwrap()));
+        assert_eq!(pool.direct.lock().unwrap().len(), 1);
     }
 }
