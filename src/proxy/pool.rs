@@ -364,15 +364,17 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn idle_sockets_that_stirred_are_never_handed_out_however_many() {
+    /// A listening "app" on loopback and a pool aimed at it.
+    async fn app_and_pool(idle: Duration) -> (TcpListener, std::net::SocketAddr, Arc<Pool>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let pool = Pool::new(
-            addr.to_string(),
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        );
+        let pool = Pool::new(addr.to_string(), Duration::from_secs(1), idle);
+        (listener, addr, pool)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_sockets_that_stirred_are_never_handed_out_however_many() {
+        let (listener, addr, pool) = app_and_pool(Duration::from_secs(60)).await;
         // More than tokio's cooperative budget (128) per task poll.
         let mut app_side = Vec::new();
         for _ in 0..300 {
@@ -407,13 +409,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn expired_idle_sockets_are_closed_at_the_next_checkin() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let pool = Pool::new(
-            addr.to_string(),
-            Duration::from_secs(1),
-            Duration::from_millis(100),
-        );
+        let (_listener, addr, pool) = app_and_pool(Duration::from_millis(100)).await;
         for _ in 0..3 {
             pool.checkin_direct(Conn::new(TcpStream::connect(addr).await.unwrap()));
         }
