@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
@@ -989,10 +989,12 @@ impl Gateway {
             self.public_proto,
             host,
         );
-        for (name, value) in identity.iter().flat_map(|h| h.iter()) {
-            headers.insert(name.clone(), value.clone());
-        }
-        match upstream.forward(req, is_upgrade).await {
+        // The identity headers are handed over separately rather than inserted here:
+        // the direct path writes them straight onto the wire (the client's copies are
+        // gone, stripped by the policy, and config keeps their names off every header
+        // idgate sets), which saves seven hashed inserts per request.
+        let identity: &[(HeaderName, HeaderValue)] = identity.as_deref().unwrap_or(&[]);
+        match upstream.forward(req, is_upgrade, identity).await {
             Ok(resp) => resp.map(http_body_util::Either::Left),
             Err(e) => {
                 self.metrics.upstream_error(e.kind());
@@ -1019,9 +1021,10 @@ impl Handler for GatewayWorker {
         let gw = &*self.gateway;
         let start = Instant::now();
         let _in_flight = self.stats.in_flight();
-        // Room for what idgate adds (request id, X-Forwarded-*, seven identity headers)
-        // up front: growing the map later rehashes it, once or twice per request.
-        req.headers_mut().reserve(16);
+        // Room for what idgate adds to the map (request id, X-Forwarded-*, Host) up
+        // front: growing it later rehashes it. Identity headers do not go into the map
+        // on the common path (see `forward`).
+        req.headers_mut().reserve(6);
         let request_id = ensure_request_id(req.headers_mut());
         let rid = request_id.to_str().unwrap_or("-");
         let method = req.method().clone();

@@ -125,7 +125,26 @@ async fn a_session_forwards_identity_headers_and_a_verifiable_jwt() {
     let again = get(&app.url("/dashboard"), &[("cookie", &cookie)])
         .await
         .json();
-    assert_eq!(received(&again, "x-idgate-assertion"), [token]);
+    assert_eq!(
+        received(&again, "x-idgate-assertion"),
+        std::slice::from_ref(&token)
+    );
+
+    // A request with a body takes the other upstream path (hyper's client): the same
+    // identity, exactly once, and the client's copy gone.
+    let posted = send(
+        "POST",
+        &app.url("/dashboard"),
+        &[("cookie", &cookie), ("x-idgate-user-id", "admin")],
+        "form=1",
+    )
+    .await;
+    assert_eq!(posted.status, 200, "{}", posted.text());
+    let posted = posted.json();
+    assert_eq!(posted["method"], "POST");
+    assert_eq!(received(&posted, "x-idgate-user-id"), ["u-1"]);
+    assert_eq!(received(&posted, "x-idgate-role"), ["admin"]);
+    assert_eq!(received(&posted, "x-idgate-assertion"), [token]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

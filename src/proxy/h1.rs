@@ -84,15 +84,16 @@ impl Conn {
 
     /// Sends a bodiless request and reads the final response head. The request target
     /// must be origin-form and the headers already cleaned: what is given is what is
-    /// sent, in order.
+    /// sent, in order, `headers` then `extra`.
     pub async fn exchange(
         &mut self,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        extra: &[(HeaderName, HeaderValue)],
     ) -> Result<Head, H1Error> {
         self.out.clear();
-        encode_head(&mut self.out, method, target, headers);
+        encode_head(&mut self.out, method, target, headers, extra);
         if let Err(e) = self.stream.write_all(&self.out).await {
             // A reused connection that the upstream has closed fails here or at the
             // first read (the caller decides whether to send again).
@@ -167,12 +168,18 @@ impl Conn {
 /// Writes `METHOD target HTTP/1.1`, the fields and the blank line. Header names and
 /// values cannot hold CR or LF (`http` refuses them when they are made), and the
 /// target comes from a parsed `Uri`, so nothing here can split the head.
-pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    extra: &[(HeaderName, HeaderValue)],
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    for (name, value) in headers.iter().chain(extra.iter().map(|(n, v)| (n, v))) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -273,8 +280,10 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     }
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("invalid status code"))?;
 
-    // Room for what the gateway adds to a response (`X-Request-Id`) without a rehash.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    // Room for what the gateway adds (`X-Request-Id`) without a rehash, and more: hyper
+    // keeps a response's emptied map for the connection's next request, which then
+    // needs no growing either for a typical request plus what idgate adds to it.
+    let mut headers = HeaderMap::with_capacity((spans.len() + 2).max(16));
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = minor == 0;
@@ -634,11 +643,15 @@ mod tests {
         headers.insert("host", HeaderValue::from_static("app"));
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
+        let extra = [(
+            HeaderName::from_static("x-idgate-user-id"),
+            HeaderValue::from_static("u1"),
+        )];
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::GET, "/p?q=1", &headers);
+        encode_head(&mut out, &Method::GET, "/p?q=1", &headers, &extra);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET /p?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+            "GET /p?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\nx-idgate-user-id: u1\r\n\r\n"
         );
     }
 

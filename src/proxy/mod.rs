@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -86,13 +86,15 @@ impl Upstream {
         }
     }
 
-    /// Sends a request, already cleaned by the gateway, to the upstream. `upgrade` is
-    /// set when the client asked for a protocol switch; on a `101` the two connections
-    /// are joined in a background task.
+    /// Sends a request, already cleaned by the gateway, to the upstream, with the
+    /// `identity` headers added (their names never occur in the cleaned request).
+    /// `upgrade` is set when the client asked for a protocol switch; on a `101` the two
+    /// connections are joined in a background task.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         upgrade: bool,
+        identity: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<PooledBody>, ProxyError> {
         // Origin-form on the wire (`GET /path?q HTTP/1.1`), as every app server expects;
         // the host travels in `Host`, which the gateway has set.
@@ -125,7 +127,7 @@ impl Upstream {
                 .run(
                     self.response_timeout,
                     self.pool
-                        .send_bodiless(req.method(), &target, req.headers()),
+                        .send_bodiless(req.method(), &target, req.headers(), identity),
                 )
                 .await;
             let mut resp = Self::settle(sent, self.response_timeout)?;
@@ -133,6 +135,9 @@ impl Upstream {
             return Ok(resp);
         }
         *req.uri_mut() = Uri::from(path_and_query);
+        for (name, value) in identity {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
         *req.version_mut() = Version::HTTP_11;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
 

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -163,6 +163,7 @@ impl Pool {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        extra: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<PooledBody>, PoolError> {
         let mut retried = false;
         loop {
@@ -170,7 +171,7 @@ impl Pool {
                 Some(conn) => (conn, true),
                 None => (Conn::new(Box::pin(self.connect_tcp()).await?), false),
             };
-            match conn.exchange(method, target, headers).await {
+            match conn.exchange(method, target, headers, extra).await {
                 Ok(head) => {
                     let reader = BodyReader::new(conn, &head);
                     let mut resp = Response::new(());
