@@ -788,6 +788,10 @@ fn sidecar_runs_the_app_on_loopback_behind_idgate() {
     assert_eq!(tenant["id"].as_str(), Some("acme"));
     assert_eq!(tenant["saml"]["attributes"]["email"].as_str(), Some("mail"));
     assert_eq!(tenant["scim"]["name_order"].as_str(), Some("family_given"));
+    assert_eq!(
+        tenant["scim"]["previous_tokens"][0].as_str(),
+        Some("sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+    );
     assert!(
         tenant["scim"]["token"]
             .as_str()
@@ -1163,6 +1167,14 @@ fn fail_guards_refuse_what_would_break_at_run_time() {
             &["--set", "autoscaling.enabled=true"],
         ),
         &["autoscaling.enabled", "memory://"],
+    );
+    // A plain SCIM token among the previous ones would land in the ConfigMap.
+    refused(
+        &with(
+            "sidecar-values.yaml",
+            &["--set", "tenants[0].scim.previousTokens[0]=plain-token"],
+        ),
+        &["tenants[0].scim.previousTokens[0]", "sha256:"],
     );
     // Redis without any signing key source.
     let mut keyless = vec![

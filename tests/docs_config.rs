@@ -505,6 +505,10 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
             same(defaults::DEFAULT_ROLE, &t.provisioning.default_role),
         ),
         (
+            "tenants.scim.previous_tokens",
+            empty(scim.previous_token_sha256.is_empty()),
+        ),
+        (
             "tenants.scim.name_order",
             s(match scim.name_order {
                 NameOrder::GivenFamily => "given_family",

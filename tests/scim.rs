@@ -310,6 +310,36 @@ async fn tokens_are_per_tenant_and_failures_are_rate_limited_and_not_logged() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_previous_token_keeps_working_during_a_rotation() {
+    let (old, old_hash) = idgate::scim::token::generate();
+    let e = env(&format!("previous_tokens = [\"{old_hash}\"]")).await;
+    let users = e.url("/Users");
+    assert_eq!(
+        e.call("GET", "/Users", None).await.status,
+        200,
+        "the new token"
+    );
+    let old_auth = format!("Bearer {old}");
+    assert_eq!(
+        get(&users, &[("authorization", &old_auth)]).await.status,
+        200
+    );
+    assert!(
+        e.idgate.wait_for_log("token from previous_tokens"),
+        "{}",
+        e.idgate.logs()
+    );
+    // It opens its own tenant only.
+    let beta = e.idgate.url("/_idgate/scim/beta/v2/Users");
+    scim_error(
+        &get(&beta, &[("authorization", &old_auth)]).await,
+        401,
+        None,
+    );
+    assert!(!e.idgate.logs().contains(&old), "the token was logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn users_are_created_read_replaced_and_unique_by_user_name() {
     let e = env("").await;
     let okta: Value = serde_json::from_str(

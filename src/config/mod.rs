@@ -405,6 +405,9 @@ pub struct ScimConfig {
     /// SHA-256 of the bearer token. Only the hash is kept, so a plain token given by
     /// reference is hashed at load and compared in constant time as a hash.
     pub token_sha256: [u8; 32],
+    /// Hashes of tokens still accepted while an IdP moves to the new one, so a token
+    /// can be rotated without a window of 401s.
+    pub previous_token_sha256: Vec<[u8; 32]>,
     /// Display-name composition.
     pub name_order: NameOrder,
 }

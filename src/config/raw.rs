@@ -130,6 +130,7 @@ pub(crate) struct RawProvisioning {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawScim {
     pub token: Option<String>,
+    pub previous_tokens: Option<Vec<String>>,
     pub name_order: Option<String>,
 }
 

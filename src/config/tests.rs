@@ -339,6 +339,34 @@ fn scim_tokens_are_kept_only_as_hashes() {
         errs[0].starts_with("tenants[0].scim.token: expected sha256:"),
         "{errs:?}"
     );
+
+    // Previous tokens take the same forms, one error per bad entry, and at most four.
+    let c = load(&format!(
+        "{}[tenants.scim]\ntoken = \"{hash}\"\nprevious_tokens = [\"abc\", \"{hash}\"]\n",
+        tenant("a", "")
+    ))
+    .unwrap();
+    let previous = &c.tenants[0].scim.as_ref().unwrap().previous_token_sha256;
+    assert_eq!(previous, &vec![scim.token_sha256, scim.token_sha256]);
+    let errs = errors(&format!(
+        "{}[tenants.scim]\ntoken = \"{hash}\"\nprevious_tokens = [\"{hash}\", \"sha256:x\"]\n",
+        tenant("a", "")
+    ));
+    assert!(
+        errs.len() == 1
+            && errs[0].starts_with("tenants[0].scim.previous_tokens[1]: expected sha256:"),
+        "{errs:?}"
+    );
+    let errs = errors(&format!(
+        "{}[tenants.scim]\ntoken = \"{hash}\"\nprevious_tokens = [{}]\n",
+        tenant("a", ""),
+        vec![format!("\"{hash}\""); 5].join(", ")
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tenants[0].scim.previous_tokens: at most 4")),
+        "{errs:?}"
+    );
 }
 
 #[test]

@@ -791,9 +791,44 @@ fn saml(
     })
 }
 
+/// Tokens kept acceptable during a rotation: enough for one rotation in flight per IdP
+/// connection, few enough that a forgotten list stays short.
+const MAX_PREVIOUS_SCIM_TOKENS: usize = 4;
+
 fn scim(c: &mut Checker<'_>, p: &str, raw: RawScim) -> Option<ScimConfig> {
     let path = format!("{p}.scim.token");
-    let token_sha256 = match raw.token.as_deref() {
+    let token_sha256 = scim_token(c, &path, raw.token.as_deref());
+    let previous = raw.previous_tokens.unwrap_or_default();
+    if previous.len() > MAX_PREVIOUS_SCIM_TOKENS {
+        c.err(
+            format!("{p}.scim.previous_tokens"),
+            format!("at most {MAX_PREVIOUS_SCIM_TOKENS}: remove the tokens the IdP no longer uses"),
+        );
+    }
+    let previous_token_sha256: Vec<[u8; 32]> = previous
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| scim_token(c, &format!("{p}.scim.previous_tokens[{i}]"), Some(t)))
+        .collect();
+    let name_order = c.one_of(
+        &format!("{p}.scim.name_order"),
+        raw.name_order.as_deref(),
+        NameOrder::GivenFamily,
+        &[
+            ("given_family", NameOrder::GivenFamily),
+            ("family_given", NameOrder::FamilyGiven),
+        ],
+    );
+    Some(ScimConfig {
+        token_sha256: token_sha256?,
+        previous_token_sha256,
+        name_order,
+    })
+}
+
+/// A SCIM token's SHA-256, from its `sha256:` form or a secret holding the token.
+fn scim_token(c: &mut Checker<'_>, path: &str, token: Option<&str>) -> Option<[u8; 32]> {
+    match token {
         Some(t) if t.starts_with("sha256:") => {
             let hex_part = &t["sha256:".len()..];
             let mut out = [0u8; 32];
@@ -813,7 +848,7 @@ fn scim(c: &mut Checker<'_>, p: &str, raw: RawScim) -> Option<ScimConfig> {
             }
         }
         Some(t) => c
-            .secret(&path, t)
+            .secret(path, t)
             .map(|s| crate::scim::token::digest(s.expose())),
         None => {
             c.err(
@@ -822,20 +857,7 @@ fn scim(c: &mut Checker<'_>, p: &str, raw: RawScim) -> Option<ScimConfig> {
             );
             None
         }
-    };
-    let name_order = c.one_of(
-        &format!("{p}.scim.name_order"),
-        raw.name_order.as_deref(),
-        NameOrder::GivenFamily,
-        &[
-            ("given_family", NameOrder::GivenFamily),
-            ("family_given", NameOrder::FamilyGiven),
-        ],
-    );
-    Some(ScimConfig {
-        token_sha256: token_sha256?,
-        name_order,
-    })
+    }
 }
 
 fn maestrano(c: &mut Checker<'_>, p: &str, raw: RawMaestrano) -> MaestranoConfig {

@@ -156,6 +156,10 @@ fn resource_response(status: StatusCode, doc: &Value) -> Response<Body> {
 
 struct Tenant {
     token_sha256: [u8; 32],
+    previous_token_sha256: Vec<[u8; 32]>,
+    /// Whether a previous token has been used since start (logged once, so that the
+    /// operator learns when the IdP has moved on without a line per request).
+    previous_seen: std::sync::atomic::AtomicBool,
     provisioning: ProvisioningConfig,
     base: String,
 }
@@ -333,6 +337,8 @@ impl Scim {
                     t.id.clone(),
                     Tenant {
                         token_sha256: s.token_sha256,
+                        previous_token_sha256: s.previous_token_sha256.clone(),
+                        previous_seen: std::sync::atomic::AtomicBool::new(false),
                         provisioning: t.provisioning.clone(),
                         base: format!("{root}/_idgate/scim/{}/v2", t.id),
                     },
@@ -408,9 +414,25 @@ impl Scim {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
         // Comparing digests of equal length, in constant time: the time taken says
-        // nothing about how much of a guess was right.
-        let ok = token.is_some_and(|t| bool::from(token::digest(t).ct_eq(&tenant.token_sha256)));
-        if ok {
+        // nothing about how much of a guess was right. Every configured token is
+        // compared, so the time does not say which one matched either.
+        let digest = token.map(token::digest);
+        let current = digest.is_some_and(|d| bool::from(d.ct_eq(&tenant.token_sha256)));
+        let previous = digest.is_some_and(|d| {
+            tenant
+                .previous_token_sha256
+                .iter()
+                .fold(subtle::Choice::from(0), |any, p| any | d.ct_eq(p))
+                .into()
+        });
+        if previous && !current && !tenant.previous_seen.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                request_id,
+                tenant = tenant_id,
+                "SCIM request with a token from previous_tokens: the IdP has not moved to the new token yet"
+            );
+        }
+        if current || previous {
             // A valid token always passes: IdPs call from shared addresses, and one
             // tenant's stale token must not lock out the others behind the same egress.
             return Ok(());

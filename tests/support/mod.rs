@@ -494,12 +494,19 @@ impl RedisServer {
     /// Starts one. Panics, with the reason, if `redis-server` is missing or does not
     /// answer: a test that needs Redis must never pass without it.
     pub fn start() -> RedisServer {
-        let port = free_port();
         let mut server = RedisServer {
             child: None,
-            port,
+            port: free_port(),
             tls: None,
         };
+        // `free_port` can race with another test binding the same port: a server that
+        // exits at once (its bind failed) is tried again on another port.
+        for _ in 0..4 {
+            if server.try_start(&[]) {
+                return server;
+            }
+            server.port = free_port();
+        }
         server.restart();
         server
     }
@@ -611,6 +618,16 @@ impl RedisServer {
     }
 
     fn start_with(&mut self, extra: &[&str]) {
+        if !self.try_start(extra) {
+            panic!(
+                "redis-server on port {} exited at start (is the port taken?)",
+                self.port
+            );
+        }
+    }
+
+    /// Starts the server and waits for PING; false if it exited instead.
+    fn try_start(&mut self, extra: &[&str]) -> bool {
         self.stop();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
@@ -625,11 +642,17 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return false;
+            }
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                // Whatever else holds the port must not hang the test.
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                 let _ = s.write_all(b"PING\r\n");
                 let mut buf = [0u8; 7];
                 if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                    return;
+                    return true;
                 }
             }
             assert!(

@@ -95,6 +95,11 @@ config. Args: ctx, plan.
 {{- else }}
 {{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" (printf "scim-%d" $i) "key" (printf "scim-%s.token" $t.id) "value" $token "what" (printf "tenants[%d].scim.token" $i) "required" true) }}
 {{- end }}
+{{- range $j, $prev := (($t.scim | default dict).previousTokens | default list) }}
+{{- if not (or (hasPrefix "sha256:" $prev) (hasPrefix "env:" $prev) (hasPrefix "file:" $prev)) }}
+{{- fail (printf "tenants[%d].scim.previousTokens[%d] must be a sha256: hash from `idgate token` (or an env:/file: reference): previous tokens go into the ConfigMap" $i $j) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if $t.maestrano }}
 {{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" (printf "mno-%d" $i) "key" (printf "mno-%s.api-key" $t.id) "value" $t.maestrano.apiKey "what" (printf "tenants[%d].maestrano.apiKey" $i) "required" true) }}
@@ -203,7 +208,7 @@ api_paths = {{ $v.access.apiPaths | default list | toJson }}
 
 [tenants.scim]
 {{- include "idgate.toml.kv" (dict "k" "token" "v" (index $refs (printf "scim-%d" $i))) }}
-{{- include "idgate.toml.map" (dict "m" $t.scim "keys" (list "nameOrder=name_order")) }}
+{{- include "idgate.toml.map" (dict "m" $t.scim "keys" (list "previousTokens=previous_tokens" "nameOrder=name_order")) }}
 {{- end }}
 {{- if $t.maestrano }}
 
