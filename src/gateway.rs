@@ -18,9 +18,11 @@ use crate::config::ProvisioningConfig;
 use crate::demo::idp::DevIdp;
 use crate::directory::{Directory, LoginError};
 use crate::identity::Signer;
+use crate::limits::{Failure, Failures, LoginStarts};
 use crate::metrics::{Metrics, RouteClass};
 use crate::proxy::Upstream;
 use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
+use crate::proxy::tunnel::{self, GuardedBody, StreamGuard, Tunnels};
 use crate::response::{self, Body};
 use crate::saml::SamlTenant;
 use crate::server::Handler;
@@ -37,11 +39,11 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// Login starts allowed per client address and tenant per minute (and in a burst).
+pub const LOGIN_STARTS_PER_MINUTE: u32 = 30;
+
 /// Largest Connec! notification accepted (they batch many entities).
 pub const CONNEC_MAX_BODY: usize = 16 << 20;
-
-/// Login starts allowed per client address per window ([`crate::saml::PENDING_TTL`]).
-pub const LOGIN_STARTS_PER_WINDOW: u32 = 60;
 
 /// The public-listener handler.
 pub struct Gateway {
@@ -60,19 +62,26 @@ pub struct Gateway {
     login_cookie_name: String,
     directory: Directory,
     dev_idp: Option<Arc<DevIdp>>,
-    login_starts: moka::sync::Cache<IpAddr, Arc<std::sync::atomic::AtomicU32>>,
+    login_starts: LoginStarts,
+    /// Failed machine authentications per client (SCIM and Maestrano share it); kept
+    /// here because the tenancy that uses it is rebuilt.
+    failures: Arc<Failures>,
     /// Everything that depends on the set of tenants, replaced whole when Maestrano's
     /// developer platform changes it.
     tenancy: arc_swap::ArcSwap<Tenancy>,
     /// `tenancy.maestrano_reserved`, copied out so that classifying a proxied request
     /// reads one atomic instead of the tenancy.
     maestrano_reserved: std::sync::atomic::AtomicBool,
+    /// Open tunnels, so that shutdown waits for them and then closes them.
+    tunnels: Arc<Tunnels>,
 }
 
 /// The tenant-dependent parts of the gateway, built from one config.
 pub struct Tenancy {
     /// Lower-cased host (no port) → tenant id.
     hosts: HashMap<String, String>,
+    /// Tenants that claim no host.
+    hostless: std::collections::HashSet<String>,
     default_tenant: Option<String>,
     /// `/maestrano/` is reserved only when some tenant is a Maestrano tenant, so apps that
     /// own such a path keep it otherwise.
@@ -83,11 +92,17 @@ pub struct Tenancy {
     provisioning: HashMap<String, ProvisioningConfig>,
     scim: crate::scim::Scim,
     maestrano: crate::maestrano::Maestrano,
+    /// The credential-failure limiter the tenancy was built with (it outlives it).
+    failures: Arc<Failures>,
 }
 
 impl Tenancy {
     /// Builds every tenant's SP and endpoints from a validated config.
-    pub fn build(config: &Config, directory: &Directory) -> Result<Tenancy, (String, String)> {
+    pub fn build(
+        config: &Config,
+        directory: &Directory,
+        failures: &Arc<Failures>,
+    ) -> Result<Tenancy, (String, String)> {
         let mut saml = HashMap::new();
         for t in &config.tenants {
             let sp = SamlTenant::new(t, config.acs_url(t)).map_err(|e| (t.id.clone(), e))?;
@@ -100,6 +115,12 @@ impl Tenancy {
             }
         }
         Ok(Tenancy {
+            hostless: config
+                .tenants
+                .iter()
+                .filter(|t| t.hosts.is_empty())
+                .map(|t| t.id.clone())
+                .collect(),
             hosts,
             default_tenant: config.default_tenant().map(|t| t.id.clone()),
             maestrano_reserved: config.tenants.iter().any(|t| t.maestrano.is_some()),
@@ -114,8 +135,9 @@ impl Tenancy {
                 .iter()
                 .map(|t| (t.id.clone(), t.provisioning.clone()))
                 .collect(),
-            scim: crate::scim::Scim::new(config, directory.clone()),
+            scim: crate::scim::Scim::new(config, directory.clone(), failures.clone()),
             maestrano: crate::maestrano::Maestrano::new(config, directory.clone()),
+            failures: failures.clone(),
         })
     }
 
@@ -158,6 +180,7 @@ impl Gateway {
         tenancy: Tenancy,
         dev_idp: Option<Arc<DevIdp>>,
     ) -> Gateway {
+        let failures = tenancy.failures.clone();
         Gateway {
             maestrano_reserved: std::sync::atomic::AtomicBool::new(tenancy.maestrano_reserved),
             tenancy: arc_swap::ArcSwap::from_pointee(tenancy),
@@ -178,11 +201,20 @@ impl Gateway {
             login_cookie_name: format!("{}_login", crate::session::cookie_name(config)),
             directory,
             dev_idp,
-            login_starts: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(crate::saml::PENDING_TTL)
-                .build(),
+            login_starts: LoginStarts::new(LOGIN_STARTS_PER_MINUTE),
+            failures,
+            tunnels: Tunnels::new(),
         }
+    }
+
+    /// The credential-failure limiter, for tenancies built later.
+    pub fn failures(&self) -> &Arc<Failures> {
+        &self.failures
+    }
+
+    /// The open tunnels, for the listener's shutdown.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
     }
 
     /// Replaces the tenant set (Maestrano's developer platform changed it).
@@ -218,16 +250,6 @@ impl Gateway {
             .unwrap_or(peer)
     }
 
-    /// Counts a login start for `client`; false once it has started more than
-    /// [`LOGIN_STARTS_PER_WINDOW`] in the current window. Each start stores a pending
-    /// request for ten minutes, so this bounds what one client can make the store hold.
-    fn allow_login_start(&self, client: IpAddr) -> bool {
-        let count = self
-            .login_starts
-            .get_with(client, || Arc::new(std::sync::atomic::AtomicU32::new(0)));
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < LOGIN_STARTS_PER_WINDOW
-    }
-
     fn classify(&self, path: &str) -> RouteClass {
         if has_prefix(path, "/_idgate")
             || (self
@@ -240,6 +262,21 @@ impl Gateway {
             RouteClass::Public
         } else {
             RouteClass::Proxied
+        }
+    }
+
+    /// Whether a session of `tenant` counts on a request to `host` (SPEC §7): on a host
+    /// that a tenant claims, only that tenant's sessions do; on any other host, the
+    /// default tenant's, and those of tenants that claim no host at all (Maestrano's
+    /// marketplaces share the app's one host and are told apart by path).
+    fn serves(&self, host: Option<&str>, tenant: &str) -> bool {
+        let tn = self.tenancy.load();
+        match host
+            .map(strip_port)
+            .and_then(|h| tn.hosts.get(&h.to_ascii_lowercase()))
+        {
+            Some(owner) => owner == tenant,
+            None => tn.default_tenant.as_deref() == Some(tenant) || tn.hostless.contains(tenant),
         }
     }
 
@@ -304,8 +341,18 @@ impl Gateway {
             RouteClass::Proxied => {}
         }
 
-        // 4–6. Everything else needs a live session of an active user in an active group.
-        match self.sessions.gate(req.headers()).await {
+        // 4–6. Everything else needs a live session of an active user in an active group,
+        // made for the tenant this request is addressed to.
+        let host = host_of(&req);
+        let gate = self
+            .sessions
+            .gate(
+                req.headers(),
+                host.map_or(&b""[..], str::as_bytes),
+                |tenant| self.serves(host, tenant),
+            )
+            .await;
+        match gate {
             Gate::Forward(identity) => {
                 self.forward(upstream, req, peer, request_id, html, Some(identity))
                     .await
@@ -338,7 +385,12 @@ impl Gateway {
                 jwks_response(&self.signer)
             }
             "/_idgate/session" if method == Method::GET || method == Method::HEAD => {
-                match self.sessions.authenticate(req.headers()).await {
+                let host = host_of(&req);
+                match self
+                    .sessions
+                    .authenticate(req.headers(), &|t| self.serves(host, t))
+                    .await
+                {
                     Auth::Valid(a) => session_json(&a),
                     Auth::Missing => self.unauthenticated_json(&req, request_id),
                     Auth::Revoked(reason) => forbidden(reason, false, request_id),
@@ -518,17 +570,20 @@ impl Gateway {
     ) -> Response<Body> {
         let tenant = sp.tenant();
         let client = self.client_ip(req.headers(), peer.ip());
-        if !self.allow_login_start(client) {
-            tracing::warn!(request_id, tenant, %client, "refused: too many login starts");
+        if let Err(wait) = self.login_starts.take(client, tenant) {
+            tracing::warn!(request_id, tenant, %client, retry_after = wait, "refused: too many login starts");
             let mut resp = response::error(
                 StatusCode::TOO_MANY_REQUESTS,
                 html,
                 "too_many_logins",
-                "Too many sign-in attempts. Please wait a few minutes.",
+                &format!(
+                    "Too many sign-in attempts from your address. Please try again in {wait} second{}.",
+                    if wait == 1 { "" } else { "s" }
+                ),
                 request_id,
             );
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
             return resp;
         }
         let return_to = req
@@ -596,6 +651,20 @@ impl Gateway {
                 Ok(()) => {}
                 Err(Refusal::BadCredentials) => {
                     let client = self.client_ip(req.headers(), peer.ip());
+                    if let Failure::Limited { first } = self.failures.fail(client) {
+                        if first {
+                            tracing::warn!(request_id, tenant, %client, "Maestrano authentication failures over the limit: answering 429 until the window ends");
+                        }
+                        let mut resp = answer(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            &serde_json::json!({"error": "Too many failed authentications, retry later"}),
+                        );
+                        resp.headers_mut().insert(
+                            header::RETRY_AFTER,
+                            HeaderValue::from(self.failures.retry_after()),
+                        );
+                        return resp;
+                    }
                     tracing::warn!(request_id, tenant, %client, "Maestrano request refused: invalid credentials");
                     return answer(
                         StatusCode::UNAUTHORIZED,
@@ -847,7 +916,12 @@ impl Gateway {
                 request_id,
             );
         }
-        let ended = match self.sessions.logout(req.headers()).await {
+        let host = host_of(&req);
+        let ended = match self
+            .sessions
+            .logout(req.headers(), &|t| self.serves(host, t))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(request_id, error = %e, "logout failed: store unavailable");
@@ -993,9 +1067,19 @@ impl Gateway {
         // the direct path writes them straight onto the wire (the client's copies are
         // gone, stripped by the policy, and config keeps their names off every header
         // idgate sets), which saves seven hashed inserts per request.
-        let identity: &[(HeaderName, HeaderValue)] = identity.as_deref().unwrap_or(&[]);
-        match upstream.forward(req, is_upgrade, identity).await {
-            Ok(resp) => resp.map(http_body_util::Either::Left),
+        let headers: &[(HeaderName, HeaderValue)] = identity.as_ref().map_or(&[], |p| &p.headers);
+        let path = is_upgrade.then(|| req.uri().path().to_owned());
+        match upstream.forward(req, is_upgrade, headers).await {
+            Ok((resp, upgraded)) => {
+                // The session goes along with whatever outlives this request: the
+                // response body while it streams, or the tunnel.
+                let guard = identity.map(|p| p as Arc<dyn StreamGuard>);
+                if let Some(up) = upgraded {
+                    self.spawn_tunnel(up, guard, peer, request_id, path.unwrap_or_default());
+                    return resp.map(|b| http_body_util::Either::Left(GuardedBody::new(b, None)));
+                }
+                resp.map(|b| http_body_util::Either::Left(GuardedBody::new(b, guard)))
+            }
             Err(e) => {
                 self.metrics.upstream_error(e.kind());
                 tracing::error!(request_id, kind = e.kind().as_str(), error = %e, "upstream request failed");
@@ -1013,6 +1097,42 @@ impl Gateway {
                 response::error(e.status(), html, code, message, request_id)
             }
         }
+    }
+}
+
+impl Gateway {
+    /// Joins an upgraded connection to the upstream's, under the request's session, and
+    /// logs its end on the access log.
+    fn spawn_tunnel(
+        &self,
+        up: crate::proxy::Upgraded,
+        guard: Option<Arc<dyn StreamGuard>>,
+        peer: SocketAddr,
+        request_id: &str,
+        path: String,
+    ) {
+        let tunnels = self.tunnels.clone();
+        let request_id = request_id.to_owned();
+        // Counted from the 101, before the upgrade completes, so that a shutdown that
+        // starts meanwhile still waits for it.
+        let slot = tunnels.enter();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tunnel::run(up.client, up.upstream, guard, &tunnels).await {
+                Ok(end) => tracing::info!(
+                    target: "idgate::access",
+                    request_id,
+                    path,
+                    route = "tunnel",
+                    duration_ms = end.duration.as_secs_f64() * 1000.0,
+                    bytes_in = end.bytes_in,
+                    bytes_out = end.bytes_out,
+                    closed_by = end.closed_by.as_str(),
+                    peer = %peer.ip(),
+                ),
+                Err(e) => tracing::warn!(request_id, error = %e, "protocol upgrade failed"),
+            }
+        });
     }
 }
 

@@ -11,6 +11,7 @@ pub mod directory;
 pub mod gateway;
 pub mod identity;
 pub mod jobs;
+pub mod limits;
 pub mod maestrano;
 pub mod metrics;
 pub mod proxy;
@@ -134,7 +135,8 @@ impl App {
         }
         let draining = Arc::new(AtomicBool::new(false));
         let directory = directory::Directory::new(store.clone());
-        let tenancy = gateway::Tenancy::build(&config, &directory)
+        let failures = limits::Failures::new();
+        let tenancy = gateway::Tenancy::build(&config, &directory, &failures)
             .map_err(|(tenant, reason)| StartError::Saml { tenant, reason })?;
         let gateway = Arc::new(Gateway::new(
             &config,
@@ -193,7 +195,7 @@ impl App {
                     Ok(markets) if applied.as_ref() == Some(&markets) => {}
                     Ok(markets) => {
                         match maestrano::devpl::merged(&config, &markets).and_then(|cfg| {
-                            gateway::Tenancy::build(&cfg, &directory)
+                            gateway::Tenancy::build(&cfg, &directory, gateway.failures())
                                 .map(|t| (cfg, t))
                                 .map_err(|(tenant, reason)| format!("tenant {tenant}: {reason}"))
                         }) {
@@ -255,6 +257,7 @@ impl App {
         let (admin_tx, admin_rx) = watch::channel(false);
         let workers = self.config.server.workers;
         let gateway = self.gateway;
+        let tunnels = gateway.tunnels().clone();
         let server_config = self.config.server.clone();
         let public_task = tokio::spawn(server::serve_workers(
             public,
@@ -267,6 +270,7 @@ impl App {
             },
             public_rx,
             grace,
+            tunnels,
         ));
         // The admin listener outlives the drain, so probes keep answering (503) while
         // the public side finishes its requests.

@@ -7,10 +7,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
-use crate::proxy::pool::PooledBody;
+use crate::proxy::tunnel::GuardedBody;
 
 /// The body of every response idgate sends: a streamed upstream body, or one it made.
-pub type Body = Either<PooledBody, Full<Bytes>>;
+pub type Body = Either<GuardedBody, Full<Bytes>>;
 
 /// A body idgate made itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

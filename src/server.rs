@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::proxy::deadline::{CoarseTimer, Deadlines};
+use crate::proxy::tunnel::Tunnels;
 use crate::response::Body;
 
 /// Something that answers requests. Errors are already responses by the time they leave
@@ -85,12 +86,21 @@ fn spawn_connection<H: Handler>(
     });
 }
 
-async fn drain(graceful: GracefulShutdown, grace: Duration) {
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?grace, "shutdown grace expired with requests still in flight");
+/// Waits up to `grace` for in-flight requests and open tunnels to finish, then closes
+/// the tunnels that are left (each logs its end) and gives them a moment to do so.
+async fn drain(graceful: GracefulShutdown, grace: Duration, tunnels: Option<&Tunnels>) {
+    let all = async {
+        graceful.shutdown().await;
+        if let Some(t) = tunnels {
+            t.wait_idle().await;
+        }
+    };
+    if tokio::time::timeout(grace, all).await.is_err() {
+        tracing::warn!(grace = ?grace, open_tunnels = tunnels.map_or(0, Tunnels::open), "shutdown grace expired with requests or tunnels still open");
+        if let Some(t) = tunnels {
+            t.close_all();
+            let _ = tokio::time::timeout(Duration::from_secs(2), t.wait_idle()).await;
+        }
     }
 }
 
@@ -131,19 +141,20 @@ pub async fn serve<H: Handler>(
         }
     }
     drop(listener);
-    drain(graceful, grace).await;
+    drain(graceful, grace, None).await;
 }
 
 /// The public listener on `workers` threads (see the module docs). `make_handler` runs
 /// once on each worker thread, inside its runtime, so that whatever the handler creates
 /// there (the upstream pool) belongs to that thread. Returns when every worker has
-/// drained.
+/// drained; `tunnels` are waited for (and closed when `grace` ends) as requests are.
 pub async fn serve_workers<H, F>(
     listener: TcpListener,
     workers: usize,
     make_handler: F,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    tunnels: Arc<Tunnels>,
 ) where
     H: Handler,
     F: Fn(usize) -> Arc<H> + Send + Sync + 'static,
@@ -156,6 +167,7 @@ pub async fn serve_workers<H, F>(
         senders.push(tx);
         let make_handler = make_handler.clone();
         let shutdown = shutdown.clone();
+        let tunnels = tunnels.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("idgate-worker-{index}"))
             .spawn(move || {
@@ -169,7 +181,7 @@ pub async fn serve_workers<H, F>(
                         return;
                     }
                 };
-                runtime.block_on(worker(rx, make_handler(index), shutdown, grace));
+                runtime.block_on(worker(rx, make_handler(index), shutdown, grace, tunnels));
             });
         match spawned {
             Ok(handle) => threads.push(handle),
@@ -214,6 +226,7 @@ async fn worker<H: Handler>(
     handler: Arc<H>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    tunnels: Arc<Tunnels>,
 ) {
     let builder = builder(Some(Deadlines::new()), HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
@@ -229,7 +242,9 @@ async fn worker<H: Handler>(
             _ = stopped(&mut shutdown) => break,
         }
     }
-    drain(graceful, grace).await;
+    // Tunnels run on the workers' runtimes: a worker that returned would drop them
+    // unlogged, so each waits until all are gone.
+    drain(graceful, grace, Some(&tunnels)).await;
 }
 
 #[cfg(test)]

@@ -1176,3 +1176,32 @@ async fn a_cancellation_webhook_on_one_replica_blocks_members_on_another_within_
     .await;
     assert_eq!(bill_calls(&api).0.len(), 1, "no second bill");
 }
+
+/// Maestrano's Basic credentials get the same failure limit as SCIM tokens: past it,
+/// wrong credentials from that address get 429 with `Retry-After`, while the right
+/// ones still work (Maestrano calls from shared addresses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_failures_are_limited_per_client() {
+    let m = market().await;
+    let metadata = |auth: String| {
+        let u = m.url("/maestrano/metadata");
+        async move { get(&u, &[("authorization", &auth)]).await }
+    };
+    for i in 0..idgate::limits::FAILURES_PER_WINDOW {
+        let r = metadata(basic("app-123", "guess")).await;
+        assert_eq!(r.status, 401, "failure {i}");
+    }
+    let r = metadata(basic("app-123", "guess")).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(metadata(basic("app-123", "key-123")).await.status, 200);
+    // The limit covers the webhooks as well: they share the credentials.
+    let r = send(
+        "DELETE",
+        &m.url("/maestrano/account/groups/cld-1"),
+        &[("authorization", &basic("app-123", "guess"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 429);
+}

@@ -808,3 +808,45 @@ async fn bodiless_requests_are_framed_strictly_and_connections_reused_only_when_
         idgate.logs()
     );
 }
+
+/// `upstream_timeout` counts from the end of the upload (SPEC §7): a 14-byte body sent
+/// at a byte per 250 ms (over three times the timeout) is answered by the upstream, not
+/// cut off with 504; an upstream that stays silent after a complete body still is.
+#[tokio::test]
+async fn slow_uploads_are_not_upstream_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&config(
+        up.addr,
+        "upstream_timeout = \"1s\"",
+        "[access]\npublic_paths = [\"/\"]\n",
+    ));
+    let mut conn = tokio::net::TcpStream::connect(idgate.public).await.unwrap();
+    conn.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 14\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let start = std::time::Instant::now();
+    for b in b"fourteen bytes" {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        conn.write_all(&[*b]).await.unwrap();
+    }
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let echo = raw_json(&answer);
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body_bytes"], 14, "{echo}");
+
+    // A complete body and a silent upstream: 504 after the timeout.
+    let start = std::time::Instant::now();
+    let r = send("POST", &idgate.url("/sleep/5000"), &[], "body").await;
+    assert_eq!(r.status, 504);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "504 after {took:?}"
+    );
+}

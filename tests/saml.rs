@@ -767,14 +767,21 @@ async fn provisioning_can_be_turned_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_starts_are_limited_per_client() {
+async fn login_starts_are_limited_per_client_and_refill_within_seconds() {
     let sso = start("", "").await;
     let url = sso.url("/_idgate/saml/acme/login?return_to=/");
-    for i in 0..idgate::gateway::LOGIN_STARTS_PER_WINDOW {
+    for i in 0..idgate::gateway::LOGIN_STARTS_PER_MINUTE {
         assert_eq!(get(&url, &[]).await.status, 302, "start {i}");
     }
     let r = get(&url, &[("accept", "application/json")]).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"], "too_many_logins");
-    assert_eq!(r.headers["retry-after"], "600");
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    let page = get(&url, &[("accept", "text/html")]).await;
+    assert_eq!(page.status, 429);
+    assert!(page.text().contains("try again in"), "{}", page.text());
+    // The bucket refills at the configured rate: no ten-minute lockout.
+    tokio::time::sleep(std::time::Duration::from_secs(wait + 1)).await;
+    assert_eq!(get(&url, &[]).await.status, 302);
 }

@@ -414,3 +414,134 @@ async fn https_deployments_get_host_prefixed_secure_cookies_and_new_ids_per_logi
     }
     assert!(!c.contains("Domain="), "__Host- cookies carry no Domain");
 }
+
+/// A `[[tenants]]` block for `id` served on `host`.
+fn hosted_tenant(id: &str, host: &str, default: bool) -> String {
+    tenant_toml(id).replacen(
+        "[tenants.saml]",
+        &format!("hosts = [\"{host}\"]\ndefault = {default}\n[tenants.saml]"),
+        1,
+    )
+}
+
+/// A session belongs to its tenant (SPEC §7): on another tenant's host it is no session
+/// at all, whether the request is proxied, asks `/_idgate/session`, or logs out. The
+/// first request on the session's own host fills this thread's fast path, which must
+/// not let the next request on the other host through either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_honoured_only_on_its_own_tenants_hosts() {
+    let up = TestUpstream::start().await;
+    let text = config(
+        up.addr,
+        "",
+        &format!(
+            "{}{}",
+            hosted_tenant("acme", "acme.test", true),
+            hosted_tenant("beta", "beta.test", false)
+        ),
+    );
+    let cfg = Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
+    let app = idgate::App::new(cfg).expect("app");
+    let (dir, sessions) = (app.directory().clone(), app.sessions().clone());
+    let running = app.start().await.expect("start");
+    let url = |p: &str| format!("http://{}{p}", running.public_addr());
+    provision(&dir, "acme", "u-a", "g-a").await;
+    let new = sessions.create_session("acme", "u-a", "g-a").await.unwrap();
+    let cookie = cookie_for(&sessions, &new);
+
+    for round in 0..3 {
+        // Its own host (and a host no tenant claims, which the default tenant serves).
+        for host in ["acme.test", "ACME.test:8080", "unclaimed.test"] {
+            let r = get(&url("/x"), &[("cookie", &cookie), ("host", host)]).await;
+            assert_eq!(r.status, 200, "round {round}, {host}: {}", r.text());
+            assert_eq!(received(&r.json(), "x-idgate-tenant"), ["acme"]);
+        }
+        // Another tenant's host: no session. An API call gets 401 naming beta's login,
+        // a browser goes to beta's login, and nothing is forwarded.
+        let r = get(
+            &url("/x"),
+            &[
+                ("cookie", &cookie),
+                ("host", "beta.test"),
+                ("accept", "application/json"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 401, "round {round}: {}", r.text());
+        assert!(
+            r.json()["login_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("/_idgate/saml/beta/login"),
+            "{}",
+            r.text()
+        );
+        let r = get(
+            &url("/x"),
+            &[
+                ("cookie", &cookie),
+                ("host", "beta.test"),
+                ("accept", "text/html"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 302);
+        assert!(
+            r.headers["location"]
+                .to_str()
+                .unwrap()
+                .starts_with("/_idgate/saml/beta/login"),
+            "{:?}",
+            r.headers
+        );
+        let r = get(
+            &url("/_idgate/session"),
+            &[("cookie", &cookie), ("host", "beta.test")],
+        )
+        .await;
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    let r = get(
+        &url("/_idgate/session"),
+        &[("cookie", &cookie), ("host", "acme.test")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["tenant"], "acme");
+
+    // beta claims a host and is not the default: its sessions count only there.
+    provision(&dir, "beta", "u-b", "g-b").await;
+    let new = sessions.create_session("beta", "u-b", "g-b").await.unwrap();
+    let beta = cookie_for(&sessions, &new);
+    for (host, want) in [
+        ("beta.test", 200),
+        ("unclaimed.test", 401),
+        ("acme.test", 401),
+    ] {
+        let r = get(
+            &url("/x"),
+            &[
+                ("cookie", &beta),
+                ("host", host),
+                ("accept", "application/json"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, want, "beta's session on {host}");
+    }
+
+    // A logout on beta's host does not end acme's session.
+    let r = send(
+        "POST",
+        &url("/_idgate/logout"),
+        &[("cookie", &cookie), ("host", "beta.test")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    let r = get(&url("/x"), &[("cookie", &cookie), ("host", "acme.test")]).await;
+    assert_eq!(
+        r.status, 200,
+        "the session survived a logout on another tenant's host"
+    );
+}

@@ -5,6 +5,7 @@ pub mod deadline;
 pub mod h1;
 pub mod headers;
 pub mod pool;
+pub mod tunnel;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
 use deadline::Deadlines;
@@ -55,6 +55,15 @@ impl ProxyError {
     }
 }
 
+/// Both sides of a protocol switch the upstream accepted, each resolving once hyper
+/// hands over the connection.
+pub struct Upgraded {
+    /// The client's connection.
+    pub client: hyper::upgrade::OnUpgrade,
+    /// The upstream's connection.
+    pub upstream: hyper::upgrade::OnUpgrade,
+}
+
 /// The upstream app and the pooled client that reaches it.
 pub struct Upstream {
     pool: Arc<Pool>,
@@ -89,13 +98,14 @@ impl Upstream {
     /// Sends a request, already cleaned by the gateway, to the upstream, with the
     /// `identity` headers added (their names never occur in the cleaned request).
     /// `upgrade` is set when the client asked for a protocol switch; on a `101` the two
-    /// connections are joined in a background task.
+    /// sides of the switch come back with the response, for the caller to join (see
+    /// [`tunnel::run`]) under the session the request was made with.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         upgrade: bool,
         identity: &[(HeaderName, HeaderValue)],
-    ) -> Result<Response<PooledBody>, ProxyError> {
+    ) -> Result<(Response<PooledBody>, Option<Upgraded>), ProxyError> {
         // Origin-form on the wire (`GET /path?q HTTP/1.1`), as every app server expects;
         // the host travels in `Host`, which the gateway has set.
         let path_and_query = req
@@ -132,7 +142,7 @@ impl Upstream {
                 .await;
             let mut resp = Self::settle(sent, self.response_timeout)?;
             headers::remove_hop_by_hop(resp.headers_mut(), None);
-            return Ok(resp);
+            return Ok((resp, None));
         }
         *req.uri_mut() = Uri::from(path_and_query);
         for (name, value) in identity {
@@ -141,39 +151,40 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let sent = self
-            .deadlines
-            .run(
-                self.response_timeout,
-                self.pool.send(req.map(NoTrailers), !upgrade),
-            )
-            .await;
+        // `upstream_timeout` counts from the end of the upload (SPEC §7): until the body
+        // is through, the upstream cannot be expected to answer. An answer that comes
+        // earlier (a 413, a redirect) is taken as it comes.
+        let (parts, body) = req.into_parts();
+        let (body, body_sent) = NoTrailers::watched(body);
+        let send = self.pool.send(Request::from_parts(parts, body), !upgrade);
+        tokio::pin!(send);
+        let early = tokio::select! {
+            biased;
+            r = &mut send => Some(r),
+            _ = body_sent.wait() => None,
+        };
+        let sent = match early {
+            Some(r) => Ok(r),
+            None => self.deadlines.run(self.response_timeout, send).await,
+        };
         let mut resp = Self::settle(sent, self.response_timeout)?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_side) = client_side
         {
-            let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_side, upstream_side) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
-                            tracing::debug!(error = %e, "upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "protocol upgrade failed"),
-                }
-            });
+            let upstream = hyper::upgrade::on(&mut resp);
             let up = headers::upgrade_request(resp.headers());
             headers::remove_hop_by_hop(resp.headers_mut(), up);
-            return Ok(resp);
+            return Ok((
+                resp,
+                Some(Upgraded {
+                    client: client_side,
+                    upstream,
+                }),
+            ));
         }
         headers::remove_hop_by_hop(resp.headers_mut(), None);
-        Ok(resp)
+        Ok((resp, None))
     }
 }
 

@@ -227,7 +227,53 @@ impl Pool {
 /// A client's request body with its trailers dropped: a trailer can carry any header
 /// name, identity headers included, and some frameworks merge trailers into headers, so
 /// none is forwarded (the `Trailer` announcement is removed with the hop-by-hop set).
-pub struct NoTrailers(pub Incoming);
+/// It says when it has been read to the end (see [`Sent`]).
+pub struct NoTrailers(pub Incoming, pub Option<Arc<Sent>>);
+
+/// Set once a request body has been handed over whole, so the upstream's time to
+/// answer is counted from then: a slow upload is the client's time, not the app's.
+#[derive(Default)]
+pub struct Sent {
+    done: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Sent {
+    fn set(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves once the body has been read to its end (or failed).
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.done.load(std::sync::atomic::Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl NoTrailers {
+    /// Wraps `body`; the returned [`Sent`] fires when it has been read whole.
+    pub fn watched(body: Incoming) -> (NoTrailers, Arc<Sent>) {
+        let sent = Arc::new(Sent::default());
+        if body.is_end_stream() {
+            sent.set();
+        }
+        (NoTrailers(body, Some(sent.clone())), sent)
+    }
+
+    fn ended(&mut self) {
+        if let Some(sent) = self.1.take() {
+            sent.set();
+        }
+    }
+}
 
 impl Body for NoTrailers {
     type Data = Bytes;
@@ -238,13 +284,17 @@ impl Body for NoTrailers {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         loop {
-            match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
+            let polled = std::pin::Pin::new(&mut self.0).poll_frame(cx);
+            match polled {
                 Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
                     tracing::debug!("dropped request trailers");
                     continue;
                 }
-                other => return other,
+                Poll::Ready(Some(Ok(_))) if self.0.is_end_stream() => self.ended(),
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.ended(),
+                _ => {}
             }
+            return polled;
         }
     }
 

@@ -15,7 +15,7 @@ pub mod token;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,11 +39,12 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_RESULTS: usize = 1000;
 /// Page size when the client gives no `count`.
 pub const DEFAULT_COUNT: usize = 100;
-/// Failed authentications allowed per client address per [`AUTH_FAILURE_WINDOW`];
-/// beyond it, requests get 429 without their token being looked at.
-pub const AUTH_FAILURES_PER_WINDOW: u32 = 20;
+/// Failed authentications allowed per client address per [`AUTH_FAILURE_WINDOW`]
+/// (counted together with Maestrano's, see [`crate::limits`]); beyond it, requests
+/// with a wrong token get 429.
+pub const AUTH_FAILURES_PER_WINDOW: u32 = crate::limits::FAILURES_PER_WINDOW;
 /// See [`AUTH_FAILURES_PER_WINDOW`].
-pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(300);
+pub const AUTH_FAILURE_WINDOW: Duration = crate::limits::FAILURE_WINDOW;
 /// Most matches a sorted query may have (sorting needs them all in memory).
 pub const MAX_SORTED: usize = 50_000;
 /// Longest filter expression accepted.
@@ -168,7 +169,7 @@ struct Tenant {
 pub struct Scim {
     tenants: HashMap<String, Tenant>,
     directory: Directory,
-    failures: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
+    failures: Arc<crate::limits::Failures>,
 }
 
 /// What a request asks for, after the tenant prefix.
@@ -326,7 +327,13 @@ fn store_error(e: StoreError, request_id: &str) -> ScimError {
 
 impl Scim {
     /// The endpoints of every tenant with `[tenants.scim]`.
-    pub fn new(config: &Config, directory: Directory) -> Scim {
+    /// `failures` outlives this (it is rebuilt with the tenant set) and is shared with
+    /// the other machine credentials.
+    pub fn new(
+        config: &Config,
+        directory: Directory,
+        failures: Arc<crate::limits::Failures>,
+    ) -> Scim {
         let root = config.server.public_url.as_str().trim_end_matches('/');
         let tenants = config
             .tenants
@@ -348,10 +355,7 @@ impl Scim {
         Scim {
             tenants,
             directory,
-            failures: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(AUTH_FAILURE_WINDOW)
-                .build(),
+            failures,
         }
     }
 
@@ -437,13 +441,8 @@ impl Scim {
             // tenant's stale token must not lock out the others behind the same egress.
             return Ok(());
         }
-        let failures = self
-            .failures
-            .get_with(client, || Arc::new(AtomicU32::new(0)))
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
-        if failures > AUTH_FAILURES_PER_WINDOW {
-            if failures == AUTH_FAILURES_PER_WINDOW + 1 {
+        if let crate::limits::Failure::Limited { first } = self.failures.fail(client) {
+            if first {
                 tracing::warn!(request_id, tenant = tenant_id, %client, "SCIM authentication failures over the limit: answering 429 until the window ends");
             }
             return Err(ScimError::new(

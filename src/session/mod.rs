@@ -7,6 +7,7 @@
 //! bounds staleness if an event is lost.
 
 pub mod model;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -27,6 +28,8 @@ use crate::store::{
     DirectoryStore, Event, EventBus, SessionStore, Store, StoreError, StoredSession,
 };
 use model::{RevokeReason, SessionRecord};
+pub use watch::Pass;
+use watch::WatchMap;
 
 /// How often the store's health is checked in the background.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
@@ -92,6 +95,8 @@ enum AuthInner {
 }
 
 struct Live {
+    /// SHA-256 of the cookie value; `hash` is its hex form, the store key.
+    key: [u8; 32],
     hash: String,
     stored: StoredSession,
     /// Cache keys of the session's user and group, built once so the hot path looks
@@ -137,6 +142,8 @@ pub struct Sessions {
     /// The tenants that exist now: a session of a tenant removed since (a marketplace
     /// the developer platform dropped) no longer works.
     known_tenants: arc_swap::ArcSwap<std::collections::HashSet<String>>,
+    /// Sessions with connections that outlived their request (see [`watch`]).
+    watches: Arc<WatchMap>,
 }
 
 /// How long a re-check may take before another one may start for the same session.
@@ -150,8 +157,9 @@ pub trait RecheckHook: Send + Sync {
     fn due(&self, hash: &str, record: &SessionRecord, next: Arc<AtomicI64>);
 }
 
-/// The identity headers for one session, as copied for one worker thread.
-pub type ThreadHeaders = Arc<[(http::HeaderName, HeaderValue)]>;
+/// The identity headers for one session, as copied for one worker thread, with the
+/// session to watch should the connection outlive its request.
+pub type ThreadHeaders = Arc<Pass>;
 
 /// What the gate needs to forward a request: the identity headers, copied for this
 /// thread.
@@ -176,7 +184,9 @@ struct Front {
     until: std::time::Instant,
     live: Arc<Live>,
     jwt_expires_at: i64,
-    headers: ThreadHeaders,
+    /// The `Host` the session was last found to belong to (its tenant's host).
+    host: Box<[u8]>,
+    pass: ThreadHeaders,
 }
 
 thread_local! {
@@ -265,6 +275,7 @@ impl Sessions {
             known_tenants: arc_swap::ArcSwap::from_pointee(
                 config.tenants.iter().map(|t| t.id.clone()).collect(),
             ),
+            watches: Arc::default(),
             live: cache(CACHE_CAPACITY, ttl),
             users: cache(CACHE_CAPACITY, ttl),
             groups: cache(CACHE_CAPACITY / 4, ttl),
@@ -283,13 +294,17 @@ impl Sessions {
                 let event = events.recv().await;
                 let Some(this) = weak.upgrade() else { return };
                 match event {
-                    Ok(e) => this.invalidate(&e),
+                    Ok(e) => {
+                        this.invalidate(&e);
+                        this.check_later(this.watched(Some(&e)));
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(
                             missed = n,
                             "invalidations lagged; dropping all cached state"
                         );
                         this.invalidate(&Event::Resync);
+                        this.check_later(this.watched(None));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
@@ -424,8 +439,15 @@ impl Sessions {
 
     /// The access gate's question: may this request be forwarded, and with which
     /// identity headers? Answered from this thread's front entry when nothing has been
-    /// invalidated since, else through [`Sessions::authenticate`].
-    pub async fn gate(&self, headers: &HeaderMap) -> Gate {
+    /// invalidated since, else through [`Sessions::authenticate`]. `host` is the
+    /// request's `Host` (or `:authority`), and `serves(host, tenant)` says whether that
+    /// host resolves to the session's tenant: a session counts only on its own tenant.
+    pub async fn gate(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        host: &[u8],
+        serves: impl Fn(&str) -> bool + Sync,
+    ) -> Gate {
         let Some(value) = find_cookie(headers, &self.cookie_name) else {
             return Gate::Missing;
         };
@@ -448,17 +470,25 @@ impl Sessions {
             {
                 return None;
             }
+            if *entry.host != *host && !serves(&entry.live.stored.record.tenant) {
+                return Some(None);
+            }
             self.renew(&entry.live, now);
             self.poke_recheck(&entry.live, now);
-            Some(entry.headers.clone())
+            Some(Some(entry.pass.clone()))
         });
-        if let Some(headers) = fast {
-            return Gate::Forward(headers);
+        match fast {
+            Some(Some(pass)) => return Gate::Forward(pass),
+            Some(None) => return Gate::Missing,
+            None => {}
         }
-        match self.authenticate_hashed(hash_cookie(value)).await {
+        match self
+            .authenticate_hashed(hash_cookie(value), &serves, true)
+            .await
+        {
             AuthInner::Valid(auth, live) => {
                 self.poke_recheck(&live, now());
-                let copied: ThreadHeaders = auth
+                let copied: Box<[(http::HeaderName, HeaderValue)]> = auth
                     .headers
                     .headers
                     .iter()
@@ -467,6 +497,12 @@ impl Sessions {
                         (n.clone(), v)
                     })
                     .collect();
+                let pass = Arc::new(Pass {
+                    headers: copied,
+                    live: live.clone(),
+                    sessions: self.clone(),
+                    generation,
+                });
                 FRONT.with(|front| {
                     let mut front = front.borrow_mut();
                     if front.len() >= FRONT_CAPACITY {
@@ -480,11 +516,12 @@ impl Sessions {
                             until: std::time::Instant::now() + self.config.cache_ttl,
                             live,
                             jwt_expires_at: auth.headers.expires_at,
-                            headers: copied.clone(),
+                            host: host.into(),
+                            pass: pass.clone(),
                         },
                     );
                 });
-                Gate::Forward(copied)
+                Gate::Forward(pass)
             }
             AuthInner::Missing => Gate::Missing,
             AuthInner::Revoked(r) => Gate::Revoked(r),
@@ -501,15 +538,23 @@ impl Sessions {
             || now > last_seen + self.config.idle_timeout.as_secs() as i64
     }
 
-    /// Resolves the request's session cookie.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Auth {
+    /// Resolves the request's session cookie. A session of a tenant for which `serves`
+    /// is false counts as missing.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        serves: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Auth {
         let Some(value) = find_cookie(headers, &self.cookie_name) else {
             return Auth::Missing;
         };
         if !self.store_healthy() && self.fail_mode == FailMode::Closed {
             return Auth::Unavailable;
         }
-        match self.authenticate_hashed(hash_cookie(value)).await {
+        match self
+            .authenticate_hashed(hash_cookie(value), serves, true)
+            .await
+        {
             AuthInner::Valid(a, _) => Auth::Valid(a),
             AuthInner::Missing => Auth::Missing,
             AuthInner::Revoked(r) => Auth::Revoked(r),
@@ -517,7 +562,14 @@ impl Sessions {
         }
     }
 
-    async fn authenticate_hashed(&self, key: [u8; 32]) -> AuthInner {
+    /// `renew` is false for checks that are not a use of the session (a watched
+    /// connection's check must not keep its session alive).
+    async fn authenticate_hashed(
+        &self,
+        key: [u8; 32],
+        serves: &(dyn Fn(&str) -> bool + Sync),
+        renew: bool,
+    ) -> AuthInner {
         let generation = self.generation.load(Ordering::Acquire);
         let healthy = self.store_healthy();
         // Only fetch from the store when it is believed up; otherwise (fail mode
@@ -540,6 +592,7 @@ impl Sessions {
                             last_touch: AtomicI64::new(stored.last_seen),
                             user_key: (rec.tenant.clone(), rec.user_id.clone()),
                             group_key: (rec.tenant.clone(), rec.group_id.clone()),
+                            key,
                             hash,
                             stored,
                             identity: Mutex::new(None),
@@ -555,6 +608,9 @@ impl Sessions {
                 }
             }
         };
+        if !serves(&live.stored.record.tenant) {
+            return AuthInner::Missing;
+        }
         if let Some(reason) = live.stored.revoked {
             return AuthInner::Revoked(reason);
         }
@@ -577,7 +633,9 @@ impl Sessions {
             self.revoke(&live, reason);
             return AuthInner::Revoked(reason);
         }
-        self.renew(&live, now);
+        if renew {
+            self.renew(&live, now);
+        }
         let cached = live
             .identity
             .lock()
@@ -648,10 +706,12 @@ impl Sessions {
 
     /// Replaces the set of existing tenants. Sessions of tenants no longer in it stop
     /// working at their next request on this replica (every cached entry is dropped).
-    pub fn set_tenants(&self, ids: std::collections::HashSet<String>) {
+    pub fn set_tenants(self: &Arc<Self>, ids: std::collections::HashSet<String>) {
         self.known_tenants.store(Arc::new(ids));
         self.live.invalidate_all();
         self.generation.fetch_add(1, Ordering::Release);
+        // Open connections of a removed tenant's sessions close too.
+        self.check_later(self.watched(None));
     }
 
     /// Installs the re-check (once, at startup).
@@ -782,8 +842,13 @@ impl Sessions {
         self.cookie_header("", 0)
     }
 
-    /// Ends the request's session, if any, on every replica. Returns its record.
-    pub async fn logout(&self, headers: &HeaderMap) -> Result<Option<SessionRecord>, StoreError> {
+    /// Ends the request's session, if any, on every replica. Returns its record. A
+    /// session of a tenant for which `serves` is false is not this request's to end.
+    pub async fn logout(
+        &self,
+        headers: &HeaderMap,
+        serves: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Option<SessionRecord>, StoreError> {
         let Some(value) = find_cookie(headers, &self.cookie_name) else {
             return Ok(None);
         };
@@ -792,6 +857,9 @@ impl Sessions {
         let Some(stored) = self.store.get_session(&hash).await? else {
             return Ok(None);
         };
+        if !serves(&stored.record.tenant) {
+            return Ok(None);
+        }
         self.store.delete_session(&hash, &stored.record).await?;
         self.live.invalidate(&key);
         // This replica's per-thread entries stop at once, not when the event echoes back.

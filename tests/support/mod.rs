@@ -39,6 +39,7 @@ fn full_body(b: impl Into<Bytes>) -> TestBody {
 /// - `/bytes/{n}`: `n` bytes, streamed in 64 KiB chunks;
 /// - `/sleep/{ms}`: waits, then answers 200 `slept`;
 /// - `/ws`: a WebSocket echo;
+/// - `/stream`: Server-Sent Events, a tick every 100 ms for a minute;
 /// - `/hop`: a response carrying hop-by-hop headers;
 /// - `/conn`: the client port of the connection that carried the request;
 /// - `/close`: a response that closes its connection;
@@ -112,6 +113,25 @@ async fn upstream_route(
             }
         });
         return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    if path == "/stream" {
+        // Server-Sent Events: a tick every 100 ms, for at most a minute.
+        let stream = futures_util::stream::unfold(0u32, |n| async move {
+            if n >= 600 {
+                return None;
+            }
+            if n > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from(format!("data: tick {n}\n\n")))),
+                n + 1,
+            ))
+        });
+        let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        resp.headers_mut()
+            .insert("content-type", "text/event-stream".parse()?);
+        return Ok(resp);
     }
     if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse()?)).await;
