@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
 use deadline::Deadlines;
+use headers::StripList;
 use pool::{NoTrailers, Pool, PoolError, PooledBody};
 
 use crate::config::ServerConfig;
@@ -61,11 +62,13 @@ pub struct Upstream {
     authority: Authority,
     response_timeout: Duration,
     deadlines: Arc<Deadlines>,
+    strip: Arc<StripList>,
 }
 
 impl Upstream {
-    /// Builds the client from `[server]`.
-    pub fn new(server: &ServerConfig) -> Upstream {
+    /// Builds the client from `[server]`; `strip` names the request headers that must
+    /// never reach the app (shared by every worker's `Upstream`).
+    pub fn new(server: &ServerConfig, strip: Arc<StripList>) -> Upstream {
         let upstream = &server.upstream;
         let authority = upstream
             .authority()
@@ -83,6 +86,7 @@ impl Upstream {
             authority,
             response_timeout: server.upstream_timeout,
             deadlines: Deadlines::new(),
+            strip,
         }
     }
 
@@ -96,6 +100,9 @@ impl Upstream {
         upgrade: bool,
         identity: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<PooledBody>, ProxyError> {
+        // Here, where both paths to the app begin, so neither can miss it; before the
+        // identity is added, so a configured name can never remove idgate's own.
+        self.strip.strip(req.headers_mut());
         // Origin-form on the wire (`GET /path?q HTTP/1.1`), as every app server expects;
         // the host travels in `Host`, which the gateway has set.
         let path_and_query = req
