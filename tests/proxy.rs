@@ -986,3 +986,212 @@ async fn strip_headers_is_configurable() {
         assert!(folded(&head).contains("x-remote-user: steer-1"), "{head}");
     }
 }
+
+/// Waits (up to 5 s) until `needle` occurs more than `before` times in the log.
+fn logged_again(idgate: &Idgate, needle: &str, before: usize) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if idgate.logs().matches(needle).count() > before {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[tokio::test]
+async fn ambiguous_requests_are_refused_before_anything_reaches_the_app() {
+    let up = HeadRecorder::start().await;
+    let idgate = Idgate::start(&config(
+        up.addr,
+        "",
+        "[access]\npublic_paths = [\"/public\"]\n",
+    ));
+    let get = |path: &str, fields: &str| {
+        format!("GET {path} HTTP/1.1\r\n{fields}Connection: close\r\n\r\n")
+    };
+    let post = |fields: &str| {
+        format!(
+            "POST /public/x HTTP/1.1\r\nHost: app\r\n{fields}Connection: close\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+    let host = "Host: app\r\n";
+    // (request, status, what the log line says)
+    let h1: Vec<(String, u16, &str)> = vec![
+        (
+            get("/public/x", "Host: a.example\r\nHost: b.example\r\n"),
+            400,
+            "two Host headers",
+        ),
+        (
+            get("/public/x", "Host: evil.example/x\r\n"),
+            400,
+            "Host is not",
+        ),
+        (
+            get("/public/x", "Host: user@evil.example\r\n"),
+            400,
+            "Host is not",
+        ),
+        (
+            get("/public/x", "Host: a.example:port\r\n"),
+            400,
+            "Host is not",
+        ),
+        (
+            get("/public/x", "Host: a.example:99999\r\n"),
+            400,
+            "Host is not",
+        ),
+        (
+            get("/public/x", "Host: a.example, b.example\r\n"),
+            400,
+            "Host is not",
+        ),
+        (get("/public/x", "Host: [::1\r\n"), 400, "Host is not"),
+        (get("/public/x", "Host: \r\n"), 400, "Host is not"),
+        (
+            get("http://a.example/public/x", "Host: b.example\r\n"),
+            400,
+            "disagrees with Host",
+        ),
+        (
+            post("Transfer-Encoding: gzip, chunked\r\n"),
+            501,
+            "Transfer-Encoding",
+        ),
+        (
+            post("Transfer-Encoding: chunked, chunked\r\n"),
+            501,
+            "Transfer-Encoding",
+        ),
+        (
+            post("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"),
+            501,
+            "Transfer-Encoding",
+        ),
+        // hyper's parser refuses these itself (RFC 9112 §6.3), before the gateway.
+        (post("Transfer-Encoding: identity\r\n"), 400, ""),
+        (
+            "POST /public/x HTTP/1.0\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+                .to_owned(),
+            400,
+            "",
+        ),
+    ];
+    let paths = [
+        "/public/..%20/admin",
+        "/public/%20../admin",
+        "/public/.%09./admin",
+        "/public/.%20/admin",
+        "/public/..%0B/admin",
+        "/public/..%C2%A0/admin",
+        "/public/%252e%252e/admin",
+        "/public/%252E%252E/admin",
+        "/public/..%252fadmin",
+        "/public/..%252Fadmin",
+        "/public/%C0%AE%C0%AE/admin",
+        "/public/%E0%80%AE%E0%80%AE/admin",
+        "/public/%F0%80%80%AE/admin",
+        "/public/%ff",
+        "/public/%00",
+        "/public/%01x",
+        "/public/%1f",
+        "/public/%1F",
+        "/public/%7f",
+        "/public/%0d%0aX-Injected:%201",
+    ];
+    let mut cases = h1;
+    for p in paths {
+        cases.push((get(p, host), 400, "refused: ambiguous request path"));
+    }
+    for (req, status, why) in &cases {
+        let before = idgate.logs().matches(why).count();
+        let resp = raw(idgate.public, req).await;
+        let expected = format!("HTTP/1.1 {status}");
+        assert!(resp.starts_with(&expected), "{req:?}: {resp}");
+        if !why.is_empty() {
+            assert!(
+                logged_again(&idgate, why, before),
+                "no log line for {req:?}"
+            );
+        }
+        assert!(
+            up.heads().is_empty(),
+            "{req:?} reached the app: {:?}",
+            up.heads()
+        );
+    }
+
+    // HTTP/2: a :path that is not ASCII origin-form, and an :authority that a Host field
+    // contradicts.
+    let h2 = h2_client();
+    let base = format!("http://{}", idgate.public);
+    let h2_cases: Vec<(http::Request<http_body_util::Full<Bytes>>, &str)> = vec![
+        (
+            http::Request::get(format!("{base}/public/\u{e9}"))
+                .body(Default::default())
+                .unwrap(),
+            "not ASCII origin-form",
+        ),
+        (
+            http::Request::get(format!("{base}?q=1"))
+                .body(Default::default())
+                .unwrap(),
+            "not ASCII origin-form",
+        ),
+        (
+            http::Request::get(format!("{base}/public/x"))
+                .header("host", "other.example")
+                .body(Default::default())
+                .unwrap(),
+            "disagrees with Host",
+        ),
+        (
+            http::Request::get(format!("{base}/public/x"))
+                .header("host", idgate.public.to_string())
+                .header("host", idgate.public.to_string())
+                .body(Default::default())
+                .unwrap(),
+            "two Host headers",
+        ),
+        (
+            http::Request::get(format!("{base}/public/..%20/admin"))
+                .body(Default::default())
+                .unwrap(),
+            "refused: ambiguous request path",
+        ),
+    ];
+    for (req, why) in h2_cases {
+        let what = format!("{:?} {:?}", req.uri(), req.headers());
+        let before = idgate.logs().matches(why).count();
+        let resp = h2.request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), 400, "{what}");
+        assert!(logged_again(&idgate, why, before), "no log line for {what}");
+        assert!(up.heads().is_empty(), "{what} reached the app");
+    }
+
+    // What is unambiguous still goes through, on both protocols.
+    let ok = raw(idgate.public, &post("Transfer-Encoding: chunked\r\n")).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let ok = raw(
+        idgate.public,
+        &get("/public/a%20b/...", "Host: App.Example:8080\r\n"),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let ok = raw(idgate.public, &get("/public/x", "Host: [::1]:80\r\n")).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let resp = h2
+        .request(
+            http::Request::get(format!("{base}/public/caf%C3%A9"))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.heads().len(), 4);
+}

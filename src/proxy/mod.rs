@@ -120,8 +120,9 @@ impl Upstream {
             && (req.method() == Method::GET || req.method() == Method::HEAD)
             && req.body().is_end_stream()
         {
-            // `PathAndQuery` may lack the leading `/` (an HTTP/2 `:path` of `?q`), which
-            // the gateway routed as `/`: the app gets that same path.
+            // `PathAndQuery` may lack the leading `/` (an HTTP/2 `:path` of `?q`). The
+            // gateway refuses such a target; should one get here anyway, the app gets
+            // the path `/` that routing would have seen.
             let target = match path_and_query.as_str() {
                 t if t.starts_with('/') => Cow::Borrowed(t),
                 _ => Cow::Owned(match path_and_query.query() {
