@@ -39,9 +39,6 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// Login starts allowed per client address and tenant per minute (and in a burst).
-pub const LOGIN_STARTS_PER_MINUTE: u32 = 30;
-
 /// Largest Connec! notification accepted (they batch many entities).
 pub const CONNEC_MAX_BODY: usize = 16 << 20;
 
@@ -201,7 +198,7 @@ impl Gateway {
             login_cookie_name: format!("{}_login", crate::session::cookie_name(config)),
             directory,
             dev_idp,
-            login_starts: LoginStarts::new(LOGIN_STARTS_PER_MINUTE),
+            login_starts: LoginStarts::new(config.access.login_starts_per_minute),
             failures,
             tunnels: Tunnels::new(),
         }
@@ -1152,7 +1149,17 @@ impl Handler for GatewayWorker {
         // the request itself moves on.
         let uri = req.uri().clone();
 
-        let (route, mut resp, log_path) = match routing_path(uri.path()) {
+        let checked = match check_request_head(&req) {
+            Ok(()) => routing_path(uri.path()).map_err(|reason| {
+                tracing::warn!(request_id = rid, reason, "refused: ambiguous request path");
+                StatusCode::BAD_REQUEST
+            }),
+            Err((status, reason)) => {
+                tracing::warn!(request_id = rid, reason, "refused: ambiguous request");
+                Err(status)
+            }
+        };
+        let (route, mut resp, log_path) = match checked {
             Ok(path) => {
                 let route = gw.classify(&path);
                 let resp = gw
@@ -1160,16 +1167,25 @@ impl Handler for GatewayWorker {
                     .await;
                 (route, resp, path)
             }
-            Err(reason) => {
-                tracing::warn!(request_id = rid, reason, "refused: ambiguous request path");
+            Err(status) => {
                 let html = response::accepts_html(req.headers());
-                let resp = response::error(
-                    StatusCode::BAD_REQUEST,
-                    html,
-                    "bad_request",
-                    "The request path is not in a form this gateway accepts.",
-                    rid,
-                );
+                let resp = if status == StatusCode::NOT_IMPLEMENTED {
+                    response::error(
+                        status,
+                        html,
+                        "not_implemented",
+                        "This gateway accepts no transfer coding but chunked.",
+                        rid,
+                    )
+                } else {
+                    response::error(
+                        status,
+                        html,
+                        "bad_request",
+                        "The request is not in a form this gateway accepts.",
+                        rid,
+                    )
+                };
                 (RouteClass::Proxied, resp, Cow::Borrowed(""))
             }
         };
@@ -1320,32 +1336,185 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
 
 /// The path that routing decisions use: percent-decoded, so that `/%5Fidgate/` and
 /// `/_idgate/` are the same route, as they are to most apps. Paths whose meaning
-/// depends on who normalises them (dot segments, backslashes, NUL) are refused, because
-/// the app could resolve `/public/../admin` to a protected page that idgate had matched
-/// as public.
+/// depends on who normalises them are refused, because the app could resolve
+/// `/public/../admin` to a protected page that idgate had matched as public:
+/// - dot segments, also as `..;x` (a dot segment to Tomcat, Jetty and Spring) and padded
+///   with whitespace or control characters (`..%20`, `.%09.`), which some servers and
+///   file systems trim;
+/// - backslashes and percent-encoded control characters;
+/// - double-encoded dots, slashes and backslashes (`%252e`), which an app that decodes
+///   twice turns into the dot segments refused above;
+/// - percent-encoded bytes that are not UTF-8 (overlong `%C0%AE` is `.` to a lenient
+///   decoder), rather than decoding them lossily into something the app reads otherwise.
 pub fn routing_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
     if !raw.starts_with('/') {
         return Err("path is not absolute");
     }
     let decoded = if raw.contains('%') {
-        percent_decode_str(raw).decode_utf8_lossy()
+        if encodes_control(raw.as_bytes()) {
+            return Err("path contains a percent-encoded control character");
+        }
+        let decoded = percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| "path is not UTF-8 once percent-decoded (overlong or stray bytes)")?;
+        if decoded.contains('%') && encodes_separator(decoded.as_bytes()) {
+            return Err("path contains a double-encoded dot, slash or backslash");
+        }
+        decoded
     } else {
         Cow::Borrowed(raw)
     };
     if decoded.contains(['\\', '\0']) {
         return Err("path contains a backslash or NUL");
     }
-    // `..;x` is a dot segment to Tomcat, Jetty and Spring (path parameters), so the
-    // part before any `;` is what counts.
-    if decoded.contains("/.")
-        && decoded.split('/').any(|seg| {
+    // Most paths have no `/.` and nothing beyond printable ASCII: they skip the walk over
+    // the segments.
+    if decoded.contains("/.") || decoded.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+        for seg in decoded.split('/') {
+            // The part before any `;` is what counts (path parameters).
             let seg = seg.split(';').next().unwrap_or(seg);
-            seg == "." || seg == ".."
-        })
-    {
-        return Err("path contains a dot segment");
+            if seg == "." || seg == ".." {
+                return Err("path contains a dot segment");
+            }
+            let padding = |c: char| c.is_whitespace() || c.is_control();
+            if seg.contains('.')
+                && seg.contains(padding)
+                && seg.chars().all(|c| c == '.' || padding(c))
+            {
+                return Err(
+                    "path contains a dot segment padded with whitespace or control characters",
+                );
+            }
+        }
     }
     Ok(decoded)
+}
+
+/// Whether some `%XY` in `raw` encodes a control character (below 0x20, or 0x7F).
+fn encodes_control(raw: &[u8]) -> bool {
+    raw.windows(3).any(|w| {
+        w[0] == b'%'
+            && match (hex_value(w[1]), hex_value(w[2])) {
+                (Some(hi), Some(lo)) => {
+                    let b = hi << 4 | lo;
+                    b < 0x20 || b == 0x7f
+                }
+                _ => false,
+            }
+    })
+}
+
+/// Whether once-decoded text still holds `%2e`, `%2f` or `%5c` (any case): the path was
+/// encoded twice over a dot, slash or backslash.
+fn encodes_separator(decoded: &[u8]) -> bool {
+    decoded.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (hex_value(w[1]), hex_value(w[2])),
+                (Some(2), Some(0xe | 0xf)) | (Some(5), Some(0xc))
+            )
+    })
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// SPEC §7: a request that two readers could take for different requests is refused
+/// before routing, with the status and the reason for the log: two `Host` fields, a host
+/// that is not `host[:port]`, an `:authority` (or absolute-form target) that a `Host`
+/// field contradicts, a target that is not ASCII origin-form, and any transfer coding but
+/// `chunked`. hyper's parser already refuses a coding list that does not end in `chunked`
+/// and `Transfer-Encoding` on HTTP/1.0, but it takes `gzip, chunked` (and `chunked,
+/// chunked`) as plain chunked: forwarded de-chunked, the app would get a body whose
+/// coding was dropped.
+fn check_request_head<B>(req: &Request<B>) -> Result<(), (StatusCode, &'static str)> {
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    let headers = req.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err((BAD, "two Host headers"));
+    }
+    if let Some(h) = host
+        && !is_host_port(h.as_bytes())
+    {
+        return Err((BAD, "Host is not a valid host[:port]"));
+    }
+    if let Some(authority) = req.uri().authority() {
+        if !is_host_port(authority.as_str().as_bytes()) {
+            return Err((BAD, "the request's authority is not a valid host[:port]"));
+        }
+        if let Some(h) = host
+            && !h
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err((BAD, "the request's authority disagrees with Host"));
+        }
+    }
+    if let Some(pq) = req.uri().path_and_query() {
+        let target = pq.as_str().as_bytes();
+        if target.first() != Some(&b'/') || !target.iter().all(u8::is_ascii_graphic) {
+            return Err((BAD, "request target is not ASCII origin-form"));
+        }
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next()
+        && (codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err((
+            StatusCode::NOT_IMPLEMENTED,
+            "Transfer-Encoding other than exactly chunked",
+        ));
+    }
+    Ok(())
+}
+
+/// `host[:port]` (RFC 9110 §7.2): a DNS name or IPv4 address, or an IPv6 literal in
+/// brackets, then an optional decimal port up to 65535. No user info, path, list or
+/// percent-encoding: whatever the app or a log reads in `Host` must be one host.
+fn is_host_port(v: &[u8]) -> bool {
+    let (host_ok, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&rest[..end])
+            .ok()
+            .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok());
+        (literal.is_some(), &rest[end + 1..])
+    } else {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        let name = &v[..end];
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        (ok, &v[end..])
+    };
+    host_ok
+        && match port {
+            [] => true,
+            [b':', digits @ ..] => {
+                (1..=5).contains(&digits.len())
+                    && digits.iter().all(u8::is_ascii_digit)
+                    && std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| d.parse::<u16>().ok())
+                        .is_some()
+            }
+            _ => false,
+        }
 }
 
 #[cfg(test)]
@@ -1377,8 +1546,132 @@ mod tests {
             "/a%5Cb",
             "/a%00",
             "*",
+            // Percent-encoded control characters.
+            "/a%01",
+            "/a%1f",
+            "/a%1F",
+            "/a%7f",
+            "/a%0d%0aX-Injected:%201",
+            // Double-encoded dots, slashes and backslashes, in any case and form.
+            "/public/%252e%252e/admin",
+            "/public/%252E%252E/admin",
+            "/public/..%252fadmin",
+            "/public/..%252Fadmin",
+            "/public/..%255cadmin",
+            "/public/%25%32%65%25%32%65/admin",
+            // Not UTF-8 once decoded: overlong forms of `.` and stray bytes.
+            "/public/%C0%AE%C0%AE/admin",
+            "/public/%E0%80%AE/admin",
+            "/public/%F0%80%80%AE/admin",
+            "/public/%ff",
+            "/public/%C0",
+            // Dot segments padded with whitespace or control characters.
+            "/public/..%20/admin",
+            "/public/%20../admin",
+            "/public/.%20/admin",
+            "/public/.%09./admin",
+            "/public/..%0B/admin",
+            "/public/..%C2%A0/admin",
+            "/public/..%E3%80%80/admin",
+            "/public/.. /admin",
+            "/public/ ..;x/admin",
         ] {
             assert!(routing_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/public/a%20b",
+            "/public/caf%C3%A9",
+            "/public/...",
+            "/public/.well-known/x",
+            "/public/%2541",
+            "/public/100%25",
+            "/public/%zz",
+            "/public/a.%20b",
+        ] {
+            assert!(routing_path(good).is_ok(), "{good}");
+        }
+    }
+
+    fn head(version: http::Version, uri: &str, fields: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::get(uri).version(version).body(()).unwrap();
+        for (name, value) in fields {
+            req.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        req
+    }
+
+    #[test]
+    fn request_heads_that_two_readers_could_read_differently_are_refused() {
+        use http::Version;
+        let h1 = |fields: &[(&str, &str)]| head(Version::HTTP_11, "/x", fields);
+        let refused = |req: Request<()>| check_request_head(&req).map_err(|(s, _)| s.as_u16());
+        assert_eq!(refused(h1(&[("host", "a.example")])), Ok(()));
+        assert_eq!(refused(h1(&[])), Ok(()));
+        assert_eq!(
+            refused(h1(&[("host", "a.example"), ("host", "b.example")])),
+            Err(400)
+        );
+        for good in [
+            "a.example",
+            "A.Example:8080",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "svc_name.ns",
+            "localhost:65535",
+        ] {
+            assert_eq!(refused(h1(&[("host", good)])), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "a.example/x",
+            "user@a.example",
+            "a.example:",
+            "a.example:port",
+            "a.example:65536",
+            "a.example:123456",
+            "a.example, b.example",
+            "a.example:80:80",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[not-v6]",
+            "a%2eexample",
+        ] {
+            assert_eq!(refused(h1(&[("host", bad)])), Err(400), "{bad:?}");
+        }
+        // An authority (HTTP/2, or HTTP/1.1 absolute-form) that Host contradicts.
+        let h2 = |uri: &str, fields: &[(&str, &str)]| head(Version::HTTP_2, uri, fields);
+        assert_eq!(refused(h2("http://a.example/x", &[])), Ok(()));
+        assert_eq!(
+            refused(h2("http://a.example/x", &[("host", "A.EXAMPLE")])),
+            Ok(())
+        );
+        assert_eq!(
+            refused(h2("http://a.example/x", &[("host", "b.example")])),
+            Err(400)
+        );
+        assert_eq!(refused(h2("http://u@a.example/x", &[])), Err(400));
+        // Targets that are not ASCII origin-form.
+        assert_eq!(refused(h2("http://a.example/caf\u{e9}", &[])), Err(400));
+        assert_eq!(refused(h2("http://a.example?q=1", &[])), Err(400));
+        assert_eq!(refused(h2("*", &[])), Err(400));
+        // Transfer codings: only exactly `chunked`.
+        assert_eq!(refused(h1(&[("transfer-encoding", "chunked")])), Ok(()));
+        assert_eq!(refused(h1(&[("transfer-encoding", " Chunked ")])), Ok(()));
+        for bad in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[("transfer-encoding", "identity")],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            assert_eq!(refused(h1(bad)), Err(501), "{bad:?}");
         }
     }
 

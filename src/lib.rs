@@ -259,13 +259,16 @@ impl App {
         let gateway = self.gateway;
         let tunnels = gateway.tunnels().clone();
         let server_config = self.config.server.clone();
+        let strip = Arc::new(crate::proxy::headers::StripList::new(
+            &self.config.access.strip_headers,
+        ));
         let public_task = tokio::spawn(server::serve_workers(
             public,
             workers,
             move |_| {
                 Arc::new(GatewayWorker::new(
                     gateway.clone(),
-                    Upstream::new(&server_config),
+                    Upstream::new(&server_config, strip.clone()),
                 ))
             },
             public_rx,

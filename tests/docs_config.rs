@@ -461,6 +461,10 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
             empty(c.access.public_paths.is_empty()),
         ),
         ("access.api_paths", empty(c.access.api_paths.is_empty())),
+        (
+            "access.login_starts_per_minute",
+            Value::Integer(i64::from(c.access.login_starts_per_minute)),
+        ),
         ("tenants.hosts", empty(t.hosts.is_empty())),
         ("tenants.default", Value::Boolean(t.default)),
         (
@@ -653,4 +657,30 @@ fn keys_documented_as_required_are_required() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     println!("required: {}", required.join(", "));
+}
+
+#[test]
+fn the_default_strip_headers_list_is_the_documented_one() {
+    let expected: Vec<&str> = defaults::STRIP_HEADERS.to_vec();
+    let doc = read("docs/configuration.md");
+    let para = doc
+        .split("The default `strip_headers`:")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("docs/configuration.md lists the default strip_headers");
+    let documented: Vec<&str> = para.split('`').skip(1).step_by(2).collect();
+    assert_eq!(documented, expected, "docs/configuration.md");
+    let example = example();
+    let shown = example
+        .commented
+        .get("access.strip_headers")
+        .or_else(|| example.active.get("access.strip_headers"))
+        .expect("the example shows access.strip_headers");
+    let shown: Vec<&str> = shown
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(shown, expected, "config/idgate.example.toml");
 }

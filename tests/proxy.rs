@@ -9,6 +9,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use support::*;
 
 fn public_all(upstream: std::net::SocketAddr) -> String {
@@ -849,4 +851,389 @@ async fn slow_uploads_are_not_upstream_timeouts() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "504 after {took:?}"
     );
+}
+
+/// SPEC §7: the default `[access].strip_headers`, the URL-override and remote-user
+/// families.
+const STEERING: [&str; 15] = [
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Original-URI",
+    "X-Forwarded-Uri",
+    "X-Forwarded-Path",
+    "X-Remote-User",
+    "Remote-User",
+    "X-Remote-Email",
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Groups",
+    "X-Auth-Request-User",
+    "X-Auth-Request-Email",
+    "X-Auth-Request-Groups",
+];
+/// Client-address headers kept only from a `trusted_proxies` peer.
+const TRUSTED_ONLY: [&str; 7] = [
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Real-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "X-Cluster-Client-IP",
+];
+/// Framing and hop-by-hop names that have a `_` spelling (the `-` spellings have their
+/// meaning and their own tests).
+const FRAMING: [&str; 4] = [
+    "Transfer-Encoding",
+    "Content-Length",
+    "Keep-Alive",
+    "Proxy-Connection",
+];
+
+/// Exact, lower, upper and `_` forms; `underscore_only` keeps the `_` forms alone.
+fn spellings(name: &str, underscore_only: bool) -> Vec<String> {
+    let mut out = vec![
+        name.replace('-', "_"),
+        name.to_ascii_lowercase().replace('-', "_"),
+        name.to_ascii_uppercase().replace('-', "_"),
+    ];
+    if !underscore_only {
+        out.extend([
+            name.to_owned(),
+            name.to_ascii_lowercase(),
+            name.to_ascii_uppercase(),
+        ]);
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Proto {
+    H1,
+    H2,
+}
+
+/// Sends one request carrying `name: steer-1` and returns the head the upstream got.
+async fn probe(
+    idgate: &Idgate,
+    up: &HeadRecorder,
+    h2: &Client<HttpConnector, http_body_util::Full<Bytes>>,
+    proto: Proto,
+    post: bool,
+    name: &str,
+) -> String {
+    up.clear();
+    let body = if post { "hello" } else { "" };
+    let method = if post { "POST" } else { "GET" };
+    match proto {
+        Proto::H1 => {
+            let length = if post { "Content-Length: 5\r\n" } else { "" };
+            let req = format!(
+                "{method} /probe HTTP/1.1\r\nHost: app\r\n{name}: steer-1\r\n{length}\
+                 Connection: close\r\n\r\n{body}"
+            );
+            let resp = raw(idgate.public, &req).await;
+            assert!(
+                resp.starts_with("HTTP/1.1 200"),
+                "{proto:?} {method} {name}: {resp}"
+            );
+        }
+        Proto::H2 => {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(idgate.url("/probe"))
+                .header(name, "steer-1")
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = h2.request(req).await.expect("h2 request");
+            assert_eq!(resp.status(), 200, "{proto:?} {method} {name}");
+        }
+    }
+    let heads = up.heads();
+    assert_eq!(heads.len(), 1, "{proto:?} {method} {name}: {heads:?}");
+    heads.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn headers_that_steer_the_app_never_reach_it_in_any_spelling() {
+    let up = HeadRecorder::start().await;
+    let untrusted = Idgate::start(&public_all(up.addr));
+    let trusted = Idgate::start(&config(
+        up.addr,
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        "[access]\npublic_paths = [\"/\"]\n",
+    ));
+    let h2 = h2_client();
+    // (name, underscore spellings only, kept from an untrusted peer, kept from a trusted one)
+    let mut table: Vec<(&str, bool, bool, bool)> = Vec::new();
+    table.extend(STEERING.iter().map(|n| (*n, false, false, false)));
+    table.extend(TRUSTED_ONLY.iter().map(|n| (*n, false, false, true)));
+    table.extend(FRAMING.iter().map(|n| (*n, true, false, false)));
+    let mut checked = 0;
+    for (peer, idgate) in [("untrusted", &untrusted), ("trusted", &trusted)] {
+        for &(name, underscore_only, kept_untrusted, kept_trusted) in &table {
+            let kept = if peer == "trusted" {
+                kept_trusted
+            } else {
+                kept_untrusted
+            };
+            for spelled in spellings(name, underscore_only) {
+                for proto in [Proto::H1, Proto::H2] {
+                    // A bodiless GET takes the direct path, a POST with a body hyper's.
+                    for post in [false, true] {
+                        let head = probe(idgate, &up, &h2, proto, post, &spelled).await;
+                        let found: Vec<(String, String)> = head_fields(&head)
+                            .into_iter()
+                            // The real `Content-Length` of a POST is no spoof.
+                            .filter(|(n, _)| {
+                                folded(n) == folded(name) && (!underscore_only || n.contains('_'))
+                            })
+                            .collect();
+                        let what = format!("{peer} {proto:?} post={post} {spelled}");
+                        if kept {
+                            assert_eq!(found.len(), 1, "{what}: {head}");
+                            assert_eq!(found[0].1, "steer-1", "{what}: {head}");
+                        } else {
+                            assert!(found.is_empty(), "{what} reached the app:\n{head}");
+                        }
+                        if post {
+                            assert!(
+                                head.to_ascii_lowercase().contains("content-length: 5\r\n"),
+                                "{what}: the body's own framing is kept:\n{head}"
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    println!("{checked} spellings checked");
+}
+
+#[tokio::test]
+async fn strip_headers_is_configurable() {
+    let up = HeadRecorder::start().await;
+    let idgate = Idgate::start(
+        &public_all(up.addr).replace("[access]\n", "[access]\nstrip_headers = [\"X-Steer-Me\"]\n"),
+    );
+    let h2 = h2_client();
+    for proto in [Proto::H1, Proto::H2] {
+        let head = probe(&idgate, &up, &h2, proto, false, "X_STEER_ME").await;
+        assert!(!folded(&head).contains("x-steer-me"), "{head}");
+        // The list replaces the default: an app that wants X-Remote-User from a trusted
+        // auth proxy can have it.
+        let head = probe(&idgate, &up, &h2, proto, true, "X-Remote-User").await;
+        assert!(folded(&head).contains("x-remote-user: steer-1"), "{head}");
+    }
+}
+
+/// Waits (up to 5 s) until `needle` occurs more than `before` times in the log.
+fn logged_again(idgate: &Idgate, needle: &str, before: usize) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if idgate.logs().matches(needle).count() > before {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[tokio::test]
+async fn ambiguous_requests_are_refused_before_anything_reaches_the_app() {
+    let up = HeadRecorder::start().await;
+    let idgate = Idgate::start(&config(
+        up.addr,
+        "",
+        "[access]\npublic_paths = [\"/public\"]\n",
+    ));
+    let get = |path: &str, fields: &str| {
+        format!("GET {path} HTTP/1.1\r\n{fields}Connection: close\r\n\r\n")
+    };
+    let post = |fields: &str| {
+        format!(
+            "POST /public/x HTTP/1.1\r\nHost: app\r\n{fields}Connection: close\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+    let host = "Host: app\r\n";
+    // (request, status, what the log line says)
+    let h1: Vec<(String, u16, &str)> = vec![
+        (
+            get("/public/x", "Host: a.example\r\nHost: b.example\r\n"),
+            400,
+            "two Host headers",
+        ),
+        (
+            get("/public/x", "Host: evil.example/x\r\n"),
+            400,
+            "Host is not",
+        ),
+        (
+            get("/public/x", "Host: user@evil.example\r\n"),
+            400,
+            "Host is not",
+        ),
+        (
+            get("/public/x", "Host: a.example:port\r\n"),
+            400,
+            "Host is not",
+        ),
+        (
+            get("/public/x", "Host: a.example:99999\r\n"),
+            400,
+            "Host is not",
+        ),
+        (
+            get("/public/x", "Host: a.example, b.example\r\n"),
+            400,
+            "Host is not",
+        ),
+        (get("/public/x", "Host: [::1\r\n"), 400, "Host is not"),
+        (get("/public/x", "Host: \r\n"), 400, "Host is not"),
+        (
+            get("http://a.example/public/x", "Host: b.example\r\n"),
+            400,
+            "disagrees with Host",
+        ),
+        (
+            post("Transfer-Encoding: gzip, chunked\r\n"),
+            501,
+            "Transfer-Encoding",
+        ),
+        (
+            post("Transfer-Encoding: chunked, chunked\r\n"),
+            501,
+            "Transfer-Encoding",
+        ),
+        (
+            post("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"),
+            501,
+            "Transfer-Encoding",
+        ),
+        // hyper's parser refuses these itself (RFC 9112 §6.3), before the gateway.
+        (post("Transfer-Encoding: identity\r\n"), 400, ""),
+        (
+            "POST /public/x HTTP/1.0\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+                .to_owned(),
+            400,
+            "",
+        ),
+    ];
+    let paths = [
+        "/public/..%20/admin",
+        "/public/%20../admin",
+        "/public/.%09./admin",
+        "/public/.%20/admin",
+        "/public/..%0B/admin",
+        "/public/..%C2%A0/admin",
+        "/public/%252e%252e/admin",
+        "/public/%252E%252E/admin",
+        "/public/..%252fadmin",
+        "/public/..%252Fadmin",
+        "/public/%C0%AE%C0%AE/admin",
+        "/public/%E0%80%AE%E0%80%AE/admin",
+        "/public/%F0%80%80%AE/admin",
+        "/public/%ff",
+        "/public/%00",
+        "/public/%01x",
+        "/public/%1f",
+        "/public/%1F",
+        "/public/%7f",
+        "/public/%0d%0aX-Injected:%201",
+    ];
+    let mut cases = h1;
+    for p in paths {
+        cases.push((get(p, host), 400, "refused: ambiguous request path"));
+    }
+    for (req, status, why) in &cases {
+        let before = idgate.logs().matches(why).count();
+        let resp = raw(idgate.public, req).await;
+        let expected = format!("HTTP/1.1 {status}");
+        assert!(resp.starts_with(&expected), "{req:?}: {resp}");
+        if !why.is_empty() {
+            assert!(
+                logged_again(&idgate, why, before),
+                "no log line for {req:?}"
+            );
+        }
+        assert!(
+            up.heads().is_empty(),
+            "{req:?} reached the app: {:?}",
+            up.heads()
+        );
+    }
+
+    // HTTP/2: a :path that is not ASCII origin-form, and an :authority that a Host field
+    // contradicts.
+    let h2 = h2_client();
+    let base = format!("http://{}", idgate.public);
+    let h2_cases: Vec<(http::Request<http_body_util::Full<Bytes>>, &str)> = vec![
+        (
+            http::Request::get(format!("{base}/public/\u{e9}"))
+                .body(Default::default())
+                .unwrap(),
+            "not ASCII origin-form",
+        ),
+        (
+            http::Request::get(format!("{base}?q=1"))
+                .body(Default::default())
+                .unwrap(),
+            "not ASCII origin-form",
+        ),
+        (
+            http::Request::get(format!("{base}/public/x"))
+                .header("host", "other.example")
+                .body(Default::default())
+                .unwrap(),
+            "disagrees with Host",
+        ),
+        (
+            http::Request::get(format!("{base}/public/x"))
+                .header("host", idgate.public.to_string())
+                .header("host", idgate.public.to_string())
+                .body(Default::default())
+                .unwrap(),
+            "two Host headers",
+        ),
+        (
+            http::Request::get(format!("{base}/public/..%20/admin"))
+                .body(Default::default())
+                .unwrap(),
+            "refused: ambiguous request path",
+        ),
+    ];
+    for (req, why) in h2_cases {
+        let what = format!("{:?} {:?}", req.uri(), req.headers());
+        let before = idgate.logs().matches(why).count();
+        let resp = h2.request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), 400, "{what}");
+        assert!(logged_again(&idgate, why, before), "no log line for {what}");
+        assert!(up.heads().is_empty(), "{what} reached the app");
+    }
+
+    // What is unambiguous still goes through, on both protocols.
+    let ok = raw(idgate.public, &post("Transfer-Encoding: chunked\r\n")).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let ok = raw(
+        idgate.public,
+        &get("/public/a%20b/...", "Host: App.Example:8080\r\n"),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let ok = raw(idgate.public, &get("/public/x", "Host: [::1]:80\r\n")).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let resp = h2
+        .request(
+            http::Request::get(format!("{base}/public/caf%C3%A9"))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.heads().len(), 4);
 }

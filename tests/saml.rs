@@ -770,7 +770,7 @@ async fn provisioning_can_be_turned_off() {
 async fn login_starts_are_limited_per_client_and_refill_within_seconds() {
     let sso = start("", "").await;
     let url = sso.url("/_idgate/saml/acme/login?return_to=/");
-    for i in 0..idgate::gateway::LOGIN_STARTS_PER_MINUTE {
+    for i in 0..idgate::config::defaults::LOGIN_STARTS_PER_MINUTE {
         assert_eq!(get(&url, &[]).await.status, 302, "start {i}");
     }
     let r = get(&url, &[("accept", "application/json")]).await;

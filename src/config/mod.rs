@@ -71,6 +71,29 @@ pub mod defaults {
         "group_name",
         "group_role",
     ];
+    /// `[access].strip_headers`: the URL-override and remote-user families (SPEC §7).
+    /// Front proxies and frameworks give these meaning (IIS/Symfony rewrite the URL,
+    /// Apache's `REMOTE_USER`, oauth2-proxy's and nginx auth_request's user headers), so
+    /// a client must never be able to send them to the app.
+    pub const STRIP_HEADERS: [&str; 15] = [
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Original-URI",
+        "X-Forwarded-Uri",
+        "X-Forwarded-Path",
+        "X-Remote-User",
+        "Remote-User",
+        "X-Remote-Email",
+        "X-Forwarded-User",
+        "X-Forwarded-Email",
+        "X-Forwarded-Preferred-Username",
+        "X-Forwarded-Groups",
+        "X-Auth-Request-User",
+        "X-Auth-Request-Email",
+        "X-Auth-Request-Groups",
+    ];
+    /// `[access].login_starts_per_minute`
+    pub const LOGIN_STARTS_PER_MINUTE: u32 = 30;
     /// `[tenants.provisioning].default_role`
     pub const DEFAULT_ROLE: &str = "member";
     /// `[tenants.maestrano].api_host`
@@ -315,12 +338,16 @@ pub struct IdentityConfig {
 }
 
 /// `[access]`
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AccessConfig {
     /// Path prefixes forwarded without a session.
     pub public_paths: Vec<String>,
     /// Path prefixes that get 401 JSON rather than a login redirect.
     pub api_paths: Vec<String>,
+    /// Header names removed from every request, in any spelling.
+    pub strip_headers: Vec<http::HeaderName>,
+    /// Login starts allowed per client address and tenant per minute (also the burst).
+    pub login_starts_per_minute: u32,
 }
 
 /// Where the IdP's settings come from.

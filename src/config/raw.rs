@@ -79,6 +79,8 @@ pub(crate) struct RawHeaders {
 pub(crate) struct RawAccess {
     pub public_paths: Option<Vec<String>>,
     pub api_paths: Option<Vec<String>>,
+    pub strip_headers: Option<Vec<String>>,
+    pub login_starts_per_minute: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

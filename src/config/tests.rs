@@ -64,6 +64,16 @@ fn an_empty_config_takes_every_named_default() {
         .collect();
     assert_eq!(names, expected);
     assert!(c.access.public_paths.is_empty() && c.access.api_paths.is_empty());
+    let strip: Vec<&str> = c.access.strip_headers.iter().map(|h| h.as_str()).collect();
+    let expected: Vec<String> = defaults::STRIP_HEADERS
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    assert_eq!(strip, expected);
+    assert_eq!(
+        c.access.login_starts_per_minute,
+        defaults::LOGIN_STARTS_PER_MINUTE
+    );
     assert!(c.tenants.is_empty());
     assert!(c.default_tenant().is_none());
 }
@@ -249,7 +259,9 @@ fn every_kind_of_mistake_is_reported_in_one_pass() {
          trusted_proxies = [\"10.0.0.0/33\"]\nbogus = 1\n\
          [session]\nidle_timeout = \"48h\"\ncookie_name = \"bad name\"\n\
          [identity.headers]\nuser_id = \"X-Idgate-Email\"\nrole = \"Cookie\"\n\
-         [access]\npublic_paths = [\"relative\", \"/a/../b\"]\n{}{}{}",
+         [access]\npublic_paths = [\"relative\", \"/a/../b\"]\n\
+         strip_headers = [\"X-Ok\", \"bad name\", \"Host\", \"x_forwarded_for\"]\n\
+         login_starts_per_minute = 0\n{}{}{}",
         tenant("Bad_Id", "default = true"),
         tenant("two", "default = true\nhosts = [\"a.example\"]"),
         tenant("three", "hosts = [\"A.example\"]"),
@@ -266,6 +278,10 @@ fn every_kind_of_mistake_is_reported_in_one_pass() {
         "identity.headers.role: \"Cookie\" is a standard HTTP header",
         "access.public_paths[0]: \"relative\" must start with '/'",
         "access.public_paths[1]: \"/a/../b\" must not contain dot segments",
+        "access.strip_headers[1]: \"bad name\" is not a valid header name",
+        "access.strip_headers[2]: \"Host\" is a standard HTTP header",
+        "access.strip_headers[3]: \"x_forwarded_for\" is a standard HTTP header",
+        "access.login_starts_per_minute: 0 must be at least 1",
         "tenants[0].id: \"Bad_Id\" must match [a-z0-9-]+",
         "tenants[1].default: more than one default tenant: tenants[0], tenants[1]",
         "tenants[2].hosts[0]: host \"a.example\" is already claimed by tenants[1]",
@@ -376,6 +392,24 @@ fn syntax_errors_are_reported_with_their_location() {
     let errs = errors("[server]\nlisten = 5\n");
     assert!(
         errs[0].contains("listen") || errs[0].contains("line"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn access_keys_take_their_values() {
+    let c = Config::from_toml(
+        "[access]\nstrip_headers = [\"X-Steer\", \"x_steer\"]\nlogin_starts_per_minute = 5\n",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let strip: Vec<&str> = c.access.strip_headers.iter().map(|h| h.as_str()).collect();
+    assert_eq!(strip, ["x-steer", "x_steer"]);
+    assert_eq!(c.access.login_starts_per_minute, 5);
+    let errs = errors("[access]\nlogin_starts_per_minute = 5000000000\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("access.login_starts_per_minute:")),
         "{errs:?}"
     );
 }

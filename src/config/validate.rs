@@ -194,6 +194,8 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
     let access = AccessConfig {
         public_paths: c.path_prefixes("access.public_paths", raw.access.public_paths),
         api_paths: c.path_prefixes("access.api_paths", raw.access.api_paths),
+        strip_headers: strip_headers(c, raw.access.strip_headers),
+        login_starts_per_minute: login_starts_per_minute(c, raw.access.login_starts_per_minute),
     };
     let tenants = tenants(c, raw.tenants, &server);
     let maestrano_devpl = raw.maestrano_devpl.map(|d| devpl(c, d));
@@ -206,6 +208,45 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         tenants,
         maestrano_devpl,
         source: super::Source::default(),
+    }
+}
+
+/// `[access].strip_headers`: valid header names, none that HTTP or idgate itself gives
+/// meaning to (stripping `Host` or `X-Forwarded-For` would break every request).
+fn strip_headers(c: &mut Checker<'_>, raw: Option<Vec<String>>) -> Vec<http::HeaderName> {
+    let Some(names) = raw else {
+        return defaults::STRIP_HEADERS
+            .iter()
+            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for (i, text) in names.iter().enumerate() {
+        let path = format!("access.strip_headers[{i}]");
+        match http::HeaderName::from_bytes(text.as_bytes()) {
+            Ok(name) if crate::proxy::headers::is_reserved_by_http(&name) => c.err(
+                path,
+                format!("{text:?} is a standard HTTP header that requests need"),
+            ),
+            Ok(name) => out.push(name),
+            Err(_) => c.err(path, format!("{text:?} is not a valid header name")),
+        }
+    }
+    out
+}
+
+fn login_starts_per_minute(c: &mut Checker<'_>, raw: Option<i64>) -> u32 {
+    let path = "access.login_starts_per_minute";
+    match raw {
+        None => defaults::LOGIN_STARTS_PER_MINUTE,
+        Some(n) if n < 1 => {
+            c.err(path, format!("{n} must be at least 1"));
+            defaults::LOGIN_STARTS_PER_MINUTE
+        }
+        Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+            c.err(path, format!("{n} is too large"));
+            defaults::LOGIN_STARTS_PER_MINUTE
+        }),
     }
 }
 

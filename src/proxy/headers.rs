@@ -121,6 +121,79 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Framing and hop-by-hop field names. Their `-` spellings are handled by hyper and
+/// [`remove_hop_by_hop`]; a `_` spelling (`Transfer_Encoding`) means nothing to idgate or
+/// hyper but becomes `HTTP_TRANSFER_ENCODING` to a CGI, Rack or PHP app, or is merged
+/// with the real field by a server that folds `_` into `-`, so it is dropped too.
+const FRAMING: [&str; 9] = [
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request header names that never reach the app, whoever sends them:
+/// `[access].strip_headers` in any spelling, and `_` spellings of framing and hop-by-hop
+/// fields.
+#[derive(Debug, Clone)]
+pub struct StripList {
+    /// Folded configured names.
+    names: Vec<Box<str>>,
+    /// Bit `n` is set when some configured name is `n` bytes long (names of 128 bytes or
+    /// more share bit 127): most request headers are ruled out by one bit test.
+    lengths: u128,
+}
+
+impl StripList {
+    /// Builds the list from `[access].strip_headers`.
+    pub fn new(configured: &[HeaderName]) -> StripList {
+        let mut names: Vec<Box<str>> = configured
+            .iter()
+            .map(|n| fold_name(n.as_str()).into_boxed_str())
+            .collect();
+        names.sort();
+        names.dedup();
+        let lengths = names.iter().fold(0u128, |m, n| m | length_bit(n.len()));
+        StripList { names, lengths }
+    }
+
+    /// Whether a request header of this name must be removed.
+    #[inline]
+    pub fn matches(&self, name: &str) -> bool {
+        (self.lengths & length_bit(name.len()) != 0
+            && self.names.iter().any(|n| eq_folded(name, n)))
+            || (name.as_bytes().contains(&b'_') && FRAMING.iter().any(|f| eq_folded(name, f)))
+    }
+
+    /// Removes every matching header, all occurrences, in one pass over the names; it
+    /// allocates only when something matches. Returns how many names were removed.
+    pub fn strip(&self, headers: &mut HeaderMap) -> usize {
+        if !headers.keys().any(|n| self.matches(n.as_str())) {
+            return 0;
+        }
+        let found: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| self.matches(n.as_str()))
+            .cloned()
+            .collect();
+        for name in &found {
+            tracing::debug!(header = %name, "stripped client-sent header that steers the app");
+            headers.remove(name);
+        }
+        found.len()
+    }
+}
+
+#[inline]
+fn length_bit(len: usize) -> u128 {
+    1u128 << len.min(127)
+}
+
 /// Fixed hop-by-hop fields (RFC 9110 §7.6.1), besides those named in `Connection`.
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -239,19 +312,29 @@ pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// Folded names of the headers that carry a client's address or scheme.
-const CLIENT_ADDRESS_HEADERS: [&str; 6] = [
+/// Folded names of the headers that carry a client's address, scheme or the path and
+/// port it used: apps and frameworks believe them (Rails' `remote_ip`, Spring's
+/// `ForwardedHeaderFilter`, Cloudflare- or Akamai-aware code), so only a trusted proxy
+/// may set them (SPEC §7).
+const CLIENT_ADDRESS_HEADERS: [&str; 12] = [
     "forwarded",
     "x-real-ip",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
     "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
 ];
 
 /// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept
 /// (and the peer appended to the chain); from anyone else they are replaced, and the
-/// other client-address headers (`Forwarded`, `X-Real-IP`) dropped, so the app never
+/// other client-address headers (`Forwarded`, `X-Real-IP`, `X-Forwarded-Port`, …, see
+/// `CLIENT_ADDRESS_HEADERS`) dropped in every spelling, so the app never
 /// believes a client about its own address.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
@@ -492,5 +575,83 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn strip_list_matches_configured_names_in_any_spelling_and_underscored_framing() {
+        let list = StripList::new(&[
+            HeaderName::from_static("x-original-url"),
+            HeaderName::from_static("remote-user"),
+        ]);
+        for name in [
+            "x-original-url",
+            "x_original_url",
+            "remote_user",
+            "transfer_encoding",
+            "content_length",
+            "keep_alive",
+            "proxy_connection",
+        ] {
+            assert!(list.matches(name), "{name}");
+        }
+        // The `-` framing names are hyper's and remove_hop_by_hop's to handle; lookalikes
+        // and longer names are someone else's.
+        for name in [
+            "content-length",
+            "transfer-encoding",
+            "host",
+            "connection",
+            "x-original-urls",
+            "remote-user-x",
+            "x-remote-user",
+            "content_length_x",
+        ] {
+            assert!(!list.matches(name), "{name}");
+        }
+        let long = "x".repeat(300);
+        assert!(!list.matches(&long));
+        let long_list = StripList::new(&[HeaderName::from_bytes(long.as_bytes()).unwrap()]);
+        assert!(long_list.matches(&long));
+        assert!(!long_list.matches(&"x".repeat(200)));
+    }
+
+    #[test]
+    fn strip_list_removes_every_occurrence_and_keeps_the_rest() {
+        let list = StripList::new(&[HeaderName::from_static("x-remote-user")]);
+        let mut h = HeaderMap::new();
+        h.append("x-remote-user", HeaderValue::from_static("a"));
+        h.append("x-remote-user", HeaderValue::from_static("b"));
+        h.append("x_remote_user", HeaderValue::from_static("c"));
+        h.append("transfer_encoding", HeaderValue::from_static("chunked"));
+        h.append("content-length", HeaderValue::from_static("5"));
+        assert_eq!(list.strip(&mut h), 3);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-length"));
+        assert_eq!(list.strip(&mut h), 0);
+    }
+
+    #[test]
+    fn client_address_family_is_kept_only_from_trusted_peers() {
+        let peer: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-forwarded-port",
+            "x_forwarded_prefix",
+            "x-forwarded-server",
+            "x-real-ip",
+            "true-client-ip",
+            "cf_connecting_ip",
+            "x-cluster-client-ip",
+        ] {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("6.6.6.6"),
+            );
+        }
+        let mut trusted = h.clone();
+        set_forwarded(&mut h, peer, false, "http", None);
+        assert_eq!(h.len(), 2, "{h:?}");
+        set_forwarded(&mut trusted, peer, true, "http", None);
+        assert_eq!(trusted.len(), 9, "{trusted:?}");
     }
 }

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 use deadline::Deadlines;
+use headers::StripList;
 use pool::{NoTrailers, Pool, PoolError, PooledBody};
 
 use crate::config::ServerConfig;
@@ -70,11 +71,13 @@ pub struct Upstream {
     authority: Authority,
     response_timeout: Duration,
     deadlines: Arc<Deadlines>,
+    strip: Arc<StripList>,
 }
 
 impl Upstream {
-    /// Builds the client from `[server]`.
-    pub fn new(server: &ServerConfig) -> Upstream {
+    /// Builds the client from `[server]`; `strip` names the request headers that must
+    /// never reach the app (shared by every worker's `Upstream`).
+    pub fn new(server: &ServerConfig, strip: Arc<StripList>) -> Upstream {
         let upstream = &server.upstream;
         let authority = upstream
             .authority()
@@ -92,6 +95,7 @@ impl Upstream {
             authority,
             response_timeout: server.upstream_timeout,
             deadlines: Deadlines::new(),
+            strip,
         }
     }
 
@@ -106,6 +110,9 @@ impl Upstream {
         upgrade: bool,
         identity: &[(HeaderName, HeaderValue)],
     ) -> Result<(Response<PooledBody>, Option<Upgraded>), ProxyError> {
+        // Here, where both paths to the app begin, so neither can miss it; before the
+        // identity is added, so a configured name can never remove idgate's own.
+        self.strip.strip(req.headers_mut());
         // Origin-form on the wire (`GET /path?q HTTP/1.1`), as every app server expects;
         // the host travels in `Host`, which the gateway has set.
         let path_and_query = req
@@ -123,8 +130,9 @@ impl Upstream {
             && (req.method() == Method::GET || req.method() == Method::HEAD)
             && req.body().is_end_stream()
         {
-            // `PathAndQuery` may lack the leading `/` (an HTTP/2 `:path` of `?q`), which
-            // the gateway routed as `/`: the app gets that same path.
+            // `PathAndQuery` may lack the leading `/` (an HTTP/2 `:path` of `?q`). The
+            // gateway refuses such a target; should one get here anyway, the app gets
+            // the path `/` that routing would have seen.
             let target = match path_and_query.as_str() {
                 t if t.starts_with('/') => Cow::Borrowed(t),
                 _ => Cow::Owned(match path_and_query.query() {

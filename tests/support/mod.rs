@@ -980,3 +980,118 @@ pub fn make_ca(dir: &std::path::Path, name: &str) {
         &p("pem"),
     ]);
 }
+
+// ---------------------------------------------------------------------------------------
+// A raw recording upstream: the exact bytes of each request head that reached the app.
+
+/// An upstream on 127.0.0.1 that records the raw head (request line and fields, as sent)
+/// of every request, reads its body by `Content-Length` or chunked framing, and answers
+/// `200 ok` with `Connection: close`. No HTTP library stands between idgate's bytes and
+/// the record, so a field that a library would fold or reject is still seen.
+pub struct HeadRecorder {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HeadRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HeadRecorder {
+    /// Starts on a free port.
+    pub async fn start() -> HeadRecorder {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let h = heads.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let heads = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    heads.lock().unwrap().push(head.clone());
+                    let lower = head.to_ascii_lowercase();
+                    let length = lower
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok());
+                    let chunked = lower
+                        .lines()
+                        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+                    let mut body = buf[end..].to_vec();
+                    loop {
+                        let done = match length {
+                            Some(n) => body.len() >= n,
+                            None if chunked => body.windows(5).any(|w| w == b"0\r\n\r\n"),
+                            None => true,
+                        };
+                        if done {
+                            break;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => body.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        HeadRecorder { addr, heads, task }
+    }
+
+    /// Every head so far, in arrival order.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// Forgets what was recorded.
+    pub fn clear(&self) {
+        self.heads.lock().unwrap().clear();
+    }
+}
+
+/// The fields of a raw request head as (name exactly as sent, value).
+pub fn head_fields(head: &str) -> Vec<(String, String)> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// A header name lower-cased with `_` read as `-`, as CGI-style apps see it.
+pub fn folded(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// An HTTP/2 (prior knowledge) client.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}

@@ -183,6 +183,10 @@ previous_keys = {{ $previous | toJson }}
 [access]
 public_paths = {{ $v.access.publicPaths | default list | toJson }}
 api_paths = {{ $v.access.apiPaths | default list | toJson }}
+{{- with $v.access.stripHeaders }}
+strip_headers = {{ . | toJson }}
+{{- end }}
+{{- include "idgate.toml.map" (dict "m" $v.access "keys" (list "loginStartsPerMinute=login_starts_per_minute")) }}
 {{- range $i, $t := $v.tenants | default list }}
 
 [[tenants]]
