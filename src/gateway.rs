@@ -755,9 +755,34 @@ impl Gateway {
             }
         };
         let mut identity = claims.identity.clone();
-        let mno = tn
+        // The SAML layer refused control characters in what it mapped; the Maestrano
+        // mapping, and the whole identity after it, are held to the same rule, because
+        // every one of these values reaches the app as a header or a JWT claim.
+        let malformed = tn
             .maestrano
-            .map_login(tenant, &mut identity, &claims.attributes);
+            .map_login(tenant, &mut identity, &claims.attributes)
+            .and_then(|mno| match identity.control_character_field() {
+                Some(field) => Err(field),
+                None => Ok(mno),
+            });
+        let mno = match malformed {
+            Ok(mno) => mno,
+            Err(attribute) => {
+                self.metrics.saml_rejected("malformed_attribute");
+                tracing::warn!(
+                    request_id,
+                    tenant,
+                    reason = "malformed_attribute",
+                    attribute,
+                    "SAML login rejected: an identity value holds a control character"
+                );
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "login_failed",
+                    "Sign-in failed. Please start again from your identity provider or application.",
+                );
+            }
+        };
         let who = &identity;
         // Every SAML tenant comes from a tenant config, so its rules exist.
         let Some(rules) = tn.provisioning.get(tenant) else {

@@ -1004,3 +1004,68 @@ async fn a_refused_signature_algorithm_is_named_in_the_log() {
         "not a missing signature: {line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_values_with_control_characters_are_refused() {
+    let sso = start_logged("").await;
+    let mapped = [
+        "uid",
+        "group_uid",
+        "email",
+        "name",
+        "surname",
+        "group_name",
+        "group_role",
+    ];
+    let before = sso.rejections("malformed_attribute").await;
+    let mut refused = 0;
+    for attribute in mapped {
+        for (control, label) in [('\r', "CR"), ('\n', "LF"), ('\u{7f}', "DEL")] {
+            for (value, place) in [
+                (format!("value{control}tail"), "in the middle"),
+                (format!("value-tail{control}"), "at the end"),
+                (format!("{control}value-tail"), "at the start"),
+            ] {
+                let case = format!("{label} {place} of {attribute}");
+                let spec = ResponseSpec::new(IDP, ACS, SP, None).attr(attribute, &value);
+                let line = sso
+                    .refused(
+                        &case,
+                        &signed_assertion_response(&spec, &sso.idp),
+                        "malformed_attribute",
+                    )
+                    .await;
+                refused += 1;
+                let text = line.to_string();
+                assert!(
+                    text.contains(attribute),
+                    "{case}: names the attribute: {line}"
+                );
+                assert!(!text.contains("value"), "{case}: never the value: {line}");
+            }
+        }
+    }
+    assert_eq!(
+        sso.rejections("malformed_attribute").await,
+        before + refused
+    );
+    // The NameID stands in for a missing user id attribute: it is held to the same rule.
+    let mut spec = ResponseSpec::new(IDP, ACS, SP, None);
+    spec.attributes.retain(|(n, _)| n != "uid");
+    spec.name_id = "ada@example.com\n".into();
+    sso.refused(
+        "LF at the end of the NameID",
+        &signed_assertion_response(&spec, &sso.idp),
+        "malformed_attribute",
+    )
+    .await;
+    // A tab is not a control character here, and the login goes through.
+    sso.accepted(
+        "a tab in a name",
+        &signed_assertion_response(
+            &ResponseSpec::new(IDP, ACS, SP, None).attr("name", "Ada\tB"),
+            &sso.idp,
+        ),
+    )
+    .await;
+}

@@ -22,7 +22,7 @@ use samael::service_provider::{ServiceProvider, ServiceProviderBuilder};
 use samael::traits::ToXml;
 
 use crate::config::{AttributeMap, IdpSource, TenantConfig};
-use crate::directory::LoginIdentity;
+use crate::directory::{LoginIdentity, has_control_character};
 use crate::store::{EphemeralStore, Store, StoreError};
 
 /// How long a login started here may take at the IdP.
@@ -68,6 +68,10 @@ pub enum AcsError {
     /// A required attribute (user id or group id) is missing.
     #[error("required attribute {0} missing")]
     MissingAttribute(String),
+    /// A mapped attribute holds a control character (named, never its value: it may
+    /// be an injection attempt, or personal data).
+    #[error("attribute {0} holds a control character")]
+    MalformedAttribute(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -85,6 +89,7 @@ impl AcsError {
             AcsError::UnknownRequest => "unknown_request",
             AcsError::BrowserMismatch => "browser_mismatch",
             AcsError::MissingAttribute(_) => "missing_attribute",
+            AcsError::MalformedAttribute(_) => "malformed_attribute",
             AcsError::Store(_) => "store_unavailable",
         }
     }
@@ -98,7 +103,8 @@ pub struct LoginClaims {
     pub identity: LoginIdentity,
     /// Where to go after login (a same-origin path), from the pending request.
     pub return_to: String,
-    /// Every attribute of the assertion, by name, with its first value: what
+    /// Every attribute of the assertion, by name, with its first value as sent (not
+    /// trimmed, so that a reader can refuse control characters anywhere in it): what
     /// protocol-specific layers (Maestrano's session values) read beyond the identity.
     pub attributes: std::collections::HashMap<String, String>,
 }
@@ -414,8 +420,10 @@ impl SamlTenant {
     }
 
     fn claims(&self, assertion: &Assertion, return_to: String) -> Result<LoginClaims, AcsError> {
-        let attr = |name: &str| -> Option<String> {
-            assertion
+        // Checked before trimming: a trailing line feed trimmed away would let two
+        // different values sent by the IdP become one identity.
+        let attr = |name: &str| -> Result<Option<String>, AcsError> {
+            let value = assertion
                 .attribute_statements
                 .iter()
                 .flatten()
@@ -423,22 +431,23 @@ impl SamlTenant {
                 .find(|a| {
                     a.name.as_deref() == Some(name) || a.friendly_name.as_deref() == Some(name)
                 })
-                .and_then(|a| a.values.iter().find_map(|v| v.value.clone()))
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
+                .and_then(|a| a.values.iter().find_map(|v| v.value.as_deref()));
+            clean(name, value)
         };
-        let name_id = assertion
-            .subject
-            .as_ref()
-            .and_then(|s| s.name_id.as_ref())
-            .map(|n| n.value.trim().to_owned())
-            .filter(|v| !v.is_empty());
+        let name_id = clean(
+            "NameID",
+            assertion
+                .subject
+                .as_ref()
+                .and_then(|s| s.name_id.as_ref())
+                .map(|n| n.value.as_str()),
+        )?;
         let a = &self.attributes;
-        let user_id = attr(&a.user_id)
+        let user_id = attr(&a.user_id)?
             .or_else(|| name_id.clone())
             .ok_or_else(|| AcsError::MissingAttribute(a.user_id.clone()))?;
         let group_id =
-            attr(&a.group_id).ok_or_else(|| AcsError::MissingAttribute(a.group_id.clone()))?;
+            attr(&a.group_id)?.ok_or_else(|| AcsError::MissingAttribute(a.group_id.clone()))?;
         let attributes = assertion
             .attribute_statements
             .iter()
@@ -447,18 +456,18 @@ impl SamlTenant {
             .filter_map(|a| {
                 let name = a.name.clone().or_else(|| a.friendly_name.clone())?;
                 let value = a.values.iter().find_map(|v| v.value.clone())?;
-                Some((name, value.trim().to_owned()))
+                Some((name, value))
             })
             .collect();
         Ok(LoginClaims {
             attributes,
             identity: LoginIdentity {
                 user_id,
-                email: attr(&a.email),
-                given_name: attr(&a.first_name),
-                family_name: attr(&a.last_name),
-                group_name: attr(&a.group_name),
-                role: attr(&a.role),
+                email: attr(&a.email)?,
+                given_name: attr(&a.first_name)?,
+                family_name: attr(&a.last_name)?,
+                group_name: attr(&a.group_name)?,
+                role: attr(&a.role)?,
                 group_id,
                 name_id,
             },
@@ -469,6 +478,18 @@ impl SamlTenant {
     /// The ACS URL.
     pub fn acs_url(&self) -> &str {
         &self.acs_url
+    }
+}
+
+/// An identity value as the IdP sent it: refused if it holds a control character
+/// anywhere (see [`has_control_character`]), else trimmed; empty counts as absent.
+fn clean(attribute: &str, value: Option<&str>) -> Result<Option<String>, AcsError> {
+    match value {
+        Some(v) if has_control_character(v) => {
+            Err(AcsError::MalformedAttribute(attribute.to_owned()))
+        }
+        Some(v) => Ok(Some(v.trim().to_owned()).filter(|v| !v.is_empty())),
+        None => Ok(None),
     }
 }
 
@@ -1032,6 +1053,19 @@ mod tests {
             assert_eq!(
                 check_shell(bad, ACS, Some(IDP)).map_err(|e| e.code()),
                 Err("malformed"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_values_are_refused_before_trimming() {
+        assert_eq!(clean("uid", Some(" a ")).unwrap().as_deref(), Some("a"));
+        assert_eq!(clean("uid", Some("  ")).unwrap(), None);
+        assert_eq!(clean("uid", Some("a\tb")).unwrap().as_deref(), Some("a\tb"));
+        for bad in ["a\n", "\ra", "a\u{7f}b", "a\u{0}", "a\u{1b}"] {
+            assert!(
+                matches!(clean("uid", Some(bad)), Err(AcsError::MalformedAttribute(ref n)) if n == "uid"),
                 "{bad:?}"
             );
         }
