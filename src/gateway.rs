@@ -320,6 +320,7 @@ impl Gateway {
                 forbidden(reason, html, request_id)
             }
             Gate::Unavailable => store_unavailable(html, request_id),
+            Gate::Unusable(attribute) => unusable_identity(attribute, html, request_id),
         }
     }
 
@@ -343,6 +344,7 @@ impl Gateway {
                     Auth::Missing => self.unauthenticated_json(&req, request_id),
                     Auth::Revoked(reason) => forbidden(reason, false, request_id),
                     Auth::Unavailable => store_unavailable(false, request_id),
+                    Auth::Unusable(attribute) => unusable_identity(attribute, false, request_id),
                 }
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
@@ -1103,6 +1105,25 @@ fn forbidden(reason: RevokeReason, html: bool, request_id: &str) -> Response<Bod
         html,
         reason.code(),
         reason.message(),
+        request_id,
+    )
+}
+
+/// 403 for a session whose identity cannot travel as headers (a stored value holds a
+/// control character): refused and logged, never forwarded under a stand-in value that
+/// other users could share.
+fn unusable_identity(attribute: &'static str, html: bool, request_id: &str) -> Response<Body> {
+    tracing::warn!(
+        request_id,
+        reason = "malformed_attribute",
+        attribute,
+        "refused: the session's identity holds a control character and cannot be sent as a header"
+    );
+    response::error(
+        StatusCode::FORBIDDEN,
+        html,
+        "malformed_attribute",
+        "Your account details cannot be passed on to the application. Please ask your administrator to correct them.",
         request_id,
     )
 }
