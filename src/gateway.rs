@@ -364,6 +364,7 @@ impl Gateway {
                 forbidden(reason, html, request_id)
             }
             Gate::Unavailable => store_unavailable(html, request_id),
+            Gate::Unusable(attribute) => unusable_identity(attribute, html, request_id),
         }
     }
 
@@ -392,6 +393,7 @@ impl Gateway {
                     Auth::Missing => self.unauthenticated_json(&req, request_id),
                     Auth::Revoked(reason) => forbidden(reason, false, request_id),
                     Auth::Unavailable => store_unavailable(false, request_id),
+                    Auth::Unusable(attribute) => unusable_identity(attribute, false, request_id),
                 }
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
@@ -821,9 +823,34 @@ impl Gateway {
             }
         };
         let mut identity = claims.identity.clone();
-        let mno = tn
+        // The SAML layer refused control characters in what it mapped; the Maestrano
+        // mapping, and the whole identity after it, are held to the same rule, because
+        // every one of these values reaches the app as a header or a JWT claim.
+        let malformed = tn
             .maestrano
-            .map_login(tenant, &mut identity, &claims.attributes);
+            .map_login(tenant, &mut identity, &claims.attributes)
+            .and_then(|mno| match identity.control_character_field() {
+                Some(field) => Err(field),
+                None => Ok(mno),
+            });
+        let mno = match malformed {
+            Ok(mno) => mno,
+            Err(attribute) => {
+                self.metrics.saml_rejected("malformed_attribute");
+                tracing::warn!(
+                    request_id,
+                    tenant,
+                    reason = "malformed_attribute",
+                    attribute,
+                    "SAML login rejected: an identity value holds a control character"
+                );
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "login_failed",
+                    "Sign-in failed. Please start again from your identity provider or application.",
+                );
+            }
+        };
         let who = &identity;
         // Every SAML tenant comes from a tenant config, so its rules exist.
         let Some(rules) = tn.provisioning.get(tenant) else {
@@ -1214,6 +1241,25 @@ fn forbidden(reason: RevokeReason, html: bool, request_id: &str) -> Response<Bod
         html,
         reason.code(),
         reason.message(),
+        request_id,
+    )
+}
+
+/// 403 for a session whose identity cannot travel as headers (a stored value holds a
+/// control character): refused and logged, never forwarded under a stand-in value that
+/// other users could share.
+fn unusable_identity(attribute: &'static str, html: bool, request_id: &str) -> Response<Body> {
+    tracing::warn!(
+        request_id,
+        reason = "malformed_attribute",
+        attribute,
+        "refused: the session's identity holds a control character and cannot be sent as a header"
+    );
+    response::error(
+        StatusCode::FORBIDDEN,
+        html,
+        "malformed_attribute",
+        "Your account details cannot be passed on to the application. Please ask your administrator to correct them.",
         request_id,
     )
 }

@@ -785,3 +785,294 @@ async fn login_starts_are_limited_per_client_and_refill_within_seconds() {
     tokio::time::sleep(std::time::Duration::from_secs(wait + 1)).await;
     assert_eq!(get(&url, &[]).await.status, 302);
 }
+
+/// idgate as its own process, for scenarios that read its log: one tenant that accepts
+/// IdP-initiated logins (the checks here do not depend on InResponseTo).
+struct Logged {
+    idgate: Idgate,
+    idp: TestIdp,
+    _up: TestUpstream,
+}
+
+async fn start_logged(saml_extra: &str) -> Logged {
+    let idp = TestIdp::new("test-idp");
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&config(
+        up.addr,
+        "",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
+             idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
+             allow_idp_initiated = true\n{saml_extra}\n",
+            idp.cert.display()
+        ),
+    ));
+    idgate.wait_ready().await;
+    Logged {
+        idgate,
+        idp,
+        _up: up,
+    }
+}
+
+impl Logged {
+    /// Posts `xml` to the ACS under a request id of our choosing, so that its log line
+    /// can be found.
+    async fn post(&self, xml: &str, request_id: &str) -> Reply {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("SAMLResponse", &b64(xml))
+            .finish();
+        send(
+            "POST",
+            &self.idgate.url("/_idgate/saml/acme/acs"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-request-id", request_id),
+            ],
+            body,
+        )
+        .await
+    }
+
+    async fn rejections(&self, reason: &str) -> u64 {
+        let prefix = format!("idgate_saml_rejections_total{{reason=\"{reason}\"}} ");
+        get(&self.idgate.admin_url("/metrics"), &[])
+            .await
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    }
+
+    /// The JSON log line of the refusal of request `request_id`.
+    fn refusal_line(&self, request_id: &str) -> serde_json::Value {
+        let needle = format!("\"request_id\":\"{request_id}\"");
+        assert!(
+            self.idgate.wait_for_log(&needle),
+            "no log line for {request_id}:\n{}",
+            self.idgate.logs()
+        );
+        let logs = self.idgate.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&needle) && l.contains("rejected"))
+            .unwrap_or_else(|| panic!("no refusal logged for {request_id}:\n{logs}"));
+        serde_json::from_str(line).unwrap()
+    }
+
+    /// Posts `xml` and checks that it is refused for `reason`: a 403 page without a
+    /// session, a log line with the reason, one more in the metric. Returns the line.
+    async fn refused(&self, case: &str, xml: &str, reason: &str) -> serde_json::Value {
+        let before = self.rejections(reason).await;
+        let request_id = format!("t-{}", hex::encode(rand::random::<[u8; 8]>()));
+        let r = self.post(xml, &request_id).await;
+        assert_eq!(r.status, 403, "{case}: {}", r.text());
+        assert!(
+            r.headers.get("set-cookie").is_none(),
+            "{case}: got a session"
+        );
+        let line = self.refusal_line(&request_id);
+        assert_eq!(line["reason"], reason, "{case}: {line}");
+        assert_eq!(
+            self.rejections(reason).await,
+            before + 1,
+            "{case}: not counted as {reason}"
+        );
+        line
+    }
+
+    async fn accepted(&self, case: &str, xml: &str) {
+        let r = self.post(xml, "t-accepted").await;
+        assert_eq!(r.status, 303, "{case}: {}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unsigned_response_around_a_signed_assertion_is_checked() {
+    let sso = start_logged("").await;
+    // Only the Assertion is signed; each case rewrites the Response around it.
+    let case = |edit: &dyn Fn(&mut Shell)| {
+        let spec = ResponseSpec::new(IDP, ACS, SP, None);
+        let mut shell = Shell::of(&spec);
+        edit(&mut shell);
+        shell_response(&spec, &shell, &signed_assertion(&spec, &sso.idp))
+    };
+    let forged = || {
+        assertion_xml(
+            &ResponseSpec::new(IDP, ACS, SP, None)
+                .attr("uid", "admin")
+                .attr("group_uid", "grp-evil"),
+            "",
+        )
+    };
+
+    // What an honest IdP may send passes: Destination and the Response Issuer are
+    // optional, and comments or whitespace in the shell change nothing.
+    sso.accepted("as sent", &case(&|_| {})).await;
+    sso.accepted("no Destination", &case(&|s| s.destination = None))
+        .await;
+    sso.accepted("no Response Issuer", &case(&|s| s.issuer = None))
+        .await;
+    sso.accepted(
+        "an assertion in a comment, whitespace around",
+        &case(&|s| {
+            s.before = "\n  <!-- <saml:Assertion ID=\"_x\"></saml:Assertion> -->\n  ".into();
+            s.after = "\n".into();
+        }),
+    )
+    .await;
+
+    let refusals: Vec<(&str, String, &str)> = vec![
+        (
+            "wrong Destination",
+            case(&|s| s.destination = Some("https://elsewhere/acs".into())),
+            "destination",
+        ),
+        (
+            "wrong Response Issuer",
+            case(&|s| s.issuer = Some("https://evil-idp".into())),
+            "issuer",
+        ),
+        (
+            "top-level status Responder",
+            case(&|s| {
+                s.status = r#"<samlp:Status><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Responder"/></samlp:Status>"#.into()
+            }),
+            "status",
+        ),
+        (
+            "Responder with a nested Success",
+            case(&|s| {
+                s.status = r#"<samlp:Status><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Responder"><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/></samlp:StatusCode></samlp:Status>"#.into()
+            }),
+            "status",
+        ),
+        ("no Status", case(&|s| s.status = String::new()), "status"),
+        (
+            "an unsigned forged Assertion before the signed one",
+            case(&|s| s.before = forged()),
+            "malformed",
+        ),
+        (
+            "an unsigned forged Assertion after the signed one, another prefix",
+            case(&|s| {
+                s.after = forged()
+                    .replace("saml:", "a:")
+                    .replace("xmlns:saml=", "xmlns:a=")
+            }),
+            "malformed",
+        ),
+        (
+            "an EncryptedAssertion next to the signed one",
+            case(&|s| {
+                s.after =
+                    "<saml:EncryptedAssertion><!-- anything --></saml:EncryptedAssertion>".into()
+            }),
+            "malformed",
+        ),
+        (
+            "a forged Assertion hidden in Extensions",
+            case(&|s| s.before = format!("<samlp:Extensions>{}</samlp:Extensions>", forged())),
+            "malformed",
+        ),
+    ];
+    for (name, xml, reason) in refusals {
+        sso.refused(name, &xml, reason).await;
+    }
+    // No Assertion at all.
+    let spec = ResponseSpec::new(IDP, ACS, SP, None);
+    sso.refused(
+        "no Assertion",
+        &shell_response(&spec, &Shell::of(&spec), ""),
+        "malformed",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_signature_algorithm_is_named_in_the_log() {
+    let sso = start_logged("").await;
+    let spec = ResponseSpec::new(IDP, ACS, SP, None);
+    let line = sso
+        .refused(
+            "RSA-SHA1 without allow_sha1",
+            &sha1_signed_assertion_response(&spec, &sso.idp),
+            "signature",
+        )
+        .await;
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("http://www.w3.org/2000/09/xmldsig#rsa-sha1")
+            && error.contains("allow_sha1"),
+        "the log names the algorithm and the setting: {line}"
+    );
+    assert!(
+        !error.contains("must be signed"),
+        "not a missing signature: {line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_values_with_control_characters_are_refused() {
+    let sso = start_logged("").await;
+    let mapped = [
+        "uid",
+        "group_uid",
+        "email",
+        "name",
+        "surname",
+        "group_name",
+        "group_role",
+    ];
+    let before = sso.rejections("malformed_attribute").await;
+    let mut refused = 0;
+    for attribute in mapped {
+        for (control, label) in [('\r', "CR"), ('\n', "LF"), ('\u{7f}', "DEL")] {
+            for (value, place) in [
+                (format!("value{control}tail"), "in the middle"),
+                (format!("value-tail{control}"), "at the end"),
+                (format!("{control}value-tail"), "at the start"),
+            ] {
+                let case = format!("{label} {place} of {attribute}");
+                let spec = ResponseSpec::new(IDP, ACS, SP, None).attr(attribute, &value);
+                let line = sso
+                    .refused(
+                        &case,
+                        &signed_assertion_response(&spec, &sso.idp),
+                        "malformed_attribute",
+                    )
+                    .await;
+                refused += 1;
+                let text = line.to_string();
+                assert!(
+                    text.contains(attribute),
+                    "{case}: names the attribute: {line}"
+                );
+                assert!(!text.contains("value"), "{case}: never the value: {line}");
+            }
+        }
+    }
+    assert_eq!(
+        sso.rejections("malformed_attribute").await,
+        before + refused
+    );
+    // The NameID stands in for a missing user id attribute: it is held to the same rule.
+    let mut spec = ResponseSpec::new(IDP, ACS, SP, None);
+    spec.attributes.retain(|(n, _)| n != "uid");
+    spec.name_id = "ada@example.com\n".into();
+    sso.refused(
+        "LF at the end of the NameID",
+        &signed_assertion_response(&spec, &sso.idp),
+        "malformed_attribute",
+    )
+    .await;
+    // A tab is not a control character here, and the login goes through.
+    sso.accepted(
+        "a tab in a name",
+        &signed_assertion_response(
+            &ResponseSpec::new(IDP, ACS, SP, None).attr("name", "Ada\tB"),
+            &sso.idp,
+        ),
+    )
+    .await;
+}

@@ -65,6 +65,35 @@ pub struct LoginIdentity {
     pub role: Option<String>,
 }
 
+impl LoginIdentity {
+    /// The first field that holds a control character, by name. Every one of them
+    /// reaches the app as a header value or a JWT claim, and the gateway never swaps a
+    /// value it cannot send for a placeholder, so such an identity cannot log in.
+    pub fn control_character_field(&self) -> Option<&'static str> {
+        let fields = [
+            ("user_id", Some(&self.user_id)),
+            ("name_id", self.name_id.as_ref()),
+            ("email", self.email.as_ref()),
+            ("given_name", self.given_name.as_ref()),
+            ("family_name", self.family_name.as_ref()),
+            ("group_id", Some(&self.group_id)),
+            ("group_name", self.group_name.as_ref()),
+            ("role", self.role.as_ref()),
+        ];
+        fields
+            .into_iter()
+            .find(|(_, v)| v.is_some_and(|v| has_control_character(v)))
+            .map(|(name, _)| name)
+    }
+}
+
+/// Whether `value` holds a character that no HTTP field value may carry: C0 controls
+/// other than tab (CR, LF and NUL among them) and DEL. These are exactly the bytes
+/// `http::HeaderValue` refuses, so a value without them is always a header value.
+pub fn has_control_character(value: &str) -> bool {
+    value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
 /// Why a login cannot proceed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -804,5 +833,30 @@ impl Directory {
         if let Err(e) = self.store.publish(&event).await {
             tracing::warn!(error = %e, "cannot publish invalidation; replicas catch up within cache_ttl");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_exactly_what_no_header_value_carries() {
+        for b in 0u8..=0x7f {
+            let s = format!("a{}b", b as char);
+            assert_eq!(
+                has_control_character(&s),
+                http::HeaderValue::from_str(&s).is_err(),
+                "byte {b:#04x}"
+            );
+        }
+        assert!(!has_control_character("Zoë\tÅsa"));
+        let who = LoginIdentity {
+            user_id: "u".into(),
+            group_id: "g".into(),
+            role: Some("admin\n".into()),
+            ..LoginIdentity::default()
+        };
+        assert_eq!(who.control_character_field(), Some("role"));
     }
 }

@@ -97,6 +97,19 @@ pub struct IdentityHeaders {
     pub expires_at: i64,
 }
 
+/// Why an identity could not be turned into headers.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadersError {
+    /// A value cannot be a header value (it holds a control character); the field is
+    /// named, never its value. Logins and SCIM refuse such values, so only a record
+    /// written some other way gets here.
+    #[error("identity field {0} holds a control character")]
+    NotAHeaderValue(&'static str),
+    /// Signing the JWT failed.
+    #[error(transparent)]
+    Sign(#[from] LoadError),
+}
+
 /// Signs identities and publishes the JWKS.
 pub struct Signer {
     key: SigningKey,
@@ -184,14 +197,34 @@ impl Signer {
         self.ttl
     }
 
-    /// Signs `identity` at `now` and builds its headers.
+    /// Signs `identity` at `now` and builds its headers. Every value must be a header
+    /// value as it is: one that is not makes an error, never a stand-in, because a
+    /// shared stand-in would let different users reach the app as one.
     pub fn headers(
         &self,
         identity: &Identity,
         order: NameOrder,
         now: i64,
-    ) -> Result<IdentityHeaders, LoadError> {
+    ) -> Result<IdentityHeaders, HeadersError> {
         let name = identity.display_name(order);
+        // The JWT carries these too (JSON would escape them, but the app would still
+        // see a value that no header could carry), so they are checked before signing.
+        let fields = [
+            ("user_id", &identity.user_id),
+            ("group_id", &identity.group_id),
+            ("tenant", &identity.tenant),
+            ("email", &identity.email),
+            ("given_name", &identity.given_name),
+            ("family_name", &identity.family_name),
+            ("display_name", &identity.display_name),
+            ("role", &identity.role),
+        ];
+        if let Some((field, _)) = fields
+            .iter()
+            .find(|(_, v)| crate::directory::has_control_character(v))
+        {
+            return Err(HeadersError::NotAHeaderValue(field));
+        }
         let exp = now + self.ttl.as_secs() as i64;
         let jti = {
             let bytes: [u8; 16] = rand::random();
@@ -212,25 +245,24 @@ impl Signer {
             exp,
             jti,
         })?;
-        let value = |s: &str| {
-            // UTF-8 passes as obs-text bytes; CR, LF and other controls cannot occur in
-            // a HeaderValue, so an IdP cannot inject headers through a name.
-            HeaderValue::from_bytes(s.as_bytes())
-                .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        // UTF-8 passes as obs-text bytes; the values were checked above, so this only
+        // fails if the two notions of a control character ever drift apart.
+        let value = |field: &'static str, s: &str| {
+            HeaderValue::from_bytes(s.as_bytes()).map_err(|_| HeadersError::NotAHeaderValue(field))
         };
         let n = &self.names;
-        let mut headers = vec![
-            (n.user_id.clone(), value(&identity.user_id)),
-            (n.group_id.clone(), value(&identity.group_id)),
-            (n.tenant.clone(), value(&identity.tenant)),
-            (n.email.clone(), value(&identity.email)),
-            (n.name.clone(), value(&name)),
-            (n.role.clone(), value(&identity.role)),
+        let headers = vec![
+            (n.user_id.clone(), value("user_id", &identity.user_id)?),
+            (n.group_id.clone(), value("group_id", &identity.group_id)?),
+            (n.tenant.clone(), value("tenant", &identity.tenant)?),
+            (n.email.clone(), value("email", &identity.email)?),
+            (n.name.clone(), value("name", &name)?),
+            (n.role.clone(), value("role", &identity.role)?),
+            (
+                n.assertion.clone(),
+                HeaderValue::from_str(&token).map_err(LoadError::from_display)?,
+            ),
         ];
-        headers.push((
-            n.assertion.clone(),
-            HeaderValue::from_str(&token).map_err(LoadError::from_display)?,
-        ));
         Ok(IdentityHeaders {
             headers,
             expires_at: exp,
@@ -268,3 +300,44 @@ impl Signer {
 
 /// Shared handle.
 pub type SharedSigner = Arc<Signer>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(user_id: &str, given_name: &str) -> Identity {
+        Identity {
+            user_id: user_id.into(),
+            group_id: "g".into(),
+            tenant: "acme".into(),
+            email: String::new(),
+            given_name: given_name.into(),
+            family_name: "Lee".into(),
+            role: "member".into(),
+            display_name: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_no_header_refuses_the_identity_instead_of_a_stand_in() {
+        let config = crate::config::Config::from_toml("", std::path::Path::new("/")).unwrap();
+        let signer = Signer::new(&config.identity, true).unwrap();
+        let order = NameOrder::GivenFamily;
+        let ok = signer.headers(&identity("u1", "Ann\tB"), order, 0).unwrap();
+        assert_eq!(ok.headers[4].1, "Ann\tB Lee");
+        for (who, field) in [
+            (identity("u\n1", "Ann"), "user_id"),
+            (identity("u1", "Ann\r"), "given_name"),
+            (identity("u1", "\u{7f}Ann"), "given_name"),
+            (identity("u1\u{0}", "Ann"), "user_id"),
+        ] {
+            assert!(
+                matches!(
+                    signer.headers(&who, order, 0),
+                    Err(HeadersError::NotAHeaderValue(f)) if f == field
+                ),
+                "{who:?}"
+            );
+        }
+    }
+}

@@ -262,36 +262,33 @@ impl Maestrano {
 
     /// Adapts a login's identity to the tenant's user mode, and returns the Maestrano
     /// session values to keep with the idgate session. `attributes` are every
-    /// attribute of the assertion (first values).
+    /// attribute of the assertion (first values, as sent). A virtual identity value
+    /// holding a control character is refused: the error names the attribute.
     pub fn map_login(
         &self,
         tenant: &str,
         who: &mut LoginIdentity,
         attributes: &HashMap<String, String>,
-    ) -> Option<MnoSession> {
-        let t = self.tenants.get(tenant)?;
+    ) -> Result<Option<MnoSession>, &'static str> {
+        let Some(t) = self.tenants.get(tenant) else {
+            return Ok(None);
+        };
         let uid = who.user_id.clone();
         if t.config.user_mode == UserMode::Virtual {
-            who.user_id = attributes
-                .get("virtual_uid")
-                .cloned()
-                .unwrap_or_else(|| format!("{}.{}", who.user_id, who.group_id));
-            if let Some(email) = attributes.get("virtual_email") {
-                who.email = Some(email.clone());
-            }
-            // The NameID is the real uid, shared by every virtual user of one person.
-            who.name_id = None;
+            virtual_identity(who, attributes)?;
         }
-        let session = attributes.get("mno_session")?.clone();
+        let Some(session) = attributes.get("mno_session") else {
+            return Ok(None);
+        };
         let recheck = attributes
             .get("mno_session_recheck")
-            .and_then(|r| chrono::DateTime::parse_from_rfc3339(r).ok())
+            .and_then(|r| chrono::DateTime::parse_from_rfc3339(r.trim()).ok())
             .map_or(0, |t| t.timestamp());
-        Some(MnoSession {
+        Ok(Some(MnoSession {
             uid,
-            session,
+            session: session.trim().to_owned(),
             recheck,
-        })
+        }))
     }
 
     /// Queues a reconciliation of the company's recurring bill, when the tenant bills.
@@ -412,9 +409,78 @@ impl Maestrano {
     }
 }
 
+/// A virtual user's identity (one local user per company membership): Maestrano's
+/// `virtual_uid` and `virtual_email`, or `<uid>.<group_uid>`. Those values become the
+/// user id and email the app sees, so they are held to the rule the SAML layer applies
+/// to mapped attributes: a control character anywhere, before trimming, refuses the
+/// login (the error names the attribute). The composed id is made of values the SAML
+/// layer has already checked.
+fn virtual_identity(
+    who: &mut LoginIdentity,
+    attributes: &HashMap<String, String>,
+) -> Result<(), &'static str> {
+    let value = |name: &'static str| -> Result<Option<String>, &'static str> {
+        match attributes.get(name) {
+            Some(v) if crate::directory::has_control_character(v) => Err(name),
+            Some(v) => Ok(Some(v.trim().to_owned()).filter(|v| !v.is_empty())),
+            None => Ok(None),
+        }
+    };
+    let virtual_uid = value("virtual_uid")?;
+    let virtual_email = value("virtual_email")?;
+    who.user_id = virtual_uid.unwrap_or_else(|| format!("{}.{}", who.user_id, who.group_id));
+    if virtual_email.is_some() {
+        who.email = virtual_email;
+    }
+    // The NameID is the real uid, shared by every virtual user of one person.
+    who.name_id = None;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtual_identities_carry_no_control_characters() {
+        let who = LoginIdentity {
+            user_id: "usr-1".into(),
+            group_id: "cld-1".into(),
+            name_id: Some("usr-1".into()),
+            ..LoginIdentity::default()
+        };
+        let attrs = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let mut composed = who.clone();
+        virtual_identity(&mut composed, &attrs(&[])).unwrap();
+        assert_eq!(composed.user_id, "usr-1.cld-1");
+        assert_eq!(composed.name_id, None);
+        let mut given = who.clone();
+        virtual_identity(
+            &mut given,
+            &attrs(&[("virtual_uid", " v-1 "), ("virtual_email", "v@x.com")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (given.user_id.as_str(), given.email.as_deref()),
+            ("v-1", Some("v@x.com"))
+        );
+        for bad in ["v-1\n", "v\r1", "\u{7f}v-1", "v\u{0}1"] {
+            for name in ["virtual_uid", "virtual_email"] {
+                let mut w = who.clone();
+                assert_eq!(
+                    virtual_identity(&mut w, &attrs(&[(name, bad)])),
+                    Err(name),
+                    "{name} {bad:?}"
+                );
+                assert_eq!(w.control_character_field(), None, "nothing half-mapped");
+            }
+        }
+    }
 
     #[test]
     fn routes_with_and_without_a_tenant() {

@@ -7,6 +7,11 @@
 //! audience restriction naming this SP, bounds clock skew to 60 s, accepts only
 //! InResponseTo values this tenant issued (each once), and refuses any assertion id
 //! seen before, across replicas, until the assertion would have expired.
+//!
+//! samael validates the Response only when the Response itself is signed; when only the
+//! Assertion is, the Response around it reaches nobody's checks. So [`check_shell`]
+//! holds every Response, signed or not, to the same rules: its Destination, Issuer and
+//! top-level status, and exactly one assertion where SAML puts it.
 
 use std::time::Duration;
 
@@ -17,7 +22,7 @@ use samael::service_provider::{ServiceProvider, ServiceProviderBuilder};
 use samael::traits::ToXml;
 
 use crate::config::{AttributeMap, IdpSource, TenantConfig};
-use crate::directory::LoginIdentity;
+use crate::directory::{LoginIdentity, has_control_character};
 use crate::store::{EphemeralStore, Store, StoreError};
 
 /// How long a login started here may take at the IdP.
@@ -34,7 +39,8 @@ pub enum AcsError {
     /// The POST carried no (or undecodable) `SAMLResponse`.
     #[error("malformed SAMLResponse: {0}")]
     Malformed(String),
-    /// samael refused it; the code names the check (see [`rejection_code`]).
+    /// samael, the algorithm check or the Response shell check refused it; the code
+    /// names the check (see [`rejection_code`]).
     #[error("response rejected ({code}): {detail}")]
     Rejected {
         /// Stable reason code.
@@ -62,6 +68,10 @@ pub enum AcsError {
     /// A required attribute (user id or group id) is missing.
     #[error("required attribute {0} missing")]
     MissingAttribute(String),
+    /// A mapped attribute holds a control character (named, never its value: it may
+    /// be an injection attempt, or personal data).
+    #[error("attribute {0} holds a control character")]
+    MalformedAttribute(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -79,6 +89,7 @@ impl AcsError {
             AcsError::UnknownRequest => "unknown_request",
             AcsError::BrowserMismatch => "browser_mismatch",
             AcsError::MissingAttribute(_) => "missing_attribute",
+            AcsError::MalformedAttribute(_) => "malformed_attribute",
             AcsError::Store(_) => "store_unavailable",
         }
     }
@@ -92,7 +103,8 @@ pub struct LoginClaims {
     pub identity: LoginIdentity,
     /// Where to go after login (a same-origin path), from the pending request.
     pub return_to: String,
-    /// Every attribute of the assertion, by name, with its first value: what
+    /// Every attribute of the assertion, by name, with its first value as sent (not
+    /// trimmed, so that a reader can refuse control characters anywhere in it): what
     /// protocol-specific layers (Maestrano's session values) read beyond the identity.
     pub attributes: std::collections::HashMap<String, String>,
 }
@@ -104,6 +116,8 @@ pub struct SamlTenant {
     sso_url: String,
     acs_url: String,
     entity_id: String,
+    /// The IdP's entity id, which a Response Issuer must match when present.
+    idp_entity_id: Option<String>,
     attributes: AttributeMap,
     want_assertions_signed: bool,
     allow_idp_initiated: bool,
@@ -173,6 +187,7 @@ impl SamlTenant {
                 ..EntityDescriptor::default()
             },
         };
+        let idp_entity_id = idp.entity_id.clone();
         let skew = chrono::Duration::seconds(MAX_SKEW.as_secs() as i64);
         let mut algorithms = vec![
             samael::crypto::AllowedSignatureAlgorithm::RsaSha256,
@@ -220,6 +235,7 @@ impl SamlTenant {
             sso_url,
             acs_url,
             entity_id: saml.sp_entity_id.clone(),
+            idp_entity_id,
             attributes: saml.attributes.clone(),
             want_assertions_signed: saml.want_assertions_signed,
             allow_idp_initiated: saml.allow_idp_initiated,
@@ -303,19 +319,8 @@ impl SamlTenant {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| AcsError::Malformed("not base64 UTF-8".into()))?;
-        if self.allow_sha1 {
-            // samael has no SHA-1 entry in its allow-list, so a legacy tenant runs it
-            // without one; the algorithms are checked here instead.
-            if let Some(bad) = signature_algorithms(&xml)
-                .into_iter()
-                .find(|a| !LEGACY_ALGORITHMS.contains(&a.as_str()))
-            {
-                return Err(AcsError::Rejected {
-                    code: "signature",
-                    detail: format!("algorithm {bad} is not accepted"),
-                });
-            }
-        }
+        self.check_algorithms(&xml)?;
+        check_shell(&xml, &self.acs_url, self.idp_entity_id.as_deref())?;
         let in_response_to = response_in_response_to(&xml);
         let pending: Vec<String> = in_response_to.iter().cloned().collect();
         let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
@@ -372,6 +377,33 @@ impl SamlTenant {
         self.claims(&assertion, return_to)
     }
 
+    /// Refuses a signature algorithm this tenant does not accept, naming it. samael
+    /// would refuse it too (it has no SHA-1 entry in its allow-list, so a legacy tenant
+    /// runs it without one), but only as a signature that failed to verify, which sends
+    /// an operator looking for a missing or wrong key instead of at `allow_sha1`.
+    fn check_algorithms(&self, xml: &str) -> Result<(), AcsError> {
+        let accepted: &[&str] = if self.allow_sha1 {
+            &LEGACY_ALGORITHMS
+        } else {
+            &STRICT_ALGORITHMS
+        };
+        let Some(bad) = signature_algorithms(xml)
+            .into_iter()
+            .find(|a| !accepted.contains(&a.as_str()))
+        else {
+            return Ok(());
+        };
+        let hint = if LEGACY_ALGORITHMS.contains(&bad.as_str()) {
+            " (SHA-1 is accepted only when the tenant sets allow_sha1 = true)"
+        } else {
+            ""
+        };
+        Err(AcsError::Rejected {
+            code: "signature",
+            detail: format!("signature algorithm {bad} is not accepted{hint}"),
+        })
+    }
+
     fn check_audience(&self, assertion: &Assertion) -> Result<(), AcsError> {
         let ok = assertion
             .conditions
@@ -388,8 +420,10 @@ impl SamlTenant {
     }
 
     fn claims(&self, assertion: &Assertion, return_to: String) -> Result<LoginClaims, AcsError> {
-        let attr = |name: &str| -> Option<String> {
-            assertion
+        // Checked before trimming: a trailing line feed trimmed away would let two
+        // different values sent by the IdP become one identity.
+        let attr = |name: &str| -> Result<Option<String>, AcsError> {
+            let value = assertion
                 .attribute_statements
                 .iter()
                 .flatten()
@@ -397,22 +431,23 @@ impl SamlTenant {
                 .find(|a| {
                     a.name.as_deref() == Some(name) || a.friendly_name.as_deref() == Some(name)
                 })
-                .and_then(|a| a.values.iter().find_map(|v| v.value.clone()))
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
+                .and_then(|a| a.values.iter().find_map(|v| v.value.as_deref()));
+            clean(name, value)
         };
-        let name_id = assertion
-            .subject
-            .as_ref()
-            .and_then(|s| s.name_id.as_ref())
-            .map(|n| n.value.trim().to_owned())
-            .filter(|v| !v.is_empty());
+        let name_id = clean(
+            "NameID",
+            assertion
+                .subject
+                .as_ref()
+                .and_then(|s| s.name_id.as_ref())
+                .map(|n| n.value.as_str()),
+        )?;
         let a = &self.attributes;
-        let user_id = attr(&a.user_id)
+        let user_id = attr(&a.user_id)?
             .or_else(|| name_id.clone())
             .ok_or_else(|| AcsError::MissingAttribute(a.user_id.clone()))?;
         let group_id =
-            attr(&a.group_id).ok_or_else(|| AcsError::MissingAttribute(a.group_id.clone()))?;
+            attr(&a.group_id)?.ok_or_else(|| AcsError::MissingAttribute(a.group_id.clone()))?;
         let attributes = assertion
             .attribute_statements
             .iter()
@@ -421,18 +456,18 @@ impl SamlTenant {
             .filter_map(|a| {
                 let name = a.name.clone().or_else(|| a.friendly_name.clone())?;
                 let value = a.values.iter().find_map(|v| v.value.clone())?;
-                Some((name, value.trim().to_owned()))
+                Some((name, value))
             })
             .collect();
         Ok(LoginClaims {
             attributes,
             identity: LoginIdentity {
                 user_id,
-                email: attr(&a.email),
-                given_name: attr(&a.first_name),
-                family_name: attr(&a.last_name),
-                group_name: attr(&a.group_name),
-                role: attr(&a.role),
+                email: attr(&a.email)?,
+                given_name: attr(&a.first_name)?,
+                family_name: attr(&a.last_name)?,
+                group_name: attr(&a.group_name)?,
+                role: attr(&a.role)?,
                 group_id,
                 name_id,
             },
@@ -443,6 +478,18 @@ impl SamlTenant {
     /// The ACS URL.
     pub fn acs_url(&self) -> &str {
         &self.acs_url
+    }
+}
+
+/// An identity value as the IdP sent it: refused if it holds a control character
+/// anywhere (see [`has_control_character`]), else trimmed; empty counts as absent.
+fn clean(attribute: &str, value: Option<&str>) -> Result<Option<String>, AcsError> {
+    match value {
+        Some(v) if has_control_character(v) => {
+            Err(AcsError::MalformedAttribute(attribute.to_owned()))
+        }
+        Some(v) => Ok(Some(v.trim().to_owned()).filter(|v| !v.is_empty())),
+        None => Ok(None),
     }
 }
 
@@ -590,18 +637,28 @@ fn assertion_signed_itself(xml: &str, id: &str) -> bool {
     }
 }
 
-/// Every `SignatureMethod` and `DigestMethod` algorithm in the document.
+/// Every `SignatureMethod` and `DigestMethod` algorithm of a signature in the document
+/// (inside a `SignedInfo`: a `DigestMethod` elsewhere, such as an encrypted key's OAEP
+/// digest, signs nothing).
 fn signature_algorithms(xml: &str) -> Vec<String> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut out = Vec::new();
+    let mut in_signed_info = 0usize;
     loop {
         match reader.read_event() {
+            Ok(Event::Start(e)) if e.local_name().as_ref() == b"SignedInfo" => {
+                in_signed_info += 1;
+            }
+            Ok(Event::End(e)) if e.local_name().as_ref() == b"SignedInfo" => {
+                in_signed_info = in_signed_info.saturating_sub(1);
+            }
             Ok(Event::Start(e)) | Ok(Event::Empty(e))
-                if matches!(
-                    e.local_name().as_ref(),
-                    b"SignatureMethod" | b"DigestMethod"
-                ) =>
+                if in_signed_info > 0
+                    && matches!(
+                        e.local_name().as_ref(),
+                        b"SignatureMethod" | b"DigestMethod"
+                    ) =>
             {
                 if let Ok(Some(a)) = e.try_get_attribute("Algorithm") {
                     out.push(String::from_utf8_lossy(a.value.as_ref()).into_owned());
@@ -628,6 +685,201 @@ const LEGACY_ALGORITHMS: [&str; 11] = [
     "http://www.w3.org/2001/04/xmldsig-more#sha384",
     "http://www.w3.org/2001/04/xmlenc#sha512",
 ];
+
+/// What every other tenant accepts: [`LEGACY_ALGORITHMS`] without SHA-1.
+const STRICT_ALGORITHMS: [&str; 9] = [
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
+    "http://www.w3.org/2001/04/xmlenc#sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#sha384",
+    "http://www.w3.org/2001/04/xmlenc#sha512",
+];
+
+const PROTOCOL_NS: &[u8] = b"urn:oasis:names:tc:SAML:2.0:protocol";
+const ASSERTION_NS: &[u8] = b"urn:oasis:names:tc:SAML:2.0:assertion";
+const STATUS_SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
+
+/// The part a element plays in the Response shell.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Response,
+    Issuer,
+    Status,
+    Assertion,
+    Other,
+}
+
+/// Checks the Response around the assertion, which no signature may cover (when only
+/// the Assertion is signed, samael reads none of it): a present `Destination` must be
+/// the ACS URL, a present `Issuer` the IdP, the top-level `StatusCode` Success, and the
+/// Response must hold exactly one `Assertion` or `EncryptedAssertion`, as its child.
+/// Elements are told apart by namespace and local name as a namespace-aware parser
+/// resolves them, so prefixes, comments and whitespace cannot hide or fake one; an
+/// assertion anywhere else in the shell (in `Extensions`, say) is refused too.
+fn check_shell(xml: &str, acs_url: &str, idp_entity_id: Option<&str>) -> Result<(), AcsError> {
+    use quick_xml::events::Event;
+    use quick_xml::name::{Namespace, ResolveResult};
+    let refuse = |code: &'static str, detail: String| AcsError::Rejected { code, detail };
+    let malformed = |detail: &str| refuse("malformed", detail.to_owned());
+    let mut reader = quick_xml::NsReader::from_str(xml);
+    // The part of each open element, the root first.
+    let mut path: Vec<Part> = Vec::new();
+    let mut root_seen = false;
+    let mut destination: Option<String> = None;
+    let (mut assertions, mut issuers, mut statuses, mut codes) = (0usize, 0usize, 0usize, 0usize);
+    let mut issuer = String::new();
+    let mut status: Option<String> = None;
+    loop {
+        let (ns, event) = reader
+            .read_resolved_event()
+            .map_err(|e| malformed(&format!("not well-formed XML: {e}")))?;
+        let in_ns = |want: &[u8]| matches!(ns, ResolveResult::Bound(Namespace(n)) if n == want);
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let local = e.local_name();
+                let local = local.as_ref();
+                let is_assertion =
+                    in_ns(ASSERTION_NS) && matches!(local, b"Assertion" | b"EncryptedAssertion");
+                let part = match (path.as_slice(), path.get(1)) {
+                    ([], _) => {
+                        if root_seen || !(in_ns(PROTOCOL_NS) && local == b"Response") {
+                            return Err(malformed("the document is not one samlp:Response"));
+                        }
+                        root_seen = true;
+                        for a in e.attributes() {
+                            let a = a.map_err(|e| malformed(&format!("bad attribute: {e}")))?;
+                            if a.key.as_ref() == b"Destination" {
+                                let v = a
+                                    .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                                    .map_err(|e| malformed(&format!("bad Destination: {e}")))?;
+                                destination = Some(v.into_owned());
+                            }
+                        }
+                        Part::Response
+                    }
+                    ([Part::Response], _) if is_assertion => {
+                        assertions += 1;
+                        Part::Assertion
+                    }
+                    ([Part::Response], _) if in_ns(ASSERTION_NS) && local == b"Issuer" => {
+                        issuers += 1;
+                        Part::Issuer
+                    }
+                    ([Part::Response], _) if in_ns(PROTOCOL_NS) && local == b"Status" => {
+                        statuses += 1;
+                        Part::Status
+                    }
+                    // Whatever the assertion holds is its own business (and signed).
+                    (_, Some(Part::Assertion)) => Part::Other,
+                    ([Part::Response, Part::Status], _)
+                        if in_ns(PROTOCOL_NS) && local == b"StatusCode" =>
+                    {
+                        codes += 1;
+                        if let Some(a) = e
+                            .try_get_attribute("Value")
+                            .map_err(|e| malformed(&format!("bad StatusCode: {e}")))?
+                        {
+                            let v = a
+                                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                                .map_err(|e| malformed(&format!("bad StatusCode: {e}")))?;
+                            status = Some(v.into_owned());
+                        }
+                        Part::Other
+                    }
+                    _ if is_assertion => {
+                        return Err(malformed("an assertion outside its place in the Response"));
+                    }
+                    ([Part::Response, Part::Issuer], _) => {
+                        return Err(malformed("markup inside the Response Issuer"));
+                    }
+                    _ => Part::Other,
+                };
+                if matches!(event, Event::Start(_)) {
+                    path.push(part);
+                }
+            }
+            Event::End(_) => {
+                path.pop();
+            }
+            Event::Text(ref t) if path.last() == Some(&Part::Issuer) => {
+                let text = t
+                    .xml10_content()
+                    .map_err(|e| malformed(&format!("bad Issuer: {e}")))?;
+                issuer.push_str(&text);
+            }
+            Event::CData(ref t) if path.last() == Some(&Part::Issuer) => {
+                let text = t
+                    .decode()
+                    .map_err(|e| malformed(&format!("bad Issuer: {e}")))?;
+                issuer.push_str(&text);
+            }
+            Event::GeneralRef(ref r) if path.last() == Some(&Part::Issuer) => {
+                let c = r
+                    .resolve_char_ref()
+                    .map_err(|e| malformed(&format!("bad Issuer: {e}")))?;
+                match c {
+                    Some(c) => issuer.push(c),
+                    None => {
+                        let name = r
+                            .decode()
+                            .map_err(|e| malformed(&format!("bad Issuer: {e}")))?;
+                        let text = quick_xml::escape::resolve_predefined_entity(&name)
+                            .ok_or_else(|| malformed("an entity reference in the Issuer"))?;
+                        issuer.push_str(text);
+                    }
+                }
+            }
+            // A DTD has no place in SAML and is the door to entity tricks.
+            Event::DocType(_) => return Err(malformed("a DOCTYPE in the Response")),
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !root_seen || !path.is_empty() {
+        return Err(malformed("the document is not one samlp:Response"));
+    }
+    if let Some(d) = destination.filter(|d| d != acs_url) {
+        return Err(refuse(
+            "destination",
+            format!("Response Destination {d:?} is not this ACS ({acs_url})"),
+        ));
+    }
+    if issuers > 1 {
+        return Err(malformed("more than one Response Issuer"));
+    }
+    if let Some(idp) = idp_entity_id {
+        let got = issuer.trim();
+        if issuers == 1 && got != idp {
+            return Err(refuse(
+                "issuer",
+                format!("Response Issuer {got:?} is not the IdP ({idp})"),
+            ));
+        }
+    }
+    if statuses > 1 || codes > 1 {
+        return Err(malformed("more than one top-level Status or StatusCode"));
+    }
+    match status {
+        Some(s) if s == STATUS_SUCCESS => {}
+        Some(s) => {
+            return Err(refuse(
+                "status",
+                format!("top-level StatusCode is {s:?}, not Success"),
+            ));
+        }
+        None => return Err(refuse("status", "the Response has no StatusCode".into())),
+    }
+    if assertions != 1 {
+        return Err(malformed(&format!(
+            "the Response holds {assertions} assertions; exactly one is accepted"
+        )));
+    }
+    Ok(())
+}
 
 /// A `return_to` or RelayState that is a same-origin path, or None: `/x?y` is kept;
 /// `//evil.example`, `/\evil`, `https://…` and anything with control characters are
@@ -680,7 +932,7 @@ mod tests {
 
     #[test]
     fn algorithms_are_collected_for_the_legacy_allow_list() {
-        let xml = r##"<S><SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-md5"/><DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"/></S>"##;
+        let xml = r##"<S><SignedInfo><SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-md5"/><DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"/></SignedInfo><EncryptionMethod><DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"/></EncryptionMethod></S>"##;
         let found = signature_algorithms(xml);
         assert_eq!(found.len(), 2);
         assert!(
@@ -688,6 +940,135 @@ mod tests {
             "MD5 is never accepted"
         );
         assert!(LEGACY_ALGORITHMS.contains(&found[1].as_str()));
+    }
+
+    const ACS: &str = "https://sp.example/acs";
+    const IDP: &str = "https://idp.example";
+
+    fn shell(inner: &str) -> Result<(), &'static str> {
+        let xml = format!(
+            r#"<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" Destination="{ACS}">{inner}</samlp:Response>"#
+        );
+        check_shell(&xml, ACS, Some(IDP)).map_err(|e| e.code())
+    }
+
+    const OK_STATUS: &str = r#"<samlp:Status><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/></samlp:Status>"#;
+    const ASSERTION: &str =
+        r#"<saml:Assertion ID="a"><saml:Issuer>x</saml:Issuer></saml:Assertion>"#;
+
+    #[test]
+    fn the_response_shell_is_read_by_namespace_not_by_spelling() {
+        assert_eq!(
+            shell(&format!(
+                "<saml:Issuer>{IDP}</saml:Issuer>{OK_STATUS}{ASSERTION}"
+            )),
+            Ok(())
+        );
+        // Another prefix, or the default namespace, is the same element.
+        let other_prefix =
+            r#"<x:Assertion xmlns:x="urn:oasis:names:tc:SAML:2.0:assertion" ID="b"/>"#;
+        assert_eq!(
+            shell(&format!("{OK_STATUS}{ASSERTION}{other_prefix}")),
+            Err("malformed")
+        );
+        let default_ns = r#"<Assertion xmlns="urn:oasis:names:tc:SAML:2.0:assertion" ID="b"/>"#;
+        assert_eq!(
+            shell(&format!("{OK_STATUS}{default_ns}{ASSERTION}")),
+            Err("malformed")
+        );
+        // The same local name in another namespace, or inside a comment, is not one.
+        let foreign = r#"<x:Assertion xmlns:x="urn:example:other"/>"#;
+        assert_eq!(
+            shell(&format!(
+                "{OK_STATUS}{foreign}<!--{ASSERTION}-->{ASSERTION}"
+            )),
+            Ok(())
+        );
+        // Nested in the assertion (Advice) is the assertion's business; anywhere else
+        // in the shell it is refused.
+        let advice = r#"<saml:Assertion ID="a"><saml:Advice><saml:Assertion ID="n"/></saml:Advice></saml:Assertion>"#;
+        assert_eq!(shell(&format!("{OK_STATUS}{advice}")), Ok(()));
+        assert_eq!(
+            shell(&format!(
+                "<samlp:Extensions>{ASSERTION}</samlp:Extensions>{OK_STATUS}{ASSERTION}"
+            )),
+            Err("malformed")
+        );
+        assert_eq!(shell(OK_STATUS), Err("malformed"), "no assertion");
+        assert_eq!(
+            shell(&format!("{OK_STATUS}<saml:EncryptedAssertion/>")),
+            Ok(()),
+            "an encrypted one counts"
+        );
+    }
+
+    #[test]
+    fn the_issuer_status_and_destination_of_the_shell_are_checked() {
+        // The Issuer's text is what an XML parser reads: a comment or a character
+        // reference inside changes nothing, whitespace around it neither.
+        let split = "<saml:Issuer> https://idp<!-- x -->&#46;example </saml:Issuer>";
+        assert_eq!(shell(&format!("{split}{OK_STATUS}{ASSERTION}")), Ok(()));
+        let cdata = "<saml:Issuer><![CDATA[https://idp.example]]></saml:Issuer>";
+        assert_eq!(shell(&format!("{cdata}{OK_STATUS}{ASSERTION}")), Ok(()));
+        let wrong = "<saml:Issuer>https://idp.example.evil</saml:Issuer>";
+        assert_eq!(
+            shell(&format!("{wrong}{OK_STATUS}{ASSERTION}")),
+            Err("issuer")
+        );
+        let twice = format!("<saml:Issuer>{IDP}</saml:Issuer><saml:Issuer>{IDP}</saml:Issuer>");
+        assert_eq!(
+            shell(&format!("{twice}{OK_STATUS}{ASSERTION}")),
+            Err("malformed")
+        );
+        let responder = r#"<samlp:Status><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Responder"><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/></samlp:StatusCode></samlp:Status>"#;
+        assert_eq!(shell(&format!("{responder}{ASSERTION}")), Err("status"));
+        assert_eq!(shell(ASSERTION), Err("status"), "no Status");
+        assert_eq!(
+            shell(&format!("{OK_STATUS}{OK_STATUS}{ASSERTION}")),
+            Err("malformed")
+        );
+        let elsewhere = format!(
+            r#"<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" Destination="https://sp.example/acs/../other">{OK_STATUS}{ASSERTION}</samlp:Response>"#
+        );
+        assert_eq!(
+            check_shell(&elsewhere, ACS, Some(IDP)).map_err(|e| e.code()),
+            Err("destination")
+        );
+        let no_destination = format!(
+            r#"<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion">{OK_STATUS}{ASSERTION}</samlp:Response>"#
+        );
+        assert!(check_shell(&no_destination, ACS, Some(IDP)).is_ok());
+    }
+
+    #[test]
+    fn anything_but_one_well_formed_response_is_malformed() {
+        for bad in [
+            "",
+            "not xml",
+            ASSERTION,
+            "<samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\">",
+            "<!DOCTYPE r [<!ENTITY e \"x\">]><samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\"/>",
+            "<samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\"/><samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\"/>",
+        ] {
+            assert_eq!(
+                check_shell(bad, ACS, Some(IDP)).map_err(|e| e.code()),
+                Err("malformed"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_values_are_refused_before_trimming() {
+        assert_eq!(clean("uid", Some(" a ")).unwrap().as_deref(), Some("a"));
+        assert_eq!(clean("uid", Some("  ")).unwrap(), None);
+        assert_eq!(clean("uid", Some("a\tb")).unwrap().as_deref(), Some("a\tb"));
+        for bad in ["a\n", "\ra", "a\u{7f}b", "a\u{0}", "a\u{1b}"] {
+            assert!(
+                matches!(clean("uid", Some(bad)), Err(AcsError::MalformedAttribute(ref n)) if n == "uid"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

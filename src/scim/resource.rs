@@ -191,9 +191,16 @@ fn get<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
         .filter(|v| !v.is_null())
 }
 
+/// A string attribute; empty counts as absent. Every string a client writes becomes an
+/// identity value (userName, names, emails, ids) or sits next to one, and identity
+/// values travel to the app as headers, so control characters are refused anywhere in
+/// them, before any trimming (the value is not echoed back).
 fn string(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ScimError> {
     match get(obj, name) {
         None => Ok(None),
+        Some(Value::String(s)) if crate::directory::has_control_character(s) => Err(
+            ScimError::invalid_value(format!("{name} must not contain control characters")),
+        ),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ScimError::invalid_value(format!("{name} must be a string"))),

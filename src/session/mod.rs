@@ -49,6 +49,9 @@ pub enum Auth {
     Revoked(RevokeReason),
     /// The store cannot be consulted (and the fail mode says not to guess).
     Unavailable,
+    /// A live session whose identity cannot be sent as headers: the named field holds
+    /// a control character.
+    Unusable(&'static str),
 }
 
 /// A valid session with the identity to forward.
@@ -92,6 +95,7 @@ enum AuthInner {
     Missing,
     Revoked(RevokeReason),
     Unavailable,
+    Unusable(&'static str),
 }
 
 struct Live {
@@ -172,6 +176,9 @@ pub enum Gate {
     Revoked(RevokeReason),
     /// The store cannot vouch for the session.
     Unavailable,
+    /// The identity cannot be sent as headers (the field named holds a control
+    /// character): the request is refused, never forwarded under a stand-in.
+    Unusable(&'static str),
 }
 
 /// A thread's copy of a valid session's outcome. The header values are copied per
@@ -526,6 +533,7 @@ impl Sessions {
             AuthInner::Missing => Gate::Missing,
             AuthInner::Revoked(r) => Gate::Revoked(r),
             AuthInner::Unavailable => Gate::Unavailable,
+            AuthInner::Unusable(field) => Gate::Unusable(field),
         }
     }
 
@@ -559,6 +567,7 @@ impl Sessions {
             AuthInner::Missing => Auth::Missing,
             AuthInner::Revoked(r) => Auth::Revoked(r),
             AuthInner::Unavailable => Auth::Unavailable,
+            AuthInner::Unusable(field) => Auth::Unusable(field),
         }
     }
 
@@ -672,6 +681,9 @@ impl Sessions {
         };
         let headers = match self.signer.headers(&identity, rules.name_order, now) {
             Ok(h) => h,
+            Err(crate::identity::HeadersError::NotAHeaderValue(field)) => {
+                return AuthInner::Unusable(field);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign identity");
                 return AuthInner::Unavailable;

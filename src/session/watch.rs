@@ -168,7 +168,9 @@ impl Sessions {
                     .fetch_max(live.last_touch.load(Ordering::Relaxed), Ordering::Relaxed);
                 true
             }
-            AuthInner::Revoked(_) => {
+            // An identity that can no longer be forwarded (see `AuthInner::Unusable`)
+            // ends the connection as a revocation does.
+            AuthInner::Revoked(_) | AuthInner::Unusable(_) => {
                 watch.close(ClosedBy::Revoked);
                 true
             }

@@ -119,11 +119,21 @@ fn ts(offset: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Escapes text for XML; control characters become character references, as an IdP
+/// must write them (a literal CR would be read back as LF, and NUL cannot be written).
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c if c.is_control() && c != '\t' => out.push_str(&format!("&#{};", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The signature template xmlsec1 fills in (RSA-SHA256, SHA-256 digest).
@@ -246,6 +256,78 @@ pub fn signed_assertion_response(s: &ResponseSpec, idp: &TestIdp) -> String {
     let assertion = assertion_xml(s, &signature_template(&s.assertion_id));
     let doc = response_xml(s, &format!("_r{}", rand_hex()), "", &assertion);
     xmlsec_sign(&doc, &idp.key, &idp.cert, ASSERTION)
+}
+
+/// The Assertion of `s` alone, signed by `idp` (its own signature covers it wherever
+/// it is placed: exclusive C14N carries only the namespaces it uses).
+pub fn signed_assertion(s: &ResponseSpec, idp: &TestIdp) -> String {
+    let signed = xmlsec_sign(
+        &assertion_xml(s, &signature_template(&s.assertion_id)),
+        &idp.key,
+        &idp.cert,
+        ASSERTION,
+    );
+    let start = signed.find("<saml:Assertion").expect("signed assertion");
+    signed[start..].trim_end().to_owned()
+}
+
+/// The unsigned Response around a signed Assertion, as anyone on the way may rewrite
+/// it: the signature does not cover a byte of it.
+#[derive(Clone)]
+pub struct Shell {
+    /// `Destination`, when present.
+    pub destination: Option<String>,
+    /// The Response's own `Issuer`, when present.
+    pub issuer: Option<String>,
+    /// The whole `samlp:Status` element.
+    pub status: String,
+    /// Markup before the signed Assertion (forged assertions, comments, extensions).
+    pub before: String,
+    /// Markup after it.
+    pub after: String,
+}
+
+impl Shell {
+    /// The shell an honest IdP would send for `s`.
+    pub fn of(s: &ResponseSpec) -> Shell {
+        Shell {
+            destination: Some(s.destination.clone()),
+            issuer: Some(s.issuer.clone()),
+            status: format!(
+                r#"<samlp:Status><samlp:StatusCode Value="{}"/></samlp:Status>"#,
+                s.status
+            ),
+            before: String::new(),
+            after: String::new(),
+        }
+    }
+}
+
+/// A Response built from `shell` around `assertion` (from [`signed_assertion`]).
+pub fn shell_response(s: &ResponseSpec, shell: &Shell, assertion: &str) -> String {
+    let irt = s
+        .in_response_to
+        .as_ref()
+        .map(|i| format!(r#" InResponseTo="{i}""#))
+        .unwrap_or_default();
+    let dest = shell
+        .destination
+        .as_ref()
+        .map(|d| format!(r#" Destination="{}""#, xml_escape(d)))
+        .unwrap_or_default();
+    let issuer = shell
+        .issuer
+        .as_ref()
+        .map(|i| format!("<saml:Issuer>{}</saml:Issuer>", xml_escape(i)))
+        .unwrap_or_default();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="_r{rid}" Version="2.0" IssueInstant="{now}"{dest}{irt}>{issuer}{status}{before}{assertion}{after}</samlp:Response>"#,
+        rid = rand_hex(),
+        now = ts(0),
+        status = shell.status,
+        before = shell.before,
+        after = shell.after,
+    )
 }
 
 /// A Response signed as a whole by `idp`, its Assertion unsigned.
