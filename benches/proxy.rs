@@ -24,7 +24,10 @@
 //! Knobs: `BENCH_SECONDS` (per round, default 8), `BENCH_ROUNDS` (default 3),
 //! `BENCH_CONNECTIONS` (default 64), `BENCH_REVOCATIONS` (default 100),
 //! `BENCH_TARGETS` (a comma-separated subset of the target names, for profiling),
-//! `BENCH_IDGATE_WORKERS` and `BENCH_IDGATE_WRAPPER` (see `benches/common`).
+//! `BENCH_IDGATE_WORKERS` and `BENCH_IDGATE_WRAPPER` (see `benches/common`), and
+//! `BENCH_IDGATE_BASELINE`: the path of another idgate binary (say, the release build of
+//! the commit before a change), run as target `idg-base` with idgate-auth's config and
+//! session, so that a change is measured against its predecessor in the same run.
 
 mod common;
 
@@ -297,6 +300,9 @@ fn main() {
     );
     let (auth_a_proc, auth_a, admin_a) = start_idgate(upstream, dir.path(), "auth-a", &auth_rest);
     let (_auth_b, auth_b, admin_b) = start_idgate(upstream, dir.path(), "auth-b", &auth_rest);
+    let baseline = std::env::var("BENCH_IDGATE_BASELINE")
+        .ok()
+        .map(|bin| common::start_idgate_bin(&bin, upstream, dir.path(), "auth-base", &auth_rest));
     let cfg_text = std::fs::read_to_string(dir.path().join("auth-a.toml")).unwrap();
     let cfg = idgate::config::Config::from_toml(&cfg_text, dir.path()).expect("bench config");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -329,7 +335,10 @@ fn main() {
         })
     };
     rt.block_on(async {
-        for admin in [admin_a, admin_b] {
+        for admin in [admin_a, admin_b]
+            .into_iter()
+            .chain(baseline.as_ref().map(|(_, _, admin)| *admin))
+        {
             let url = format!("http://{admin}/readyz");
             let deadline = Instant::now() + Duration::from_secs(20);
             while status(&client, &url, "").await != 200 {
@@ -351,6 +360,9 @@ fn main() {
         ("idgate", idgate, None, Some(idgate_proc.pid())),
         ("idg-auth", auth_a, Some(&cookie), Some(auth_a_proc.pid())),
     ];
+    if let Some((proc, addr, _)) = &baseline {
+        targets.push(("idg-base", *addr, Some(&cookie), Some(proc.pid())));
+    }
     if let Some((proc, addr)) = &nginx {
         targets.push(("nginx", *addr, None, Some(proc.pid())));
     }
@@ -493,6 +505,13 @@ fn main() {
         "   (target: throughput >= 0.90x)",
     );
     ratio("nginx/direct", "nginx", "direct", "");
+    ratio(
+        "idgate-auth/baseline",
+        "idg-auth",
+        "idg-base",
+        "   (this build against BENCH_IDGATE_BASELINE)",
+    );
+    ratio("baseline/nginx", "idg-base", "nginx", "");
     ratio(
         "idgate-auth/nginx-hdr",
         "idg-auth",

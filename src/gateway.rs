@@ -234,17 +234,27 @@ impl Gateway {
         if !self.is_trusted(peer) {
             return peer;
         }
-        let hops: Vec<IpAddr> = headers
+        // From the nearest hop outwards. An entry that is not an address (a proxy that
+        // writes `unknown`, or garbage a client put there) ends the walk: what lies
+        // beyond it cannot be vouched for, so the last trusted hop stands for the client
+        // rather than anything the client could have chosen.
+        let hops: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|h| h.trim().parse().ok())
             .collect();
-        hops.into_iter()
-            .rev()
-            .find(|ip| !self.is_trusted(*ip))
-            .unwrap_or(peer)
+        let mut client = peer;
+        for hop in hops.into_iter().rev() {
+            let Some(ip) = parse_hop(hop.trim()) else {
+                return client;
+            };
+            client = ip;
+            if !self.is_trusted(ip) {
+                return ip;
+            }
+        }
+        client
     }
 
     fn classify(&self, path: &str) -> RouteClass {
@@ -269,7 +279,7 @@ impl Gateway {
     fn serves(&self, host: Option<&str>, tenant: &str) -> bool {
         let tn = self.tenancy.load();
         match host
-            .map(strip_port)
+            .map(host_name)
             .and_then(|h| tn.hosts.get(&h.to_ascii_lowercase()))
         {
             Some(owner) => owner == tenant,
@@ -279,7 +289,7 @@ impl Gateway {
 
     fn tenant_for(&self, host: Option<&str>) -> Option<String> {
         let tn = self.tenancy.load();
-        host.map(strip_port)
+        host.map(host_name)
             .and_then(|h| {
                 if h.bytes().any(|b| b.is_ascii_uppercase()) {
                     tn.hosts.get(&h.to_ascii_lowercase())
@@ -1102,7 +1112,20 @@ impl Gateway {
                     self.spawn_tunnel(up, guard, peer, request_id, path.unwrap_or_default());
                     return resp.map(|b| http_body_util::Either::Left(GuardedBody::new(b, None)));
                 }
-                resp.map(|b| http_body_util::Either::Left(GuardedBody::new(b, guard)))
+                let clock = upstream.clock();
+                resp.map(|b| {
+                    http_body_util::Either::Left(GuardedBody::new(b, guard.map(|g| (g, clock))))
+                })
+            }
+            Err(e @ crate::proxy::ProxyError::ClientStalled(_)) => {
+                tracing::warn!(request_id, error = %e, "refused: request body stalled");
+                response::error(
+                    e.status(),
+                    html,
+                    "request_timeout",
+                    "The upload stopped arriving. Please try again.",
+                    request_id,
+                )
             }
             Err(e) => {
                 self.metrics.upstream_error(e.kind());
@@ -1351,12 +1374,35 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 
+/// An `X-Forwarded-For` entry's address: `ip`, `ip:port` or `[ipv6]:port` (some proxies
+/// add the port).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    hop.rsplit_once(':')?
+        .0
+        .parse::<std::net::Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
+}
+
 /// The host the client addressed: `Host`, or the HTTP/2 `:authority`.
 fn host_of<B>(req: &Request<B>) -> Option<&str> {
     req.headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// The host name a `Host` value names, as tenants list it: no port, and no trailing dot
+/// (`acme.example.com.` is the same host to DNS and to most apps).
+fn host_name(host: &str) -> &str {
+    let h = strip_port(host);
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -1719,6 +1765,24 @@ mod tests {
         ] {
             assert_eq!(refused(h1(bad)), Err(501), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn forwarded_hops_parse_with_or_without_ports_and_nothing_else() {
+        assert_eq!(parse_hop("192.0.2.1"), "192.0.2.1".parse().ok());
+        assert_eq!(parse_hop("192.0.2.1:4711"), "192.0.2.1".parse().ok());
+        assert_eq!(parse_hop("2001:db8::1"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_hop("[2001:db8::1]:443"), "2001:db8::1".parse().ok());
+        for bad in ["unknown", "", "_hidden", "192.0.2.1:x:y", "[::1"] {
+            assert_eq!(parse_hop(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn trailing_dots_and_ports_are_not_part_of_the_host_name() {
+        assert_eq!(host_name("acme.example.com."), "acme.example.com");
+        assert_eq!(host_name("acme.example.com.:8080"), "acme.example.com");
+        assert_eq!(host_name("[::1]:80"), "[::1]");
     }
 
     #[test]

@@ -17,6 +17,20 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 /// Clients tracked at most by each limiter; the least recently seen go first.
 const CAPACITY: u64 = 100_000;
 
+/// The key a client is counted under: its IPv4 address (an IPv4-mapped IPv6 address
+/// too), or its IPv6 /64, since one host commonly holds a whole /64 and could otherwise
+/// rotate through it.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Login starts: a token bucket per (client address, tenant) holding `per_minute`
 /// starts and refilled at that rate. Each start stores a pending request for ten
 /// minutes, so this also bounds what one client can make the store hold.
@@ -48,12 +62,14 @@ impl LoginStarts {
     /// one will be allowed.
     pub fn take(&self, client: IpAddr, tenant: &str) -> Result<(), u64> {
         let full = f64::from(self.per_minute);
-        let bucket = self.buckets.get_with((client, tenant.to_owned()), || {
-            Arc::new(Mutex::new(Bucket {
-                tokens: full,
-                at: Instant::now(),
-            }))
-        });
+        let bucket = self
+            .buckets
+            .get_with((client_key(client), tenant.to_owned()), || {
+                Arc::new(Mutex::new(Bucket {
+                    tokens: full,
+                    at: Instant::now(),
+                }))
+            });
         let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let per_second = full / 60.0;
@@ -107,7 +123,7 @@ impl Failures {
     pub fn fail(&self, client: IpAddr) -> Failure {
         let n = self
             .counts
-            .get_with(client, || Arc::new(AtomicU32::new(0)))
+            .get_with(client_key(client), || Arc::new(AtomicU32::new(0)))
             .fetch_add(1, Ordering::Relaxed)
             + 1;
         if n > FAILURES_PER_WINDOW {
@@ -142,6 +158,16 @@ mod tests {
         // Another tenant, another client: untouched.
         assert_eq!(l.take(a, "beta"), Ok(()));
         assert_eq!(l.take(b, "acme"), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let l = LoginStarts::new(1);
+        assert_eq!(l.take("2001:db8::1".parse().unwrap(), "acme"), Ok(()));
+        assert!(l.take("2001:db8::ffff:2".parse().unwrap(), "acme").is_err());
+        assert_eq!(l.take("2001:db8:0:1::1".parse().unwrap(), "acme"), Ok(()));
+        assert_eq!(l.take("192.0.2.7".parse().unwrap(), "acme"), Ok(()));
+        assert!(l.take("::ffff:192.0.2.7".parse().unwrap(), "acme").is_err());
     }
 
     #[test]

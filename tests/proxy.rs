@@ -851,6 +851,27 @@ async fn slow_uploads_are_not_upstream_timeouts() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "504 after {took:?}"
     );
+    // An upload that stops arriving is ended (408) after the same time without progress,
+    // rather than holding the app's connection forever.
+    let mut conn = tokio::net::TcpStream::connect(idgate.public).await.unwrap();
+    conn.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 14\r\nConnection: close\r\n\r\nfour",
+    )
+    .await
+    .unwrap();
+    let start = std::time::Instant::now();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut answer))
+        .await
+        .expect("answered")
+        .ok();
+    let took = start.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(idgate.wait_for_log("refused: request body stalled"));
 }
 
 /// SPEC §7: the default `[access].strip_headers`, the URL-override and remote-user

@@ -151,6 +151,17 @@ async fn stream_cut(body: &mut hyper::body::Incoming, limit: Duration) -> (Durat
     }
 }
 
+/// Reads the next frame after a millisecond's pause: a client slower than the upstream.
+async fn slow_read(
+    body: &mut hyper::body::Incoming,
+) -> Result<
+    Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>,
+    tokio::time::error::Elapsed,
+> {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tokio::time::timeout(Duration::from_secs(3), body.frame()).await
+}
+
 /// The access-log lines of ended tunnels.
 fn tunnel_lines(idgate: &Idgate) -> Vec<serde_json::Value> {
     idgate
@@ -222,6 +233,49 @@ async fn deactivation_through_one_replica_closes_tunnels_and_streams_on_the_othe
         answered.elapsed()
     );
     assert!(!clean, "a cut stream must not look complete");
+
+    // A long download whose upstream is always ready (read more slowly than the upstream
+    // writes, so idgate never waits for it and only the bytes delivered make it a
+    // stream) is cut as well. What was already in flight drains first, so the bound is
+    // on bytes and time after the deactivation, not on the first read.
+    let cookie = d.login("u-3", "g-1").await;
+    let req = http::Request::get(b.url("/bytes/4000000000"))
+        .header("cookie", &cookie)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.expect("download");
+    assert_eq!(resp.status(), 200);
+    let mut download = resp.into_body();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(800) {
+        let frame = slow_read(&mut download).await.unwrap().unwrap().unwrap();
+        assert!(frame.is_data());
+    }
+    let r = send(
+        "DELETE",
+        &a.url("/_idgate/scim/acme/v2/Users/u-3"),
+        &[("authorization", &format!("Bearer {SCIM_TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let answered = Instant::now();
+    let mut after = 0usize;
+    loop {
+        match slow_read(&mut download).await {
+            Ok(Some(Ok(frame))) => {
+                after += frame.data_ref().map_or(0, |d| d.len());
+                assert!(
+                    answered.elapsed() < Duration::from_secs(3),
+                    "the download still flows {:?} ({after} bytes) after the deactivation",
+                    answered.elapsed()
+                );
+            }
+            Ok(Some(Err(_))) => break,
+            Ok(None) => panic!("the download must be cut, not completed"),
+            Err(_) => panic!("the download stalled instead of being cut"),
+        }
+    }
 
     // The access log says how the tunnel ended.
     let line = tunnel_line(&b, 0).await;
@@ -366,4 +420,45 @@ async fn a_tunnel_closed_by_its_client_is_logged() {
     // No session is watched once the tunnel is gone.
     let mut stream = open_stream(&b, &cookie).await;
     drop(stream.frame().await);
+}
+
+/// A tenant that goes away (Maestrano's developer platform dropped its marketplace)
+/// takes its open tunnels along, as it takes its sessions: the tenant set is replaced
+/// through the same call the platform refresh makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_tenant_closes_its_tunnels() {
+    let up = TestUpstream::start().await;
+    let text = config(up.addr, "", &tenant_toml("acme"));
+    let cfg = Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
+    let app = idgate::App::new(cfg).expect("app");
+    let (dir, sessions) = (app.directory().clone(), app.sessions().clone());
+    let running = app.start().await.expect("start");
+    provision(&dir, "acme", "u-t", "g-t").await;
+    let new = sessions.create_session("acme", "u-t", "g-t").await.unwrap();
+    let cookie = cookie_for(&sessions, &new);
+    let mut req = format!("ws://{}/ws", running.public_addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("handshake");
+    echo(&mut ws, "before").await;
+    assert_eq!(
+        sessions.watched_sessions(),
+        1,
+        "the tunnel watches its session"
+    );
+
+    sessions.set_tenants(std::collections::HashSet::new());
+    let (took, code) = closed(&mut ws, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    assert_eq!(code, Some(CloseCode::Policy));
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while sessions.watched_sessions() != 0 {
+        assert!(Instant::now() < deadline, "the watch outlived its tunnel");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await;
 }

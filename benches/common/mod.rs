@@ -117,6 +117,17 @@ pub fn start_idgate(
     name: &str,
     rest: &str,
 ) -> (Proc, SocketAddr, SocketAddr) {
+    start_idgate_bin(env!("CARGO_BIN_EXE_idgate"), upstream, dir, name, rest)
+}
+
+/// [`start_idgate`] with another idgate binary (a baseline build to compare against).
+pub fn start_idgate_bin(
+    bin: &str,
+    upstream: SocketAddr,
+    dir: &std::path::Path,
+    name: &str,
+    rest: &str,
+) -> (Proc, SocketAddr, SocketAddr) {
     let port = free_port();
     let admin = free_port();
     // BENCH_IDGATE_WORKERS sets [server].workers (default: one per core).
@@ -137,10 +148,10 @@ pub fn start_idgate(
     let mut cmd = match words.next() {
         Some(program) => {
             let mut cmd = Command::new(program);
-            cmd.args(words).arg(env!("CARGO_BIN_EXE_idgate"));
+            cmd.args(words).arg(bin);
             cmd
         }
-        None => Command::new(env!("CARGO_BIN_EXE_idgate")),
+        None => Command::new(bin),
     };
     let child = cmd
         .args(["serve", "--config"])

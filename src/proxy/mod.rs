@@ -35,6 +35,10 @@ pub enum ProxyError {
     /// The connection broke, or the upstream's answer was not valid HTTP.
     #[error("upstream request failed: {0}")]
     Protocol(String),
+    /// The client stopped sending its request body for longer than `upstream_timeout`
+    /// (a slow upload is fine; one that stalls would hold the app's connection forever).
+    #[error("the client sent no request body bytes for {0:?}")]
+    ClientStalled(Duration),
 }
 
 impl ProxyError {
@@ -43,14 +47,16 @@ impl ProxyError {
         match self {
             ProxyError::Connect(_) => UpstreamErrorKind::Connect,
             ProxyError::Timeout(_) => UpstreamErrorKind::Timeout,
-            ProxyError::Protocol(_) => UpstreamErrorKind::Protocol,
+            ProxyError::Protocol(_) | ProxyError::ClientStalled(_) => UpstreamErrorKind::Protocol,
         }
     }
 
-    /// What the client gets: 504 for a slow upstream, 502 otherwise.
+    /// What the client gets: 504 for a slow upstream, 408 for a stalled upload, 502
+    /// otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -97,6 +103,11 @@ impl Upstream {
             deadlines: Deadlines::new(),
             strip,
         }
+    }
+
+    /// This worker's coarse clock (see [`deadline`]).
+    pub fn clock(&self) -> &Arc<Deadlines> {
+        &self.deadlines
     }
 
     /// Sends a request, already cleaned by the gateway, to the upstream, with the
@@ -166,10 +177,22 @@ impl Upstream {
         let (body, body_sent) = NoTrailers::watched(body);
         let send = self.pool.send(Request::from_parts(parts, body), !upgrade);
         tokio::pin!(send);
-        let early = tokio::select! {
-            biased;
-            r = &mut send => Some(r),
-            _ = body_sent.wait() => None,
+        // The upload itself may take as long as it keeps moving: each `upstream_timeout`
+        // without a new frame of it ends the request.
+        let early = loop {
+            let progress = body_sent.progress();
+            let waited = tokio::select! {
+                biased;
+                r = &mut send => break Some(r),
+                w = self.deadlines.run(self.response_timeout, body_sent.wait()) => w,
+            };
+            match waited {
+                Ok(()) => break None,
+                Err(_) if body_sent.progress() == progress => {
+                    return Err(ProxyError::ClientStalled(self.response_timeout));
+                }
+                Err(_) => {}
+            }
         };
         let sent = match early {
             Some(r) => Ok(r),

@@ -235,6 +235,8 @@ pub struct NoTrailers(pub Incoming, pub Option<Arc<Sent>>);
 #[derive(Default)]
 pub struct Sent {
     done: std::sync::atomic::AtomicBool,
+    /// Frames read so far: shows an upload that is slow from one that stalled.
+    progress: std::sync::atomic::AtomicU64,
     waker: futures_util::task::AtomicWaker,
 }
 
@@ -242,6 +244,11 @@ impl Sent {
     fn set(&self) {
         self.done.store(true, std::sync::atomic::Ordering::Release);
         self.waker.wake();
+    }
+
+    /// How many frames of the body have been read.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves once the body has been read to its end (or failed).
@@ -290,7 +297,15 @@ impl Body for NoTrailers {
                     tracing::debug!("dropped request trailers");
                     continue;
                 }
-                Poll::Ready(Some(Ok(_))) if self.0.is_end_stream() => self.ended(),
+                Poll::Ready(Some(Ok(_))) => {
+                    if let Some(sent) = &self.1 {
+                        sent.progress
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if self.0.is_end_stream() {
+                        self.ended();
+                    }
+                }
                 Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.ended(),
                 _ => {}
             }

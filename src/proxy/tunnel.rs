@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::deadline::{Deadline, Deadlines};
 use super::pool::{BodyError, PooledBody};
 
 /// Why a long-lived connection ended; the `closed_by` field of its access-log line.
@@ -274,12 +275,18 @@ where
             Ok(n) => n,
             Err(_) => return Ended::Reading,
         };
+        // While a write is under way, part of it may have reached the peer: no close
+        // frame may be slipped in until it completes.
+        if let Some(f) = frames.as_deref_mut() {
+            f.writing = true;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return Ended::Writing;
         }
         *counted += n as u64;
         if let Some(f) = frames.as_deref_mut() {
             f.feed(&buf[..n]);
+            f.writing = false;
         }
     }
 }
@@ -291,12 +298,14 @@ pub struct FrameTracker {
     head: [u8; 14],
     have: usize,
     payload_left: u64,
+    /// A write of the stream's bytes was started and has not completed.
+    writing: bool,
 }
 
 impl FrameTracker {
     /// Whether the bytes seen so far end exactly at a frame boundary.
     pub fn at_boundary(&self) -> bool {
-        self.have == 0 && self.payload_left == 0
+        !self.writing && self.have == 0 && self.payload_left == 0
     }
 
     /// The length of a frame header whose first two bytes are `b0 b1`.
@@ -335,21 +344,47 @@ impl FrameTracker {
     }
 }
 
+/// How long a body may wait for the upstream before it counts as a stream and starts
+/// watching its session. Ordinary responses finish well within it and never register.
+const STREAM_AFTER: Duration = Duration::from_millis(250);
+/// How much a body may deliver before it counts as a stream (a long download whose
+/// upstream is always ready never waits, so time alone would not catch it).
+const STREAM_BYTES: u64 = 256 * 1024;
+
 /// An upstream response body that stops when the session it was served under ends.
 /// Without a guard (public paths) it is the upstream body as is.
 pub struct GuardedBody {
     inner: PooledBody,
-    guard: Option<Arc<dyn StreamGuard>>,
+    guard: Option<Guard>,
+    /// Set once cut: nothing more is read.
+    cut: bool,
+}
+
+struct Guard {
+    session: Arc<dyn StreamGuard>,
+    /// Fires [`STREAM_AFTER`] after the body first had to wait (on the worker's coarse
+    /// clock: no timer of its own per response).
+    waited: Deadline<std::future::Pending<()>>,
+    delivered: u64,
     closing: Option<Closing>,
 }
 
 impl GuardedBody {
-    /// Wraps `inner`; `guard` is the session's, if the request had one.
-    pub fn new(inner: PooledBody, guard: Option<Arc<dyn StreamGuard>>) -> GuardedBody {
+    /// Wraps `inner`; `guard` is the request's session, if it had one, and the worker's
+    /// coarse clock.
+    pub fn new(
+        inner: PooledBody,
+        guard: Option<(Arc<dyn StreamGuard>, &Arc<Deadlines>)>,
+    ) -> GuardedBody {
         GuardedBody {
             inner,
-            guard,
-            closing: None,
+            cut: false,
+            guard: guard.map(|(session, clock)| Guard {
+                session,
+                waited: clock.run(STREAM_AFTER, std::future::pending()),
+                delivered: 0,
+                closing: None,
+            }),
         }
     }
 }
@@ -358,6 +393,17 @@ impl GuardedBody {
 #[derive(Debug, thiserror::Error)]
 #[error("streamed response cut: {}", .0.as_str())]
 pub struct Cut(pub ClosedBy);
+
+impl Guard {
+    /// Starts watching the session (once); `Some` if it has already ended.
+    fn arm(&mut self, cx: &mut Context<'_>) -> Option<ClosedBy> {
+        let closing = self.closing.get_or_insert_with(|| self.session.closing());
+        match closing.as_mut().poll(cx) {
+            Poll::Ready(by) => Some(by),
+            Poll::Pending => None,
+        }
+    }
+}
 
 impl Body for GuardedBody {
     type Data = Bytes;
@@ -368,28 +414,32 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(closing) = this.closing.as_mut()
-            && let Poll::Ready(by) = closing.as_mut().poll(cx)
+        if this.cut {
+            return Poll::Ready(None);
+        }
+        let Some(guard) = this.guard.as_mut() else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        if guard.closing.is_some()
+            && let Some(by) = guard.arm(cx)
         {
             return this.cut(by);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                // The body has to wait for the upstream: from now on it is a stream that
-                // may outlive its session, so it starts watching (once).
-                if this.closing.is_none()
-                    && let Some(guard) = &this.guard
-                {
-                    let mut closing = guard.closing();
-                    if let Poll::Ready(by) = closing.as_mut().poll(cx) {
-                        return this.cut(by);
-                    }
-                    this.closing = Some(closing);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if guard.closing.is_none() {
+            let stream = match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    guard.delivered += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    guard.delivered > STREAM_BYTES
                 }
-                Poll::Pending
+                Poll::Pending => Pin::new(&mut guard.waited).poll(cx).is_ready(),
+                _ => false,
+            };
+            if stream && let Some(by) = guard.arm(cx) {
+                return this.cut(by);
             }
-            other => other,
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -409,9 +459,8 @@ impl GuardedBody {
             closed_by = by.as_str(),
             "streamed response cut: its session ended"
         );
-        // Never polled again: the guard is released with the body.
         self.guard = None;
-        self.closing = Some(Box::pin(std::future::pending()));
+        self.cut = true;
         Poll::Ready(Some(Err(Box::new(Cut(by)))))
     }
 }

@@ -148,6 +148,8 @@ pub struct Sessions {
     known_tenants: arc_swap::ArcSwap<std::collections::HashSet<String>>,
     /// Sessions with connections that outlived their request (see [`watch`]).
     watches: Arc<WatchMap>,
+    /// The runtime that [`Sessions::start`] ran on, for the watches' background work.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// How long a re-check may take before another one may start for the same session.
@@ -283,6 +285,7 @@ impl Sessions {
                 config.tenants.iter().map(|t| t.id.clone()).collect(),
             ),
             watches: Arc::default(),
+            runtime: std::sync::OnceLock::new(),
             live: cache(CACHE_CAPACITY, ttl),
             users: cache(CACHE_CAPACITY, ttl),
             groups: cache(CACHE_CAPACITY / 4, ttl),
@@ -294,6 +297,7 @@ impl Sessions {
 
     /// Starts the invalidation listener and the store health monitor.
     pub fn start(self: &Arc<Self>) {
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
         let mut events = self.store.subscribe();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -489,10 +493,7 @@ impl Sessions {
             Some(None) => return Gate::Missing,
             None => {}
         }
-        match self
-            .authenticate_hashed(hash_cookie(value), &serves, true)
-            .await
-        {
+        match self.authenticate_hashed(hash_cookie(value), &serves).await {
             AuthInner::Valid(auth, live) => {
                 self.poke_recheck(&live, now());
                 let copied: Box<[(http::HeaderName, HeaderValue)]> = auth
@@ -559,10 +560,7 @@ impl Sessions {
         if !self.store_healthy() && self.fail_mode == FailMode::Closed {
             return Auth::Unavailable;
         }
-        match self
-            .authenticate_hashed(hash_cookie(value), serves, true)
-            .await
-        {
+        match self.authenticate_hashed(hash_cookie(value), serves).await {
             AuthInner::Valid(a, _) => Auth::Valid(a),
             AuthInner::Missing => Auth::Missing,
             AuthInner::Revoked(r) => Auth::Revoked(r),
@@ -571,13 +569,10 @@ impl Sessions {
         }
     }
 
-    /// `renew` is false for checks that are not a use of the session (a watched
-    /// connection's check must not keep its session alive).
     async fn authenticate_hashed(
         &self,
         key: [u8; 32],
         serves: &(dyn Fn(&str) -> bool + Sync),
-        renew: bool,
     ) -> AuthInner {
         let generation = self.generation.load(Ordering::Acquire);
         let healthy = self.store_healthy();
@@ -642,9 +637,7 @@ impl Sessions {
             self.revoke(&live, reason);
             return AuthInner::Revoked(reason);
         }
-        if renew {
-            self.renew(&live, now);
-        }
+        self.renew(&live, now);
         let cached = live
             .identity
             .lock()

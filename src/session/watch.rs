@@ -5,8 +5,9 @@
 //! Nothing is polled per connection and nothing touches the store per frame. The events
 //! that already evict cached sessions (user, group, session, resync; tenant changes)
 //! pick out the watched sessions they concern, and each of those is checked once
-//! against the store: still valid, or revoked, or expired. Expiry is a timer per
-//! watching connection, re-armed when the session was renewed in the meantime.
+//! against the store itself (not the caches, which could predate the event): still
+//! valid, or revoked, or expired. Expiry is one timer per watched session, re-armed
+//! when the session was renewed in the meantime.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,22 +16,27 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{AuthInner, Live, Sessions};
+use super::{Live, Sessions, blocked};
+use crate::config::FailMode;
 use crate::directory::now;
 use crate::proxy::tunnel::{ClosedBy, Closing, StreamGuard};
-use crate::store::Event;
+use crate::store::{DirectoryStore, Event, SessionStore, StoreError};
 
 /// Watched sessions by key; weak, so a watch ends with its last connection.
 pub(super) type WatchMap = Mutex<HashMap<[u8; 32], Weak<SessionWatch>>>;
 
-/// How often a check that found the store unavailable is retried before the next
-/// resync (sent when the store is back) takes over.
-const CHECK_RETRIES: u32 = 10;
-const CHECK_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Backoff between checks that found the store unavailable.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// With `fail_mode = "closed"`, how long a watched session may go unconfirmed (the store
+/// not answering a check an event or its expiry called for) before its connections
+/// are closed: the same bound as for a request that waits on the store.
+const UNCONFIRMED_LIMIT: Duration = Duration::from_secs(2);
 
 /// One session as watched by its open connections on this replica.
 pub struct SessionWatch {
     key: [u8; 32],
+    hash: String,
     tenant: String,
     user_id: String,
     group_id: String,
@@ -54,10 +60,7 @@ impl SessionWatch {
         match event {
             Event::User { tenant, id } => *tenant == self.tenant && *id == self.user_id,
             Event::Group { tenant, id } => *tenant == self.tenant && *id == self.group_id,
-            Event::Session { hash } => {
-                let mut key = [0u8; 32];
-                hex::decode_to_slice(hash, &mut key).is_ok() && key == self.key
-            }
+            Event::Session { hash } => *hash == self.hash,
             Event::Resync => true,
         }
     }
@@ -65,6 +68,8 @@ impl SessionWatch {
 
 impl Drop for SessionWatch {
     fn drop(&mut self) {
+        // Stops the session's expiry timer (see `Sessions::expire`).
+        self.token.cancel();
         let Some(map) = self.map.upgrade() else {
             return;
         };
@@ -92,52 +97,69 @@ pub struct Pass {
 impl StreamGuard for Pass {
     fn closing(&self) -> Closing {
         let watch = self.sessions.watch(&self.live);
-        // Something changed since the session was last found valid (and the event may
-        // have been handled before this connection registered): look again.
+        // Something was invalidated since the session was last found valid, and the
+        // event may have been handled before this connection registered: look again.
         if self.sessions.generation.load(Ordering::Acquire) != self.generation {
             self.sessions.check_later(vec![watch.clone()]);
         }
-        let sessions = self.sessions.clone();
         Box::pin(async move {
-            loop {
-                let wait = sessions.time_left(&watch);
-                tokio::select! {
-                    _ = watch.token.cancelled() => {
-                        return watch.verdict.get().copied().unwrap_or(ClosedBy::Revoked);
-                    }
-                    _ = tokio::time::sleep(wait) => {
-                        // The session's time is up unless it was renewed meanwhile
-                        // (by requests on this or another replica).
-                        sessions.check(&watch).await;
-                    }
-                }
-            }
+            watch.token.cancelled().await;
+            watch.verdict.get().copied().unwrap_or(ClosedBy::Revoked)
         })
     }
 }
 
 impl Sessions {
-    /// The watch of `live`'s session, registered on first use.
-    fn watch(&self, live: &Arc<Live>) -> Arc<SessionWatch> {
+    /// The watch of `live`'s session, registered (with its expiry timer) on first use.
+    fn watch(self: &Arc<Self>, live: &Arc<Live>) -> Arc<SessionWatch> {
         let key = live.key;
-        let mut map = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = map.get(&key).and_then(Weak::upgrade) {
-            return w;
-        }
-        let rec = &live.stored.record;
-        let w = Arc::new(SessionWatch {
-            key,
-            tenant: rec.tenant.clone(),
-            user_id: rec.user_id.clone(),
-            group_id: rec.group_id.clone(),
-            expires_at: rec.expires_at,
-            last_seen: AtomicI64::new(live.last_touch.load(Ordering::Relaxed)),
-            token: CancellationToken::new(),
-            verdict: OnceLock::new(),
-            map: Arc::downgrade(&self.watches),
-        });
-        map.insert(key, Arc::downgrade(&w));
+        let w = {
+            let mut map = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(w) = map.get(&key).and_then(Weak::upgrade) {
+                return w;
+            }
+            let rec = &live.stored.record;
+            let w = Arc::new(SessionWatch {
+                key,
+                hash: live.hash.clone(),
+                tenant: rec.tenant.clone(),
+                user_id: rec.user_id.clone(),
+                group_id: rec.group_id.clone(),
+                expires_at: rec.expires_at,
+                last_seen: AtomicI64::new(live.last_touch.load(Ordering::Relaxed)),
+                token: CancellationToken::new(),
+                verdict: OnceLock::new(),
+                map: Arc::downgrade(&self.watches),
+            });
+            map.insert(key, Arc::downgrade(&w));
+            w
+        };
+        let this = self.clone();
+        let weak = Arc::downgrade(&w);
+        let token = w.token.clone();
+        self.spawn(async move { this.expire(weak, token).await });
         w
+    }
+
+    /// One timer per watched session, however many connections watch it: at the
+    /// session's idle or absolute end, ask the store whether it was renewed meanwhile
+    /// (by requests on any replica); if not, its connections close. Holds the watch
+    /// only weakly, and stops when it is closed or dropped.
+    async fn expire(self: Arc<Self>, weak: Weak<SessionWatch>, token: CancellationToken) {
+        loop {
+            let wait = match weak.upgrade() {
+                Some(w) => self.time_left(&w),
+                None => return,
+            };
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match weak.upgrade() {
+                Some(w) => self.settle(&w).await,
+                None => return,
+            }
+        }
     }
 
     /// How long until the watched session expires, as far as this replica knows.
@@ -155,75 +177,109 @@ impl Sessions {
         Duration::from_millis((left.max(0) as u64) * 1000 + 50)
     }
 
-    /// Checks a watched session against the store and closes its connections if it
-    /// is no longer valid. False when the store could not answer.
-    async fn check(&self, watch: &SessionWatch) -> bool {
-        if watch.token.is_cancelled() {
-            return true;
+    /// Whether the watched session still holds, read from the store itself: a cached
+    /// copy could predate the very event that asked. `Ok(None)`: it holds.
+    async fn verdict(&self, watch: &SessionWatch) -> Result<Option<ClosedBy>, StoreError> {
+        let now = now();
+        if now > watch.expires_at {
+            return Ok(Some(ClosedBy::Expired));
         }
-        match self.authenticate_hashed(watch.key, &|_| true, false).await {
-            AuthInner::Valid(_, live) => {
-                watch
-                    .last_seen
-                    .fetch_max(live.last_touch.load(Ordering::Relaxed), Ordering::Relaxed);
-                true
+        if !self.known_tenants.load().contains(&watch.tenant) {
+            return Ok(Some(ClosedBy::Revoked));
+        }
+        let idle = self.config.idle_timeout.as_secs() as i64;
+        let Some(stored) = self.store.get_session(&watch.hash).await? else {
+            // Gone: ended (logout) or timed out in the store.
+            let timed_out = now > watch.last_seen.load(Ordering::Relaxed) + idle;
+            return Ok(Some(if timed_out {
+                ClosedBy::Expired
+            } else {
+                ClosedBy::Revoked
+            }));
+        };
+        if stored.revoked.is_some() {
+            return Ok(Some(ClosedBy::Revoked));
+        }
+        let last_seen = watch
+            .last_seen
+            .fetch_max(stored.last_seen, Ordering::Relaxed)
+            .max(stored.last_seen);
+        if now > last_seen + idle {
+            return Ok(Some(ClosedBy::Expired));
+        }
+        let user = self.store.get_user(&watch.tenant, &watch.user_id).await?;
+        let group = self.store.get_group(&watch.tenant, &watch.group_id).await?;
+        Ok(match (user, group) {
+            (Some(u), Some(g)) if blocked(&u, &g).is_none() => None,
+            _ => Some(ClosedBy::Revoked),
+        })
+    }
+
+    /// Checks a watched session until the store answers, and closes its connections
+    /// if it no longer holds. While the store does not answer, an absolutely expired
+    /// session still closes, and with `fail_mode = "closed"` so does one left
+    /// unconfirmed for [`UNCONFIRMED_LIMIT`].
+    async fn settle(&self, watch: &SessionWatch) {
+        let start = std::time::Instant::now();
+        let mut delay = RETRY_FIRST;
+        while !watch.token.is_cancelled() {
+            match self.verdict(watch).await {
+                Ok(None) => return,
+                Ok(Some(by)) => {
+                    watch.close(by);
+                    return;
+                }
+                Err(e) => {
+                    if now() > watch.expires_at {
+                        watch.close(ClosedBy::Expired);
+                        return;
+                    }
+                    if self.fail_mode == FailMode::Closed && start.elapsed() >= UNCONFIRMED_LIMIT {
+                        tracing::warn!(tenant = watch.tenant, error = %e, "closing a session's open connections: the store cannot confirm it (fail_mode closed)");
+                        watch.close(ClosedBy::Revoked);
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
             }
-            // An identity that can no longer be forwarded (see `AuthInner::Unusable`)
-            // ends the connection as a revocation does.
-            AuthInner::Revoked(_) | AuthInner::Unusable(_) => {
-                watch.close(ClosedBy::Revoked);
-                true
-            }
-            AuthInner::Missing => {
-                let now = now();
-                let idle = self.config.idle_timeout.as_secs() as i64;
-                let expired =
-                    now > watch.expires_at || now > watch.last_seen.load(Ordering::Relaxed) + idle;
-                watch.close(if expired {
-                    ClosedBy::Expired
-                } else {
-                    ClosedBy::Revoked
-                });
-                true
-            }
-            AuthInner::Unavailable => false,
         }
     }
 
-    /// Checks `watches` in the background, retrying while the store cannot answer.
+    /// Settles `watches` in the background.
     pub(super) fn check_later(self: &Arc<Self>, watches: Vec<Arc<SessionWatch>>) {
         if watches.is_empty() {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut pending = watches;
-            for _ in 0..CHECK_RETRIES {
-                let mut left = Vec::new();
-                for w in pending {
-                    if !this.check(&w).await {
-                        left.push(w);
-                    }
-                }
-                if left.is_empty() {
-                    return;
-                }
-                pending = left;
-                tokio::time::sleep(CHECK_RETRY_DELAY).await;
-            }
-            tracing::warn!(
-                sessions = pending.len(),
-                "cannot check sessions with open connections: the store does not answer; the next resync will"
-            );
+        self.spawn(async move {
+            futures_util::future::join_all(watches.iter().map(|w| this.settle(w))).await;
         });
+    }
+
+    /// On the runtime [`Sessions::start`] ran on: a worker thread's runtime ends at
+    /// shutdown, and these checks belong to the whole process.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match self.runtime.get() {
+            Some(rt) => {
+                rt.spawn(task);
+            }
+            None => {
+                tokio::spawn(task);
+            }
+        }
     }
 
     /// The watched sessions an invalidation concerns (all of them for `None`: the set of
     /// tenants changed), to be checked.
     pub(super) fn watched(&self, event: Option<&Event>) -> Vec<Arc<SessionWatch>> {
-        let map = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        map.values()
-            .filter_map(Weak::upgrade)
+        // Upgraded under the lock, filtered after it: dropping the last reference to a
+        // watch takes the same lock (see `Drop`).
+        let all: Vec<Arc<SessionWatch>> = {
+            let map = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+            map.values().filter_map(Weak::upgrade).collect()
+        };
+        all.into_iter()
             .filter(|w| event.is_none_or(|e| w.concerns(e)))
             .collect()
     }
