@@ -387,6 +387,15 @@ impl Gateway {
         path: &str,
         request_id: &str,
     ) -> Response<Body> {
+        let not_found = || {
+            response::error(
+                StatusCode::NOT_FOUND,
+                html,
+                "not_found",
+                "No such idgate endpoint.",
+                request_id,
+            )
+        };
         let method = req.method();
         match path {
             "/_idgate/jwks.json" if method == Method::GET || method == Method::HEAD => {
@@ -422,80 +431,11 @@ impl Gateway {
                     .handle(req, &p["/_idgate/scim/".len()..], client, request_id)
                     .await
             }
-            "/_idgate/dev-idp/sso" if self.dev_idp.is_some() => self.dev_idp(req, request_id).await,
-            _ => response::error(
-                StatusCode::NOT_FOUND,
-                html,
-                "not_found",
-                "No such idgate endpoint.",
-                request_id,
-            ),
-        }
-    }
-
-    /// The demo's development IdP (present only under `idgate demo`).
-    async fn dev_idp(&self, req: Request<Incoming>, request_id: &str) -> Response<Body> {
-        use http_body_util::BodyExt;
-        let Some(idp) = &self.dev_idp else {
-            return response::error(
-                StatusCode::NOT_FOUND,
-                true,
-                "not_found",
-                "No such endpoint.",
-                request_id,
-            );
-        };
-        let page = |html: String| {
-            let mut resp = Response::new(response::full(html));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            resp
-        };
-        if req.method() == Method::GET {
-            let q: HashMap<String, String> = req
-                .uri()
-                .query()
-                .map(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .into_owned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            return page(idp.form(
-                q.get("SAMLRequest").map(String::as_str),
-                q.get("RelayState").map(String::as_str),
-            ));
-        }
-        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return response::error(
-                    StatusCode::BAD_REQUEST,
-                    true,
-                    "bad_request",
-                    "Unreadable form.",
-                    request_id,
-                );
-            }
-        };
-        let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-        match idp.respond(&form) {
-            Ok(html) => page(html),
-            Err(e) => {
-                tracing::warn!(request_id, error = %e, "dev IdP could not sign");
-                response::error(
-                    StatusCode::BAD_REQUEST,
-                    true,
-                    "bad_request",
-                    "The dev IdP could not sign this.",
-                    request_id,
-                )
-            }
+            "/_idgate/dev-idp/sso" => match &self.dev_idp {
+                Some(idp) => idp.sso(req, request_id).await,
+                None => not_found(),
+            },
+            _ => not_found(),
         }
     }
 
