@@ -1,6 +1,10 @@
 //! The front door. Every request on the public listener passes through, in this order:
 //! request id → strip spoofable headers → path sanity → reserved path? → public path? →
 //! session gate → forward. Nothing reaches the upstream without crossing all of them.
+//!
+//! The reserved endpoints belong to their protocols (`saml::routes`, `maestrano::routes`,
+//! `scim`, `demo::routes`); the gateway only dispatches to them, lending its shared
+//! services through [`RouteCtx`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,7 +22,7 @@ use crate::config::ProvisioningConfig;
 use crate::demo::idp::DevIdp;
 use crate::directory::Directory;
 use crate::identity::Signer;
-use crate::limits::{Failure, Failures};
+use crate::limits::Failures;
 use crate::metrics::{Metrics, RouteClass};
 use crate::proxy::Upstream;
 use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
@@ -39,9 +43,6 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
-
-/// Largest Connec! notification accepted (they batch many entities).
-pub const CONNEC_MAX_BODY: usize = 16 << 20;
 
 /// The public-listener handler.
 pub struct Gateway {
@@ -175,6 +176,8 @@ pub struct RouteCtx<'a> {
     pub sessions: &'a Sessions,
     /// Login and SAML-rejection counters.
     pub metrics: &'a Metrics,
+    /// Failed machine authentications per client, shared with SCIM.
+    pub failures: &'a Failures,
     /// The request's id, for log lines and error pages.
     pub request_id: &'a str,
     gateway: &'a Gateway,
@@ -277,6 +280,7 @@ impl Gateway {
             directory: &self.directory,
             sessions: &self.sessions,
             metrics: &self.metrics,
+            failures: &self.failures,
             request_id,
             gateway: self,
             peer: peer.ip(),
@@ -438,7 +442,10 @@ impl Gateway {
         }
     }
 
-    /// `/_idgate/…`
+    /// `/_idgate/…`, and `/maestrano/…` when a tenant is a Maestrano one. Each protocol
+    /// prefix goes to the module that owns it. The session endpoints (`session`,
+    /// `logout`) stay here: they judge a session by the gate's own rules (which tenant
+    /// a host serves) and answer with the gate's refusals.
     async fn reserved(
         &self,
         req: Request<Incoming>,
@@ -478,13 +485,13 @@ impl Gateway {
             "/_idgate/logout" => self.logout(req, html, request_id).await,
             p if p.starts_with("/_idgate/saml/") => {
                 let tn = self.tenancy.load_full();
-                self.saml
-                    .handle(&self.route_ctx(&tn, peer, request_id), req, p)
-                    .await
+                let ctx = self.route_ctx(&tn, peer, request_id);
+                self.saml.handle(&ctx, req, p).await
             }
             p if p.starts_with("/maestrano/") && self.tenancy.load().maestrano.any() => {
                 let tn = self.tenancy.load_full();
-                self.maestrano_route(&tn, req, peer, p, request_id).await
+                let ctx = self.route_ctx(&tn, peer, request_id);
+                crate::maestrano::routes::handle(&ctx, &self.saml, req, p).await
             }
             p if p.starts_with("/_idgate/scim/") => {
                 let client = self.client_ip(req.headers(), peer.ip());
@@ -498,155 +505,6 @@ impl Gateway {
                 None => not_found(),
             },
             _ => not_found(),
-        }
-    }
-
-    /// `/maestrano/…` for Maestrano tenants: SSO under Maestrano's paths, metadata and
-    /// account webhooks. Answers are JSON in the SDKs' shapes.
-    async fn maestrano_route(
-        &self,
-        tn: &Tenancy,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        path: &str,
-        request_id: &str,
-    ) -> Response<Body> {
-        use crate::maestrano::{Refusal, Route};
-        use response::json as answer;
-        let not_found = |what: &str| {
-            answer(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({ "error": format!("{what} not found") }),
-            )
-        };
-        let Some((route, named)) = crate::maestrano::route(path) else {
-            return not_found("Endpoint");
-        };
-        let Some(tenant) = tn.maestrano.tenant_id(named).map(str::to_owned) else {
-            return not_found("Tenant");
-        };
-        let ctx = self.route_ctx(tn, peer, request_id);
-        let method = req.method().clone();
-        let html = response::accepts_html(req.headers());
-        let api = matches!(
-            route,
-            Route::Metadata
-                | Route::GroupCancelled { .. }
-                | Route::UserRemoved { .. }
-                | Route::ConnecNotifications
-        );
-        if api {
-            match tn.maestrano.authenticate(&tenant, req.headers()) {
-                Ok(()) => {}
-                Err(Refusal::BadCredentials) => {
-                    let client = self.client_ip(req.headers(), peer.ip());
-                    if let Failure::Limited { first } = self.failures.fail(client) {
-                        if first {
-                            tracing::warn!(request_id, tenant, %client, "Maestrano authentication failures over the limit: answering 429 until the window ends");
-                        }
-                        let mut resp = answer(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            &serde_json::json!({"error": "Too many failed authentications, retry later"}),
-                        );
-                        resp.headers_mut().insert(
-                            header::RETRY_AFTER,
-                            HeaderValue::from(self.failures.retry_after()),
-                        );
-                        return resp;
-                    }
-                    tracing::warn!(request_id, tenant, %client, "Maestrano request refused: invalid credentials");
-                    return answer(
-                        StatusCode::UNAUTHORIZED,
-                        &serde_json::json!({"error": "Invalid credentials"}),
-                    );
-                }
-                Err(Refusal::UnknownTenant) => return not_found("Tenant"),
-            }
-        }
-        let done = |r: Result<(), crate::directory::DirectoryError>, what: &str| match r {
-            Ok(()) => {
-                tracing::info!(request_id, tenant, what, "Maestrano webhook applied");
-                answer(StatusCode::OK, &serde_json::json!({"success": true}))
-            }
-            Err(e) => {
-                tracing::error!(request_id, tenant, what, error = %e, "Maestrano webhook failed");
-                answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"error": "Temporarily unavailable, retry later"}),
-                )
-            }
-        };
-        match (&method, route) {
-            (&Method::GET, Route::Metadata) => match tn.maestrano.metadata(&tenant) {
-                Some(doc) => answer(StatusCode::OK, &doc),
-                None => not_found("Tenant"),
-            },
-            (&Method::GET, Route::Init) => match tn.saml.get(&tenant) {
-                Some(sp) => self.saml.login(&ctx, sp, req, html).await,
-                None => not_found("Tenant"),
-            },
-            (&Method::POST, Route::Consume) => match tn.saml.get(&tenant) {
-                Some(sp) => self.saml.acs(&ctx, sp, req).await,
-                None => not_found("Tenant"),
-            },
-            (&Method::DELETE, Route::GroupCancelled { group }) => done(
-                tn.maestrano.group_cancelled(&tenant, group).await,
-                "group cancelled",
-            ),
-            (&Method::DELETE, Route::UserRemoved { group, user }) => done(
-                tn.maestrano.user_removed(&tenant, group, user).await,
-                "user removed from group",
-            ),
-            (&Method::POST, Route::ConnecNotifications) => {
-                use http_body_util::BodyExt;
-                let body = match http_body_util::Limited::new(req.into_body(), CONNEC_MAX_BODY)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => {
-                        tracing::warn!(request_id, tenant, error = %e, "Connec! notification refused: unreadable or too large");
-                        return answer(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            &serde_json::json!({"error": "The notification could not be read"}),
-                        );
-                    }
-                };
-                match tn.maestrano.connec_notification(&tenant, &body).await {
-                    Ok(n) => {
-                        tracing::info!(
-                            request_id,
-                            tenant,
-                            entities = n,
-                            "Connec! notification queued for the app"
-                        );
-                        answer(StatusCode::OK, &serde_json::json!({"success": true}))
-                    }
-                    Err(reason) if reason.starts_with("store:") => {
-                        tracing::error!(
-                            request_id,
-                            tenant,
-                            reason,
-                            "Connec! notification not queued"
-                        );
-                        answer(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &serde_json::json!({"error": "Temporarily unavailable, retry later"}),
-                        )
-                    }
-                    Err(reason) => {
-                        tracing::warn!(request_id, tenant, reason, "Connec! notification refused");
-                        answer(
-                            StatusCode::BAD_REQUEST,
-                            &serde_json::json!({"error": reason}),
-                        )
-                    }
-                }
-            }
-            _ => answer(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &serde_json::json!({"error": format!("{method} is not allowed here")}),
-            ),
         }
     }
 
