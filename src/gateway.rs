@@ -1,6 +1,10 @@
 //! The front door. Every request on the public listener passes through, in this order:
 //! request id → strip spoofable headers → path sanity → reserved path? → public path? →
 //! session gate → forward. Nothing reaches the upstream without crossing all of them.
+//!
+//! The reserved endpoints belong to their protocols (`saml::routes`, `maestrano::routes`,
+//! `scim`, `demo::routes`); the gateway only dispatches to them, lending its shared
+//! services through [`RouteCtx`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -16,18 +20,19 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use crate::config::Config;
 use crate::config::ProvisioningConfig;
 use crate::demo::idp::DevIdp;
-use crate::directory::{Directory, LoginError};
+use crate::directory::Directory;
 use crate::identity::Signer;
-use crate::limits::{Failure, Failures, LoginStarts};
+use crate::limits::Failures;
 use crate::metrics::{Metrics, RouteClass};
 use crate::proxy::Upstream;
 use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
 use crate::proxy::tunnel::{self, GuardedBody, StreamGuard, Tunnels};
 use crate::response::{self, Body};
+use crate::response::{forbidden, store_unavailable};
 use crate::saml::SamlTenant;
+use crate::saml::routes::SamlRoutes;
 use crate::server::Handler;
-use crate::session::model::RevokeReason;
-use crate::session::{Auth, Authenticated, Gate, SessionError, Sessions, ThreadHeaders};
+use crate::session::{Auth, Authenticated, Gate, Sessions, ThreadHeaders};
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -38,9 +43,6 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
-
-/// Largest Connec! notification accepted (they batch many entities).
-pub const CONNEC_MAX_BODY: usize = 16 << 20;
 
 /// The public-listener handler.
 pub struct Gateway {
@@ -56,10 +58,10 @@ pub struct Gateway {
     /// `X-Forwarded-Proto` for untrusted peers: the scheme users reach the app by
     /// (TLS usually ends at an ingress in front of idgate).
     public_proto: &'static str,
-    login_cookie_name: String,
     directory: Directory,
     dev_idp: Option<Arc<DevIdp>>,
-    login_starts: LoginStarts,
+    /// The SAML endpoints' own state (login-start limiter, login cookie).
+    saml: SamlRoutes,
     /// Failed machine authentications per client (SCIM and Maestrano share it); kept
     /// here because the tenancy that uses it is rebuilt.
     failures: Arc<Failures>,
@@ -144,6 +146,50 @@ impl Tenancy {
         ids.sort();
         ids
     }
+
+    /// The SP of `tenant`, if there is such a tenant.
+    pub fn sp(&self, tenant: &str) -> Option<&SamlTenant> {
+        self.saml.get(tenant)
+    }
+
+    /// `tenant`'s provisioning rules, which a login goes through.
+    pub fn provisioning(&self, tenant: &str) -> Option<&ProvisioningConfig> {
+        self.provisioning.get(tenant)
+    }
+
+    /// The Maestrano side of this tenant set (inert when no tenant is a Maestrano one).
+    pub fn maestrano(&self) -> &crate::maestrano::Maestrano {
+        &self.maestrano
+    }
+}
+
+/// What a reserved route may use of the gateway, lent for one request. Protocol modules
+/// take this rather than the [`Gateway`], so the gateway's fields stay private and a
+/// route reaches the shared services only, never the proxied path's state.
+pub struct RouteCtx<'a> {
+    /// The tenant set the request was dispatched under, loaded once so that a change of
+    /// the set mid-request cannot mix two of them.
+    pub tenancy: &'a Tenancy,
+    /// Provisioning, and the store behind it.
+    pub directory: &'a Directory,
+    /// Where a login creates its session.
+    pub sessions: &'a Sessions,
+    /// Login and SAML-rejection counters.
+    pub metrics: &'a Metrics,
+    /// Failed machine authentications per client, shared with SCIM.
+    pub failures: &'a Failures,
+    /// The request's id, for log lines and error pages.
+    pub request_id: &'a str,
+    gateway: &'a Gateway,
+    peer: IpAddr,
+}
+
+impl RouteCtx<'_> {
+    /// The client's address, resolved through the trusted proxies exactly as the
+    /// gateway resolves it for everything else.
+    pub fn client_ip(&self, headers: &http::HeaderMap) -> IpAddr {
+        self.gateway.client_ip(headers, self.peer)
+    }
 }
 
 /// The gateway as one worker thread runs it: the shared gateway plus that thread's own
@@ -195,10 +241,9 @@ impl Gateway {
             } else {
                 "http"
             },
-            login_cookie_name: format!("{}_login", crate::session::cookie_name(config)),
             directory,
             dev_idp,
-            login_starts: LoginStarts::new(config.access.login_starts_per_minute),
+            saml: SamlRoutes::new(config),
             failures,
             tunnels: Tunnels::new(),
         }
@@ -221,6 +266,25 @@ impl Gateway {
             std::sync::atomic::Ordering::Relaxed,
         );
         self.tenancy.store(Arc::new(tenancy));
+    }
+
+    /// Lends the shared services to a reserved route under the tenant set `tenancy`.
+    fn route_ctx<'a>(
+        &'a self,
+        tenancy: &'a Tenancy,
+        peer: SocketAddr,
+        request_id: &'a str,
+    ) -> RouteCtx<'a> {
+        RouteCtx {
+            tenancy,
+            directory: &self.directory,
+            sessions: &self.sessions,
+            metrics: &self.metrics,
+            failures: &self.failures,
+            request_id,
+            gateway: self,
+            peer: peer.ip(),
+        }
     }
 
     fn is_trusted(&self, peer: IpAddr) -> bool {
@@ -378,7 +442,10 @@ impl Gateway {
         }
     }
 
-    /// `/_idgate/…`
+    /// `/_idgate/…`, and `/maestrano/…` when a tenant is a Maestrano one. Each protocol
+    /// prefix goes to the module that owns it. The session endpoints (`session`,
+    /// `logout`) stay here: they judge a session by the gate's own rules (which tenant
+    /// a host serves) and answer with the gate's refusals.
     async fn reserved(
         &self,
         req: Request<Incoming>,
@@ -387,6 +454,15 @@ impl Gateway {
         path: &str,
         request_id: &str,
     ) -> Response<Body> {
+        let not_found = || {
+            response::error(
+                StatusCode::NOT_FOUND,
+                html,
+                "not_found",
+                "No such idgate endpoint.",
+                request_id,
+            )
+        };
         let method = req.method();
         match path {
             "/_idgate/jwks.json" if method == Method::GET || method == Method::HEAD => {
@@ -409,11 +485,13 @@ impl Gateway {
             "/_idgate/logout" => self.logout(req, html, request_id).await,
             p if p.starts_with("/_idgate/saml/") => {
                 let tn = self.tenancy.load_full();
-                self.saml(&tn, req, peer, p, request_id).await
+                let ctx = self.route_ctx(&tn, peer, request_id);
+                self.saml.handle(&ctx, req, p).await
             }
             p if p.starts_with("/maestrano/") && self.tenancy.load().maestrano.any() => {
                 let tn = self.tenancy.load_full();
-                self.maestrano_route(&tn, req, peer, p, request_id).await
+                let ctx = self.route_ctx(&tn, peer, request_id);
+                crate::maestrano::routes::handle(&ctx, &self.saml, req, p).await
             }
             p if p.starts_with("/_idgate/scim/") => {
                 let client = self.client_ip(req.headers(), peer.ip());
@@ -422,516 +500,11 @@ impl Gateway {
                     .handle(req, &p["/_idgate/scim/".len()..], client, request_id)
                     .await
             }
-            "/_idgate/dev-idp/sso" if self.dev_idp.is_some() => self.dev_idp(req, request_id).await,
-            _ => response::error(
-                StatusCode::NOT_FOUND,
-                html,
-                "not_found",
-                "No such idgate endpoint.",
-                request_id,
-            ),
-        }
-    }
-
-    /// The demo's development IdP (present only under `idgate demo`).
-    async fn dev_idp(&self, req: Request<Incoming>, request_id: &str) -> Response<Body> {
-        use http_body_util::BodyExt;
-        let Some(idp) = &self.dev_idp else {
-            return response::error(
-                StatusCode::NOT_FOUND,
-                true,
-                "not_found",
-                "No such endpoint.",
-                request_id,
-            );
-        };
-        let page = |html: String| {
-            let mut resp = Response::new(response::full(html));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            resp
-        };
-        if req.method() == Method::GET {
-            let q: HashMap<String, String> = req
-                .uri()
-                .query()
-                .map(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .into_owned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            return page(idp.form(
-                q.get("SAMLRequest").map(String::as_str),
-                q.get("RelayState").map(String::as_str),
-            ));
-        }
-        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return response::error(
-                    StatusCode::BAD_REQUEST,
-                    true,
-                    "bad_request",
-                    "Unreadable form.",
-                    request_id,
-                );
-            }
-        };
-        let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-        match idp.respond(&form) {
-            Ok(html) => page(html),
-            Err(e) => {
-                tracing::warn!(request_id, error = %e, "dev IdP could not sign");
-                response::error(
-                    StatusCode::BAD_REQUEST,
-                    true,
-                    "bad_request",
-                    "The dev IdP could not sign this.",
-                    request_id,
-                )
-            }
-        }
-    }
-
-    /// The cookie that ties a pending SP-initiated login to the browser that started it.
-    /// The IdP posts to the ACS cross-site, so over https it must be `SameSite=None`.
-    fn login_cookie(&self, value: &str, max_age: u32) -> String {
-        let attrs = if self.public_scheme == "https" {
-            "; Secure; SameSite=None"
-        } else {
-            "; SameSite=Lax"
-        };
-        format!(
-            "{}={value}; Path=/; HttpOnly; Max-Age={max_age}{attrs}",
-            self.login_cookie_name
-        )
-    }
-
-    /// `/_idgate/saml/{tenant}/{metadata|login|acs}`
-    async fn saml(
-        &self,
-        tn: &Tenancy,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        path: &str,
-        request_id: &str,
-    ) -> Response<Body> {
-        let html = response::accepts_html(req.headers());
-        let rest = &path["/_idgate/saml/".len()..];
-        let (tenant, action) = rest.split_once('/').unwrap_or((rest, ""));
-        let Some(sp) = tn.saml.get(tenant) else {
-            return response::error(
-                StatusCode::NOT_FOUND,
-                html,
-                "unknown_tenant",
-                "No such tenant.",
-                request_id,
-            );
-        };
-        match (req.method(), action) {
-            (&Method::GET, "metadata") => match sp.metadata_xml() {
-                Ok(xml) => {
-                    let mut resp = Response::new(response::full(xml));
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/samlmetadata+xml"),
-                    );
-                    resp
-                }
-                Err(e) => {
-                    tracing::error!(request_id, tenant, error = %e, "cannot render SP metadata");
-                    response::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        html,
-                        "internal",
-                        "Metadata unavailable.",
-                        request_id,
-                    )
-                }
+            "/_idgate/dev-idp/sso" => match &self.dev_idp {
+                Some(idp) => idp.sso(req, request_id).await,
+                None => not_found(),
             },
-            (&Method::GET, "login") => self.saml_login(sp, req, peer, html, request_id).await,
-            (&Method::POST, "acs") => self.acs(tn, sp, req, request_id).await,
-            _ => response::error(
-                StatusCode::NOT_FOUND,
-                html,
-                "not_found",
-                "No such idgate endpoint.",
-                request_id,
-            ),
-        }
-    }
-
-    /// SP-initiated login: a redirect to the IdP with an AuthnRequest, the request
-    /// remembered for the ACS, and the login cookie binding it to this browser.
-    async fn saml_login(
-        &self,
-        sp: &SamlTenant,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        html: bool,
-        request_id: &str,
-    ) -> Response<Body> {
-        let tenant = sp.tenant();
-        let client = self.client_ip(req.headers(), peer.ip());
-        if let Err(wait) = self.login_starts.take(client, tenant) {
-            tracing::warn!(request_id, tenant, %client, retry_after = wait, "refused: too many login starts");
-            let mut resp = response::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                html,
-                "too_many_logins",
-                &format!(
-                    "Too many sign-in attempts from your address. Please try again in {wait} second{}.",
-                    if wait == 1 { "" } else { "s" }
-                ),
-                request_id,
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return resp;
-        }
-        let return_to = req
-            .uri()
-            .query()
-            .and_then(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "return_to")
-                    .map(|(_, v)| v.into_owned())
-            })
-            .and_then(|r| crate::saml::safe_return_to(&r))
-            .unwrap_or_else(|| "/".to_owned());
-        match sp.login_redirect(self.directory.store(), &return_to).await {
-            Ok((location, nonce)) => {
-                let mut resp = response::redirect(&location);
-                resp.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                if let Ok(v) = HeaderValue::from_str(&self.login_cookie(&nonce, 600)) {
-                    resp.headers_mut().insert(header::SET_COOKIE, v);
-                }
-                resp
-            }
-            Err(e) => {
-                tracing::error!(request_id, tenant, error = %e, "cannot start SAML login");
-                store_unavailable(html, request_id)
-            }
-        }
-    }
-
-    /// `/maestrano/…` for Maestrano tenants: SSO under Maestrano's paths, metadata and
-    /// account webhooks. Answers are JSON in the SDKs' shapes.
-    async fn maestrano_route(
-        &self,
-        tn: &Tenancy,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        path: &str,
-        request_id: &str,
-    ) -> Response<Body> {
-        use crate::maestrano::{Refusal, Route};
-        use response::json as answer;
-        let not_found = |what: &str| {
-            answer(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({ "error": format!("{what} not found") }),
-            )
-        };
-        let Some((route, named)) = crate::maestrano::route(path) else {
-            return not_found("Endpoint");
-        };
-        let Some(tenant) = tn.maestrano.tenant_id(named).map(str::to_owned) else {
-            return not_found("Tenant");
-        };
-        let method = req.method().clone();
-        let html = response::accepts_html(req.headers());
-        let api = matches!(
-            route,
-            Route::Metadata
-                | Route::GroupCancelled { .. }
-                | Route::UserRemoved { .. }
-                | Route::ConnecNotifications
-        );
-        if api {
-            match tn.maestrano.authenticate(&tenant, req.headers()) {
-                Ok(()) => {}
-                Err(Refusal::BadCredentials) => {
-                    let client = self.client_ip(req.headers(), peer.ip());
-                    if let Failure::Limited { first } = self.failures.fail(client) {
-                        if first {
-                            tracing::warn!(request_id, tenant, %client, "Maestrano authentication failures over the limit: answering 429 until the window ends");
-                        }
-                        let mut resp = answer(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            &serde_json::json!({"error": "Too many failed authentications, retry later"}),
-                        );
-                        resp.headers_mut().insert(
-                            header::RETRY_AFTER,
-                            HeaderValue::from(self.failures.retry_after()),
-                        );
-                        return resp;
-                    }
-                    tracing::warn!(request_id, tenant, %client, "Maestrano request refused: invalid credentials");
-                    return answer(
-                        StatusCode::UNAUTHORIZED,
-                        &serde_json::json!({"error": "Invalid credentials"}),
-                    );
-                }
-                Err(Refusal::UnknownTenant) => return not_found("Tenant"),
-            }
-        }
-        let done = |r: Result<(), crate::directory::DirectoryError>, what: &str| match r {
-            Ok(()) => {
-                tracing::info!(request_id, tenant, what, "Maestrano webhook applied");
-                answer(StatusCode::OK, &serde_json::json!({"success": true}))
-            }
-            Err(e) => {
-                tracing::error!(request_id, tenant, what, error = %e, "Maestrano webhook failed");
-                answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"error": "Temporarily unavailable, retry later"}),
-                )
-            }
-        };
-        match (&method, route) {
-            (&Method::GET, Route::Metadata) => match tn.maestrano.metadata(&tenant) {
-                Some(doc) => answer(StatusCode::OK, &doc),
-                None => not_found("Tenant"),
-            },
-            (&Method::GET, Route::Init) => match tn.saml.get(&tenant) {
-                Some(sp) => self.saml_login(sp, req, peer, html, request_id).await,
-                None => not_found("Tenant"),
-            },
-            (&Method::POST, Route::Consume) => match tn.saml.get(&tenant) {
-                Some(sp) => self.acs(tn, sp, req, request_id).await,
-                None => not_found("Tenant"),
-            },
-            (&Method::DELETE, Route::GroupCancelled { group }) => done(
-                tn.maestrano.group_cancelled(&tenant, group).await,
-                "group cancelled",
-            ),
-            (&Method::DELETE, Route::UserRemoved { group, user }) => done(
-                tn.maestrano.user_removed(&tenant, group, user).await,
-                "user removed from group",
-            ),
-            (&Method::POST, Route::ConnecNotifications) => {
-                use http_body_util::BodyExt;
-                let body = match http_body_util::Limited::new(req.into_body(), CONNEC_MAX_BODY)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => {
-                        tracing::warn!(request_id, tenant, error = %e, "Connec! notification refused: unreadable or too large");
-                        return answer(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            &serde_json::json!({"error": "The notification could not be read"}),
-                        );
-                    }
-                };
-                match tn.maestrano.connec_notification(&tenant, &body).await {
-                    Ok(n) => {
-                        tracing::info!(
-                            request_id,
-                            tenant,
-                            entities = n,
-                            "Connec! notification queued for the app"
-                        );
-                        answer(StatusCode::OK, &serde_json::json!({"success": true}))
-                    }
-                    Err(reason) if reason.starts_with("store:") => {
-                        tracing::error!(
-                            request_id,
-                            tenant,
-                            reason,
-                            "Connec! notification not queued"
-                        );
-                        answer(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &serde_json::json!({"error": "Temporarily unavailable, retry later"}),
-                        )
-                    }
-                    Err(reason) => {
-                        tracing::warn!(request_id, tenant, reason, "Connec! notification refused");
-                        answer(
-                            StatusCode::BAD_REQUEST,
-                            &serde_json::json!({"error": reason}),
-                        )
-                    }
-                }
-            }
-            _ => answer(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &serde_json::json!({"error": format!("{method} is not allowed here")}),
-            ),
-        }
-    }
-
-    /// The Assertion Consumer Service: validate, provision, create the session, go back
-    /// to where the user was. Every refusal is a short page with a reference and a log
-    /// line (same reference) naming the precise reason.
-    async fn acs(
-        &self,
-        tn: &Tenancy,
-        sp: &SamlTenant,
-        req: Request<Incoming>,
-        request_id: &str,
-    ) -> Response<Body> {
-        use http_body_util::BodyExt;
-        let tenant = sp.tenant();
-        let refuse = |status: StatusCode, code: &str, message: &str| {
-            response::error(status, true, code, message, request_id)
-        };
-        let login_nonce =
-            crate::session::find_cookie(req.headers(), &self.login_cookie_name).map(str::to_owned);
-        // A SAML response is a few KiB; 1 MiB is far beyond any real one.
-        let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                self.metrics.saml_rejected("malformed");
-                tracing::warn!(request_id, tenant, reason = "malformed", error = %e, "SAML login rejected: unreadable body");
-                return refuse(StatusCode::BAD_REQUEST, "login_failed", "Sign-in failed.");
-            }
-        };
-        let form: HashMap<String, String> =
-            url::form_urlencoded::parse(&body).into_owned().collect();
-        let claims = match form.get("SAMLResponse") {
-            None => Err(crate::saml::AcsError::Malformed(
-                "no SAMLResponse field".into(),
-            )),
-            Some(r) => {
-                sp.consume(
-                    self.directory.store(),
-                    r,
-                    form.get("RelayState").map(String::as_str),
-                    login_nonce.as_deref(),
-                )
-                .await
-            }
-        };
-        let claims = match claims {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics.saml_rejected(e.code());
-                tracing::warn!(request_id, tenant, reason = e.code(), error = %e, "SAML login rejected");
-                let status = if matches!(e, crate::saml::AcsError::Store(_)) {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::FORBIDDEN
-                };
-                return refuse(
-                    status,
-                    "login_failed",
-                    "Sign-in failed. Please start again from your identity provider or application.",
-                );
-            }
-        };
-        let mut identity = claims.identity.clone();
-        // The SAML layer refused control characters in what it mapped; the Maestrano
-        // mapping, and the whole identity after it, are held to the same rule, because
-        // every one of these values reaches the app as a header or a JWT claim.
-        let malformed = tn
-            .maestrano
-            .map_login(tenant, &mut identity, &claims.attributes)
-            .and_then(|mno| match identity.control_character_field() {
-                Some(field) => Err(field),
-                None => Ok(mno),
-            });
-        let mno = match malformed {
-            Ok(mno) => mno,
-            Err(attribute) => {
-                self.metrics.saml_rejected("malformed_attribute");
-                tracing::warn!(
-                    request_id,
-                    tenant,
-                    reason = "malformed_attribute",
-                    attribute,
-                    "SAML login rejected: an identity value holds a control character"
-                );
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "login_failed",
-                    "Sign-in failed. Please start again from your identity provider or application.",
-                );
-            }
-        };
-        let who = &identity;
-        // Every SAML tenant comes from a tenant config, so its rules exist.
-        let Some(rules) = tn.provisioning.get(tenant) else {
-            tracing::error!(
-                request_id,
-                tenant,
-                "no provisioning rules for a SAML tenant"
-            );
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Sign-in failed.",
-            );
-        };
-        let user_id = match self.directory.login(tenant, rules, who).await {
-            Ok(id) => id,
-            Err(LoginError::Blocked(reason)) => {
-                tracing::info!(
-                    request_id,
-                    tenant,
-                    reason = reason.code(),
-                    user = who.user_id,
-                    "login refused: blocked"
-                );
-                return forbidden(reason, true, request_id);
-            }
-            Err(e @ (LoginError::UnknownGroup | LoginError::UnknownUser)) => {
-                tracing::warn!(request_id, tenant, error = %e, user = who.user_id, "login refused: not provisioned");
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "not_provisioned",
-                    "Your account has not been set up for this application.",
-                );
-            }
-            Err(LoginError::Directory(e)) => {
-                tracing::error!(request_id, tenant, error = %e, "login failed: directory unavailable");
-                return store_unavailable(true, request_id);
-            }
-        };
-        match self
-            .sessions
-            .create_session_with(tenant, &user_id, &who.group_id, mno)
-            .await
-        {
-            Ok(new) => {
-                self.metrics.login();
-                if tn.maestrano.is_maestrano(tenant) {
-                    // A new company gets its bill, and a per-user bill follows a new
-                    // member; the job finds out which (and does nothing otherwise).
-                    if let Err(e) = tn.maestrano.billing_changed(tenant, &who.group_id).await {
-                        tracing::error!(request_id, tenant, error = %e, "cannot queue a billing update; the company's next login or webhook queues it again");
-                    }
-                }
-                tracing::info!(
-                    request_id,
-                    tenant,
-                    user_id,
-                    group_id = who.group_id,
-                    "logged in"
-                );
-                let mut resp = response::redirect(&claims.return_to);
-                *resp.status_mut() = StatusCode::SEE_OTHER;
-                resp.headers_mut()
-                    .insert(header::SET_COOKIE, new.set_cookie);
-                resp
-            }
-            Err(SessionError::Refused(reason)) => forbidden(reason, true, request_id),
-            Err(e) => {
-                tracing::error!(request_id, tenant, error = %e, "cannot create session");
-                store_unavailable(true, request_id)
-            }
+            _ => not_found(),
         }
     }
 
@@ -1257,17 +830,6 @@ impl Handler for GatewayWorker {
     }
 }
 
-/// 403 naming why the session no longer works.
-fn forbidden(reason: RevokeReason, html: bool, request_id: &str) -> Response<Body> {
-    response::error(
-        StatusCode::FORBIDDEN,
-        html,
-        reason.code(),
-        reason.message(),
-        request_id,
-    )
-}
-
 /// 403 for a session whose identity cannot travel as headers (a stored value holds a
 /// control character): refused and logged, never forwarded under a stand-in value that
 /// other users could share.
@@ -1285,20 +847,6 @@ fn unusable_identity(attribute: &'static str, html: bool, request_id: &str) -> R
         "Your account details cannot be passed on to the application. Please ask your administrator to correct them.",
         request_id,
     )
-}
-
-/// 503 while the store cannot vouch for sessions.
-fn store_unavailable(html: bool, request_id: &str) -> Response<Body> {
-    let mut resp = response::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        html,
-        "store_unavailable",
-        "Sign-in is temporarily unavailable. Please try again shortly.",
-        request_id,
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-    resp
 }
 
 /// The JWKS, cacheable for a few minutes (keys rotate with a previous-key overlap).

@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use crate::proxy::tunnel::GuardedBody;
+use crate::session::model::RevokeReason;
 
 /// The body of every response idgate sends: a streamed upstream body, or one it made.
 pub type Body = Either<GuardedBody, Full<Bytes>>;
@@ -98,6 +99,32 @@ pub fn error(
             &serde_json::json!({"error": code, "message": message, "request_id": request_id}),
         )
     }
+}
+
+/// 403 naming why the session no longer works: the same answer whether the gate, the
+/// session endpoint or a login found it.
+pub fn forbidden(reason: RevokeReason, html: bool, request_id: &str) -> Response<Body> {
+    error(
+        StatusCode::FORBIDDEN,
+        html,
+        reason.code(),
+        reason.message(),
+        request_id,
+    )
+}
+
+/// 503 while the store cannot vouch for sessions; clients may retry shortly.
+pub fn store_unavailable(html: bool, request_id: &str) -> Response<Body> {
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        html,
+        "store_unavailable",
+        "Sign-in is temporarily unavailable. Please try again shortly.",
+        request_id,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    resp
 }
 
 /// A 302 to a same-origin location (callers build the location; never from raw input).

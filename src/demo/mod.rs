@@ -3,6 +3,7 @@
 
 pub mod echo;
 pub mod idp;
+mod routes;
 
 use std::net::SocketAddr;
 use std::path::Path;

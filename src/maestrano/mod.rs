@@ -9,6 +9,7 @@
 
 pub mod devpl;
 pub mod recheck;
+pub mod routes;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -26,6 +27,9 @@ use crate::store::{DirectoryStore, UserKey};
 
 /// Most entities one Connec! notification may carry (each becomes a job).
 pub const MAX_CONNEC_ENTITIES: usize = 10_000;
+
+/// Largest Connec! notification accepted (they batch many entities).
+pub const CONNEC_MAX_BODY: usize = 16 << 20;
 
 /// What a `/maestrano/…` path asks for. The tenant is an optional last segment.
 #[derive(Debug, Clone, PartialEq, Eq)]

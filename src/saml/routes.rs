@@ -1,0 +1,334 @@
+//! The SAML endpoints under `/_idgate/saml/{tenant}/`: metadata, SP-initiated login and
+//! the Assertion Consumer Service. Maestrano's SSO paths reach the same login and ACS
+//! (see `maestrano::routes`), so a Maestrano login is validated exactly as any other.
+//!
+//! An accepted assertion is turned into directory terms here and provisioned through
+//! [`crate::directory::Directory::login`]; the session is made by
+//! [`crate::session::Sessions`]. Nothing here writes to the store directly.
+
+use std::collections::HashMap;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::{AcsError, SamlTenant};
+use crate::config::Config;
+use crate::directory::LoginError;
+use crate::gateway::RouteCtx;
+use crate::limits::LoginStarts;
+use crate::response::{self, Body};
+use crate::session::SessionError;
+
+/// A SAML response is a few KiB; 1 MiB is far beyond any real one.
+const MAX_ACS_BODY: usize = 1 << 20;
+
+/// How long a started login may take to come back to the ACS, in seconds.
+const LOGIN_COOKIE_MAX_AGE: u32 = 600;
+
+/// What the SAML endpoints keep between requests: the login-start limiter and how to
+/// write the login cookie. Tenant-independent, so it outlives tenant-set changes.
+pub struct SamlRoutes {
+    login_starts: LoginStarts,
+    login_cookie_name: String,
+    /// Whether users reach the app over https: the login cookie's attributes follow.
+    https: bool,
+}
+
+impl SamlRoutes {
+    /// Built once from a validated config.
+    pub fn new(config: &Config) -> SamlRoutes {
+        SamlRoutes {
+            login_starts: LoginStarts::new(config.access.login_starts_per_minute),
+            login_cookie_name: format!("{}_login", crate::session::cookie_name(config)),
+            https: config.server.public_url.scheme() == "https",
+        }
+    }
+
+    /// `/_idgate/saml/{tenant}/{metadata|login|acs}`
+    pub async fn handle(
+        &self,
+        ctx: &RouteCtx<'_>,
+        req: Request<Incoming>,
+        path: &str,
+    ) -> Response<Body> {
+        let request_id = ctx.request_id;
+        let html = response::accepts_html(req.headers());
+        let rest = &path["/_idgate/saml/".len()..];
+        let (tenant, action) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(sp) = ctx.tenancy.sp(tenant) else {
+            return response::error(
+                StatusCode::NOT_FOUND,
+                html,
+                "unknown_tenant",
+                "No such tenant.",
+                request_id,
+            );
+        };
+        match (req.method(), action) {
+            (&Method::GET, "metadata") => match sp.metadata_xml() {
+                Ok(xml) => {
+                    let mut resp = Response::new(response::full(xml));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/samlmetadata+xml"),
+                    );
+                    resp
+                }
+                Err(e) => {
+                    tracing::error!(request_id, tenant, error = %e, "cannot render SP metadata");
+                    response::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        html,
+                        "internal",
+                        "Metadata unavailable.",
+                        request_id,
+                    )
+                }
+            },
+            (&Method::GET, "login") => self.login(ctx, sp, req, html).await,
+            (&Method::POST, "acs") => self.acs(ctx, sp, req).await,
+            _ => response::error(
+                StatusCode::NOT_FOUND,
+                html,
+                "not_found",
+                "No such idgate endpoint.",
+                request_id,
+            ),
+        }
+    }
+
+    /// The cookie that ties a pending SP-initiated login to the browser that started it.
+    /// The IdP posts to the ACS cross-site, so over https it must be `SameSite=None`.
+    fn login_cookie(&self, value: &str, max_age: u32) -> String {
+        let attrs = if self.https {
+            "; Secure; SameSite=None"
+        } else {
+            "; SameSite=Lax"
+        };
+        format!(
+            "{}={value}; Path=/; HttpOnly; Max-Age={max_age}{attrs}",
+            self.login_cookie_name
+        )
+    }
+
+    /// SP-initiated login: a redirect to the IdP with an AuthnRequest, the request
+    /// remembered for the ACS, and the login cookie binding it to this browser.
+    pub async fn login(
+        &self,
+        ctx: &RouteCtx<'_>,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+        html: bool,
+    ) -> Response<Body> {
+        let request_id = ctx.request_id;
+        let tenant = sp.tenant();
+        let client = ctx.client_ip(req.headers());
+        if let Err(wait) = self.login_starts.take(client, tenant) {
+            tracing::warn!(request_id, tenant, %client, retry_after = wait, "refused: too many login starts");
+            let mut resp = response::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                html,
+                "too_many_logins",
+                &format!(
+                    "Too many sign-in attempts from your address. Please try again in {wait} second{}.",
+                    if wait == 1 { "" } else { "s" }
+                ),
+                request_id,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return resp;
+        }
+        let return_to = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "return_to")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .and_then(|r| super::safe_return_to(&r))
+            .unwrap_or_else(|| "/".to_owned());
+        match sp.login_redirect(ctx.directory.store(), &return_to).await {
+            Ok((location, nonce)) => {
+                let mut resp = response::redirect(&location);
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                if let Ok(v) =
+                    HeaderValue::from_str(&self.login_cookie(&nonce, LOGIN_COOKIE_MAX_AGE))
+                {
+                    resp.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                resp
+            }
+            Err(e) => {
+                tracing::error!(request_id, tenant, error = %e, "cannot start SAML login");
+                response::store_unavailable(html, request_id)
+            }
+        }
+    }
+
+    /// The Assertion Consumer Service: validate, provision, create the session, go back
+    /// to where the user was. Every refusal is a short page with a reference and a log
+    /// line (same reference) naming the precise reason.
+    pub async fn acs(
+        &self,
+        ctx: &RouteCtx<'_>,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let request_id = ctx.request_id;
+        let tn = ctx.tenancy;
+        let tenant = sp.tenant();
+        let refuse = |status: StatusCode, code: &str, message: &str| {
+            response::error(status, true, code, message, request_id)
+        };
+        let login_nonce =
+            crate::session::find_cookie(req.headers(), &self.login_cookie_name).map(str::to_owned);
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_ACS_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                ctx.metrics.saml_rejected("malformed");
+                tracing::warn!(request_id, tenant, reason = "malformed", error = %e, "SAML login rejected: unreadable body");
+                return refuse(StatusCode::BAD_REQUEST, "login_failed", "Sign-in failed.");
+            }
+        };
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        let claims = match form.get("SAMLResponse") {
+            None => Err(AcsError::Malformed("no SAMLResponse field".into())),
+            Some(r) => {
+                sp.consume(
+                    ctx.directory.store(),
+                    r,
+                    form.get("RelayState").map(String::as_str),
+                    login_nonce.as_deref(),
+                )
+                .await
+            }
+        };
+        let claims = match claims {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.metrics.saml_rejected(e.code());
+                tracing::warn!(request_id, tenant, reason = e.code(), error = %e, "SAML login rejected");
+                let status = if matches!(e, AcsError::Store(_)) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return refuse(
+                    status,
+                    "login_failed",
+                    "Sign-in failed. Please start again from your identity provider or application.",
+                );
+            }
+        };
+        let mut identity = claims.identity.clone();
+        // The SAML layer refused control characters in what it mapped; the Maestrano
+        // mapping, and the whole identity after it, are held to the same rule, because
+        // every one of these values reaches the app as a header or a JWT claim.
+        let malformed = tn
+            .maestrano()
+            .map_login(tenant, &mut identity, &claims.attributes)
+            .and_then(|mno| match identity.control_character_field() {
+                Some(field) => Err(field),
+                None => Ok(mno),
+            });
+        let mno = match malformed {
+            Ok(mno) => mno,
+            Err(attribute) => {
+                ctx.metrics.saml_rejected("malformed_attribute");
+                tracing::warn!(
+                    request_id,
+                    tenant,
+                    reason = "malformed_attribute",
+                    attribute,
+                    "SAML login rejected: an identity value holds a control character"
+                );
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "login_failed",
+                    "Sign-in failed. Please start again from your identity provider or application.",
+                );
+            }
+        };
+        let who = &identity;
+        // Every SAML tenant comes from a tenant config, so its rules exist.
+        let Some(rules) = tn.provisioning(tenant) else {
+            tracing::error!(
+                request_id,
+                tenant,
+                "no provisioning rules for a SAML tenant"
+            );
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Sign-in failed.",
+            );
+        };
+        let user_id = match ctx.directory.login(tenant, rules, who).await {
+            Ok(id) => id,
+            Err(LoginError::Blocked(reason)) => {
+                tracing::info!(
+                    request_id,
+                    tenant,
+                    reason = reason.code(),
+                    user = who.user_id,
+                    "login refused: blocked"
+                );
+                return response::forbidden(reason, true, request_id);
+            }
+            Err(e @ (LoginError::UnknownGroup | LoginError::UnknownUser)) => {
+                tracing::warn!(request_id, tenant, error = %e, user = who.user_id, "login refused: not provisioned");
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "not_provisioned",
+                    "Your account has not been set up for this application.",
+                );
+            }
+            Err(LoginError::Directory(e)) => {
+                tracing::error!(request_id, tenant, error = %e, "login failed: directory unavailable");
+                return response::store_unavailable(true, request_id);
+            }
+        };
+        match ctx
+            .sessions
+            .create_session_with(tenant, &user_id, &who.group_id, mno)
+            .await
+        {
+            Ok(new) => {
+                ctx.metrics.login();
+                if tn.maestrano().is_maestrano(tenant) {
+                    // A new company gets its bill, and a per-user bill follows a new
+                    // member; the job finds out which (and does nothing otherwise).
+                    if let Err(e) = tn.maestrano().billing_changed(tenant, &who.group_id).await {
+                        tracing::error!(request_id, tenant, error = %e, "cannot queue a billing update; the company's next login or webhook queues it again");
+                    }
+                }
+                tracing::info!(
+                    request_id,
+                    tenant,
+                    user_id,
+                    group_id = who.group_id,
+                    "logged in"
+                );
+                let mut resp = response::redirect(&claims.return_to);
+                *resp.status_mut() = StatusCode::SEE_OTHER;
+                resp.headers_mut()
+                    .insert(header::SET_COOKIE, new.set_cookie);
+                resp
+            }
+            Err(SessionError::Refused(reason)) => response::forbidden(reason, true, request_id),
+            Err(e) => {
+                tracing::error!(request_id, tenant, error = %e, "cannot create session");
+                response::store_unavailable(true, request_id)
+            }
+        }
+    }
+}
