@@ -1010,6 +1010,9 @@ pub fn routing_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
     // Most paths have no `/.` and nothing beyond printable ASCII: they skip the walk over
     // the segments.
     if decoded.contains("/.") || decoded.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+        if decoded.contains(LOOKALIKE_SEPARATORS) {
+            return Err("path contains a character that some servers map to a dot or slash");
+        }
         for seg in decoded.split('/') {
             // The part before any `;` is what counts (path parameters).
             let seg = seg.split(';').next().unwrap_or(seg);
@@ -1029,6 +1032,20 @@ pub fn routing_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
     }
     Ok(decoded)
 }
+
+/// Characters that Windows' best-fit mapping (IIS, .NET) and some Unicode normalisations
+/// turn into `.`, `/` or `\\`: `/app/．．/admin` is `/app/../admin` to such an app.
+const LOOKALIKE_SEPARATORS: [char; 9] = [
+    '\u{FF0E}', // fullwidth full stop
+    '\u{FE52}', // small full stop
+    '\u{2024}', // one dot leader
+    '\u{FF0F}', // fullwidth solidus
+    '\u{2215}', // division slash
+    '\u{2044}', // fraction slash
+    '\u{FF3C}', // fullwidth reverse solidus
+    '\u{FE68}', // small reverse solidus
+    '\u{2216}', // set minus
+];
 
 /// Whether some `%XY` in `raw` encodes a control character (below 0x20, or 0x7F).
 fn encodes_control(raw: &[u8]) -> bool {
@@ -1175,6 +1192,10 @@ mod tests {
         assert_eq!(routing_path("/%5Fidgate/x").unwrap(), "/_idgate/x");
         assert_eq!(routing_path("/a/b.c/..d").unwrap(), "/a/b.c/..d");
         for bad in [
+            "/public/%EF%BC%8E%EF%BC%8E/admin",
+            "/public/\u{FF0E}\u{FF0E}/admin",
+            "/public/..%EF%BC%8Fadmin",
+            "/public%E2%88%95admin",
             "/public/../admin",
             "/public/%2e%2e/admin",
             "/public/%2E%2E%2Fadmin",
