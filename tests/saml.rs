@@ -92,6 +92,15 @@ impl Sso {
             "request ids carry 128 random bits: {relay}"
         );
         assert!(xml.contains(ACS) && xml.contains(SP), "{xml}");
+        // The request names where and how the answer must come, so the IdP need not
+        // fall back to whatever it has registered.
+        assert!(
+            xml.contains(&format!("AssertionConsumerServiceURL=\"{ACS}\""))
+                && xml.contains(
+                    "ProtocolBinding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\""
+                ),
+            "{xml}"
+        );
         relay
     }
 
