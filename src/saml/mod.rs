@@ -13,6 +13,8 @@
 //! holds every Response, signed or not, to the same rules: its Destination, Issuer and
 //! top-level status, and exactly one assertion where SAML puts it.
 
+pub mod decrypt;
+
 use std::time::Duration;
 
 use base64::Engine;
