@@ -522,10 +522,12 @@ impl SamlTenant {
         // and the same shell rules as a plaintext one.
         self.check_algorithms(&d.xml)?;
         check_shell(&d.xml, &self.acs_url, self.idp_entity_id.as_deref())?;
-        let sp = if assertion_signed {
-            &self.sp
-        } else {
+        // Only content under a Response signature verified above may skip samael's own
+        // verification; everything else goes through it, whatever was checked before.
+        let sp = if response_signed && !assertion_signed {
             &self.verified_sp
+        } else {
+            &self.sp
         };
         Ok((d.xml, sp))
     }
