@@ -416,8 +416,16 @@ fn access_keys_take_their_values() {
 
 /// A PEM key and a certificate for it valid from `from_days` to `to_days` from now.
 fn sp_pair(from_days: i64, to_days: i64) -> (String, String) {
-    use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509};
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    sp_pair_for(&key, from_days, to_days)
+}
+
+fn sp_pair_for(
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    from_days: i64,
+    to_days: i64,
+) -> (String, String) {
+    use openssl::{asn1::Asn1Time, hash::MessageDigest, x509};
     let mut name = x509::X509NameBuilder::new().unwrap();
     name.append_entry_by_text("CN", "sp").unwrap();
     let name = name.build();
@@ -425,7 +433,7 @@ fn sp_pair(from_days: i64, to_days: i64) -> (String, String) {
     b.set_version(2).unwrap();
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
-    b.set_pubkey(&key).unwrap();
+    b.set_pubkey(key).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -434,7 +442,7 @@ fn sp_pair(from_days: i64, to_days: i64) -> (String, String) {
         .unwrap();
     b.set_not_after(&Asn1Time::from_unix(now + to_days * 86_400).unwrap())
         .unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
+    b.sign(key, MessageDigest::sha256()).unwrap();
     (
         String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
         String::from_utf8(b.build().to_pem().unwrap()).unwrap(),
@@ -512,4 +520,25 @@ fn sp_keys_are_checked_against_their_certificate() {
     // The key never shows in a Debug dump.
     let c = load(&sp_tenant(dir.path(), &key, &cert, "")).unwrap();
     assert!(!format!("{c:?}").contains("PRIVATE KEY"));
+}
+
+#[test]
+fn an_ec_sp_key_is_accepted_but_cannot_be_required_to_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let ec =
+        openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap();
+    let (key, cert) = sp_pair_for(&ec, -1, 365);
+    assert!(load(&sp_tenant(dir.path(), &key, &cert, "")).is_ok());
+    assert_eq!(
+        errors(&sp_tenant(
+            dir.path(),
+            &key,
+            &cert,
+            "require_encrypted_assertions = true"
+        )),
+        [
+            "tenants[0].saml.require_encrypted_assertions: needs an RSA sp_key: assertions are encrypted to RSA keys (RSA-OAEP), an EC key decrypts nothing"
+        ]
+    );
 }

@@ -840,6 +840,19 @@ fn saml(
             "needs sp_key and sp_certificate: without them no encrypted assertion can be read",
         );
     }
+    let rsa = |pem: &str| {
+        openssl::pkey::PKey::private_key_from_pem(pem.as_bytes())
+            .is_ok_and(|k| k.id() == openssl::pkey::Id::RSA)
+    };
+    if require_encrypted_assertions
+        && let Some(k) = &sp_key
+        && !rsa(k.key.expose())
+    {
+        c.err(
+            format!("{p}.require_encrypted_assertions"),
+            "needs an RSA sp_key: assertions are encrypted to RSA keys (RSA-OAEP), an EC key decrypts nothing",
+        );
+    }
     Some(SamlConfig {
         idp: idp?,
         sp_entity_id,

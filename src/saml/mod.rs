@@ -147,6 +147,10 @@ pub struct SamlTenant {
     decryption: Option<decrypt::DecryptionKeys>,
     /// `sp_certificate`, PEM, for SP metadata.
     sp_certificate: Option<String>,
+    /// Whether that certificate's key is RSA, the only kind the supported key transports
+    /// (RSA-OAEP) can encrypt to: an EC key is published for signing only, so that no
+    /// IdP is invited to encrypt to a key it cannot use.
+    sp_key_encrypts: bool,
     require_encrypted: bool,
     sso_url: String,
     acs_url: String,
@@ -287,6 +291,11 @@ impl SamlTenant {
             allowed_algorithms,
             decryption,
             sp_certificate: saml.sp_key.as_ref().map(|k| k.certificate.clone()),
+            sp_key_encrypts: saml.sp_key.as_ref().is_some_and(|k| {
+                openssl::x509::X509::from_pem(k.certificate.as_bytes())
+                    .and_then(|x| x.public_key())
+                    .is_ok_and(|p| p.id() == openssl::pkey::Id::RSA)
+            }),
             require_encrypted: saml.require_encrypted_assertions,
             sso_url,
             acs_url,
@@ -330,10 +339,11 @@ impl SamlTenant {
                         algorithm: (*a).to_owned(),
                     })
                     .collect();
-                sp.key_descriptors = Some(vec![
-                    descriptor("signing", None),
-                    descriptor("encryption", Some(methods)),
-                ]);
+                let mut descriptors = vec![descriptor("signing", None)];
+                if self.sp_key_encrypts {
+                    descriptors.push(descriptor("encryption", Some(methods)));
+                }
+                sp.key_descriptors = Some(descriptors);
             }
             sp.want_assertions_signed = Some(self.want_assertions_signed);
             sp.single_logout_services = None;
