@@ -85,7 +85,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => match idgate::check_config(&config) {
-            Ok(_) => {
+            Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: valid", config.display());
                 ExitCode::SUCCESS
             }
@@ -100,7 +103,12 @@ fn main() -> ExitCode {
         Command::Serve { config } => {
             telemetry::init(cli.log_format);
             let config = match idgate::check_config(&config) {
-                Ok(c) => c,
+                Ok(c) => {
+                    for w in &c.warnings {
+                        tracing::warn!(key = w.path, "{}", w.message);
+                    }
+                    c
+                }
                 Err(errors) => {
                     for e in &errors.0 {
                         tracing::error!(key = e.path, "{}", e.message);

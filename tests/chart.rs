@@ -1570,3 +1570,77 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// An RSA SP key and its certificate (one day), made with the `openssl` CLI.
+fn sp_key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.crt"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-days", "1", "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-subj", "/CN=sp"])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (key, cert)
+}
+
+#[test]
+fn sp_keys_go_into_the_secret_and_never_into_the_config_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = sp_key_pair(dir.path(), "sp");
+    let (old, _) = sp_key_pair(dir.path(), "old");
+    let mut extra: Vec<String> = Vec::new();
+    extra.extend(set_file("tenants[0].saml.spKey", &key));
+    extra.extend(set_file("tenants[0].saml.spCertificate", &cert));
+    extra.extend(set_file("tenants[0].saml.spPreviousKeys[0]", &old));
+    extra.extend([
+        "--set".to_owned(),
+        "tenants[0].saml.requireEncryptedAssertions=true".to_owned(),
+    ]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let r = render_ok("idgate", &chart_dir(), &with("sidecar-values.yaml", &extra));
+    let text = r.config_text();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    let saml = &r.config()["tenants"][0]["saml"];
+    assert_eq!(
+        saml["sp_key"].as_str(),
+        Some("file:/etc/idgate/secrets/sp-acme.key")
+    );
+    assert_eq!(
+        saml["sp_previous_keys"][0].as_str(),
+        Some("file:/etc/idgate/secrets/sp-acme.previous-0.key")
+    );
+    // The certificate is public: it stays in the ConfigMap, like the IdP's.
+    assert!(
+        saml["sp_certificate"]
+            .as_str()
+            .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
+    );
+    assert_eq!(saml["require_encrypted_assertions"].as_bool(), Some(true));
+    let files = r.secret_files().expect("generated Secret");
+    assert_eq!(
+        files["sp-acme.key"].trim(),
+        std::fs::read_to_string(&key).unwrap().trim()
+    );
+    check_config(&r, &BTreeMap::new());
+
+    // With existingSecret the key is read from sp-<tenant>.key there; an inline key is
+    // refused rather than written anywhere.
+    refused(
+        &with(
+            "existing-secret-values.yaml",
+            &["--set", "tenants[0].saml.spKey=-----BEGIN PRIVATE KEY-----"],
+        ),
+        &["tenants[0].saml.spKey", "sp-"],
+    );
+}

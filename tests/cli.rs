@@ -215,3 +215,57 @@ fn check_config_also_proves_keys_and_saml_settings_usable() {
     let (code, _, _) = run_cli(&["serve", "--config", cfg.to_str().unwrap()], &[]);
     assert_eq!(code, 64, "serve refuses the same config");
 }
+
+/// `openssl req` for an RSA key and a self-signed certificate valid `days` days.
+fn sp_pair(dir: &std::path::Path, days: &str) -> (String, String) {
+    let key = dir.join("sp.key").display().to_string();
+    let cert = dir.join("sp.crt").display().to_string();
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", days,
+        ])
+        .args(["-keyout", &key, "-out", &cert, "-subj", "/CN=sp"])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    (key, cert)
+}
+
+#[test]
+fn check_config_warns_before_the_sp_certificate_expires_and_refuses_a_wrong_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = sp_pair(dir.path(), "10");
+    let config = |key: &str, cert: &str| {
+        let path = dir.path().join("idgate.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"https://idp\"\n\
+                 idp_sso_url = \"https://idp.example.com/sso\"\n\
+                 idp_certificate = \"file:{}\"\nsp_key = \"file:{key}\"\nsp_certificate = \"file:{cert}\"\n",
+                manifest_path("config/examples/example-idp.crt")
+            ),
+        )
+        .unwrap();
+        run_cli(
+            &["check-config", "--config", &path.display().to_string()],
+            &[],
+        )
+    };
+    let (code, out, err) = config(&key, &cert);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: tenants[0].saml.sp_certificate: the certificate expires on")
+            && err.contains("within 30 days"),
+        "{err}"
+    );
+    // The IdP's certificate is not the SP key's.
+    let (code, _, err) = config(&key, &manifest_path("config/examples/example-idp.crt"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "tenants[0].saml.sp_certificate: the certificate is not for sp_key's public key"
+        ),
+        "{err}"
+    );
+}

@@ -476,6 +476,18 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
             Value::Boolean(t.saml.want_assertions_signed),
         ),
         ("tenants.saml.allow_sha1", Value::Boolean(t.saml.allow_sha1)),
+        (
+            "tenants.saml.sp_previous_keys",
+            empty(t.saml.sp_previous_keys.is_empty()),
+        ),
+        (
+            "tenants.saml.require_encrypted_assertions",
+            Value::Boolean(t.saml.require_encrypted_assertions),
+        ),
+        (
+            "tenants.saml.allow_rsa1_5",
+            Value::Boolean(t.saml.allow_rsa1_5),
+        ),
         ("tenants.saml.attributes.user_id", same(a_uid, &a.user_id)),
         ("tenants.saml.attributes.email", same(a_email, &a.email)),
         (

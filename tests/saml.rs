@@ -96,9 +96,8 @@ impl Sso {
         // fall back to whatever it has registered.
         assert!(
             xml.contains(&format!("AssertionConsumerServiceURL=\"{ACS}\""))
-                && xml.contains(
-                    "ProtocolBinding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\""
-                ),
+                && xml
+                    .contains("ProtocolBinding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\""),
             "{xml}"
         );
         relay
@@ -1084,4 +1083,452 @@ async fn identity_values_with_control_characters_are_refused() {
         ),
     )
     .await;
+}
+
+/// A tenant with an SP key (and whatever `extra` adds), run as its own process so that
+/// refusals can be read in its log. Returns the tenant and its SP key pair.
+async fn start_encrypted(extra: &str) -> (Logged, TestIdp) {
+    let sp = TestIdp::new("test-sp");
+    let logged = start_logged(&format!(
+        "sp_key = \"file:{}\"\nsp_certificate = \"file:{}\"\n{extra}",
+        sp.key.display(),
+        sp.cert.display()
+    ))
+    .await;
+    (logged, sp)
+}
+
+impl Logged {
+    /// Posts `xml`, expects a login, and checks the session carries the identity.
+    async fn logs_in(&self, case: &str, xml: &str) {
+        let r = self.post(xml, "t-accepted").await;
+        assert_eq!(r.status, 303, "{case}: {}", r.text());
+        let echo = get(&self.idgate.url("/x"), &[("cookie", &r.cookie())])
+            .await
+            .json();
+        assert_eq!(
+            received(&echo, "x-idgate-user-id"),
+            ["idp-user-1"],
+            "{case}"
+        );
+    }
+}
+
+fn spec() -> ResponseSpec {
+    ResponseSpec::new(IDP, ACS, SP, None)
+}
+
+/// The Assertion of `s`, signed by the IdP, encrypted to `sp` with `e`, in an unsigned
+/// Response.
+fn encrypted_signed(idp: &TestIdp, sp: &TestIdp, e: &Encryption) -> String {
+    let s = spec();
+    response_around(
+        &s,
+        &encrypt_assertion(&signed_assertion(&s, idp), &sp.cert, e),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_transport_and_content_cipher_logs_in() {
+    let (sso, sp) = start_encrypted("").await;
+    let contents = [
+        AES128_GCM, AES192_GCM, AES256_GCM, AES128_CBC, AES192_CBC, AES256_CBC,
+    ];
+    let digests = ["sha1", "sha256", "sha384", "sha512"];
+    let mut cases = Vec::new();
+    for content in contents {
+        cases.push(Encryption::mgf1p(content));
+        for d in digests {
+            cases.push(Encryption::oaep(content, d, d));
+        }
+    }
+    // Digest and MGF digest chosen independently.
+    for d in digests {
+        for m in digests.into_iter().filter(|m| *m != d) {
+            cases.push(Encryption::oaep(AES256_GCM, d, m));
+        }
+    }
+    // rsa-oaep with no DigestMethod or MGF: SHA-1 and MGF1-SHA1 by default.
+    cases.push(Encryption {
+        content: AES128_GCM,
+        transport: RSA_OAEP,
+        digest: None,
+        mgf: None,
+    });
+    // rsa-oaep-mgf1p with a SHA-256 digest (MGF1 stays SHA-1).
+    cases.push(Encryption {
+        digest: Some(digest_uri("sha256")),
+        ..Encryption::mgf1p(AES128_GCM)
+    });
+    assert_eq!(cases.len(), 6 * 5 + 12 + 2);
+    for e in &cases {
+        sso.logs_in(&format!("{e:?}"), &encrypted_signed(&sso.idp, &sp, e))
+            .await;
+    }
+
+    // A signed Response around the ciphertext also covers it: the Assertion inside
+    // need not be signed, with GCM or CBC content.
+    for content in [AES256_GCM, AES128_CBC] {
+        let s = spec();
+        let ea = encrypt_assertion(
+            &assertion_xml(&s, ""),
+            &sp.cert,
+            &Encryption::mgf1p(content),
+        );
+        sso.logs_in(
+            &format!("signed Response, unsigned Assertion, {content}"),
+            &signed_response_around(&s, &sso.idp, &ea),
+        )
+        .await;
+    }
+    // Both signed.
+    let s = spec();
+    let ea = encrypt_assertion(
+        &signed_assertion(&s, &sso.idp),
+        &sp.cert,
+        &Encryption::mgf1p(AES128_GCM),
+    );
+    sso.logs_in(
+        "signed Response and signed Assertion",
+        &signed_response_around(&s, &sso.idp, &ea),
+    )
+    .await;
+
+    // The metadata publishes the certificate for both uses, GCM first.
+    let meta = get(&sso.idgate.url("/_idgate/saml/acme/metadata"), &[])
+        .await
+        .text();
+    let cert = std::fs::read_to_string(&sp.cert).unwrap();
+    let body: String = cert.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(meta.contains(&body), "{meta}");
+    assert!(meta.contains(r#"use="signing""#), "{meta}");
+    assert!(meta.contains(r#"use="encryption""#), "{meta}");
+    let order: Vec<usize> = [
+        AES128_GCM,
+        AES256_GCM,
+        AES192_GCM,
+        AES128_CBC,
+        RSA_OAEP,
+        RSA_OAEP_MGF1P,
+    ]
+    .iter()
+    .map(|a| {
+        meta.find(&format!("Algorithm=\"{a}\""))
+            .unwrap_or_else(|| panic!("{a} not in {meta}"))
+    })
+    .collect();
+    assert!(order.is_sorted(), "{meta}");
+    assert!(!meta.contains(RSA_1_5), "{meta}");
+}
+
+/// Replaces the EncryptedData's CipherValue (the last one in the document).
+fn edit_ciphertext(xml: &str, edit: impl Fn(Vec<u8>) -> Vec<u8>) -> String {
+    let open = "<xenc:CipherValue>";
+    let start = xml.rfind(open).unwrap() + open.len();
+    let end = start + xml[start..].find("</xenc:CipherValue>").unwrap();
+    let compact: String = xml[start..end]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let data = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, compact).unwrap();
+    format!(
+        "{}{}{}",
+        &xml[..start],
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, edit(data)),
+        &xml[end..]
+    )
+}
+
+/// POSTs a form body over a raw connection and returns the status the server answers
+/// with, even when it answers (and closes) before the body is fully sent; None when the
+/// close (a reset, as the server discards unread bytes) beats the answer to the client.
+async fn post_unread(
+    addr: std::net::SocketAddr,
+    path: &str,
+    request_id: &str,
+    body: String,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         X-Request-Id: {request_id}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(body.as_bytes()).await;
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_assertions_without_a_signature_or_the_right_key_are_refused() {
+    let (sso, sp) = start_encrypted("").await;
+    let unsigned = |content: &'static str| {
+        let s = spec();
+        response_around(
+            &s,
+            &encrypt_assertion(
+                &assertion_xml(&s, ""),
+                &sp.cert,
+                &Encryption::mgf1p(content),
+            ),
+        )
+    };
+    let line = sso
+        .refused(
+            "no signature anywhere (GCM)",
+            &unsigned(AES128_GCM),
+            "decryption",
+        )
+        .await;
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("neither signed itself nor inside a signed Response")),
+        "{line}"
+    );
+    let line = sso
+        .refused(
+            "CBC without a covering signature",
+            &unsigned(AES256_CBC),
+            "decryption",
+        )
+        .await;
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("AES-CBC")),
+        "{line}"
+    );
+
+    let rsa15 = Encryption {
+        transport: RSA_1_5,
+        ..Encryption::mgf1p(AES128_GCM)
+    };
+    let line = sso
+        .refused(
+            "rsa-1_5 without allow_rsa1_5",
+            &encrypted_signed(&sso.idp, &sp, &rsa15),
+            "decryption",
+        )
+        .await;
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("allow_rsa1_5")),
+        "{line}"
+    );
+
+    let stranger = TestIdp::new("another-sp");
+    sso.refused(
+        "encrypted to another key",
+        &encrypted_signed(&sso.idp, &stranger, &Encryption::mgf1p(AES128_GCM)),
+        "decryption",
+    )
+    .await;
+
+    let good = encrypted_signed(&sso.idp, &sp, &Encryption::mgf1p(AES128_GCM));
+    let cbc = encrypted_signed(&sso.idp, &sp, &Encryption::mgf1p(AES128_CBC));
+    let bad: Vec<(&str, String)> = vec![
+        (
+            "GCM truncated",
+            edit_ciphertext(&good, |d| d[..d.len() / 2].to_vec()),
+        ),
+        (
+            "GCM shorter than IV and tag",
+            edit_ciphertext(&good, |d| d[..20].to_vec()),
+        ),
+        (
+            "GCM tag tampered",
+            edit_ciphertext(&good, |mut d| {
+                *d.last_mut().unwrap() ^= 1;
+                d
+            }),
+        ),
+        (
+            "GCM ciphertext tampered",
+            edit_ciphertext(&good, |mut d| {
+                d[20] ^= 0x80;
+                d
+            }),
+        ),
+        (
+            "CBC truncated mid-block",
+            edit_ciphertext(&cbc, |d| d[..d.len() - 5].to_vec()),
+        ),
+        (
+            "CBC without its last block",
+            edit_ciphertext(&cbc, |d| d[..d.len() - 16].to_vec()),
+        ),
+        (
+            "garbage base64",
+            good.replacen("<xenc:CipherValue>", "<xenc:CipherValue>%%garbage%%", 2),
+        ),
+        ("empty CipherValue", edit_ciphertext(&good, |_| Vec::new())),
+    ];
+    for (name, xml) in bad {
+        sso.refused(name, &xml, "decryption").await;
+    }
+
+    // Anyone can encrypt to the SP's certificate: an Assertion signed by another key
+    // decrypts fine and then fails its signature.
+    let forger = TestIdp::new("forger");
+    sso.refused(
+        "encrypted Assertion signed by another key",
+        &encrypted_signed(&forger, &sp, &Encryption::mgf1p(AES128_GCM)),
+        "signature",
+    )
+    .await;
+
+    // A signed Response whose ciphertext was altered fails its signature first.
+    let s = spec();
+    let ea = encrypt_assertion(
+        &assertion_xml(&s, ""),
+        &sp.cert,
+        &Encryption::mgf1p(AES128_GCM),
+    );
+    let signed = signed_response_around(&s, &sso.idp, &ea);
+    sso.refused(
+        "signed Response, ciphertext altered",
+        &edit_ciphertext(&signed, |mut d| {
+            d[20] ^= 1;
+            d
+        }),
+        "signature",
+    )
+    .await;
+
+    // A 10 MB CipherValue never reaches the decryption: the ACS reads at most 1 MiB,
+    // answers 400 and closes, possibly while the client is still sending (so the
+    // request is written by hand, ignoring a write cut short).
+    let huge = good.replacen(
+        "<xenc:CipherValue>",
+        &format!("<xenc:CipherValue>{}", "A".repeat(10 << 20)),
+        1,
+    );
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("SAMLResponse", &b64(&huge))
+        .finish();
+    let before = sso.rejections("malformed").await;
+    let status = post_unread(sso.idgate.public, "/_idgate/saml/acme/acs", "t-huge", body).await;
+    assert!(status.is_none_or(|s| s == 400), "{status:?}");
+    let line = sso.refusal_line("t-huge");
+    assert_eq!(line["reason"], "malformed", "{line}");
+    assert_eq!(sso.rejections("malformed").await, before + 1);
+
+    // Still serving after all of it.
+    sso.logs_in("a good one afterwards", &good).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_encrypted_assertions_refuses_plaintext() {
+    let (sso, sp) = start_encrypted("require_encrypted_assertions = true").await;
+    let s = spec();
+    sso.refused(
+        "a plaintext signed assertion",
+        &signed_assertion_response(&s, &sso.idp),
+        "unencrypted",
+    )
+    .await;
+    sso.logs_in(
+        "an encrypted one",
+        &encrypted_signed(&sso.idp, &sp, &Encryption::mgf1p(AES128_GCM)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sp_key_rollover_keeps_decrypting_for_the_previous_key() {
+    let old = TestIdp::new("old-sp");
+    let (sso, sp) = start_encrypted(&format!(
+        "sp_previous_keys = [\"file:{}\"]\nallow_rsa1_5 = true",
+        old.key.display()
+    ))
+    .await;
+    // An IdP that has not fetched the new metadata yet still encrypts to the old key.
+    sso.logs_in(
+        "encrypted to the previous key",
+        &encrypted_signed(&sso.idp, &old, &Encryption::mgf1p(AES256_GCM)),
+    )
+    .await;
+    assert!(
+        sso.idgate.wait_for_log("sp_previous_keys[0]"),
+        "{}",
+        sso.idgate.logs()
+    );
+    sso.logs_in(
+        "encrypted to the current key",
+        &encrypted_signed(&sso.idp, &sp, &Encryption::mgf1p(AES256_GCM)),
+    )
+    .await;
+    // allow_rsa1_5 lets PKCS#1 v1.5 key transport through.
+    let rsa15 = Encryption {
+        transport: RSA_1_5,
+        ..Encryption::mgf1p(AES128_CBC)
+    };
+    sso.logs_in("rsa-1_5 allowed", &encrypted_signed(&sso.idp, &sp, &rsa15))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sp_initiated_logins_with_encrypted_assertions_answer_their_request() {
+    let sp = TestIdp::new("test-sp");
+    let sso = start(
+        &format!(
+            "sp_key = \"file:{}\"\nsp_certificate = \"file:{}\"",
+            sp.key.display(),
+            sp.cert.display()
+        ),
+        "",
+    )
+    .await;
+    let gcm = Encryption::mgf1p(AES128_GCM);
+    // Signed Assertion inside, unsigned Response: samael checks the Assertion's
+    // InResponseTo.
+    let id = sso.begin("/a").await;
+    let s = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    let xml = response_around(
+        &s,
+        &encrypt_assertion(&signed_assertion(&s, &sso.idp), &sp.cert, &gcm),
+    );
+    let r = sso.post(&xml, Some(&id)).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.headers["location"], "/a");
+    // Signed Response around an unsigned Assertion: the Response's InResponseTo counts.
+    let id = sso.begin("/b").await;
+    let s = ResponseSpec::new(IDP, ACS, SP, Some(&id));
+    let ea = encrypt_assertion(&assertion_xml(&s, ""), &sp.cert, &gcm);
+    let r = sso
+        .post(&signed_response_around(&s, &sso.idp, &ea), Some(&id))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.headers["location"], "/b");
+    // The same encrypted response again is a replay.
+    let again = sso
+        .post(&signed_response_around(&s, &sso.idp, &ea), Some(&id))
+        .await;
+    assert_eq!(again.status, 403);
+    // A response to a request that was never made is refused, encrypted or not.
+    let s = ResponseSpec::new(IDP, ACS, SP, Some("_never-issued"));
+    let ea = encrypt_assertion(&assertion_xml(&s, ""), &sp.cert, &gcm);
+    let r = sso
+        .post(
+            &signed_response_around(&s, &sso.idp, &ea),
+            Some("_never-issued"),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
 }

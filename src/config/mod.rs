@@ -173,6 +173,9 @@ pub struct Config {
     /// against: tenants from Maestrano's developer platform are added to it and the
     /// whole validated again, so they meet exactly the rules of configured ones.
     pub source: Source,
+    /// Findings that do not stop idgate but need an operator soon (an SP certificate
+    /// close to its expiry): `check-config` prints them, `serve` logs them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// The text a config was read from and its directory. Its `Debug` leaves the text out:
@@ -400,8 +403,28 @@ pub struct SamlConfig {
     pub want_assertions_signed: bool,
     /// Accept SHA-1 signatures (legacy IdPs).
     pub allow_sha1: bool,
+    /// The SP's own key and certificate (`sp_key`, `sp_certificate`): what IdPs encrypt
+    /// assertions to. None: encrypted assertions cannot be read and are refused.
+    pub sp_key: Option<SpKeyPair>,
+    /// `sp_previous_keys`: older SP private keys (PEM) still tried for decryption, so
+    /// that an IdP that has not yet fetched the new metadata keeps working.
+    pub sp_previous_keys: Vec<Secret>,
+    /// Refuse a plaintext assertion (reason `unencrypted`).
+    pub require_encrypted_assertions: bool,
+    /// Accept RSA PKCS#1 v1.5 key transport, which is open to padding-oracle attacks
+    /// (Bleichenbacher); only for IdPs that can do nothing else.
+    pub allow_rsa1_5: bool,
     /// Attribute mapping.
     pub attributes: AttributeMap,
+}
+
+/// An SP private key with its certificate, checked at load to belong together.
+#[derive(Debug, Clone)]
+pub struct SpKeyPair {
+    /// The private key, PEM (RSA or EC).
+    pub key: Secret,
+    /// The certificate, PEM, as published in SP metadata.
+    pub certificate: String,
 }
 
 /// `[tenants.provisioning]`

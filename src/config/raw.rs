@@ -106,6 +106,11 @@ pub(crate) struct RawSaml {
     pub allow_idp_initiated: Option<bool>,
     pub want_assertions_signed: Option<bool>,
     pub allow_sha1: Option<bool>,
+    pub sp_key: Option<String>,
+    pub sp_certificate: Option<String>,
+    pub sp_previous_keys: Option<Vec<String>>,
+    pub require_encrypted_assertions: Option<bool>,
+    pub allow_rsa1_5: Option<bool>,
     #[serde(default)]
     pub attributes: RawAttributes,
 }

@@ -413,3 +413,132 @@ fn access_keys_take_their_values() {
         "{errs:?}"
     );
 }
+
+/// A PEM key and a certificate for it valid from `from_days` to `to_days` from now.
+fn sp_pair(from_days: i64, to_days: i64) -> (String, String) {
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    sp_pair_for(&key, from_days, to_days)
+}
+
+fn sp_pair_for(
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    from_days: i64,
+    to_days: i64,
+) -> (String, String) {
+    use openssl::{asn1::Asn1Time, hash::MessageDigest, x509};
+    let mut name = x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "sp").unwrap();
+    let name = name.build();
+    let mut b = x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(key).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    b.set_not_before(&Asn1Time::from_unix(now + from_days * 86_400).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now + to_days * 86_400).unwrap())
+        .unwrap();
+    b.sign(key, MessageDigest::sha256()).unwrap();
+    (
+        String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+        String::from_utf8(b.build().to_pem().unwrap()).unwrap(),
+    )
+}
+
+fn sp_tenant(dir: &Path, key: &str, cert: &str, extra: &str) -> String {
+    std::fs::write(dir.join("sp.key"), key).unwrap();
+    std::fs::write(dir.join("sp.crt"), cert).unwrap();
+    format!(
+        "{}sp_key = \"file:{}\"\nsp_certificate = \"file:{}\"\n{extra}\n",
+        tenant("acme", ""),
+        dir.join("sp.key").display(),
+        dir.join("sp.crt").display()
+    )
+}
+
+#[test]
+fn sp_keys_are_checked_against_their_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = sp_pair(-1, 365);
+    let c = load(&sp_tenant(dir.path(), &key, &cert, "")).unwrap();
+    let saml = &c.tenants[0].saml;
+    assert!(saml.sp_key.is_some());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(!saml.require_encrypted_assertions && !saml.allow_rsa1_5);
+
+    // Another key's certificate.
+    let (_, other) = sp_pair(-1, 365);
+    assert_eq!(
+        errors(&sp_tenant(dir.path(), &key, &other, "")),
+        ["tenants[0].saml.sp_certificate: the certificate is not for sp_key's public key"]
+    );
+    // Expired: an error. Expiring within 30 days: a warning naming the key.
+    let (key2, expired) = sp_pair(-10, -1);
+    let e = errors(&sp_tenant(dir.path(), &key2, &expired, ""));
+    assert!(
+        e.len() == 1
+            && e[0].starts_with("tenants[0].saml.sp_certificate: the certificate expired on"),
+        "{e:?}"
+    );
+    let (key3, soon) = sp_pair(-10, 20);
+    let c = load(&sp_tenant(dir.path(), &key3, &soon, "")).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings[0].path, "tenants[0].saml.sp_certificate");
+    assert!(
+        c.warnings[0].message.contains("within 30 days"),
+        "{:?}",
+        c.warnings
+    );
+
+    // Not a key, a missing half, a bad previous key: all reported with their paths.
+    let text = format!(
+        "{}sp_key = \"not a key\"\nsp_previous_keys = [\"file:{}\", \"nope\"]\n",
+        tenant("acme", ""),
+        dir.path().join("sp.key").display()
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "tenants[0].saml.sp_key: not a PEM private key",
+            "tenants[0].saml.sp_certificate: missing: required with sp_key (it is what SP metadata publishes)",
+            "tenants[0].saml.sp_previous_keys[1]: not a PEM private key",
+        ]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{}require_encrypted_assertions = true\n",
+            tenant("acme", "")
+        )),
+        [
+            "tenants[0].saml.require_encrypted_assertions: needs sp_key and sp_certificate: without them no encrypted assertion can be read"
+        ]
+    );
+    // The key never shows in a Debug dump.
+    let c = load(&sp_tenant(dir.path(), &key, &cert, "")).unwrap();
+    assert!(!format!("{c:?}").contains("PRIVATE KEY"));
+}
+
+#[test]
+fn an_ec_sp_key_is_accepted_but_cannot_be_required_to_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let ec =
+        openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap();
+    let (key, cert) = sp_pair_for(&ec, -1, 365);
+    assert!(load(&sp_tenant(dir.path(), &key, &cert, "")).is_ok());
+    assert_eq!(
+        errors(&sp_tenant(
+            dir.path(),
+            &key,
+            &cert,
+            "require_encrypted_assertions = true"
+        )),
+        [
+            "tenants[0].saml.require_encrypted_assertions: needs an RSA sp_key: assertions are encrypted to RSA keys (RSA-OAEP), an EC key decrypts nothing"
+        ]
+    );
+}

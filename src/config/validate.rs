@@ -12,10 +12,18 @@ use super::*;
 /// run reports everything.
 struct Checker<'a> {
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
     base_dir: &'a Path,
 }
 
 impl Checker<'_> {
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: path.into(),
@@ -169,10 +177,12 @@ pub(super) fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErr
                 message: "unknown key".into(),
             })
             .collect(),
+        warnings: Vec::new(),
         base_dir,
     };
-    let config = build(&mut c, raw);
+    let mut config = build(&mut c, raw);
     if c.errors.is_empty() {
+        config.warnings = c.warnings;
         Ok(config)
     } else {
         Err(ConfigErrors(c.errors))
@@ -208,6 +218,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         tenants,
         maestrano_devpl,
         source: super::Source::default(),
+        warnings: Vec::new(),
     }
 }
 
@@ -799,6 +810,7 @@ fn saml(
             }
         }
     };
+    let (sp_key, sp_previous_keys) = sp_keys(c, &p, &raw);
     let sp_entity_id = raw.sp_entity_id.unwrap_or_else(|| match maestrano {
         Some(m) => m.api_id.clone(),
         None => format!(
@@ -821,6 +833,26 @@ fn saml(
         group_name: a.group_name.unwrap_or_else(|| d_gname.into()),
         role: a.role.unwrap_or_else(|| d_role.into()),
     };
+    let require_encrypted_assertions = raw.require_encrypted_assertions.unwrap_or(false);
+    if require_encrypted_assertions && sp_key.is_none() {
+        c.err(
+            format!("{p}.require_encrypted_assertions"),
+            "needs sp_key and sp_certificate: without them no encrypted assertion can be read",
+        );
+    }
+    let rsa = |pem: &str| {
+        openssl::pkey::PKey::private_key_from_pem(pem.as_bytes())
+            .is_ok_and(|k| k.id() == openssl::pkey::Id::RSA)
+    };
+    if require_encrypted_assertions
+        && let Some(k) = &sp_key
+        && !rsa(k.key.expose())
+    {
+        c.err(
+            format!("{p}.require_encrypted_assertions"),
+            "needs an RSA sp_key: assertions are encrypted to RSA keys (RSA-OAEP), an EC key decrypts nothing",
+        );
+    }
     Some(SamlConfig {
         idp: idp?,
         sp_entity_id,
@@ -828,8 +860,111 @@ fn saml(
         allow_idp_initiated: raw.allow_idp_initiated.unwrap_or(false),
         want_assertions_signed: raw.want_assertions_signed.unwrap_or(false),
         allow_sha1: raw.allow_sha1.unwrap_or(false),
+        sp_key,
+        sp_previous_keys,
+        require_encrypted_assertions,
+        allow_rsa1_5: raw.allow_rsa1_5.unwrap_or(false),
         attributes,
     })
+}
+
+/// How long before its expiry an SP certificate gets a warning: long enough to publish
+/// new metadata and let every IdP fetch it.
+const SP_CERT_WARN_DAYS: u32 = 30;
+
+/// `sp_key`, `sp_certificate` and `sp_previous_keys`: each key a PEM private key (RSA or
+/// EC), the certificate a PEM certificate for that very key and not expired.
+fn sp_keys(c: &mut Checker<'_>, p: &str, raw: &RawSaml) -> (Option<SpKeyPair>, Vec<Secret>) {
+    let key_path = format!("{p}.sp_key");
+    let cert_path = format!("{p}.sp_certificate");
+    let key = raw.sp_key.as_deref().and_then(|r| {
+        let s = c.secret(&key_path, r)?;
+        match sp_private_key(s.expose()) {
+            Ok(k) => Some((s, k)),
+            Err(m) => {
+                c.err(&key_path, m);
+                None
+            }
+        }
+    });
+    let cert = raw.sp_certificate.as_deref().and_then(|r| {
+        let s = c.secret(&cert_path, r)?;
+        match openssl::x509::X509::from_pem(s.expose().as_bytes()) {
+            Ok(x) => Some((s.expose().to_owned(), x)),
+            Err(_) => {
+                c.err(
+                    &cert_path,
+                    "not a PEM certificate (-----BEGIN CERTIFICATE-----)",
+                );
+                None
+            }
+        }
+    });
+    match (&raw.sp_key, &raw.sp_certificate) {
+        (Some(_), None) => c.err(
+            &cert_path,
+            "missing: required with sp_key (it is what SP metadata publishes)",
+        ),
+        (None, Some(_)) => c.err(&key_path, "missing: required with sp_certificate"),
+        _ => {}
+    }
+    if let Some((_, x)) = &cert {
+        let before = |days: u32| {
+            openssl::asn1::Asn1Time::days_from_now(days)
+                .and_then(|t| x.not_after().compare(&t))
+                .is_ok_and(|o| o == std::cmp::Ordering::Less)
+        };
+        let not_after = x.not_after();
+        if before(0) {
+            c.err(
+                &cert_path,
+                format!("the certificate expired on {not_after}"),
+            );
+        } else if before(SP_CERT_WARN_DAYS) {
+            c.warn(
+                &cert_path,
+                format!(
+                    "the certificate expires on {not_after}, within {SP_CERT_WARN_DAYS} days: publish a new one (keep the old key in sp_previous_keys)"
+                ),
+            );
+        }
+    }
+    let mut previous = Vec::new();
+    for (i, r) in raw.sp_previous_keys.iter().flatten().enumerate() {
+        let path = format!("{p}.sp_previous_keys[{i}]");
+        if let Some(s) = c.secret(&path, r) {
+            match sp_private_key(s.expose()) {
+                Ok(_) => previous.push(s),
+                Err(m) => c.err(path, m),
+            }
+        }
+    }
+    let pair = match (key, cert) {
+        (Some((key, k)), Some((certificate, x))) => {
+            let matches = x.public_key().is_ok_and(|public| public.public_eq(&k));
+            if matches {
+                Some(SpKeyPair { key, certificate })
+            } else {
+                c.err(&cert_path, "the certificate is not for sp_key's public key");
+                None
+            }
+        }
+        _ => None,
+    };
+    (pair, previous)
+}
+
+/// A PEM private key that can serve as an SP key: RSA or EC.
+fn sp_private_key(pem: &str) -> Result<openssl::pkey::PKey<openssl::pkey::Private>, &'static str> {
+    if !is_private_key_pem(pem) {
+        return Err("not a PEM private key");
+    }
+    let key = openssl::pkey::PKey::private_key_from_pem(pem.as_bytes())
+        .map_err(|_| "cannot read the PEM private key (encrypted keys are not supported)")?;
+    match key.id() {
+        openssl::pkey::Id::RSA | openssl::pkey::Id::EC => Ok(key),
+        _ => Err("an SP key must be RSA or EC"),
+    }
 }
 
 /// Tokens kept acceptable during a rotation: enough for one rotation in flight per IdP

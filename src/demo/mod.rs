@@ -84,6 +84,10 @@ pub fn dev_tenant(config: &Config) -> Result<(TenantConfig, idp::DevIdp), idp::D
             allow_idp_initiated: false,
             want_assertions_signed: true,
             allow_sha1: false,
+            sp_key: None,
+            sp_previous_keys: Vec::new(),
+            require_encrypted_assertions: false,
+            allow_rsa1_5: false,
             attributes: AttributeMap {
                 user_id: "uid".into(),
                 email: "email".into(),

@@ -8,17 +8,23 @@
 //! InResponseTo values this tenant issued (each once), and refuses any assertion id
 //! seen before, across replicas, until the assertion would have expired.
 //!
+//! Encrypted assertions are decrypted first ([`decrypt`]), then judged like plaintext
+//! ones: the decrypted Assertion must carry the IdP's signature, or the Response around
+//! the ciphertext must (verified before decrypting, over the ciphertext it covers).
+//!
 //! samael validates the Response only when the Response itself is signed; when only the
 //! Assertion is, the Response around it reaches nobody's checks. So [`check_shell`]
 //! holds every Response, signed or not, to the same rules: its Destination, Issuer and
 //! top-level status, and exactly one assertion where SAML puts it.
 
+pub mod decrypt;
 pub mod routes;
 
 use std::time::Duration;
 
 use base64::Engine;
-use samael::metadata::{EntityDescriptor, IdpSsoDescriptor, KeyDescriptor};
+use samael::crypto::CryptoProvider;
+use samael::metadata::{EncryptionMethod, EntityDescriptor, IdpSsoDescriptor, KeyDescriptor};
 use samael::schema::Assertion;
 use samael::service_provider::{ServiceProvider, ServiceProviderBuilder};
 use samael::traits::ToXml;
@@ -74,9 +80,22 @@ pub enum AcsError {
     /// be an injection attempt, or personal data).
     #[error("attribute {0} holds a control character")]
     MalformedAttribute(String),
+    /// An encrypted assertion could not be decrypted, or is not covered by a signature
+    /// of the IdP.
+    #[error("encrypted assertion refused: {0}")]
+    Decryption(String),
+    /// A plaintext assertion while the tenant sets `require_encrypted_assertions`.
+    #[error("the assertion is not encrypted (require_encrypted_assertions)")]
+    Unencrypted,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<decrypt::DecryptError> for AcsError {
+    fn from(e: decrypt::DecryptError) -> Self {
+        AcsError::Decryption(e.to_string())
+    }
 }
 
 impl AcsError {
@@ -92,6 +111,8 @@ impl AcsError {
             AcsError::BrowserMismatch => "browser_mismatch",
             AcsError::MissingAttribute(_) => "missing_attribute",
             AcsError::MalformedAttribute(_) => "malformed_attribute",
+            AcsError::Decryption(_) => "decryption",
+            AcsError::Unencrypted => "unencrypted",
             AcsError::Store(_) => "store_unavailable",
         }
     }
@@ -115,6 +136,23 @@ pub struct LoginClaims {
 pub struct SamlTenant {
     tenant: String,
     sp: ServiceProvider,
+    /// The same SP without IdP certificates, which samael then trusts blindly. Used only
+    /// on a Response whose signature this module has verified over the ciphertext
+    /// before decrypting it, and which therefore can no longer verify (see
+    /// [`SamlTenant::consume`]).
+    verified_sp: ServiceProvider,
+    /// What samael checks signature algorithms against (None: the legacy list, checked
+    /// here).
+    allowed_algorithms: Option<Vec<samael::crypto::AllowedSignatureAlgorithm>>,
+    /// `sp_key` then `sp_previous_keys`; None without `sp_key`.
+    decryption: Option<decrypt::DecryptionKeys>,
+    /// `sp_certificate`, PEM, for SP metadata.
+    sp_certificate: Option<String>,
+    /// Whether that certificate's key is RSA, the only kind the supported key transports
+    /// (RSA-OAEP) can encrypt to: an EC key is published for signing only, so that no
+    /// IdP is invited to encrypt to a key it cannot use.
+    sp_key_encrypts: bool,
+    require_encrypted: bool,
     sso_url: String,
     acs_url: String,
     entity_id: String,
@@ -205,24 +243,29 @@ impl SamlTenant {
             // `consume` checks the algorithms against LEGACY_ALGORITHMS instead.
             algorithms.clear();
         }
-        let sp = ServiceProviderBuilder::default()
-            .entity_id(saml.sp_entity_id.clone())
-            .acs_url(acs_url.clone())
-            .metadata_url(saml.sp_entity_id.clone())
-            .idp_metadata(idp)
-            .allow_idp_initiated(saml.allow_idp_initiated)
-            .max_clock_skew(skew)
-            .max_issue_delay(chrono::Duration::seconds(300))
-            .authn_name_id_format(Some(
-                "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent".to_string(),
-            ))
-            .allowed_signature_algorithms(if algorithms.is_empty() {
-                None
-            } else {
-                Some(algorithms)
-            })
-            .build()
-            .map_err(|e| format!("cannot build the SP: {e}"))?;
+        let allowed_algorithms = (!algorithms.is_empty()).then_some(algorithms);
+        let build = |idp: EntityDescriptor| {
+            ServiceProviderBuilder::default()
+                .entity_id(saml.sp_entity_id.clone())
+                .acs_url(acs_url.clone())
+                .metadata_url(saml.sp_entity_id.clone())
+                .idp_metadata(idp)
+                .allow_idp_initiated(saml.allow_idp_initiated)
+                .max_clock_skew(skew)
+                .max_issue_delay(chrono::Duration::seconds(300))
+                .authn_name_id_format(Some(
+                    "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent".to_string(),
+                ))
+                .allowed_signature_algorithms(allowed_algorithms.clone())
+                .build()
+                .map_err(|e| format!("cannot build the SP: {e}"))
+        };
+        let mut keyless = idp.clone();
+        for d in keyless.idp_sso_descriptors.iter_mut().flatten() {
+            d.key_descriptors.clear();
+        }
+        let verified_sp = build(keyless)?;
+        let sp = build(idp)?;
         // The samael pitfall: without signing certificates it accepts anything.
         match sp.idp_signing_certs() {
             Ok(Some(certs)) if !certs.is_empty() => {}
@@ -231,9 +274,30 @@ impl SamlTenant {
         let sso_url = sp
             .sso_binding_location(HTTP_REDIRECT)
             .ok_or("the IdP has no HTTP-Redirect SSO endpoint")?;
+        let decryption = saml
+            .sp_key
+            .as_ref()
+            .map(|k| {
+                decrypt::DecryptionKeys::from_pems(
+                    std::iter::once(k.key.expose())
+                        .chain(saml.sp_previous_keys.iter().map(|s| s.expose())),
+                    saml.allow_rsa1_5,
+                )
+            })
+            .transpose()?;
         Ok(SamlTenant {
             tenant: tenant.id.clone(),
             sp,
+            verified_sp,
+            allowed_algorithms,
+            decryption,
+            sp_certificate: saml.sp_key.as_ref().map(|k| k.certificate.clone()),
+            sp_key_encrypts: saml.sp_key.as_ref().is_some_and(|k| {
+                openssl::x509::X509::from_pem(k.certificate.as_bytes())
+                    .and_then(|x| x.public_key())
+                    .is_ok_and(|p| p.id() == openssl::pkey::Id::RSA)
+            }),
+            require_encrypted: saml.require_encrypted_assertions,
             sso_url,
             acs_url,
             entity_id: saml.sp_entity_id.clone(),
@@ -255,6 +319,33 @@ impl SamlTenant {
         let mut md = self.sp.metadata().map_err(|e| e.to_string())?;
         md.valid_until = None;
         if let Some(sp) = md.sp_sso_descriptors.as_mut().and_then(|v| v.first_mut()) {
+            if let Some(pem) = &self.sp_certificate {
+                let descriptor =
+                    |key_use: &str, methods: Option<Vec<EncryptionMethod>>| KeyDescriptor {
+                        key_use: Some(key_use.into()),
+                        key_info: samael::key_info::KeyInfo {
+                            id: None,
+                            x509_data: Some(samael::key_info::X509Data {
+                                certificates: vec![cert_base64(pem)],
+                            }),
+                        },
+                        encryption_methods: methods,
+                    };
+                // GCM first: an IdP picks the first method it supports, and CBC is
+                // malleable.
+                let methods = decrypt::CONTENT_ALGORITHMS
+                    .iter()
+                    .chain(decrypt::KEY_TRANSPORT_ALGORITHMS.iter())
+                    .map(|a| EncryptionMethod {
+                        algorithm: (*a).to_owned(),
+                    })
+                    .collect();
+                let mut descriptors = vec![descriptor("signing", None)];
+                if self.sp_key_encrypts {
+                    descriptors.push(descriptor("encryption", Some(methods)));
+                }
+                sp.key_descriptors = Some(descriptors);
+            }
             sp.want_assertions_signed = Some(self.want_assertions_signed);
             sp.single_logout_services = None;
             sp.name_id_formats = Some(
@@ -326,8 +417,14 @@ impl SamlTenant {
         let in_response_to = response_in_response_to(&xml);
         let pending: Vec<String> = in_response_to.iter().cloned().collect();
         let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
-        let assertion = self
-            .sp
+        let (xml, sp) = if decrypt::is_encrypted(&xml)? {
+            self.decrypt(&xml)?
+        } else if self.require_encrypted {
+            return Err(AcsError::Unencrypted);
+        } else {
+            (xml, &self.sp)
+        };
+        let assertion = sp
             .parse_xml_response(&xml, Some(&pending_refs))
             .map_err(|e| AcsError::Rejected {
                 code: rejection_code(&e),
@@ -377,6 +474,73 @@ impl SamlTenant {
             return Err(AcsError::Replay(assertion.id.clone()));
         }
         self.claims(&assertion, return_to)
+    }
+
+    /// Decrypts the EncryptedAssertion of a Response (already through the shell check)
+    /// and returns the Response with the plaintext Assertion in place, and the SP that
+    /// must validate it.
+    ///
+    /// A signature of the IdP must cover what is decrypted. A Response signature covers
+    /// the ciphertext, so it is verified here, before decrypting, and validation then
+    /// continues on exactly the content it verified (samael's reduced document), with
+    /// the signature removed since it cannot verify once the ciphertext is replaced.
+    /// Otherwise the decrypted Assertion must be signed itself, and samael verifies that
+    /// signature as for any plaintext assertion. With neither, the assertion is refused:
+    /// anybody can encrypt to the SP's public certificate. A CBC ciphertext is malleable
+    /// (its plaintext can be steered blockwise), so for CBC the same rule is stated on
+    /// its own and named in the log.
+    fn decrypt(&self, xml: &str) -> Result<(String, &ServiceProvider), AcsError> {
+        let response_signed = response_signed_itself(xml);
+        let source = if response_signed {
+            let certs = self
+                .sp
+                .idp_signing_certs()
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            samael::crypto::Crypto::reduce_xml_to_signed_with_allowed_algorithms(
+                xml,
+                &certs,
+                samael::crypto::ReduceMode::default(),
+                self.allowed_algorithms.as_deref(),
+            )
+            .map_err(|e| AcsError::Rejected {
+                code: "signature",
+                detail: format!(
+                    "the Response signature over the encrypted assertion does not verify: {e}"
+                ),
+            })?
+        } else {
+            xml.to_owned()
+        };
+        let d = decrypt::decrypt_response(&source, self.decryption.as_ref(), response_signed)?;
+        let assertion_signed = assertion_signed_itself(&d.xml, &d.assertion_id);
+        if !response_signed && !assertion_signed {
+            return Err(AcsError::Decryption(match d.mode {
+                decrypt::ContentMode::Cbc => "AES-CBC content without a signature covering it (neither the Assertion inside nor the Response around it is signed)".into(),
+                decrypt::ContentMode::Gcm => "the encrypted assertion is neither signed itself nor inside a signed Response".into(),
+            }));
+        }
+        if d.key_index > 0 {
+            tracing::info!(
+                tenant = %self.tenant,
+                key = d.key_index - 1,
+                "encrypted assertion decrypted with sp_previous_keys[{}]",
+                d.key_index - 1
+            );
+        }
+        // The decrypted Assertion's own signature, if any, meets the same algorithm rules
+        // and the same shell rules as a plaintext one.
+        self.check_algorithms(&d.xml)?;
+        check_shell(&d.xml, &self.acs_url, self.idp_entity_id.as_deref())?;
+        // Only content under a Response signature verified above may skip samael's own
+        // verification; everything else goes through it, whatever was checked before.
+        let sp = if response_signed && !assertion_signed {
+            &self.verified_sp
+        } else {
+            &self.sp
+        };
+        Ok((d.xml, sp))
     }
 
     /// Refuses a signature algorithm this tenant does not accept, naming it. samael
@@ -527,7 +691,7 @@ pub fn rejection_code(e: &samael::service_provider::Error) -> &'static str {
         | E::EncryptedAssertionKeyMethodUnsupported { .. }
         | E::EncryptedAssertionValueMethodUnsupported { .. }
         | E::EncryptedAssertionInvalid
-        | E::FailedToDecryptAssertion => "encrypted_assertion",
+        | E::FailedToDecryptAssertion => "decryption",
         _ => "malformed",
     }
 }
@@ -578,6 +742,57 @@ fn response_in_response_to(xml: &str) -> Option<String> {
                     .and_then(|a| String::from_utf8(a.value.to_vec()).ok());
             }
             Ok(quick_xml::events::Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Whether the root Response carries its own signature: a `ds:Signature` child of the
+/// root whose Reference names the Response's `ID`. Whether that signature verifies is
+/// for xmlsec to say; this decides only which verification applies.
+fn response_signed_itself(xml: &str) -> bool {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    let mut root_id: Option<Vec<u8>> = None;
+    // Depth of the open root-level Signature.
+    let mut in_signature = false;
+    loop {
+        let event = match reader.read_event() {
+            Ok(e) => e,
+            Err(_) => return false,
+        };
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let local = e.local_name();
+                if depth == 0 {
+                    root_id = e
+                        .try_get_attribute("ID")
+                        .ok()
+                        .flatten()
+                        .map(|a| a.value.to_vec());
+                }
+                if depth == 1 && local.as_ref() == b"Signature" {
+                    in_signature = matches!(event, Event::Start(_));
+                }
+                if in_signature
+                    && local.as_ref() == b"Reference"
+                    && let (Some(id), Ok(Some(uri))) = (&root_id, e.try_get_attribute("URI"))
+                    && uri.value.strip_prefix(b"#") == Some(id.as_slice())
+                {
+                    return true;
+                }
+                if matches!(event, Event::Start(_)) {
+                    depth += 1;
+                }
+            }
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                if depth == 1 {
+                    in_signature = false;
+                }
+            }
+            Event::Eof => return false,
             _ => {}
         }
     }

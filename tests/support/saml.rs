@@ -347,3 +347,214 @@ pub fn unsigned_response(s: &ResponseSpec) -> String {
 pub fn b64(xml: &str) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, xml.as_bytes())
 }
+
+/// How an assertion is encrypted: the content cipher and the key transport, as XML
+/// Encryption URIs (see tests/fixtures/README.md for the commands behind each).
+#[derive(Clone, Copy, Debug)]
+pub struct Encryption {
+    /// `xmlenc11#aes128-gcm`, `xmlenc#aes256-cbc`, …
+    pub content: &'static str,
+    /// `xmlenc#rsa-oaep-mgf1p`, `xmlenc11#rsa-oaep` or `xmlenc#rsa-1_5`.
+    pub transport: &'static str,
+    /// The OAEP `DigestMethod`, when one is written.
+    pub digest: Option<&'static str>,
+    /// The `xenc11:MGF`, when one is written.
+    pub mgf: Option<&'static str>,
+}
+
+pub const AES128_GCM: &str = "http://www.w3.org/2009/xmlenc11#aes128-gcm";
+pub const AES192_GCM: &str = "http://www.w3.org/2009/xmlenc11#aes192-gcm";
+pub const AES256_GCM: &str = "http://www.w3.org/2009/xmlenc11#aes256-gcm";
+pub const AES128_CBC: &str = "http://www.w3.org/2001/04/xmlenc#aes128-cbc";
+pub const AES192_CBC: &str = "http://www.w3.org/2001/04/xmlenc#aes192-cbc";
+pub const AES256_CBC: &str = "http://www.w3.org/2001/04/xmlenc#aes256-cbc";
+pub const RSA_OAEP_MGF1P: &str = "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p";
+pub const RSA_OAEP: &str = "http://www.w3.org/2009/xmlenc11#rsa-oaep";
+pub const RSA_1_5: &str = "http://www.w3.org/2001/04/xmlenc#rsa-1_5";
+
+/// Digest URIs of XML Signature / Encryption, by OpenSSL digest name.
+pub fn digest_uri(name: &str) -> &'static str {
+    match name {
+        "sha1" => "http://www.w3.org/2000/09/xmldsig#sha1",
+        "sha256" => "http://www.w3.org/2001/04/xmlenc#sha256",
+        "sha384" => "http://www.w3.org/2001/04/xmldsig-more#sha384",
+        "sha512" => "http://www.w3.org/2001/04/xmlenc#sha512",
+        other => panic!("no digest {other}"),
+    }
+}
+
+/// The MGF1 URI of XML Encryption 1.1 for an OpenSSL digest name.
+pub fn mgf_uri(name: &str) -> &'static str {
+    match name {
+        "sha1" => "http://www.w3.org/2009/xmlenc11#mgf1sha1",
+        "sha256" => "http://www.w3.org/2009/xmlenc11#mgf1sha256",
+        "sha384" => "http://www.w3.org/2009/xmlenc11#mgf1sha384",
+        "sha512" => "http://www.w3.org/2009/xmlenc11#mgf1sha512",
+        other => panic!("no MGF {other}"),
+    }
+}
+
+fn openssl_digest_name(uri: Option<&str>) -> &'static str {
+    let uri = uri.unwrap_or_default();
+    ["sha256", "sha384", "sha512"]
+        .into_iter()
+        .find(|d| uri.ends_with(d))
+        .unwrap_or("sha1")
+}
+
+impl Encryption {
+    /// `content` with RSA-OAEP-MGF1P (SHA-1), what xmlsec1 and most IdPs write.
+    pub fn mgf1p(content: &'static str) -> Encryption {
+        Encryption {
+            content,
+            transport: RSA_OAEP_MGF1P,
+            digest: None,
+            mgf: None,
+        }
+    }
+
+    /// `content` with XML Encryption 1.1 RSA-OAEP, the given digest and MGF1 digest.
+    pub fn oaep(content: &'static str, digest: &str, mgf: &str) -> Encryption {
+        Encryption {
+            content,
+            transport: RSA_OAEP,
+            digest: Some(digest_uri(digest)),
+            mgf: Some(mgf_uri(mgf)),
+        }
+    }
+
+    fn key_bits(&self) -> usize {
+        if self.content.contains("128") {
+            128
+        } else if self.content.contains("192") {
+            192
+        } else {
+            256
+        }
+    }
+}
+
+/// `assertion` (an Assertion element, signed or not) encrypted to the certificate
+/// `cert`, as the `saml:EncryptedAssertion` element an IdP puts in its Response.
+///
+/// xmlsec1 1.2 writes rsa-oaep-mgf1p (SHA-1 only) and rsa-1_5 itself. It knows neither
+/// XML Encryption 1.1's rsa-oaep nor other OAEP digests, so for those it encrypts the
+/// content under a session key read from a file (`--aeskey`), and `openssl pkeyutl`
+/// wraps that key with the OAEP parameters named in the EncryptedKey.
+pub fn encrypt_assertion(assertion: &str, cert: &Path, e: &Encryption) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("assertion.xml");
+    let template = dir.path().join("template.xml");
+    let output = dir.path().join("encrypted.xml");
+    std::fs::write(&data, assertion).unwrap();
+    let xmlsec_wraps =
+        e.transport == RSA_1_5 || (e.transport == RSA_OAEP_MGF1P && e.digest.is_none());
+    let key_info = if xmlsec_wraps {
+        format!(
+            r#"<xenc:EncryptedKey><xenc:EncryptionMethod Algorithm="{}"/><xenc:CipherData><xenc:CipherValue/></xenc:CipherData></xenc:EncryptedKey>"#,
+            e.transport
+        )
+    } else {
+        "<ds:KeyName>session</ds:KeyName>".to_owned()
+    };
+    std::fs::write(
+        &template,
+        format!(
+            r#"<xenc:EncryptedData xmlns:xenc="http://www.w3.org/2001/04/xmlenc#" Type="http://www.w3.org/2001/04/xmlenc#Element"><xenc:EncryptionMethod Algorithm="{}"/><ds:KeyInfo xmlns:ds="http://www.w3.org/2000/09/xmldsig#">{key_info}</ds:KeyInfo><xenc:CipherData><xenc:CipherValue/></xenc:CipherData></xenc:EncryptedData>"#,
+            e.content
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("xmlsec1");
+    cmd.arg("--encrypt");
+    let session = dir.path().join("session.bin");
+    if xmlsec_wraps {
+        cmd.arg("--pubkey-cert-pem")
+            .arg(cert)
+            .arg("--session-key")
+            .arg(format!("aes-{}", e.key_bits()));
+    } else {
+        super::openssl(&[
+            "rand",
+            "-out",
+            &session.display().to_string(),
+            &(e.key_bits() / 8).to_string(),
+        ]);
+        cmd.arg("--aeskey:session").arg(&session);
+    }
+    let out = cmd
+        .arg("--xml-data")
+        .arg(&data)
+        .arg("--output")
+        .arg(&output)
+        .arg(&template)
+        .output()
+        .expect("xmlsec1 is installed by `make test`");
+    assert!(
+        out.status.success(),
+        "xmlsec1 --encrypt failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut encrypted = std::fs::read_to_string(&output).unwrap();
+    if let Some(start) = encrypted.find("<xenc:EncryptedData") {
+        encrypted.drain(..start);
+    }
+    if !xmlsec_wraps {
+        let wrapped = dir.path().join("session.wrapped");
+        let digest = openssl_digest_name(e.digest);
+        let mgf = if e.transport == RSA_OAEP_MGF1P {
+            "sha1"
+        } else {
+            openssl_digest_name(e.mgf)
+        };
+        super::openssl(&[
+            "pkeyutl",
+            "-encrypt",
+            "-certin",
+            "-inkey",
+            &cert.display().to_string(),
+            "-in",
+            &session.display().to_string(),
+            "-out",
+            &wrapped.display().to_string(),
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            &format!("rsa_oaep_md:{digest}"),
+            "-pkeyopt",
+            &format!("rsa_mgf1_md:{mgf}"),
+        ]);
+        let wrapped = std::fs::read(&wrapped).unwrap();
+        let params = e
+            .digest
+            .map(|d| format!(r#"<ds:DigestMethod Algorithm="{d}"/>"#))
+            .unwrap_or_default()
+            + &e
+                .mgf
+                .map(|m| format!(r#"<xenc11:MGF xmlns:xenc11="http://www.w3.org/2009/xmlenc11#" Algorithm="{m}"/>"#))
+                .unwrap_or_default();
+        let key = format!(
+            r#"<xenc:EncryptedKey><xenc:EncryptionMethod Algorithm="{}">{params}</xenc:EncryptionMethod><xenc:CipherData><xenc:CipherValue>{}</xenc:CipherValue></xenc:CipherData></xenc:EncryptedKey>"#,
+            e.transport,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, wrapped)
+        );
+        encrypted = encrypted.replace("<ds:KeyName>session</ds:KeyName>", &key);
+    }
+    format!(
+        "<saml:EncryptedAssertion>{}</saml:EncryptedAssertion>",
+        encrypted.trim_end()
+    )
+}
+
+/// A Response signed as a whole by `idp` around `encrypted` (an EncryptedAssertion):
+/// the signature covers the ciphertext.
+pub fn signed_response_around(s: &ResponseSpec, idp: &TestIdp, encrypted: &str) -> String {
+    let rid = format!("_r{}", rand_hex());
+    let doc = response_xml(s, &rid, &signature_template(&rid), encrypted);
+    xmlsec_sign(&doc, &idp.key, &idp.cert, RESPONSE)
+}
+
+/// An unsigned Response around `encrypted`, as an honest IdP would shape it.
+pub fn response_around(s: &ResponseSpec, encrypted: &str) -> String {
+    shell_response(s, &Shell::of(s), encrypted)
+}

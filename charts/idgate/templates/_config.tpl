@@ -101,6 +101,16 @@ config. Args: ctx, plan.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- $saml := $t.saml | default dict }}
+{{- if hasKey $saml "spKey" }}
+{{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" (printf "sp-%d" $i) "key" (printf "sp-%s.key" $t.id) "value" $saml.spKey "what" (printf "tenants[%d].saml.spKey" $i) "required" true) }}
+{{- end }}
+{{- range $j, $k := $saml.spPreviousKeys | default list }}
+{{- if and $v.existingSecret (not (or (hasPrefix "file:" $k) (hasPrefix "env:" $k))) }}
+{{- fail (printf "tenants[%d].saml.spPreviousKeys[%d] must be a reference (\"file:/etc/idgate/secrets/<key>\") when existingSecret is used" $i $j) }}
+{{- end }}
+{{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" (printf "sp-%d-previous-%d" $i $j) "key" (printf "sp-%s.previous-%d.key" $t.id $j) "value" $k "what" (printf "tenants[%d].saml.spPreviousKeys[%d]" $i $j) "required" true) }}
+{{- end }}
 {{- if $t.maestrano }}
 {{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" (printf "mno-%d" $i) "key" (printf "mno-%s.api-key" $t.id) "value" $t.maestrano.apiKey "what" (printf "tenants[%d].maestrano.apiKey" $i) "required" true) }}
 {{- end }}
@@ -196,7 +206,17 @@ strip_headers = {{ . | toJson }}
 {{- if $t.saml }}
 
 [tenants.saml]
-{{- include "idgate.toml.map" (dict "m" $t.saml "keys" (list "idpEntityId=idp_entity_id" "idpSsoUrl=idp_sso_url" "idpCertificate=idp_certificate" "idpMetadata=idp_metadata" "spEntityId=sp_entity_id" "idpSloUrl=idp_slo_url" "allowIdpInitiated=allow_idp_initiated" "wantAssertionsSigned=want_assertions_signed" "allowSha1=allow_sha1")) }}
+{{- include "idgate.toml.map" (dict "m" $t.saml "keys" (list "idpEntityId=idp_entity_id" "idpSsoUrl=idp_sso_url" "idpCertificate=idp_certificate" "idpMetadata=idp_metadata" "spEntityId=sp_entity_id" "idpSloUrl=idp_slo_url" "allowIdpInitiated=allow_idp_initiated" "wantAssertionsSigned=want_assertions_signed" "allowSha1=allow_sha1" "spCertificate=sp_certificate" "requireEncryptedAssertions=require_encrypted_assertions" "allowRsa1_5=allow_rsa1_5")) }}
+{{- with index $refs (printf "sp-%d" $i) }}
+{{- include "idgate.toml.kv" (dict "k" "sp_key" "v" .) }}
+{{- end }}
+{{- if $t.saml.spPreviousKeys }}
+{{- $spPrevious := list }}
+{{- range $j, $_ := $t.saml.spPreviousKeys }}
+{{- $spPrevious = append $spPrevious (index $refs (printf "sp-%d-previous-%d" $i $j)) }}
+{{- end }}
+sp_previous_keys = {{ $spPrevious | toJson }}
+{{- end }}
 {{- if $t.saml.attributes }}
 
 [tenants.saml.attributes]
