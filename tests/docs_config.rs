@@ -488,6 +488,18 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
             "tenants.saml.allow_rsa1_5",
             Value::Boolean(t.saml.allow_rsa1_5),
         ),
+        (
+            "tenants.saml.name_id_format",
+            // Applied as its URN; the key takes the format's short name.
+            Value::String(
+                t.saml
+                    .name_id_format
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+        ),
         ("tenants.saml.attributes.user_id", same(a_uid, &a.user_id)),
         ("tenants.saml.attributes.email", same(a_email, &a.email)),
         (

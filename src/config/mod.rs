@@ -414,6 +414,11 @@ pub struct SamlConfig {
     /// Accept RSA PKCS#1 v1.5 key transport, which is open to padding-oracle attacks
     /// (Bleichenbacher); only for IdPs that can do nothing else.
     pub allow_rsa1_5: bool,
+    /// `sign_requests`: AuthnRequests go out signed with `sp_key` (default: whenever
+    /// there is one).
+    pub sign_requests: bool,
+    /// `name_id_format`, as the URN the AuthnRequest's NameIDPolicy asks for.
+    pub name_id_format: String,
     /// Attribute mapping.
     pub attributes: AttributeMap,
 }

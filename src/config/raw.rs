@@ -111,6 +111,8 @@ pub(crate) struct RawSaml {
     pub sp_previous_keys: Option<Vec<String>>,
     pub require_encrypted_assertions: Option<bool>,
     pub allow_rsa1_5: Option<bool>,
+    pub sign_requests: Option<bool>,
+    pub name_id_format: Option<String>,
     #[serde(default)]
     pub attributes: RawAttributes,
 }

@@ -542,3 +542,32 @@ fn an_ec_sp_key_is_accepted_but_cannot_be_required_to_decrypt() {
         ]
     );
 }
+
+#[test]
+fn signed_requests_need_an_sp_key_and_name_id_formats_are_named() {
+    let errs = errors(&tenant("acme", "").replace(
+        "idp_certificate",
+        "sign_requests = true\nname_id_format = \"email\"\nidp_certificate",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tenants[0].saml.sign_requests:") && e.contains("sp_key")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tenants[0].saml.name_id_format:") && e.contains("\"email\"")),
+        "{errs:?}"
+    );
+    let c = load(&tenant("acme", "").replace(
+        "idp_certificate",
+        "name_id_format = \"transient\"\nidp_certificate",
+    ))
+    .unwrap();
+    let saml = &c.tenants[0].saml;
+    assert!(!saml.sign_requests, "no sp_key, nothing to sign with");
+    assert_eq!(
+        saml.name_id_format,
+        "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
+    );
+}

@@ -853,8 +853,32 @@ fn saml(
             "needs an RSA sp_key: assertions are encrypted to RSA keys (RSA-OAEP), an EC key decrypts nothing",
         );
     }
+    let sign_requests = raw.sign_requests.unwrap_or(sp_key.is_some());
+    if sign_requests && sp_key.is_none() {
+        c.err(
+            format!("{p}.sign_requests"),
+            "needs sp_key and sp_certificate: requests are signed with the SP key",
+        );
+    }
+    let name_id_format = match raw.name_id_format.as_deref().unwrap_or("persistent") {
+        "persistent" => "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+        "transient" => "urn:oasis:names:tc:SAML:2.0:nameid-format:transient",
+        "emailAddress" => "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
+        "unspecified" => "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified",
+        other => {
+            c.err(
+                format!("{p}.name_id_format"),
+                format!(
+                    "{other:?} is not one of \"persistent\", \"transient\", \"emailAddress\", \"unspecified\""
+                ),
+            );
+            "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
+        }
+    };
     Some(SamlConfig {
         idp: idp?,
+        sign_requests,
+        name_id_format: name_id_format.to_owned(),
         sp_entity_id,
         idp_slo_url,
         allow_idp_initiated: raw.allow_idp_initiated.unwrap_or(false),

@@ -88,6 +88,8 @@ pub fn dev_tenant(config: &Config) -> Result<(TenantConfig, idp::DevIdp), idp::D
             sp_previous_keys: Vec::new(),
             require_encrypted_assertions: false,
             allow_rsa1_5: false,
+            sign_requests: false,
+            name_id_format: "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent".into(),
             attributes: AttributeMap {
                 user_id: "uid".into(),
                 email: "email".into(),

@@ -18,7 +18,10 @@
 //! top-level status, and exactly one assertion where SAML puts it.
 
 pub mod decrypt;
+pub mod redirect;
 pub mod routes;
+
+use redirect::RedirectSigner;
 
 use std::time::Duration;
 
@@ -153,6 +156,9 @@ pub struct SamlTenant {
     /// IdP is invited to encrypt to a key it cannot use.
     sp_key_encrypts: bool,
     require_encrypted: bool,
+    /// `sign_requests`: the SP key and its signature algorithm for HTTP-Redirect
+    /// AuthnRequests.
+    request_signer: Option<RedirectSigner>,
     sso_url: String,
     acs_url: String,
     entity_id: String,
@@ -253,9 +259,7 @@ impl SamlTenant {
                 .allow_idp_initiated(saml.allow_idp_initiated)
                 .max_clock_skew(skew)
                 .max_issue_delay(chrono::Duration::seconds(300))
-                .authn_name_id_format(Some(
-                    "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent".to_string(),
-                ))
+                .authn_name_id_format(Some(saml.name_id_format.clone()))
                 .allowed_signature_algorithms(allowed_algorithms.clone())
                 .build()
                 .map_err(|e| format!("cannot build the SP: {e}"))
@@ -298,6 +302,10 @@ impl SamlTenant {
                     .is_ok_and(|p| p.id() == openssl::pkey::Id::RSA)
             }),
             require_encrypted: saml.require_encrypted_assertions,
+            request_signer: match (&saml.sp_key, saml.sign_requests) {
+                (Some(k), true) => Some(RedirectSigner::from_pem(k.key.expose())?),
+                _ => None,
+            },
             sso_url,
             acs_url,
             entity_id: saml.sp_entity_id.clone(),
@@ -347,6 +355,7 @@ impl SamlTenant {
                 sp.key_descriptors = Some(descriptors);
             }
             sp.want_assertions_signed = Some(self.want_assertions_signed);
+            sp.authn_requests_signed = Some(self.request_signer.is_some());
             sp.single_logout_services = None;
             sp.name_id_formats = Some(
                 [
@@ -383,10 +392,15 @@ impl SamlTenant {
         store
             .put_once(&self.pending_key(&id), &pending.to_string(), PENDING_TTL)
             .await?;
-        let url = request
+        let mut url = request
             .redirect(&id)
             .map_err(|e| AcsError::Malformed(e.to_string()))?
             .ok_or_else(|| AcsError::Malformed("no SSO destination".into()))?;
+        if let Some(signer) = &self.request_signer {
+            signer
+                .sign(&mut url)
+                .map_err(|e| AcsError::Malformed(format!("cannot sign the AuthnRequest: {e}")))?;
+        }
         Ok((url.to_string(), nonce))
     }
 
