@@ -196,7 +196,7 @@ strip_headers = {{ . | toJson }}
 {{- if $t.saml }}
 
 [tenants.saml]
-{{- include "idgate.toml.map" (dict "m" $t.saml "keys" (list "idpEntityId=idp_entity_id" "idpSsoUrl=idp_sso_url" "idpCertificate=idp_certificate" "idpMetadata=idp_metadata" "spEntityId=sp_entity_id" "idpSloUrl=idp_slo_url" "allowIdpInitiated=allow_idp_initiated" "wantAssertionsSigned=want_assertions_signed" "allowSha1=allow_sha1")) }}
+{{- include "idgate.toml.map" (dict "m" $t.saml "keys" (list "idpEntityId=idp_entity_id" "idpSsoUrl=idp_sso_url" "idpCertificate=idp_certificate" "idpMetadata=idp_metadata" "idpMetadataUrl=idp_metadata_url" "idpMetadataRefresh=idp_metadata_refresh" "idpMetadataSigner=idp_metadata_signer" "spEntityId=sp_entity_id" "idpSloUrl=idp_slo_url" "allowIdpInitiated=allow_idp_initiated" "wantAssertionsSigned=want_assertions_signed" "allowSha1=allow_sha1")) }}
 {{- if $t.saml.attributes }}
 
 [tenants.saml.attributes]
