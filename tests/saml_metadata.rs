@@ -382,3 +382,48 @@ async fn a_replica_started_while_the_url_is_down_uses_the_stored_copy() {
     .await;
     alone.shutdown().await;
 }
+
+// Multi-threaded: the log waits block their thread, and the metadata server must keep
+// answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_logs_why_it_keeps_the_last_good_copy() {
+    let idp = TestIdp::new("idp");
+    let server = MetadataServer::start(metadata(&[&idp], "")).await;
+    let up = TestUpstream::start().await;
+    let gate = Idgate::start(&config(
+        up.addr,
+        "",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_metadata_url = \"{}\"\n\
+             idp_metadata_refresh = \"5s\"\n",
+            server.url()
+        ),
+    ));
+    assert!(
+        gate.wait_for_log("IdP metadata refreshed"),
+        "{}",
+        gate.logs()
+    );
+    server.serve(500, "oops".into());
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if gate.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(wait_for("keeping the last good copy"), "{}", gate.logs());
+    assert!(gate.logs().contains("answered 500"), "{}", gate.logs());
+    let past =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(60));
+    server.serve(200, metadata(&[&idp], &format!(r#" validUntil="{past}""#)));
+    assert!(wait_for("expired at"), "{}", gate.logs());
+    assert_eq!(
+        get(&gate.url("/_idgate/saml/acme/login"), &[]).await.status,
+        302,
+        "logins still start with the last good copy"
+    );
+}
