@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::config::Config;
+use crate::config::IdpSource;
 use crate::config::ProvisioningConfig;
 use crate::demo::idp::DevIdp;
 use crate::directory::Directory;
@@ -29,8 +30,9 @@ use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
 use crate::proxy::tunnel::{self, GuardedBody, StreamGuard, Tunnels};
 use crate::response::{self, Body};
 use crate::response::{forbidden, store_unavailable};
-use crate::saml::SamlTenant;
+use crate::saml::metadata::{Slot, Slots};
 use crate::saml::routes::SamlRoutes;
+use crate::saml::{SamlTenant, SpState};
 use crate::server::Handler;
 use crate::session::{Auth, Authenticated, Gate, Sessions, ThreadHeaders};
 
@@ -87,7 +89,7 @@ pub struct Tenancy {
     maestrano_reserved: bool,
     /// Tenant id → where to send the browser after logout.
     slo_urls: HashMap<String, String>,
-    saml: HashMap<String, SamlTenant>,
+    saml: HashMap<String, SpSource>,
     provisioning: HashMap<String, ProvisioningConfig>,
     scim: crate::scim::Scim,
     maestrano: crate::maestrano::Maestrano,
@@ -95,16 +97,39 @@ pub struct Tenancy {
     failures: Arc<Failures>,
 }
 
+/// Where a tenant's SP comes from.
+enum SpSource {
+    /// Built once from the config.
+    Fixed(Arc<SamlTenant>),
+    /// Built from metadata fetched from a URL, and rebuilt by each refresh that changes
+    /// it (see `saml::metadata`).
+    Fetched(Slot),
+}
+
 impl Tenancy {
-    /// Builds every tenant's SP and endpoints from a validated config.
+    /// Builds every tenant's SP and endpoints from a validated config. Tenants whose
+    /// IdP metadata comes from a URL take their slot from `slots`, which the refresh
+    /// tasks fill.
     pub fn build(
         config: &Config,
         directory: &Directory,
         failures: &Arc<Failures>,
+        slots: &Slots,
     ) -> Result<Tenancy, (String, String)> {
         let mut saml = HashMap::new();
         for t in &config.tenants {
-            let sp = SamlTenant::new(t, config.acs_url(t)).map_err(|e| (t.id.clone(), e))?;
+            let sp = match (&t.saml.idp, slots.get(&t.id)) {
+                (IdpSource::Url(_), Some(slot)) => SpSource::Fetched(slot.clone()),
+                (IdpSource::Url(_), None) => {
+                    return Err((
+                        t.id.clone(),
+                        "idp_metadata_url is supported only for tenants of the config file".into(),
+                    ));
+                }
+                _ => SpSource::Fixed(Arc::new(
+                    SamlTenant::new(t, config.acs_url(t)).map_err(|e| (t.id.clone(), e))?,
+                )),
+            };
             saml.insert(t.id.clone(), sp);
         }
         let mut hosts = HashMap::new();
@@ -147,9 +172,16 @@ impl Tenancy {
         ids
     }
 
-    /// The SP of `tenant`, if there is such a tenant.
-    pub fn sp(&self, tenant: &str) -> Option<&SamlTenant> {
-        self.saml.get(tenant)
+    /// The SP of `tenant`, if there is such a tenant: loaded once, so a request keeps
+    /// the SP it started with even if a metadata refresh replaces it meanwhile.
+    pub fn sp(&self, tenant: &str) -> Option<SpState> {
+        Some(match self.saml.get(tenant)? {
+            SpSource::Fixed(sp) => SpState::Ready(sp.clone()),
+            SpSource::Fetched(slot) => match slot.load_full() {
+                Some(sp) => SpState::Ready(sp),
+                None => SpState::Pending,
+            },
+        })
     }
 
     /// `tenant`'s provisioning rules, which a login goes through.

@@ -85,6 +85,11 @@ pub fn check_config(path: &std::path::Path) -> Result<Config, config::ConfigErro
         errors.push(config::ConfigError { path, message });
     }
     for (i, t) in config.tenants.iter().enumerate() {
+        // Metadata from a URL is fetched by `serve`, not here: a check must not depend
+        // on the IdP being up, and the URL's form is checked by `Config::load`.
+        if matches!(t.saml.idp, config::IdpSource::Url(_)) {
+            continue;
+        }
         if let Err(message) = saml::SamlTenant::new(t, config.acs_url(t)) {
             errors.push(config::ConfigError {
                 path: format!("tenants[{i}].saml"),
@@ -109,6 +114,9 @@ pub struct App {
     sessions: Arc<Sessions>,
     directory: directory::Directory,
     draining: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    /// The SPs of tenants whose IdP metadata comes from a URL.
+    metadata_slots: Arc<saml::metadata::Slots>,
 }
 
 impl App {
@@ -136,7 +144,8 @@ impl App {
         let draining = Arc::new(AtomicBool::new(false));
         let directory = directory::Directory::new(store.clone());
         let failures = limits::Failures::new();
-        let tenancy = gateway::Tenancy::build(&config, &directory, &failures)
+        let metadata_slots = saml::metadata::Slots::new(&config);
+        let tenancy = gateway::Tenancy::build(&config, &directory, &failures, &metadata_slots)
             .map_err(|(tenant, reason)| StartError::Saml { tenant, reason })?;
         let gateway = Arc::new(Gateway::new(
             &config,
@@ -152,7 +161,12 @@ impl App {
             store.clone(),
             signer.clone(),
         ));
-        let admin = Arc::new(Admin::new(store.clone(), metrics, draining.clone(), signer));
+        let admin = Arc::new(Admin::new(
+            store.clone(),
+            metrics.clone(),
+            draining.clone(),
+            signer,
+        ));
         Ok(App {
             config: Arc::new(config),
             recheck,
@@ -162,6 +176,8 @@ impl App {
             sessions,
             directory,
             draining,
+            metrics,
+            metadata_slots,
         })
     }
 
@@ -187,6 +203,7 @@ impl App {
         let recheck = self.recheck.clone();
         let directory = self.directory.clone();
         let sessions = self.sessions.clone();
+        let slots = self.metadata_slots.clone();
         tokio::spawn(async move {
             let http = maestrano::worker::client();
             let mut applied: Option<Vec<serde_json::Value>> = None;
@@ -195,7 +212,7 @@ impl App {
                     Ok(markets) if applied.as_ref() == Some(&markets) => {}
                     Ok(markets) => {
                         match maestrano::devpl::merged(&config, &markets).and_then(|cfg| {
-                            gateway::Tenancy::build(&cfg, &directory, gateway.failures())
+                            gateway::Tenancy::build(&cfg, &directory, gateway.failures(), &slots)
                                 .map(|t| (cfg, t))
                                 .map_err(|(tenant, reason)| format!("tenant {tenant}: {reason}"))
                         }) {
@@ -249,6 +266,13 @@ impl App {
         self.sessions.start();
         let (jobs_tx, jobs_rx) = watch::channel(false);
         self.worker.clone().start(jobs_rx.clone());
+        saml::metadata::Refresher::spawn_all(
+            &self.config,
+            &self.metadata_slots,
+            self.directory.store(),
+            &self.metrics,
+            &jobs_rx,
+        );
         if self.config.maestrano_devpl.is_some() {
             self.refresh_tenants(jobs_rx);
         }

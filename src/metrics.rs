@@ -136,6 +136,7 @@ pub struct Metrics {
     workers: Mutex<Vec<Arc<WorkerStats>>>,
     upstream_errors: [IntCounter; 3],
     saml_rejections: IntCounterVec,
+    saml_metadata_refreshes: IntCounterVec,
     logins: IntCounter,
 }
 
@@ -160,11 +161,20 @@ impl Metrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let saml_metadata_refreshes = IntCounterVec::new(
+            Opts::new(
+                "saml_metadata_refreshes_total",
+                "IdP metadata fetches from idp_metadata_url, by tenant and result.",
+            ),
+            &["tenant", "result"],
+        )
+        .expect("static metric definition");
         let logins = IntCounter::new("logins_total", "Sessions created by logins.")
             .expect("static metric definition");
         for c in [
             Box::new(upstream_vec.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(saml_rejections.clone()),
+            Box::new(saml_metadata_refreshes.clone()),
             Box::new(logins.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -175,6 +185,7 @@ impl Metrics {
             workers: Mutex::new(Vec::new()),
             upstream_errors,
             saml_rejections,
+            saml_metadata_refreshes,
             logins,
         }
     }
@@ -197,6 +208,14 @@ impl Metrics {
     /// Counts a refused SAML response.
     pub fn saml_rejected(&self, reason: &str) {
         self.saml_rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one fetch of a tenant's IdP metadata; `result` is `ok` or why the
+    /// document was not taken (see `saml::metadata::MetadataError::result`).
+    pub fn saml_metadata_refresh(&self, tenant: &str, result: &str) {
+        self.saml_metadata_refreshes
+            .with_label_values(&[tenant, result])
+            .inc();
     }
 
     /// Counts a successful login.

@@ -839,6 +839,19 @@ fn native_sidecar_is_an_init_container_that_keeps_running() {
         r.config()["tenants"][0]["scim"]["token"].as_str(),
         Some("file:/etc/idgate/secrets/scim-beta.token")
     );
+    // IdP metadata from a URL: the keys reach the config, which check-config accepted
+    // (scenario) without fetching anything.
+    let gamma = &r.config()["tenants"][1]["saml"];
+    assert_eq!(
+        gamma["idp_metadata_url"].as_str(),
+        Some("https://login.example.org/gamma/metadata")
+    );
+    assert_eq!(gamma["idp_metadata_refresh"].as_str(), Some("10m"));
+    assert!(
+        gamma["idp_metadata_signer"]
+            .as_str()
+            .is_some_and(|pem| pem.contains("BEGIN CERTIFICATE"))
+    );
 }
 
 #[test]

@@ -269,3 +269,31 @@ fn check_config_warns_before_the_sp_certificate_expires_and_refuses_a_wrong_one(
         "{err}"
     );
 }
+
+#[test]
+fn check_config_checks_only_the_form_of_an_idp_metadata_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("url.toml");
+    // Nothing listens on port 9 of loopback: check-config must not try to fetch.
+    std::fs::write(
+        &path,
+        "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_metadata_url = \"http://127.0.0.1:9/metadata\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        &path,
+        "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_metadata_url = \"http://idp.example.com/metadata\"\n\
+         idp_metadata_refresh = \"1s\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{err}");
+    for expected in [
+        "tenants[0].saml.idp_metadata_url: must be https",
+        "tenants[0].saml.idp_metadata_refresh: must be at least 5s",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}

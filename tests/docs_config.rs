@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use idgate::config::{
-    BillingMode, Config, ConfigError, FailMode, NameOrder, RecheckFailMode, StoreUrl, UserMode,
-    default_workers, defaults,
+    BillingMode, Config, ConfigError, FailMode, IdpSource, NameOrder, RecheckFailMode, StoreUrl,
+    UserMode, default_workers, defaults,
 };
 use toml::Value;
 
@@ -377,6 +377,23 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
     }
     let [a_uid, a_email, a_first, a_last, a_gid, a_gname, a_role] = defaults::ATTRIBUTES;
     let a = &t.saml.attributes;
+    // The metadata-URL keys apply only to a tenant that uses the URL.
+    let metadata_refresh = {
+        let mut doc = minimal();
+        for key in ["idp_entity_id", "idp_sso_url", "idp_certificate"] {
+            assert!(remove_path(&mut doc, &format!("tenants.saml.{key}")));
+        }
+        set_path(
+            &mut doc,
+            "tenants.saml.idp_metadata_url",
+            s("https://idp.example.com/metadata"),
+        );
+        let c = load(&doc).unwrap_or_else(|e| panic!("a metadata-URL tenant must load: {e:?}"));
+        match &c.tenants[0].saml.idp {
+            IdpSource::Url(m) => m.refresh,
+            other => panic!("not a metadata-URL tenant: {other:?}"),
+        }
+    };
     BTreeMap::from([
         (
             "server.listen",
@@ -499,6 +516,10 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
                     .unwrap_or_default()
                     .to_owned(),
             ),
+        ),
+        (
+            "tenants.saml.idp_metadata_refresh",
+            dur(defaults::IDP_METADATA_REFRESH, metadata_refresh),
         ),
         ("tenants.saml.attributes.user_id", same(a_uid, &a.user_id)),
         ("tenants.saml.attributes.email", same(a_email, &a.email)),

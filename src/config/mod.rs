@@ -71,6 +71,9 @@ pub mod defaults {
         "group_name",
         "group_role",
     ];
+    /// `[tenants.saml].idp_metadata_refresh`: IdPs rotate keys with days of notice, and
+    /// an hourly fetch is no load on them.
+    pub const IDP_METADATA_REFRESH: &str = "1h";
     /// `[access].strip_headers`: the URL-override and remote-user families (SPEC §7).
     /// Front proxies and frameworks give these meaning (IIS/Symfony rewrite the URL,
     /// Apache's `REMOTE_USER`, oauth2-proxy's and nginx auth_request's user headers), so
@@ -367,6 +370,21 @@ pub enum IdpSource {
     },
     /// `idp_metadata`: the metadata XML, read from its reference.
     Metadata(String),
+    /// `idp_metadata_url`: fetched at start and refreshed in the background, so the
+    /// IdP's certificates can roll over without a config change.
+    Url(MetadataUrl),
+}
+
+/// Where and how a tenant's IdP metadata is fetched (`idp_metadata_url` and its keys).
+#[derive(Debug, Clone)]
+pub struct MetadataUrl {
+    /// https, or http for a loopback host or signed metadata.
+    pub url: url::Url,
+    /// The longest time between two fetches; the metadata's `validUntil` and
+    /// `cacheDuration` shorten it.
+    pub refresh: Duration,
+    /// PEM certificates the metadata's own signature must verify with, when set.
+    pub signer: Option<Vec<String>>,
 }
 
 /// SAML attribute names mapped to idgate fields.

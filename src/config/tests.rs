@@ -543,6 +543,47 @@ fn an_ec_sp_key_is_accepted_but_cannot_be_required_to_decrypt() {
     );
 }
 
+fn url_tenant(saml: &str) -> String {
+    format!("[[tenants]]\nid = \"u\"\n[tenants.saml]\n{saml}\n")
+}
+
+#[test]
+fn idp_metadata_url_takes_its_defaults_and_stands_alone() {
+    let c = load(&url_tenant(
+        "idp_metadata_url = \"https://idp.example.com/metadata\"",
+    ))
+    .unwrap();
+    match &c.tenants[0].saml.idp {
+        IdpSource::Url(m) => {
+            assert_eq!(m.url.as_str(), "https://idp.example.com/metadata");
+            assert_eq!(
+                m.refresh,
+                humantime::parse_duration(defaults::IDP_METADATA_REFRESH).unwrap()
+            );
+            assert_eq!(m.refresh, Duration::from_secs(3600));
+            assert!(m.signer.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Loopback may be plain http (a sidecar IdP, tests); a signer makes any http fine.
+    for host in ["127.0.0.1:8000", "[::1]", "localhost"] {
+        let c = load(&url_tenant(&format!(
+            "idp_metadata_url = \"http://{host}/md\"\nidp_metadata_refresh = \"5s\""
+        )))
+        .unwrap();
+        assert!(
+            matches!(&c.tenants[0].saml.idp, IdpSource::Url(m) if m.refresh == Duration::from_secs(5))
+        );
+    }
+    let c = load(&url_tenant(&format!(
+        "idp_metadata_url = \"http://idp.example.com/md\"\nidp_metadata_signer = \"{CERT}\""
+    )))
+    .unwrap();
+    assert!(
+        matches!(&c.tenants[0].saml.idp, IdpSource::Url(m) if m.signer.as_ref().is_some_and(|s| s.len() == 1))
+    );
+}
+
 #[test]
 fn signed_requests_need_an_sp_key_and_name_id_formats_are_named() {
     let errs = errors(&tenant("acme", "").replace(
@@ -570,4 +611,66 @@ fn signed_requests_need_an_sp_key_and_name_id_formats_are_named() {
         saml.name_id_format,
         "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
     );
+}
+
+#[test]
+fn idp_metadata_url_mistakes_are_reported_with_their_keys() {
+    let cases = [
+        (
+            "idp_metadata_url = \"http://idp.example.com/md\"",
+            "tenants[0].saml.idp_metadata_url: must be https",
+        ),
+        (
+            "idp_metadata_url = \"ftp://idp.example.com/md\"",
+            "tenants[0].saml.idp_metadata_url: \"ftp://idp.example.com/md\" must be an absolute",
+        ),
+        (
+            "idp_metadata_url = \"https://idp/md\"\nidp_metadata_refresh = \"4s\"",
+            "tenants[0].saml.idp_metadata_refresh: must be at least 5s",
+        ),
+        (
+            "idp_metadata_url = \"https://idp/md\"\nidp_metadata_refresh = \"soon\"",
+            "tenants[0].saml.idp_metadata_refresh: invalid duration",
+        ),
+        (
+            "idp_metadata_url = \"https://idp/md\"\nidp_metadata_signer = \"file:Cargo.toml\"",
+            "tenants[0].saml.idp_metadata_signer: no PEM certificate",
+        ),
+        (
+            "idp_metadata_url = \"https://idp/md\"\nidp_metadata_signer = \"env:IDGATE_NO_SUCH_VAR\"",
+            "tenants[0].saml.idp_metadata_signer:",
+        ),
+        (
+            "idp_metadata_url = \"https://idp/md\"\nidp_metadata = \"file:config/examples/example-idp.crt\"",
+            "tenants[0].saml.idp_metadata_url: give one of",
+        ),
+        (
+            &format!("idp_metadata_url = \"https://idp/md\"\nidp_certificate = \"{CERT}\""),
+            "tenants[0].saml.idp_metadata_url: give one of",
+        ),
+        (
+            "idp_entity_id = \"x\"\nidp_sso_url = \"https://idp/sso\"\n\
+             idp_certificate = \"file:config/examples/example-idp.crt\"\nidp_metadata_refresh = \"1h\"",
+            "tenants[0].saml.idp_metadata_refresh: only meaningful with idp_metadata_url",
+        ),
+        (
+            &format!(
+                "idp_entity_id = \"x\"\nidp_sso_url = \"https://idp/sso\"\n\
+                 idp_certificate = \"{CERT}\"\nidp_metadata_signer = \"{CERT}\""
+            ),
+            "tenants[0].saml.idp_metadata_signer: only meaningful with idp_metadata_url",
+        ),
+    ];
+    for (saml, expected) in cases {
+        let errs = errors(&url_tenant(saml));
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing `{expected}` in {errs:#?}"
+        );
+    }
+    // Several mistakes in one tenant are all reported in one pass.
+    let errs = errors(&url_tenant(
+        "idp_metadata_url = \"http://idp.example.com/md\"\nidp_metadata_refresh = \"1s\"",
+    ));
+    assert!(errs.len() >= 2, "{errs:#?}");
 }

@@ -740,6 +740,9 @@ fn saml(
     let explicit =
         raw.idp_entity_id.is_some() || raw.idp_sso_url.is_some() || raw.idp_certificate.is_some();
     let idp = match (&raw.idp_metadata, explicit) {
+        _ if raw.idp_metadata_url.is_some() => {
+            metadata_url(c, &p, &raw, explicit).map(IdpSource::Url)
+        }
         (Some(_), true) => {
             c.err(
                 format!("{p}.idp_metadata"),
@@ -811,6 +814,19 @@ fn saml(
         }
     };
     let (sp_key, sp_previous_keys) = sp_keys(c, &p, &raw);
+    if raw.idp_metadata_url.is_none() {
+        for (key, given) in [
+            ("idp_metadata_refresh", raw.idp_metadata_refresh.is_some()),
+            ("idp_metadata_signer", raw.idp_metadata_signer.is_some()),
+        ] {
+            if given {
+                c.err(
+                    format!("{p}.{key}"),
+                    "only meaningful with idp_metadata_url",
+                );
+            }
+        }
+    }
     let sp_entity_id = raw.sp_entity_id.unwrap_or_else(|| match maestrano {
         Some(m) => m.api_id.clone(),
         None => format!(
@@ -988,6 +1004,90 @@ fn sp_private_key(pem: &str) -> Result<openssl::pkey::PKey<openssl::pkey::Privat
     match key.id() {
         openssl::pkey::Id::RSA | openssl::pkey::Id::EC => Ok(key),
         _ => Err("an SP key must be RSA or EC"),
+    }
+}
+
+/// The shortest `idp_metadata_refresh`: more often is load on the IdP for nothing.
+const MIN_METADATA_REFRESH: Duration = Duration::from_secs(5);
+
+/// `idp_metadata_url` and its keys. Only the form is checked here: the document is
+/// fetched when idgate starts, so that `check-config` does not depend on the IdP being up.
+fn metadata_url(
+    c: &mut Checker<'_>,
+    p: &str,
+    raw: &RawSaml,
+    explicit: bool,
+) -> Option<MetadataUrl> {
+    let path = format!("{p}.idp_metadata_url");
+    let mut ok = true;
+    if raw.idp_metadata.is_some() || explicit {
+        c.err(
+            &path,
+            "give one of idp_metadata_url, idp_metadata, or idp_entity_id + idp_sso_url + idp_certificate",
+        );
+        ok = false;
+    }
+    let signer = match &raw.idp_metadata_signer {
+        Some(r) => {
+            let spath = format!("{p}.idp_metadata_signer");
+            let certs = c.secret(&spath, r).map(|s| pem_certificates(s.expose()));
+            match certs {
+                Some(certs) if !certs.is_empty() => Some(certs),
+                Some(_) => {
+                    c.err(
+                        spath,
+                        "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+                    );
+                    ok = false;
+                    None
+                }
+                None => {
+                    ok = false;
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let url = raw
+        .idp_metadata_url
+        .as_deref()
+        .and_then(|u| c.web_url(&path, u));
+    if let Some(u) = &url
+        && u.scheme() == "http"
+        && !is_loopback(u)
+        && raw.idp_metadata_signer.is_none()
+    {
+        c.err(
+            &path,
+            "must be https: over plain http anyone on the way could substitute their own certificates (http is accepted for a loopback host, or with idp_metadata_signer)",
+        );
+        ok = false;
+    }
+    let rpath = format!("{p}.idp_metadata_refresh");
+    let refresh = c.duration(
+        &rpath,
+        raw.idp_metadata_refresh.as_deref(),
+        defaults::IDP_METADATA_REFRESH,
+    );
+    if refresh < MIN_METADATA_REFRESH {
+        c.err(rpath, "must be at least 5s");
+        ok = false;
+    }
+    let url = url?;
+    ok.then_some(MetadataUrl {
+        url,
+        refresh,
+        signer,
+    })
+}
+
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 

@@ -145,7 +145,7 @@ impl Maestrano {
                         certificates,
                         ..
                     } => (sso_url.to_string(), certificates.first().cloned()),
-                    IdpSource::Metadata(_) => (String::new(), None),
+                    IdpSource::Metadata(_) | IdpSource::Url(_) => (String::new(), None),
                 };
                 Some((
                     t.id.clone(),

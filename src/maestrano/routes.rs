@@ -15,6 +15,7 @@ use super::{CONNEC_MAX_BODY, Refusal, Route};
 use crate::gateway::RouteCtx;
 use crate::limits::Failure;
 use crate::response::{self, Body, json as answer};
+use crate::saml::SpState;
 use crate::saml::routes::SamlRoutes;
 
 /// Dispatches a path under `/maestrano/`. The gateway sends only what it reserved for
@@ -95,11 +96,13 @@ pub async fn handle(
             None => not_found("Tenant"),
         },
         (&Method::GET, Route::Init) => match ctx.tenancy.sp(&tenant) {
-            Some(sp) => saml.login(ctx, sp, req, html).await,
+            Some(SpState::Ready(sp)) => saml.login(ctx, &sp, req, html).await,
+            Some(SpState::Pending) => crate::saml::routes::metadata_pending(ctx, &tenant, html),
             None => not_found("Tenant"),
         },
         (&Method::POST, Route::Consume) => match ctx.tenancy.sp(&tenant) {
-            Some(sp) => saml.acs(ctx, sp, req).await,
+            Some(SpState::Ready(sp)) => saml.acs(ctx, &sp, req).await,
+            Some(SpState::Pending) => crate::saml::routes::metadata_pending(ctx, &tenant, html),
             None => not_found("Tenant"),
         },
         (&Method::DELETE, Route::GroupCancelled { group }) => {

@@ -18,6 +18,7 @@
 //! top-level status, and exactly one assertion where SAML puts it.
 
 pub mod decrypt;
+pub mod metadata;
 pub mod redirect;
 pub mod routes;
 
@@ -135,6 +136,15 @@ pub struct LoginClaims {
     pub attributes: std::collections::HashMap<String, String>,
 }
 
+/// A tenant's SP as a request finds it.
+pub enum SpState {
+    /// Ready for logins.
+    Ready(std::sync::Arc<SamlTenant>),
+    /// The tenant's IdP metadata comes from a URL and has never been had (neither
+    /// fetched nor found in the store): logins cannot start or be checked.
+    Pending,
+}
+
 /// One tenant's SP.
 pub struct SamlTenant {
     tenant: String,
@@ -178,13 +188,21 @@ fn cert_base64(pem: &str) -> String {
 }
 
 impl SamlTenant {
-    /// Builds the SP for a validated tenant; `acs_url` is where the IdP posts.
+    /// Builds the SP for a validated tenant; `acs_url` is where the IdP posts. A tenant
+    /// whose metadata comes from a URL has no SP until it is fetched: see
+    /// [`SamlTenant::from_metadata`] and [`metadata`].
     pub fn new(tenant: &TenantConfig, acs_url: String) -> Result<SamlTenant, String> {
         let saml = &tenant.saml;
         let idp: EntityDescriptor = match &saml.idp {
             IdpSource::Metadata(xml) => xml
                 .parse()
                 .map_err(|e| format!("cannot parse IdP metadata: {e}"))?,
+            IdpSource::Url(m) => {
+                return Err(format!(
+                    "the IdP metadata from {} has not been fetched yet",
+                    m.url
+                ));
+            }
             IdpSource::Explicit {
                 entity_id,
                 sso_url,
@@ -233,6 +251,18 @@ impl SamlTenant {
                 ..EntityDescriptor::default()
             },
         };
+        SamlTenant::from_metadata(tenant, acs_url, idp)
+    }
+
+    /// Builds the SP from IdP metadata already checked (see [`metadata::check`]): every
+    /// `use="signing"` certificate it lists is trusted, and no other, so metadata that
+    /// drops a certificate ends the trust in it as soon as the SP is rebuilt from it.
+    pub fn from_metadata(
+        tenant: &TenantConfig,
+        acs_url: String,
+        idp: EntityDescriptor,
+    ) -> Result<SamlTenant, String> {
+        let saml = &tenant.saml;
         let idp_entity_id = idp.entity_id.clone();
         let skew = chrono::Duration::seconds(MAX_SKEW.as_secs() as i64);
         let mut algorithms = vec![

@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{AcsError, SamlTenant};
+use super::{AcsError, SamlTenant, SpState};
 use crate::config::Config;
 use crate::directory::LoginError;
 use crate::gateway::RouteCtx;
@@ -26,6 +26,25 @@ const MAX_ACS_BODY: usize = 1 << 20;
 
 /// How long a started login may take to come back to the ACS, in seconds.
 const LOGIN_COOKIE_MAX_AGE: u32 = 600;
+
+/// The answer for a tenant whose IdP metadata (from `idp_metadata_url`) has never been
+/// had: nothing can be started or checked without the IdP's certificates, and a retry
+/// later may succeed, so 503 rather than an error the user cannot act on.
+pub fn metadata_pending(ctx: &RouteCtx<'_>, tenant: &str, html: bool) -> Response<Body> {
+    let request_id = ctx.request_id;
+    tracing::warn!(
+        request_id,
+        tenant,
+        "SAML endpoint unavailable: the IdP metadata has not been fetched yet (see the idp_metadata_url log lines)"
+    );
+    response::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        html,
+        "idp_metadata_unavailable",
+        "Sign-in is not available yet: the identity provider's settings could not be loaded. Please try again in a minute.",
+        request_id,
+    )
+}
 
 /// What the SAML endpoints keep between requests: the login-start limiter and how to
 /// write the login cookie. Tenant-independent, so it outlives tenant-set changes.
@@ -57,15 +76,20 @@ impl SamlRoutes {
         let html = response::accepts_html(req.headers());
         let rest = &path["/_idgate/saml/".len()..];
         let (tenant, action) = rest.split_once('/').unwrap_or((rest, ""));
-        let Some(sp) = ctx.tenancy.sp(tenant) else {
-            return response::error(
-                StatusCode::NOT_FOUND,
-                html,
-                "unknown_tenant",
-                "No such tenant.",
-                request_id,
-            );
+        let sp = match ctx.tenancy.sp(tenant) {
+            Some(SpState::Ready(sp)) => sp,
+            Some(SpState::Pending) => return metadata_pending(ctx, tenant, html),
+            None => {
+                return response::error(
+                    StatusCode::NOT_FOUND,
+                    html,
+                    "unknown_tenant",
+                    "No such tenant.",
+                    request_id,
+                );
+            }
         };
+        let sp = &*sp;
         match (req.method(), action) {
             (&Method::GET, "metadata") => match sp.metadata_xml() {
                 Ok(xml) => {
