@@ -1034,6 +1034,18 @@ fn check_shell(xml: &str, acs_url: &str, idp_entity_id: Option<&str>) -> Result<
                         statuses += 1;
                         Part::Status
                     }
+                    // samael matches elements by local name alone: a look-alike in
+                    // another namespace would be read by it and unseen here.
+                    ([Part::Response], _)
+                        if matches!(
+                            local,
+                            b"Issuer" | b"Status" | b"Assertion" | b"EncryptedAssertion"
+                        ) =>
+                    {
+                        return Err(malformed(
+                            "a Response child named like a SAML element, in another namespace",
+                        ));
+                    }
                     // Whatever the assertion holds is its own business (and signed).
                     (_, Some(Part::Assertion)) => Part::Other,
                     ([Part::Response, Part::Status], _)
@@ -1237,14 +1249,25 @@ mod tests {
             shell(&format!("{OK_STATUS}{default_ns}{ASSERTION}")),
             Err("malformed")
         );
-        // The same local name in another namespace, or inside a comment, is not one.
-        let foreign = r#"<x:Assertion xmlns:x="urn:example:other"/>"#;
+        // Inside a comment it is not one.
         assert_eq!(
-            shell(&format!(
-                "{OK_STATUS}{foreign}<!--{ASSERTION}-->{ASSERTION}"
-            )),
+            shell(&format!("{OK_STATUS}<!--{ASSERTION}-->{ASSERTION}")),
             Ok(())
         );
+        // The same local name in another namespace is refused: samael, which matches by
+        // local name, would read it as the real thing.
+        for foreign in [
+            r#"<x:Assertion xmlns:x="urn:example:other"/>"#,
+            r#"<x:Issuer xmlns:x="urn:example:other">https://evil</x:Issuer>"#,
+            r#"<x:Status xmlns:x="urn:example:other"/>"#,
+            r#"<EncryptedAssertion/>"#,
+        ] {
+            assert_eq!(
+                shell(&format!("{OK_STATUS}{foreign}{ASSERTION}")),
+                Err("malformed"),
+                "{foreign}"
+            );
+        }
         // Nested in the assertion (Advice) is the assertion's business; anywhere else
         // in the shell it is refused.
         let advice = r#"<saml:Assertion ID="a"><saml:Advice><saml:Assertion ID="n"/></saml:Advice></saml:Assertion>"#;
