@@ -10,7 +10,10 @@ CARGO ?= cargo
 #   redis-server (with redis-cli): the store tests start their own servers and a Cluster
 #   openssl: tests check generated keys with an independent tool
 #   ruby: runs docs/examples/verify.rb (Python and Node.js are handled below)
-SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates ruby
+#   simplesamlphp php-cli php-xml php-mbstring: a real IdP (SimpleSAMLphp 1.19 under `php -S`)
+#     that tests/interop_simplesamlphp.rs logs in through; no web server is configured
+SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates ruby \
+  simplesamlphp php-cli php-xml php-mbstring
 BENCH_PACKAGES := wrk nginx-light
 # The public SCIM compliance checker, in a private virtualenv under target/ (see
 # tests/scim_compliance.rs); pinned so that its verdicts only change when we bump it.
