@@ -1,7 +1,13 @@
 //! Interoperability with a real IdP: SimpleSAMLphp 1.19 (Debian's `simplesamlphp`),
 //! served by `php -S` on 127.0.0.1 from a throw-away config directory, drives idgate
 //! through SP-initiated logins with signed, encrypted assertions, and through an IdP
-//! signing-key rollover that idgate only learns about from refreshed metadata.
+//! signing-key rollover that idgate only learns about from refreshed metadata:
+//! 1. login with a signed AuthnRequest (SimpleSAMLphp validates it) and an encrypted,
+//!    signed assertion, which reaches the upstream as ada;
+//! 2. the IdP announces its next key (`new_certificate`) and idgate refreshes;
+//! 3. the IdP switches keys: the next login works at once;
+//! 4. after a refresh without the old key, a response signed with it is refused;
+//! 5. a plaintext assertion is refused (`require_encrypted_assertions`).
 //!
 //! Setup (see also tests/fixtures/README.md): `make test` installs `simplesamlphp php-cli
 //! php-xml php-mbstring`. The test panics, never skips, when they are missing. Per run it
@@ -143,21 +149,7 @@ impl SimpleSamlPhp {
             ),
         )
         .unwrap();
-        std::fs::write(
-            d.join("metadata/saml20-sp-remote.php"),
-            format!(
-                "<?php\n$metadata['{entity}'] = [\n  'AssertionConsumerService' => '{acs}',\n  \
-                 'NameIDFormat' => 'urn:oasis:names:tc:SAML:2.0:nameid-format:persistent',\n  \
-                 'simplesaml.nameidattribute' => 'uid',\n  \
-                 'certData' => '{cert}',\n  'sign.assertion' => true,\n  \
-                 'assertion.encryption' => true,\n  'validate.authnrequest' => true,\n  \
-                 'signature.algorithm' => 'http://www.w3.org/2001/04/xmldsig-more#rsa-sha256',\n];\n",
-                entity = sp.entity_id,
-                acs = sp.acs,
-                cert = sp.cert_body,
-            ),
-        )
-        .unwrap();
+        write_sp_remote(d, sp, true);
         let mut last = String::new();
         let mut dir = Some(dir);
         for _ in 0..4 {
@@ -205,6 +197,11 @@ impl SimpleSamlPhp {
         panic!("SimpleSAMLphp did not start: {last}");
     }
 
+    /// Rewrites what SimpleSAMLphp knows of idgate, encrypting assertions or not.
+    fn set_sp(&self, sp: &SpSide, encrypt: bool) {
+        write_sp_remote(self.dir.path(), sp, encrypt);
+    }
+
     /// Rewrites the hosted IdP (see [`write_idp_hosted`]).
     fn set_keys(&self, signing: &KeyPair, published: &KeyPair, next: Option<&KeyPair>) {
         write_idp_hosted(self.dir.path(), signing, published, next);
@@ -248,6 +245,28 @@ impl SimpleSamlPhp {
             read("log/simplesamlphp.log")
         )
     }
+}
+
+/// `metadata/saml20-sp-remote.php`: idgate's tenant as SimpleSAMLphp sees it.
+fn write_sp_remote(dir: &Path, sp: &SpSide, encrypt: bool) {
+    let path = dir.join("metadata/saml20-sp-remote.php");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        format!(
+            "<?php\n$metadata['{entity}'] = [\n  'AssertionConsumerService' => '{acs}',\n  \
+             'NameIDFormat' => 'urn:oasis:names:tc:SAML:2.0:nameid-format:persistent',\n  \
+             'simplesaml.nameidattribute' => 'uid',\n  \
+             'certData' => '{cert}',\n  'sign.assertion' => true,\n  \
+             'assertion.encryption' => {encrypt},\n  'validate.authnrequest' => true,\n  \
+             'signature.algorithm' => 'http://www.w3.org/2001/04/xmldsig-more#rsa-sha256',\n];\n",
+            entity = sp.entity_id,
+            acs = sp.acs,
+            cert = sp.cert_body,
+        ),
+    )
+    .unwrap();
+    std::fs::rename(tmp, path).unwrap();
 }
 
 /// SimpleSAMLphp's `config.php` for `dir`, serving on `port`.
@@ -767,7 +786,8 @@ async fn simplesamlphp_logs_in_with_encrypted_signed_assertions_and_rolls_its_ke
     );
     count = refreshed(&idgate, count, 2).await;
 
-    // 3. The IdP switches to the new key: logins work at once, before any refresh.
+    // 3. The IdP switches to the new key: logins work at once, without waiting for a
+    //    refresh, since the announced key is already trusted.
     ssp.set_keys(&idp_new, &idp_new, None);
     let mut second = login(&idgate, &ssp, "/after-rollover").await;
     assert_encrypted_and_signed_by(&second.response_xml, &sp, &idp_new);
@@ -791,6 +811,30 @@ async fn simplesamlphp_logs_in_with_encrypted_signed_assertions_and_rolls_its_ke
     assert!(
         idgate.wait_for_log("\"reason\":\"signature\""),
         "refused for its signature:\n{}",
+        idgate.logs()
+    );
+
+    // 5. With `require_encrypted_assertions`, the same IdP sending its (correctly signed)
+    //    assertion in plaintext is refused.
+    ssp.set_keys(&idp_new, &idp_new, None);
+    ssp.set_sp(&side, false);
+    let plain = login(&idgate, &ssp, "/plaintext").await;
+    assert!(
+        plain.response_xml.contains("<saml:Assertion")
+            && !plain.response_xml.contains("EncryptedAssertion"),
+        "SimpleSAMLphp sent a plaintext assertion: {}",
+        plain.response_xml
+    );
+    assert_eq!(
+        plain.acs_reply.status,
+        403,
+        "{}\n{}",
+        plain.acs_reply.text(),
+        idgate.logs()
+    );
+    assert!(
+        idgate.wait_for_log("\"reason\":\"unencrypted\""),
+        "refused as unencrypted:\n{}",
         idgate.logs()
     );
     eprintln!("whole scenario took {:?}", started.elapsed());
