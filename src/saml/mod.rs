@@ -134,6 +134,9 @@ pub struct LoginClaims {
     /// trimmed, so that a reader can refuse control characters anywhere in it): what
     /// protocol-specific layers (Maestrano's session values) read beyond the identity.
     pub attributes: std::collections::HashMap<String, String>,
+    /// The `SessionIndex` of the assertion's AuthnStatement: with the NameID, what a
+    /// Single Logout names the session by.
+    pub session_index: Option<String>,
 }
 
 /// A tenant's SP as a request finds it.
@@ -669,8 +672,17 @@ impl SamlTenant {
                 Some((name, value))
             })
             .collect();
+        let session_index = clean(
+            "SessionIndex",
+            assertion
+                .authn_statements
+                .iter()
+                .flatten()
+                .find_map(|s| s.session_index.as_deref()),
+        )?;
         Ok(LoginClaims {
             attributes,
+            session_index,
             identity: LoginIdentity {
                 user_id,
                 email: attr(&a.email)?,

@@ -282,6 +282,17 @@ impl SamlRoutes {
                 );
             }
         };
+        // The NameID as the IdP sent it, before any protocol mapping: the IdP's Single
+        // Logout names the subject the same way.
+        let saml_subject =
+            claims
+                .identity
+                .name_id
+                .clone()
+                .map(|name_id| crate::session::model::SamlSubject {
+                    name_id,
+                    session_index: claims.session_index.clone(),
+                });
         let who = &identity;
         // Every SAML tenant comes from a tenant config, so its rules exist.
         let Some(rules) = tn.provisioning(tenant) else {
@@ -323,7 +334,7 @@ impl SamlRoutes {
         };
         match ctx
             .sessions
-            .create_session_with(tenant, &user_id, &who.group_id, mno)
+            .create_session_with(tenant, &user_id, &who.group_id, mno, saml_subject)
             .await
         {
             Ok(new) => {
