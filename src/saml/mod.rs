@@ -21,6 +21,7 @@ pub mod decrypt;
 pub mod metadata;
 pub mod redirect;
 pub mod routes;
+pub mod slo;
 
 use redirect::RedirectSigner;
 
@@ -172,6 +173,15 @@ pub struct SamlTenant {
     /// `sign_requests`: the SP key and its signature algorithm for HTTP-Redirect
     /// AuthnRequests.
     request_signer: Option<RedirectSigner>,
+    /// The SP key for logout messages, which Single Logout always signs (an unsigned
+    /// LogoutRequest would let anyone end a user's session at the IdP).
+    logout_signer: Option<RedirectSigner>,
+    /// The IdP's SingleLogoutService (HTTP-Redirect): `idp_slo_url`, else the metadata's.
+    idp_slo_url: Option<String>,
+    /// Where LogoutResponses go, when the metadata names a ResponseLocation.
+    idp_slo_response_url: Option<String>,
+    /// This SP's own SLO endpoint, the Destination of logout messages to it.
+    slo_endpoint: String,
     sso_url: String,
     acs_url: String,
     entity_id: String,
@@ -181,6 +191,15 @@ pub struct SamlTenant {
     want_assertions_signed: bool,
     allow_idp_initiated: bool,
     allow_sha1: bool,
+}
+
+/// The public URL idgate is reached at, from a tenant's ACS URL (idgate's own, or
+/// Maestrano's consume path), keeping any path prefix of `public_url`.
+fn public_root(acs_url: &str) -> &str {
+    ["/_idgate/saml/", "/maestrano/auth/saml/consume"]
+        .iter()
+        .find_map(|marker| acs_url.rfind(marker).map(|i| &acs_url[..i]))
+        .unwrap_or(acs_url)
 }
 
 fn cert_base64(pem: &str) -> String {
@@ -267,6 +286,20 @@ impl SamlTenant {
     ) -> Result<SamlTenant, String> {
         let saml = &tenant.saml;
         let idp_entity_id = idp.entity_id.clone();
+        let metadata_slo = idp
+            .idp_sso_descriptors
+            .iter()
+            .flatten()
+            .flat_map(|d| d.single_logout_services.iter())
+            .find(|e| e.binding == HTTP_REDIRECT)
+            .cloned();
+        let (idp_slo_url, idp_slo_response_url) = match &saml.idp_slo_url {
+            Some(u) => (Some(u.to_string()), None),
+            None => match metadata_slo {
+                Some(e) => (Some(e.location), e.response_location),
+                None => (None, None),
+            },
+        };
         let skew = chrono::Duration::seconds(MAX_SKEW.as_secs() as i64);
         let mut algorithms = vec![
             samael::crypto::AllowedSignatureAlgorithm::RsaSha256,
@@ -339,6 +372,14 @@ impl SamlTenant {
                 (Some(k), true) => Some(RedirectSigner::from_pem(k.key.expose())?),
                 _ => None,
             },
+            logout_signer: saml
+                .sp_key
+                .as_ref()
+                .map(|k| RedirectSigner::from_pem(k.key.expose()))
+                .transpose()?,
+            idp_slo_url,
+            idp_slo_response_url,
+            slo_endpoint: format!("{}/_idgate/saml/{}/slo", public_root(&acs_url), tenant.id),
             sso_url,
             acs_url,
             entity_id: saml.sp_entity_id.clone(),

@@ -113,6 +113,7 @@ impl SamlRoutes {
             },
             (&Method::GET, "login") => self.login(ctx, sp, req, html).await,
             (&Method::POST, "acs") => self.acs(ctx, sp, req).await,
+            (&Method::GET | &Method::POST, "slo") => self.slo(ctx, sp, req, html).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,
                 html,
@@ -190,6 +191,164 @@ impl SamlRoutes {
             Err(e) => {
                 tracing::error!(request_id, tenant, error = %e, "cannot start SAML login");
                 response::store_unavailable(html, request_id)
+            }
+        }
+    }
+
+    /// The SLO endpoint: the IdP's LogoutRequest (HTTP-Redirect or HTTP-POST) ends
+    /// every session of its NameID on every replica and is answered with a signed
+    /// LogoutResponse; the IdP's LogoutResponse to a logout started here lands the
+    /// browser where that logout said. Nothing unsigned is honoured.
+    pub async fn slo(
+        &self,
+        ctx: &RouteCtx<'_>,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+        html: bool,
+    ) -> Response<Body> {
+        use super::slo::{Binding, Incoming as Message};
+        let request_id = ctx.request_id;
+        let tenant = sp.tenant();
+        if !sp.slo_enabled() {
+            tracing::warn!(
+                request_id,
+                tenant,
+                "SAML logout message refused: Single Logout needs sp_key and the IdP's SLO endpoint (idp_slo_url or its metadata)"
+            );
+            return response::error(
+                StatusCode::NOT_FOUND,
+                html,
+                "slo_unavailable",
+                "Single Logout is not set up for this application.",
+                request_id,
+            );
+        }
+        let refuse = |reason: &str, status: StatusCode| {
+            ctx.metrics.saml_rejected(reason);
+            response::error(
+                status,
+                html,
+                "logout_failed",
+                "The sign-out request could not be accepted.",
+                request_id,
+            )
+        };
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let form: HashMap<String, String>;
+        let binding = if req.method() == Method::GET {
+            Binding::Redirect(&query)
+        } else {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_ACS_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    tracing::warn!(request_id, tenant, reason = "malformed", error = %e, "SAML logout rejected: unreadable body");
+                    return refuse("malformed", StatusCode::BAD_REQUEST);
+                }
+            };
+            form = url::form_urlencoded::parse(&body).into_owned().collect();
+            let message = form
+                .get("SAMLRequest")
+                .or_else(|| form.get("SAMLResponse"))
+                .map(String::as_str)
+                .unwrap_or_default();
+            Binding::Post {
+                message,
+                relay_state: form.get("RelayState").map(String::as_str),
+            }
+        };
+        let message = match sp.receive_logout(ctx.directory.store(), binding).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(request_id, tenant, reason = e.code(), error = %e, "SAML logout rejected");
+                let status = if matches!(e, super::slo::SloError::Store(_)) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return refuse(e.code(), status);
+            }
+        };
+        match message {
+            Message::Request(request) => {
+                let indexes: Vec<Option<&str>> = if request.session_indexes.is_empty() {
+                    vec![None]
+                } else {
+                    request
+                        .session_indexes
+                        .iter()
+                        .map(|i| Some(i.as_str()))
+                        .collect()
+                };
+                let mut ended = Vec::new();
+                for index in indexes {
+                    match ctx
+                        .sessions
+                        .end_saml_sessions(tenant, &request.name_id, index)
+                        .await
+                    {
+                        Ok(records) => ended.extend(records),
+                        Err(e) => {
+                            tracing::error!(request_id, tenant, error = %e, "Single Logout failed: store unavailable");
+                            return response::store_unavailable(html, request_id);
+                        }
+                    }
+                }
+                if ended.is_empty() {
+                    ctx.metrics.saml_rejected("slo_unknown_session");
+                    tracing::warn!(
+                        request_id,
+                        tenant,
+                        reason = "slo_unknown_session",
+                        logout_request = request.id,
+                        "SAML LogoutRequest names no session of this SP; answering it anyway"
+                    );
+                }
+                for r in &ended {
+                    tracing::info!(
+                        request_id,
+                        tenant,
+                        user_id = r.user_id,
+                        actor = "idp",
+                        "single logout"
+                    );
+                }
+                match sp.logout_response_redirect(&request) {
+                    Ok(location) => {
+                        let mut resp = response::redirect(&location);
+                        resp.headers_mut()
+                            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        resp
+                    }
+                    Err(e) => {
+                        tracing::error!(request_id, tenant, error = %e, "cannot answer the LogoutRequest");
+                        response::error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            html,
+                            "internal",
+                            "Sign-out could not be completed.",
+                            request_id,
+                        )
+                    }
+                }
+            }
+            Message::Response(answer) => {
+                if !answer.success() {
+                    // The session here has ended already; the IdP's own may live on.
+                    tracing::warn!(
+                        request_id,
+                        tenant,
+                        status = answer.status,
+                        "the IdP did not confirm the Single Logout"
+                    );
+                }
+                let mut resp = response::redirect(&answer.land_on);
+                *resp.status_mut() = StatusCode::SEE_OTHER;
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp
             }
         }
     }
