@@ -531,3 +531,79 @@ async fn unsigned_forged_replayed_and_unknown_logout_requests() {
     slo.refused("replay", &r, "replay", before).await;
     assert!(signed_in(node, &again).await, "a replay ends nothing");
 }
+
+/// A LogoutResponse as the IdP answers idgate's LogoutRequest `in_response_to`.
+fn logout_response(in_response_to: &str) -> String {
+    format!(
+        r#"<samlp:LogoutResponse xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{now}" Destination="{SLO}" InResponseTo="{in_response_to}"><saml:Issuer>{IDP}</saml:Issuer><samlp:Status><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/></samlp:Status></samlp:LogoutResponse>"#,
+        id = new_id(),
+        now = now(0),
+    )
+}
+
+/// `POST /_idgate/logout` ends the session, then sends the browser to the IdP with a
+/// LogoutRequest signed by the SP key that names the session's NameID and SessionIndex;
+/// the IdP's signed LogoutResponse to it lands on `after_logout_url`, once. An unsigned
+/// answer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sp_initiated_logout_goes_through_the_idp_and_lands_on_after_logout_url() {
+    let slo = start(false, "after_logout_url = \"/goodbye\"").await;
+    let node = &slo.nodes[0];
+    let (cookie, index) = slo.login("ada@example.com", "ada").await;
+    let r = send(
+        "POST",
+        &node.url("/_idgate/logout"),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert!(
+        r.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"),
+        "the cookie is cleared"
+    );
+    assert!(
+        !signed_in(node, &cookie).await,
+        "ended before the IdP answers"
+    );
+    let (request, _) = verified_redirect(
+        r.headers["location"].to_str().unwrap(),
+        "SAMLRequest",
+        &slo.sp,
+    );
+    assert!(request.contains("LogoutRequest"), "{request}");
+    assert!(
+        request.contains(">ada@example.com</saml:NameID>")
+            && request.contains(&format!("<samlp:SessionIndex>{index}</samlp:SessionIndex>"))
+            && request.contains(&format!("<saml:Issuer>{SP}</saml:Issuer>"))
+            && request.contains(&format!("Destination=\"{IDP_SLO}\"")),
+        "{request}"
+    );
+    let id = request
+        .split("ID=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+
+    // Unsigned: refused, and the pending logout is not used up by it.
+    let before = slo.rejections("slo_signature").await;
+    let unsigned = format!("SAMLResponse={}", enc(&deflate_b64(&logout_response(&id))));
+    let r = slo.redirect(&unsigned).await;
+    slo.refused("unsigned LogoutResponse", &r, "slo_signature", before)
+        .await;
+
+    let answer = redirect_query("SAMLResponse", &logout_response(&id), None, &slo.idp.key);
+    let r = slo.redirect(&answer).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.headers["location"], "/goodbye");
+
+    // The same answer again matches no pending logout.
+    let before = slo.rejections("unknown_request").await;
+    let r = slo.redirect(&answer).await;
+    slo.refused("answered twice", &r, "unknown_request", before)
+        .await;
+}
