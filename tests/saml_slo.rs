@@ -184,11 +184,23 @@ fn logout_request(
     session_index: Option<&str>,
     signature: &str,
 ) -> String {
+    logout_request_to(SLO, id, issuer, name_id, session_index, signature)
+}
+
+/// [`logout_request`] addressed to `destination`.
+fn logout_request_to(
+    destination: &str,
+    id: &str,
+    issuer: &str,
+    name_id: &str,
+    session_index: Option<&str>,
+    signature: &str,
+) -> String {
     let index = session_index
         .map(|s| format!("<samlp:SessionIndex>{s}</samlp:SessionIndex>"))
         .unwrap_or_default();
     format!(
-        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{now}" Destination="{SLO}" NotOnOrAfter="{later}"><saml:Issuer>{issuer}</saml:Issuer>{signature}<saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">{name_id}</saml:NameID>{index}</samlp:LogoutRequest>"#,
+        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{now}" Destination="{destination}" NotOnOrAfter="{later}"><saml:Issuer>{issuer}</saml:Issuer>{signature}<saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">{name_id}</saml:NameID>{index}</samlp:LogoutRequest>"#,
         now = now(0),
         later = now(300),
     )
@@ -606,4 +618,99 @@ async fn sp_initiated_logout_goes_through_the_idp_and_lands_on_after_logout_url(
     let r = slo.redirect(&answer).await;
     slo.refused("answered twice", &r, "unknown_request", before)
         .await;
+}
+
+/// The SOAP back channel: an IdP's LogoutRequest (enveloped signature by `xmlsec1`) in a
+/// SOAP envelope ends the subject's sessions and is answered in the same exchange with a
+/// LogoutResponse whose XML signature `xmlsec1 --verify` accepts with the SP certificate.
+/// An unsigned one is a SOAP Fault counted as `slo_signature`, and ends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soap_back_channel_ends_sessions_and_answers_signed() {
+    let slo = start(false, "").await;
+    let node = &slo.nodes[0];
+    let (cookie, _) = slo.login("ada@example.com", "ada").await;
+    let envelope = |request: &str| {
+        let request = match request.trim_start().strip_prefix("<?xml") {
+            Some(rest) => rest.split_once("?>").unwrap().1.trim().to_owned(),
+            None => request.to_owned(),
+        };
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>{request}</soap:Body></soap:Envelope>"#
+        )
+    };
+    let soap = |body: String| async move {
+        send(
+            "POST",
+            &node.url("/_idgate/saml/acme/slo/soap"),
+            &[
+                ("content-type", "text/xml"),
+                (
+                    "soapaction",
+                    "http://www.oasis-open.org/committees/security",
+                ),
+            ],
+            body,
+        )
+        .await
+    };
+    let soap_slo = format!("{SLO}/soap");
+
+    // Unsigned: a Fault, nothing ended.
+    let before = slo.rejections("slo_signature").await;
+    let r = soap(envelope(&logout_request_to(
+        &soap_slo,
+        &new_id(),
+        IDP,
+        "ada@example.com",
+        None,
+        "",
+    )))
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("soap:Fault"), "{}", r.text());
+    assert_eq!(slo.rejections("slo_signature").await, before + 1);
+    assert!(signed_in(node, &cookie).await);
+
+    let id = new_id();
+    let request = xmlsec_sign(
+        &logout_request_to(
+            &soap_slo,
+            &id,
+            IDP,
+            "ada@example.com",
+            None,
+            &signature_template(&id),
+        ),
+        &slo.idp.key,
+        &slo.idp.cert,
+        "urn:oasis:names:tc:SAML:2.0:protocol:LogoutRequest",
+    );
+    let r = soap(envelope(&request)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!signed_in(node, &cookie).await, "the session ended");
+    let answer = r.text();
+    assert!(
+        answer.contains("soap:Envelope")
+            && answer.contains("LogoutResponse")
+            && answer.contains(&format!("InResponseTo=\"{id}\""))
+            && answer.contains("urn:oasis:names:tc:SAML:2.0:status:Success"),
+        "{answer}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("answer.xml");
+    std::fs::write(&file, &answer).unwrap();
+    let verified = std::process::Command::new("xmlsec1")
+        .arg("--verify")
+        .arg("--pubkey-cert-pem")
+        .arg(&slo.sp.cert)
+        .arg("--id-attr:ID")
+        .arg("urn:oasis:names:tc:SAML:2.0:protocol:LogoutResponse")
+        .arg(&file)
+        .output()
+        .expect("xmlsec1 is installed by `make test`");
+    assert!(
+        verified.status.success(),
+        "xmlsec1 refuses idgate's signature: {}\n{answer}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }

@@ -114,6 +114,7 @@ impl SamlRoutes {
             (&Method::GET, "login") => self.login(ctx, sp, req, html).await,
             (&Method::POST, "acs") => self.acs(ctx, sp, req).await,
             (&Method::GET | &Method::POST, "slo") => self.slo(ctx, sp, req, html).await,
+            (&Method::POST, "slo/soap") => self.slo_soap(ctx, sp, req).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,
                 html,
@@ -273,47 +274,8 @@ impl SamlRoutes {
         };
         match message {
             Message::Request(request) => {
-                let indexes: Vec<Option<&str>> = if request.session_indexes.is_empty() {
-                    vec![None]
-                } else {
-                    request
-                        .session_indexes
-                        .iter()
-                        .map(|i| Some(i.as_str()))
-                        .collect()
-                };
-                let mut ended = Vec::new();
-                for index in indexes {
-                    match ctx
-                        .sessions
-                        .end_saml_sessions(tenant, &request.name_id, index)
-                        .await
-                    {
-                        Ok(records) => ended.extend(records),
-                        Err(e) => {
-                            tracing::error!(request_id, tenant, error = %e, "Single Logout failed: store unavailable");
-                            return response::store_unavailable(html, request_id);
-                        }
-                    }
-                }
-                if ended.is_empty() {
-                    ctx.metrics.saml_rejected("slo_unknown_session");
-                    tracing::warn!(
-                        request_id,
-                        tenant,
-                        reason = "slo_unknown_session",
-                        logout_request = request.id,
-                        "SAML LogoutRequest names no session of this SP; answering it anyway"
-                    );
-                }
-                for r in &ended {
-                    tracing::info!(
-                        request_id,
-                        tenant,
-                        user_id = r.user_id,
-                        actor = "idp",
-                        "single logout"
-                    );
+                if end_subject(ctx, tenant, &request).await.is_err() {
+                    return response::store_unavailable(html, request_id);
                 }
                 match sp.logout_response_redirect(&request) {
                     Ok(location) => {
@@ -349,6 +311,118 @@ impl SamlRoutes {
                 resp.headers_mut()
                     .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 resp
+            }
+        }
+    }
+
+    /// The SOAP back channel (SAML bindings §3.2): a LogoutRequest with an enveloped
+    /// signature in a SOAP envelope, answered in the same call with a SOAP envelope
+    /// holding a LogoutResponse XML-signed by the SP key. Refusals are SOAP Faults.
+    pub async fn slo_soap(
+        &self,
+        ctx: &RouteCtx<'_>,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        use super::slo::{Binding, Incoming as Message, SloError};
+        let request_id = ctx.request_id;
+        let tenant = sp.tenant();
+        let fault = |status: StatusCode, code: &str, text: &str| {
+            let body = format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><soap:Fault><faultcode>soap:{code}</faultcode><faultstring>{} (reference {})</faultstring></soap:Fault></soap:Body></soap:Envelope>"#,
+                response::escape_html(text),
+                response::escape_html(request_id)
+            );
+            let mut resp = Response::new(response::full(body));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/xml; charset=utf-8"),
+            );
+            resp
+        };
+        if !sp.soap_slo_enabled() {
+            tracing::warn!(
+                request_id,
+                tenant,
+                "SAML SOAP logout refused: Single Logout needs sp_key"
+            );
+            return fault(
+                StatusCode::NOT_FOUND,
+                "Client",
+                "Single Logout is not set up",
+            );
+        }
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_ACS_BODY)
+            .collect()
+            .await
+            .ok()
+            .and_then(|b| String::from_utf8(b.to_bytes().to_vec()).ok())
+        {
+            Some(b) => b,
+            None => {
+                ctx.metrics.saml_rejected("malformed");
+                tracing::warn!(
+                    request_id,
+                    tenant,
+                    reason = "malformed",
+                    "SAML logout rejected: unreadable SOAP body"
+                );
+                return fault(StatusCode::BAD_REQUEST, "Client", "unreadable request");
+            }
+        };
+        let request = match sp
+            .receive_logout(ctx.directory.store(), Binding::Soap(&body))
+            .await
+        {
+            Ok(Message::Request(r)) => r,
+            Ok(Message::Response(_)) => {
+                ctx.metrics.saml_rejected("malformed");
+                tracing::warn!(
+                    request_id,
+                    tenant,
+                    reason = "malformed",
+                    "SAML logout rejected: a LogoutResponse on the SOAP back channel"
+                );
+                return fault(StatusCode::BAD_REQUEST, "Client", "not a LogoutRequest");
+            }
+            Err(e) => {
+                ctx.metrics.saml_rejected(e.code());
+                tracing::warn!(request_id, tenant, reason = e.code(), error = %e, "SAML logout rejected");
+                return if matches!(e, SloError::Store(_)) {
+                    fault(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Server",
+                        "try again shortly",
+                    )
+                } else {
+                    fault(StatusCode::FORBIDDEN, "Client", "logout request refused")
+                };
+            }
+        };
+        if end_subject(ctx, tenant, &request).await.is_err() {
+            return fault(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Server",
+                "try again shortly",
+            );
+        }
+        match sp.soap_logout_response(&request) {
+            Ok(envelope) => {
+                let mut resp = Response::new(response::full(envelope));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/xml; charset=utf-8"),
+                );
+                resp
+            }
+            Err(e) => {
+                tracing::error!(request_id, tenant, error = %e, "cannot answer the SOAP LogoutRequest");
+                fault(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Server",
+                    "internal error",
+                )
             }
         }
     }
@@ -525,4 +599,58 @@ impl SamlRoutes {
             }
         }
     }
+}
+
+/// Ends every session a LogoutRequest names (its NameID, narrowed to its SessionIndexes
+/// when it gives any), logging each, or `slo_unknown_session` when there is none. Err
+/// when the store failed (logged here).
+async fn end_subject(
+    ctx: &RouteCtx<'_>,
+    tenant: &str,
+    request: &super::slo::LogoutRequest,
+) -> Result<(), ()> {
+    let request_id = ctx.request_id;
+    let indexes: Vec<Option<&str>> = if request.session_indexes.is_empty() {
+        vec![None]
+    } else {
+        request
+            .session_indexes
+            .iter()
+            .map(|i| Some(i.as_str()))
+            .collect()
+    };
+    let mut ended = Vec::new();
+    for index in indexes {
+        match ctx
+            .sessions
+            .end_saml_sessions(tenant, &request.name_id, index)
+            .await
+        {
+            Ok(records) => ended.extend(records),
+            Err(e) => {
+                tracing::error!(request_id, tenant, error = %e, "Single Logout failed: store unavailable");
+                return Err(());
+            }
+        }
+    }
+    if ended.is_empty() {
+        ctx.metrics.saml_rejected("slo_unknown_session");
+        tracing::warn!(
+            request_id,
+            tenant,
+            reason = "slo_unknown_session",
+            logout_request = request.id,
+            "SAML LogoutRequest names no session of this SP; answering it anyway"
+        );
+    }
+    for r in &ended {
+        tracing::info!(
+            request_id,
+            tenant,
+            user_id = r.user_id,
+            actor = "idp",
+            "single logout"
+        );
+    }
+    Ok(())
 }

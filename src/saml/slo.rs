@@ -98,6 +98,8 @@ pub enum Binding<'a> {
         /// `RelayState`, if any.
         relay_state: Option<&'a str>,
     },
+    /// SOAP (back channel): the SOAP envelope as posted.
+    Soap(&'a str),
 }
 
 /// A verified logout message from the IdP.
@@ -161,6 +163,12 @@ impl SamlTenant {
         self.logout_signer.is_some() && self.idp_slo_url.is_some()
     }
 
+    /// Whether this tenant answers the SOAP back channel, which needs only the SP key
+    /// (the answer goes back in the same exchange, not to the IdP's endpoint).
+    pub fn soap_slo_enabled(&self) -> bool {
+        self.logout_signer.is_some()
+    }
+
     /// This SP's SLO endpoint (`/_idgate/saml/{tenant}/slo`), the Destination the IdP
     /// addresses logout messages to.
     pub fn slo_endpoint(&self) -> &str {
@@ -175,12 +183,26 @@ impl SamlTenant {
         store: &Store,
         binding: Binding<'_>,
     ) -> Result<Incoming, SloError> {
+        let destination = match binding {
+            Binding::Soap(_) => format!("{}/soap", self.slo_endpoint),
+            _ => self.slo_endpoint.clone(),
+        };
         let (xml, relay_state) = match binding {
             Binding::Redirect(query) => self.verify_redirect(query)?,
             Binding::Post {
                 message,
                 relay_state,
-            } => (self.verify_post(message)?, relay_state.map(str::to_owned)),
+            } => {
+                let xml = base64::engine::general_purpose::STANDARD
+                    .decode(strip_whitespace(message))
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| SloError::Malformed("not base64 UTF-8".into()))?;
+                (self.verify_xml(&xml)?, relay_state.map(str::to_owned))
+            }
+            // xmlsec hands back the signed element alone, so the envelope around it
+            // is never read.
+            Binding::Soap(envelope) => (self.verify_xml(envelope)?, None),
         };
         let m = parse(&xml)?;
         let issuer = m.issuer.clone().unwrap_or_default();
@@ -191,7 +213,7 @@ impl SamlTenant {
         {
             return Err(SloError::Issuer(issuer));
         }
-        if let Some(d) = m.destination.as_deref().filter(|d| *d != self.slo_endpoint) {
+        if let Some(d) = m.destination.as_deref().filter(|d| *d != destination) {
             return Err(SloError::Destination(d.to_owned()));
         }
         let now = chrono::Utc::now();
@@ -290,6 +312,47 @@ impl SamlTenant {
             request.relay_state.as_deref(),
             signer,
         )
+    }
+
+    /// The SOAP envelope answering a back-channel `request`: a LogoutResponse with an
+    /// enveloped XML signature by the SP key (SOAP has no query to sign), status Success
+    /// as for the redirect answer.
+    pub fn soap_logout_response(&self, request: &LogoutRequest) -> Result<String, String> {
+        let Some(signer) = &self.logout_signer else {
+            return Err("Single Logout needs sp_key".into());
+        };
+        let id = new_id();
+        let key_info = self
+            .sp_certificate
+            .as_deref()
+            .map(|pem| {
+                format!(
+                    "<ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate></ds:X509Data></ds:KeyInfo>",
+                    super::cert_base64(pem)
+                )
+            })
+            .unwrap_or_default();
+        let template = format!(
+            r##"<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo><ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/><ds:SignatureMethod Algorithm="{alg}"/><ds:Reference URI="#{id}"><ds:Transforms><ds:Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/><ds:Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></ds:Transforms><ds:DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/><ds:DigestValue></ds:DigestValue></ds:Reference></ds:SignedInfo><ds:SignatureValue></ds:SignatureValue>{key_info}</ds:Signature>"##,
+            alg = signer.algorithm(),
+        );
+        let xml = format!(
+            r#"<samlp:LogoutResponse xmlns:samlp="{PROTOCOL_NS}" xmlns:saml="{ASSERTION_NS}" ID="{id}" Version="2.0" IssueInstant="{now}" InResponseTo="{irt}"><saml:Issuer>{issuer}</saml:Issuer>{template}<samlp:Status><samlp:StatusCode Value="{SUCCESS}"/></samlp:Status></samlp:LogoutResponse>"#,
+            now = now_instant(),
+            irt = escape(&request.id),
+            issuer = escape(&self.entity_id),
+        );
+        let der = signer.key_der().map_err(|e| e.to_string())?;
+        let signed = samael::crypto::Crypto::sign_xml(&xml, &der)
+            .map_err(|e| format!("cannot sign the LogoutResponse: {e}"))?;
+        // libxml writes an XML declaration, which cannot stand inside the envelope.
+        let body = match signed.trim_start().strip_prefix("<?xml") {
+            Some(rest) => rest.split_once("?>").map_or("", |(_, b)| b).trim(),
+            None => signed.trim(),
+        };
+        Ok(format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>{body}</soap:Body></soap:Envelope>"#
+        ))
     }
 
     /// Starts an SP-initiated Single Logout of a session about `name_id`: the redirect
@@ -420,15 +483,10 @@ impl SamlTenant {
         Ok((xml, relay.map(decode)))
     }
 
-    /// HTTP-POST: an enveloped XML signature over the message, verified by xmlsec;
-    /// only the content it covers is returned.
-    fn verify_post(&self, message: &str) -> Result<String, SloError> {
-        let xml = base64::engine::general_purpose::STANDARD
-            .decode(strip_whitespace(message))
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| SloError::Malformed("not base64 UTF-8".into()))?;
-        self.check_algorithms(&xml)
+    /// HTTP-POST and SOAP: an enveloped XML signature over the message, verified by
+    /// xmlsec; only the content it covers is returned.
+    fn verify_xml(&self, xml: &str) -> Result<String, SloError> {
+        self.check_algorithms(xml)
             .map_err(|e| SloError::Signature(e.to_string()))?;
         let certs = self
             .sp
@@ -437,7 +495,7 @@ impl SamlTenant {
             .flatten()
             .unwrap_or_default();
         samael::crypto::Crypto::reduce_xml_to_signed_with_allowed_algorithms(
-            &xml,
+            xml,
             &certs,
             samael::crypto::ReduceMode::default(),
             self.allowed_algorithms.as_deref(),
