@@ -714,3 +714,89 @@ async fn the_soap_back_channel_ends_sessions_and_answers_signed() {
         String::from_utf8_lossy(&verified.stderr)
     );
 }
+
+/// With an `sp_key`, SP metadata lists the three SingleLogoutService endpoints; without
+/// one it lists none, and `check-config` warns when the IdP offers Single Logout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_lists_the_slo_endpoints_and_check_config_warns_without_sp_key() {
+    let slo = start(false, "").await;
+    let md = get(&slo.url("/_idgate/saml/acme/metadata"), &[])
+        .await
+        .text();
+    for (binding, location) in [
+        ("HTTP-Redirect", SLO.to_owned()),
+        ("HTTP-POST", SLO.to_owned()),
+        ("SOAP", format!("{SLO}/soap")),
+    ] {
+        assert!(
+            md.contains(&format!(
+                "SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:{binding}\" Location=\"{location}\""
+            )),
+            "{binding}: {md}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, sp_key: bool| {
+        let keys = if sp_key {
+            format!(
+                "sp_key = \"file:{}\"\nsp_certificate = \"file:{}\"\n",
+                slo.sp.key.display(),
+                slo.sp.cert.display()
+            )
+        } else {
+            String::new()
+        };
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
+                 idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
+                 idp_slo_url = \"{IDP_SLO}\"\n{keys}",
+                slo.idp.cert.display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", &write("bare.toml", false)],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: tenants[0].saml.sp_key") && err.contains("SingleLogoutService"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", &write("keyed.toml", true)],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("SingleLogoutService"), "{err}");
+
+    let bare = idgate::App::new(
+        // On loopback, port 0, like every idgate a test starts.
+        idgate::config::Config::from_toml(
+            &config(
+                slo._up.addr,
+                "",
+                &std::fs::read_to_string(dir.path().join("bare.toml")).unwrap(),
+            ),
+            Path::new("/"),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .start()
+    .await
+    .unwrap();
+    let md = get(
+        &format!("http://{}/_idgate/saml/acme/metadata", bare.public_addr()),
+        &[],
+    )
+    .await
+    .text();
+    assert!(!md.contains("SingleLogoutService"), "{md}");
+}

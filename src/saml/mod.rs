@@ -44,6 +44,8 @@ pub const PENDING_TTL: Duration = Duration::from_secs(600);
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 
 const HTTP_REDIRECT: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
+const HTTP_POST: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
+const SOAP: &str = "urn:oasis:names:tc:SAML:2.0:bindings:SOAP";
 
 /// Why a SAML response was refused. Each has a stable code for logs and metrics; the
 /// user sees only a generic page with the request's reference.
@@ -430,7 +432,21 @@ impl SamlTenant {
             }
             sp.want_assertions_signed = Some(self.want_assertions_signed);
             sp.authn_requests_signed = Some(self.request_signer.is_some());
-            sp.single_logout_services = None;
+            // Single Logout is offered only with a key to sign its messages with.
+            sp.single_logout_services = self.logout_signer.as_ref().map(|_| {
+                [
+                    (HTTP_REDIRECT, self.slo_endpoint.clone()),
+                    (HTTP_POST, self.slo_endpoint.clone()),
+                    (SOAP, format!("{}/soap", self.slo_endpoint)),
+                ]
+                .into_iter()
+                .map(|(binding, location)| samael::metadata::Endpoint {
+                    binding: binding.into(),
+                    location,
+                    response_location: None,
+                })
+                .collect()
+            });
             sp.name_id_formats = Some(
                 [
                     "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",

@@ -163,6 +163,11 @@ impl SamlTenant {
         self.logout_signer.is_some() && self.idp_slo_url.is_some()
     }
 
+    /// Whether the IdP has a SingleLogoutService (`idp_slo_url`, or in its metadata).
+    pub fn idp_offers_slo(&self) -> bool {
+        self.idp_slo_url.is_some()
+    }
+
     /// Whether this tenant answers the SOAP back channel, which needs only the SP key
     /// (the answer goes back in the same exchange, not to the IdP's endpoint).
     pub fn soap_slo_enabled(&self) -> bool {
