@@ -36,6 +36,9 @@ use crate::saml::{SamlTenant, SpState};
 use crate::server::Handler;
 use crate::session::{Auth, Authenticated, Gate, Sessions, ThreadHeaders};
 
+/// Where a logout lands when the tenant sets no `after_logout_url`.
+const LOGGED_OUT: &str = "/_idgate/logged-out";
+
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Characters kept literally in a `return_to` query value.
@@ -87,8 +90,8 @@ pub struct Tenancy {
     /// `/maestrano/` is reserved only when some tenant is a Maestrano tenant, so apps that
     /// own such a path keep it otherwise.
     maestrano_reserved: bool,
-    /// Tenant id → where to send the browser after logout.
-    slo_urls: HashMap<String, String>,
+    /// Tenant id → `after_logout_url`, where the browser lands after a logout.
+    after_logout: HashMap<String, String>,
     saml: HashMap<String, SpSource>,
     provisioning: HashMap<String, ProvisioningConfig>,
     scim: crate::scim::Scim,
@@ -148,10 +151,10 @@ impl Tenancy {
             hosts,
             default_tenant: config.default_tenant().map(|t| t.id.clone()),
             maestrano_reserved: config.tenants.iter().any(|t| t.maestrano.is_some()),
-            slo_urls: config
+            after_logout: config
                 .tenants
                 .iter()
-                .filter_map(|t| Some((t.id.clone(), t.saml.idp_slo_url.as_ref()?.to_string())))
+                .filter_map(|t| Some((t.id.clone(), t.saml.after_logout_url.clone()?)))
                 .collect(),
             saml,
             provisioning: config
@@ -515,6 +518,9 @@ impl Gateway {
                 }
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
+            "/_idgate/logged-out" if method == Method::GET || method == Method::HEAD => {
+                self.logged_out(&req)
+            }
             p if p.starts_with("/_idgate/saml/") => {
                 let tn = self.tenancy.load_full();
                 let ctx = self.route_ctx(&tn, peer, request_id);
@@ -540,7 +546,8 @@ impl Gateway {
         }
     }
 
-    /// Ends the session and redirects to `/` (or the IdP's SLO URL). A GET must come
+    /// Ends the session and redirects through SAML Single Logout, or to
+    /// `after_logout_url` / `/_idgate/logged-out`. A GET must come
     /// from one of our own pages, so a cross-site link or image cannot log people out.
     async fn logout(&self, req: Request<Incoming>, html: bool, request_id: &str) -> Response<Body> {
         let method = req.method().clone();
@@ -567,10 +574,36 @@ impl Gateway {
                 return store_unavailable(html, request_id);
             }
         };
-        let location = ended
+        let tn = self.tenancy.load_full();
+        let land_on = ended
             .as_ref()
-            .and_then(|r| self.tenancy.load().slo_urls.get(&r.tenant).cloned())
-            .unwrap_or_else(|| "/".to_owned());
+            .and_then(|r| tn.after_logout.get(&r.tenant).cloned())
+            .unwrap_or_else(|| LOGGED_OUT.to_owned());
+        // With an SP key and an IdP SLO endpoint the IdP ends its own session too: the
+        // browser goes there with a signed LogoutRequest, and the IdP's answer lands it
+        // on `land_on` (see `saml::routes`). The session here is over already, so a
+        // failure to start that only skips the IdP's part.
+        let mut location = land_on.clone();
+        if let Some(r) = &ended
+            && let Some(subject) = &r.saml
+            && let Some(SpState::Ready(sp)) = tn.sp(&r.tenant)
+            && sp.slo_enabled()
+        {
+            match sp
+                .logout_request_redirect(
+                    self.directory.store(),
+                    &subject.name_id,
+                    subject.session_index.as_deref(),
+                    &land_on,
+                )
+                .await
+            {
+                Ok(url) => location = url,
+                Err(e) => {
+                    tracing::error!(request_id, tenant = r.tenant, error = %e, "cannot start SAML Single Logout; logged out here only");
+                }
+            }
+        }
         if let Some(r) = &ended {
             tracing::info!(
                 request_id,
@@ -582,6 +615,34 @@ impl Gateway {
         let mut resp = response::redirect(&location);
         resp.headers_mut()
             .insert(header::SET_COOKIE, self.sessions.clear_cookie());
+        resp
+    }
+
+    /// `/_idgate/logged-out`: where a logout lands without `after_logout_url`, with a
+    /// way back in (the login of the tenant this host serves).
+    fn logged_out(&self, req: &Request<Incoming>) -> Response<Body> {
+        let again = match self.tenant_for(host_of(req)) {
+            Some(t) => format!(
+                "<p><a href=\"/_idgate/saml/{}/login?return_to=/\">Sign in again</a></p>",
+                response::escape_html(&t)
+            ),
+            None => "<p><a href=\"/\">Go to the application</a></p>".to_owned(),
+        };
+        let page = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Signed out</title></head>\
+             <body><h1>Signed out</h1><p>You have been signed out.</p>{again}</body></html>\n"
+        );
+        let mut resp = Response::new(response::full(page));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
     }
 

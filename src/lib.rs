@@ -73,8 +73,9 @@ pub enum StartError {
 /// settings make a working SP (for example, IdP metadata that is not valid XML). Both
 /// `check-config` and `serve` use this, so a config `check-config` accepts also starts.
 pub fn check_config(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     if config.identity.signing_key.is_some()
         && let Err(e) = identity::Signer::new(&config.identity, false)
     {
@@ -90,13 +91,21 @@ pub fn check_config(path: &std::path::Path) -> Result<Config, config::ConfigErro
         if matches!(t.saml.idp, config::IdpSource::Url(_)) {
             continue;
         }
-        if let Err(message) = saml::SamlTenant::new(t, config.acs_url(t)) {
-            errors.push(config::ConfigError {
+        match saml::SamlTenant::new(t, config.acs_url(t)) {
+            Ok(sp) if sp.idp_offers_slo() && t.saml.sp_key.is_none() => {
+                warnings.push(config::ConfigError {
+                    path: format!("tenants[{i}].saml.sp_key"),
+                    message: "the IdP offers a SingleLogoutService, but without sp_key no SAML Single Logout is attempted: logout ends the session here only, and the IdP's LogoutRequests are refused".into(),
+                });
+            }
+            Ok(_) => {}
+            Err(message) => errors.push(config::ConfigError {
                 path: format!("tenants[{i}].saml"),
                 message,
-            });
+            }),
         }
     }
+    config.warnings.extend(warnings);
     if errors.is_empty() {
         Ok(config)
     } else {

@@ -713,7 +713,9 @@ async fn idp_metadata_scim_usernames_default_roles_and_slo() {
         "default_role without a role attribute"
     );
 
-    // Logout goes to the IdP's SLO URL.
+    // Without sp_key there is no SAML Single Logout, whatever the IdP offers: the
+    // session ends here and the browser lands on the logged-out page, which leads back
+    // to this tenant's login.
     let out = send(
         "POST",
         &sso.url("/_idgate/logout"),
@@ -722,7 +724,19 @@ async fn idp_metadata_scim_usernames_default_roles_and_slo() {
     )
     .await;
     assert_eq!(out.status, 302);
-    assert_eq!(out.headers["location"], "https://md-idp.example.com/slo");
+    assert_eq!(out.headers["location"], "/_idgate/logged-out");
+    assert_eq!(
+        get(&sso.url("/x"), &[("cookie", &cookie)]).await.status,
+        401
+    );
+    let page = get(&sso.url("/_idgate/logged-out"), &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text()
+            .contains("<a href=\"/_idgate/saml/acme/login?return_to=/\">Sign in again</a>"),
+        "{}",
+        page.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -225,7 +225,7 @@ async fn session_endpoint_and_logout() {
     )
     .await;
     assert_eq!(out.status, 302);
-    assert_eq!(out.headers["location"], "/");
+    assert_eq!(out.headers["location"], "/_idgate/logged-out");
     let cleared = out.headers["set-cookie"].to_str().unwrap();
     assert!(
         cleared.starts_with("idgate_session=;") && cleared.contains("Max-Age=0"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use idgate::config::{FailMode, StoreConfig, StoreUrl};
 use idgate::directory::model::Email;
 use idgate::directory::model::{Group, Membership, User};
-use idgate::session::model::{RevokeReason, SessionRecord};
+use idgate::session::model::{RevokeReason, SamlSubject, SessionRecord};
 use idgate::store::{
     CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Job, JobQueue,
     Listing, Records, ReplaceGroup, ReplaceUser, SessionStore, Store, StoredSession, UserKey,
@@ -44,6 +44,7 @@ async fn conformance(store: Store) {
     multi_valued_indexes_follow_the_record(&store).await;
     group_external_ids_are_unique(&store).await;
     sessions_live_expire_and_revoke(&store).await;
+    saml_subjects_find_their_sessions(&store).await;
     job_queues_hand_each_job_to_one_consumer_and_recover_stale_ones(&store).await;
     ephemeral_values_are_claimed_once_taken_once_and_expire(&store).await;
     events_reach_subscribers(&store).await;
@@ -552,10 +553,77 @@ fn session(user_id: &str, now: i64) -> StoredSession {
             created_at: now,
             expires_at: now + 3600,
             mno: None,
+            saml: None,
         },
         last_seen: now,
         revoked: None,
     }
+}
+
+/// Single Logout finds sessions by (tenant, NameID): only live ones, only that tenant's,
+/// and a deleted or expired session drops out of the index.
+async fn saml_subjects_find_their_sessions(store: &Store) {
+    let now = 1_700_000_000;
+    let long = Duration::from_secs(60);
+    let with = |tenant: &str, name_id: &str, index: &str| {
+        let mut s = session("un", now);
+        s.record.tenant = tenant.into();
+        s.record.saml = Some(SamlSubject {
+            name_id: name_id.into(),
+            session_index: Some(index.into()),
+        });
+        s
+    };
+    let n1 = with("t5", "alice@idp", "si-1");
+    store.put_session("h-n1", &n1, long).await.unwrap();
+    store
+        .put_session("h-n2", &with("t5", "alice@idp", "si-2"), long)
+        .await
+        .unwrap();
+    store
+        .put_session("h-n3", &with("t6", "alice@idp", "si-3"), long)
+        .await
+        .unwrap();
+    store
+        .put_session(
+            "h-n4",
+            &with("t5", "alice@idp", "si-4"),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut found: Vec<String> = store
+        .saml_sessions("t5", "alice@idp")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    found.sort();
+    assert_eq!(found, ["h-n1", "h-n2"], "live sessions of that tenant only");
+    store.delete_session("h-n1", &n1.record).await.unwrap();
+    let found = store.saml_sessions("t5", "alice@idp").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0, "h-n2");
+    assert_eq!(
+        found[0]
+            .1
+            .record
+            .saml
+            .as_ref()
+            .unwrap()
+            .session_index
+            .as_deref(),
+        Some("si-2")
+    );
+    assert!(
+        store
+            .saml_sessions("t5", "bob@idp")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn sessions_live_expire_and_revoke(store: &Store) {

@@ -413,8 +413,12 @@ pub struct SamlConfig {
     pub idp: IdpSource,
     /// Our entity id (AuthnRequest Issuer, expected Audience).
     pub sp_entity_id: String,
-    /// Where to send the browser after local logout.
+    /// The IdP's SAML SingleLogoutService (HTTP-Redirect); from the IdP metadata when
+    /// unset. Used only with `sp_key`, which signs the logout messages.
     pub idp_slo_url: Option<url::Url>,
+    /// Where the browser lands after a logout (a same-origin path or an absolute URL);
+    /// `/_idgate/logged-out` when unset.
+    pub after_logout_url: Option<String>,
     /// Accept unsolicited responses.
     pub allow_idp_initiated: bool,
     /// Require the Assertion itself to be signed.

@@ -106,6 +106,7 @@ pub(crate) struct RawSaml {
     pub idp_metadata_signer: Option<String>,
     pub sp_entity_id: Option<String>,
     pub idp_slo_url: Option<String>,
+    pub after_logout_url: Option<String>,
     pub allow_idp_initiated: Option<bool>,
     pub want_assertions_signed: Option<bool>,
     pub allow_sha1: Option<bool>,

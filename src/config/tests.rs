@@ -674,3 +674,33 @@ fn idp_metadata_url_mistakes_are_reported_with_their_keys() {
     ));
     assert!(errs.len() >= 2, "{errs:#?}");
 }
+
+#[test]
+fn after_logout_url_is_a_same_origin_path_or_an_absolute_url() {
+    for ok in ["/", "/bye?x=1", "https://www.example.com/bye"] {
+        let t = format!("{}after_logout_url = \"{ok}\"\n", tenant("acme", ""));
+        let c = load(&t).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        assert_eq!(c.tenants[0].saml.after_logout_url.as_deref(), Some(ok));
+    }
+    assert_eq!(
+        load(&tenant("acme", "")).unwrap().tenants[0]
+            .saml
+            .after_logout_url,
+        None
+    );
+    // Browsers read `//host` and `/\host` as another origin.
+    for bad in [
+        "//evil.example/x",
+        "/\\\\evil.example",
+        "bye",
+        "javascript:alert(1)",
+    ] {
+        let t = format!("{}after_logout_url = \"{bad}\"\n", tenant("acme", ""));
+        let e = errors(&t);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("tenants[0].saml.after_logout_url")),
+            "{bad}: {e:?}"
+        );
+    }
+}

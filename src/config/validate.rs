@@ -838,6 +838,23 @@ fn saml(
         .idp_slo_url
         .as_deref()
         .and_then(|u| c.web_url(&format!("{p}.idp_slo_url"), u));
+    let after_logout_url = raw.after_logout_url.and_then(|u| {
+        let path = format!("{p}.after_logout_url");
+        if u.starts_with('/') {
+            // `//host` and `/\host` are read by browsers as another origin.
+            if u.starts_with("//") || u.starts_with("/\\") || u.chars().any(char::is_control) {
+                c.err(
+                    path,
+                    format!("{u:?} must be a same-origin path or an absolute URL"),
+                );
+                None
+            } else {
+                Some(u)
+            }
+        } else {
+            c.web_url(&path, &u).map(String::from)
+        }
+    });
     let a = raw.attributes;
     let [d_uid, d_email, d_first, d_last, d_gid, d_gname, d_role] = defaults::ATTRIBUTES;
     let attributes = AttributeMap {
@@ -897,6 +914,7 @@ fn saml(
         name_id_format: name_id_format.to_owned(),
         sp_entity_id,
         idp_slo_url,
+        after_logout_url,
         allow_idp_initiated: raw.allow_idp_initiated.unwrap_or(false),
         want_assertions_signed: raw.want_assertions_signed.unwrap_or(false),
         allow_sha1: raw.allow_sha1.unwrap_or(false),

@@ -81,6 +81,7 @@ pub fn dev_tenant(config: &Config) -> Result<(TenantConfig, idp::DevIdp), idp::D
             },
             sp_entity_id,
             idp_slo_url: None,
+            after_logout_url: None,
             allow_idp_initiated: false,
             want_assertions_signed: true,
             allow_sha1: false,

@@ -21,6 +21,7 @@ pub mod decrypt;
 pub mod metadata;
 pub mod redirect;
 pub mod routes;
+pub mod slo;
 
 use redirect::RedirectSigner;
 
@@ -43,6 +44,8 @@ pub const PENDING_TTL: Duration = Duration::from_secs(600);
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 
 const HTTP_REDIRECT: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
+const HTTP_POST: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
+const SOAP: &str = "urn:oasis:names:tc:SAML:2.0:bindings:SOAP";
 
 /// Why a SAML response was refused. Each has a stable code for logs and metrics; the
 /// user sees only a generic page with the request's reference.
@@ -134,6 +137,9 @@ pub struct LoginClaims {
     /// trimmed, so that a reader can refuse control characters anywhere in it): what
     /// protocol-specific layers (Maestrano's session values) read beyond the identity.
     pub attributes: std::collections::HashMap<String, String>,
+    /// The `SessionIndex` of the assertion's AuthnStatement: with the NameID, what a
+    /// Single Logout names the session by.
+    pub session_index: Option<String>,
 }
 
 /// A tenant's SP as a request finds it.
@@ -169,6 +175,15 @@ pub struct SamlTenant {
     /// `sign_requests`: the SP key and its signature algorithm for HTTP-Redirect
     /// AuthnRequests.
     request_signer: Option<RedirectSigner>,
+    /// The SP key for logout messages, which Single Logout always signs (an unsigned
+    /// LogoutRequest would let anyone end a user's session at the IdP).
+    logout_signer: Option<RedirectSigner>,
+    /// The IdP's SingleLogoutService (HTTP-Redirect): `idp_slo_url`, else the metadata's.
+    idp_slo_url: Option<String>,
+    /// Where LogoutResponses go, when the metadata names a ResponseLocation.
+    idp_slo_response_url: Option<String>,
+    /// This SP's own SLO endpoint, the Destination of logout messages to it.
+    slo_endpoint: String,
     sso_url: String,
     acs_url: String,
     entity_id: String,
@@ -178,6 +193,15 @@ pub struct SamlTenant {
     want_assertions_signed: bool,
     allow_idp_initiated: bool,
     allow_sha1: bool,
+}
+
+/// The public URL idgate is reached at, from a tenant's ACS URL (idgate's own, or
+/// Maestrano's consume path), keeping any path prefix of `public_url`.
+fn public_root(acs_url: &str) -> &str {
+    ["/_idgate/saml/", "/maestrano/auth/saml/consume"]
+        .iter()
+        .find_map(|marker| acs_url.rfind(marker).map(|i| &acs_url[..i]))
+        .unwrap_or(acs_url)
 }
 
 fn cert_base64(pem: &str) -> String {
@@ -264,6 +288,20 @@ impl SamlTenant {
     ) -> Result<SamlTenant, String> {
         let saml = &tenant.saml;
         let idp_entity_id = idp.entity_id.clone();
+        let metadata_slo = idp
+            .idp_sso_descriptors
+            .iter()
+            .flatten()
+            .flat_map(|d| d.single_logout_services.iter())
+            .find(|e| e.binding == HTTP_REDIRECT)
+            .cloned();
+        let (idp_slo_url, idp_slo_response_url) = match &saml.idp_slo_url {
+            Some(u) => (Some(u.to_string()), None),
+            None => match metadata_slo {
+                Some(e) => (Some(e.location), e.response_location),
+                None => (None, None),
+            },
+        };
         let skew = chrono::Duration::seconds(MAX_SKEW.as_secs() as i64);
         let mut algorithms = vec![
             samael::crypto::AllowedSignatureAlgorithm::RsaSha256,
@@ -336,6 +374,14 @@ impl SamlTenant {
                 (Some(k), true) => Some(RedirectSigner::from_pem(k.key.expose())?),
                 _ => None,
             },
+            logout_signer: saml
+                .sp_key
+                .as_ref()
+                .map(|k| RedirectSigner::from_pem(k.key.expose()))
+                .transpose()?,
+            idp_slo_url,
+            idp_slo_response_url,
+            slo_endpoint: format!("{}/_idgate/saml/{}/slo", public_root(&acs_url), tenant.id),
             sso_url,
             acs_url,
             entity_id: saml.sp_entity_id.clone(),
@@ -386,7 +432,21 @@ impl SamlTenant {
             }
             sp.want_assertions_signed = Some(self.want_assertions_signed);
             sp.authn_requests_signed = Some(self.request_signer.is_some());
-            sp.single_logout_services = None;
+            // Single Logout is offered only with a key to sign its messages with.
+            sp.single_logout_services = self.logout_signer.as_ref().map(|_| {
+                [
+                    (HTTP_REDIRECT, self.slo_endpoint.clone()),
+                    (HTTP_POST, self.slo_endpoint.clone()),
+                    (SOAP, format!("{}/soap", self.slo_endpoint)),
+                ]
+                .into_iter()
+                .map(|(binding, location)| samael::metadata::Endpoint {
+                    binding: binding.into(),
+                    location,
+                    response_location: None,
+                })
+                .collect()
+            });
             sp.name_id_formats = Some(
                 [
                     "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
@@ -669,8 +729,17 @@ impl SamlTenant {
                 Some((name, value))
             })
             .collect();
+        let session_index = clean(
+            "SessionIndex",
+            assertion
+                .authn_statements
+                .iter()
+                .flatten()
+                .find_map(|s| s.session_index.as_deref()),
+        )?;
         Ok(LoginClaims {
             attributes,
+            session_index,
             identity: LoginIdentity {
                 user_id,
                 email: attr(&a.email)?,

@@ -30,6 +30,11 @@ impl RedirectSigner {
         Ok(RedirectSigner { key, algorithm })
     }
 
+    /// The key as DER, for xmlsec, which signs the SOAP binding's XML signatures.
+    pub fn key_der(&self) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+        self.key.private_key_to_der()
+    }
+
     /// The `SigAlg` this key signs with.
     pub fn algorithm(&self) -> &'static str {
         self.algorithm

@@ -113,6 +113,8 @@ impl SamlRoutes {
             },
             (&Method::GET, "login") => self.login(ctx, sp, req, html).await,
             (&Method::POST, "acs") => self.acs(ctx, sp, req).await,
+            (&Method::GET | &Method::POST, "slo") => self.slo(ctx, sp, req, html).await,
+            (&Method::POST, "slo/soap") => self.slo_soap(ctx, sp, req).await,
             _ => response::error(
                 StatusCode::NOT_FOUND,
                 html,
@@ -190,6 +192,237 @@ impl SamlRoutes {
             Err(e) => {
                 tracing::error!(request_id, tenant, error = %e, "cannot start SAML login");
                 response::store_unavailable(html, request_id)
+            }
+        }
+    }
+
+    /// The SLO endpoint: the IdP's LogoutRequest (HTTP-Redirect or HTTP-POST) ends
+    /// every session of its NameID on every replica and is answered with a signed
+    /// LogoutResponse; the IdP's LogoutResponse to a logout started here lands the
+    /// browser where that logout said. Nothing unsigned is honoured.
+    pub async fn slo(
+        &self,
+        ctx: &RouteCtx<'_>,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+        html: bool,
+    ) -> Response<Body> {
+        use super::slo::{Binding, Incoming as Message};
+        let request_id = ctx.request_id;
+        let tenant = sp.tenant();
+        if !sp.slo_enabled() {
+            tracing::warn!(
+                request_id,
+                tenant,
+                "SAML logout message refused: Single Logout needs sp_key and the IdP's SLO endpoint (idp_slo_url or its metadata)"
+            );
+            return response::error(
+                StatusCode::NOT_FOUND,
+                html,
+                "slo_unavailable",
+                "Single Logout is not set up for this application.",
+                request_id,
+            );
+        }
+        let refuse = |reason: &str, status: StatusCode| {
+            ctx.metrics.saml_rejected(reason);
+            response::error(
+                status,
+                html,
+                "logout_failed",
+                "The sign-out request could not be accepted.",
+                request_id,
+            )
+        };
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let form: HashMap<String, String>;
+        let binding = if req.method() == Method::GET {
+            Binding::Redirect(&query)
+        } else {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_ACS_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    tracing::warn!(request_id, tenant, reason = "malformed", error = %e, "SAML logout rejected: unreadable body");
+                    return refuse("malformed", StatusCode::BAD_REQUEST);
+                }
+            };
+            form = url::form_urlencoded::parse(&body).into_owned().collect();
+            let message = form
+                .get("SAMLRequest")
+                .or_else(|| form.get("SAMLResponse"))
+                .map(String::as_str)
+                .unwrap_or_default();
+            Binding::Post {
+                message,
+                relay_state: form.get("RelayState").map(String::as_str),
+            }
+        };
+        let message = match sp.receive_logout(ctx.directory.store(), binding).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(request_id, tenant, reason = e.code(), error = %e, "SAML logout rejected");
+                let status = if matches!(e, super::slo::SloError::Store(_)) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return refuse(e.code(), status);
+            }
+        };
+        match message {
+            Message::Request(request) => {
+                if end_subject(ctx, tenant, &request).await.is_err() {
+                    return response::store_unavailable(html, request_id);
+                }
+                match sp.logout_response_redirect(&request) {
+                    Ok(location) => {
+                        let mut resp = response::redirect(&location);
+                        resp.headers_mut()
+                            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        resp
+                    }
+                    Err(e) => {
+                        tracing::error!(request_id, tenant, error = %e, "cannot answer the LogoutRequest");
+                        response::error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            html,
+                            "internal",
+                            "Sign-out could not be completed.",
+                            request_id,
+                        )
+                    }
+                }
+            }
+            Message::Response(answer) => {
+                if !answer.success() {
+                    // The session here has ended already; the IdP's own may live on.
+                    tracing::warn!(
+                        request_id,
+                        tenant,
+                        status = answer.status,
+                        "the IdP did not confirm the Single Logout"
+                    );
+                }
+                let mut resp = response::redirect(&answer.land_on);
+                *resp.status_mut() = StatusCode::SEE_OTHER;
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp
+            }
+        }
+    }
+
+    /// The SOAP back channel (SAML bindings §3.2): a LogoutRequest with an enveloped
+    /// signature in a SOAP envelope, answered in the same call with a SOAP envelope
+    /// holding a LogoutResponse XML-signed by the SP key. Refusals are SOAP Faults.
+    pub async fn slo_soap(
+        &self,
+        ctx: &RouteCtx<'_>,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        use super::slo::{Binding, Incoming as Message, SloError};
+        let request_id = ctx.request_id;
+        let tenant = sp.tenant();
+        let fault = |status: StatusCode, code: &str, text: &str| {
+            let body = format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><soap:Fault><faultcode>soap:{code}</faultcode><faultstring>{} (reference {})</faultstring></soap:Fault></soap:Body></soap:Envelope>"#,
+                response::escape_html(text),
+                response::escape_html(request_id)
+            );
+            let mut resp = Response::new(response::full(body));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/xml; charset=utf-8"),
+            );
+            resp
+        };
+        if !sp.soap_slo_enabled() {
+            tracing::warn!(
+                request_id,
+                tenant,
+                "SAML SOAP logout refused: Single Logout needs sp_key"
+            );
+            return fault(
+                StatusCode::NOT_FOUND,
+                "Client",
+                "Single Logout is not set up",
+            );
+        }
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_ACS_BODY)
+            .collect()
+            .await
+            .ok()
+            .and_then(|b| String::from_utf8(b.to_bytes().to_vec()).ok())
+        {
+            Some(b) => b,
+            None => {
+                ctx.metrics.saml_rejected("malformed");
+                tracing::warn!(
+                    request_id,
+                    tenant,
+                    reason = "malformed",
+                    "SAML logout rejected: unreadable SOAP body"
+                );
+                return fault(StatusCode::BAD_REQUEST, "Client", "unreadable request");
+            }
+        };
+        let request = match sp
+            .receive_logout(ctx.directory.store(), Binding::Soap(&body))
+            .await
+        {
+            Ok(Message::Request(r)) => r,
+            Ok(Message::Response(_)) => {
+                ctx.metrics.saml_rejected("malformed");
+                tracing::warn!(
+                    request_id,
+                    tenant,
+                    reason = "malformed",
+                    "SAML logout rejected: a LogoutResponse on the SOAP back channel"
+                );
+                return fault(StatusCode::BAD_REQUEST, "Client", "not a LogoutRequest");
+            }
+            Err(e) => {
+                ctx.metrics.saml_rejected(e.code());
+                tracing::warn!(request_id, tenant, reason = e.code(), error = %e, "SAML logout rejected");
+                return if matches!(e, SloError::Store(_)) {
+                    fault(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Server",
+                        "try again shortly",
+                    )
+                } else {
+                    fault(StatusCode::FORBIDDEN, "Client", "logout request refused")
+                };
+            }
+        };
+        if end_subject(ctx, tenant, &request).await.is_err() {
+            return fault(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Server",
+                "try again shortly",
+            );
+        }
+        match sp.soap_logout_response(&request) {
+            Ok(envelope) => {
+                let mut resp = Response::new(response::full(envelope));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/xml; charset=utf-8"),
+                );
+                resp
+            }
+            Err(e) => {
+                tracing::error!(request_id, tenant, error = %e, "cannot answer the SOAP LogoutRequest");
+                fault(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Server",
+                    "internal error",
+                )
             }
         }
     }
@@ -282,6 +515,17 @@ impl SamlRoutes {
                 );
             }
         };
+        // The NameID as the IdP sent it, before any protocol mapping: the IdP's Single
+        // Logout names the subject the same way.
+        let saml_subject =
+            claims
+                .identity
+                .name_id
+                .clone()
+                .map(|name_id| crate::session::model::SamlSubject {
+                    name_id,
+                    session_index: claims.session_index.clone(),
+                });
         let who = &identity;
         // Every SAML tenant comes from a tenant config, so its rules exist.
         let Some(rules) = tn.provisioning(tenant) else {
@@ -323,7 +567,7 @@ impl SamlRoutes {
         };
         match ctx
             .sessions
-            .create_session_with(tenant, &user_id, &who.group_id, mno)
+            .create_session_with(tenant, &user_id, &who.group_id, mno, saml_subject)
             .await
         {
             Ok(new) => {
@@ -355,4 +599,58 @@ impl SamlRoutes {
             }
         }
     }
+}
+
+/// Ends every session a LogoutRequest names (its NameID, narrowed to its SessionIndexes
+/// when it gives any), logging each, or `slo_unknown_session` when there is none. Err
+/// when the store failed (logged here).
+async fn end_subject(
+    ctx: &RouteCtx<'_>,
+    tenant: &str,
+    request: &super::slo::LogoutRequest,
+) -> Result<(), ()> {
+    let request_id = ctx.request_id;
+    let indexes: Vec<Option<&str>> = if request.session_indexes.is_empty() {
+        vec![None]
+    } else {
+        request
+            .session_indexes
+            .iter()
+            .map(|i| Some(i.as_str()))
+            .collect()
+    };
+    let mut ended = Vec::new();
+    for index in indexes {
+        match ctx
+            .sessions
+            .end_saml_sessions(tenant, &request.name_id, index)
+            .await
+        {
+            Ok(records) => ended.extend(records),
+            Err(e) => {
+                tracing::error!(request_id, tenant, error = %e, "Single Logout failed: store unavailable");
+                return Err(());
+            }
+        }
+    }
+    if ended.is_empty() {
+        ctx.metrics.saml_rejected("slo_unknown_session");
+        tracing::warn!(
+            request_id,
+            tenant,
+            reason = "slo_unknown_session",
+            logout_request = request.id,
+            "SAML LogoutRequest names no session of this SP; answering it anyway"
+        );
+    }
+    for r in &ended {
+        tracing::info!(
+            request_id,
+            tenant,
+            user_id = r.user_id,
+            actor = "idp",
+            "single logout"
+        );
+    }
+    Ok(())
 }

@@ -780,17 +780,19 @@ impl Sessions {
         user_id: &str,
         group_id: &str,
     ) -> Result<NewSession, SessionError> {
-        self.create_session_with(tenant, user_id, group_id, None)
+        self.create_session_with(tenant, user_id, group_id, None, None)
             .await
     }
 
-    /// [`Sessions::create_session`], keeping the Maestrano session it came with.
+    /// [`Sessions::create_session`], keeping the Maestrano session and the SAML subject
+    /// it came with.
     pub async fn create_session_with(
         &self,
         tenant: &str,
         user_id: &str,
         group_id: &str,
         mno: Option<crate::session::model::MnoSession>,
+        saml: Option<crate::session::model::SamlSubject>,
     ) -> Result<NewSession, SessionError> {
         let user = self
             .store
@@ -818,6 +820,7 @@ impl Sessions {
                 created_at: now,
                 expires_at: now + lifetime,
                 mno,
+                saml,
             },
             last_seen: now,
             revoked: None,
@@ -857,22 +860,56 @@ impl Sessions {
         let Some(value) = find_cookie(headers, &self.cookie_name) else {
             return Ok(None);
         };
-        let key = hash_cookie(value);
-        let hash = hex::encode(key);
+        let hash = hex::encode(hash_cookie(value));
         let Some(stored) = self.store.get_session(&hash).await? else {
             return Ok(None);
         };
         if !serves(&stored.record.tenant) {
             return Ok(None);
         }
-        self.store.delete_session(&hash, &stored.record).await?;
-        self.live.invalidate(&key);
+        self.end(hash, &stored.record).await?;
+        Ok(Some(stored.record))
+    }
+
+    /// SAML Single Logout: ends, on every replica, every session of `tenant` made from
+    /// an assertion about `name_id`, or only the one(s) with `session_index` when the
+    /// IdP names one. Returns the records of the sessions ended (none: the IdP asked
+    /// about a session this SP does not know, or no longer has).
+    pub async fn end_saml_sessions(
+        &self,
+        tenant: &str,
+        name_id: &str,
+        session_index: Option<&str>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut ended = Vec::new();
+        for (hash, stored) in self.store.saml_sessions(tenant, name_id).await? {
+            let matches = stored.record.tenant == tenant
+                && stored.record.saml.as_ref().is_some_and(|s| {
+                    s.name_id == name_id
+                        && session_index.is_none_or(|i| s.session_index.as_deref() == Some(i))
+                });
+            if matches {
+                self.end(hash, &stored.record).await?;
+                ended.push(stored.record);
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Deletes a session and tells every replica, through the same event that closes
+    /// its open tunnels and streams: logout and Single Logout end a session alike.
+    async fn end(&self, hash: String, record: &SessionRecord) -> Result<(), StoreError> {
+        self.store.delete_session(&hash, record).await?;
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(&hash, &mut key).is_ok() {
+            self.live.invalidate(&key);
+        }
         // This replica's per-thread entries stop at once, not when the event echoes back.
         self.generation.fetch_add(1, Ordering::Release);
         if let Err(e) = self.store.publish(&Event::Session { hash }).await {
             tracing::warn!(error = %e, "cannot publish logout; replicas catch up within cache_ttl");
         }
-        Ok(Some(stored.record))
+        Ok(())
     }
 }
 

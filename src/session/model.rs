@@ -50,6 +50,21 @@ pub struct SessionRecord {
     /// The Maestrano session behind this one, for tenants that re-check it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mno: Option<MnoSession>,
+    /// The SAML subject the IdP vouched for, kept so that a Single Logout naming it can
+    /// find this session, and so that an SP-initiated logout can name it to the IdP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saml: Option<SamlSubject>,
+}
+
+/// The subject of the assertion a session was made from, as SAML Single Logout names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamlSubject {
+    /// The assertion's NameID value.
+    pub name_id: String,
+    /// The `SessionIndex` of its AuthnStatement, which lets the IdP end one of several
+    /// sessions of the same subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_index: Option<String>,
 }
 
 /// Maestrano's session for a login (`mno_session`, `mno_session_recheck`).

@@ -31,6 +31,8 @@ struct Inner {
     lists: HashMap<(String, &'static str), BTreeSet<String>>,
     sessions: HashMap<String, (StoredSession, Instant)>,
     user_sessions: HashMap<(String, String), HashSet<String>>,
+    /// (tenant, SAML NameID) → session hashes, for Single Logout.
+    name_id_sessions: HashMap<(String, String), HashSet<String>>,
     ephemeral: HashMap<String, (String, Instant)>,
     puts: u64,
     /// queue → sequence → job
@@ -124,6 +126,10 @@ impl Inner {
         self.ephemeral.retain(|_, (_, until)| *until > now);
         let live = &self.sessions;
         self.user_sessions.retain(|_, set| {
+            set.retain(|h| live.contains_key(h));
+            !set.is_empty()
+        });
+        self.name_id_sessions.retain(|_, set| {
             set.retain(|h| live.contains_key(h));
             !set.is_empty()
         });
@@ -297,6 +303,12 @@ impl SessionStore for MemoryStore {
             ))
             .or_default()
             .insert(hash.to_owned());
+        if let Some(saml) = &session.record.saml {
+            g.name_id_sessions
+                .entry((session.record.tenant.clone(), saml.name_id.clone()))
+                .or_default()
+                .insert(hash.to_owned());
+        }
         Ok(())
     }
 
@@ -327,6 +339,13 @@ impl SessionStore for MemoryStore {
         if let Some(set) = g
             .user_sessions
             .get_mut(&(record.tenant.clone(), record.user_id.clone()))
+        {
+            set.remove(hash);
+        }
+        if let Some(saml) = &record.saml
+            && let Some(set) = g
+                .name_id_sessions
+                .get_mut(&(record.tenant.clone(), saml.name_id.clone()))
         {
             set.remove(hash);
         }
@@ -381,6 +400,24 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(revoked)
+    }
+
+    async fn saml_sessions(
+        &self,
+        tenant: &str,
+        name_id: &str,
+    ) -> StoreResult<Vec<(String, StoredSession)>> {
+        let g = self.lock();
+        let now = Instant::now();
+        Ok(g.name_id_sessions
+            .get(&(tenant.to_owned(), name_id.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|h| match g.sessions.get(h) {
+                Some((s, until)) if *until > now => Some((h.clone(), s.clone())),
+                _ => None,
+            })
+            .collect())
     }
 }
 

@@ -318,6 +318,14 @@ pub trait SessionStore: Send + Sync {
         reason: RevokeReason,
         group: Option<&str>,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+    /// The live sessions made from assertions about this SAML NameID, with their hashes:
+    /// what a Single Logout naming it must end. Sessions put with a `saml` subject are
+    /// indexed by it until they expire or are deleted.
+    fn saml_sessions(
+        &self,
+        tenant: &str,
+        name_id: &str,
+    ) -> impl Future<Output = StoreResult<Vec<(String, StoredSession)>>> + Send;
 }
 
 /// Short-lived values shared by every replica: pending login requests, the assertion
@@ -548,6 +556,13 @@ impl SessionStore for Store {
         group: Option<&str>,
     ) -> StoreResult<Vec<String>> {
         delegate!(self, s => s.revoke_user_sessions(tenant, user_id, reason, group))
+    }
+    async fn saml_sessions(
+        &self,
+        tenant: &str,
+        name_id: &str,
+    ) -> StoreResult<Vec<(String, StoredSession)>> {
+        delegate!(self, s => s.saml_sessions(tenant, name_id))
     }
 }
 

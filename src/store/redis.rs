@@ -9,6 +9,8 @@
 //! - `P:{tenant}:list:<users|groups>`: sorted sets (score 0, so in id order) of what
 //!   SCIM lists;
 //! - `P:{tenant}:usess:<user id>`: set of that user's session hashes;
+//! - `P:{tenant}:nsess:<SAML NameID>`: set of the hashes of sessions made from
+//!   assertions about that NameID (Single Logout finds them here);
 //! - `P:sess:<sha256 hex>`: a session hash (`r` record, `t` last seen, `x` revoked);
 //! - channel `P:events`: invalidations.
 //!
@@ -660,21 +662,30 @@ impl SessionStore for RedisStore {
         // The user's index lives in the tenant's slot, so it is a second call. A crash in
         // between leaves an index entry for a session that never existed: harmless, and
         // it expires with the index.
-        let index = self.tkey(&s.record.tenant, "usess", &s.record.user_id);
+        // The NameID index shares the tenant's hash tag, so both go in one pipeline to
+        // one slot. Each index lives as long as its longest-lived session (GT extends,
+        // NX sets the first time), so it never outlives what it points at by more than a
+        // session's lifetime.
         let lifetime = (s.record.expires_at - s.record.created_at).max(1);
+        let mut indexes = vec![self.tkey(&s.record.tenant, "usess", &s.record.user_id)];
+        if let Some(saml) = &s.record.saml {
+            indexes.push(self.tkey(&s.record.tenant, "nsess", &saml.name_id));
+        }
         let mut pipe = redis::pipe();
-        pipe.sadd(&index, hash)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&index)
-            .arg(lifetime)
-            .arg("GT")
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&index)
-            .arg(lifetime)
-            .arg("NX")
-            .ignore();
+        for index in &indexes {
+            pipe.sadd(index, hash)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(index)
+                .arg(lifetime)
+                .arg("GT")
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(index)
+                .arg(lifetime)
+                .arg("NX")
+                .ignore();
+        }
         let _: () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         Ok(())
     }
@@ -719,12 +730,14 @@ impl SessionStore for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let _: () = redis::cmd("SREM")
-            .arg(self.tkey(&record.tenant, "usess", &record.user_id))
-            .arg(hash)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.srem(self.tkey(&record.tenant, "usess", &record.user_id), hash)
+            .ignore();
+        if let Some(saml) = &record.saml {
+            pipe.srem(self.tkey(&record.tenant, "nsess", &saml.name_id), hash)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -790,6 +803,38 @@ impl SessionStore for RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(revoked)
+    }
+
+    async fn saml_sessions(
+        &self,
+        tenant: &str,
+        name_id: &str,
+    ) -> StoreResult<Vec<(String, StoredSession)>> {
+        let index = self.tkey(tenant, "nsess", name_id);
+        let hashes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&index)
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        // Sessions live in their own slots (keyed by hash alone), so each is read on
+        // its own; a NameID has a handful of sessions at most.
+        for h in hashes {
+            match self.get_session(&h).await? {
+                Some(s) => live.push((h, s)),
+                None => gone.push(h),
+            }
+        }
+        if !gone.is_empty() {
+            let _: () = redis::cmd("SREM")
+                .arg(&index)
+                .arg(&gone)
+                .query_async(&mut self.active().await?)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(live)
     }
 }
 

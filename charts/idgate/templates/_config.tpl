@@ -206,7 +206,7 @@ strip_headers = {{ . | toJson }}
 {{- if $t.saml }}
 
 [tenants.saml]
-{{- include "idgate.toml.map" (dict "m" $t.saml "keys" (list "idpEntityId=idp_entity_id" "idpSsoUrl=idp_sso_url" "idpCertificate=idp_certificate" "idpMetadata=idp_metadata" "idpMetadataUrl=idp_metadata_url" "idpMetadataRefresh=idp_metadata_refresh" "idpMetadataSigner=idp_metadata_signer" "spEntityId=sp_entity_id" "idpSloUrl=idp_slo_url" "allowIdpInitiated=allow_idp_initiated" "wantAssertionsSigned=want_assertions_signed" "allowSha1=allow_sha1" "spCertificate=sp_certificate" "requireEncryptedAssertions=require_encrypted_assertions" "allowRsa1_5=allow_rsa1_5" "signRequests=sign_requests" "nameIdFormat=name_id_format")) }}
+{{- include "idgate.toml.map" (dict "m" $t.saml "keys" (list "idpEntityId=idp_entity_id" "idpSsoUrl=idp_sso_url" "idpCertificate=idp_certificate" "idpMetadata=idp_metadata" "idpMetadataUrl=idp_metadata_url" "idpMetadataRefresh=idp_metadata_refresh" "idpMetadataSigner=idp_metadata_signer" "spEntityId=sp_entity_id" "idpSloUrl=idp_slo_url" "afterLogoutUrl=after_logout_url" "allowIdpInitiated=allow_idp_initiated" "wantAssertionsSigned=want_assertions_signed" "allowSha1=allow_sha1" "spCertificate=sp_certificate" "requireEncryptedAssertions=require_encrypted_assertions" "allowRsa1_5=allow_rsa1_5" "signRequests=sign_requests" "nameIdFormat=name_id_format")) }}
 {{- with index $refs (printf "sp-%d" $i) }}
 {{- include "idgate.toml.kv" (dict "k" "sp_key" "v" .) }}
 {{- end }}
