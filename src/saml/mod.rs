@@ -212,6 +212,24 @@ fn cert_base64(pem: &str) -> String {
 }
 
 impl SamlTenant {
+    /// What of `xml` a signature by one of the IdP's certificates covers, under this
+    /// tenant's algorithm list (samael + xmlsec): the one way a document is verified
+    /// outside samael's response flow (a Response before decryption, Single Logout).
+    fn reduce_to_idp_signed(&self, xml: &str) -> Result<String, samael::crypto::CryptoError> {
+        let certs = self
+            .sp
+            .idp_signing_certs()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        samael::crypto::Crypto::reduce_xml_to_signed_with_allowed_algorithms(
+            xml,
+            &certs,
+            samael::crypto::ReduceMode::default(),
+            self.allowed_algorithms.as_deref(),
+        )
+    }
+
     /// Builds the SP for a validated tenant; `acs_url` is where the IdP posts. A tenant
     /// whose metadata comes from a URL has no SP until it is fetched: see
     /// [`SamlTenant::from_metadata`] and [`metadata`].
@@ -596,24 +614,13 @@ impl SamlTenant {
     fn decrypt(&self, xml: &str) -> Result<(String, &ServiceProvider), AcsError> {
         let response_signed = response_signed_itself(xml);
         let source = if response_signed {
-            let certs = self
-                .sp
-                .idp_signing_certs()
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            samael::crypto::Crypto::reduce_xml_to_signed_with_allowed_algorithms(
-                xml,
-                &certs,
-                samael::crypto::ReduceMode::default(),
-                self.allowed_algorithms.as_deref(),
-            )
-            .map_err(|e| AcsError::Rejected {
-                code: "signature",
-                detail: format!(
-                    "the Response signature over the encrypted assertion does not verify: {e}"
-                ),
-            })?
+            self.reduce_to_idp_signed(xml)
+                .map_err(|e| AcsError::Rejected {
+                    code: "signature",
+                    detail: format!(
+                        "the Response signature over the encrypted assertion does not verify: {e}"
+                    ),
+                })?
         } else {
             xml.to_owned()
         };

@@ -493,19 +493,8 @@ impl SamlTenant {
     fn verify_xml(&self, xml: &str) -> Result<String, SloError> {
         self.check_algorithms(xml)
             .map_err(|e| SloError::Signature(e.to_string()))?;
-        let certs = self
-            .sp
-            .idp_signing_certs()
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        samael::crypto::Crypto::reduce_xml_to_signed_with_allowed_algorithms(
-            xml,
-            &certs,
-            samael::crypto::ReduceMode::default(),
-            self.allowed_algorithms.as_deref(),
-        )
-        .map_err(|e| SloError::Signature(format!("no valid IdP signature: {e}")))
+        self.reduce_to_idp_signed(xml)
+            .map_err(|e| SloError::Signature(format!("no valid IdP signature: {e}")))
     }
 }
 
