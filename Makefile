@@ -112,3 +112,4 @@ image:
 bench: bench-deps
 	$(CARGO) bench --locked --bench proxy
 	$(CARGO) bench --locked --bench scim
+	$(CARGO) bench --locked --bench acs

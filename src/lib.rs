@@ -323,6 +323,7 @@ impl App {
             workers,
             "idgate listening"
         );
+        log_endpoints(&self.config);
         Ok(Running {
             jobs_tx,
             public_addr,
@@ -404,5 +405,25 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Tells the operator, per tenant, the URLs to paste into the IdP and the SCIM client:
+/// the first thing anyone connecting an IdP needs, and the place where a wrong
+/// `public_url` shows before a browser ends on a connection error.
+fn log_endpoints(config: &Config) {
+    let root = config.server.public_url.as_str().trim_end_matches('/');
+    for tenant in &config.tenants {
+        let scim = tenant
+            .scim
+            .as_ref()
+            .map(|_| format!("{root}/_idgate/scim/{}/v2", tenant.id));
+        tracing::info!(
+            tenant = %tenant.id,
+            sp_metadata = %format!("{root}/_idgate/saml/{}/metadata", tenant.id),
+            acs = %config.acs_url(tenant),
+            scim = scim.as_deref().unwrap_or("off"),
+            "tenant endpoints"
+        );
     }
 }

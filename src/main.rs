@@ -51,8 +51,8 @@ enum Command {
     },
     /// Run on embedded defaults with a built-in echo app as the upstream.
     Demo {
-        /// Public listen address.
-        #[arg(long)]
+        /// Public listen address: IP:PORT or HOST:PORT (localhost:8080).
+        #[arg(long, value_parser = idgate::config::listen_addr)]
         listen: Option<SocketAddr>,
     },
     /// Print a new PEM private key for signing identity JWTs.

@@ -297,3 +297,77 @@ fn check_config_checks_only_the_form_of_an_idp_metadata_url() {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
 }
+
+#[test]
+fn check_config_warns_when_browsers_could_not_reach_the_acs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idgate.toml");
+    let check = |server: &str| {
+        std::fs::write(
+            &path,
+            format!("[server]\n{server}\n{}", support::tenant_toml("acme")),
+        )
+        .unwrap();
+        run_cli(&["check-config", "--config", path.to_str().unwrap()], &[])
+    };
+    // The shipped defaults: listening on every interface, public_url unset.
+    let (code, _, err) = check("");
+    assert_eq!(code, 0, "a warning, not an error: {err}");
+    assert!(
+        err.contains("warning: server.public_url: is unset (default http://localhost:8080) while listen is 0.0.0.0:8080"),
+        "{err}"
+    );
+    let (code, _, err) = check("listen = \"0.0.0.0:8080\"\npublic_url = \"http://localhost:8080\"");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: server.public_url: http://localhost:8080 names this machine"),
+        "{err}"
+    );
+    // A host name in listen, and a public URL people reach: nothing to warn about.
+    let (code, _, err) =
+        check("listen = \"localhost:8080\"\npublic_url = \"https://app.example.com\"");
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_logs_where_each_tenant_is_and_listens_on_a_host_name() {
+    let up = support::TestUpstream::start().await;
+    let (_, token_hash) = {
+        let (code, out, err) = run_cli(&["token"], &[]);
+        assert_eq!(code, 0, "{err}");
+        let mut lines = out.lines().map(str::to_owned);
+        (lines.next().unwrap(), lines.next().unwrap())
+    };
+    let config = format!(
+        "[server]\nlisten = \"localhost:0\"\nadmin_listen = \"localhost:0\"\n\
+         upstream = \"http://{}\"\npublic_url = \"https://app.example.com\"\n{}[tenants.scim]\ntoken = \"{token_hash}\"\n{}",
+        up.addr,
+        support::tenant_toml("acme"),
+        support::tenant_toml("beta"),
+    );
+    let idgate = support::Idgate::start(&config);
+    assert!(idgate.public.ip().is_loopback(), "{}", idgate.public);
+    // Logged right after "idgate listening", in config order.
+    assert!(
+        idgate.wait_for_log("_idgate/saml/beta/acs"),
+        "{}",
+        idgate.logs()
+    );
+    let endpoints: Vec<serde_json::Value> = idgate
+        .logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "tenant endpoints")
+        .collect();
+    assert_eq!(endpoints.len(), 2, "{}", idgate.logs());
+    let acme = endpoints.iter().find(|v| v["tenant"] == "acme").unwrap();
+    assert_eq!(
+        acme["sp_metadata"],
+        "https://app.example.com/_idgate/saml/acme/metadata"
+    );
+    assert_eq!(acme["acs"], "https://app.example.com/_idgate/saml/acme/acs");
+    assert_eq!(acme["scim"], "https://app.example.com/_idgate/scim/acme/v2");
+    let beta = endpoints.iter().find(|v| v["tenant"] == "beta").unwrap();
+    assert_eq!(beta["scim"], "off");
+}

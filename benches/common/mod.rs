@@ -128,7 +128,19 @@ pub fn start_idgate_bin(
     name: &str,
     rest: &str,
 ) -> (Proc, SocketAddr, SocketAddr) {
-    let port = free_port();
+    start_idgate_on(bin, free_port(), upstream, dir, name, rest)
+}
+
+/// [`start_idgate_bin`] on a listen port chosen by the caller (whose config names it,
+/// as `public_url` does).
+pub fn start_idgate_on(
+    bin: &str,
+    port: u16,
+    upstream: SocketAddr,
+    dir: &std::path::Path,
+    name: &str,
+    rest: &str,
+) -> (Proc, SocketAddr, SocketAddr) {
     let admin = free_port();
     // BENCH_IDGATE_WORKERS sets [server].workers (default: one per core).
     let workers = std::env::var("BENCH_IDGATE_WORKERS")

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use secret::{Secret, SecretSource};
+pub use validate::listen_addr;
 
 /// Named defaults, one constant each, so the documentation, the example config and the
 /// tests can all point at the same value.

@@ -453,7 +453,7 @@ fn sp_tenant(dir: &Path, key: &str, cert: &str, extra: &str) -> String {
     std::fs::write(dir.join("sp.key"), key).unwrap();
     std::fs::write(dir.join("sp.crt"), cert).unwrap();
     format!(
-        "{}sp_key = \"file:{}\"\nsp_certificate = \"file:{}\"\n{extra}\n",
+        "[server]\npublic_url = \"https://app.example.com\"\n{}sp_key = \"file:{}\"\nsp_certificate = \"file:{}\"\n{extra}\n",
         tenant("acme", ""),
         dir.join("sp.key").display(),
         dir.join("sp.crt").display()
@@ -700,6 +700,69 @@ fn after_logout_url_is_a_same_origin_path_or_an_absolute_url() {
         assert!(
             e.iter()
                 .any(|m| m.contains("tenants[0].saml.after_logout_url")),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+fn public_url_warnings(server: &str) -> Vec<String> {
+    load(&format!("[server]\n{server}"))
+        .unwrap()
+        .warnings
+        .iter()
+        .filter(|w| w.path == "server.public_url")
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_public_url_browsers_cannot_reach_is_warned_about() {
+    // Unset, listening beyond loopback: the default names localhost.
+    let w = public_url_warnings("");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("is unset") && w[0].contains("0.0.0.0:8080"),
+        "{w:?}"
+    );
+    // Set to this machine while listening beyond loopback.
+    for url in [
+        "http://localhost:8080",
+        "http://127.0.0.1:8080",
+        "http://app.localhost:8080",
+    ] {
+        let w = public_url_warnings(&format!(
+            "public_url = \"{url}\"\nlisten = \"0.0.0.0:8080\"\n"
+        ));
+        assert_eq!(w.len(), 1, "{url}: {w:?}");
+        assert!(w[0].contains("names this machine"), "{w:?}");
+    }
+    // Unset, on loopback but another port than the default URL's.
+    let w = public_url_warnings("listen = \"127.0.0.1:9000\"\n");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("another port"), "{w:?}");
+    // Nothing to say: a real public URL, or the loopback default as the demo runs it.
+    assert!(public_url_warnings("public_url = \"https://app.example.com\"\n").is_empty());
+    assert!(public_url_warnings("listen = \"127.0.0.1:8080\"\n").is_empty());
+    assert!(public_url_warnings("listen = \"localhost:8080\"\n").is_empty());
+}
+
+#[test]
+fn listen_addresses_take_host_names() {
+    let c =
+        load("[server]\nlisten = \"localhost:8080\"\nadmin_listen = \"localhost:9091\"\n").unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.server.admin_listen, "127.0.0.1:9091".parse().unwrap());
+    assert_eq!(listen_addr("[::1]:80"), Ok("[::1]:80".parse().unwrap()));
+    for bad in [
+        "localhost",
+        "localhost:http",
+        ":8080",
+        "no-such-host.invalid:8080",
+        "1.2.3.4:99999",
+    ] {
+        let e = errors(&format!("[server]\nlisten = \"{bad}\"\n"));
+        assert!(
+            e[0].starts_with("server.listen: ") && e[0].contains(bad),
             "{bad}: {e:?}"
         );
     }

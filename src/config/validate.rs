@@ -53,11 +53,8 @@ impl Checker<'_> {
 
     fn socket_addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
         let text = value.unwrap_or(default);
-        text.parse().unwrap_or_else(|_| {
-            self.err(
-                path,
-                format!("invalid listen address {text:?}; expected IP:PORT"),
-            );
+        listen_addr(text).unwrap_or_else(|message| {
+            self.err(path, message);
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
@@ -189,6 +186,32 @@ pub(super) fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErr
     }
 }
 
+/// A listen address as `IP:PORT` or `HOST:PORT` (`localhost:8080`, as people write it).
+/// A host name is resolved once, here; of its addresses the first IPv4 one is taken,
+/// because `localhost` resolves to `::1` first on many systems and a listener on `::1`
+/// alone would not answer the `127.0.0.1` that browsers and tools try for it.
+pub fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let expected = "expected IP:PORT or HOST:PORT (such as 0.0.0.0:8080 or localhost:8080)";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("invalid listen address {text:?}; {expected}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("invalid listen address {text:?}; {expected}"));
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("listen address {text:?}: cannot resolve {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("listen address {text:?}: {host:?} resolves to no address"))
+}
+
 fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
     let server = server(c, raw.server);
     let store = store(c, raw.store);
@@ -219,6 +242,46 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         maestrano_devpl,
         source: super::Source::default(),
         warnings: Vec::new(),
+    }
+}
+
+/// A `public_url` that browsers cannot follow fails late and silently: the IdP posts to
+/// an ACS on `localhost:8080` and the browser ends on a connection error. Warn at start
+/// when it is unset or names this machine while idgate listens beyond loopback, and when
+/// it is unset while the listener is on another port than the default URL names.
+fn public_url_warning(c: &mut Checker<'_>, given: bool, public_url: &url::Url, listen: SocketAddr) {
+    let loopback_host = match public_url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.');
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    let consequence = "the IdP sends browsers to ACS URLs derived from it \
+        (and SP metadata, cookies and redirects use it); set it to the URL people reach the app at";
+    if !listen.ip().is_loopback() && (!given || loopback_host) {
+        let what = if given {
+            format!(
+                "{} names this machine",
+                public_url.as_str().trim_end_matches('/')
+            )
+        } else {
+            format!("is unset (default {})", defaults::PUBLIC_URL)
+        };
+        c.warn(
+            "server.public_url",
+            format!("{what} while listen is {listen}, which is reachable from other machines: {consequence}"),
+        );
+    } else if !given && public_url.port_or_known_default() != Some(listen.port()) {
+        c.warn(
+            "server.public_url",
+            format!(
+                "is unset (default {}) while listen is {listen}, another port: {consequence}",
+                defaults::PUBLIC_URL
+            ),
+        );
     }
 }
 
@@ -302,6 +365,8 @@ fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
         Some(u) => u,
         None => url::Url::parse(defaults::PUBLIC_URL).expect("default is a valid URL"),
     };
+    let listen = c.socket_addr("server.listen", raw.listen.as_deref(), defaults::LISTEN);
+    public_url_warning(c, raw.public_url.is_some(), &public_url, listen);
     let mut trusted_proxies = Vec::new();
     for (i, cidr) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
         let parsed = cidr
@@ -328,7 +393,7 @@ fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
     };
     ServerConfig {
         workers,
-        listen: c.socket_addr("server.listen", raw.listen.as_deref(), defaults::LISTEN),
+        listen,
         admin_listen: c.socket_addr(
             "server.admin_listen",
             raw.admin_listen.as_deref(),
