@@ -1,13 +1,26 @@
 //! Interoperability with a real IdP: SimpleSAMLphp 1.19 (Debian's `simplesamlphp`),
 //! served by `php -S` on 127.0.0.1 from a throw-away config directory, drives idgate
-//! through SP-initiated logins with signed, encrypted assertions, and through an IdP
-//! signing-key rollover that idgate only learns about from refreshed metadata:
+//! through SP-initiated logins with signed, encrypted assertions, through an IdP
+//! signing-key rollover that idgate only learns about from refreshed metadata, and
+//! through Single Logout in both directions.
+//!
+//! Logins and rollover (one test):
 //! 1. login with a signed AuthnRequest (SimpleSAMLphp validates it) and an encrypted,
 //!    signed assertion, which reaches the upstream as ada;
 //! 2. the IdP announces its next key (`new_certificate`) and idgate refreshes;
 //! 3. the IdP switches keys: the next login works at once;
 //! 4. after a refresh without the old key, a response signed with it is refused;
 //! 5. a plaintext assertion is refused (`require_encrypted_assertions`).
+//!
+//! Single Logout (another test), with SimpleSAMLphp's SingleLogoutService towards idgate
+//! on HTTP-Redirect, then on HTTP-POST:
+//! 1. SP-initiated: `POST /_idgate/logout` → SimpleSAMLphp's SingleLogoutService with a
+//!    signed LogoutRequest (`validate.logout`) → its signed LogoutResponse (`sign.logout`)
+//!    → `/_idgate/logged-out`; the old cookie is dead and the IdP asks for the password;
+//! 2. IdP-initiated: `SingleLogoutService.php?ReturnTo=…` → a signed LogoutRequest to
+//!    idgate through the browser (a redirect, or an auto-submitting form) → idgate's signed
+//!    LogoutResponse, which SimpleSAMLphp validates → ReturnTo; cookie dead, password asked;
+//! 3. with `sign.logout` off, SimpleSAMLphp's unsigned LogoutRequest is refused.
 //!
 //! Setup (see also tests/fixtures/README.md): `make test` installs `simplesamlphp php-cli
 //! php-xml php-mbstring`. The test panics, never skips, when they are missing. Per run it
@@ -16,17 +29,18 @@
 //!   and caches in the tempdir, `exampleauth` enabled, no secure-only cookies on http),
 //! - `authsources.php`: an `exampleauth:UserPass` source with user `ada`,
 //! - `metadata/saml20-idp-hosted.php`: the IdP, with keys made by `openssl`,
-//! - `metadata/saml20-sp-remote.php`: idgate's tenant `acme` (ACS URL, its SP
-//!   certificate as `certData`, `assertion.encryption`, `sign.assertion`,
-//!   `validate.authnrequest`),
+//! - `metadata/saml20-sp-remote.php`: idgate's tenant `acme` (ACS URL, SingleLogoutService,
+//!   its SP certificate as `certData`, `assertion.encryption`, `sign.assertion`,
+//!   `validate.authnrequest`, `sign.logout`, `validate.logout`),
 //! - `docroot/simplesaml`, a symlink to `/usr/share/simplesamlphp/www`, so that
 //!   `php -S 127.0.0.1:PORT -t docroot` serves SimpleSAMLphp under `/simplesaml/` as a
 //!   web server would; `SIMPLESAMLPHP_CONFIG_DIR` points at the tempdir.
 //!
 //! The "browser" is the hyper client of `tests/support` with a cookie jar, redirects and
-//! HTML forms handled here. The SAMLResponse SimpleSAMLphp posts is checked with
-//! `xmlsec1` (decrypted with the SP key, its Assertion's signature verified with the
-//! IdP certificate), independently of idgate's code.
+//! HTML forms (auto-submitting SAML forms included) handled here. The SAMLResponse
+//! SimpleSAMLphp posts at login is checked with `xmlsec1` (decrypted with the SP key, its
+//! Assertion's signature verified with the IdP certificate), independently of idgate's
+//! code; SimpleSAMLphp's own log says that it validated idgate's logout messages.
 
 mod support;
 
