@@ -1,13 +1,26 @@
 //! Interoperability with a real IdP: SimpleSAMLphp 1.19 (Debian's `simplesamlphp`),
 //! served by `php -S` on 127.0.0.1 from a throw-away config directory, drives idgate
-//! through SP-initiated logins with signed, encrypted assertions, and through an IdP
-//! signing-key rollover that idgate only learns about from refreshed metadata:
+//! through SP-initiated logins with signed, encrypted assertions, through an IdP
+//! signing-key rollover that idgate only learns about from refreshed metadata, and
+//! through Single Logout in both directions.
+//!
+//! Logins and rollover (one test):
 //! 1. login with a signed AuthnRequest (SimpleSAMLphp validates it) and an encrypted,
 //!    signed assertion, which reaches the upstream as ada;
 //! 2. the IdP announces its next key (`new_certificate`) and idgate refreshes;
 //! 3. the IdP switches keys: the next login works at once;
 //! 4. after a refresh without the old key, a response signed with it is refused;
 //! 5. a plaintext assertion is refused (`require_encrypted_assertions`).
+//!
+//! Single Logout (another test), with SimpleSAMLphp's SingleLogoutService towards idgate
+//! on HTTP-Redirect, then on HTTP-POST:
+//! 1. SP-initiated: `POST /_idgate/logout` → SimpleSAMLphp's SingleLogoutService with a
+//!    signed LogoutRequest (`validate.logout`) → its signed LogoutResponse (`sign.logout`)
+//!    → `/_idgate/logged-out`; the old cookie is dead and the IdP asks for the password;
+//! 2. IdP-initiated: `SingleLogoutService.php?ReturnTo=…` → a signed LogoutRequest to
+//!    idgate through the browser (a redirect, or an auto-submitting form) → idgate's signed
+//!    LogoutResponse, which SimpleSAMLphp validates → ReturnTo; cookie dead, password asked;
+//! 3. with `sign.logout` off, SimpleSAMLphp's unsigned LogoutRequest is refused.
 //!
 //! Setup (see also tests/fixtures/README.md): `make test` installs `simplesamlphp php-cli
 //! php-xml php-mbstring`. The test panics, never skips, when they are missing. Per run it
@@ -16,17 +29,18 @@
 //!   and caches in the tempdir, `exampleauth` enabled, no secure-only cookies on http),
 //! - `authsources.php`: an `exampleauth:UserPass` source with user `ada`,
 //! - `metadata/saml20-idp-hosted.php`: the IdP, with keys made by `openssl`,
-//! - `metadata/saml20-sp-remote.php`: idgate's tenant `acme` (ACS URL, its SP
-//!   certificate as `certData`, `assertion.encryption`, `sign.assertion`,
-//!   `validate.authnrequest`),
+//! - `metadata/saml20-sp-remote.php`: idgate's tenant `acme` (ACS URL, SingleLogoutService,
+//!   its SP certificate as `certData`, `assertion.encryption`, `sign.assertion`,
+//!   `validate.authnrequest`, `sign.logout`, `validate.logout`),
 //! - `docroot/simplesaml`, a symlink to `/usr/share/simplesamlphp/www`, so that
 //!   `php -S 127.0.0.1:PORT -t docroot` serves SimpleSAMLphp under `/simplesaml/` as a
 //!   web server would; `SIMPLESAMLPHP_CONFIG_DIR` points at the tempdir.
 //!
 //! The "browser" is the hyper client of `tests/support` with a cookie jar, redirects and
-//! HTML forms handled here. The SAMLResponse SimpleSAMLphp posts is checked with
-//! `xmlsec1` (decrypted with the SP key, its Assertion's signature verified with the
-//! IdP certificate), independently of idgate's code.
+//! HTML forms (auto-submitting SAML forms included) handled here. The SAMLResponse
+//! SimpleSAMLphp posts at login is checked with `xmlsec1` (decrypted with the SP key, its
+//! Assertion's signature verified with the IdP certificate), independently of idgate's
+//! code; SimpleSAMLphp's own log says that it validated idgate's logout messages.
 
 mod support;
 
@@ -88,10 +102,18 @@ impl KeyPair {
 // SimpleSAMLphp.
 
 /// What SimpleSAMLphp is told about idgate's tenant.
+#[derive(Clone)]
 struct SpSide {
     entity_id: String,
     acs: String,
     cert_body: String,
+    /// idgate's SLO endpoint (`/_idgate/saml/acme/slo`).
+    slo: String,
+    /// The SingleLogoutService binding SimpleSAMLphp uses towards idgate: HTTP-POST when
+    /// set, HTTP-Redirect otherwise.
+    slo_post: bool,
+    /// `sign.logout`: whether SimpleSAMLphp signs the logout messages it sends idgate.
+    sign_logout: bool,
 }
 
 /// A running SimpleSAMLphp IdP (`php -S`), killed by its PID on drop.
@@ -247,22 +269,34 @@ impl SimpleSamlPhp {
     }
 }
 
-/// `metadata/saml20-sp-remote.php`: idgate's tenant as SimpleSAMLphp sees it.
+/// `metadata/saml20-sp-remote.php`: idgate's tenant as SimpleSAMLphp sees it. Its
+/// SingleLogoutService is idgate's SLO endpoint; `validate.logout` makes SimpleSAMLphp check
+/// idgate's LogoutRequests and LogoutResponses against `certData`, and `sign.logout` makes
+/// it sign its own (idgate honours no unsigned logout message).
 fn write_sp_remote(dir: &Path, sp: &SpSide, encrypt: bool) {
     let path = dir.join("metadata/saml20-sp-remote.php");
     let tmp = path.with_extension("tmp");
+    let binding = if sp.slo_post {
+        "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+    } else {
+        "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+    };
     std::fs::write(
         &tmp,
         format!(
             "<?php\n$metadata['{entity}'] = [\n  'AssertionConsumerService' => '{acs}',\n  \
+             'SingleLogoutService' => [['Binding' => '{binding}', 'Location' => '{slo}']],\n  \
              'NameIDFormat' => 'urn:oasis:names:tc:SAML:2.0:nameid-format:persistent',\n  \
              'simplesaml.nameidattribute' => 'uid',\n  \
              'certData' => '{cert}',\n  'sign.assertion' => true,\n  \
              'assertion.encryption' => {encrypt},\n  'validate.authnrequest' => true,\n  \
+             'sign.logout' => {sign_logout},\n  'validate.logout' => true,\n  \
              'signature.algorithm' => 'http://www.w3.org/2001/04/xmldsig-more#rsa-sha256',\n];\n",
             entity = sp.entity_id,
             acs = sp.acs,
+            slo = sp.slo,
             cert = sp.cert_body,
+            sign_logout = sp.sign_logout,
         ),
     )
     .unwrap();
@@ -424,6 +458,50 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// [`Browser::navigate`], then posts every auto-submitting SAML form (one with a
+    /// `SAMLRequest` or `SAMLResponse` field: the HTTP-POST binding) as a browser's
+    /// script would, following redirects after each. Returns the final URL and answer,
+    /// and each posted message as (form action, field, decoded XML).
+    async fn follow(
+        &mut self,
+        method: &str,
+        url: &str,
+        form: Option<&[(String, String)]>,
+        trail: &mut Vec<String>,
+    ) -> (String, Reply, Vec<(String, String, String)>) {
+        let (mut url, mut reply) = self.navigate(method, url, form, trail).await;
+        let mut posted = Vec::new();
+        for _ in 0..10 {
+            if reply.status != 200 {
+                break;
+            }
+            let Some(next) = first_form(&url, &reply.text()) else {
+                break;
+            };
+            let Some((field, message)) = next
+                .fields
+                .iter()
+                .find(|(k, _)| k == "SAMLRequest" || k == "SAMLResponse")
+                .cloned()
+            else {
+                break;
+            };
+            let xml = String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(message.trim())
+                    .expect("a posted SAML message is base64"),
+            )
+            .expect("a posted SAML message is UTF-8");
+            posted.push((next.action.clone(), field, xml));
+            (url, reply) = self
+                .navigate("POST", &next.action, Some(&next.fields), trail)
+                .await;
+        }
+        (url, reply, posted)
+    }
+}
+
 /// One HTML form: its absolute action URL and its named inputs.
 struct Form {
     action: String,
@@ -517,7 +595,12 @@ struct Login {
 /// A fresh browser opens `path` on idgate and logs in at SimpleSAMLphp as ada; stops at
 /// idgate's answer to the posted SAMLResponse.
 async fn login(idgate: &Idgate, ssp: &SimpleSamlPhp, path: &str) -> Login {
-    let mut b = Browser::default();
+    login_in(Browser::default(), idgate, ssp, path).await
+}
+
+/// [`login`] in browser `b`, which must have no session at SimpleSAMLphp (it is asked for
+/// the password).
+async fn login_in(mut b: Browser, idgate: &Idgate, ssp: &SimpleSamlPhp, path: &str) -> Login {
     let mut trail = Vec::new();
     let (page_url, page) = b.navigate("GET", &idgate.url(path), None, &mut trail).await;
     let sso_prefix = ssp.url("/saml2/idp/SSOService.php?");
@@ -749,6 +832,9 @@ async fn simplesamlphp_logs_in_with_encrypted_signed_assertions_and_rolls_its_ke
         entity_id: format!("{base}/_idgate/saml/acme/metadata"),
         acs: format!("{base}/_idgate/saml/acme/acs"),
         cert_body: sp.cert_body(),
+        slo: format!("{base}/_idgate/saml/acme/slo"),
+        slo_post: false,
+        sign_logout: true,
     };
     let ssp = SimpleSamlPhp::start(&side, &idp_old);
     let up = TestUpstream::start().await;
@@ -836,6 +922,288 @@ async fn simplesamlphp_logs_in_with_encrypted_signed_assertions_and_rolls_its_ke
         idgate.wait_for_log("\"reason\":\"unencrypted\""),
         "refused as unencrypted:\n{}",
         idgate.logs()
+    );
+    eprintln!("whole scenario took {:?}", started.elapsed());
+}
+
+/// Whether `cookie` still carries an idgate session (a non-browser request: 200, or 401
+/// without a session).
+async fn signed_in(idgate: &Idgate, cookie: &str) -> bool {
+    let r = get(&idgate.url("/whoami"), &[("cookie", cookie)]).await;
+    assert!(r.status == 200 || r.status == 401, "{}", r.status);
+    r.status == 200
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// `idgate_saml_rejections_total{reason=…}`.
+async fn rejections(idgate: &Idgate, reason: &str) -> u64 {
+    let prefix = format!("idgate_saml_rejections_total{{reason=\"{reason}\"}} ");
+    get(&idgate.admin_url("/metrics"), &[])
+        .await
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// How often SimpleSAMLphp has logged `needle` so far.
+fn ssp_count(ssp: &SimpleSamlPhp, needle: &str) -> usize {
+    ssp.logs().matches(needle).count()
+}
+
+/// Single Logout both ways with SimpleSAMLphp, once with each binding SimpleSAMLphp can
+/// use towards idgate's SLO endpoint (HTTP-Redirect, then HTTP-POST):
+/// 1. SP-initiated: `POST /_idgate/logout` sends the browser to SimpleSAMLphp's
+///    SingleLogoutService with a LogoutRequest signed by the SP key, which SimpleSAMLphp
+///    validates against idgate's certificate (`validate.logout`); SimpleSAMLphp ends its
+///    session and answers with a signed LogoutResponse that lands the browser on
+///    `/_idgate/logged-out`. The old session cookie no longer works, and a new login at
+///    the IdP asks for the password again.
+/// 2. IdP-initiated: `SingleLogoutService.php?ReturnTo=…` at SimpleSAMLphp sends idgate a
+///    signed LogoutRequest through the browser; idgate ends the session and answers with a
+///    signed LogoutResponse that SimpleSAMLphp validates and counts as a successful logout
+///    of idgate, then the browser reaches ReturnTo. Again the cookie is dead and the IdP
+///    asks for the password.
+///
+/// Then, with `sign.logout` off, SimpleSAMLphp's unsigned LogoutRequest is refused
+/// (`slo_signature`) and the session lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simplesamlphp_single_logout_from_idgate_and_from_the_idp() {
+    let started = Instant::now();
+    let keys = tempfile::tempdir().unwrap();
+    let sp = KeyPair::new(keys.path(), "sp");
+    let idp = KeyPair::new(keys.path(), "idp");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let side = SpSide {
+        entity_id: format!("{base}/_idgate/saml/acme/metadata"),
+        acs: format!("{base}/_idgate/saml/acme/acs"),
+        cert_body: sp.cert_body(),
+        slo: format!("{base}/_idgate/saml/acme/slo"),
+        slo_post: false,
+        sign_logout: true,
+    };
+    let ssp = SimpleSamlPhp::start(&side, &idp);
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         upstream = \"http://{}\"\npublic_url = \"{base}\"\n\n\
+         [[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_metadata_url = \"{}\"\n\
+         sp_key = \"file:{}\"\nsp_certificate = \"file:{}\"\n",
+        up.addr,
+        ssp.metadata_url(),
+        sp.key.display(),
+        sp.cert.display()
+    ));
+    idgate.wait_ready().await;
+    refreshed(&idgate, 0, 1).await;
+    let idp_slo = ssp.url("/saml2/idp/SingleLogoutService.php");
+    let ctx = |trail: &Vec<String>, page: &Reply| {
+        format!(
+            "trail: {trail:#?}\npage: {}\nSimpleSAMLphp: {}\nidgate: {}",
+            page.text(),
+            ssp.logs(),
+            idgate.logs()
+        )
+    };
+    let validated = "Validation with key #0 succeeded.";
+
+    for post in [false, true] {
+        let binding = if post { "HTTP-POST" } else { "HTTP-Redirect" };
+        ssp.set_sp(
+            &SpSide {
+                slo_post: post,
+                ..side.clone()
+            },
+            true,
+        );
+        let path = format!("/sp-logout-{}", binding.to_ascii_lowercase());
+        let mut first = login(&idgate, &ssp, &path).await;
+        assert_logged_in(&idgate, &ssp, &mut first, &path).await;
+        let cookie = first.acs_reply.cookie();
+        assert!(signed_in(&idgate, &cookie).await);
+
+        // 1. SP-initiated.
+        let checks_before = ssp_count(&ssp, validated);
+        let mut trail = Vec::new();
+        let (url, page, posted) = first
+            .browser
+            .follow(
+                "POST",
+                &idgate.url("/_idgate/logout"),
+                Some(&[]),
+                &mut trail,
+            )
+            .await;
+        let ctx1 = ctx(&trail, &page);
+        assert_eq!(url, idgate.url("/_idgate/logged-out"), "{binding}: {ctx1}");
+        assert_eq!(page.status, 200, "{binding}: {ctx1}");
+        assert!(page.text().contains("Signed out"), "{binding}: {ctx1}");
+        assert!(
+            trail
+                .iter()
+                .any(|t| t.starts_with(&format!("GET {idp_slo}?SAMLRequest="))
+                    && t.contains("&Signature=")),
+            "{binding}: the browser took a signed LogoutRequest to SimpleSAMLphp: {ctx1}"
+        );
+        assert!(
+            ssp.logs().contains(&format!(
+                "Received SAML 2.0 LogoutRequest from: '{}'",
+                side.entity_id
+            )),
+            "{binding}: SimpleSAMLphp accepted idgate's LogoutRequest: {ctx1}"
+        );
+        assert!(
+            ssp_count(&ssp, validated) > checks_before,
+            "{binding}: SimpleSAMLphp checked its signature with idgate's certificate: {ctx1}"
+        );
+        if post {
+            assert!(
+                matches!(posted.as_slice(), [(action, field, xml)]
+                    if *action == side.slo && field == "SAMLResponse"
+                        && xml.contains("LogoutResponse") && xml.contains("<ds:Signature")),
+                "{binding}: SimpleSAMLphp posted a signed LogoutResponse to idgate: {posted:#?} {ctx1}"
+            );
+        } else {
+            assert!(posted.is_empty(), "{binding}: {posted:#?}");
+            assert!(
+                trail.iter().any(
+                    |t| t.starts_with(&format!("GET {}?SAMLResponse=", side.slo))
+                        && t.contains("&Signature=")
+                        && t.ends_with("-> 303 See Other")
+                ),
+                "{binding}: SimpleSAMLphp's signed LogoutResponse came back to idgate: {ctx1}"
+            );
+        }
+        assert!(
+            !idgate.logs().contains("did not confirm the Single Logout")
+                && !idgate.logs().contains("SAML logout rejected"),
+            "{binding}: idgate took SimpleSAMLphp's LogoutResponse as a success: {ctx1}"
+        );
+        assert!(
+            !signed_in(&idgate, &cookie).await,
+            "{binding}: the session cookie no longer works"
+        );
+        // The IdP's session is gone too: login_in asserts that it asks for the password.
+        let path = format!("/idp-logout-{}", binding.to_ascii_lowercase());
+        let mut second = login_in(first.browser, &idgate, &ssp, &path).await;
+        assert_logged_in(&idgate, &ssp, &mut second, &path).await;
+        let cookie = second.acs_reply.cookie();
+        assert!(signed_in(&idgate, &cookie).await);
+
+        // 2. IdP-initiated.
+        let checks_before = ssp_count(&ssp, validated);
+        let logged_out_of = format!("Logged out of 'saml:{}'", side.entity_id);
+        let done_before = ssp_count(&ssp, &logged_out_of);
+        let return_to = ssp.url("/logout.php");
+        let mut trail = Vec::new();
+        let (url, page, posted) = second
+            .browser
+            .follow(
+                "GET",
+                &format!("{idp_slo}?ReturnTo={}", enc(&return_to)),
+                None,
+                &mut trail,
+            )
+            .await;
+        let ctx2 = ctx(&trail, &page);
+        assert_eq!(url, return_to, "{binding}: {ctx2}");
+        assert_eq!(page.status, 200, "{binding}: {ctx2}");
+        if post {
+            assert!(
+                matches!(posted.as_slice(), [(action, field, xml)]
+                    if *action == side.slo && field == "SAMLRequest"
+                        && xml.contains("LogoutRequest") && xml.contains("<ds:Signature")),
+                "{binding}: SimpleSAMLphp posted a signed LogoutRequest to idgate: {posted:#?} {ctx2}"
+            );
+            assert!(
+                trail
+                    .iter()
+                    .any(|t| *t == format!("POST {} -> 302 Found", side.slo)),
+                "{binding}: {ctx2}"
+            );
+        } else {
+            assert!(posted.is_empty(), "{binding}: {posted:#?}");
+            assert!(
+                trail
+                    .iter()
+                    .any(|t| t.starts_with(&format!("GET {}?SAMLRequest=", side.slo))
+                        && t.contains("&Signature=")
+                        && t.ends_with("-> 302 Found")),
+                "{binding}: SimpleSAMLphp sent idgate a signed LogoutRequest: {ctx2}"
+            );
+        }
+        assert!(
+            trail
+                .iter()
+                .any(|t| t.starts_with(&format!("GET {idp_slo}?SAMLResponse="))
+                    && t.contains("&Signature=")),
+            "{binding}: idgate answered with a signed LogoutResponse: {ctx2}"
+        );
+        assert!(
+            ssp_count(&ssp, validated) > checks_before
+                && ssp_count(&ssp, &logged_out_of) == done_before + 1
+                && !ssp.logs().contains("Error received from"),
+            "{binding}: SimpleSAMLphp validated idgate's LogoutResponse and logged idgate out: {ctx2}"
+        );
+        assert!(
+            idgate.logs().contains("\"actor\":\"idp\""),
+            "{binding}: idgate logged the IdP's logout: {ctx2}"
+        );
+        assert!(
+            !signed_in(&idgate, &cookie).await,
+            "{binding}: the session cookie no longer works"
+        );
+        let path = format!("/after-idp-logout-{}", binding.to_ascii_lowercase());
+        let mut third = login_in(second.browser, &idgate, &ssp, &path).await;
+        assert_logged_in(&idgate, &ssp, &mut third, &path).await;
+        eprintln!("{binding} done after {:?}", started.elapsed());
+    }
+
+    // 3. SimpleSAMLphp without `sign.logout` sends its LogoutRequest unsigned: refused, and
+    //    nothing ends.
+    ssp.set_sp(
+        &SpSide {
+            sign_logout: false,
+            ..side.clone()
+        },
+        true,
+    );
+    let mut l = login(&idgate, &ssp, "/unsigned").await;
+    assert_logged_in(&idgate, &ssp, &mut l, "/unsigned").await;
+    let cookie = l.acs_reply.cookie();
+    let before = rejections(&idgate, "slo_signature").await;
+    let mut trail = Vec::new();
+    let (url, page, _) = l
+        .browser
+        .follow(
+            "GET",
+            &format!("{idp_slo}?ReturnTo={}", enc(&ssp.url("/logout.php"))),
+            None,
+            &mut trail,
+        )
+        .await;
+    let ctx3 = ctx(&trail, &page);
+    assert!(
+        url.starts_with(&format!("{}?SAMLRequest=", side.slo)) && !url.contains("Signature="),
+        "SimpleSAMLphp sent an unsigned LogoutRequest: {ctx3}"
+    );
+    assert_eq!(page.status, 403, "{ctx3}");
+    assert_eq!(
+        rejections(&idgate, "slo_signature").await,
+        before + 1,
+        "{ctx3}"
+    );
+    assert!(
+        idgate.wait_for_log("\"reason\":\"slo_signature\""),
+        "{ctx3}"
+    );
+    assert!(
+        signed_in(&idgate, &cookie).await,
+        "an unsigned LogoutRequest ends no session"
     );
     eprintln!("whole scenario took {:?}", started.elapsed());
 }

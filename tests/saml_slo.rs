@@ -28,6 +28,7 @@ const SP: &str = "http://127.0.0.1/_idgate/saml/acme/metadata";
 const SLO: &str = "http://127.0.0.1/_idgate/saml/acme/slo";
 const IDP_SLO: &str = "https://idp.example.com/slo";
 const RSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256";
+const ECDSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256";
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -43,6 +44,12 @@ struct Slo {
 }
 
 async fn start(replicas: bool, saml_extra: &str) -> Slo {
+    start_trusting(replicas, saml_extra, None).await
+}
+
+/// [`start`], with `also_trusted` (a certificate file) next to the IdP's certificate in
+/// `idp_certificate`, as during a rollover to a key of another type.
+async fn start_trusting(replicas: bool, saml_extra: &str, also_trusted: Option<&Path>) -> Slo {
     let idp = TestIdp::new("slo-idp");
     let sp = TestIdp::new("slo-sp");
     let up = TestUpstream::start().await;
@@ -58,6 +65,12 @@ async fn start(replicas: bool, saml_extra: &str) -> Slo {
             )
         })
         .unwrap_or_default();
+    let idp_certificates = keys.path().join("idp-certificates.pem");
+    let mut bundle = std::fs::read_to_string(&idp.cert).unwrap();
+    if let Some(extra) = also_trusted {
+        bundle.push_str(&std::fs::read_to_string(extra).unwrap());
+    }
+    std::fs::write(&idp_certificates, bundle).unwrap();
     let text = config(
         up.addr,
         "",
@@ -66,7 +79,7 @@ async fn start(replicas: bool, saml_extra: &str) -> Slo {
              idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
              allow_idp_initiated = true\nsp_key = \"file:{}\"\nsp_certificate = \"file:{}\"\n\
              idp_slo_url = \"{IDP_SLO}\"\n{saml_extra}\n",
-            idp.cert.display(),
+            idp_certificates.display(),
             sp.key.display(),
             sp.cert.display(),
         ),
@@ -135,8 +148,13 @@ impl Slo {
 
     /// Sends a POST-bound LogoutRequest (`xml`, signed or not).
     async fn post(&self, xml: &str) -> Reply {
+        self.post_field("SAMLRequest", xml).await
+    }
+
+    /// Sends `xml` in the HTTP-POST binding as form field `field`.
+    async fn post_field(&self, field: &str, xml: &str) -> Reply {
         let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("SAMLRequest", &b64(xml))
+            .append_pair(field, &b64(xml))
             .append_pair("RelayState", "post-relay")
             .finish();
         send(
@@ -196,13 +214,39 @@ fn logout_request_to(
     session_index: Option<&str>,
     signature: &str,
 ) -> String {
+    logout_request_at(
+        destination,
+        id,
+        &now(0),
+        Some(&now(300)),
+        issuer,
+        name_id,
+        session_index,
+        signature,
+    )
+}
+
+/// [`logout_request_to`] issued at `issue_instant`, valid until `not_on_or_after` (no
+/// NotOnOrAfter attribute when `None`).
+#[allow(clippy::too_many_arguments)]
+fn logout_request_at(
+    destination: &str,
+    id: &str,
+    issue_instant: &str,
+    not_on_or_after: Option<&str>,
+    issuer: &str,
+    name_id: &str,
+    session_index: Option<&str>,
+    signature: &str,
+) -> String {
     let index = session_index
         .map(|s| format!("<samlp:SessionIndex>{s}</samlp:SessionIndex>"))
         .unwrap_or_default();
+    let until = not_on_or_after
+        .map(|t| format!(" NotOnOrAfter=\"{t}\""))
+        .unwrap_or_default();
     format!(
-        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{now}" Destination="{destination}" NotOnOrAfter="{later}"><saml:Issuer>{issuer}</saml:Issuer>{signature}<saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">{name_id}</saml:NameID>{index}</samlp:LogoutRequest>"#,
-        now = now(0),
-        later = now(300),
+        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{issue_instant}" Destination="{destination}"{until}><saml:Issuer>{issuer}</saml:Issuer>{signature}<saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">{name_id}</saml:NameID>{index}</samlp:LogoutRequest>"#,
     )
 }
 
@@ -230,11 +274,24 @@ fn enc(s: &str) -> String {
 /// The HTTP-Redirect query for `xml` in `field`, signed by the `openssl` CLI with `key`
 /// over the octets `field=…&RelayState=…&SigAlg=…` (SAML bindings §3.4.4.1).
 fn redirect_query(field: &str, xml: &str, relay: Option<&str>, key: &Path) -> String {
+    redirect_query_with(field, xml, relay, key, RSA_SHA256, |sig| sig)
+}
+
+/// [`redirect_query`] with `sig_alg`, the signature `openssl dgst -sha256 -sign` made
+/// passed through `encode` (ECDSA: from DER to r‖s) before it is base64-encoded.
+fn redirect_query_with(
+    field: &str,
+    xml: &str,
+    relay: Option<&str>,
+    key: &Path,
+    sig_alg: &str,
+    encode: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> String {
     let mut signed = format!("{field}={}", enc(&deflate_b64(xml)));
     if let Some(r) = relay {
         signed.push_str(&format!("&RelayState={}", enc(r)));
     }
-    signed.push_str(&format!("&SigAlg={}", enc(RSA_SHA256)));
+    signed.push_str(&format!("&SigAlg={}", enc(sig_alg)));
     let dir = tempfile::tempdir().unwrap();
     let (data, sig) = (dir.path().join("data"), dir.path().join("sig"));
     std::fs::write(&data, &signed).unwrap();
@@ -247,7 +304,8 @@ fn redirect_query(field: &str, xml: &str, relay: Option<&str>, key: &Path) -> St
         &sig.display().to_string(),
         &data.display().to_string(),
     ]);
-    let signature = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sig).unwrap());
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(encode(std::fs::read(&sig).unwrap()));
     format!("{signed}&Signature={}", enc(&signature))
 }
 
@@ -546,10 +604,26 @@ async fn unsigned_forged_replayed_and_unknown_logout_requests() {
 
 /// A LogoutResponse as the IdP answers idgate's LogoutRequest `in_response_to`.
 fn logout_response(in_response_to: &str) -> String {
+    logout_response_with(&new_id(), in_response_to, "")
+}
+
+/// [`logout_response`] with ID `id` and `signature` after the Issuer.
+fn logout_response_with(id: &str, in_response_to: &str, signature: &str) -> String {
     format!(
-        r#"<samlp:LogoutResponse xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{now}" Destination="{SLO}" InResponseTo="{in_response_to}"><saml:Issuer>{IDP}</saml:Issuer><samlp:Status><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/></samlp:Status></samlp:LogoutResponse>"#,
-        id = new_id(),
+        r#"<samlp:LogoutResponse xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{now}" Destination="{SLO}" InResponseTo="{in_response_to}"><saml:Issuer>{IDP}</saml:Issuer>{signature}<samlp:Status><samlp:StatusCode Value="urn:oasis:names:tc:SAML:2.0:status:Success"/></samlp:Status></samlp:LogoutResponse>"#,
         now = now(0),
+    )
+}
+
+/// [`logout_response`] with an enveloped signature by `idp` (`xmlsec1`), as the
+/// HTTP-POST binding carries it.
+fn post_signed_response(in_response_to: &str, idp: &TestIdp) -> String {
+    let id = new_id();
+    xmlsec_sign(
+        &logout_response_with(&id, in_response_to, &signature_template(&id)),
+        &idp.key,
+        &idp.cert,
+        "urn:oasis:names:tc:SAML:2.0:protocol:LogoutResponse",
     )
 }
 
@@ -799,4 +873,257 @@ async fn metadata_lists_the_slo_endpoints_and_check_config_warns_without_sp_key(
     .await
     .text();
     assert!(!md.contains("SingleLogoutService"), "{md}");
+}
+
+/// LogoutRequests past their NotOnOrAfter, issued in the future beyond the allowed clock
+/// skew (60 s), or issued too long ago without a NotOnOrAfter (300 s + skew) are refused
+/// as `expired` even though the IdP signed them, in both front-channel bindings, and end
+/// no session; the same request with current times is honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_logout_requests_are_refused_and_end_nothing() {
+    let slo = start(false, "").await;
+    let node = &slo.nodes[0];
+    let (cookie, index) = slo.login("ada@example.com", "ada").await;
+    let at = |issued: i64, until: Option<i64>| {
+        logout_request_at(
+            SLO,
+            &new_id(),
+            &now(issued),
+            until.map(now).as_deref(),
+            IDP,
+            "ada@example.com",
+            Some(&index),
+            "",
+        )
+    };
+    for (case, xml) in [
+        ("past its NotOnOrAfter", at(-200, Some(-120))),
+        ("issued 10 minutes ahead", at(600, Some(900))),
+        ("issued 10 minutes ago, no NotOnOrAfter", at(-600, None)),
+    ] {
+        let before = slo.rejections("expired").await;
+        let r = slo
+            .redirect(&redirect_query("SAMLRequest", &xml, None, &slo.idp.key))
+            .await;
+        slo.refused(case, &r, "expired", before).await;
+        assert!(signed_in(node, &cookie).await, "{case}: nothing ended");
+    }
+    // HTTP-POST: the enveloped signature verifies, the time does not.
+    let id = new_id();
+    let expired = xmlsec_sign(
+        &logout_request_at(
+            SLO,
+            &id,
+            &now(-200),
+            Some(&now(-120)),
+            IDP,
+            "ada@example.com",
+            None,
+            &signature_template(&id),
+        ),
+        &slo.idp.key,
+        &slo.idp.cert,
+        "urn:oasis:names:tc:SAML:2.0:protocol:LogoutRequest",
+    );
+    let before = slo.rejections("expired").await;
+    let r = slo.post(&expired).await;
+    slo.refused("expired, HTTP-POST", &r, "expired", before)
+        .await;
+    assert!(
+        node.wait_for_log("\"reason\":\"expired\"") && node.logs().contains("SAML logout rejected"),
+        "{}",
+        node.logs()
+    );
+    assert!(signed_in(node, &cookie).await, "nothing ended");
+
+    // Within the skew either way it is honoured.
+    let r = slo
+        .redirect(&redirect_query(
+            "SAMLRequest",
+            &at(30, Some(-30)),
+            None,
+            &slo.idp.key,
+        ))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert!(!signed_in(node, &cookie).await);
+}
+
+/// Turns an ECDSA signature from the DER `SEQUENCE { r, s }` that `openssl dgst -sign`
+/// writes into r‖s, each `half` octets, as the ecdsa-sha256 URI defines the signature
+/// value (RFC 4051 §3.3, XML Signature 1.1 §6.4.3).
+fn der_to_r_s(der: Vec<u8>, half: usize) -> Vec<u8> {
+    // 0x30 len 0x02 rlen r 0x02 slen s, with short lengths for P-256.
+    assert_eq!(der[0], 0x30, "a DER SEQUENCE: {der:02x?}");
+    let mut at = 2;
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(der[at], 0x02, "a DER INTEGER: {der:02x?}");
+        let len = der[at + 1] as usize;
+        let int = &der[at + 2..at + 2 + len];
+        let int = &int[int.iter().take_while(|b| **b == 0).count()..];
+        out.extend(std::iter::repeat_n(0u8, half - int.len()));
+        out.extend_from_slice(int);
+        at += 2 + len;
+    }
+    out
+}
+
+/// An IdP signing HTTP-Redirect LogoutRequests with ECDSA (P-256, ecdsa-sha256; key,
+/// certificate and signature made by the `openssl` CLI, the signature turned into r‖s)
+/// is honoured. The DER signature `openssl` writes is not the binding's format and is
+/// refused, as is an ECDSA signature by a key idgate does not trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ecdsa_signed_redirect_logout_request_is_honoured() {
+    let ec = tempfile::tempdir().unwrap();
+    let make = |name: &str| {
+        let (key, cert) = (
+            ec.path().join(format!("{name}.key")),
+            ec.path().join(format!("{name}.crt")),
+        );
+        support::openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-sha256",
+            "-days",
+            "1",
+            "-nodes",
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        (key, cert)
+    };
+    let (ec_key, ec_cert) = make("slo-idp-ec");
+    let (stranger_key, _) = make("stranger-ec");
+    let slo = start_trusting(false, "", Some(&ec_cert)).await;
+    let node = &slo.nodes[0];
+    let (cookie, index) = slo.login("ada@example.com", "ada").await;
+    let xml = || logout_request(&new_id(), IDP, "ada@example.com", Some(&index), "");
+
+    let before = slo.rejections("slo_signature").await;
+    let der = redirect_query_with("SAMLRequest", &xml(), None, &ec_key, ECDSA_SHA256, |der| {
+        der
+    });
+    let r = slo.redirect(&der).await;
+    slo.refused("DER instead of r||s", &r, "slo_signature", before)
+        .await;
+    let before = slo.rejections("slo_signature").await;
+    let r = slo
+        .redirect(&redirect_query_with(
+            "SAMLRequest",
+            &xml(),
+            None,
+            &stranger_key,
+            ECDSA_SHA256,
+            |der| der_to_r_s(der, 32),
+        ))
+        .await;
+    slo.refused("an untrusted EC key", &r, "slo_signature", before)
+        .await;
+    assert!(signed_in(node, &cookie).await, "nothing ended");
+
+    let r = slo
+        .redirect(&redirect_query_with(
+            "SAMLRequest",
+            &xml(),
+            Some("ec-relay"),
+            &ec_key,
+            ECDSA_SHA256,
+            |der| der_to_r_s(der, 32),
+        ))
+        .await;
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), node.logs());
+    let (response, q) = verified_redirect(
+        r.headers["location"].to_str().unwrap(),
+        "SAMLResponse",
+        &slo.sp,
+    );
+    assert_eq!(q["RelayState"], "ec-relay");
+    assert!(response.contains("status:Success"), "{response}");
+    assert!(!signed_in(node, &cookie).await, "the session ended");
+}
+
+impl Slo {
+    /// `POST /_idgate/logout` with `cookie`; the ID of the LogoutRequest idgate sent the
+    /// IdP (checked signed by the SP key).
+    async fn sp_logout(&self, cookie: &str) -> String {
+        let r = send(
+            "POST",
+            &self.nodes[0].url("/_idgate/logout"),
+            &[("cookie", cookie)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 302, "{}", r.text());
+        let (request, _) = verified_redirect(
+            r.headers["location"].to_str().unwrap(),
+            "SAMLRequest",
+            &self.sp,
+        );
+        request
+            .split("ID=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// The IdP may answer idgate's LogoutRequest in the HTTP-POST binding: a LogoutResponse
+/// with an enveloped signature (`xmlsec1`) lands the browser on `/_idgate/logged-out`
+/// (no `after_logout_url`). Unsigned, signed by a stranger, or altered after signing, it
+/// is refused as `slo_signature` and does not use up the pending logout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_response_on_http_post_is_verified_by_its_xml_signature() {
+    let slo = start(false, "").await;
+    let node = &slo.nodes[0];
+    let (cookie, _) = slo.login("ada@example.com", "ada").await;
+    let id = slo.sp_logout(&cookie).await;
+    assert!(!signed_in(node, &cookie).await);
+
+    let stranger = TestIdp::new("stranger");
+    let good = post_signed_response(&id, &slo.idp);
+    assert!(
+        good.contains("urn:oasis:names:tc:SAML:2.0:status:Success"),
+        "{good}"
+    );
+    let altered = good.replace(
+        "urn:oasis:names:tc:SAML:2.0:status:Success",
+        "urn:oasis:names:tc:SAML:2.0:status:Requester",
+    );
+    for (case, xml) in [
+        ("unsigned", logout_response(&id)),
+        ("signed by a stranger", post_signed_response(&id, &stranger)),
+        ("altered after signing", altered),
+    ] {
+        let before = slo.rejections("slo_signature").await;
+        let r = slo.post_field("SAMLResponse", &xml).await;
+        slo.refused(case, &r, "slo_signature", before).await;
+    }
+    assert!(
+        node.wait_for_log("\"reason\":\"slo_signature\""),
+        "{}",
+        node.logs()
+    );
+
+    let r = slo.post_field("SAMLResponse", &good).await;
+    assert_eq!(r.status, 303, "{}\n{}", r.text(), node.logs());
+    assert_eq!(r.headers["location"], "/_idgate/logged-out");
+    assert!(
+        !node.logs().contains("did not confirm the Single Logout"),
+        "{}",
+        node.logs()
+    );
+    let before = slo.rejections("unknown_request").await;
+    let r = slo.post_field("SAMLResponse", &good).await;
+    slo.refused("answered twice", &r, "unknown_request", before)
+        .await;
 }
