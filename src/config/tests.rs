@@ -783,7 +783,7 @@ fn access_rules_are_checked_with_their_key_paths() {
         tenant("acme", "")
     ));
     for expected in [
-        "access.rules[0].name: required",
+        "access.rules[0].name: missing",
         "access.rules[1]: set path or path_regex, not both",
         "access.rules[2]: needs path or path_regex",
         "access.rules[3].path_regex: invalid regex",

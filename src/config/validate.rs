@@ -346,7 +346,7 @@ fn access_rules(
             None => {
                 c.err(
                     format!("{at}.name"),
-                    "required: it names the rule in logs and refusals",
+                    "missing: every rule has a name, shown in logs and refusals",
                 );
                 continue;
             }
