@@ -17,6 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use crate::access::Rule;
 use crate::config::Config;
 use crate::config::IdpSource;
 use crate::config::ProvisioningConfig;
@@ -53,7 +54,8 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Gateway {
     policy: IdentityHeaderPolicy,
     cookie_name: String,
-    public_paths: Vec<String>,
+    /// `[[access.rules]]` with `public_paths` first (SPEC §9).
+    rules: crate::access::Rules,
     api_paths: Vec<String>,
     trusted_proxies: Vec<ipnet::IpNet>,
     metrics: Arc<Metrics>,
@@ -264,7 +266,7 @@ impl Gateway {
             tenancy: arc_swap::ArcSwap::from_pointee(tenancy),
             policy: IdentityHeaderPolicy::new(config.identity.headers.all()),
             cookie_name: config.session.cookie_name.clone(),
-            public_paths: config.access.public_paths.clone(),
+            rules: config.access.rules.clone(),
             api_paths: config.access.api_paths.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             metrics,
@@ -356,19 +358,78 @@ impl Gateway {
         client
     }
 
-    fn classify(&self, path: &str) -> RouteClass {
+    /// Reserved, public or proxied, and the access rule that decides a request that is
+    /// not reserved. Without rules naming tenants this reads no tenancy at all; with
+    /// them, the tenant is the one the host names (a session's own tenant is checked
+    /// again at the gate).
+    fn classify(
+        &self,
+        method: &Method,
+        path: &str,
+        host: Option<&str>,
+    ) -> (RouteClass, Option<&Rule>) {
         if has_prefix(path, "/_idgate")
             || (self
                 .maestrano_reserved
                 .load(std::sync::atomic::Ordering::Relaxed)
                 && has_prefix(path, "/maestrano"))
         {
-            RouteClass::Reserved
-        } else if self.public_paths.iter().any(|p| has_prefix(path, p)) {
-            RouteClass::Public
-        } else {
-            RouteClass::Proxied
+            return (RouteClass::Reserved, None);
         }
+        if self.rules.is_empty() {
+            return (RouteClass::Proxied, None);
+        }
+        let rule = if self.rules.tenant_scoped() {
+            let tenant = self.tenant_for(host);
+            self.rules.decide(method, path, tenant.as_deref())
+        } else {
+            self.rules.decide(method, path, None)
+        };
+        match rule {
+            Some(r) if r.public => (RouteClass::Public, rule),
+            _ => (RouteClass::Proxied, rule),
+        }
+    }
+
+    /// The rule's verdict on a signed-in request: `None` to forward, or the 403. A rule
+    /// that names tenants is decided again for the session's own tenant when the host
+    /// did not name it (a host-less tenant's session on a shared host).
+    fn refused_by_rule(
+        &self,
+        rule: Option<&Rule>,
+        method: &Method,
+        path: &str,
+        pass: &crate::session::watch::Pass,
+        html: bool,
+        request_id: &str,
+    ) -> Option<Response<Body>> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let id = &pass.auth.identity;
+        let rule = if self.rules.tenant_scoped() {
+            self.rules.decide(method, path, Some(&id.tenant))
+        } else {
+            rule
+        }?;
+        let subject = crate::access::Subject {
+            user_id: &id.user_id,
+            group_id: &id.group_id,
+            role: &id.role,
+            groups: &[],
+        };
+        if rule.admits(&subject) {
+            return None;
+        }
+        tracing::info!(
+            request_id,
+            reason = "forbidden",
+            rule = &*rule.name,
+            tenant = id.tenant,
+            user_id = id.user_id,
+            "refused by access rule"
+        );
+        Some(forbidden_by_rule(&rule.name, html, request_id))
     }
 
     /// Whether a session of `tenant` counts on a request to `host` (SPEC §7): on a host
@@ -406,7 +467,7 @@ impl Gateway {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
-        route: RouteClass,
+        (route, rule): (RouteClass, Option<&Rule>),
         path: &str,
     ) -> Response<Body> {
         let html = response::accepts_html(req.headers());
@@ -460,10 +521,18 @@ impl Gateway {
             .await;
         match gate {
             Gate::Forward(identity) => {
+                if let Some(refusal) =
+                    self.refused_by_rule(rule, req.method(), path, &identity, html, request_id)
+                {
+                    return refusal;
+                }
                 self.forward(upstream, req, peer, request_id, html, Some(identity))
                     .await
             }
-            Gate::Missing => self.unauthenticated(&req, html, path, request_id),
+            Gate::Missing => {
+                let api = rule.is_some_and(|r| r.api);
+                self.unauthenticated(&req, html, path, api, request_id)
+            }
             Gate::Revoked(reason) => {
                 tracing::info!(
                     request_id,
@@ -703,10 +772,11 @@ impl Gateway {
         req: &Request<Incoming>,
         html: bool,
         path: &str,
+        api_rule: bool,
         request_id: &str,
     ) -> Response<Body> {
         let login_url = self.login_url(req);
-        let is_api = self.api_paths.iter().any(|p| has_prefix(path, p));
+        let is_api = api_rule || self.api_paths.iter().any(|p| has_prefix(path, p));
         let navigation = !is_api
             && (req.method() == Method::GET || req.method() == Method::HEAD)
             && (html
@@ -877,9 +947,9 @@ impl Handler for GatewayWorker {
         };
         let (route, mut resp, log_path) = match checked {
             Ok(path) => {
-                let route = gw.classify(&path);
+                let (route, rule) = gw.classify(&method, &path, host_of(&req));
                 let resp = gw
-                    .handle(&self.upstream, req, peer, rid, route, &path)
+                    .handle(&self.upstream, req, peer, rid, (route, rule), &path)
                     .await;
                 (route, resp, path)
             }
@@ -920,6 +990,27 @@ impl Handler for GatewayWorker {
         );
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
         resp
+    }
+}
+
+/// 403 naming the access rule that refused (SPEC §9): `{"error":"forbidden","rule":…}`,
+/// or a page naming both, so that a person can tell an administrator what stopped them.
+fn forbidden_by_rule(rule: &str, html: bool, request_id: &str) -> Response<Body> {
+    if html {
+        response::error(
+            StatusCode::FORBIDDEN,
+            true,
+            "forbidden",
+            &format!(
+                "Your account may not open this page (access rule \"{rule}\"). Ask your administrator for access if you need it."
+            ),
+            request_id,
+        )
+    } else {
+        response::json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": "forbidden", "rule": rule, "request_id": request_id}),
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`App`] is the whole product built from a [`config::Config`]; the binary in
 //! `main.rs` only parses the command line and calls into it.
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod demo;

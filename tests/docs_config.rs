@@ -221,11 +221,14 @@ fn set_path(root: &mut toml::Table, path: &str, value: Value) {
     let parts: Vec<&str> = path.split('.').collect();
     let mut table = root;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-        if i == 0 && *part == "tenants" {
-            let tenants = table
-                .entry("tenants")
+        // Arrays of tables: `[[tenants]]` and `[[access.rules]]`.
+        let array =
+            (i == 0 && *part == "tenants") || (i == 1 && parts[0] == "access" && *part == "rules");
+        if array {
+            let items = table
+                .entry(*part)
                 .or_insert_with(|| Value::Array(vec![Value::Table(toml::Table::new())]));
-            table = tenants.as_array_mut().unwrap()[0].as_table_mut().unwrap();
+            table = items.as_array_mut().unwrap()[0].as_table_mut().unwrap();
         } else {
             table = table
                 .entry(*part)
@@ -243,9 +246,8 @@ fn remove_path(root: &mut toml::Table, path: &str) -> bool {
     let mut table = root;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
         let next = match table.get_mut(*part) {
-            Some(Value::Array(items)) if i == 0 && *part == "tenants" => {
-                items.first_mut().and_then(Value::as_table_mut)
-            }
+            // Arrays of tables (`[[tenants]]`, `[[access.rules]]`): the first one.
+            Some(Value::Array(items)) if i < 2 => items.first_mut().and_then(Value::as_table_mut),
             Some(Value::Table(t)) => Some(t),
             _ => None,
         };
@@ -259,6 +261,9 @@ fn remove_path(root: &mut toml::Table, path: &str) -> bool {
 
 /// The path idgate's errors use for a doc key path (`tenants.saml.x` → `tenants[0].saml.x`).
 fn error_path(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("access.rules.") {
+        return format!("access.rules[0].{rest}");
+    }
     match path.strip_prefix("tenants.") {
         Some(rest) => format!("tenants[0].{rest}"),
         None => path.to_owned(),
@@ -318,6 +323,9 @@ fn every_documented_key_is_one_idgate_accepts() {
 /// A config that sets every required key and nothing else, so everything else takes its
 /// default. Relative `file:` paths resolve against config/.
 const MINIMAL: &str = r#"
+[[access.rules]]
+name = "r"
+path = "/r"
 [[tenants]]
 id = "t"
 [tenants.saml]
@@ -349,6 +357,7 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
     let m = t.maestrano.as_ref().expect("maestrano tenant");
     let scim = t.scim.as_ref().expect("scim");
     let devpl = c.maestrano_devpl.as_ref().expect("maestrano_devpl");
+    let rule = c.access.rules.iter().next().expect("MINIMAL's access rule");
     let dur = |constant: &str, applied: Duration| {
         assert_eq!(
             humantime::parse_duration(constant).unwrap(),
@@ -478,6 +487,20 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
             empty(c.access.public_paths.is_empty()),
         ),
         ("access.api_paths", empty(c.access.api_paths.is_empty())),
+        ("access.rules.public", Value::Boolean(rule.public)),
+        ("access.rules.api", Value::Boolean(rule.api)),
+        (
+            "access.rules.allow_groups",
+            empty(rule.allow_groups.is_empty()),
+        ),
+        (
+            "access.rules.allow_roles",
+            empty(rule.allow_roles.is_empty()),
+        ),
+        (
+            "access.rules.allow_users",
+            empty(rule.allow_users.is_empty()),
+        ),
         (
             "access.login_starts_per_minute",
             Value::Integer(i64::from(c.access.login_starts_per_minute)),

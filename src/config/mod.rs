@@ -347,6 +347,8 @@ pub struct IdentityConfig {
 /// `[access]`
 #[derive(Debug, Clone)]
 pub struct AccessConfig {
+    /// `[[access.rules]]` compiled, `public_paths` first as public rules (SPEC §9).
+    pub rules: crate::access::Rules,
     /// Path prefixes forwarded without a session.
     pub public_paths: Vec<String>,
     /// Path prefixes that get 401 JSON rather than a login redirect.

@@ -77,10 +77,25 @@ pub(crate) struct RawHeaders {
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawAccess {
+    pub rules: Option<Vec<RawRule>>,
     pub public_paths: Option<Vec<String>>,
     pub api_paths: Option<Vec<String>>,
     pub strip_headers: Option<Vec<String>>,
     pub login_starts_per_minute: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRule {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub path_regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub tenants: Option<Vec<String>>,
+    pub public: Option<bool>,
+    pub api: Option<bool>,
+    pub allow_groups: Option<Vec<String>>,
+    pub allow_roles: Option<Vec<String>>,
+    pub allow_users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -767,3 +767,67 @@ fn listen_addresses_take_host_names() {
         );
     }
 }
+
+#[test]
+fn access_rules_are_checked_with_their_key_paths() {
+    let e = errors(&format!(
+        "[[access.rules]]\npath = \"/a\"\n\
+         [[access.rules]]\nname = \"both\"\npath = \"/a\"\npath_regex = \"^/a\"\n\
+         [[access.rules]]\nname = \"neither\"\n\
+         [[access.rules]]\nname = \"bad re\"\npath_regex = \"^/(a\"\n\
+         [[access.rules]]\nname = \"bad path\"\npath = \"/a/../b\"\n\
+         [[access.rules]]\nname = \"bad method\"\npath = \"/a\"\nmethods = [\"GET\", \"NOT A METHOD\"]\n\
+         [[access.rules]]\nname = \"who\"\npath = \"/a\"\ntenants = [\"nobody\"]\n\
+         [[access.rules]]\nname = \"contradiction\"\npath = \"/a\"\npublic = true\nallow_groups = [\"g\"]\n\
+         {}",
+        tenant("acme", "")
+    ));
+    for expected in [
+        "access.rules[0].name: missing",
+        "access.rules[1]: set path or path_regex, not both",
+        "access.rules[2]: needs path or path_regex",
+        "access.rules[3].path_regex: invalid regex",
+        "access.rules[4].path: \"/a/../b\" must not contain dot segments",
+        "access.rules[5].methods[1]: \"NOT A METHOD\" is not an HTTP method",
+        "access.rules[6].tenants[0]: \"nobody\" is not a configured tenant",
+        "access.rules[7]: a public rule forwards without identity",
+    ] {
+        assert!(
+            e.iter().any(|m| m.starts_with(expected)),
+            "missing {expected:?} in {e:#?}"
+        );
+    }
+}
+
+#[test]
+fn access_rules_that_can_never_decide_are_warned_about() {
+    let c = load(&format!(
+        "[access]\npublic_paths = [\"/static\"]\n\
+         [[access.rules]]\nname = \"everyone\"\npath = \"/\"\n\
+         [[access.rules]]\nname = \"admins\"\npath = \"/admin\"\nallow_groups = [\"g-admins\"]\n\
+         [[access.rules]]\nname = \"assets\"\npath = \"/static/x\"\n\
+         {}",
+        tenant("acme", "")
+    ))
+    .unwrap();
+    let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.iter().any(
+            |w| w.starts_with("access.rules[1]: rule \"admins\" never decides")
+                && w.contains("\"everyone\"")
+        ),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings.iter().any(
+            |w| w.starts_with("access.rules[2]: rule \"assets\" never decides")
+                && w.contains("public_paths /static")
+        ),
+        "{warnings:#?}"
+    );
+    let rules: Vec<&str> = c.access.rules.iter().map(|r| &*r.name).collect();
+    assert_eq!(
+        rules,
+        ["public_paths /static", "everyone", "admins", "assets"]
+    );
+}

@@ -224,8 +224,18 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
             "required when [store].url is not memory://: every replica must sign with the same key",
         );
     }
+    let public_paths = c.path_prefixes("access.public_paths", raw.access.public_paths);
+    let tenant_ids: Vec<String> = raw.tenants.iter().filter_map(|t| t.id.clone()).collect();
+    let rules = access_rules(
+        c,
+        raw.access.rules.unwrap_or_default(),
+        &public_paths,
+        &tenant_ids,
+        raw.maestrano_devpl.is_some(),
+    );
     let access = AccessConfig {
-        public_paths: c.path_prefixes("access.public_paths", raw.access.public_paths),
+        rules,
+        public_paths,
         api_paths: c.path_prefixes("access.api_paths", raw.access.api_paths),
         strip_headers: strip_headers(c, raw.access.strip_headers),
         login_starts_per_minute: login_starts_per_minute(c, raw.access.login_starts_per_minute),
@@ -283,6 +293,190 @@ fn public_url_warning(c: &mut Checker<'_>, given: bool, public_url: &url::Url, l
             ),
         );
     }
+}
+
+/// `[[access.rules]]` (SPEC §9), with `public_paths` put first as public rules: a path
+/// an operator made public stays public whatever the rules say. (`api_paths` only
+/// change how a missing session is answered, so they are not rules that decide: placed
+/// first, `/api` would admit everyone to a stricter `/api/admin` rule after it.)
+fn access_rules(
+    c: &mut Checker<'_>,
+    raw: Vec<RawRule>,
+    public_paths: &[String],
+    tenant_ids: &[String],
+    dynamic_tenants: bool,
+) -> crate::access::Rules {
+    use crate::access::{PathMatch, Rule};
+    let none = || -> Box<[Box<str>]> { Box::new([]) };
+    let mut rules: Vec<(String, Rule)> = public_paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                format!("access.public_paths[{i}]"),
+                Rule {
+                    name: format!("public_paths {p}").into(),
+                    path: PathMatch::Prefix(p.as_str().into()),
+                    methods: None,
+                    tenants: None,
+                    public: true,
+                    api: false,
+                    allow_groups: none(),
+                    allow_roles: none(),
+                    allow_users: none(),
+                },
+            )
+        })
+        .collect();
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = format!("access.rules[{i}]");
+        let name = match r.name {
+            Some(n)
+                if !n.trim().is_empty() && !n.chars().any(char::is_control) && n.len() <= 100 =>
+            {
+                n
+            }
+            Some(n) => {
+                c.err(
+                    format!("{at}.name"),
+                    format!("{n:?} must be 1 to 100 printable characters"),
+                );
+                continue;
+            }
+            None => {
+                c.err(
+                    format!("{at}.name"),
+                    "missing: every rule has a name, shown in logs and refusals",
+                );
+                continue;
+            }
+        };
+        let path = match (r.path, r.path_regex) {
+            (Some(p), None) => {
+                let before = c.errors.len();
+                match c.path_prefixes(&format!("{at}.path"), Some(vec![p])).pop() {
+                    Some(p) => PathMatch::Prefix(p.into()),
+                    None => {
+                        // path_prefixes reported it under `…path[0]`; say it plainly.
+                        if let Some(e) = c.errors.get_mut(before) {
+                            e.path = format!("{at}.path");
+                        }
+                        continue;
+                    }
+                }
+            }
+            (None, Some(re)) => match regex::RegexBuilder::new(&re).size_limit(1 << 20).build() {
+                Ok(compiled) => PathMatch::Regex(compiled),
+                Err(e) => {
+                    c.err(
+                        format!("{at}.path_regex"),
+                        format!("invalid regex {re:?}: {e}"),
+                    );
+                    continue;
+                }
+            },
+            (Some(_), Some(_)) => {
+                c.err(at.clone(), "set path or path_regex, not both");
+                continue;
+            }
+            (None, None) => {
+                c.err(at.clone(), "needs path or path_regex");
+                continue;
+            }
+        };
+        let methods = match r.methods {
+            None => None,
+            Some(ms) if ms.is_empty() => {
+                c.err(
+                    format!("{at}.methods"),
+                    "empty: leave it out to cover every method",
+                );
+                continue;
+            }
+            Some(ms) => {
+                let mut out = Vec::new();
+                for (j, m) in ms.iter().enumerate() {
+                    match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                        Ok(method) if !m.is_empty() => out.push(method),
+                        _ => c.err(
+                            format!("{at}.methods[{j}]"),
+                            format!("{m:?} is not an HTTP method"),
+                        ),
+                    }
+                }
+                Some(out.into_boxed_slice())
+            }
+        };
+        let tenants = match r.tenants {
+            None => None,
+            Some(ts) if ts.is_empty() => {
+                c.err(
+                    format!("{at}.tenants"),
+                    "empty: leave it out to cover every tenant",
+                );
+                continue;
+            }
+            Some(ts) => {
+                for (j, t) in ts.iter().enumerate() {
+                    if tenant_ids.contains(t) {
+                        continue;
+                    }
+                    if dynamic_tenants {
+                        c.warn(
+                            format!("{at}.tenants[{j}]"),
+                            format!("{t:?} is not a configured tenant; it may come from Maestrano's developer platform"),
+                        );
+                    } else {
+                        c.err(
+                            format!("{at}.tenants[{j}]"),
+                            format!("{t:?} is not a configured tenant"),
+                        );
+                    }
+                }
+                Some(ts.into_iter().map(String::into_boxed_str).collect())
+            }
+        };
+        let list = |v: Option<Vec<String>>| -> Box<[Box<str>]> {
+            v.unwrap_or_default()
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect()
+        };
+        let rule = Rule {
+            name: name.into(),
+            path,
+            methods,
+            tenants,
+            public: r.public.unwrap_or(false),
+            api: r.api.unwrap_or(false),
+            allow_groups: list(r.allow_groups),
+            allow_roles: list(r.allow_roles),
+            allow_users: list(r.allow_users),
+        };
+        let restricts = !(rule.allow_groups.is_empty()
+            && rule.allow_roles.is_empty()
+            && rule.allow_users.is_empty());
+        if rule.public && (restricts || rule.api) {
+            c.err(
+                at.clone(),
+                "a public rule forwards without identity, so it cannot also set api or allow_* lists",
+            );
+            continue;
+        }
+        rules.push((at, rule));
+    }
+    for (j, (at, rule)) in rules.iter().enumerate() {
+        if let Some((_, earlier)) = rules[..j].iter().find(|(_, e)| rule.shadowed_by(e)) {
+            c.warn(
+                at.clone(),
+                format!(
+                    "rule {:?} never decides: every request it covers is covered by the earlier rule {:?}",
+                    rule.name, earlier.name
+                ),
+            );
+        }
+    }
+    crate::access::Rules::new(rules.into_iter().map(|(_, r)| r).collect())
 }
 
 /// `[access].strip_headers`: valid header names, none that HTTP or idgate itself gives

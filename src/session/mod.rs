@@ -507,6 +507,7 @@ impl Sessions {
                     .collect();
                 let pass = Arc::new(Pass {
                     headers: copied,
+                    auth: auth.clone(),
                     live: live.clone(),
                     sessions: self.clone(),
                     generation,

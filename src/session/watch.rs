@@ -88,6 +88,9 @@ impl Drop for SessionWatch {
 pub struct Pass {
     /// The identity headers, with values copied for this thread.
     pub headers: Box<[(http::HeaderName, http::HeaderValue)]>,
+    /// Who the session is, for the access rules. Only read through the `Pass`, never
+    /// cloned on the request path, so its reference count stays put.
+    pub auth: Arc<super::Authenticated>,
     pub(super) live: Arc<Live>,
     pub(super) sessions: Arc<Sessions>,
     /// The invalidation generation the session was last found valid at.
