@@ -64,8 +64,8 @@ pub struct Subject<'a> {
     pub group_id: &'a str,
     /// The user's role in that group.
     pub role: &'a str,
-    /// Further groups the user is a member of (SCIM groups).
-    pub groups: &'a [Arc<str>],
+    /// Every group the user is a member of (the session's first).
+    pub groups: &'a [String],
 }
 
 impl Rule {
@@ -186,7 +186,7 @@ mod tests {
         PathMatch::Prefix(p.into())
     }
 
-    fn subject<'a>(groups: &'a [Arc<str>]) -> Subject<'a> {
+    fn subject<'a>(groups: &'a [String]) -> Subject<'a> {
         Subject {
             user_id: "u-1",
             group_id: "g-acme",

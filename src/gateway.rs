@@ -416,7 +416,7 @@ impl Gateway {
             user_id: &id.user_id,
             group_id: &id.group_id,
             role: &id.role,
-            groups: &[],
+            groups: &id.groups,
         };
         if rule.admits(&subject) {
             return None;

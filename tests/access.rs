@@ -208,3 +208,75 @@ async fn a_role_change_reaches_the_rules() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_users_other_groups_count_and_travel_as_headers_and_claims() {
+    let r = start().await;
+    let user = r.login("u-1", "g-acme", "member").await;
+    r.dir
+        .ensure_group("acme", "g-admins", "Admins")
+        .await
+        .unwrap();
+    assert_eq!(status(&r, "GET", "/admin", Some(&user)).await.status, 403);
+    r.dir
+        .set_membership("acme", "u-1", "g-admins", "member")
+        .await
+        .unwrap();
+    let within = |want: u16, path: &'static str| {
+        let (r, user) = (&r, user.clone());
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+            loop {
+                let reply = status(r, "GET", path, Some(&user)).await;
+                if reply.status == want {
+                    return reply;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{path}: still {}",
+                    reply.status
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Admitted through the membership, with every group in the header and the claim;
+    // the client's own copies of the identity headers never arrive.
+    let reply = within(200, "/admin").await;
+    let echo = reply.json();
+    assert_eq!(received(&echo, "x-idgate-groups"), ["g-acme,g-admins"]);
+    assert_eq!(received(&echo, "x-idgate-auth"), ["session"]);
+    assert!(received(&echo, "x-idgate-groups-truncated").is_empty());
+    let forged = send(
+        "GET",
+        &r.url("/admin"),
+        &[
+            ("accept", "application/json"),
+            ("cookie", &user),
+            ("x-idgate-groups", "g-root"),
+            ("x-idgate-groups-truncated", "true"),
+            ("x-idgate-auth", "bearer"),
+        ],
+        bytes::Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(received(&forged, "x-idgate-groups"), ["g-acme,g-admins"]);
+    assert_eq!(received(&forged, "x-idgate-auth"), ["session"]);
+    assert!(received(&forged, "x-idgate-groups-truncated").is_empty());
+    let jwt = received(&echo, "x-idgate-assertion").remove(0);
+    let payload = jwt.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["groups"], serde_json::json!(["g-acme", "g-admins"]));
+
+    // Removed from g-admins: /admin is gone within a second.
+    r.dir
+        .remove_membership("acme", "u-1", "g-admins")
+        .await
+        .unwrap();
+    within(403, "/admin").await;
+}

@@ -380,7 +380,16 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
     };
     assert_eq!(c.server.workers, default_workers());
     assert_eq!(c.store.url, StoreUrl::Memory);
-    let [h_uid, h_gid, h_tenant, h_email, h_name, h_role, h_assertion] = defaults::HEADERS;
+    let [
+        h_uid,
+        h_gid,
+        h_tenant,
+        h_email,
+        h_name,
+        h_role,
+        h_assertion,
+        h_groups,
+    ] = defaults::HEADERS;
     for (constant, applied) in defaults::HEADERS.iter().zip(c.identity.headers.all()) {
         assert!(applied.as_str().eq_ignore_ascii_case(constant));
     }
@@ -482,6 +491,7 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
         ("identity.headers.name", s(h_name)),
         ("identity.headers.role", s(h_role)),
         ("identity.headers.assertion", s(h_assertion)),
+        ("identity.headers.groups", s(h_groups)),
         (
             "access.public_paths",
             empty(c.access.public_paths.is_empty()),

@@ -51,8 +51,8 @@ pub mod defaults {
     /// `[identity].ttl`
     pub const IDENTITY_TTL: &str = "60s";
     /// `[identity.headers]` defaults, in the order user_id, group_id, tenant, email,
-    /// name, role, assertion.
-    pub const HEADERS: [&str; 7] = [
+    /// name, role, assertion, groups.
+    pub const HEADERS: [&str; 8] = [
         "X-Idgate-User-Id",
         "X-Idgate-Group-Id",
         "X-Idgate-Tenant",
@@ -60,7 +60,12 @@ pub mod defaults {
         "X-Idgate-Name",
         "X-Idgate-Role",
         "X-Idgate-Assertion",
+        "X-Idgate-Groups",
     ];
+    /// How the identity was established (`session` or `bearer`); not configurable.
+    pub const AUTH_HEADER: &str = "X-Idgate-Auth";
+    /// A group list longer than this many bytes is cut at a whole id (SPEC §9).
+    pub const GROUPS_MAX_BYTES: usize = 4096;
     /// `[tenants.saml.attributes]` defaults: Maestrano's attribute names, in the order
     /// user_id, email, first_name, last_name, group_id, group_name, role.
     pub const ATTRIBUTES: [&str; 7] = [
@@ -312,11 +317,18 @@ pub struct HeaderNames {
     pub role: http::HeaderName,
     /// Signed JWT.
     pub assertion: http::HeaderName,
+    /// The session's group, then the user's other groups, comma-separated.
+    pub groups: http::HeaderName,
+    /// `groups` + `-Truncated`: set when the group list was cut.
+    pub groups_truncated: http::HeaderName,
+    /// [`defaults::AUTH_HEADER`].
+    pub auth: http::HeaderName,
 }
 
 impl HeaderNames {
-    /// All seven names, for stripping.
-    pub fn all(&self) -> [&http::HeaderName; 7] {
+    /// Every identity header: the eight configurable ones in [`defaults::HEADERS`]
+    /// order, then the two derived ones. All are stripped from client requests.
+    pub fn all(&self) -> [&http::HeaderName; 10] {
         [
             &self.user_id,
             &self.group_id,
@@ -325,6 +337,9 @@ impl HeaderNames {
             &self.name,
             &self.role,
             &self.assertion,
+            &self.groups,
+            &self.groups_truncated,
+            &self.auth,
         ]
     }
 }

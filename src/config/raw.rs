@@ -73,6 +73,7 @@ pub(crate) struct RawHeaders {
     pub name: Option<String>,
     pub role: Option<String>,
     pub assertion: Option<String>,
+    pub groups: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

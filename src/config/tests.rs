@@ -61,6 +61,7 @@ fn an_empty_config_takes_every_named_default() {
     let expected: Vec<String> = defaults::HEADERS
         .iter()
         .map(|h| h.to_ascii_lowercase())
+        .chain(["x-idgate-groups-truncated".into(), "x-idgate-auth".into()])
         .collect();
     assert_eq!(names, expected);
     assert!(c.access.public_paths.is_empty() && c.access.api_paths.is_empty());

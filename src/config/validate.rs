@@ -825,8 +825,9 @@ fn identity(c: &mut Checker<'_>, raw: RawIdentity) -> IdentityConfig {
         ("name", h.name),
         ("role", h.role),
         ("assertion", h.assertion),
+        ("groups", h.groups),
     ];
-    let mut names = Vec::with_capacity(7);
+    let mut names = Vec::with_capacity(8);
     let mut seen = HashMap::new();
     for ((key, value), default) in given.into_iter().zip(defaults::HEADERS) {
         let path = format!("identity.headers.{key}");
@@ -851,15 +852,54 @@ fn identity(c: &mut Checker<'_>, raw: RawIdentity) -> IdentityConfig {
         names.push(name);
     }
     let mut it = names.into_iter();
-    let mut next = || it.next().expect("seven names");
+    let mut next = || it.next().expect("eight names");
+    let (user_id, group_id, tenant, email, name, role, assertion, groups) = (
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+    );
+    // Derived from the configured name so that a renamed groups header keeps its
+    // companion beside it; a name too long to extend is reported with the groups key.
+    let groups_truncated = http::HeaderName::from_bytes(format!("{groups}-truncated").as_bytes())
+        .unwrap_or_else(|_| {
+            c.err(
+                "identity.headers.groups",
+                "too long to derive its -Truncated header from",
+            );
+            http::HeaderName::from_static("x-idgate-groups-truncated")
+        });
+    let auth = http::HeaderName::from_static("x-idgate-auth");
+    for (derived, what) in [
+        (
+            &groups_truncated,
+            "the groups header's -Truncated companion",
+        ),
+        (&auth, defaults::AUTH_HEADER),
+    ] {
+        let folded = crate::proxy::headers::fold_name(derived.as_str());
+        if let Some(other) = seen.get(&folded) {
+            c.err(
+                format!("identity.headers.{other}"),
+                format!("same header as {what}"),
+            );
+        }
+    }
     let headers = HeaderNames {
-        user_id: next(),
-        group_id: next(),
-        tenant: next(),
-        email: next(),
-        name: next(),
-        role: next(),
-        assertion: next(),
+        user_id,
+        group_id,
+        tenant,
+        email,
+        name,
+        role,
+        assertion,
+        groups,
+        groups_truncated,
+        auth,
     };
     IdentityConfig {
         signing_key,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use serde::Serialize;
 
-use crate::config::{HeaderNames, IdentityConfig, NameOrder};
+use crate::config::{HeaderNames, IdentityConfig, NameOrder, defaults};
 use keys::{LoadError, SigningKey};
 
 /// Who the request is from, as the app will see it.
@@ -33,9 +33,27 @@ pub struct Identity {
     /// The provisioning client's display name for the user, or empty: the name when
     /// there are no given/family names.
     pub display_name: String,
+    /// The session's group first, then the user's other groups sorted, no duplicates
+    /// (see [`Identity::group_list`]).
+    pub groups: Vec<String>,
 }
 
 impl Identity {
+    /// The groups as the app sees them: `group_id` first, then `others` sorted, without
+    /// duplicates (SPEC §9).
+    pub fn group_list<'a>(
+        group_id: &str,
+        others: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<String> {
+        let mut rest: Vec<&str> = others.into_iter().filter(|g| *g != group_id).collect();
+        rest.sort_unstable();
+        rest.dedup();
+        std::iter::once(group_id)
+            .chain(rest)
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The display name, composed in the tenant's order; the email (then the user id)
     /// when the IdP sent no names, so the header is never empty.
     pub fn display_name(&self, order: NameOrder) -> String {
@@ -69,9 +87,29 @@ struct Claims<'a> {
     given_name: &'a str,
     family_name: &'a str,
     role: &'a str,
+    groups: &'a [String],
     iat: i64,
     exp: i64,
     jti: String,
+}
+
+/// The comma-separated group list within [`defaults::GROUPS_MAX_BYTES`], cut at a
+/// whole id, and how many ids it kept.
+fn bounded_groups(groups: &[String]) -> (String, usize) {
+    let mut out = String::new();
+    let mut kept = 0;
+    for g in groups {
+        let extra = g.len() + usize::from(kept > 0);
+        if out.len() + extra > defaults::GROUPS_MAX_BYTES {
+            break;
+        }
+        if kept > 0 {
+            out.push(',');
+        }
+        out.push_str(g);
+        kept += 1;
+    }
+    (out, kept)
 }
 
 /// Claims of a request idgate makes on a company's behalf, with no user (Connec!
@@ -172,6 +210,9 @@ impl Signer {
             name: leak(&h.name),
             role: leak(&h.role),
             assertion: leak(&h.assertion),
+            groups: leak(&h.groups),
+            groups_truncated: leak(&h.groups_truncated),
+            auth: leak(&h.auth),
         };
         Ok(Signer {
             key,
@@ -225,6 +266,15 @@ impl Signer {
         {
             return Err(HeadersError::NotAHeaderValue(field));
         }
+        if identity
+            .groups
+            .iter()
+            .any(|g| crate::directory::has_control_character(g))
+        {
+            return Err(HeadersError::NotAHeaderValue("groups"));
+        }
+        let (group_header, kept) = bounded_groups(&identity.groups);
+        let groups = &identity.groups[..kept];
         let exp = now + self.ttl.as_secs() as i64;
         let jti = {
             let bytes: [u8; 16] = rand::random();
@@ -241,6 +291,7 @@ impl Signer {
             given_name: &identity.given_name,
             family_name: &identity.family_name,
             role: &identity.role,
+            groups,
             iat: now,
             exp,
             jti,
@@ -251,18 +302,23 @@ impl Signer {
             HeaderValue::from_bytes(s.as_bytes()).map_err(|_| HeadersError::NotAHeaderValue(field))
         };
         let n = &self.names;
-        let headers = vec![
+        let mut headers = vec![
             (n.user_id.clone(), value("user_id", &identity.user_id)?),
             (n.group_id.clone(), value("group_id", &identity.group_id)?),
             (n.tenant.clone(), value("tenant", &identity.tenant)?),
             (n.email.clone(), value("email", &identity.email)?),
             (n.name.clone(), value("name", &name)?),
             (n.role.clone(), value("role", &identity.role)?),
-            (
-                n.assertion.clone(),
-                HeaderValue::from_str(&token).map_err(LoadError::from_display)?,
-            ),
+            (n.groups.clone(), value("groups", &group_header)?),
         ];
+        if kept < identity.groups.len() {
+            headers.push((n.groups_truncated.clone(), HeaderValue::from_static("true")));
+        }
+        headers.push((n.auth.clone(), HeaderValue::from_static("session")));
+        headers.push((
+            n.assertion.clone(),
+            HeaderValue::from_str(&token).map_err(LoadError::from_display)?,
+        ));
         Ok(IdentityHeaders {
             headers,
             expires_at: exp,
@@ -315,7 +371,70 @@ mod tests {
             family_name: "Lee".into(),
             role: "member".into(),
             display_name: String::new(),
+            groups: vec!["g".into()],
         }
+    }
+
+    #[test]
+    fn groups_go_first_the_sessions_then_the_rest_sorted_and_bounded() {
+        assert_eq!(
+            Identity::group_list("g-2", ["g-3", "g-2", "g-1", "g-3"]),
+            ["g-2", "g-1", "g-3"]
+        );
+        let config = crate::config::Config::from_toml("", std::path::Path::new("/")).unwrap();
+        let signer = Signer::new(&config.identity, true).unwrap();
+        let header = |h: &IdentityHeaders, name: &str| {
+            h.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap().to_owned())
+        };
+        let mut id = identity("u-1", "Ada");
+        id.groups = Identity::group_list("g", ["b", "a"]);
+        let h = signer.headers(&id, NameOrder::GivenFamily, 1_000).unwrap();
+        assert_eq!(header(&h, "x-idgate-groups").as_deref(), Some("g,a,b"));
+        assert_eq!(header(&h, "x-idgate-groups-truncated"), None);
+        assert_eq!(header(&h, "x-idgate-auth").as_deref(), Some("session"));
+        assert_eq!(
+            h.headers.last().unwrap().0,
+            "x-idgate-assertion",
+            "the JWT stays last"
+        );
+
+        // 100 ids of 50 bytes: 5,100 bytes with commas. Cut at the last whole id that
+        // fits in 4 KiB, flagged, and the JWT claim is the same list.
+        let many: Vec<String> = (0..100)
+            .map(|i| format!("{i:03}{}", "x".repeat(47)))
+            .collect();
+        id.groups = Identity::group_list("g", many.iter().map(String::as_str));
+        let h = signer.headers(&id, NameOrder::GivenFamily, 1_000).unwrap();
+        let value = header(&h, "x-idgate-groups").unwrap();
+        assert!(
+            value.len() <= 4096 && value.len() > 4096 - 51,
+            "{}",
+            value.len()
+        );
+        let kept: Vec<&str> = value.split(',').collect();
+        assert_eq!(kept[0], "g");
+        assert!(kept[1..].iter().all(|g| g.len() == 50), "only whole ids");
+        assert_eq!(
+            header(&h, "x-idgate-groups-truncated").as_deref(),
+            Some("true")
+        );
+        let jwt = header(&h, "x-idgate-assertion").unwrap();
+        let payload = jwt.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        let claim: Vec<&str> = claims["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(claim, kept);
     }
 
     #[test]

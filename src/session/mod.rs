@@ -672,6 +672,10 @@ impl Sessions {
             role: user
                 .role_in(&group.id)
                 .map_or_else(|| rules.default_role.clone(), str::to_owned),
+            groups: Identity::group_list(
+                &group.id,
+                user.memberships.iter().map(|m| m.group_id.as_str()),
+            ),
         };
         let headers = match self.signer.headers(&identity, rules.name_order, now) {
             Ok(h) => h,
