@@ -114,7 +114,9 @@ fn set_by_idgate(name: &str) -> bool {
 }
 
 /// The page's only script: "Sign in as someone else" ends the session with a POST (as
-/// idgate's logout requires) before going to the login, and "Copy" buttons. Allowed by
+/// idgate's logout requires) before going to the login, and "Copy" buttons (which select
+/// the text instead where the clipboard API is missing: a demo opened over plain HTTP on a
+/// non-loopback address is not a secure context). Allowed by
 /// its hash in the CSP, so nothing else can run. Without JavaScript the link is a plain
 /// same-origin GET logout, which lands on the signed-out page.
 const SCRIPT: &str = "\
@@ -127,11 +129,13 @@ document.getElementById('switch-user')?.addEventListener('click', function (e) {
 });
 document.querySelectorAll('button[data-copy]').forEach(function (b) {
   b.addEventListener('click', function () {
-    var text = document.getElementById(b.dataset.copy).textContent;
-    navigator.clipboard.writeText(text).then(function () {
+    var pre = document.getElementById(b.dataset.copy);
+    var selectIt = function () { getSelection().selectAllChildren(pre); };
+    if (!navigator.clipboard) { selectIt(); return; }
+    navigator.clipboard.writeText(pre.textContent).then(function () {
       b.textContent = 'Copied';
       setTimeout(function () { b.textContent = 'Copy'; }, 1500);
-    });
+    }, selectIt);
   });
 });
 ";
@@ -486,6 +490,65 @@ impl Handler for Echo {
                 StatusCode::BAD_REQUEST,
                 format!("cannot read request: {e}\n"),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The printed command runs in a real shell exactly as shown, whatever the user id
+    /// and base URL hold.
+    #[test]
+    fn scim_curl_survives_a_shell_and_hostile_values() {
+        let tour = Tour {
+            scim_base: "http://h:1/it's/v2".into(),
+            scim_token: "tok".into(),
+        };
+        let cmd = scim_curl(&tour, "o'brien $(id) `x`", false);
+        // Swap curl for a printer of its arguments, one per line.
+        let printer = cmd.replacen("curl", "printf '%s\\n'", 1);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&printer)
+            .output()
+            .expect("sh");
+        assert!(out.status.success(), "{printer}");
+        let args: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-sS",
+                "-X",
+                "PATCH",
+                "http://h:1/it's/v2/Users/o%27brien%20%24%28id%29%20%60x%60",
+                "-H",
+                "Authorization: Bearer tok",
+                "-H",
+                "Content-Type: application/scim+json",
+                "-d",
+                r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{"op":"replace","path":"active","value":false}]}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn only_headers_idgate_sets_are_highlighted() {
+        for name in [
+            "x-idgate-user-id",
+            "x-idgate-assertion",
+            "x-forwarded-for",
+            "x-request-id",
+        ] {
+            assert!(set_by_idgate(name), "{name}");
+        }
+        for name in ["cookie", "x-forwarded-port", "user-agent", "x-real-ip"] {
+            assert!(!set_by_idgate(name), "{name}");
         }
     }
 }
