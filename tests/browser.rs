@@ -490,4 +490,18 @@ async fn walk(tour: &mut Tour, demo: &support::demo::Demo) {
     tour.sign_in_as("grace").await;
     assert_eq!(tour.text("#who-user").await, "grace");
     tour.shot("reactivated-signed-in").await;
+
+    // 9. A public path reaches the app without identity, even for a signed-in browser,
+    //    and the page says so.
+    tour.browser
+        .goto(&format!("{base}/public/hello"))
+        .await
+        .expect("public path");
+    let page = tour.page().await;
+    assert!(
+        page.contains("No one is signed in on this request"),
+        "{page}"
+    );
+    assert!(!page.contains("x-idgate-user-id"), "{page}");
+    tour.shot("public-path").await;
 }

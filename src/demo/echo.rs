@@ -181,7 +181,7 @@ fn csp() -> String {
     let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
     format!(
         "default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{hash}'; \
-         connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+         connect-src 'self'; base-uri 'none'; frame-ancestors 'none'"
     )
 }
 
@@ -240,7 +240,7 @@ fn who_section(d: &Described, tour: Option<&Tour>) -> String {
          <p>As the app reads it from the identity headers idgate added to this request \
          (listed below).</p>\
          <div class=\"who\">\
-         <div><span>User</span><b id=\"who-user\">{}</b><br>{} &lt;{}&gt;</div>\
+         <div><span>User</span><b id=\"who-user\">{}</b><br>{}<br><small>{}</small></div>\
          <div><span>Tenant</span><b id=\"who-tenant\">{}</b></div>\
          <div><span>Group (company)</span><b id=\"who-group\">{}</b></div>\
          <div><span>Role</span><b id=\"who-role\">{}</b></div></div>\
@@ -345,7 +345,7 @@ fn html_page(d: &Described, jwt: &Jwt, tour: Option<&Tour>) -> String {
          <title>idgate demo: what the app receives</title><style>{STYLE}</style></head>\
          <body><main><h1>What the app behind idgate receives</h1>\
          <p>This page is the demo's echo app, an app with no login code of its own. idgate \
-         sits in front of it: it signed you in through SAML and adds who you are to every \
+         sits in front of it: it signs people in through SAML and adds who they are to every \
          request it forwards.</p>\
          {}{}\
          <section id=\"request\"><h2>Request as the app received it</h2>\
