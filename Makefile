@@ -12,8 +12,10 @@ CARGO ?= cargo
 #   ruby: runs docs/examples/verify.rb (Python and Node.js are handled below)
 #   simplesamlphp php-cli php-xml php-mbstring: a real IdP (SimpleSAMLphp 1.19 under `php -S`)
 #     that tests/interop_simplesamlphp.rs logs in through; no web server is configured
+#   chromium chromium-driver: tests/browser.rs walks the demo in headless Chromium through
+#     chromedriver (WebDriver) and writes screenshots to target/screenshots/
 SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates ruby \
-  simplesamlphp php-cli php-xml php-mbstring
+  simplesamlphp php-cli php-xml php-mbstring chromium chromium-driver
 BENCH_PACKAGES := wrk nginx-light
 # The public SCIM compliance checker, in a private virtualenv under target/ (see
 # tests/scim_compliance.rs); pinned so that its verdicts only change when we bump it.

@@ -3,10 +3,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 fn input_value(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html
@@ -28,41 +24,8 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 #[tokio::test]
 async fn a_person_logs_in_through_the_dev_idp_and_sees_their_identity() {
-    let port = support::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
-        .args([
-            "--log-format",
-            "text",
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("IDGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn idgate demo");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let base = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("demo prints the URL to open");
-        if let Some(rest) = line.trim().strip_prefix("Open ") {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches([':', '/'])
-                .to_owned();
-        }
-    };
-    assert_eq!(base, format!("http://127.0.0.1:{port}"));
+    let demo = support::demo::Demo::start();
+    let base = demo.base.clone();
     let html = [("accept", "text/html")];
 
     // 1. The app needs a login: to the tenant's login, then to the dev IdP.
@@ -122,13 +85,46 @@ async fn a_person_logs_in_through_the_dev_idp_and_sees_their_identity() {
         &[("accept", "text/html"), ("cookie", &cookie)],
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(page.status, 200);
     let page = page.text();
     assert!(page.contains("Request as the app received it"), "{page}");
+    assert!(page.contains("<b id=\"who-user\">grace</b>"), "{page}");
+    assert!(page.contains("<b id=\"who-role\">Admin</b>"), "{page}");
     assert!(page.contains("<code>grace</code>"), "{page}");
     assert!(page.contains("<code>Grace Hopper</code>"), "{page}");
     assert!(page.contains("<code>navy</code>"), "{page}");
     assert!(page.contains("verified (EdDSA"), "{page}");
+}
+
+#[tokio::test]
+async fn the_demo_prints_a_scim_token_that_opens_its_tenants_scim_and_nothing_else() {
+    let demo = support::demo::Demo::start();
+    assert_eq!(
+        demo.scim_base,
+        format!("{}/_idgate/scim/demo/v2", demo.base),
+        "{}",
+        demo.printed
+    );
+    // 256 bits, base64url: the token `idgate token` makes.
+    assert_eq!(demo.scim_token.len(), 43, "{}", demo.printed);
+    let users = format!("{}/Users", demo.scim_base);
+    let bearer = format!("Bearer {}", demo.scim_token);
+    let r = support::get(&users, &[("authorization", &bearer)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["schemas"][0],
+        "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+    );
+    let r = support::get(&users, &[("authorization", "Bearer not-the-token")]).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    // Every run makes its own token: one printed earlier opens nothing now.
+    let other = support::demo::Demo::start();
+    assert_ne!(other.scim_token, demo.scim_token);
+    let r = support::get(
+        &format!("{}/Users", other.scim_base),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
 }

@@ -14,6 +14,76 @@ use crate::response::escape_html;
 /// The dev IdP's entity id.
 pub const ENTITY_ID: &str = "urn:idgate:dev-idp";
 
+/// The attributes the dev IdP sends, as (SAML attribute name, form label); the names are
+/// the demo tenant's attribute mapping.
+const FIELDS: [(&str, &str); 7] = [
+    ("uid", "User id"),
+    ("name", "First name"),
+    ("surname", "Last name"),
+    ("email", "Email"),
+    ("group_uid", "Group (company) id"),
+    ("group_name", "Group name"),
+    ("group_role", "Role"),
+];
+
+/// A ready-made person on the picker, with a value for each of [`FIELDS`].
+struct Person {
+    values: [&'static str; 7],
+}
+
+/// Two companies, and two people in one of them, so switching user shows both a
+/// different role and a different company.
+const PEOPLE: [Person; 3] = [
+    Person {
+        values: [
+            "ada",
+            "Ada",
+            "Lovelace",
+            "ada@example.com",
+            "analytical-engines",
+            "Analytical Engines Ltd",
+            "Admin",
+        ],
+    },
+    Person {
+        values: [
+            "charles",
+            "Charles",
+            "Babbage",
+            "charles@example.com",
+            "analytical-engines",
+            "Analytical Engines Ltd",
+            "Member",
+        ],
+    },
+    Person {
+        values: [
+            "grace",
+            "Grace",
+            "Hopper",
+            "grace@example.com",
+            "navy",
+            "US Navy",
+            "Admin",
+        ],
+    },
+];
+
+/// Inline, so the picker needs nothing from outside; readable on a phone.
+const PICKER_STYLE: &str = "\
+*{box-sizing:border-box}
+body{margin:0;background:#f6f8fa;color:#1f2328;font:16px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}
+main{max-width:40rem;margin:0 auto;padding:1rem}
+h1{font-size:1.5rem;margin:.5rem 0}
+h2{font-size:1.1rem;margin:0 0 .5rem}
+section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:1rem 1.25rem;margin:1rem 0}
+form.person{display:flex;flex-wrap:wrap;gap:.25rem .75rem;align-items:center;margin:.6rem 0}
+form.person span{font-size:.9rem;color:#59636e;overflow-wrap:anywhere}
+form.other label{display:block;margin:.4rem 0;font-size:.9rem}
+form.other input{display:block;width:100%;font:inherit;padding:.3rem .5rem;border:1px solid #d0d7de;border-radius:6px}
+button{font:inherit;padding:.4rem .9rem;border-radius:6px;border:1px solid #0969da;background:#0969da;color:#fff;cursor:pointer}
+";
+
 /// A signing key and certificate made at start.
 pub struct DevIdp {
     key_der: Vec<u8>,
@@ -64,33 +134,70 @@ impl DevIdp {
         })
     }
 
-    /// The login form, pre-filled, for an AuthnRequest (HTTP-Redirect binding).
+    /// The user picker for an AuthnRequest (HTTP-Redirect binding): one button per
+    /// ready-made person, and a form for anyone else. Each carries the AuthnRequest's id
+    /// and RelayState along, so every choice completes the same login.
     pub fn form(&self, saml_request: Option<&str>, relay_state: Option<&str>) -> String {
         let request_id = saml_request.and_then(request_id).unwrap_or_default();
-        let field = |name: &str, label: &str, value: &str| {
-            format!(
-                "<p><label>{label}<br><input name=\"{name}\" value=\"{}\" size=\"40\"></label></p>",
-                escape_html(value)
-            )
-        };
-        format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>idgate dev IdP</title></head>\
-             <body style=\"font-family:sans-serif\"><h1>idgate development IdP</h1>\
-             <p>Demo only. Choose who to log in as; the response is signed with a key made at start \
-             and checked by idgate like any IdP's.</p>\
-             <form method=\"post\" action=\"/_idgate/dev-idp/sso\">\
-             <input type=\"hidden\" name=\"request_id\" value=\"{}\">\
-             <input type=\"hidden\" name=\"relay_state\" value=\"{}\">{}{}{}{}{}{}{}\
-             <p><button type=\"submit\">Log in</button></p></form></body></html>\n",
+        let carried = format!(
+            "<input type=\"hidden\" name=\"request_id\" value=\"{}\">\
+             <input type=\"hidden\" name=\"relay_state\" value=\"{}\">",
             escape_html(&request_id),
             escape_html(relay_state.unwrap_or_default()),
-            field("uid", "User id", "ada"),
-            field("name", "First name", "Ada"),
-            field("surname", "Last name", "Lovelace"),
-            field("email", "Email", "ada@example.com"),
-            field("group_uid", "Group (company) id", "analytical-engines"),
-            field("group_name", "Group name", "Analytical Engines Ltd"),
-            field("group_role", "Role", "Admin"),
+        );
+        let people: String = PEOPLE
+            .iter()
+            .map(|p| {
+                let hidden: String = FIELDS
+                    .iter()
+                    .zip(p.values)
+                    .map(|((name, _), value)| {
+                        format!(
+                            "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                            escape_html(value)
+                        )
+                    })
+                    .collect();
+                let [uid, first, last, email, _, group_name, role] = p.values;
+                format!(
+                    "<form method=\"post\" action=\"/_idgate/dev-idp/sso\" class=\"person\">{carried}{hidden}\
+                     <button type=\"submit\" id=\"as-{uid}\">Sign in as {first} {last}</button>\
+                     <span><code>{uid}</code> · {email} · {role} at {group_name}</span></form>",
+                    uid = escape_html(uid),
+                    first = escape_html(first),
+                    last = escape_html(last),
+                    email = escape_html(email),
+                    role = escape_html(role),
+                    group_name = escape_html(group_name),
+                )
+            })
+            .collect();
+        let fields: String = FIELDS
+            .iter()
+            .map(|(name, label)| {
+                let required = if matches!(*name, "uid" | "group_uid") {
+                    " required"
+                } else {
+                    ""
+                };
+                format!(
+                    "<label>{label}<input name=\"{name}\" autocomplete=\"off\"{required}></label>"
+                )
+            })
+            .collect();
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>idgate dev IdP: who are you?</title><style>{PICKER_STYLE}</style></head>\
+             <body><main><h1>idgate development IdP</h1>\
+             <p>Demo only: this stands in for your company's identity provider (Okta, Entra \
+             ID, …). Pick who to sign in as. It signs a real SAML response with a key made at \
+             start, and idgate checks it like any IdP's.</p>\
+             <section>{people}</section>\
+             <section><h2>Someone else</h2>\
+             <form method=\"post\" action=\"/_idgate/dev-idp/sso\" class=\"other\">{carried}{fields}\
+             <p><button type=\"submit\" id=\"as-other\">Sign in</button></p></form></section>\
+             </main></body></html>\n",
         )
     }
 

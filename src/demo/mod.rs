@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{
-    AttributeMap, Config, ConfigErrors, IdpSource, ProvisioningConfig, SamlConfig, TenantConfig,
+    AttributeMap, Config, ConfigErrors, IdpSource, NameOrder, ProvisioningConfig, SamlConfig,
+    ScimConfig, TenantConfig,
 };
 use crate::{App, StartError};
 
@@ -113,6 +114,19 @@ pub fn dev_tenant(config: &Config) -> Result<(TenantConfig, idp::DevIdp), idp::D
     Ok((tenant, idp))
 }
 
+/// Turns SCIM on for the demo tenant with a token made for this run, so the tour can
+/// deactivate someone the way an IdP would. Returns the plain token, which only this
+/// run's printout and echo page ever show.
+pub fn enable_scim(tenant: &mut TenantConfig) -> String {
+    let (token, _) = crate::scim::token::generate();
+    tenant.scim = Some(ScimConfig {
+        token_sha256: crate::scim::token::digest(&token),
+        previous_token_sha256: Vec::new(),
+        name_order: NameOrder::GivenFamily,
+    });
+    token
+}
+
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: Option<SocketAddr>) -> Result<(), DemoError> {
     let echo = TcpListener::bind(("127.0.0.1", 0))
@@ -120,24 +134,40 @@ pub async fn run(listen: Option<SocketAddr>) -> Result<(), DemoError> {
         .map_err(DemoError::Echo)?;
     let echo_addr = echo.local_addr().map_err(DemoError::Echo)?;
     let mut config = config(listen, echo_addr)?;
-    let (tenant, dev_idp) = dev_tenant(&config)?;
+    let (mut tenant, dev_idp) = dev_tenant(&config)?;
+    let scim_token = enable_scim(&mut tenant);
+    let base = config.server.public_url.as_str().trim_end_matches('/');
+    let tour = echo::Tour {
+        scim_base: format!("{base}/_idgate/scim/{}/v2", tenant.id),
+        scim_token,
+    };
     config.tenants.push(tenant);
     let jwks_url = format!("http://{}/_idgate/jwks.json", config.server.listen);
     let (stop_echo, stop_rx) = watch::channel(false);
     let echo_task = tokio::spawn(crate::server::serve(
         echo,
-        Arc::new(echo::Echo::verifying(jwks_url)),
+        Arc::new(echo::Echo::guided(jwks_url, tour.clone())),
         stop_rx,
         std::time::Duration::from_secs(1),
     ));
     let running = App::with_dev_idp(config, dev_idp)?.start().await?;
+    let open = format!("http://{}/", running.public_addr());
+    // The tour in three steps, the same as README.md's first screen. Printing the SCIM
+    // token is for the demo only: it was made for this run and dies with it.
     println!();
-    println!("  idgate demo is running.");
+    println!("  idgate demo is running. Try it in three steps:");
+    println!("  1. Open {open} in a browser and sign in at the built-in dev IdP (pick anyone).");
+    println!("  2. The page shows what the app behind idgate receives: identity headers and a");
+    println!("     verified JWT. It has Log out and Sign in as someone else.");
     println!(
-        "  Open http://{}/ in a browser: log in at the built-in dev IdP, then see the request",
-        running.public_addr()
+        "  3. Run the deactivation curl shown on that page, then reload: the user is blocked."
     );
-    println!("  (identity headers, verified JWT) as the app behind idgate receives it.");
+    println!();
+    println!("  SCIM base URL: {}", tour.scim_base);
+    println!(
+        "  SCIM token:    {}   (made for this demo run only)",
+        tour.scim_token
+    );
     println!(
         "  Admin: http://{}/metrics   Stop: Ctrl-C",
         running.admin_addr()

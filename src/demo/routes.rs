@@ -36,10 +36,19 @@ impl DevIdp {
                         .collect()
                 })
                 .unwrap_or_default();
-            return page(self.form(
+            let mut resp = page(self.form(
                 q.get("SAMLRequest").map(String::as_str),
                 q.get("RelayState").map(String::as_str),
             ));
+            // The picker runs no script and posts only to itself.
+            resp.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+                     base-uri 'none'; frame-ancestors 'none'",
+                ),
+            );
+            return resp;
         }
         let body = match http_body_util::Limited::new(req.into_body(), MAX_FORM)
             .collect()

@@ -8,6 +8,8 @@
 //!   skips, when Redis cannot be had.
 #![allow(dead_code)]
 
+pub mod demo;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
