@@ -9,6 +9,9 @@
 //! - **idgate-auth**: wrk with a session cookie → idgate (Redis store, identity headers
 //!   and signed JWT) → upstream, with Redis commands per request counted from
 //!   `INFO commandstats` before and after;
+//! - **idg-rules**: idgate-auth's deployment with 20 `[[access.rules]]` (prefixes,
+//!   regexes, methods, allow lists) that the bench path falls through, reported as a
+//!   ratio to idgate-auth;
 //! - **revocation**: a second replica on the same Redis; the time from deactivating a user
 //!   through the library to that replica answering 403, over many samples.
 //!
@@ -300,6 +303,22 @@ fn main() {
     );
     let (auth_a_proc, auth_a, admin_a) = start_idgate(upstream, dir.path(), "auth-a", &auth_rest);
     let (_auth_b, auth_b, admin_b) = start_idgate(upstream, dir.path(), "auth-b", &auth_rest);
+    // idg-rules: the same deployment with 20 access rules (prefixes, regexes, methods,
+    // allow lists) that the bench path falls through, the dearest case for the matcher.
+    let rules: String = (0..20)
+        .map(|i| match i % 4 {
+            0 => format!("[[access.rules]]\nname = \"r{i}\"\npath = \"/admin{i}\"\nallow_groups = [\"g-admins\"]\n"),
+            1 => format!("[[access.rules]]\nname = \"r{i}\"\npath_regex = \"^/api/v[0-9]+/r{i}$\"\nallow_roles = [\"editor\"]\n"),
+            2 => format!("[[access.rules]]\nname = \"r{i}\"\npath = \"/reports{i}\"\nmethods = [\"POST\", \"PUT\"]\nallow_users = [\"u-{i}\"]\n"),
+            _ => format!("[[access.rules]]\nname = \"r{i}\"\npath = \"/static{i}\"\npublic = true\n"),
+        })
+        .collect();
+    let (auth_rules_proc, auth_rules, admin_rules) = start_idgate(
+        upstream,
+        dir.path(),
+        "auth-rules",
+        &format!("{auth_rest}{rules}"),
+    );
     let baseline = std::env::var("BENCH_IDGATE_BASELINE")
         .ok()
         .map(|bin| common::start_idgate_bin(&bin, upstream, dir.path(), "auth-base", &auth_rest));
@@ -335,7 +354,7 @@ fn main() {
         })
     };
     rt.block_on(async {
-        for admin in [admin_a, admin_b]
+        for admin in [admin_a, admin_b, admin_rules]
             .into_iter()
             .chain(baseline.as_ref().map(|(_, _, admin)| *admin))
         {
@@ -359,6 +378,12 @@ fn main() {
         ("direct", upstream, None, None),
         ("idgate", idgate, None, Some(idgate_proc.pid())),
         ("idg-auth", auth_a, Some(&cookie), Some(auth_a_proc.pid())),
+        (
+            "idg-rules",
+            auth_rules,
+            Some(&cookie),
+            Some(auth_rules_proc.pid()),
+        ),
     ];
     if let Some((proc, addr, _)) = &baseline {
         targets.push(("idg-base", *addr, Some(&cookie), Some(proc.pid())));
@@ -512,6 +537,12 @@ fn main() {
         "   (this build against BENCH_IDGATE_BASELINE)",
     );
     ratio("baseline/nginx", "idg-base", "nginx", "");
+    ratio(
+        "rules-20/idgate-auth",
+        "idg-rules",
+        "idg-auth",
+        "   (20 access rules, none matching; target: within noise of 1.00x)",
+    );
     ratio(
         "idgate-auth/nginx-hdr",
         "idg-auth",
