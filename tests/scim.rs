@@ -902,9 +902,10 @@ async fn deactivation_deletion_and_restoration_reach_the_gate() {
         .await
         .json();
     assert_eq!(listed["Resources"][0]["active"], false);
-    // Reactivated: a new login works; the revoked session stays revoked.
+    // Reactivated: the revoked session counts as ended (the login, not the 403), and
+    // a new login works.
     e.call("PATCH", &path, Some(&patch(json!(true)))).await;
-    assert_eq!(e.app(&cookie).await.status, 403);
+    assert_eq!(e.app(&cookie).await.status, 401);
     let fresh = e.session(&id, "g-life").await;
     assert_eq!(e.app(&fresh).await.status, 200);
 
@@ -1282,6 +1283,135 @@ async fn deactivation_over_scim_blocks_the_other_replica_within_a_second() {
             start.elapsed() < Duration::from_secs(1),
             "replica B still lets the user in"
         );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SPEC §10 "Reactivation": a session revoked because its user was deactivated counts
+/// as ended once the user is active again, on every replica within a second: the
+/// browser goes to the login, an API client gets the 401 of no session, never the 403
+/// that no longer holds. Sessions ended for another reason stay ended, and a user who
+/// is still blocked another way keeps the 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn reactivation_sends_a_revoked_session_to_the_login_on_every_replica_within_a_second() {
+    let e = env("").await;
+    let b = Idgate::start(&e.text);
+    b.wait_ready().await;
+    let u = e.create_user("back@x.com", json!({})).await;
+    let id = u["id"].as_str().unwrap().to_owned();
+    let path = format!("/Users/{id}");
+    let cookie = e.session(&id, "g-back").await;
+    let logged_out = e.session(&id, "g-back").await;
+    let patch = |active: bool| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "active", "value": active}]});
+    let json_on = |replica: &Idgate, cookie: &str| {
+        let url = replica.url("/app");
+        let cookie = cookie.to_owned();
+        async move {
+            get(
+                &url,
+                &[("cookie", cookie.as_str()), ("accept", "application/json")],
+            )
+            .await
+        }
+    };
+    let html_on = |replica: &Idgate, cookie: &str| {
+        let url = replica.url("/app/page?x=1");
+        let cookie = cookie.to_owned();
+        async move {
+            get(
+                &url,
+                &[("cookie", cookie.as_str()), ("accept", "text/html")],
+            )
+            .await
+        }
+    };
+    // Both replicas have the session cached as valid, so each must hear of every change.
+    for replica in [&e.idgate, &b] {
+        assert_eq!(json_on(replica, &cookie).await.status, 200);
+        assert_eq!(html_on(replica, &cookie).await.status, 200);
+    }
+    let cookie_header = |c: &str| -> http::HeaderMap {
+        [(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(c).unwrap(),
+        )]
+        .into_iter()
+        .collect()
+    };
+    let ended = e
+        .sessions
+        .logout(&cookie_header(&logged_out), &|_| true)
+        .await
+        .unwrap();
+    assert!(ended.is_some(), "logged out");
+
+    assert_eq!(e.call("PATCH", &path, Some(&patch(false))).await.status, 200);
+    for replica in [&e.idgate, &b] {
+        let start = Instant::now();
+        loop {
+            let r = json_on(replica, &cookie).await;
+            if r.status == 403 {
+                assert_eq!(r.json()["error"], "account_deactivated");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(1), "still let in");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(html_on(replica, &cookie).await.status, 403);
+    }
+
+    assert_eq!(e.call("PATCH", &path, Some(&patch(true))).await.status, 200);
+    let reactivated = Instant::now();
+    for replica in [&b, &e.idgate] {
+        loop {
+            let r = json_on(replica, &cookie).await;
+            if r.status == 401 {
+                assert_eq!(r.json()["error"], "unauthenticated", "as with no session");
+                break;
+            }
+            assert_eq!(r.status, 403, "{}", r.text());
+            assert!(
+                reactivated.elapsed() < Duration::from_secs(1),
+                "a reactivated user still gets the 403 on {}",
+                replica.url("")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = html_on(replica, &cookie).await;
+        assert_eq!(r.status, 302, "{}", r.text());
+        let to = r.headers["location"].to_str().unwrap();
+        assert!(to.contains("/_idgate/saml/acme/login"), "{to}");
+        assert!(to.contains("return_to=/app/page"), "with the original path: {to}");
+        // A session ended by logout stays ended: no session, like before.
+        assert_eq!(json_on(replica, &logged_out).await.status, 401);
+    }
+    assert!(
+        matches!(
+            e.sessions
+                .authenticate(&cookie_header(&cookie), &|_| true)
+                .await,
+            idgate::session::Auth::Missing
+        ),
+        "the library agrees: no session"
+    );
+
+    // Still blocked another way (removed from the company the session was made in):
+    // reactivating the account alone does not lift that 403.
+    let other = e.session(&id, "g-back").await;
+    e.dir
+        .remove_membership("acme", &id, "g-back")
+        .await
+        .unwrap();
+    e.call("PATCH", &path, Some(&patch(false))).await;
+    e.call("PATCH", &path, Some(&patch(true))).await;
+    let start = Instant::now();
+    loop {
+        let r = json_on(&b, &other).await;
+        assert_eq!(r.status, 403, "never let in, never sent to the login");
+        if r.json()["error"] == "removed_from_company" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1), "{}", r.text());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -398,7 +398,9 @@ impl Directory {
         Ok(())
     }
 
-    /// Reactivates a user. Sessions revoked earlier stay revoked: they log in again.
+    /// Reactivates a user. Sessions revoked by the deactivation count as ended from
+    /// then on, on every replica (the gate reads the user's status through the caches
+    /// this change invalidates): the person is sent to the login, not to the 403.
     pub async fn reactivate_user(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
         self.update_user(tenant, id, |u| {
             u.active = true;
@@ -425,6 +427,13 @@ impl Directory {
     /// Cancels a group: every member is blocked at once, on every replica.
     pub async fn cancel_group(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
         self.update_group(tenant, id, |g| g.active = false).await?;
+        Ok(())
+    }
+
+    /// Reopens a cancelled group. Its members' sessions revoked by the cancellation
+    /// count as ended from then on, on every replica, as after a user's reactivation.
+    pub async fn reactivate_group(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
+        self.update_group(tenant, id, |g| g.active = true).await?;
         Ok(())
     }
 
