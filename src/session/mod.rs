@@ -618,7 +618,9 @@ impl Sessions {
         let now = now();
         let rec = &live.stored.record;
         if let Some(reason) = live.stored.revoked {
-            return self.still_revoked(&live, reason, now, may_fetch, generation).await;
+            return self
+                .still_revoked(&live, reason, now, may_fetch, generation)
+                .await;
         }
         if self.expired(&live, now) || !self.known_tenants.load().contains(&rec.tenant) {
             return AuthInner::Missing;
@@ -722,6 +724,11 @@ impl Sessions {
             Ok(None) => return AuthInner::Missing,
             Err(()) => return AuthInner::Revoked(reason),
         };
+        // The reason the session was revoked for, while it holds: that is what
+        // happened to it. Else whatever blocks the user now.
+        if still_holds(reason, &user, &group) {
+            return AuthInner::Revoked(reason);
+        }
         match blocked(&user, &group) {
             Some(now_blocked) => AuthInner::Revoked(now_blocked),
             None => AuthInner::Missing,
@@ -949,6 +956,15 @@ impl Sessions {
     }
 }
 
+/// Whether `reason` still keeps this user out of this group.
+fn still_holds(reason: RevokeReason, user: &User, group: &Group) -> bool {
+    match reason {
+        RevokeReason::AccountDeactivated => !user.active || user.deprovisioned,
+        RevokeReason::CompanyCancelled => !group.active,
+        RevokeReason::RemovedFromCompany => user.role_in(&group.id).is_none(),
+    }
+}
+
 /// Why this user may not use this group, if they may not.
 fn blocked(user: &User, group: &Group) -> Option<RevokeReason> {
     if !user.active || user.deprovisioned {
@@ -1002,5 +1018,26 @@ mod tests {
             blocked(&u, &cancelled),
             Some(RevokeReason::AccountDeactivated)
         );
+        for reason in [
+            RevokeReason::AccountDeactivated,
+            RevokeReason::CompanyCancelled,
+        ] {
+            assert!(still_holds(reason, &u, &cancelled));
+            assert!(!still_holds(
+                reason,
+                &{
+                    let mut back = u.clone();
+                    back.active = true;
+                    back
+                },
+                &g
+            ));
+        }
+        assert!(!still_holds(RevokeReason::RemovedFromCompany, &u, &g));
+        assert!(still_holds(
+            RevokeReason::RemovedFromCompany,
+            &User::new("x", 0),
+            &g
+        ));
     }
 }
