@@ -1177,6 +1177,114 @@ async fn a_cancellation_webhook_on_one_replica_blocks_members_on_another_within_
     assert_eq!(bill_calls(&api).0.len(), 1, "no second bill");
 }
 
+/// SPEC §10 "Reactivation" through the Maestrano webhooks. Maestrano has no webhook
+/// that brings a user or a company back; what brings a user back into a company is
+/// their next SSO into it. A session revoked by the group-user webhook then counts as
+/// ended (the login, not the 403) on every replica within a second. A company cancelled
+/// by the webhook stays cancelled (its sessions keep the 403, logins are refused) until
+/// the library reopens it; a user deactivated for having no company left stays refused
+/// by SSO, and reactivating them does not lift the 403 of a company they left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_revoked_by_webhooks_end_once_the_user_is_back_on_every_replica() {
+    let m = market().await;
+    let b = Idgate::start(&m.text);
+    b.wait_ready().await;
+    let auth = basic("app-123", "key-123");
+    let on_b = |cookie: &str, accept: &'static str| {
+        let u = b.url("/app/home");
+        let cookie = cookie.to_owned();
+        async move { get(&u, &[("cookie", &cookie), ("accept", accept)]).await }
+    };
+    let json = "application/json";
+    // Waits until replica B answers `cookie` with `status`; before that, only with 403.
+    let until_b = |cookie: String, status: u16| {
+        let on_b = &on_b;
+        async move {
+            let start = std::time::Instant::now();
+            loop {
+                let r = on_b(&cookie, json).await;
+                if r.status == status {
+                    return r;
+                }
+                assert_eq!(r.status, 403, "never let in meanwhile: {}", r.text());
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(1),
+                    "replica B still answers {} {}",
+                    r.status,
+                    r.text()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let login = |uid: &'static str, group: &'static str| {
+        let m = &m;
+        async move { m.login("mno", spec(CONSUME, "app-123", uid, group)).await }
+    };
+    let bob_1 = cookie_of(&login("bob", "cld-1").await);
+    let bob_2 = cookie_of(&login("bob", "cld-2").await);
+    let ann_3 = cookie_of(&login("ann", "cld-3").await);
+    for c in [&bob_1, &bob_2, &ann_3] {
+        assert_eq!(on_b(c, json).await.status, 200);
+    }
+
+    // Bob leaves company 2, then comes back to it through SSO.
+    let r = m
+        .webhook("/maestrano/account/groups/cld-2/users/bob", &auth)
+        .await;
+    assert_eq!(r.status, 200);
+    let r = until_b(bob_2.clone(), 403).await;
+    assert_eq!(r.json()["error"], "removed_from_company");
+    let back = login("bob", "cld-2").await;
+    assert_eq!(back.status, 303, "{}", back.text());
+    let r = until_b(bob_2.clone(), 401).await;
+    assert_eq!(r.json()["error"], "unauthenticated");
+    let page = on_b(&bob_2, "text/html").await;
+    assert_eq!(page.status, 302);
+    let to = page.headers["location"].to_str().unwrap();
+    assert!(
+        to.contains("/login") && to.contains("return_to=/app/home"),
+        "to the tenant's login: {to}"
+    );
+    assert_eq!(on_b(&cookie_of(&back), json).await.status, 200);
+
+    // Company 3 cancels: Maestrano never reopens it, so its sessions keep the 403 and
+    // SSO into it is refused. Reopened through the library, the session has ended.
+    let r = m.webhook("/maestrano/account/groups/cld-3", &auth).await;
+    assert_eq!(r.status, 200);
+    let r = until_b(ann_3.clone(), 403).await;
+    assert_eq!(r.json()["error"], "company_cancelled");
+    assert_eq!(login("ann", "cld-3").await.status, 403);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = on_b(&ann_3, json).await;
+    assert_eq!(r.status, 403, "still cancelled: still the 403");
+    m.dir.reactivate_group("mno", "cld-3").await.unwrap();
+    until_b(ann_3.clone(), 401).await;
+
+    // Bob leaves every company: deactivated. SSO is refused while he is inactive, and
+    // reactivating him does not lift the 403 of the company he left.
+    for path in [
+        "/maestrano/account/groups/cld-1/users/bob",
+        "/maestrano/account/groups/cld-2/users/bob",
+    ] {
+        assert_eq!(m.webhook(path, &auth).await.status, 200);
+    }
+    assert!(!m.dir.user("mno", "bob").await.unwrap().unwrap().active);
+    until_b(bob_1.clone(), 403).await;
+    assert_eq!(login("bob", "cld-1").await.status, 403);
+    m.dir.reactivate_user("mno", "bob").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = on_b(&bob_1, json).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["error"].clone()),
+        (403, json!("removed_from_company"))
+    );
+    // Back in the company through SSO: the old session has ended.
+    let again = login("bob", "cld-1").await;
+    assert_eq!(again.status, 303, "{}", again.text());
+    until_b(bob_1.clone(), 401).await;
+}
+
 /// Maestrano's Basic credentials get the same failure limit as SCIM tokens: past it,
 /// wrong credentials from that address get 429 with `Retry-After`, while the right
 /// ones still work (Maestrano calls from shared addresses).

@@ -293,3 +293,47 @@ async fn fail_cached_keeps_serving_cached_sessions_only() {
         "readiness recovered in {took:?}"
     );
 }
+
+/// A session revoked by a deactivation keeps its 403 while Redis is down, under
+/// `fail_mode = "cached"` as under "closed" (503): the reactivation rule (SPEC §10)
+/// reads the user's status, and a status it cannot read is never taken for "active".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_keeps_its_403_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let ctl = deployment(
+        up.addr,
+        &redis.url(),
+        "fail_mode = \"cached\"\n[session]\ncache_ttl = \"30s\"",
+    );
+    let idgate = Idgate::start(&ctl.text);
+    idgate.wait_ready().await;
+    let cookie = ctl.login("u-r", "g-r").await;
+    assert_eq!(status(&idgate.url("/x"), &cookie).await, 200);
+    ctl.dir.deactivate_user("acme", "u-r").await.unwrap();
+    until_status(&idgate.url("/x"), &cookie, 403, Duration::from_secs(1)).await;
+
+    redis.stop();
+    until_status(
+        &idgate.admin_url("/readyz"),
+        "",
+        503,
+        Duration::from_secs(3),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(status(&idgate.url("/x"), &cookie).await, 403);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.restart();
+    until_status(
+        &idgate.admin_url("/readyz"),
+        "",
+        200,
+        Duration::from_secs(5),
+    )
+    .await;
+    // Redis kept nothing on disk: the session and the user are gone with it, which
+    // leaves no session to speak of.
+    until_status(&idgate.url("/x"), &cookie, 401, Duration::from_secs(2)).await;
+}

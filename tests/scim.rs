@@ -902,9 +902,10 @@ async fn deactivation_deletion_and_restoration_reach_the_gate() {
         .await
         .json();
     assert_eq!(listed["Resources"][0]["active"], false);
-    // Reactivated: a new login works; the revoked session stays revoked.
+    // Reactivated: the revoked session counts as ended (the login, not the 403), and
+    // a new login works.
     e.call("PATCH", &path, Some(&patch(json!(true)))).await;
-    assert_eq!(e.app(&cookie).await.status, 403);
+    assert_eq!(e.app(&cookie).await.status, 401);
     let fresh = e.session(&id, "g-life").await;
     assert_eq!(e.app(&fresh).await.status, 200);
 
@@ -992,8 +993,8 @@ async fn a_user_made_by_saml_is_adopted_not_duplicated() {
     e.dir.create_user("acme", &u).await.unwrap();
     assert_eq!(
         e.call("GET", "/Users", None).await.json()["totalResults"],
-        0,
-        "SCIM lists the users it manages"
+        1,
+        "SCIM lists every user of the tenant"
     );
     let created = e
         .create_user("sam@x.com", json!({"externalId": "okta-00u1"}))
@@ -1017,6 +1018,228 @@ async fn a_user_made_by_saml_is_adopted_not_duplicated() {
         .create_user("vic@x.com", json!({"externalId": "00u-vic"}))
         .await;
     assert_eq!(adopted["id"], "saml-vic");
+}
+
+/// SPEC §10 "SCIM sees every user of its tenant the same way": a user that a SAML login
+/// (or Maestrano's SSO, the same path) made is returned by GET by id, by the list and by
+/// every filter that matches it, like a user SCIM made. Its userName is the email of
+/// its first login (else the NameID, else its id), so that Okta's and Entra's
+/// `userName eq` lookup finds it, and a POST naming it adopts it instead of making a
+/// second user, even without `link_by_email`.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_made_by_saml_are_seen_like_any_other_and_adopted_by_user_name() {
+    let e = env("[tenants.provisioning]\nlink_by_email = false").await;
+    let no_link = idgate::config::ProvisioningConfig {
+        link_by_email: false,
+        ..rules()
+    };
+    let scim_made = e.create_user("zed@x.com", json!({})).await;
+    let sam = e
+        .dir
+        .login(
+            "acme",
+            &no_link,
+            &saml_identity("sam.saml", "Sam@X.com", "g1"),
+        )
+        .await
+        .unwrap();
+    let mut opaque = saml_identity("nid.saml", "", "g1");
+    opaque.email = None;
+    opaque.name_id = Some("nid-7f3a".into());
+    let nid = e.dir.login("acme", &no_link, &opaque).await.unwrap();
+    let mut bare = saml_identity("bare.saml", "", "g1");
+    bare.email = None;
+    bare.name_id = None;
+    let bare = e.dir.login("acme", &no_link, &bare).await.unwrap();
+
+    let list = e.call("GET", "/Users", None).await.json();
+    assert_eq!(list["totalResults"], 4, "{list}");
+    let by_id = |id: String| {
+        let e = &e;
+        async move {
+            let r = e.call("GET", &format!("/Users/{id}"), None).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        }
+    };
+    for (id, user_name) in [
+        (&sam, "Sam@X.com"),
+        (&nid, "nid-7f3a"),
+        (&bare, "bare.saml"),
+        (&scim_made["id"].as_str().unwrap().to_owned(), "zed@x.com"),
+    ] {
+        let doc = by_id(id.clone()).await;
+        assert_eq!(doc["userName"], user_name, "{doc}");
+        assert!(
+            list["Resources"].as_array().unwrap().contains(&doc),
+            "the list shows {id} as GET by id does: {list}"
+        );
+        for filter in [
+            format!("userName eq \"{}\"", user_name.to_uppercase()),
+            format!("id eq \"{id}\""),
+            format!("userName sw \"{}\"", &user_name[..2]),
+            "active eq true".to_owned(),
+            format!("active eq true and userName eq \"{user_name}\""),
+            "userName pr".to_owned(),
+        ] {
+            assert!(
+                ids(&e.find(&filter).await).contains(id),
+                "{filter} finds {id}"
+            );
+        }
+    }
+    assert_eq!(
+        ids(&e.find("emails.value eq \"sam@x.com\"").await),
+        [sam.as_str()]
+    );
+    assert_eq!(
+        ids(&e.find("emails eq \"sam@x.com\"").await),
+        [sam.as_str()]
+    );
+    // Deactivated, it stays visible everywhere, as inactive.
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "active", "value": false}]});
+    let r = e
+        .call("PATCH", &format!("/Users/{nid}"), Some(&patch))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ids(&e.find("active eq false").await), [nid.as_str()]);
+    assert_eq!(
+        ids(&e.find("userName eq \"nid-7f3a\"").await),
+        [nid.as_str()]
+    );
+
+    // Okta's and Entra's matching: look up by userName, then POST if not found. A POST
+    // naming the SAML user (its userName) adopts it: one person, one user.
+    let r = e
+        .call(
+            "POST",
+            "/Users",
+            Some(&json!({"userName": "sam@x.com", "externalId": "00u-sam",
+                         "emails": [{"value": "sam@x.com", "primary": true}]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["id"], sam, "adopted, not duplicated");
+    assert_eq!(r.json()["userName"], "sam@x.com", "now the client's");
+    assert_eq!(
+        e.call("GET", "/Users", None).await.json()["totalResults"],
+        4
+    );
+    // The person still logs in as that user.
+    assert_eq!(
+        e.dir
+            .login(
+                "acme",
+                &no_link,
+                &saml_identity("sam.saml", "Sam@X.com", "g1")
+            )
+            .await
+            .unwrap(),
+        sam
+    );
+    // A second POST of that userName is the conflict it always was.
+    scim_error(
+        &e.call("POST", "/Users", Some(&json!({"userName": "SAM@x.com"})))
+            .await,
+        409,
+        Some("uniqueness"),
+    );
+}
+
+/// A SAML login whose email is already another person's userName (a user linked to
+/// another IdP identity) still makes its own user, never logs in as the holder, and
+/// gets a userName of its own that every SCIM read agrees on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saml_user_whose_email_is_taken_gets_a_user_name_of_its_own() {
+    let e = env("").await;
+    let first = e
+        .dir
+        .login(
+            "acme",
+            &rules(),
+            &saml_identity("one.saml", "dup@x.com", "g1"),
+        )
+        .await
+        .unwrap();
+    let mut second = saml_identity("two.saml", "dup@x.com", "g1");
+    second.name_id = Some("two-nameid".into());
+    let second = e.dir.login("acme", &rules(), &second).await.unwrap();
+    assert_ne!(
+        first, second,
+        "a different IdP identity is a different user"
+    );
+    let doc = e
+        .call("GET", &format!("/Users/{second}"), None)
+        .await
+        .json();
+    assert_eq!(doc["userName"], "two-nameid");
+    assert_eq!(
+        ids(&e.find("userName eq \"two-nameid\"").await),
+        [second.as_str()]
+    );
+    assert_eq!(ids(&e.find("userName eq \"dup@x.com\"").await), [first]);
+    assert_eq!(
+        e.call("GET", "/Users", None).await.json()["totalResults"],
+        2
+    );
+}
+
+/// Users that a SAML login made before SCIM listed them (stored without the list entry
+/// or a userName) show up in the list and in userName lookups on the first SCIM
+/// request, with the userName rule of new ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_stored_before_every_user_was_listed_are_listed_on_first_use() {
+    let e = env("").await;
+    let url = {
+        let cfg = Config::from_toml(&e.text, std::path::Path::new("/")).unwrap();
+        match cfg.store.url {
+            idgate::config::StoreUrl::Redis(u) => u,
+            _ => unreachable!("these tests run on Redis"),
+        }
+    };
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // A SAML user as the previous version stored it: a record without a userName,
+    // neither listed nor in the userName index (its other index entries do not matter
+    // here and are left out).
+    let legacy = json!({"id": "old.saml", "user_name": null, "external_id": null,
+        "idp_subject": "old.saml", "email": "Old@X.com", "given_name": "Old",
+        "family_name": null, "active": true, "deprovisioned": false,
+        "memberships": [{"group_id": "g1", "role": "member"}],
+        "created_at": 1, "updated_at": 1, "version": 3});
+    let mut gone = legacy.clone();
+    gone["id"] = json!("gone.saml");
+    gone["idp_subject"] = json!("gone.saml");
+    gone["email"] = json!("gone@x.com");
+    gone["deprovisioned"] = json!(true);
+    for (id, doc) in [("old.saml", &legacy), ("gone.saml", &gone)] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("idgate:{{acme}}:user:{id}"))
+            .arg(doc.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let list = e.call("GET", "/Users", None).await.json();
+    assert_eq!(ids(&list), ["old.saml"], "{list}");
+    assert_eq!(list["Resources"][0]["userName"], "Old@X.com");
+    assert_eq!(
+        ids(&e.find("userName eq \"old@x.com\"").await),
+        ["old.saml"]
+    );
+    // Done once: a restarted replica, or another one, finds nothing left to do.
+    let b = Idgate::start(&e.text);
+    b.wait_ready().await;
+    let r = send(
+        "GET",
+        &b.url("/_idgate/scim/acme/v2/Users"),
+        &[("authorization", &format!("Bearer {}", e.token))],
+        "",
+    )
+    .await;
+    assert_eq!(ids(&r.json()), ["old.saml"]);
+    let user = e.dir.user("acme", "old.saml").await.unwrap().unwrap();
+    assert_eq!(user.version, 4, "written once");
 }
 
 fn rules() -> idgate::config::ProvisioningConfig {
@@ -1282,6 +1505,141 @@ async fn deactivation_over_scim_blocks_the_other_replica_within_a_second() {
             start.elapsed() < Duration::from_secs(1),
             "replica B still lets the user in"
         );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SPEC §10 "Reactivation": a session revoked because its user was deactivated counts
+/// as ended once the user is active again, on every replica within a second: the
+/// browser goes to the login, an API client gets the 401 of no session, never the 403
+/// that no longer holds. Sessions ended for another reason stay ended, and a user who
+/// is still blocked another way keeps the 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn reactivation_sends_a_revoked_session_to_the_login_on_every_replica_within_a_second() {
+    let e = env("").await;
+    let b = Idgate::start(&e.text);
+    b.wait_ready().await;
+    let u = e.create_user("back@x.com", json!({})).await;
+    let id = u["id"].as_str().unwrap().to_owned();
+    let path = format!("/Users/{id}");
+    let cookie = e.session(&id, "g-back").await;
+    let logged_out = e.session(&id, "g-back").await;
+    let patch = |active: bool| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "active", "value": active}]});
+    let json_on = |replica: &Idgate, cookie: &str| {
+        let url = replica.url("/app");
+        let cookie = cookie.to_owned();
+        async move {
+            get(
+                &url,
+                &[("cookie", cookie.as_str()), ("accept", "application/json")],
+            )
+            .await
+        }
+    };
+    let html_on = |replica: &Idgate, cookie: &str| {
+        let url = replica.url("/app/page?x=1");
+        let cookie = cookie.to_owned();
+        async move {
+            get(
+                &url,
+                &[("cookie", cookie.as_str()), ("accept", "text/html")],
+            )
+            .await
+        }
+    };
+    // Both replicas have the session cached as valid, so each must hear of every change.
+    for replica in [&e.idgate, &b] {
+        assert_eq!(json_on(replica, &cookie).await.status, 200);
+        assert_eq!(html_on(replica, &cookie).await.status, 200);
+    }
+    let cookie_header = |c: &str| -> http::HeaderMap {
+        [(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(c).unwrap(),
+        )]
+        .into_iter()
+        .collect()
+    };
+    let ended = e
+        .sessions
+        .logout(&cookie_header(&logged_out), &|_| true)
+        .await
+        .unwrap();
+    assert!(ended.is_some(), "logged out");
+
+    assert_eq!(
+        e.call("PATCH", &path, Some(&patch(false))).await.status,
+        200
+    );
+    for replica in [&e.idgate, &b] {
+        let start = Instant::now();
+        loop {
+            let r = json_on(replica, &cookie).await;
+            if r.status == 403 {
+                assert_eq!(r.json()["error"], "account_deactivated");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(1), "still let in");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(html_on(replica, &cookie).await.status, 403);
+    }
+
+    assert_eq!(e.call("PATCH", &path, Some(&patch(true))).await.status, 200);
+    let reactivated = Instant::now();
+    for replica in [&b, &e.idgate] {
+        loop {
+            let r = json_on(replica, &cookie).await;
+            if r.status == 401 {
+                assert_eq!(r.json()["error"], "unauthenticated", "as with no session");
+                break;
+            }
+            assert_eq!(r.status, 403, "{}", r.text());
+            assert!(
+                reactivated.elapsed() < Duration::from_secs(1),
+                "a reactivated user still gets the 403 on {}",
+                replica.url("")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = html_on(replica, &cookie).await;
+        assert_eq!(r.status, 302, "{}", r.text());
+        let to = r.headers["location"].to_str().unwrap();
+        assert!(to.contains("/_idgate/saml/acme/login"), "{to}");
+        assert!(
+            to.contains("return_to=/app/page"),
+            "with the original path: {to}"
+        );
+        // A session ended by logout stays ended: no session, like before.
+        assert_eq!(json_on(replica, &logged_out).await.status, 401);
+    }
+    assert!(
+        matches!(
+            e.sessions
+                .authenticate(&cookie_header(&cookie), &|_| true)
+                .await,
+            idgate::session::Auth::Missing
+        ),
+        "the library agrees: no session"
+    );
+
+    // Still blocked another way (removed from the company the session was made in):
+    // reactivating the account alone does not lift that 403.
+    let other = e.session(&id, "g-back").await;
+    e.dir
+        .remove_membership("acme", &id, "g-back")
+        .await
+        .unwrap();
+    e.call("PATCH", &path, Some(&patch(false))).await;
+    e.call("PATCH", &path, Some(&patch(true))).await;
+    let start = Instant::now();
+    loop {
+        let r = json_on(&b, &other).await;
+        assert_eq!(r.status, 403, "never let in, never sent to the login");
+        if r.json()["error"] == "removed_from_company" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1), "{}", r.text());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

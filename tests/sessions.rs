@@ -300,12 +300,13 @@ async fn deactivation_and_cancellation_give_403_with_the_reason_and_forward_noth
     let refused = app.sessions.create_session("acme", "u-4", "g-4").await;
     assert!(refused.is_err());
 
-    // Reactivated: the old session stays revoked; a new login works.
+    // Reactivated: the old session has ended (the login, not the 403, SPEC §10); a
+    // new login works.
     app.dir.reactivate_user("acme", "u-4").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         get(&app.url("/x"), &[("cookie", &cookie)]).await.status,
-        403
+        401
     );
     let fresh = app
         .sessions

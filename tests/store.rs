@@ -41,6 +41,7 @@ async fn conformance(store: Store) {
     email_index_never_holds_two_users(&store).await;
     user_updates_move_indexes_and_are_compare_and_set(&store).await;
     listings_are_paged_in_id_order_and_hide_deprovisioned(&store).await;
+    every_user_is_listed_and_found_by_the_user_name_it_shows(&store).await;
     multi_valued_indexes_follow_the_record(&store).await;
     group_external_ids_are_unique(&store).await;
     sessions_live_expire_and_revoke(&store).await;
@@ -434,6 +435,68 @@ async fn listings_are_paged_in_id_order_and_hide_deprovisioned(store: &Store) {
     );
     let (groups, n) = store.list("t7", Listing::Groups, 0, 10).await.unwrap();
     assert!(groups.is_empty() && n == 0, "listings are separate");
+}
+
+/// SCIM shows every user of a tenant, whoever made it (SPEC §10): each user not
+/// deprovisioned is listed, and holds the userName it shows (see `User::scim_user_name`)
+/// in the unique index, whether a client gave it, a login chose it, or it is the id.
+async fn every_user_is_listed_and_found_by_the_user_name_it_shows(store: &Store) {
+    let t = "t9";
+    let mut by_login = user("S-1", None, None, Some("ann@x.com"));
+    by_login.login_name = Some("Ann@X.com".into());
+    let bare = user("S-2", None, None, None);
+    let managed = user("S-3", Some("carl"), None, None);
+    for u in [&by_login, &bare, &managed] {
+        assert_eq!(store.create_user(t, u).await.unwrap(), CreateUser::Created);
+    }
+    let (all, total) = store.list(t, Listing::Users, 0, 10).await.unwrap();
+    assert_eq!(
+        (all, total),
+        (vec!["S-1".into(), "S-2".into(), "S-3".into()], 3)
+    );
+    let named = |v: &'static str| store.find_user(t, UserKey::UserName, v);
+    assert_eq!(named("ANN@x.com").await.unwrap().as_deref(), Some("S-1"));
+    assert_eq!(named("s-2").await.unwrap().as_deref(), Some("S-2"));
+    assert_eq!(named("Carl").await.unwrap().as_deref(), Some("S-3"));
+
+    let mut clash = user("S-4", None, None, None);
+    clash.login_name = Some("ann@X.COM".into());
+    assert_eq!(
+        store.create_user(t, &clash).await.unwrap(),
+        CreateUser::UserNameTaken("S-1".into()),
+        "a chosen userName is as unique as a given one"
+    );
+    assert_eq!(
+        store
+            .create_user(t, &user("S-5", Some("S-2"), None, None))
+            .await
+            .unwrap(),
+        CreateUser::UserNameTaken("S-2".into()),
+        "so is an id standing in for one"
+    );
+
+    // A client takes the user over with its own userName: the chosen one is released.
+    let mut adopted = by_login.clone();
+    adopted.user_name = Some("ann.lee".into());
+    adopted.version = 2;
+    assert_eq!(
+        store.replace_user(t, &by_login, &adopted).await.unwrap(),
+        ReplaceUser::Replaced
+    );
+    assert_eq!(named("ann@x.com").await.unwrap(), None);
+    assert_eq!(named("Ann.Lee").await.unwrap().as_deref(), Some("S-1"));
+
+    // Deprovisioned: no longer listed, but every user id is still there to maintain.
+    let mut gone = bare.clone();
+    gone.deprovisioned = true;
+    gone.version = 2;
+    store.replace_user(t, &bare, &gone).await.unwrap();
+    let (all, _) = store.list(t, Listing::Users, 0, 10).await.unwrap();
+    assert_eq!(all, ["S-1", "S-3"]);
+    let mut every = store.user_ids(t).await.unwrap();
+    every.sort();
+    assert_eq!(every, ["S-1", "S-2", "S-3"]);
+    assert!(store.user_ids("t-none").await.unwrap().is_empty());
 }
 
 async fn multi_valued_indexes_follow_the_record(store: &Store) {

@@ -10,8 +10,8 @@ pub mod model;
 use crate::config::ProvisioningConfig;
 use crate::session::model::RevokeReason;
 use crate::store::{
-    CreateGroup, CreateUser, DirectoryStore, Event, EventBus, Index, Listing, ReplaceGroup,
-    ReplaceUser, SessionStore, Store, StoreError, UserKey,
+    CreateGroup, CreateUser, DirectoryStore, Event, EventBus, Index, Listing, Records,
+    ReplaceGroup, ReplaceUser, SessionStore, Store, StoreError, UserKey,
 };
 use model::{Group, Membership, User};
 
@@ -119,6 +119,11 @@ impl From<StoreError> for LoginError {
 
 /// Compare-and-set attempts before giving up under contention.
 const CAS_ATTEMPTS: usize = 16;
+
+/// Store record (with the tenant id appended) saying that the users of a tenant stored
+/// before every user was listed have been listed and named (see
+/// [`Directory::list_every_user`]).
+const EVERY_USER_LISTED: &str = "directory:every-user-listed:v1:";
 
 /// Unix seconds now.
 pub fn now() -> i64 {
@@ -239,7 +244,35 @@ impl Directory {
         new.id.clone_from(&old.id);
         new.version = old.version + 1;
         new.updated_at = now();
-        match self.store.replace_user(tenant, old, &new).await? {
+        let mut renames = 0;
+        loop {
+            match self.store.replace_user(tenant, old, &new).await? {
+                // A userName idgate chose (or the id standing in for one, on a user
+                // stored before every user held one) that someone else holds now: the
+                // user gets another one rather than a write refused for a name no
+                // client asked for.
+                ReplaceUser::UserNameTaken(_) if !new.client_managed() && renames < 3 => {
+                    renames += 1;
+                    let name = self
+                        .free_user_name(tenant, &new.id, &[new.email.as_deref()])
+                        .await?;
+                    tracing::info!(tenant, user = %new.id, "the userName a login chose for a user is taken; choosing another");
+                    new.login_name = Some(name);
+                }
+                other => break self.replaced(tenant, old, new, other).await,
+            }
+        }
+    }
+
+    /// The rest of [`Directory::replace_user`], once the store answered.
+    async fn replaced(
+        &self,
+        tenant: &str,
+        old: &User,
+        new: User,
+        outcome: ReplaceUser,
+    ) -> Result<User, DirectoryError> {
+        match outcome {
             ReplaceUser::Replaced => {}
             ReplaceUser::Conflict => return Err(DirectoryError::VersionMismatch),
             ReplaceUser::UserNameTaken(holder) => {
@@ -398,7 +431,9 @@ impl Directory {
         Ok(())
     }
 
-    /// Reactivates a user. Sessions revoked earlier stay revoked: they log in again.
+    /// Reactivates a user. Sessions revoked by the deactivation count as ended from
+    /// then on, on every replica (the gate reads the user's status through the caches
+    /// this change invalidates): the person is sent to the login, not to the 403.
     pub async fn reactivate_user(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
         self.update_user(tenant, id, |u| {
             u.active = true;
@@ -428,6 +463,13 @@ impl Directory {
         Ok(())
     }
 
+    /// Reopens a cancelled group. Its members' sessions revoked by the cancellation
+    /// count as ended from then on, on every replica, as after a user's reactivation.
+    pub async fn reactivate_group(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
+        self.update_group(tenant, id, |g| g.active = true).await?;
+        Ok(())
+    }
+
     /// Provisioning of a user by a client that names them (SCIM `POST /Users`).
     /// `desired` carries the client's attributes (its id is ignored). Looks for, in
     /// order: the user holding `userName`, the one holding `externalId`, the one who
@@ -435,8 +477,9 @@ impl Directory {
     /// the one user holding the primary email.
     /// - A deprovisioned user found by `userName` or `externalId` is restored, with its
     ///   id. Found only by email or uid, it is not the same person: a new user is made.
-    /// - A user no client manages yet (a SAML login made it, so it has no userName) is
-    ///   adopted, so that deprovisioning it later cuts off the person who logs in.
+    /// - A user no client manages yet (a login made it: its userName is the one idgate
+    ///   chose, see [`User::scim_user_name`]) is adopted, found by that userName as by
+    ///   the rest, so that deprovisioning it later cuts off the person who logs in.
     /// - An active client-managed user holding the userName or externalId is a conflict;
     ///   one that merely shares the email or uid does not stop a new user.
     pub async fn provision_user(
@@ -468,7 +511,7 @@ impl Directory {
                     continue;
                 };
                 let named = how == "userName" || how == "externalId";
-                let managed = old.user_name.is_some();
+                let managed = old.client_managed();
                 if old.deprovisioned {
                     if named {
                         found = Some((old, "restored"));
@@ -702,17 +745,38 @@ impl Directory {
                     group_id: who.group_id.clone(),
                     role: role.clone(),
                 });
-                match self.store.create_user(tenant, &user).await? {
-                    CreateUser::Created => return Ok(user.id),
-                    // A concurrent first login of the same user won: use theirs.
-                    CreateUser::IdTaken
-                    | CreateUser::ExternalIdTaken(_)
-                    | CreateUser::SubjectTaken(_) => self
-                        .match_user(tenant, rules, who)
-                        .await?
-                        .ok_or(LoginError::UnknownUser)?,
-                    CreateUser::UserNameTaken(holder) => holder,
+                let mut made = None;
+                for _ in 0..CAS_ATTEMPTS {
+                    // The userName SCIM will show: what Okta and Entra most likely
+                    // call the person too (their userName is usually the email, and
+                    // the NameID when it is not opaque).
+                    user.login_name = Some(
+                        self.free_user_name(
+                            tenant,
+                            &user.id,
+                            &[who.email.as_deref(), who.name_id.as_deref()],
+                        )
+                        .await?,
+                    );
+                    match self.store.create_user(tenant, &user).await? {
+                        CreateUser::Created => return Ok(user.id),
+                        // A concurrent first login of the same user won: use theirs.
+                        CreateUser::IdTaken
+                        | CreateUser::ExternalIdTaken(_)
+                        | CreateUser::SubjectTaken(_) => {
+                            made = Some(
+                                self.match_user(tenant, rules, who)
+                                    .await?
+                                    .ok_or(LoginError::UnknownUser)?,
+                            );
+                            break;
+                        }
+                        // The name was taken since it was chosen (never a reason to
+                        // log in as its holder): choose again.
+                        CreateUser::UserNameTaken(_) => {}
+                    }
                 }
+                made.ok_or(DirectoryError::Contended)?
             }
             None => return Err(LoginError::UnknownUser),
         };
@@ -807,6 +871,74 @@ impl Directory {
             return Ok(Some(id));
         }
         Ok(None)
+    }
+
+    /// A userName for a user that no client manages, free in the tenant: the first of
+    /// `candidates` that no other user shows, else the user's id if free, else a new
+    /// UUID (a name nobody can hold yet).
+    async fn free_user_name(
+        &self,
+        tenant: &str,
+        id: &str,
+        candidates: &[Option<&str>],
+    ) -> Result<String, StoreError> {
+        let names = candidates
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|c| !c.trim().is_empty())
+            .chain(std::iter::once(id));
+        for name in names {
+            match self
+                .store
+                .find_user(tenant, UserKey::UserName, name)
+                .await?
+            {
+                Some(holder) if holder != id => {}
+                _ => return Ok(name.to_owned()),
+            }
+        }
+        Ok(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Lists and names the users of `tenant` that were stored before every user was
+    /// listed (SPEC §10: SCIM sees every user the same way). Such a user, made by a
+    /// login, is neither in the SCIM listing nor in the userName index; it is
+    /// rewritten once through the one write path, which puts it in both, with the
+    /// userName a login would give it now (its email, else its id). Runs once per
+    /// tenant and store: a record in the store says it is done, so a later call costs
+    /// one read. Returns how many users it rewrote.
+    pub async fn list_every_user(&self, tenant: &str) -> Result<usize, DirectoryError> {
+        let mark = format!("{EVERY_USER_LISTED}{tenant}");
+        if self.store.get_record(&mark).await?.is_some() {
+            return Ok(0);
+        }
+        let ids = self.store.user_ids(tenant).await?;
+        let mut rewritten = 0;
+        for chunk in ids.chunks(500) {
+            for user in self.store.get_users(tenant, chunk).await? {
+                if user.deprovisioned || user.client_managed() || user.login_name.is_some() {
+                    continue;
+                }
+                let name = self
+                    .free_user_name(tenant, &user.id, &[user.email.as_deref()])
+                    .await?;
+                let named = self
+                    .update_user(tenant, &user.id, |u| {
+                        if !u.client_managed() && u.login_name.is_none() {
+                            u.login_name = Some(name.clone());
+                        }
+                    })
+                    .await;
+                match named {
+                    Ok(Some(_)) => rewritten += 1,
+                    Ok(None) | Err(DirectoryError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.store.set_record(&mark, "done").await?;
+        Ok(rewritten)
     }
 
     /// Marks the user's sessions revoked and tells every replica to drop them.

@@ -52,9 +52,17 @@ pub struct Email {
 pub struct User {
     /// Local user id (what the app sees as `X-Idgate-User-Id`).
     pub id: String,
-    /// SCIM `userName` (unique per tenant, case-insensitive).
+    /// SCIM `userName` as a provisioning client gave it (unique per tenant,
+    /// case-insensitive). None for a user no client manages yet: see
+    /// [`User::scim_user_name`] for what SCIM shows then.
     #[serde(default)]
     pub user_name: Option<String>,
+    /// The userName idgate chose for a user that a login made (SAML, or Maestrano's
+    /// SSO): the email of that first login, else its NameID. Shown and indexed as the
+    /// userName until a client gives one (and adopts the user). Never changed by later
+    /// logins, so that what a client matched on stays put.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_name: Option<String>,
     /// SCIM `externalId`: the provisioning client's id for the user (unique per
     /// tenant). Only SCIM writes it.
     #[serde(default)]
@@ -102,6 +110,7 @@ impl User {
         User {
             id: id.into(),
             user_name: None,
+            login_name: None,
             external_id: None,
             idp_subject: None,
             email: None,
@@ -116,6 +125,23 @@ impl User {
             updated_at: now,
             version: 1,
         }
+    }
+
+    /// The userName SCIM shows, lists and finds the user by: the client's, else the one
+    /// chosen at the first login, else the id. Every user of a tenant has one, held in
+    /// the unique userName index, so that GET by id, the list and every filter agree
+    /// (SPEC §10).
+    pub fn scim_user_name(&self) -> &str {
+        self.user_name
+            .as_deref()
+            .or(self.login_name.as_deref())
+            .unwrap_or(&self.id)
+    }
+
+    /// Whether a provisioning client manages the user (gave its userName). A user that
+    /// only logins have seen is adopted by the first client that names it.
+    pub fn client_managed(&self) -> bool {
+        self.user_name.is_some()
     }
 
     /// Sets the primary address, as a login from the IdP reports it: the SCIM list keeps

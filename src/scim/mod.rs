@@ -163,6 +163,10 @@ struct Tenant {
     previous_seen: std::sync::atomic::AtomicBool,
     provisioning: ProvisioningConfig,
     base: String,
+    /// Whether [`Directory::list_every_user`] has run for the tenant (since this
+    /// endpoint was built): until it has, users stored by an earlier version may be
+    /// missing from the list and the userName index.
+    every_user_listed: std::sync::atomic::AtomicBool,
 }
 
 /// The SCIM endpoint of every tenant that has `[tenants.scim]`.
@@ -348,6 +352,7 @@ impl Scim {
                         previous_seen: std::sync::atomic::AtomicBool::new(false),
                         provisioning: t.provisioning.clone(),
                         base: format!("{root}/_idgate/scim/{}/v2", t.id),
+                        every_user_listed: std::sync::atomic::AtomicBool::new(false),
                     },
                 ))
             })
@@ -380,6 +385,7 @@ impl Scim {
         if let Err(e) = self.authenticate(&req, tenant, tenant_id, client, request_id) {
             return e.response();
         }
+        self.list_every_user(tenant, tenant_id, request_id).await;
         let method = req.method().clone();
         match self
             .dispatch(req, tenant, tenant_id, tail, request_id)
@@ -397,6 +403,33 @@ impl Scim {
                 }
                 tracing::debug!(request_id, detail = %e.detail, "SCIM refusal detail");
                 e.response()
+            }
+        }
+    }
+
+    /// Before the first request of a tenant is answered, users stored before every
+    /// user was listed are listed (once per store; afterwards one read per endpoint
+    /// build). A failure is logged and retried at the next request: the request itself
+    /// goes on, and meets the store's state as it is.
+    async fn list_every_user(&self, tenant: &Tenant, tenant_id: &str, request_id: &str) {
+        use std::sync::atomic::Ordering;
+        if tenant.every_user_listed.load(Ordering::Acquire) {
+            return;
+        }
+        match self.directory.list_every_user(tenant_id).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        request_id,
+                        tenant = tenant_id,
+                        users = n,
+                        "listed users that SCIM did not list before"
+                    );
+                }
+                tenant.every_user_listed.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::warn!(request_id, tenant = tenant_id, error = %e, "cannot list users stored before every user was listed; retrying at the next request");
             }
         }
     }

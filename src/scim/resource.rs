@@ -69,12 +69,9 @@ pub fn user_json(user: &User, groups: &[&Group], base: &str) -> Value {
     if let Some(x) = &user.external_id {
         o.insert("externalId".into(), json!(x));
     }
-    // A user that only SAML has seen has no userName yet; its id stands in, so the
-    // required attribute is always there.
-    o.insert(
-        "userName".into(),
-        json!(user.user_name.as_deref().unwrap_or(&user.id)),
-    );
+    // A user that only logins have seen has no client's userName: the one chosen at its
+    // first login (or its id) stands in, the value it is indexed and listed by.
+    o.insert("userName".into(), json!(user.scim_user_name()));
     let mut name = Map::new();
     if let Some(g) = &user.given_name {
         name.insert("givenName".into(), json!(g));

@@ -616,11 +616,13 @@ impl Sessions {
         if !serves(&live.stored.record.tenant) {
             return AuthInner::Missing;
         }
-        if let Some(reason) = live.stored.revoked {
-            return AuthInner::Revoked(reason);
-        }
         let now = now();
         let rec = &live.stored.record;
+        if let Some(reason) = live.stored.revoked {
+            return self
+                .still_revoked(&live, reason, now, may_fetch, generation)
+                .await;
+        }
         if self.expired(&live, now) || !self.known_tenants.load().contains(&rec.tenant) {
             return AuthInner::Missing;
         }
@@ -698,8 +700,49 @@ impl Sessions {
         AuthInner::Valid(auth, live)
     }
 
+    /// What a session revoked for `reason` amounts to now. While its user or group is
+    /// blocked it answers 403, with the reason that holds now. Once both are active
+    /// again (the user reactivated, the company restored, the membership back) it
+    /// counts as ended, like a session that is gone: the browser goes to the login, not
+    /// to a 403 that no longer holds (SPEC §10). Nothing is forwarded either way. The
+    /// user and group come from the caches that every replica's invalidations clear,
+    /// so a reactivation reaches every replica as fast as the deactivation did. When
+    /// their status cannot be read, the 403 stands: never a guess that lets anyone in.
+    async fn still_revoked(
+        &self,
+        live: &Live,
+        reason: RevokeReason,
+        now: i64,
+        may_fetch: bool,
+        generation: u64,
+    ) -> AuthInner {
+        if self.expired(live, now) || !self.known_tenants.load().contains(&live.user_key.0) {
+            return AuthInner::Missing;
+        }
+        let user = match self.user(&live.user_key, may_fetch, generation).await {
+            Ok(Some(u)) => u,
+            Ok(None) => return AuthInner::Missing,
+            Err(()) => return AuthInner::Revoked(reason),
+        };
+        let group = match self.group(&live.group_key, may_fetch, generation).await {
+            Ok(Some(g)) => g,
+            Ok(None) => return AuthInner::Missing,
+            Err(()) => return AuthInner::Revoked(reason),
+        };
+        // The reason the session was revoked for, while it holds: that is what
+        // happened to it. Else whatever blocks the user now.
+        if still_holds(reason, &user, &group) {
+            return AuthInner::Revoked(reason);
+        }
+        match blocked(&user, &group) {
+            Some(now_blocked) => AuthInner::Revoked(now_blocked),
+            None => AuthInner::Missing,
+        }
+    }
+
     /// Marks a blocked session revoked in the store (once), so that it keeps answering
-    /// 403 with its reason until it would have expired, even after reactivation.
+    /// 403 with its reason while the user or group stays blocked, until it would have
+    /// expired (see [`Sessions::still_revoked`] for what it amounts to after that).
     fn revoke(&self, live: &Arc<Live>, reason: RevokeReason) {
         let hash = live.hash.clone();
         let store = self.store.clone();
@@ -918,6 +961,15 @@ impl Sessions {
     }
 }
 
+/// Whether `reason` still keeps this user out of this group.
+fn still_holds(reason: RevokeReason, user: &User, group: &Group) -> bool {
+    match reason {
+        RevokeReason::AccountDeactivated => !user.active || user.deprovisioned,
+        RevokeReason::CompanyCancelled => !group.active,
+        RevokeReason::RemovedFromCompany => user.role_in(&group.id).is_none(),
+    }
+}
+
 /// Why this user may not use this group, if they may not.
 fn blocked(user: &User, group: &Group) -> Option<RevokeReason> {
     if !user.active || user.deprovisioned {
@@ -971,5 +1023,26 @@ mod tests {
             blocked(&u, &cancelled),
             Some(RevokeReason::AccountDeactivated)
         );
+        for reason in [
+            RevokeReason::AccountDeactivated,
+            RevokeReason::CompanyCancelled,
+        ] {
+            assert!(still_holds(reason, &u, &cancelled));
+            assert!(!still_holds(
+                reason,
+                &{
+                    let mut back = u.clone();
+                    back.active = true;
+                    back
+                },
+                &g
+            ));
+        }
+        assert!(!still_holds(RevokeReason::RemovedFromCompany, &u, &g));
+        assert!(still_holds(
+            RevokeReason::RemovedFromCompany,
+            &User::new("x", 0),
+            &g
+        ));
     }
 }

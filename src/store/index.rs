@@ -11,7 +11,8 @@ use crate::directory::model::{Group, User, index_key};
 /// a value to a set of ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Index {
-    /// Users by SCIM `userName`, case-insensitive. Unique.
+    /// Users by the SCIM `userName` they show (`User::scim_user_name`: the client's, the
+    /// one a login chose, or the id), case-insensitive. Unique.
     UserName,
     /// Users by SCIM `externalId`, exact. Unique.
     ExternalId,
@@ -56,7 +57,7 @@ impl Index {
 /// Which listing a record appears in (for SCIM's paged lists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
-    /// Users that SCIM shows: those it manages (with a userName), not deprovisioned.
+    /// Users that SCIM shows: every one not deprovisioned, whoever made it.
     Users,
     /// Groups that SCIM shows (not deprovisioned).
     Groups,
@@ -123,9 +124,7 @@ impl Entries {
     /// A user's entries.
     pub fn of_user(user: &User) -> Entries {
         let mut e = Entries::default();
-        if let Some(n) = &user.user_name {
-            e.unique.push(Index::UserName.key(n));
-        }
+        e.unique.push(Index::UserName.key(user.scim_user_name()));
         if let Some(x) = &user.external_id {
             e.unique.push(Index::ExternalId.key(x));
         }
@@ -143,14 +142,13 @@ impl Entries {
             e.sets.push(Index::UserDisplayName.key(d));
         }
         // A deprovisioned user is nobody's member any more (the memberships are kept
-        // for a restore); SAML-only users are members but not SCIM's to list.
+        // for a restore). Every other user is listed, whoever made it: SCIM sees every
+        // user of its tenant the same way (SPEC §10).
         if !user.deprovisioned {
             for m in &user.memberships {
                 e.sets.push(Index::Members.key(&m.group_id));
             }
-            if user.user_name.is_some() {
-                e.listed = Some(Listing::Users.key());
-            }
+            e.listed = Some(Listing::Users.key());
         }
         e.sets.sort();
         e.sets.dedup();

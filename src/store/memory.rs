@@ -279,6 +279,15 @@ impl DirectoryStore for MemoryStore {
             .filter_map(|id| g.groups.get(&(tenant.to_owned(), id.clone())).cloned())
             .collect())
     }
+
+    async fn user_ids(&self, tenant: &str) -> StoreResult<Vec<String>> {
+        let g = self.lock();
+        Ok(g.users
+            .keys()
+            .filter(|(t, _)| t == tenant)
+            .map(|(_, id)| id.clone())
+            .collect())
+    }
 }
 
 impl SessionStore for MemoryStore {

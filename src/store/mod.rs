@@ -265,6 +265,11 @@ pub trait DirectoryStore: Send + Sync {
         tenant: &str,
         ids: &[String],
     ) -> impl Future<Output = StoreResult<Vec<Group>>> + Send;
+    /// The id of every user record of the tenant, deprovisioned ones included, in no
+    /// particular order. Walks the whole store (SCAN on Redis): for maintenance that
+    /// runs once, such as listing users stored before every user was listed, never for
+    /// a request.
+    fn user_ids(&self, tenant: &str) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }
 
 /// Sessions, keyed by the SHA-256 hex of the cookie value.
@@ -521,6 +526,9 @@ impl DirectoryStore for Store {
     }
     async fn get_groups(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<Group>> {
         delegate!(self, s => s.get_groups(tenant, ids))
+    }
+    async fn user_ids(&self, tenant: &str) -> StoreResult<Vec<String>> {
+        delegate!(self, s => s.user_ids(tenant))
     }
 }
 

@@ -627,6 +627,62 @@ impl DirectoryStore for RedisStore {
     async fn get_groups(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<Group>> {
         self.mget(tenant, "group", ids).await
     }
+
+    async fn user_ids(&self, tenant: &str) -> StoreResult<Vec<String>> {
+        let prefix = self.tkey(tenant, "user", "");
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut conn = self.active().await?;
+        let mut ids = Vec::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(&cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (String, Vec<String>) = match &mut conn {
+                Active::Standalone(c) => scan.query_async(c).await.map_err(unavailable)?,
+                // A tenant's keys share its hash tag, so they all live on the node
+                // that serves that slot: the scan goes there, not to a random node.
+                Active::Cluster(c) => {
+                    use redis::cluster_routing::{
+                        Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                    };
+                    let route = Route::with_key(prefix.as_bytes(), SlotAddr::Master);
+                    let value = c
+                        .route_command(
+                            scan,
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    redis::from_redis_value(value).map_err(unavailable)?
+                }
+            };
+            ids.extend(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .map(str::to_owned),
+            );
+            if next == "0" {
+                return Ok(ids);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// `value` as a SCAN pattern that matches exactly it.
+fn glob_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// What [`WRITE_RECORD`] did.
