@@ -476,17 +476,10 @@ async fn walk(tour: &mut Tour, demo: &support::demo::Demo) {
     let user = run_pasted(&reactivate);
     assert_eq!(user["active"], true, "{user}");
     tour.browser.refresh().await.expect("reload");
-    // TIGHTEN after the reactivation branch (issue 15 item 3) merges: the reload must land
-    // on the dev IdP's picker (`#as-grace`), not on the deactivated page. On main the
-    // revoked session still answers 403, so the person goes to the login by hand.
-    let page = tour.page().await;
-    assert!(page.contains("deactivated"), "{page}");
-    tour.shot("reactivated-reload").await;
-    tour.browser
-        .goto(&format!("{base}/_idgate/saml/demo/login?return_to=/"))
-        .await
-        .expect("login");
+    // The revoked session counts as ended now that grace is active again (SPEC §10):
+    // the reload goes to the login, which is the dev IdP's picker, not the 403.
     tour.wait_for("#as-grace").await;
+    tour.shot("reactivated-reload").await;
     tour.sign_in_as("grace").await;
     assert_eq!(tour.text("#who-user").await, "grace");
     tour.shot("reactivated-signed-in").await;
