@@ -26,10 +26,10 @@ use crate::directory::Directory;
 use crate::identity::Signer;
 use crate::limits::Failures;
 use crate::metrics::{Metrics, RouteClass};
+use crate::page::{Href, Page, Step};
 use crate::proxy::Upstream;
 use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
 use crate::proxy::tunnel::{self, GuardedBody, StreamGuard, Tunnels};
-use crate::page::{Href, Page, Step};
 use crate::response::{self, Body};
 use crate::response::{forbidden, store_unavailable};
 use crate::saml::metadata::{Slot, Slots};
@@ -576,7 +576,12 @@ impl Gateway {
             Gate::Unavailable => store_unavailable(false, request_id),
             Gate::Unusable(attribute) if html => {
                 log_unusable(attribute, request_id);
-                self.sign_in_page(&req, StatusCode::FORBIDDEN, "malformed_attribute", request_id)
+                self.sign_in_page(
+                    &req,
+                    StatusCode::FORBIDDEN,
+                    "malformed_attribute",
+                    request_id,
+                )
             }
             Gate::Unusable(attribute) => unusable_identity(attribute, false, request_id),
         }
@@ -675,7 +680,10 @@ impl Gateway {
                 return resp;
             }
             if wants_json_only(req.headers()) {
-                tracing::info!(request_id, "logout GET is not same-origin: refused, not confirmed (JSON client)");
+                tracing::info!(
+                    request_id,
+                    "logout GET is not same-origin: refused, not confirmed (JSON client)"
+                );
                 return response::error(
                     StatusCode::FORBIDDEN,
                     false,
@@ -684,7 +692,10 @@ impl Gateway {
                     request_id,
                 );
             }
-            tracing::info!(request_id, "logout GET is not same-origin: asking for confirmation");
+            tracing::info!(
+                request_id,
+                "logout GET is not same-origin: asking for confirmation"
+            );
             return self.confirm_logout(&req);
         }
         let host = host_of(&req);

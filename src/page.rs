@@ -210,7 +210,7 @@ pub const REASONS: &[Reason] = &[
     r(
         "upstream_unavailable",
         "The application is not reachable",
-        "The application is not reachable right now. Please try again shortly.",
+        "The application could not be reached; it may be restarting. Please try again in a moment.",
     ),
     r(
         "request_timeout",
@@ -254,11 +254,7 @@ pub const REASONS: &[Reason] = &[
         "Log out?",
         "Do you want to log out of this application?",
     ),
-    r(
-        "logged_out",
-        "Signed out",
-        "You have been signed out.",
-    ),
+    r("logged_out", "Signed out", "You have been signed out."),
     r(
         "cross_site_logout",
         "Log out?",
@@ -550,7 +546,9 @@ impl Page {
         for t in &self.form_targets {
             // Origins come from validated config; anything that could break out of the
             // directive is left out rather than trusted.
-            if t.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b',') {
+            if t.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+            {
                 targets.push(' ');
                 targets.push_str(t);
             }
@@ -594,9 +592,10 @@ p{margin:0 0 1rem}\
 .next form{margin:0}\
 .next a,.next button{font:inherit;font-weight:600;color:var(--accent);text-decoration:none}\
 .next a:hover,.next button:hover{text-decoration:underline}\
-.next>:first-child,.next>form:first-child button{display:inline-block;padding:.6rem 1.2rem;border:0;border-radius:8px;background:var(--accent);color:var(--on-accent);cursor:pointer}\
-.next>:first-child:hover,.next>form:first-child button:hover{text-decoration:none;filter:brightness(1.1)}\
 .next button{background:none;border:0;padding:0;cursor:pointer}\
+.next>a:first-child,.next>form:first-child button{display:inline-block;padding:.6rem 1.2rem;border:0;border-radius:8px;background:var(--accent);color:var(--on-accent);cursor:pointer}\
+.next>a:first-child:hover,.next>form:first-child button:hover{text-decoration:none;filter:brightness(1.1)}\
+main>:last-child{margin-bottom:0}\
 code{font:.875em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}\
 .tech{padding:.5rem .75rem;border-left:3px solid var(--accent);background:var(--bg)}\
 .ref{margin:1.5rem 0 0;padding-top:1rem;border-top:1px solid var(--line);color:var(--muted);font-size:.875rem}\
@@ -705,8 +704,16 @@ mod tests {
             Href::login("a/b", "https://evil.example").as_str(),
             "/_idgate/saml/a%2Fb/login?return_to=/"
         );
-        assert_eq!(Href::path("/a b\"<x>?q=%22").as_str(), "/a%20b%22%3Cx%3E?q=%22");
-        for bad in ["//evil.example", "/\\evil.example", "https://evil.example", "x"] {
+        assert_eq!(
+            Href::path("/a b\"<x>?q=%22").as_str(),
+            "/a%20b%22%3Cx%3E?q=%22"
+        );
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "x",
+        ] {
             assert_eq!(Href::path(bad), Href::home(), "{bad}");
         }
     }
@@ -714,7 +721,10 @@ mod tests {
     #[test]
     fn pages_escape_and_allow_only_their_own_style() {
         let page = Page::for_error(StatusCode::IM_A_TEAPOT, "no_such_code", "<b>&\"'")
-            .step(Step::link("Sign in again", Href::login("acme", "/\"><script>")))
+            .step(Step::link(
+                "Sign in again",
+                Href::login("acme", "/\"><script>"),
+            ))
             .reference("<rid>")
             .technical("<tech>");
         let html = page.html();
@@ -723,7 +733,10 @@ mod tests {
         assert!(html.contains("<title>I&#39;m a teapot</title>"), "{html}");
         let csp = page.csp();
         let csp = csp.to_str().unwrap();
-        assert!(csp.starts_with("default-src 'none'; style-src 'sha256-"), "{csp}");
+        assert!(
+            csp.starts_with("default-src 'none'; style-src 'sha256-"),
+            "{csp}"
+        );
         assert!(csp.contains("form-action 'self';"), "{csp}");
         let with = Page::new(StatusCode::OK, "confirm_logout")
             .allow_form_target("https://idp.example.com".into())

@@ -100,10 +100,7 @@ impl Site {
         send(
             "POST",
             &self.url("/_idgate/saml/acme/acs"),
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                HTML,
-            ],
+            &[("content-type", "application/x-www-form-urlencoded"), HTML],
             body,
         )
         .await
@@ -138,7 +135,10 @@ async fn a_typed_or_cross_site_logout_link_asks_first_and_keeps_the_session() {
     let cookie = s.login("u-1", "g-1").await;
     for (what, extra) in [
         ("typed, no Sec-Fetch-Site", None),
-        ("typed, Sec-Fetch-Site: none", Some(("sec-fetch-site", "none"))),
+        (
+            "typed, Sec-Fetch-Site: none",
+            Some(("sec-fetch-site", "none")),
+        ),
         ("a cross-site link", Some(("sec-fetch-site", "cross-site"))),
         ("a same-site link", Some(("sec-fetch-site", "same-site"))),
         (
@@ -184,7 +184,13 @@ async fn the_confirmation_logs_out_and_lands_on_the_logged_out_page() {
     assert!(csp.contains("form-action 'self';"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     // HEAD is answered like GET and ends nothing.
-    let head = send("HEAD", &s.url("/_idgate/logout"), &[("cookie", &cookie)], "").await;
+    let head = send(
+        "HEAD",
+        &s.url("/_idgate/logout"),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
     assert_eq!(head.status, 200);
     assert_eq!(s.session_status(&cookie).await, 200);
 
@@ -224,11 +230,7 @@ async fn the_confirmation_logs_out_and_lands_on_the_logged_out_page() {
     assert_eq!(put.status, 405);
     assert_eq!(put.json()["error"], "method_not_allowed");
     // An API client asking for JSON keeps its JSON refusal.
-    let json = get(
-        &s.url("/_idgate/logout"),
-        &[("accept", "application/json")],
-    )
-    .await;
+    let json = get(&s.url("/_idgate/logout"), &[("accept", "application/json")]).await;
     assert_eq!(json.status, 403);
     assert_eq!(json.json()["error"], "cross_site_logout");
 }
@@ -238,14 +240,21 @@ async fn a_same_origin_get_still_logs_out_directly() {
     let s = site("", "", "").await;
     let port = s.idgate.public.port();
     for (what, header) in [
-        ("Sec-Fetch-Site: same-origin", ("sec-fetch-site", "same-origin")),
+        (
+            "Sec-Fetch-Site: same-origin",
+            ("sec-fetch-site", "same-origin"),
+        ),
         (
             "a same-origin Referer",
             ("referer", &*format!("http://127.0.0.1:{port}/settings")),
         ),
     ] {
         let cookie = s.login("u-3", "g-3").await;
-        let r = get(&s.url("/_idgate/logout"), &[("cookie", &cookie), HTML, header]).await;
+        let r = get(
+            &s.url("/_idgate/logout"),
+            &[("cookie", &cookie), HTML, header],
+        )
+        .await;
         assert_eq!(r.status, 302, "{what}: {}", r.text());
         assert_eq!(r.headers["location"], "/_idgate/logged-out", "{what}");
         assert_eq!(s.session_status(&cookie).await, 401, "{what}");
@@ -254,7 +263,12 @@ async fn a_same_origin_get_still_logs_out_directly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_logout_url_is_where_the_confirmed_logout_lands() {
-    let s = site("", "", "after_logout_url = \"https://www.example.com/goodbye\"").await;
+    let s = site(
+        "",
+        "",
+        "after_logout_url = \"https://www.example.com/goodbye\"",
+    )
+    .await;
     let cookie = s.login("u-4", "g-4").await;
     let ask = get(
         &s.url("/_idgate/logout"),
@@ -284,7 +298,13 @@ async fn after_logout_url_is_where_the_confirmed_logout_lands() {
     let ask = get(&s.url("/_idgate/logout"), &[("cookie", &cookie), HTML]).await;
     let csp = ask.headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("form-action 'self';"), "{csp}");
-    let out = send("POST", &s.url("/_idgate/logout"), &[("cookie", &cookie)], "").await;
+    let out = send(
+        "POST",
+        &s.url("/_idgate/logout"),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
     assert_eq!(out.headers["location"], "/bye");
 }
 
@@ -329,9 +349,15 @@ async fn deactivated_cancelled_and_removed_users_get_a_page_with_a_way_back_in()
             )),
         );
         let reason = idgate::page::reason(code).unwrap();
-        assert!(page.contains(&format!("<h1>{}</h1>", reason.title)), "{page}");
+        assert!(
+            page.contains(&format!("<h1>{}</h1>", reason.title)),
+            "{page}"
+        );
         assert!(page.contains(&escape(reason.says)), "{code}: {page}");
-        assert!(!page.contains("Technical reason"), "production pages name no check");
+        assert!(
+            !page.contains("Technical reason"),
+            "production pages name no check"
+        );
         // JSON answers stay as they were.
         let json = get(&s.url(path), &[("cookie", &cookie)]).await;
         assert_eq!(json.status, 403);
@@ -384,7 +410,10 @@ async fn every_saml_rejection_says_why_in_plain_words_and_offers_to_sign_in_agai
         );
         let reason = idgate::page::reason(code).unwrap();
         assert!(page.contains(&escape(reason.says)), "{code}: {page}");
-        assert!(page.contains("<h1>Sign-in did not work</h1>"), "{code}: {page}");
+        assert!(
+            page.contains("<h1>Sign-in did not work</h1>"),
+            "{code}: {page}"
+        );
         assert!(
             !page.contains("Technical reason") && !page.contains(&format!("<code>{code}</code>")),
             "{code}: production pages keep the check to the log: {page}"
@@ -447,7 +476,12 @@ async fn a_store_outage_page_offers_to_try_the_same_page_again() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    check_page("store-unavailable", &r, 503, Some(("Try again", "/a/b?c=d%20e")));
+    check_page(
+        "store-unavailable",
+        &r,
+        503,
+        Some(("Try again", "/a/b?c=d%20e")),
+    );
     assert_eq!(r.headers["retry-after"], "2");
     let login = get(&s.url("/_idgate/saml/acme/login?return_to=/a"), &[HTML]).await;
     check_page(
@@ -477,14 +511,20 @@ async fn refused_requests_and_unknown_endpoints_get_a_page_when_the_client_takes
             .contains("content-security-policy: default-src 'none'; style-src 'sha256-"),
         "{head}"
     );
-    assert!(body.contains("<a href=\"/\">Go to the start page</a>"), "{body}");
+    assert!(
+        body.contains("<a href=\"/\">Go to the start page</a>"),
+        "{body}"
+    );
     assert!(body.contains("Reference: <code>rid-400</code>"), "{body}");
     assert!(body.contains(&escape(idgate::page::reason("bad_request").unwrap().says)));
     save("bad-request", body, head);
 
     let nf = get(&s.url("/_idgate/nope"), &[HTML]).await;
     check_page("not-found", &nf, 404, Some(("Go to the start page", "/")));
-    assert_eq!(get(&s.url("/_idgate/nope"), &[]).await.json()["error"], "not_found");
+    assert_eq!(
+        get(&s.url("/_idgate/nope"), &[]).await.json()["error"],
+        "not_found"
+    );
 
     // What a client sends and a page shows is escaped: the request id is one such value.
     let evil = "<img/src=//evil.example/x>&'";
@@ -501,15 +541,21 @@ async fn an_unreachable_app_gets_a_page_that_offers_to_try_again() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = dead.local_addr().unwrap();
     drop(dead);
-    let idgate = Idgate::start(&config(
-        addr,
-        "",
-        "[access]\npublic_paths = [\"/\"]\n",
-    ));
+    let idgate = Idgate::start(&config(addr, "", "[access]\npublic_paths = [\"/\"]\n"));
     let r = get(&idgate.url("/dash?tab=2"), &[HTML]).await;
-    check_page("upstream-unavailable", &r, 502, Some(("Try again", "/dash?tab=2")));
+    check_page(
+        "upstream-unavailable",
+        &r,
+        502,
+        Some(("Try again", "/dash?tab=2")),
+    );
     let r = send("POST", &idgate.url("/dash"), &[HTML], "x").await;
-    check_page("upstream-unavailable-post", &r, 502, Some(("Go to the start page", "/")));
+    check_page(
+        "upstream-unavailable-post",
+        &r,
+        502,
+        Some(("Go to the start page", "/")),
+    );
     let json = get(&idgate.url("/dash"), &[]).await;
     assert_eq!(json.json()["error"], "upstream_unavailable");
 }
@@ -530,7 +576,11 @@ async fn the_demo_names_the_technical_reason_of_a_rejected_login() {
         assert!(Instant::now() < deadline, "the demo did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let login = get(&format!("{base}/_idgate/saml/demo/login?return_to=/"), &[HTML]).await;
+    let login = get(
+        &format!("{base}/_idgate/saml/demo/login?return_to=/"),
+        &[HTML],
+    )
+    .await;
     assert_eq!(login.status, 302);
     let login_cookie = login.cookie();
     let form_page = get(login.headers["location"].to_str().unwrap(), &[HTML])
@@ -587,7 +637,12 @@ async fn the_demo_names_the_technical_reason_of_a_rejected_login() {
     let reason = idgate::page::reason(tech).unwrap();
     assert!(page.contains(&escape(reason.says)), "{page}");
     // The dev IdP's own refusals are pages too.
-    check_page("demo-idp-refused", &bad, 400, Some(("Go to the start page", "/")));
+    check_page(
+        "demo-idp-refused",
+        &bad,
+        400,
+        Some(("Go to the start page", "/")),
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -623,13 +678,21 @@ fn check_page(kind: &str, r: &Reply, status: u16, next: Option<(&str, &str)>) ->
         )),
         "{kind}: {csp}"
     );
-    assert!(!csp.contains("script-src") && !csp.contains("unsafe"), "{kind}: {csp}");
+    assert!(
+        !csp.contains("script-src") && !csp.contains("unsafe"),
+        "{kind}: {csp}"
+    );
     // Nothing from elsewhere: only these elements and attributes (none loads anything
     // but an href or a form action), and every href and action same-origin relative.
-    assert!(!style.contains("url(") && !style.contains("@import"), "{kind}");
+    assert!(
+        !style.contains("url(") && !style.contains("@import"),
+        "{kind}"
+    );
     let body = page.replacen(style, "", 1);
     for tag in body.split('<').skip(1) {
-        let tag = &tag[..tag.find('>').unwrap_or_else(|| panic!("{kind}: unclosed <{tag}"))];
+        let tag = &tag[..tag
+            .find('>')
+            .unwrap_or_else(|| panic!("{kind}: unclosed <{tag}"))];
         let tag = tag.trim_start_matches('/');
         let mut parts = tag.split_whitespace();
         let name = parts.next().unwrap_or_default().to_ascii_lowercase();
@@ -645,8 +708,17 @@ fn check_page(kind: &str, r: &Reply, status: u16, next: Option<(&str, &str)>) ->
             let attr = attr.split('=').next().unwrap();
             assert!(
                 [
-                    "html", "lang", "charset", "name", "content", "class", "href", "method",
-                    "action", "type", "initial-scale"
+                    "html",
+                    "lang",
+                    "charset",
+                    "name",
+                    "content",
+                    "class",
+                    "href",
+                    "method",
+                    "action",
+                    "type",
+                    "initial-scale"
                 ]
                 .contains(&attr),
                 "{kind}: attribute {attr} in <{tag}>"
@@ -668,8 +740,14 @@ fn check_page(kind: &str, r: &Reply, status: u16, next: Option<(&str, &str)>) ->
         page.contains("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"),
         "{kind}"
     );
-    assert!(page.contains("max-width:"), "{kind}: a readable line length");
-    assert!(page.contains("overflow-wrap:anywhere"), "{kind}: long tokens wrap");
+    assert!(
+        page.contains("max-width:"),
+        "{kind}: a readable line length"
+    );
+    assert!(
+        page.contains("overflow-wrap:anywhere"),
+        "{kind}: long tokens wrap"
+    );
     if status >= 400 {
         let id = r.headers["x-request-id"].to_str().unwrap();
         assert!(

@@ -464,7 +464,12 @@ impl SamlRoutes {
             let page = Page::new(status, reason)
                 .step(Step::sign_in(Some(tenant), return_to))
                 .reference(request_id);
-            if ctx.demo { page.technical(reason) } else { page }.into_response()
+            if ctx.demo {
+                page.technical(reason)
+            } else {
+                page
+            }
+            .into_response()
         };
         let refuse = |status: StatusCode, reason: &str| refuse_page(status, reason, "/");
         let login_nonce =
