@@ -466,6 +466,9 @@ impl Gateway {
             .cloned()
     }
 
+    // The request and what `call` already worked out about it (its route, its routing
+    // path, the URI as sent), passed on rather than worked out twice.
+    #[allow(clippy::too_many_arguments)]
     async fn handle(
         &self,
         upstream: &Upstream,
@@ -508,7 +511,7 @@ impl Gateway {
             }
             RouteClass::Public => {
                 return self
-                    .forward(upstream, req, peer, request_id, html, None, uri)
+                    .forward(upstream, req, peer, request_id, html.then_some(uri), None)
                     .await;
             }
             RouteClass::Proxied => {}
@@ -537,11 +540,10 @@ impl Gateway {
                     req,
                     peer,
                     request_id,
-                    html,
+                    html.then_some(uri),
                     Some(identity),
-                    uri,
                 )
-                    .await
+                .await
             }
             Gate::Missing => {
                 let api = rule.is_some_and(|r| r.api);
@@ -901,15 +903,17 @@ impl Gateway {
         }
     }
 
+    /// Sends the request upstream with `identity` (none on a public path). `page_for` is
+    /// the request's URI when the client takes HTML: a failure is then a page whose
+    /// "Try again" goes back to it.
     async fn forward(
         &self,
         upstream: &Upstream,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
-        html: bool,
+        page_for: Option<&http::Uri>,
         identity: Option<ThreadHeaders>,
-        uri: &http::Uri,
     ) -> Response<Body> {
         let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
         // After the session was read: the app never sees idgate's cookie.
@@ -958,7 +962,7 @@ impl Gateway {
             }
             Err(e @ crate::proxy::ProxyError::ClientStalled(_)) => {
                 tracing::warn!(request_id, error = %e, "refused: request body stalled");
-                if html {
+                if page_for.is_some() {
                     return Page::new(e.status(), "request_timeout")
                         .step(Step::home())
                         .reference(request_id)
@@ -986,7 +990,7 @@ impl Gateway {
                         "The application is not reachable right now.",
                     )
                 };
-                if html {
+                if let Some(uri) = page_for {
                     // Trying again is the way forward; for anything but a GET, the
                     // start page rather than a link that would turn it into one.
                     let again = if is_get {
