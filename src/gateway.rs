@@ -1120,18 +1120,16 @@ impl Handler for GatewayWorker {
 }
 
 /// 403 naming the access rule that refused (SPEC §9): `{"error":"forbidden","rule":…}`,
-/// or a page naming both, so that a person can tell an administrator what stopped them.
+/// or a page naming it, so that a person can tell an administrator what stopped them.
 fn forbidden_by_rule(rule: &str, html: bool, request_id: &str) -> Response<Body> {
     if html {
-        response::error(
-            StatusCode::FORBIDDEN,
-            true,
-            "forbidden",
-            &format!(
-                "Your account may not open this page (access rule \"{rule}\"). Ask your administrator for access if you need it."
-            ),
-            request_id,
-        )
+        Page::new(StatusCode::FORBIDDEN, "forbidden")
+            .say(format!(
+                "The access rule that stopped you is \u{201c}{rule}\u{201d}. If you need this page, ask your administrator for access."
+            ))
+            .step(Step::home())
+            .reference(request_id)
+            .into_response()
     } else {
         response::json(
             StatusCode::FORBIDDEN,

@@ -57,7 +57,7 @@ const SIGN_IN_FAILED: &str = "Sign-in did not work";
 /// Every reason idgate refuses or fails a browser request for, and the pages that are
 /// no refusal (logged out, the logout confirmation). SAML rejection codes are those of
 /// `saml::AcsError::code` and `saml::rejection_code`; the others are the codes of
-/// `response::error` calls and of `RevokeReason`.
+/// `response::error` calls, of access-rule refusals and of `RevokeReason`.
 pub const REASONS: &[Reason] = &[
     // SAML sign-in rejections, one per reason code.
     r(
@@ -175,6 +175,11 @@ pub const REASONS: &[Reason] = &[
         "removed_from_company",
         "No longer a member",
         "You have been removed from this company, so you cannot use this application with it now.",
+    ),
+    r(
+        "forbidden",
+        "Access not allowed",
+        "Your account may not open this page.",
     ),
     r(
         "not_provisioned",

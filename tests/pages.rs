@@ -366,6 +366,31 @@ async fn deactivated_cancelled_and_removed_users_get_a_page_with_a_way_back_in()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_an_access_rule_names_the_rule() {
+    let s = site(
+        "",
+        "[[access.rules]]\nname = \"admins <only>\"\npath = \"/admin\"\nallow_roles = [\"owner\"]\n",
+        "",
+    )
+    .await;
+    let cookie = s.login("u-9", "g-9").await;
+    let r = get(&s.url("/admin/users"), &[("cookie", &cookie), HTML]).await;
+    let page = check_page(
+        "forbidden-by-rule",
+        &r,
+        403,
+        Some(("Go to the start page", "/")),
+    );
+    assert!(page.contains("<h1>Access not allowed</h1>"), "{page}");
+    assert!(
+        page.contains("\u{201c}admins &lt;only&gt;\u{201d}"),
+        "the rule, escaped: {page}"
+    );
+    let json = get(&s.url("/admin/users"), &[("cookie", &cookie)]).await;
+    assert_eq!(json.json()["rule"], "admins <only>");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_saml_rejection_says_why_in_plain_words_and_offers_to_sign_in_again() {
     let s = site("", "", "").await;
     let spec = saml_support::ResponseSpec::new(IDP, ACS, SP, None);
