@@ -306,6 +306,47 @@ async fn after_logout_url_is_where_the_confirmed_logout_lands() {
     )
     .await;
     assert_eq!(out.headers["location"], "/bye");
+
+    // With SAML Single Logout the POST goes on to the IdP first: its origin is allowed too.
+    let sp = saml_support::TestIdp::new("pages-sp");
+    let s = site(
+        "",
+        "",
+        &format!(
+            "sp_key = \"file:{}\"\nsp_certificate = \"file:{}\"\n\
+             idp_slo_url = \"https://slo.idp.example.net/saml/slo\"\n\
+             after_logout_url = \"https://www.example.com/goodbye\"",
+            sp.key.display(),
+            sp.cert.display()
+        ),
+    )
+    .await;
+    let spec = saml_support::ResponseSpec::new(IDP, ACS, SP, None);
+    let login = s
+        .post_acs(&saml_support::signed_assertion_response(&spec, &s.idp))
+        .await;
+    assert_eq!(login.status, 303, "{}", login.text());
+    let cookie = login.cookie();
+    let ask = get(&s.url("/_idgate/logout"), &[("cookie", &cookie), HTML]).await;
+    check_page("confirm-logout-slo", &ask, 200, None);
+    let csp = ask.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("form-action 'self' https://www.example.com https://slo.idp.example.net;"),
+        "{csp}"
+    );
+    let out = send(
+        "POST",
+        &s.url("/_idgate/logout"),
+        &[("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(out.status, 302);
+    let location = out.headers["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("https://slo.idp.example.net/saml/slo?SAMLRequest="),
+        "{location}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
