@@ -26,6 +26,7 @@ use crate::directory::Directory;
 use crate::identity::Signer;
 use crate::limits::Failures;
 use crate::metrics::{Metrics, RouteClass};
+use crate::page::{Href, Page, Step};
 use crate::proxy::Upstream;
 use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
 use crate::proxy::tunnel::{self, GuardedBody, StreamGuard, Tunnels};
@@ -217,6 +218,9 @@ pub struct RouteCtx<'a> {
     pub failures: &'a Failures,
     /// The request's id, for log lines and error pages.
     pub request_id: &'a str,
+    /// Whether this is `idgate demo` (a development IdP is built in): its pages may
+    /// name technical reasons that production pages keep to the log.
+    pub demo: bool,
     gateway: &'a Gateway,
     peer: IpAddr,
 }
@@ -319,6 +323,7 @@ impl Gateway {
             metrics: &self.metrics,
             failures: &self.failures,
             request_id,
+            demo: self.dev_idp.is_some(),
             gateway: self,
             peer: peer.ip(),
         }
@@ -461,6 +466,9 @@ impl Gateway {
             .cloned()
     }
 
+    // The request and what `call` already worked out about it (its route, its routing
+    // path, the URI as sent), passed on rather than worked out twice.
+    #[allow(clippy::too_many_arguments)]
     async fn handle(
         &self,
         upstream: &Upstream,
@@ -469,6 +477,7 @@ impl Gateway {
         request_id: &str,
         (route, rule): (RouteClass, Option<&Rule>),
         path: &str,
+        uri: &http::Uri,
     ) -> Response<Body> {
         let html = response::accepts_html(req.headers());
 
@@ -502,7 +511,7 @@ impl Gateway {
             }
             RouteClass::Public => {
                 return self
-                    .forward(upstream, req, peer, request_id, html, None)
+                    .forward(upstream, req, peer, request_id, html.then_some(uri), None)
                     .await;
             }
             RouteClass::Proxied => {}
@@ -526,8 +535,15 @@ impl Gateway {
                 {
                     return refusal;
                 }
-                self.forward(upstream, req, peer, request_id, html, Some(identity))
-                    .await
+                self.forward(
+                    upstream,
+                    req,
+                    peer,
+                    request_id,
+                    html.then_some(uri),
+                    Some(identity),
+                )
+                .await
             }
             Gate::Missing => {
                 let api = rule.is_some_and(|r| r.api);
@@ -539,10 +555,37 @@ impl Gateway {
                     reason = reason.code(),
                     "refused: session revoked"
                 );
-                forbidden(reason, html, request_id)
+                if html {
+                    self.sign_in_page(&req, StatusCode::FORBIDDEN, reason.code(), request_id)
+                } else {
+                    forbidden(reason, false, request_id)
+                }
             }
-            Gate::Unavailable => store_unavailable(html, request_id),
-            Gate::Unusable(attribute) => unusable_identity(attribute, html, request_id),
+            Gate::Unavailable if html => {
+                let again = if req.method() == Method::GET || req.method() == Method::HEAD {
+                    Step::link("Try again", Href::path(path_and_query(req.uri())))
+                } else {
+                    Step::home()
+                };
+                let mut resp = Page::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                    .step(again)
+                    .reference(request_id)
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                resp
+            }
+            Gate::Unavailable => store_unavailable(false, request_id),
+            Gate::Unusable(attribute) if html => {
+                log_unusable(attribute, request_id);
+                self.sign_in_page(
+                    &req,
+                    StatusCode::FORBIDDEN,
+                    "malformed_attribute",
+                    request_id,
+                )
+            }
+            Gate::Unusable(attribute) => unusable_identity(attribute, false, request_id),
         }
     }
 
@@ -616,20 +659,46 @@ impl Gateway {
     }
 
     /// Ends the session and redirects through SAML Single Logout, or to
-    /// `after_logout_url` / `/_idgate/logged-out`. A GET must come
-    /// from one of our own pages, so a cross-site link or image cannot log people out.
+    /// `after_logout_url` / `/_idgate/logged-out`. A GET must come from one of our own
+    /// pages, so that a cross-site link or image cannot log people out; any other GET
+    /// (typed in the address bar, a link from elsewhere) gets a page that asks, whose
+    /// button POSTs. The POST needs no other check: the session cookie is
+    /// `SameSite=Lax`, so a cross-site form arrives without it and ends nothing.
     async fn logout(&self, req: Request<Incoming>, html: bool, request_id: &str) -> Response<Body> {
         let method = req.method().clone();
-        let allowed = method == Method::POST || (method == Method::GET && self.same_origin(&req));
-        if !allowed {
-            tracing::warn!(request_id, %method, "refused: cross-site or non-POST logout");
-            return response::error(
-                StatusCode::FORBIDDEN,
-                html,
-                "cross_site_logout",
-                "Log out from a page of this application (POST, or a same-origin link).",
+        let direct = method == Method::POST || (method == Method::GET && self.same_origin(&req));
+        if !direct {
+            if method != Method::GET && method != Method::HEAD {
+                tracing::warn!(request_id, %method, "refused: logout is GET or POST");
+                let mut resp = response::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    html,
+                    "method_not_allowed",
+                    "Log out with POST (or a GET from a page of this application).",
+                    request_id,
+                );
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                return resp;
+            }
+            if wants_json_only(req.headers()) {
+                tracing::info!(
+                    request_id,
+                    "logout GET is not same-origin: refused, not confirmed (JSON client)"
+                );
+                return response::error(
+                    StatusCode::FORBIDDEN,
+                    false,
+                    "cross_site_logout",
+                    "Log out with POST, or with a GET from a page of this application (same origin).",
+                    request_id,
+                );
+            }
+            tracing::info!(
                 request_id,
+                "logout GET is not same-origin: asking for confirmation"
             );
+            return self.confirm_logout(&req);
         }
         let host = host_of(&req);
         let ended = match self
@@ -640,7 +709,13 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(request_id, error = %e, "logout failed: store unavailable");
-                return store_unavailable(html, request_id);
+                if html {
+                    return Page::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                        .step(Step::post("Try to log out again", Href::logout()))
+                        .reference(request_id)
+                        .into_response();
+                }
+                return store_unavailable(false, request_id);
             }
         };
         let tn = self.tenancy.load_full();
@@ -690,29 +765,57 @@ impl Gateway {
     /// `/_idgate/logged-out`: where a logout lands without `after_logout_url`, with a
     /// way back in (the login of the tenant this host serves).
     fn logged_out(&self, req: &Request<Incoming>) -> Response<Body> {
-        let again = match self.tenant_for(host_of(req)) {
-            Some(t) => format!(
-                "<p><a href=\"/_idgate/saml/{}/login?return_to=/\">Sign in again</a></p>",
-                response::escape_html(&t)
-            ),
-            None => "<p><a href=\"/\">Go to the application</a></p>".to_owned(),
-        };
-        let page = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Signed out</title></head>\
-             <body><h1>Signed out</h1><p>You have been signed out.</p>{again}</body></html>\n"
-        );
-        let mut resp = Response::new(response::full(page));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        resp
+        let tenant = self.tenant_for(host_of(req));
+        Page::new(StatusCode::OK, "logged_out")
+            .step(Step::sign_in(tenant.as_deref(), "/"))
+            .into_response()
+    }
+
+    /// The page a logout GET that is not provably same-origin gets: a "Log out" button
+    /// that POSTs here, and a way back to the app. The button's POST may be redirected
+    /// on to the IdP (Single Logout) or an absolute `after_logout_url`; browsers hold
+    /// every redirect of a form submission to `form-action`, so those origins are named.
+    fn confirm_logout(&self, req: &Request<Incoming>) -> Response<Body> {
+        let mut page = Page::new(StatusCode::OK, "confirm_logout")
+            .step(Step::post("Log out", Href::logout()))
+            .step(Step::link("Stay signed in", Href::home()));
+        if let Some(tenant) = self.tenant_for(host_of(req)) {
+            let tn = self.tenancy.load();
+            let origins = [
+                tn.after_logout.get(&tenant).cloned(),
+                match tn.sp(&tenant) {
+                    Some(SpState::Ready(sp)) if sp.slo_enabled() => {
+                        sp.idp_slo_url().map(str::to_owned)
+                    }
+                    _ => None,
+                },
+            ];
+            for url in origins.into_iter().flatten() {
+                if let Ok(u) = url::Url::parse(&url)
+                    && u.origin().is_tuple()
+                {
+                    page = page.allow_form_target(u.origin().ascii_serialization());
+                }
+            }
+        }
+        page.into_response()
+    }
+
+    /// A refusal page whose next step is this host's tenant's login, coming back to the
+    /// path the request was for.
+    fn sign_in_page(
+        &self,
+        req: &Request<Incoming>,
+        status: StatusCode,
+        code: &str,
+        request_id: &str,
+    ) -> Response<Body> {
+        let tenant = self.tenant_for(host_of(req));
+        let target = path_and_query(req.uri());
+        Page::new(status, code)
+            .step(Step::sign_in(tenant.as_deref(), target))
+            .reference(request_id)
+            .into_response()
     }
 
     /// `Sec-Fetch-Site: same-origin`, or a `Referer` on the host the request addressed.
@@ -800,15 +903,19 @@ impl Gateway {
         }
     }
 
+    /// Sends the request upstream with `identity` (none on a public path). `page_for` is
+    /// the request's URI when the client takes HTML: a failure is then a page whose
+    /// "Try again" goes back to it.
     async fn forward(
         &self,
         upstream: &Upstream,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
-        html: bool,
+        page_for: Option<&http::Uri>,
         identity: Option<ThreadHeaders>,
     ) -> Response<Body> {
+        let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
         // After the session was read: the app never sees idgate's cookie.
         hh::strip_cookie(req.headers_mut(), &self.cookie_name);
         // The client's own `Host` value is reused as is (no copy); HTTP/2 requests carry
@@ -855,9 +962,15 @@ impl Gateway {
             }
             Err(e @ crate::proxy::ProxyError::ClientStalled(_)) => {
                 tracing::warn!(request_id, error = %e, "refused: request body stalled");
+                if page_for.is_some() {
+                    return Page::new(e.status(), "request_timeout")
+                        .step(Step::home())
+                        .reference(request_id)
+                        .into_response();
+                }
                 response::error(
                     e.status(),
-                    html,
+                    false,
                     "request_timeout",
                     "The upload stopped arriving. Please try again.",
                     request_id,
@@ -877,7 +990,20 @@ impl Gateway {
                         "The application is not reachable right now.",
                     )
                 };
-                response::error(e.status(), html, code, message, request_id)
+                if let Some(uri) = page_for {
+                    // Trying again is the way forward; for anything but a GET, the
+                    // start page rather than a link that would turn it into one.
+                    let again = if is_get {
+                        Step::link("Try again", Href::path(path_and_query(uri)))
+                    } else {
+                        Step::home()
+                    };
+                    return Page::new(e.status(), code)
+                        .step(again)
+                        .reference(request_id)
+                        .into_response();
+                }
+                response::error(e.status(), false, code, message, request_id)
             }
         }
     }
@@ -949,7 +1075,7 @@ impl Handler for GatewayWorker {
             Ok(path) => {
                 let (route, rule) = gw.classify(&method, &path, host_of(&req));
                 let resp = gw
-                    .handle(&self.upstream, req, peer, rid, (route, rule), &path)
+                    .handle(&self.upstream, req, peer, rid, (route, rule), &path, &uri)
                     .await;
                 (route, resp, path)
             }
@@ -994,18 +1120,16 @@ impl Handler for GatewayWorker {
 }
 
 /// 403 naming the access rule that refused (SPEC §9): `{"error":"forbidden","rule":…}`,
-/// or a page naming both, so that a person can tell an administrator what stopped them.
+/// or a page naming it, so that a person can tell an administrator what stopped them.
 fn forbidden_by_rule(rule: &str, html: bool, request_id: &str) -> Response<Body> {
     if html {
-        response::error(
-            StatusCode::FORBIDDEN,
-            true,
-            "forbidden",
-            &format!(
-                "Your account may not open this page (access rule \"{rule}\"). Ask your administrator for access if you need it."
-            ),
-            request_id,
-        )
+        Page::new(StatusCode::FORBIDDEN, "forbidden")
+            .say(format!(
+                "The access rule that stopped you is \u{201c}{rule}\u{201d}. If you need this page, ask your administrator for access."
+            ))
+            .step(Step::home())
+            .reference(request_id)
+            .into_response()
     } else {
         response::json(
             StatusCode::FORBIDDEN,
@@ -1018,12 +1142,7 @@ fn forbidden_by_rule(rule: &str, html: bool, request_id: &str) -> Response<Body>
 /// control character): refused and logged, never forwarded under a stand-in value that
 /// other users could share.
 fn unusable_identity(attribute: &'static str, html: bool, request_id: &str) -> Response<Body> {
-    tracing::warn!(
-        request_id,
-        reason = "malformed_attribute",
-        attribute,
-        "refused: the session's identity holds a control character and cannot be sent as a header"
-    );
+    log_unusable(attribute, request_id);
     response::error(
         StatusCode::FORBIDDEN,
         html,
@@ -1031,6 +1150,31 @@ fn unusable_identity(attribute: &'static str, html: bool, request_id: &str) -> R
         "Your account details cannot be passed on to the application. Please ask your administrator to correct them.",
         request_id,
     )
+}
+
+fn log_unusable(attribute: &'static str, request_id: &str) {
+    tracing::warn!(
+        request_id,
+        reason = "malformed_attribute",
+        attribute,
+        "refused: the session's identity holds a control character and cannot be sent as a header"
+    );
+}
+
+/// The path and query as the client sent them (still percent-encoded).
+fn path_and_query(uri: &http::Uri) -> &str {
+    uri.path_and_query().map_or("/", |pq| pq.as_str())
+}
+
+/// Whether the client asks for JSON and not HTML (an API client rather than a browser
+/// or a tool that takes anything).
+fn wants_json_only(headers: &http::HeaderMap) -> bool {
+    !response::accepts_html(headers)
+        && headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("json"))
 }
 
 /// The JWKS, cacheable for a few minutes (keys rotate with a previous-key overlap).

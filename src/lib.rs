@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod limits;
 pub mod maestrano;
 pub mod metrics;
+pub mod page;
 pub mod proxy;
 pub mod response;
 pub mod saml;

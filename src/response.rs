@@ -71,7 +71,8 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     base(status, "text/plain; charset=utf-8", full(body))
 }
 
-/// An error as HTML (`html` true) or as `{"error": code, "message": …, "request_id": …}`.
+/// An error as an HTML page (`html` true; see [`crate::page`], with a link to the start
+/// page as the next step) or as `{"error": code, "message": …, "request_id": …}`.
 pub fn error(
     status: StatusCode,
     html: bool,
@@ -80,19 +81,10 @@ pub fn error(
     request_id: &str,
 ) -> Response<Body> {
     if html {
-        let title = status.canonical_reason().unwrap_or("Error");
-        let page = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-             <body><h1>{title}</h1><p>{}</p><p><small>Reference: {}</small></p></body></html>\n",
-            escape_html(message),
-            escape_html(request_id)
-        );
-        let mut resp = base(status, "text/html; charset=utf-8", full(page));
-        resp.headers_mut().insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'"),
-        );
-        resp
+        crate::page::Page::for_error(status, code, message)
+            .step(crate::page::Step::home())
+            .reference(request_id)
+            .into_response()
     } else {
         json(
             status,

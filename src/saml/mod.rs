@@ -765,6 +765,12 @@ impl SamlTenant {
     pub fn acs_url(&self) -> &str {
         &self.acs_url
     }
+
+    /// The IdP's SingleLogoutService URL, where a logout started here sends the
+    /// browser when Single Logout is on (pages name its origin in `form-action`).
+    pub fn idp_slo_url(&self) -> Option<&str> {
+        self.idp_slo_url.as_deref()
+    }
 }
 
 /// An identity value as the IdP sent it: refused if it holds a control character

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::directory::LoginError;
 use crate::gateway::RouteCtx;
 use crate::limits::LoginStarts;
+use crate::page::{Href, Page, Step};
 use crate::response::{self, Body};
 use crate::session::SessionError;
 
@@ -151,22 +152,6 @@ impl SamlRoutes {
         let request_id = ctx.request_id;
         let tenant = sp.tenant();
         let client = ctx.client_ip(req.headers());
-        if let Err(wait) = self.login_starts.take(client, tenant) {
-            tracing::warn!(request_id, tenant, %client, retry_after = wait, "refused: too many login starts");
-            let mut resp = response::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                html,
-                "too_many_logins",
-                &format!(
-                    "Too many sign-in attempts from your address. Please try again in {wait} second{}.",
-                    if wait == 1 { "" } else { "s" }
-                ),
-                request_id,
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return resp;
-        }
         let return_to = req
             .uri()
             .query()
@@ -177,6 +162,31 @@ impl SamlRoutes {
             })
             .and_then(|r| super::safe_return_to(&r))
             .unwrap_or_else(|| "/".to_owned());
+        if let Err(wait) = self.login_starts.take(client, tenant) {
+            tracing::warn!(request_id, tenant, %client, retry_after = wait, "refused: too many login starts");
+            let wait_words = format!(
+                "Please try again in {wait} second{}.",
+                if wait == 1 { "" } else { "s" }
+            );
+            let mut resp = if html {
+                Page::new(StatusCode::TOO_MANY_REQUESTS, "too_many_logins")
+                    .say(wait_words)
+                    .step(Step::link("Try again", Href::login(tenant, &return_to)))
+                    .reference(request_id)
+                    .into_response()
+            } else {
+                response::error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    false,
+                    "too_many_logins",
+                    &format!("Too many sign-in attempts from your address. {wait_words}"),
+                    request_id,
+                )
+            };
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return resp;
+        }
         match sp.login_redirect(ctx.directory.store(), &return_to).await {
             Ok((location, nonce)) => {
                 let mut resp = response::redirect(&location);
@@ -191,7 +201,16 @@ impl SamlRoutes {
             }
             Err(e) => {
                 tracing::error!(request_id, tenant, error = %e, "cannot start SAML login");
-                response::store_unavailable(html, request_id)
+                if !html {
+                    return response::store_unavailable(false, request_id);
+                }
+                let mut resp = Page::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                    .step(Step::link("Try again", Href::login(tenant, &return_to)))
+                    .reference(request_id)
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                resp
             }
         }
     }
@@ -439,9 +458,20 @@ impl SamlRoutes {
         let request_id = ctx.request_id;
         let tn = ctx.tenancy;
         let tenant = sp.tenant();
-        let refuse = |status: StatusCode, code: &str, message: &str| {
-            response::error(status, true, code, message, request_id)
+        // Every refusal here is a page (the ACS is a browser's form post) whose way on
+        // is signing in again; the demo also names the check that failed.
+        let refuse_page = |status: StatusCode, reason: &str, return_to: &str| {
+            let page = Page::new(status, reason)
+                .step(Step::sign_in(Some(tenant), return_to))
+                .reference(request_id);
+            if ctx.demo {
+                page.technical(reason)
+            } else {
+                page
+            }
+            .into_response()
         };
+        let refuse = |status: StatusCode, reason: &str| refuse_page(status, reason, "/");
         let login_nonce =
             crate::session::find_cookie(req.headers(), &self.login_cookie_name).map(str::to_owned);
         let body = match http_body_util::Limited::new(req.into_body(), MAX_ACS_BODY)
@@ -452,7 +482,7 @@ impl SamlRoutes {
             Err(e) => {
                 ctx.metrics.saml_rejected("malformed");
                 tracing::warn!(request_id, tenant, reason = "malformed", error = %e, "SAML login rejected: unreadable body");
-                return refuse(StatusCode::BAD_REQUEST, "login_failed", "Sign-in failed.");
+                return refuse(StatusCode::BAD_REQUEST, "malformed");
             }
         };
         let form: HashMap<String, String> =
@@ -479,11 +509,7 @@ impl SamlRoutes {
                 } else {
                     StatusCode::FORBIDDEN
                 };
-                return refuse(
-                    status,
-                    "login_failed",
-                    "Sign-in failed. Please start again from your identity provider or application.",
-                );
+                return refuse(status, e.code());
             }
         };
         let mut identity = claims.identity.clone();
@@ -508,11 +534,7 @@ impl SamlRoutes {
                     attribute,
                     "SAML login rejected: an identity value holds a control character"
                 );
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "login_failed",
-                    "Sign-in failed. Please start again from your identity provider or application.",
-                );
+                return refuse(StatusCode::FORBIDDEN, "malformed_attribute");
             }
         };
         // The NameID as the IdP sent it, before any protocol mapping: the IdP's Single
@@ -534,11 +556,7 @@ impl SamlRoutes {
                 tenant,
                 "no provisioning rules for a SAML tenant"
             );
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Sign-in failed.",
-            );
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal");
         };
         let user_id = match ctx.directory.login(tenant, rules, who).await {
             Ok(id) => id,
@@ -550,19 +568,19 @@ impl SamlRoutes {
                     user = who.user_id,
                     "login refused: blocked"
                 );
-                return response::forbidden(reason, true, request_id);
+                return refuse_page(StatusCode::FORBIDDEN, reason.code(), &claims.return_to);
             }
             Err(e @ (LoginError::UnknownGroup | LoginError::UnknownUser)) => {
                 tracing::warn!(request_id, tenant, error = %e, user = who.user_id, "login refused: not provisioned");
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "not_provisioned",
-                    "Your account has not been set up for this application.",
-                );
+                return refuse_page(StatusCode::FORBIDDEN, "not_provisioned", &claims.return_to);
             }
             Err(LoginError::Directory(e)) => {
                 tracing::error!(request_id, tenant, error = %e, "login failed: directory unavailable");
-                return response::store_unavailable(true, request_id);
+                return refuse_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    &claims.return_to,
+                );
             }
         };
         match ctx
@@ -592,10 +610,16 @@ impl SamlRoutes {
                     .insert(header::SET_COOKIE, new.set_cookie);
                 resp
             }
-            Err(SessionError::Refused(reason)) => response::forbidden(reason, true, request_id),
+            Err(SessionError::Refused(reason)) => {
+                refuse_page(StatusCode::FORBIDDEN, reason.code(), &claims.return_to)
+            }
             Err(e) => {
                 tracing::error!(request_id, tenant, error = %e, "cannot create session");
-                response::store_unavailable(true, request_id)
+                refuse_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    &claims.return_to,
+                )
             }
         }
     }
