@@ -868,6 +868,7 @@ struct Behind {
     app: idgate::Running,
     idp: TestIdp,
     scim_token: String,
+    dir: Directory,
     up: TestUpstream,
 }
 
@@ -886,10 +887,12 @@ async fn start_behind(port: u16) -> Behind {
     );
     let cfg = Config::from_toml(&text, Path::new("/")).expect("valid config");
     let app = idgate::App::new(cfg).expect("app");
+    let dir = app.directory().clone();
     Behind {
         app: app.start().await.expect("start"),
         idp,
         scim_token,
+        dir,
         up,
     }
 }
@@ -936,6 +939,22 @@ async fn browser_login(ingress: &Ingress, idp: &TestIdp) -> String {
     assert_eq!(done.status, 303, "{}", done.text());
     assert_eq!(header(&done, "location"), "/dashboard?tab=1");
     done.cookie()
+}
+
+/// A GET through `ingress` with header names spelled exactly as given (an HTTP library
+/// would refuse or rewrite some); the echo app's JSON.
+async fn raw_get(ingress: &Ingress, path: &str, headers: &[(&str, &str)]) -> serde_json::Value {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
+        ingress.port
+    );
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let resp = raw(SocketAddr::from(([127, 0, 0, 1], ingress.port)), &req).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    raw_json(&resp)
 }
 
 /// The whole story through `ingress`.
@@ -986,15 +1005,54 @@ async fn through(ingress: &Ingress, behind: &Behind) {
 
     // A public path passes without a session, and without identity even when the
     // client sends some.
-    let r = get(&ingress.url("/status"), &[("x-idgate-user-id", "admin")]).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let echo = r.json();
-    let names = received_names(&echo);
-    assert!(!names.iter().any(|n| n.starts_with("x-idgate-")), "{echo}");
+    // An app that reads `_` as `-` (CGI, WSGI, Rack) must not find one either.
+    for cookie in [None, Some(cookie.as_str())] {
+        for forged in ["x-idgate-user-id", "X_Idgate_User_Id", "x-idgate_user-id"] {
+            let mut headers = vec![(forged, "admin")];
+            if let Some(c) = cookie {
+                headers.push(("cookie", c));
+            }
+            let r = raw_get(ingress, "/status", &headers).await;
+            let names = received_names(&r);
+            assert!(
+                !names
+                    .iter()
+                    .any(|n| n.replace('_', "-").starts_with("x-idgate-")),
+                "{forged}: {r}"
+            );
+        }
+    }
 
     // A rule refusal.
     let r = get(&ingress.url("/admin/users"), &[("cookie", &cookie)]).await;
     assert_eq!(r.status, 403, "{}", r.text());
+
+    // A long group list (cut at 4 KiB) and the JWT that carries it too still fit
+    // through the ingress's header buffers.
+    let many: Vec<String> = (0..150)
+        .map(|i| format!("g-{i:03}-{}", "x".repeat(30)))
+        .collect();
+    for g in &many {
+        behind.dir.ensure_group("acme", g, g).await.unwrap();
+        behind
+            .dir
+            .change_members("acme", g, &["idp-user-1".to_owned()], &[], "member")
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let echo = loop {
+        let r = get(&ingress.url("/dashboard"), &[("cookie", &cookie)]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echo = r.json();
+        if !received(&echo, "x-idgate-groups-truncated").is_empty() || Instant::now() > deadline {
+            break echo;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(received(&echo, "x-idgate-groups-truncated"), ["true"]);
+    let groups = received(&echo, "x-idgate-groups").pop().unwrap();
+    assert!(groups.starts_with("grp-1,g-000-") && groups.len() > 4000 && groups.len() <= 4096);
 
     // SCIM (through the ingress too) deactivates the user: the next request is refused.
     let patch = serde_json::json!({
