@@ -602,19 +602,41 @@ async fn an_ingress_that_does_not_describe_the_request_gets_400() {
 
 const IDP: &str = "https://idp.example.com/metadata";
 
-/// The identity headers an ingress copies from the 200 onto the upstream request.
-const COPIED: [&str; 10] = [
-    "X-Idgate-User-Id",
-    "X-Idgate-Group-Id",
-    "X-Idgate-Tenant",
-    "X-Idgate-Email",
-    "X-Idgate-Name",
-    "X-Idgate-Role",
-    "X-Idgate-Groups",
-    "X-Idgate-Groups-Truncated",
-    "X-Idgate-Auth",
-    "X-Idgate-Assertion",
-];
+/// The identity headers an ingress copies from the 200 onto the upstream request: every
+/// one idgate may set, under its default name.
+fn copied() -> Vec<String> {
+    let d = idgate::config::defaults::HEADERS;
+    let mut all: Vec<String> = d.iter().map(|h| h.to_string()).collect();
+    all.push(format!("{}-Truncated", d[7]));
+    all.push(idgate::config::defaults::AUTH_HEADER.to_owned());
+    all
+}
+
+#[test]
+fn the_docs_copy_every_identity_header_in_all_three_configurations() {
+    let nginx = doc_block("nginx");
+    let caddy = doc_block("caddyfile");
+    let traefik = doc_block("yaml");
+    for h in copied() {
+        let var = h.to_ascii_lowercase().replace('-', "_");
+        assert!(
+            nginx.contains(&format!("auth_request_set ${var} $upstream_http_{var};"))
+                && nginx.contains(&format!("proxy_set_header {h} ${var};")),
+            "nginx: {h}"
+        );
+        assert!(
+            caddy
+                .lines()
+                .any(|l| l.trim_start().starts_with("copy_headers ")
+                    && l.split_whitespace().any(|w| w == h)),
+            "caddy: {h}"
+        );
+        assert!(
+            traefik.contains(&format!("          - {h}\n")),
+            "traefik: {h}"
+        );
+    }
+}
 
 /// An ingress process with its own config and state in a temp dir, listening on
 /// 127.0.0.1:`port`; killed by its PID on drop.
@@ -683,67 +705,42 @@ fn nginx_binary() -> PathBuf {
     nginx
 }
 
-/// The nginx configuration that docs/forward-auth.md shows, on `port`, in front of
-/// `app`, asking `idgate`.
-fn nginx_conf(port: u16, idgate: SocketAddr, app: SocketAddr) -> String {
-    let mut copy = String::new();
-    for h in COPIED {
-        let var = h.to_ascii_lowercase().replace('-', "_");
-        copy.push_str(&format!(
-            "            auth_request_set ${var} $upstream_http_{var};\n\
-             \x20           proxy_set_header {h} ${var};\n"
-        ));
+/// The first ```{lang} block of docs/forward-auth.md: the configurations the tests run
+/// are the ones the doc shows.
+fn doc_block(lang: &str) -> String {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/forward-auth.md"))
+            .expect("docs/forward-auth.md");
+    let fence = format!("```{lang}\n");
+    let start = doc
+        .find(&fence)
+        .unwrap_or_else(|| panic!("no {fence} block"))
+        + fence.len();
+    let len = doc[start..].find("```").expect("closing fence");
+    doc[start..start + len].to_owned()
+}
+
+/// `text` with each `(from, to)` replaced; every `from` must be there.
+fn substitute(mut text: String, pairs: &[(&str, String)]) -> String {
+    for (from, to) in pairs {
+        assert!(
+            text.contains(from),
+            "the doc's block has no {from:?}:\n{text}"
+        );
+        text = text.replace(from, to);
     }
-    format!(
-        r#"
-    upstream idgate {{ server {idgate}; }}
-    upstream app {{ server {app}; }}
+    text
+}
 
-    server {{
-        listen 127.0.0.1:{port};
-        server_name _;
-
-        # idgate's own endpoints: login, ACS, logout, SCIM.
-        location /_idgate/ {{
-            proxy_pass http://idgate;
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-        }}
-
-        # The question nginx asks for every request below; never reachable from outside.
-        location = /_idgate/auth {{
-            internal;
-            proxy_pass http://idgate;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            # Room for the identity headers: a JWT and a group list of up to 4 KiB each.
-            proxy_buffer_size 16k;
-            proxy_buffers 4 16k;
-        }}
-
-        location / {{
-            auth_request /_idgate/auth;
-            auth_request_set $idgate_login_url $upstream_http_x_idgate_login_url;
-            error_page 401 = @idgate_login;
-
-{copy}
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_pass http://app;
-        }}
-
-        location @idgate_login {{
-            return 302 $idgate_login_url;
-        }}
-    }}
-"#
+/// The doc's nginx block on `port`, in front of `app`, asking `idgate`.
+fn nginx_conf(port: u16, idgate: SocketAddr, app: SocketAddr) -> String {
+    substitute(
+        doc_block("nginx"),
+        &[
+            ("server idgate:8080;", format!("server {idgate};")),
+            ("server app:3000;", format!("server {app};")),
+            ("    listen 80;", format!("    listen 127.0.0.1:{port};")),
+        ],
     )
 }
 
@@ -795,43 +792,18 @@ fn caddy_binary() -> PathBuf {
     caddy
 }
 
-/// The Caddyfile that docs/forward-auth.md shows, on `port`.
+/// The doc's Caddyfile on `port`, in front of `app`, asking `idgate`; plain HTTP on
+/// loopback, without the admin endpoint.
 fn caddyfile(port: u16, idgate: SocketAddr, app: SocketAddr) -> String {
-    let copy = COPIED.join(" ");
-    format!(
-        r#"{{
-	admin off
-	auto_https off
-	persist_config off
-}}
-
-:{port} {{
-	bind 127.0.0.1
-
-	# Only Caddy itself asks; a client never reaches the auth endpoint.
-	handle /_idgate/auth {{
-		respond 404
-	}}
-
-	# idgate's own endpoints: login, ACS, logout, SCIM.
-	handle /_idgate/* {{
-		reverse_proxy {idgate}
-	}}
-
-	handle {{
-		route {{
-			# Whatever a client sent under these names never reaches the app.
-			request_header -X-Idgate-*
-			forward_auth {idgate} {{
-				uri /_idgate/auth
-				copy_headers {copy}
-			}}
-			reverse_proxy {app}
-		}}
-	}}
-}}
-"#
-    )
+    let site = substitute(
+        doc_block("caddyfile"),
+        &[
+            ("app.example.com {", format!(":{port} {{\n\tbind 127.0.0.1")),
+            ("idgate:8080", idgate.to_string()),
+            ("app:3000", app.to_string()),
+        ],
+    );
+    format!("{{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}}\n\n{site}")
 }
 
 fn start_caddy(port: u16, idgate: SocketAddr, app: SocketAddr) -> Ingress {
