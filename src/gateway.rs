@@ -38,6 +38,8 @@ use crate::saml::{SamlTenant, SpState};
 use crate::server::Handler;
 use crate::session::{Auth, Authenticated, Gate, Sessions, ThreadHeaders};
 
+mod forward_auth;
+
 /// Where a logout lands when the tenant sets no `after_logout_url`.
 const LOGGED_OUT: &str = "/_idgate/logged-out";
 
@@ -81,6 +83,8 @@ pub struct Gateway {
     maestrano_reserved: std::sync::atomic::AtomicBool,
     /// Open tunnels, so that shutdown waits for them and then closes them.
     tunnels: Arc<Tunnels>,
+    /// `/_idgate/auth` for an ingress that asks instead of forwarding (SPEC §9).
+    forward_auth: forward_auth::ForwardAuth,
 }
 
 /// The tenant-dependent parts of the gateway, built from one config.
@@ -287,6 +291,7 @@ impl Gateway {
             saml: SamlRoutes::new(config),
             failures,
             tunnels: Tunnels::new(),
+            forward_auth: forward_auth::ForwardAuth::new(&config.server.public_url),
         }
     }
 
@@ -630,6 +635,7 @@ impl Gateway {
                 }
             }
             "/_idgate/logout" => self.logout(req, html, request_id).await,
+            "/_idgate/auth" => forward_auth::answer(self, req.headers(), peer, request_id).await,
             "/_idgate/logged-out" if method == Method::GET || method == Method::HEAD => {
                 self.logged_out(&req)
             }
@@ -879,14 +885,7 @@ impl Gateway {
         request_id: &str,
     ) -> Response<Body> {
         let login_url = self.login_url(req);
-        let is_api = api_rule || self.api_paths.iter().any(|p| has_prefix(path, p));
-        let navigation = !is_api
-            && (req.method() == Method::GET || req.method() == Method::HEAD)
-            && (html
-                || req
-                    .headers()
-                    .get("sec-fetch-mode")
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate")));
+        let navigation = self.is_navigation(req.method(), req.headers(), html, path, api_rule);
         match (navigation, login_url) {
             (true, Some(url)) => response::redirect(&url),
             (false, Some(url)) => response::json(
@@ -901,6 +900,26 @@ impl Gateway {
                 request_id,
             ),
         }
+    }
+
+    /// Whether a request without a session is a browser navigation (sent to the login)
+    /// rather than an API call (401 JSON): a GET or HEAD that wants HTML or says it
+    /// navigates, on a path no `api` rule or `api_paths` entry claims.
+    fn is_navigation(
+        &self,
+        method: &Method,
+        headers: &http::HeaderMap,
+        html: bool,
+        path: &str,
+        api_rule: bool,
+    ) -> bool {
+        let is_api = api_rule || self.api_paths.iter().any(|p| has_prefix(path, p));
+        !is_api
+            && (method == Method::GET || method == Method::HEAD)
+            && (html
+                || headers
+                    .get("sec-fetch-mode")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate")))
     }
 
     /// Sends the request upstream with `identity` (none on a public path). `page_for` is
