@@ -432,6 +432,38 @@ async fn walk(tour: &mut Tour, demo: &support::demo::Demo) {
     assert_eq!(tour.text("#who-user").await, "ada");
     tour.shot("signed-in-again").await;
 
+    // 5b. /_idgate/logout typed in the address bar asks first (no bare 403), and the
+    //     session lives until the button is pressed.
+    let typed_cookies = tour.cookie_header().await;
+    tour.browser
+        .goto(&format!("{base}/_idgate/logout"))
+        .await
+        .expect("typed logout");
+    tour.wait_for("form[action='/_idgate/logout'] button").await;
+    let page = tour.page().await;
+    assert!(page.contains("Log out?"), "{page}");
+    tour.shot("logout-confirmation").await;
+    let r = support::get(
+        &format!("{base}/_idgate/session"),
+        &[("cookie", &typed_cookies)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "asking must not log out: {}", r.text());
+    tour.click("form[action='/_idgate/logout'] button").await;
+    tour.wait_for("a[href*='/login']").await;
+    let url = tour.browser.current_url().await.expect("url");
+    assert_eq!(url.path(), "/_idgate/logged-out");
+    let r = support::get(
+        &format!("{base}/_idgate/session"),
+        &[("cookie", &typed_cookies)],
+    )
+    .await;
+    assert_eq!(r.status, 401, "the confirmed logout ended the session");
+    tour.click("a[href*='/login']").await;
+    tour.wait_for("#as-ada").await;
+    tour.sign_in_as("ada").await;
+    assert_eq!(tour.text("#who-user").await, "ada");
+
     // 6. "Sign in as someone else" logs out, then offers the picker.
     let ada_cookies = tour.cookie_header().await;
     tour.click("#switch-user").await;
