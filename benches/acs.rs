@@ -157,7 +157,7 @@ async fn run(client: &Client, target: &Target, bodies: Vec<Bytes>, clients: usiz
                     let text = resp.into_body().collect().await.unwrap().to_bytes();
                     // A refused login would make the figure meaningless: stop loudly.
                     assert!(
-                        status == 302 && headers.contains_key("set-cookie"),
+                        (status == 302 || status == 303) && headers.contains_key("set-cookie"),
                         "login refused: {status} {}",
                         String::from_utf8_lossy(&text)
                     );
@@ -211,9 +211,17 @@ fn main() {
             idp.cert.display()
         )
     };
+    let key = std::process::Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .arg("keygen")
+        .output()
+        .expect("idgate keygen");
+    let signing_key = dir.path().join("signing.pem");
+    std::fs::write(&signing_key, &key.stdout).unwrap();
     let common = |port: u16| {
         format!(
-            "public_url = \"http://127.0.0.1:{port}\"\n[store]\nurl = \"redis://127.0.0.1:{redis_port}/\"\nkey_prefix = \"acs{port}\"\n"
+            "public_url = \"http://127.0.0.1:{port}\"\n[store]\nurl = \"redis://127.0.0.1:{redis_port}/\"\nkey_prefix = \"acs{port}\"\n\
+             [identity]\nsigning_key = \"file:{}\"\n",
+            signing_key.display()
         )
     };
     // start_idgate_bin picks the listen port itself; public_url must name it, so the
