@@ -48,7 +48,12 @@ async fn scim2_tester_finds_no_unexpected_deviation() {
     );
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
-            .args([&script, "--url", &url, "--token", &token])
+            // `--token=` keeps a token that starts with `-` from reading as an option.
+            .args([
+                &script,
+                &format!("--url={url}"),
+                &format!("--token={token}"),
+            ])
             .output()
             .expect("run scim2-tester")
     })

@@ -7,9 +7,16 @@ use sha2::{Digest, Sha256};
 
 /// A new random token (256 bits, base64url) and its config form `sha256:<hex>`.
 pub fn generate() -> (String, String) {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    // A token starting with `-` reads as an option to command-line tools it is pasted
+    // into (`--token -x…`), so draw again: one draw in 64 is discarded.
+    let token = loop {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if !token.starts_with('-') {
+            break token;
+        }
+    };
     let hashed = config_hash(&token);
     (token, hashed)
 }
@@ -44,5 +51,14 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.len() >= 43);
         assert_eq!(ha, config_hash(&a));
+    }
+
+    #[test]
+    fn generated_tokens_never_start_like_an_option() {
+        // One in 64 base64url draws starts with `-`; 2,000 draws all missing it by
+        // chance would happen about once in 10^14 runs.
+        for _ in 0..2000 {
+            assert!(!generate().0.starts_with('-'));
+        }
     }
 }
