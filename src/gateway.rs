@@ -36,6 +36,7 @@ use crate::saml::metadata::{Slot, Slots};
 use crate::saml::routes::SamlRoutes;
 use crate::saml::{SamlTenant, SpState};
 use crate::server::Handler;
+use crate::session::bearer::BearerGate;
 use crate::session::{Auth, Authenticated, Gate, Sessions, ThreadHeaders};
 
 mod forward_auth;
@@ -522,7 +523,24 @@ impl Gateway {
             RouteClass::Proxied => {}
         }
 
-        // 4–6. Everything else needs a live session of an active user in an active group,
+        // 4. A machine client's bearer token, where a tenant this host serves accepts
+        // them (else `Authorization` is the app's own business).
+        if self.sessions.any_bearer()
+            && let Some(token) = crate::session::bearer::bearer_token(req.headers())
+        {
+            let host = host_of(&req);
+            let verdict = self
+                .sessions
+                .gate_bearer(token, |tenant| self.serves(host, tenant))
+                .await;
+            if !matches!(verdict, BearerGate::NotAccepted) {
+                return self
+                    .bearer(upstream, req, peer, request_id, (rule, path), verdict)
+                    .await;
+            }
+        }
+
+        // 5–6. Everything else needs a live session of an active user in an active group,
         // made for the tenant this request is addressed to.
         let host = host_of(&req);
         let gate = self
@@ -591,6 +609,70 @@ impl Gateway {
                 )
             }
             Gate::Unusable(attribute) => unusable_identity(attribute, false, request_id),
+        }
+    }
+
+    /// Answers a machine client from its token's verdict: forwarded under the token's
+    /// identity (the access rules applying as for a session), or refused in JSON.
+    async fn bearer(
+        &self,
+        upstream: &Upstream,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &str,
+        (rule, path): (Option<&Rule>, &str),
+        verdict: BearerGate,
+    ) -> Response<Body> {
+        match verdict {
+            BearerGate::Forward(pass, forward_authorization) => {
+                if let Some(refusal) =
+                    self.refused_by_rule(rule, req.method(), path, &pass, false, request_id)
+                {
+                    return refusal;
+                }
+                if !forward_authorization {
+                    req.headers_mut().remove(header::AUTHORIZATION);
+                }
+                self.forward(upstream, req, peer, request_id, None, Some(pass))
+                    .await
+            }
+            BearerGate::Invalid(why) => {
+                tracing::info!(
+                    request_id,
+                    reason = "invalid_token",
+                    detail = why.as_str(),
+                    "refused: bearer token"
+                );
+                let mut resp = response::error(
+                    StatusCode::UNAUTHORIZED,
+                    false,
+                    "invalid_token",
+                    "The bearer token is not valid for this application.",
+                    request_id,
+                );
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                resp
+            }
+            BearerGate::Revoked(reason) => {
+                tracing::info!(
+                    request_id,
+                    reason = reason.code(),
+                    "refused: bearer token of a blocked user or group"
+                );
+                forbidden(reason, false, request_id)
+            }
+            BearerGate::Unavailable => store_unavailable(false, request_id),
+            BearerGate::Unusable(attribute) => unusable_identity(attribute, false, request_id),
+            BearerGate::NotAccepted => response::error(
+                StatusCode::UNAUTHORIZED,
+                false,
+                "invalid_token",
+                "Bearer tokens are not accepted here.",
+                request_id,
+            ),
         }
     }
 

@@ -222,8 +222,9 @@ fn set_path(root: &mut toml::Table, path: &str, value: Value) {
     let mut table = root;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
         // Arrays of tables: `[[tenants]]` and `[[access.rules]]`.
-        let array =
-            (i == 0 && *part == "tenants") || (i == 1 && parts[0] == "access" && *part == "rules");
+        let array = (i == 0 && *part == "tenants")
+            || (i == 1 && parts[0] == "access" && *part == "rules")
+            || (i == 1 && parts[0] == "tenants" && *part == "bearer");
         if array {
             let items = table
                 .entry(*part)
@@ -263,6 +264,9 @@ fn remove_path(root: &mut toml::Table, path: &str) -> bool {
 fn error_path(path: &str) -> String {
     if let Some(rest) = path.strip_prefix("access.rules.") {
         return format!("access.rules[0].{rest}");
+    }
+    if let Some(rest) = path.strip_prefix("tenants.bearer.") {
+        return format!("tenants[0].bearer[0].{rest}");
     }
     match path.strip_prefix("tenants.") {
         Some(rest) => format!("tenants[0].{rest}"),
@@ -334,6 +338,10 @@ idp_sso_url = "https://idp.example.com/sso"
 idp_certificate = "file:examples/example-idp.crt"
 [tenants.scim]
 token = "plain-token"
+[[tenants.bearer]]
+issuer = "https://login.example.com/"
+audience = "api://app"
+jwks = "file:../tests/fixtures/bearer/example-jwks.json"
 [tenants.maestrano]
 api_id = "app-1"
 api_key = "key"
@@ -358,6 +366,7 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
     let scim = t.scim.as_ref().expect("scim");
     let devpl = c.maestrano_devpl.as_ref().expect("maestrano_devpl");
     let rule = c.access.rules.iter().next().expect("MINIMAL's access rule");
+    let bearer = t.bearer.first().expect("MINIMAL's bearer issuer");
     let dur = |constant: &str, applied: Duration| {
         assert_eq!(
             humantime::parse_duration(constant).unwrap(),
@@ -644,6 +653,23 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
         (
             "tenants.maestrano.billing.description",
             s(&m.billing.description),
+        ),
+        (
+            "tenants.bearer.algorithms",
+            Value::Array(
+                bearer
+                    .algorithms
+                    .iter()
+                    .map(|a| s(&format!("{a:?}")))
+                    .collect(),
+            ),
+        ),
+        ("tenants.bearer.user_claim", s(&bearer.user_claim)),
+        ("tenants.bearer.email_claim", s(&bearer.email_claim)),
+        ("tenants.bearer.name_claim", s(&bearer.name_claim)),
+        (
+            "tenants.bearer.forward_authorization",
+            Value::Boolean(bearer.forward_authorization),
         ),
         (
             "maestrano_devpl.host",

@@ -591,6 +591,50 @@ pub struct TenantConfig {
     pub scim: Option<ScimConfig>,
     /// Maestrano, when this is a Maestrano tenant.
     pub maestrano: Option<MaestranoConfig>,
+    /// Issuers whose JWTs machine clients may present instead of a session.
+    pub bearer: Vec<BearerConfig>,
+}
+
+/// `[[tenants.bearer]]`: an issuer of JWTs that machine clients present as
+/// `Authorization: Bearer` (SPEC §9).
+#[derive(Debug, Clone)]
+pub struct BearerConfig {
+    /// The exact `iss` a token must carry; also how a token finds its issuer.
+    pub issuer: String,
+    /// A value the token's `aud` must hold.
+    pub audience: String,
+    /// Where the issuer's public keys come from.
+    pub keys: JwksSource,
+    /// Signature algorithms accepted: asymmetric ones only, so a public key can never
+    /// be used as an HMAC secret, and never `none`.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// The claim naming the user (default `sub`).
+    pub user_claim: String,
+    /// The claim naming the group, if any.
+    pub group_claim: Option<String>,
+    /// The claim holding the email (default `email`).
+    pub email_claim: String,
+    /// The claim holding the role, if any (else the tenant's default role).
+    pub role_claim: Option<String>,
+    /// The claim holding the display name (default `name`).
+    pub name_claim: String,
+    /// Pass the client's `Authorization` header to the app.
+    pub forward_authorization: bool,
+}
+
+/// Where a bearer issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// Fetched (and refetched) over HTTP(S).
+    Url {
+        /// The JWKS document's URL.
+        url: url::Url,
+        /// A private CA to verify the issuer's TLS certificate against (PEM), in place
+        /// of the public roots.
+        ca_certificate: Option<Vec<u8>>,
+    },
+    /// A JWKS document read once at load (`jwks = "file:…"`).
+    Static(jsonwebtoken::jwk::JwkSet),
 }
 
 /// `[maestrano_devpl]`

@@ -109,6 +109,23 @@ pub(crate) struct RawTenant {
     pub provisioning: RawProvisioning,
     pub scim: Option<RawScim>,
     pub maestrano: Option<RawMaestrano>,
+    pub bearer: Option<Vec<RawBearer>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawBearer {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks: Option<String>,
+    pub ca_certificate: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub user_claim: Option<String>,
+    pub group_claim: Option<String>,
+    pub email_claim: Option<String>,
+    pub role_claim: Option<String>,
+    pub name_claim: Option<String>,
+    pub forward_authorization: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -832,3 +832,109 @@ fn access_rules_that_can_never_decide_are_warned_about() {
         ["public_paths /static", "everyone", "admins", "assets"]
     );
 }
+
+/// A tenant with one `[[tenants.bearer]]` table holding `body`.
+fn bearer_tenant(body: &str) -> String {
+    format!(
+        "{}[[tenants.bearer]]\nissuer = \"https://login.example.com/\"\n{body}\n",
+        tenant("acme", "")
+    )
+}
+
+const STATIC_JWKS: &str = r#"jwks = "file:tests/fixtures/bearer/example-jwks.json""#;
+
+#[test]
+fn bearer_issuers_take_their_defaults_and_accept_only_asymmetric_algorithms() {
+    let c = load(&bearer_tenant(&format!(
+        "audience = \"api://app\"\n{STATIC_JWKS}"
+    )))
+    .unwrap();
+    let b = &c.tenants[0].bearer[0];
+    assert_eq!(b.issuer, "https://login.example.com/");
+    assert_eq!(b.user_claim, "sub");
+    assert_eq!(b.email_claim, "email");
+    assert_eq!(b.name_claim, "name");
+    assert_eq!(b.group_claim, None);
+    assert!(!b.forward_authorization);
+    use jsonwebtoken::Algorithm::*;
+    assert_eq!(b.algorithms, vec![RS256, ES256, EdDSA]);
+    assert!(matches!(&b.keys, JwksSource::Static(set) if set.keys.len() == 1));
+
+    for alg in ["HS256", "none", "HS512", "rs256"] {
+        let errs = errors(&bearer_tenant(&format!(
+            "audience = \"a\"\n{STATIC_JWKS}\nalgorithms = [\"{alg}\"]"
+        )));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("tenants[0].bearer[0].algorithms[0]")
+                    && e.contains("never none or HMAC")),
+            "{alg}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn bearer_issuers_need_an_audience_and_exactly_one_key_source() {
+    let errs = errors(&bearer_tenant(STATIC_JWKS));
+    assert!(
+        errs.iter().any(|e| e.contains("bearer[0].audience")),
+        "{errs:?}"
+    );
+    let errs = errors(&bearer_tenant("audience = \"a\""));
+    assert!(
+        errs.iter().any(|e| e.contains("bearer[0].jwks_url")),
+        "{errs:?}"
+    );
+    let errs = errors(&bearer_tenant(&format!(
+        "audience = \"a\"\n{STATIC_JWKS}\njwks_url = \"https://login.example.com/jwks\""
+    )));
+    assert!(errs.iter().any(|e| e.contains("not both")), "{errs:?}");
+    let errs = errors(&bearer_tenant(
+        "audience = \"a\"\njwks = \"file:config/examples/example-idp.crt\"",
+    ));
+    assert!(
+        errs.iter().any(|e| e.contains("not a JWKS document")),
+        "{errs:?}"
+    );
+    let errs = errors(&format!(
+        "{}[[tenants.bearer]]\nissuer = \"https://login.example.com/\"\naudience = \"a\"\n{STATIC_JWKS}\n",
+        bearer_tenant(&format!("audience = \"a\"\n{STATIC_JWKS}"))
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("bearer[1].issuer") && e.contains("already")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_plain_http_jwks_url_is_a_warning_unless_it_is_loopback() {
+    let c = load(&bearer_tenant(
+        "audience = \"a\"\njwks_url = \"http://login.example.com/jwks\"",
+    ))
+    .unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.path == "tenants[0].bearer[0].jwks_url" && w.message.contains("https")),
+        "{:?}",
+        c.warnings
+    );
+    let c = load(&bearer_tenant(
+        "audience = \"a\"\njwks_url = \"http://127.0.0.1:9000/jwks\"",
+    ))
+    .unwrap();
+    assert!(
+        !c.warnings.iter().any(|w| w.path.contains("bearer")),
+        "{:?}",
+        c.warnings
+    );
+    let errs = errors(&bearer_tenant(&format!(
+        "audience = \"a\"\njwks_url = \"http://127.0.0.1:9000/jwks\"\nca_certificate = \"{CERT}\""
+    )));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("ca_certificate") && e.contains("https")),
+        "{errs:?}"
+    );
+}

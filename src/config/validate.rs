@@ -981,6 +981,7 @@ fn tenants(c: &mut Checker<'_>, raw: Vec<RawTenant>, server: &ServerConfig) -> V
                 .unwrap_or_else(|| defaults::DEFAULT_ROLE.into()),
         };
         let scim = t.scim.map(|s| scim(c, &p, s)).and_then(|s| s);
+        let bearer = bearer_issuers(c, &p, t.bearer.unwrap_or_default());
         if let Some(saml) = saml {
             out.push(TenantConfig {
                 id,
@@ -990,6 +991,7 @@ fn tenants(c: &mut Checker<'_>, raw: Vec<RawTenant>, server: &ServerConfig) -> V
                 provisioning,
                 scim,
                 maestrano,
+                bearer,
             });
         }
     }
@@ -1406,6 +1408,174 @@ fn is_loopback(u: &url::Url) -> bool {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         None => false,
     }
+}
+
+/// The algorithms `[[tenants.bearer]].algorithms` may name: asymmetric only. HMAC would
+/// let anyone holding the issuer's public key mint tokens, and `none` signs nothing.
+const BEARER_ALGORITHMS: &[(&str, jsonwebtoken::Algorithm)] = {
+    use jsonwebtoken::Algorithm::*;
+    &[
+        ("RS256", RS256),
+        ("RS384", RS384),
+        ("RS512", RS512),
+        ("PS256", PS256),
+        ("PS384", PS384),
+        ("PS512", PS512),
+        ("ES256", ES256),
+        ("ES384", ES384),
+        ("EdDSA", EdDSA),
+    ]
+};
+
+/// Claim names: a JSON key, kept short and printable so that logs can name it.
+fn claim_name(
+    c: &mut Checker<'_>,
+    path: String,
+    value: Option<String>,
+    default: Option<&str>,
+) -> Option<String> {
+    match value {
+        Some(v) if !v.is_empty() && v.len() <= 128 && !v.chars().any(char::is_control) => Some(v),
+        Some(v) => {
+            c.err(path, format!("{v:?} is not a claim name"));
+            default.map(str::to_owned)
+        }
+        None => default.map(str::to_owned),
+    }
+}
+
+fn bearer_issuers(c: &mut Checker<'_>, p: &str, raw: Vec<RawBearer>) -> Vec<BearerConfig> {
+    let mut out: Vec<BearerConfig> = Vec::new();
+    for (i, b) in raw.into_iter().enumerate() {
+        let p = format!("{p}.bearer[{i}]");
+        let issuer = match b.issuer {
+            Some(s) if !s.is_empty() => s,
+            _ => {
+                c.err(
+                    format!("{p}.issuer"),
+                    "missing: the exact `iss` of the tokens",
+                );
+                continue;
+            }
+        };
+        if let Some(first) = out.iter().position(|o| o.issuer == issuer) {
+            c.err(
+                format!("{p}.issuer"),
+                format!("{issuer:?} is already configured for this tenant (bearer[{first}])"),
+            );
+        }
+        let audience = match b.audience {
+            Some(s) if !s.is_empty() => s,
+            _ => {
+                c.err(
+                    format!("{p}.audience"),
+                    "missing: tokens for other audiences must not be accepted here",
+                );
+                String::new()
+            }
+        };
+        let keys = match (b.jwks_url, b.jwks) {
+            (Some(_), Some(_)) => {
+                c.err(format!("{p}.jwks"), "give jwks_url or jwks, not both");
+                None
+            }
+            (None, None) => {
+                c.err(format!("{p}.jwks_url"), "missing: jwks_url or jwks is required");
+                None
+            }
+            (Some(u), None) => c.web_url(&format!("{p}.jwks_url"), &u).and_then(|url| {
+                if url.scheme() == "http" && !is_loopback(&url) {
+                    c.warn(
+                        format!("{p}.jwks_url"),
+                        "is plain http: anyone on the path can substitute keys and mint tokens; use https",
+                    );
+                }
+                let ca_certificate = match b.ca_certificate.as_deref() {
+                    None => None,
+                    Some(_) if url.scheme() != "https" => {
+                        c.err(format!("{p}.ca_certificate"), "applies only to an https jwks_url");
+                        None
+                    }
+                    Some(reference) => {
+                        let pem = c.secret(&format!("{p}.ca_certificate"), reference)?;
+                        if !pem.expose().contains("-----BEGIN CERTIFICATE-----") {
+                            c.err(
+                                format!("{p}.ca_certificate"),
+                                "is not a PEM certificate (-----BEGIN CERTIFICATE-----)",
+                            );
+                            return None;
+                        }
+                        Some(pem.expose().as_bytes().to_vec())
+                    }
+                };
+                Some(JwksSource::Url { url, ca_certificate })
+            }),
+            (None, Some(reference)) => {
+                if b.ca_certificate.is_some() {
+                    c.err(format!("{p}.ca_certificate"), "applies only to jwks_url");
+                }
+                let doc = c.secret(&format!("{p}.jwks"), &reference);
+                doc.and_then(|doc| match serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(doc.expose()) {
+                    Ok(set) if set.keys.is_empty() => {
+                        c.err(format!("{p}.jwks"), "holds no keys");
+                        None
+                    }
+                    Ok(set) => {
+                        for (k, jwk) in set.keys.iter().enumerate() {
+                            if let Err(e) = jsonwebtoken::DecodingKey::from_jwk(jwk) {
+                                c.err(format!("{p}.jwks"), format!("key {k} is not usable: {e}"));
+                            }
+                        }
+                        Some(JwksSource::Static(set))
+                    }
+                    Err(e) => {
+                        c.err(format!("{p}.jwks"), format!("is not a JWKS document: {e}"));
+                        None
+                    }
+                })
+            }
+        };
+        let mut algorithms = Vec::new();
+        for (j, a) in b
+            .algorithms
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into(), "EdDSA".into()])
+            .iter()
+            .enumerate()
+        {
+            match BEARER_ALGORITHMS.iter().find(|(n, _)| n == a) {
+                Some((_, alg)) => algorithms.push(*alg),
+                None => c.err(
+                    format!("{p}.algorithms[{j}]"),
+                    format!(
+                        "{a:?} is not accepted: one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (never none or HMAC)"
+                    ),
+                ),
+            }
+        }
+        if algorithms.is_empty() {
+            c.err(format!("{p}.algorithms"), "names no usable algorithm");
+        }
+        let user_claim = claim_name(c, format!("{p}.user_claim"), b.user_claim, Some("sub"));
+        let group_claim = claim_name(c, format!("{p}.group_claim"), b.group_claim, None);
+        let email_claim = claim_name(c, format!("{p}.email_claim"), b.email_claim, Some("email"));
+        let role_claim = claim_name(c, format!("{p}.role_claim"), b.role_claim, None);
+        let name_claim = claim_name(c, format!("{p}.name_claim"), b.name_claim, Some("name"));
+        if let Some(keys) = keys {
+            out.push(BearerConfig {
+                issuer,
+                audience,
+                keys,
+                algorithms,
+                user_claim: user_claim.unwrap_or_default(),
+                group_claim,
+                email_claim: email_claim.unwrap_or_default(),
+                role_claim,
+                name_claim: name_claim.unwrap_or_default(),
+                forward_authorization: b.forward_authorization.unwrap_or(false),
+            });
+        }
+    }
+    out
 }
 
 /// Tokens kept acceptable during a rotation: enough for one rotation in flight per IdP

@@ -110,6 +110,7 @@ pub fn dev_tenant(config: &Config) -> Result<(TenantConfig, idp::DevIdp), idp::D
         },
         scim: None,
         maestrano: None,
+        bearer: Vec::new(),
     };
     Ok((tenant, idp))
 }

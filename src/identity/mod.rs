@@ -148,6 +148,25 @@ pub enum HeadersError {
     Sign(#[from] LoadError),
 }
 
+/// How an identity was established, as `X-Idgate-Auth` tells the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A browser session made by a login.
+    Session,
+    /// A machine client's bearer JWT from a configured issuer.
+    Bearer,
+}
+
+impl Via {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Session => "session",
+            Via::Bearer => "bearer",
+        }
+    }
+}
+
 /// Signs identities and publishes the JWKS.
 pub struct Signer {
     key: SigningKey,
@@ -247,6 +266,18 @@ impl Signer {
         order: NameOrder,
         now: i64,
     ) -> Result<IdentityHeaders, HeadersError> {
+        self.headers_via(identity, order, now, Via::Session)
+    }
+
+    /// [`Signer::headers`] for an identity established `via` a session or a bearer
+    /// token: the app can tell the two apart by `X-Idgate-Auth`.
+    pub fn headers_via(
+        &self,
+        identity: &Identity,
+        order: NameOrder,
+        now: i64,
+        via: Via,
+    ) -> Result<IdentityHeaders, HeadersError> {
         let name = identity.display_name(order);
         // The JWT carries these too (JSON would escape them, but the app would still
         // see a value that no header could carry), so they are checked before signing.
@@ -314,7 +345,7 @@ impl Signer {
         if kept < identity.groups.len() {
             headers.push((n.groups_truncated.clone(), HeaderValue::from_static("true")));
         }
-        headers.push((n.auth.clone(), HeaderValue::from_static("session")));
+        headers.push((n.auth.clone(), HeaderValue::from_static(via.as_str())));
         headers.push((
             n.assertion.clone(),
             HeaderValue::from_str(&token).map_err(LoadError::from_display)?,

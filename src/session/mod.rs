@@ -6,6 +6,7 @@
 //! invalidated through the store's event bus, and their TTL (`[session].cache_ttl`)
 //! bounds staleness if an event is lost.
 
+pub mod bearer;
 pub mod model;
 pub mod watch;
 
@@ -150,6 +151,10 @@ pub struct Sessions {
     watches: Arc<WatchMap>,
     /// The runtime that [`Sessions::start`] ran on, for the watches' background work.
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Machine clients' issuers and verdicts.
+    bearer: bearer::Issuers,
+    /// Woken by every invalidation, for the bearer connections that watch a user.
+    changed: tokio::sync::Notify,
 }
 
 /// How long a re-check may take before another one may start for the same session.
@@ -286,6 +291,8 @@ impl Sessions {
             ),
             watches: Arc::default(),
             runtime: std::sync::OnceLock::new(),
+            bearer: bearer::Issuers::new(config, ttl),
+            changed: tokio::sync::Notify::new(),
             live: cache(CACHE_CAPACITY, ttl),
             users: cache(CACHE_CAPACITY, ttl),
             groups: cache(CACHE_CAPACITY / 4, ttl),
@@ -298,6 +305,7 @@ impl Sessions {
     /// Starts the invalidation listener and the store health monitor.
     pub fn start(self: &Arc<Self>) {
         let _ = self.runtime.set(tokio::runtime::Handle::current());
+        self.bearer.start();
         let mut events = self.store.subscribe();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -367,6 +375,7 @@ impl Sessions {
         // Bumped after the shared caches are cleared, so a thread that sees the new
         // generation can only have read fresh entries.
         self.generation.fetch_add(1, Ordering::Release);
+        self.changed.notify_waiters();
     }
 
     /// Whether the store is answering (and invalidations are arriving).
@@ -508,9 +517,11 @@ impl Sessions {
                 let pass = Arc::new(Pass {
                     headers: copied,
                     auth: auth.clone(),
-                    live: live.clone(),
-                    sessions: self.clone(),
-                    generation,
+                    watched: watch::Watched::Session {
+                        live: live.clone(),
+                        sessions: self.clone(),
+                        generation,
+                    },
                 });
                 FRONT.with(|front| {
                     let mut front = front.borrow_mut();

@@ -31,7 +31,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// With `fail_mode = "closed"`, how long a watched session may go unconfirmed (the store
 /// not answering a check an event or its expiry called for) before its connections
 /// are closed: the same bound as for a request that waits on the store.
-const UNCONFIRMED_LIMIT: Duration = Duration::from_secs(2);
+pub(super) const UNCONFIRMED_LIMIT: Duration = Duration::from_secs(2);
 
 /// One session as watched by its open connections on this replica.
 pub struct SessionWatch {
@@ -91,19 +91,38 @@ pub struct Pass {
     /// Who the session is, for the access rules. Only read through the `Pass`, never
     /// cloned on the request path, so its reference count stays put.
     pub auth: Arc<super::Authenticated>,
-    pub(super) live: Arc<Live>,
-    pub(super) sessions: Arc<Sessions>,
-    /// The invalidation generation the session was last found valid at.
-    pub(super) generation: u64,
+    /// What ends a connection that outlives the request.
+    pub(super) watched: Watched,
+}
+
+/// What an identity that a connection was opened under depends on.
+pub(super) enum Watched {
+    /// A browser session.
+    Session {
+        live: Arc<Live>,
+        sessions: Arc<Sessions>,
+        /// The invalidation generation the session was last found valid at.
+        generation: u64,
+    },
+    /// A machine client's token (see [`super::bearer`]).
+    Bearer(Arc<super::bearer::Watch>),
 }
 
 impl StreamGuard for Pass {
     fn closing(&self) -> Closing {
-        let watch = self.sessions.watch(&self.live);
+        let (live, sessions, generation) = match &self.watched {
+            Watched::Session {
+                live,
+                sessions,
+                generation,
+            } => (live, sessions, *generation),
+            Watched::Bearer(w) => return Box::pin(w.clone().closed()),
+        };
+        let watch = sessions.watch(live);
         // Something was invalidated since the session was last found valid, and the
         // event may have been handled before this connection registered: look again.
-        if self.sessions.generation.load(Ordering::Acquire) != self.generation {
-            self.sessions.check_later(vec![watch.clone()]);
+        if sessions.generation.load(Ordering::Acquire) != generation {
+            sessions.check_later(vec![watch.clone()]);
         }
         Box::pin(async move {
             watch.token.cancelled().await;

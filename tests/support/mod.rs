@@ -538,42 +538,7 @@ impl RedisServer {
     pub fn start_tls() -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         make_ca(dir.path(), "ca");
-        let p = |name: &str| dir.path().join(name).display().to_string();
-        std::fs::write(
-            dir.path().join("leaf.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &p("key.pem"),
-            "-out",
-            &p("leaf.csr"),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &p("leaf.csr"),
-            "-CA",
-            &p("ca.pem"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &p("leaf.ext"),
-            "-out",
-            &p("cert.pem"),
-        ]);
+        make_leaf(dir.path(), "ca");
         let port = free_port();
         let tls_port = free_port();
         let mut server = RedisServer {
@@ -980,6 +945,47 @@ pub fn make_ca(dir: &std::path::Path, name: &str) {
         &p("key"),
         "-out",
         &p("pem"),
+    ]);
+}
+
+/// A server certificate for `127.0.0.1` issued by the CA `<ca>` that [`make_ca`] made in
+/// `dir`: `key.pem` and `cert.pem`.
+pub fn make_leaf(dir: &std::path::Path, ca: &str) {
+    let p = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("key.pem"),
+        "-out",
+        &p("leaf.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("leaf.csr"),
+        "-CA",
+        &p(&format!("{ca}.pem")),
+        "-CAkey",
+        &p(&format!("{ca}.key")),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("leaf.ext"),
+        "-out",
+        &p("cert.pem"),
     ]);
 }
 
