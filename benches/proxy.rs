@@ -12,6 +12,10 @@
 //! - **idg-rules**: idgate-auth's deployment with 20 `[[access.rules]]` (prefixes,
 //!   regexes, methods, allow lists) that the bench path falls through, reported as a
 //!   ratio to idgate-auth;
+//! - **idg-bearer**: idgate-auth's deployment with a `[[tenants.bearer]]` issuer (static
+//!   JWKS, RS256 key from the `openssl` CLI, token signed by PyJWT), wrk sending the
+//!   token as `Authorization: Bearer` for the same directory user, reported as a ratio to
+//!   idgate-auth and counted in the Redis commands per request;
 //! - **revocation**: a second replica on the same Redis; the time from deactivating a user
 //!   through the library to that replica answering 403, over many samples.
 //!
@@ -91,8 +95,13 @@ type Client = hyper_util::client::legacy::Client<
 >;
 
 async fn status(client: &Client, url: &str, cookie: &str) -> u16 {
+    status_with(client, url, "cookie", cookie).await
+}
+
+/// The status of a GET carrying one credential header.
+async fn status_with(client: &Client, url: &str, name: &str, value: &str) -> u16 {
     let req = hyper::Request::get(url)
-        .header("cookie", cookie)
+        .header(name, value)
         .header("accept", "application/json")
         .body(http_body_util::Empty::new())
         .unwrap();
@@ -177,7 +186,9 @@ fn parse_latency(text: &str) -> Option<f64> {
     num.trim().parse::<f64>().ok().map(|v| v * factor)
 }
 
-fn wrk(addr: SocketAddr, seconds: u64, connections: u64, cookie: Option<&str>) -> Sample {
+/// `header` is a whole header line (`Cookie: …`, `Authorization: Bearer …`) sent on every
+/// request.
+fn wrk(addr: SocketAddr, seconds: u64, connections: u64, header: Option<&str>) -> Sample {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t2",
@@ -185,8 +196,8 @@ fn wrk(addr: SocketAddr, seconds: u64, connections: u64, cookie: Option<&str>) -
         &format!("-d{seconds}s"),
         "--latency",
     ]);
-    if let Some(c) = cookie {
-        cmd.arg("-H").arg(format!("Cookie: {c}"));
+    if let Some(h) = header {
+        cmd.arg("-H").arg(h);
     }
     let out = cmd
         .arg(format!("http://{addr}/bench"))
@@ -319,6 +330,61 @@ fn main() {
         "auth-rules",
         &format!("{auth_rest}{rules}"),
     );
+    // idg-bearer: the same deployment accepting the bench user's bearer token.
+    let rsa = dir.path().join("issuer.pem");
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&rsa)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl genpkey failed");
+    let jwt_tool = format!(
+        "{}/tests/fixtures/bearer/jwt_tool.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let py = |args: &[&str]| {
+        let out = Command::new("python3")
+            .arg(&jwt_tool)
+            .args(args)
+            .output()
+            .expect("python3 (PyJWT is installed by `make deps`)");
+        assert!(
+            out.status.success(),
+            "jwt_tool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let rsa_path = rsa.display().to_string();
+    std::fs::write(
+        dir.path().join("issuer-jwks.json"),
+        py(&["jwks", &format!("{rsa_path}:k1")]),
+    )
+    .unwrap();
+    let bearer_token = py(&[
+        "sign",
+        &rsa_path,
+        "RS256",
+        "k1",
+        r#"{"iss": "https://issuer.bench/", "aud": "api://bench", "sub": "bench-user", "exp": "$now+7200"}"#,
+    ]);
+    let (auth_bearer_proc, auth_bearer, admin_bearer) = start_idgate(
+        upstream,
+        dir.path(),
+        "auth-bearer",
+        &format!(
+            "{auth_rest}[[tenants.bearer]]\nissuer = \"https://issuer.bench/\"\n\
+             audience = \"api://bench\"\njwks = \"file:{}/issuer-jwks.json\"\n",
+            dir.path().display()
+        ),
+    );
     let baseline = std::env::var("BENCH_IDGATE_BASELINE")
         .ok()
         .map(|bin| common::start_idgate_bin(&bin, upstream, dir.path(), "auth-base", &auth_rest));
@@ -354,7 +420,7 @@ fn main() {
         })
     };
     rt.block_on(async {
-        for admin in [admin_a, admin_b, admin_rules]
+        for admin in [admin_a, admin_b, admin_rules, admin_bearer]
             .into_iter()
             .chain(baseline.as_ref().map(|(_, _, admin)| *admin))
         {
@@ -372,21 +438,44 @@ fn main() {
         200,
         "the bench session works"
     );
+    let with_cookie = format!("Cookie: {cookie}");
+    let with_token = format!("Authorization: Bearer {bearer_token}");
+    assert_eq!(
+        rt.block_on(status_with(
+            &client,
+            &format!("http://{auth_bearer}/bench"),
+            "authorization",
+            &format!("Bearer {bearer_token}"),
+        )),
+        200,
+        "the bench bearer token works"
+    );
 
-    // (name, address, cookie, the proxy's PID)
+    // (name, address, credential header line, the proxy's PID)
     let mut targets: Vec<(&str, SocketAddr, Option<&str>, Option<u32>)> = vec![
         ("direct", upstream, None, None),
         ("idgate", idgate, None, Some(idgate_proc.pid())),
-        ("idg-auth", auth_a, Some(&cookie), Some(auth_a_proc.pid())),
+        (
+            "idg-auth",
+            auth_a,
+            Some(&with_cookie),
+            Some(auth_a_proc.pid()),
+        ),
         (
             "idg-rules",
             auth_rules,
-            Some(&cookie),
+            Some(&with_cookie),
             Some(auth_rules_proc.pid()),
+        ),
+        (
+            "idg-bearer",
+            auth_bearer,
+            Some(&with_token),
+            Some(auth_bearer_proc.pid()),
         ),
     ];
     if let Some((proc, addr, _)) = &baseline {
-        targets.push(("idg-base", *addr, Some(&cookie), Some(proc.pid())));
+        targets.push(("idg-base", *addr, Some(&with_cookie), Some(proc.pid())));
     }
     if let Some((proc, addr)) = &nginx {
         targets.push(("nginx", *addr, None, Some(proc.pid())));
@@ -542,6 +631,12 @@ fn main() {
         "idg-rules",
         "idg-auth",
         "   (20 access rules, none matching; target: within noise of 1.00x)",
+    );
+    ratio(
+        "bearer/idgate-auth",
+        "idg-bearer",
+        "idg-auth",
+        "   (the same user by bearer token instead of a session cookie)",
     );
     ratio(
         "idgate-auth/nginx-hdr",
