@@ -636,26 +636,7 @@ impl Gateway {
                 self.forward(upstream, req, peer, request_id, None, Some(pass))
                     .await
             }
-            BearerGate::Invalid(why) => {
-                tracing::info!(
-                    request_id,
-                    reason = "invalid_token",
-                    detail = why.as_str(),
-                    "refused: bearer token"
-                );
-                let mut resp = response::error(
-                    StatusCode::UNAUTHORIZED,
-                    false,
-                    "invalid_token",
-                    "The bearer token is not valid for this application.",
-                    request_id,
-                );
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-                resp
-            }
+            BearerGate::Invalid(why) => invalid_token(why, request_id),
             BearerGate::Revoked(reason) => {
                 tracing::info!(
                     request_id,
@@ -1222,6 +1203,28 @@ impl Handler for GatewayWorker {
 
 /// 403 naming the access rule that refused (SPEC §9): `{"error":"forbidden","rule":…}`,
 /// or a page naming it, so that a person can tell an administrator what stopped them.
+/// 401 for a bearer token that does not hold (RFC 6750 §3.1), logged with why.
+fn invalid_token(why: crate::session::bearer::Invalid, request_id: &str) -> Response<Body> {
+    tracing::info!(
+        request_id,
+        reason = "invalid_token",
+        detail = why.as_str(),
+        "refused: bearer token"
+    );
+    let mut resp = response::error(
+        StatusCode::UNAUTHORIZED,
+        false,
+        "invalid_token",
+        "The bearer token is not valid for this application.",
+        request_id,
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    resp
+}
+
 fn forbidden_by_rule(rule: &str, html: bool, request_id: &str) -> Response<Body> {
     if html {
         Page::new(StatusCode::FORBIDDEN, "forbidden")

@@ -165,7 +165,9 @@ async fn start(keys: &Keys) -> Running {
         acme = tenant_with("acme", "default = true"),
         beta = tenant_with("beta", "hosts = [\"beta.test\"]"),
     );
-    let text = config(up.addr, "", &format!("{RULES}\n{tenants}"));
+    // The test client is the ingress for forward auth.
+    let server = "trusted_proxies = [\"127.0.0.1/32\"]";
+    let text = config(up.addr, server, &format!("{RULES}\n{tenants}"));
     let cfg =
         Config::from_toml(&text, Path::new("/")).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
     let app = idgate::App::new(cfg).expect("app");
@@ -648,4 +650,108 @@ async fn a_jwks_behind_a_private_ca_is_not_trusted_without_its_ca() {
         0,
         "the TLS handshake failed before any request"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_auth_answers_machine_clients_by_their_token() {
+    let keys = Keys::new();
+    let r = start(&keys).await;
+    let ask = |uri: &'static str, token: String| {
+        let url = r.url("/_idgate/auth");
+        async move {
+            let auth = format!("Bearer {token}");
+            get(
+                &url,
+                &[
+                    ("x-original-uri", uri),
+                    ("x-original-method", "GET"),
+                    ("authorization", &auth),
+                ],
+            )
+            .await
+        }
+    };
+    let admin = keys.sign(
+        "rsa.pem",
+        "RS256",
+        "rsa",
+        &claims("svc-a", r#""grp": "g-admins""#),
+    );
+    let other = keys.sign(
+        "rsa.pem",
+        "RS256",
+        "rsa",
+        &claims("svc-b", r#""grp": "g-staff""#),
+    );
+    let ok = ask("/admin/users", admin.clone()).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.headers["x-idgate-user-id"], "svc-a");
+    assert_eq!(ok.headers["x-idgate-auth"], "bearer");
+    assert_ne!(ok.headers["x-idgate-assertion"], admin.as_str());
+    let refused = ask("/admin/users", other.clone()).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.json()["rule"], "admins only");
+    assert!(refused.headers.get("x-idgate-user-id").is_none());
+    assert_eq!(ask("/reports", other).await.status, 200);
+    let bad = ask("/reports", "not-a-jwt".into()).await;
+    assert_invalid_token(&bad, "forward auth, garbage token");
+    assert!(bad.headers.get("x-idgate-user-id").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_opened_with_a_token_closes_when_its_user_is_deactivated() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let keys = Keys::new();
+    let r = start(&keys).await;
+    provision(&r.dir, "acme", "u-live", "g-acme").await;
+    let token = keys.sign("rsa.pem", "RS256", "rsa", &claims("u-live", ""));
+    let open = || async {
+        let mut req = format!("ws://{}/ws", r.app.public_addr())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket handshake through idgate");
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("hello")).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an echo in time")
+            .expect("open")
+            .expect("a message");
+        assert_eq!(echo.into_text().unwrap().as_str(), "hello");
+        ws
+    };
+    let mut ws = open().await;
+    // Other users' changes leave it open.
+    provision(&r.dir, "acme", "u-else", "g-acme").await;
+    r.dir.deactivate_user("acme", "u-else").await.unwrap();
+    ws.send(Message::text("still")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an echo in time");
+    assert!(matches!(got, Some(Ok(Message::Text(t))) if t.as_str() == "still"));
+
+    let start = Instant::now();
+    r.dir.deactivate_user("acme", "u-live").await.unwrap();
+    loop {
+        let left = Duration::from_secs(1).saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => panic!("the tunnel is still open 1 s after the deactivation"),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+    // And a new one is refused.
+    r.dir.deactivate_user("acme", "u-live").await.unwrap();
+    let mut req = format!("ws://{}/ws", r.app.public_addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
 }

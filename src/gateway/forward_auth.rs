@@ -17,6 +17,7 @@ use super::{Gateway, QUERY_VALUE, host_name, is_host_port, routing_path, unusabl
 use crate::metrics::RouteClass;
 use crate::response::{self, Body, forbidden, store_unavailable};
 use crate::session::Gate;
+use crate::session::bearer::BearerGate;
 
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -200,6 +201,42 @@ pub(super) async fn answer(
         RouteClass::Proxied => {}
     }
     let host = orig.host;
+    // A machine client's token, as on the proxied path. The ingress decides what reaches
+    // the app: `forward_authorization` cannot strip the client's header from here (see
+    // docs/forward-auth.md).
+    if gw.sessions.any_bearer()
+        && let Some(token) = crate::session::bearer::bearer_token(headers)
+    {
+        match gw
+            .sessions
+            .gate_bearer(token, |tenant| gw.serves(host, tenant))
+            .await
+        {
+            BearerGate::NotAccepted => {}
+            BearerGate::Forward(pass, _) => {
+                if let Some(refusal) =
+                    gw.refused_by_rule(rule, &orig.method, &path, &pass, false, request_id)
+                {
+                    return refusal;
+                }
+                tracing::debug!(request_id, method = %orig.method, path = &*path, user_id = pass.auth.identity.user_id, "forward auth: allowed (bearer)");
+                return allowed(&pass.headers);
+            }
+            BearerGate::Invalid(why) => return super::invalid_token(why, request_id),
+            BearerGate::Revoked(reason) => {
+                tracing::info!(
+                    request_id,
+                    reason = reason.code(),
+                    "refused: bearer token of a blocked user or group"
+                );
+                return forbidden(reason, false, request_id);
+            }
+            BearerGate::Unavailable => return store_unavailable(false, request_id),
+            BearerGate::Unusable(attribute) => {
+                return unusable_identity(attribute, false, request_id);
+            }
+        }
+    }
     let gate = gw
         .sessions
         .gate(headers, host.map_or(&b""[..], str::as_bytes), |tenant| {
