@@ -530,7 +530,9 @@ fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
         .iter()
         .filter(|m| m["mountPath"] != CONFIG_PATH && m["name"] == config_mount["name"])
         .map(|m| {
-            let key = m["subPath"].as_str().expect("a ConfigMap file mount has a subPath");
+            let key = m["subPath"]
+                .as_str()
+                .expect("a ConfigMap file mount has a subPath");
             assert_eq!(
                 m["mountPath"],
                 format!("{CONFIG_DIR}/{key}"),
@@ -1895,8 +1897,8 @@ fn bearer_references_pass_through_and_a_yaml_jwks_is_shipped_as_json() {
     assert_eq!(paths, [CONFIG_PATH, "/tmp"], "no public file is mounted");
 
     // A JWKS written as a YAML mapping is shipped as a JSON document that idgate accepts.
-    let jwks = std::fs::read_to_string(root().join("tests/fixtures/bearer/example-jwks.json"))
-        .unwrap();
+    let jwks =
+        std::fs::read_to_string(root().join("tests/fixtures/bearer/example-jwks.json")).unwrap();
     let r = render_ok(
         "idgate",
         &chart_dir(),
@@ -1929,7 +1931,10 @@ fn a_changed_jwks_or_rule_rolls_the_pods() {
         serde_json::from_str::<Value>(other).unwrap()
     );
     let (rotated_config, rotated_secret) = checksums(&rotated);
-    assert_ne!(rotated_config, config, "a new JWKS document must roll the pods");
+    assert_ne!(
+        rotated_config, config,
+        "a new JWKS document must roll the pods"
+    );
     assert_eq!(rotated_secret, secret);
     // A new rule changes idgate.toml itself.
     let (ruled, _) = checksums(&access_bearer(&[
@@ -1951,7 +1956,10 @@ fn misspelt_rule_and_issuer_keys_are_refused_not_dropped() {
         &["access.rules[0].path_regex", "pathRegex"],
     );
     refused(
-        &access_bearer(&["--set", "tenants[1].bearer[0].jwksURL=https://x.example.com/"]),
+        &access_bearer(&[
+            "--set",
+            "tenants[1].bearer[0].jwksURL=https://x.example.com/",
+        ]),
         &["tenants[1].bearer[0].jwksURL", "jwksUrl"],
     );
     refused(
