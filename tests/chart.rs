@@ -4,8 +4,9 @@
 //! and linted with `helm lint --strict`; its manifests are checked (ports, probes,
 //! securityContext, checksum annotations, the native sidecar shape, the Service → idgate
 //! wiring, the mounts the config refers to), and the `idgate.toml` it ships is validated by
-//! this build's `idgate check-config`, with the Secret's files written where the config
-//! expects them, so the chart can never ship a config the binary rejects. The `fail`
+//! this build's `idgate check-config`, with the Secret's files and the ConfigMap's public
+//! files (bearer JWKS documents and CAs) written where the config expects them, so the
+//! chart can never ship a config the binary rejects. The `fail`
 //! guards are checked to refuse what must not render, and `tests/chart/embedding-app` shows
 //! another chart embedding idgate through the `idgate.sidecarContainer` template.
 //!
@@ -33,6 +34,8 @@ use sha2::{Digest, Sha256};
 
 /// Where the idgate container finds its config and its secret files.
 const CONFIG_PATH: &str = "/etc/idgate/idgate.toml";
+/// Where the ConfigMap's other (public) files are mounted, next to `idgate.toml`.
+const CONFIG_DIR: &str = "/etc/idgate";
 const SECRETS_DIR: &str = "/etc/idgate/secrets";
 /// The Kubernetes version rendered against (native sidecars need 1.29+).
 const KUBE_VERSION: &str = "1.30.0";
@@ -46,6 +49,7 @@ const REQUIRED_SCENARIOS: &[&str] = &[
     "existing-secret-values.yaml",
     "redis-cluster-values.yaml",
     "ha-values.yaml",
+    "access-bearer-values.yaml",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -224,6 +228,15 @@ impl Rendered {
         self.one("ConfigMap")["data"]["idgate.toml"]
             .as_str()
             .expect("ConfigMap data idgate.toml")
+    }
+
+    /// The ConfigMap's files besides `idgate.toml` (public material such as JWKS documents).
+    fn config_files(&self) -> BTreeMap<String, String> {
+        obj(&self.one("ConfigMap")["data"], "ConfigMap data")
+            .iter()
+            .filter(|(k, _)| k.as_str() != "idgate.toml")
+            .map(|(k, v)| (k.clone(), v.as_str().expect("ConfigMap text").to_owned()))
+            .collect()
     }
 
     fn config(&self) -> toml::Table {
@@ -511,6 +524,35 @@ fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
         "/tmp is an emptyDir"
     );
 
+    // The ConfigMap's public files are mounted one by one next to idgate.toml, and the
+    // config refers to exactly those.
+    let mounted_files: BTreeSet<String> = arr(mounts, "volumeMounts")
+        .iter()
+        .filter(|m| m["mountPath"] != CONFIG_PATH && m["name"] == config_mount["name"])
+        .map(|m| {
+            let key = m["subPath"]
+                .as_str()
+                .expect("a ConfigMap file mount has a subPath");
+            assert_eq!(
+                m["mountPath"],
+                format!("{CONFIG_DIR}/{key}"),
+                "ConfigMap file {key} must be mounted next to idgate.toml"
+            );
+            assert_eq!(m["readOnly"], true, "mount of {key}");
+            key.to_owned()
+        })
+        .collect();
+    let shipped: BTreeSet<String> = r.config_files().into_keys().collect();
+    assert_eq!(
+        mounted_files, shipped,
+        "every public file of the ConfigMap is mounted, and nothing else of it"
+    );
+    assert_eq!(
+        config_dir_refs(r),
+        shipped,
+        "idgate.toml refers to exactly the public files the ConfigMap ships"
+    );
+
     let refers_to_secrets = r.config_text().contains(&format!("file:{SECRETS_DIR}/"));
     let secret_mount = arr(mounts, "volumeMounts")
         .iter()
@@ -673,10 +715,26 @@ fn check_config(r: &Rendered, existing: &BTreeMap<String, String>) {
     for (key, value) in &files {
         std::fs::write(secrets.join(key), value).unwrap();
     }
-    let rewritten = text.replace(
+    let mut rewritten = text.replace(
         &format!("file:{SECRETS_DIR}/"),
         &format!("file:{}/", secrets.display()),
     );
+    // The ConfigMap's public files, each referred to by its full path.
+    let public = r.config_files();
+    for key in config_dir_refs(r) {
+        let content = public.get(&key).unwrap_or_else(|| {
+            panic!(
+                "idgate.toml refers to {CONFIG_DIR}/{key}, which the ConfigMap does not hold \
+                 (keys: {:?})",
+                public.keys().collect::<Vec<_>>()
+            )
+        });
+        std::fs::write(dir.path().join(&key), content).unwrap();
+        rewritten = rewritten.replace(
+            &format!("\"file:{CONFIG_DIR}/{key}\""),
+            &format!("\"file:{}\"", dir.path().join(&key).display()),
+        );
+    }
     assert!(
         !rewritten.contains("file:/etc/"),
         "idgate.toml refers to a file the chart does not mount:\n{text}"
@@ -720,6 +778,23 @@ fn secret_refs(r: &Rendered) -> BTreeSet<String> {
                 .unwrap()
                 .to_owned()
         })
+        .collect()
+}
+
+/// The keys of the ConfigMap's own files that idgate.toml refers to
+/// (`"file:/etc/idgate/<key>"`, the secrets directory aside).
+fn config_dir_refs(r: &Rendered) -> BTreeSet<String> {
+    let text = r.config_text();
+    let prefix = format!("\"file:{CONFIG_DIR}/");
+    text.match_indices(&prefix)
+        .map(|(i, _)| {
+            text[i + prefix.len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .filter(|key| !format!("{CONFIG_DIR}/{key}").starts_with(&format!("{SECRETS_DIR}/")))
         .collect()
 }
 
@@ -1655,5 +1730,240 @@ fn sp_keys_go_into_the_secret_and_never_into_the_config_map() {
             &["--set", "tenants[0].saml.spKey=-----BEGIN PRIVATE KEY-----"],
         ),
         &["tenants[0].saml.spKey", "sp-"],
+    );
+}
+
+/// The helm arguments of the access-bearer scenario, plus `extra`.
+fn access_bearer(extra: &[&str]) -> Vec<String> {
+    with("access-bearer-values.yaml", extra)
+}
+
+#[test]
+fn access_rules_and_bearer_issuers_render_in_order_with_their_files() {
+    let r = scenario("access-bearer-values.yaml");
+    let config = r.config();
+    let text = r.config_text();
+
+    // [[access.rules]] in the order of the values, each with exactly the keys set there.
+    let expected_rules: toml::Table = toml::from_str(
+        r#"
+        [[rules]]
+        name = "status"
+        path = "/api/status"
+        public = true
+
+        [[rules]]
+        name = "acme admins"
+        path_regex = '^/admin(/[\w.-]+)*/?$'
+        methods = ["GET", "POST", "DELETE"]
+        tenants = ["acme"]
+        api = true
+        allow_groups = ["g-admins"]
+        allow_roles = ["Admin"]
+        allow_users = ["svc-export"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        config["access"]["rules"], expected_rules["rules"],
+        "[[access.rules]] as rendered:\n{text}"
+    );
+    // The [access] table keeps its own keys next to the rules.
+    assert_eq!(
+        config["access"]["public_paths"],
+        toml::Value::Array(vec!["/health".into()])
+    );
+    // Readable order: the rules follow [access]'s own keys and precede the tenants.
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle} is not in idgate.toml:\n{text}"))
+    };
+    assert!(
+        at("login_starts_per_minute =") < at("[[access.rules]]")
+            && at("[[access.rules]]") < at("[[tenants]]"),
+        "[[access.rules]] must come after [access]'s keys and before [[tenants]]:\n{text}"
+    );
+
+    // [[tenants.bearer]] under their own tenant, each with exactly the keys set there; inline
+    // JWKS and CA text become ConfigMap files the config refers to.
+    let tenants = config["tenants"].as_array().expect("[[tenants]]");
+    assert_eq!(tenants.len(), 2);
+    let expected_acme: toml::Table = toml::from_str(
+        r#"
+        [[bearer]]
+        issuer = "https://login.acme.example.com/"
+        audience = "api://legacy-app"
+        jwks = "file:/etc/idgate/bearer-acme-0.jwks.json"
+        algorithms = ["EdDSA"]
+        user_claim = "sub"
+        group_claim = "org"
+        "#,
+    )
+    .unwrap();
+    let expected_globex: toml::Table = toml::from_str(
+        r#"
+        [[bearer]]
+        issuer = "https://login.globex.example.com/"
+        audience = "api://legacy-app"
+        jwks_url = "https://login.globex.example.com/.well-known/jwks.json"
+        ca_certificate = "file:/etc/idgate/bearer-globex-0.ca.pem"
+        algorithms = ["RS256", "ES256"]
+        email_claim = "mail"
+        role_claim = "role"
+        name_claim = "display_name"
+        forward_authorization = true
+        "#,
+    )
+    .unwrap();
+    assert_eq!(tenants[0]["id"].as_str(), Some("acme"));
+    assert_eq!(
+        tenants[0]["bearer"], expected_acme["bearer"],
+        "acme's issuers:\n{text}"
+    );
+    assert_eq!(tenants[1]["id"].as_str(), Some("globex"));
+    assert_eq!(
+        tenants[1]["bearer"], expected_globex["bearer"],
+        "globex's issuers:\n{text}"
+    );
+    // The bearer tables sit inside their tenant, next to its other sub-tables.
+    assert!(tenants[0].get("saml").is_some() && tenants[1].get("saml").is_some());
+
+    // The files: public material in the ConfigMap (no Secret is needed for it).
+    let files = r.config_files();
+    assert_eq!(
+        files.keys().cloned().collect::<BTreeSet<_>>(),
+        set(&["bearer-acme-0.jwks.json", "bearer-globex-0.ca.pem"])
+    );
+    assert!(
+        r.maybe("Secret").is_none(),
+        "public keys need no Secret: {:?}",
+        r.secret_files()
+    );
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/bearer/example-jwks.json")).unwrap(),
+    )
+    .unwrap();
+    let shipped: Value = serde_json::from_str(&files["bearer-acme-0.jwks.json"])
+        .expect("bearer-acme-0.jwks.json is JSON");
+    assert_eq!(shipped, fixture, "acme's JWKS document as shipped");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &files["bearer-globex-0.ca.pem"]).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in"])
+        .arg(&ca)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "bearer-globex-0.ca.pem is not a certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Globex Internal CA"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn bearer_references_pass_through_and_a_yaml_jwks_is_shipped_as_json() {
+    // "env:"/"file:" references are the operator's own: written as is, nothing shipped.
+    let r = render_ok(
+        "idgate",
+        &chart_dir(),
+        &access_bearer(&[
+            "--set",
+            "tenants[0].bearer[0].jwks=env:ACME_JWKS",
+            "--set",
+            "tenants[1].bearer[0].caCertificate=file:/etc/ssl/private-pki/ca.pem",
+        ]),
+    );
+    let config = r.config();
+    assert_eq!(
+        config["tenants"][0]["bearer"][0]["jwks"].as_str(),
+        Some("env:ACME_JWKS")
+    );
+    assert_eq!(
+        config["tenants"][1]["bearer"][0]["ca_certificate"].as_str(),
+        Some("file:/etc/ssl/private-pki/ca.pem")
+    );
+    assert!(r.config_files().is_empty(), "{:?}", r.config_files());
+    let (c, _) = idgate_container(&r.one("Deployment")["spec"]["template"]["spec"]);
+    let paths: Vec<&str> = arr(&c["volumeMounts"], "volumeMounts")
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert_eq!(paths, [CONFIG_PATH, "/tmp"], "no public file is mounted");
+
+    // A JWKS written as a YAML mapping is shipped as a JSON document that idgate accepts.
+    let jwks =
+        std::fs::read_to_string(root().join("tests/fixtures/bearer/example-jwks.json")).unwrap();
+    let r = render_ok(
+        "idgate",
+        &chart_dir(),
+        &access_bearer(&[
+            "--set-json",
+            &format!("tenants[0].bearer[0].jwks={}", jwks.trim()),
+        ]),
+    );
+    let shipped: Value = serde_json::from_str(&r.config_files()["bearer-acme-0.jwks.json"])
+        .expect("a YAML JWKS is shipped as JSON");
+    assert_eq!(shipped, serde_json::from_str::<Value>(&jwks).unwrap());
+    check_config(&r, &BTreeMap::new());
+}
+
+#[test]
+fn a_changed_jwks_or_rule_rolls_the_pods() {
+    let base = access_bearer(&[]);
+    let (config, secret) = checksums(&base);
+    // Another key in acme's JWKS: only the ConfigMap file changes, yet the pods must roll,
+    // since idgate reads the document once at load.
+    let other = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"rotated","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rotated-jwks.json");
+    std::fs::write(&file, other).unwrap();
+    let flags = set_file("tenants[0].bearer[0].jwks", &file);
+    let rotated = access_bearer(&[&flags[0], &flags[1]]);
+    let r = render_ok("idgate", &chart_dir(), &rotated);
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.config_files()["bearer-acme-0.jwks.json"]).unwrap(),
+        serde_json::from_str::<Value>(other).unwrap()
+    );
+    let (rotated_config, rotated_secret) = checksums(&rotated);
+    assert_ne!(
+        rotated_config, config,
+        "a new JWKS document must roll the pods"
+    );
+    assert_eq!(rotated_secret, secret);
+    // A new rule changes idgate.toml itself.
+    let (ruled, _) = checksums(&access_bearer(&[
+        "--set",
+        "access.rules[0].allowUsers[0]=svc-status",
+    ]));
+    assert_ne!(ruled, config);
+}
+
+#[test]
+fn misspelt_rule_and_issuer_keys_are_refused_not_dropped() {
+    // Dropped silently, `allowGroup` would leave a rule that admits every signed-in user.
+    refused(
+        &access_bearer(&["--set", "access.rules[1].allowGroup[0]=g-admins"]),
+        &["access.rules[1].allowGroup", "allowGroups"],
+    );
+    refused(
+        &access_bearer(&["--set", "access.rules[0].path_regex=^/x$"]),
+        &["access.rules[0].path_regex", "pathRegex"],
+    );
+    refused(
+        &access_bearer(&[
+            "--set",
+            "tenants[1].bearer[0].jwksURL=https://x.example.com/",
+        ]),
+        &["tenants[1].bearer[0].jwksURL", "jwksUrl"],
+    );
+    refused(
+        &access_bearer(&["--set", "access.rules[2]=admins"]),
+        &["access.rules[2] must be a mapping"],
     );
 }

@@ -128,6 +128,54 @@ config. Args: ctx, plan.
 {{- toYaml $plan }}
 {{- end }}
 
+{{/*
+The public files shipped in the ConfigMap next to idgate.toml, and the config values that
+refer to them, as YAML (for fromYaml): the JWKS documents and CA certificates of
+[[tenants.bearer]]. They are public material, so the ConfigMap, not the Secret, holds them;
+a file keeps a JWKS document out of the TOML and is what the SPEC's example refers to.
+  files[key] = the text, base64-encoded (so that no YAML round trip can change it);
+  refs[slot] = "file:/etc/idgate/<key>", or the value itself when it already is a
+               "file:"/"env:" reference (nothing is shipped then).
+Slots: bearer-<tenant index>-<issuer index>-jwks and -ca. A JWKS given as a YAML mapping
+is written as JSON.
+*/}}
+{{- define "idgate.publicPlanYaml" -}}
+{{- $plan := dict "files" (dict) "refs" (dict) }}
+{{- $dir := include "idgate.configDir" . }}
+{{- range $i, $t := .Values.tenants | default list }}
+{{- range $j, $b := $t.bearer | default list }}
+{{- $jwks := $b.jwks }}
+{{- if kindIs "map" $jwks }}
+{{- $jwks = toPrettyJson $jwks }}
+{{- end }}
+{{- range $item := list (list "jwks" $jwks "jwks.json") (list "ca" $b.caCertificate "ca.pem") }}
+{{- $value := index $item 1 | default "" | toString }}
+{{- $slot := printf "bearer-%d-%d-%s" $i $j (index $item 0) }}
+{{- if or (hasPrefix "file:" $value) (hasPrefix "env:" $value) }}
+{{- $_ := set $plan.refs $slot $value }}
+{{- else if $value }}
+{{- $key := printf "bearer-%s-%d.%s" $t.id $j (index $item 2) }}
+{{- $_ := set $plan.files $key ($value | b64enc) }}
+{{- $_ := set $plan.refs $slot (printf "file:%s/%s" $dir $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml $plan }}
+{{- end }}
+
+{{/* The public files of the ConfigMap besides idgate.toml (key: text), as YAML; empty when none. */}}
+{{- define "idgate.publicFiles" -}}
+{{- $plan := include "idgate.publicPlanYaml" . | fromYaml }}
+{{- $files := dict }}
+{{- range $key, $b64 := $plan.files | default dict }}
+{{- $_ := set $files $key (b64dec $b64) }}
+{{- end }}
+{{- if $files }}
+{{- toYaml $files }}
+{{- end }}
+{{- end }}
+
 {{/* The generated Secret's data (key: base64 value), as YAML; empty with existingSecret. */}}
 {{- define "idgate.secretFiles" -}}
 {{- $plan := include "idgate.secretPlanYaml" . | fromYaml }}
@@ -151,12 +199,21 @@ config. Args: ctx, plan.
 {{- include "idgate.validate" . }}
 {{- $v := .Values }}
 {{- $plan := include "idgate.secretPlanYaml" . | fromYaml }}
-{{- $refs := $plan.refs | default dict -}}
+{{- $refs := $plan.refs | default dict }}
+{{- $public := include "idgate.publicPlanYaml" . | fromYaml }}
+{{- $publicRefs := $public.refs | default dict -}}
 # idgate.toml rendered by the idgate Helm chart {{ .Chart.Version }} (release {{ .Release.Name }}).
 # Change the chart values, not this file.
 {{- if include "idgate.hasSecret" . }}
 # Secrets are "file:" references to the keys of the Secret {{ include "idgate.secretName" . | quote }},
 # mounted at {{ include "idgate.secretsDir" . }}.
+{{- end }}
+{{- with $public.files }}
+# Public files of this ConfigMap, mounted next to this file in {{ include "idgate.configDir" $ }}
+# (their SHA-256 is listed so that checksum/config rolls the pods when one changes):
+{{- range $key, $b64 := . }}
+#   {{ $key }} sha256:{{ b64dec $b64 | sha256sum }}
+{{- end }}
 {{- end }}
 
 [server]
@@ -197,6 +254,11 @@ api_paths = {{ $v.access.apiPaths | default list | toJson }}
 strip_headers = {{ . | toJson }}
 {{- end }}
 {{- include "idgate.toml.map" (dict "m" $v.access "keys" (list "loginStartsPerMinute=login_starts_per_minute")) }}
+{{- range $v.access.rules | default list }}
+
+[[access.rules]]
+{{- include "idgate.toml.map" (dict "m" . "keys" (list "name=name" "path=path" "pathRegex=path_regex" "methods=methods" "tenants=tenants" "public=public" "api=api" "allowGroups=allow_groups" "allowRoles=allow_roles" "allowUsers=allow_users")) }}
+{{- end }}
 {{- range $i, $t := $v.tenants | default list }}
 
 [[tenants]]
@@ -245,6 +307,14 @@ sp_previous_keys = {{ $spPrevious | toJson }}
 [tenants.maestrano.billing]
 {{- include "idgate.toml.map" (dict "m" $t.maestrano.billing "keys" (list "mode=mode" "priceCents=price_cents" "currency=currency" "period=period" "description=description")) }}
 {{- end }}
+{{- end }}
+{{- range $j, $b := $t.bearer | default list }}
+
+[[tenants.bearer]]
+{{- include "idgate.toml.map" (dict "m" $b "keys" (list "issuer=issuer" "audience=audience" "jwksUrl=jwks_url")) }}
+{{- include "idgate.toml.kv" (dict "k" "jwks" "v" (index $publicRefs (printf "bearer-%d-%d-jwks" $i $j))) }}
+{{- include "idgate.toml.kv" (dict "k" "ca_certificate" "v" (index $publicRefs (printf "bearer-%d-%d-ca" $i $j))) }}
+{{- include "idgate.toml.map" (dict "m" $b "keys" (list "algorithms=algorithms" "userClaim=user_claim" "groupClaim=group_claim" "emailClaim=email_claim" "roleClaim=role_claim" "nameClaim=name_claim" "forwardAuthorization=forward_authorization")) }}
 {{- end }}
 {{- end }}
 {{- if $v.maestranoDevpl.enabled }}

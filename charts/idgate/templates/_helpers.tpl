@@ -75,7 +75,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* Where the config file and the secret files are mounted in the idgate container. */}}
+{{/* Where the config file, the public files next to it (idgate.publicFiles) and the
+secret files are mounted in the idgate container. */}}
+{{- define "idgate.configDir" -}}/etc/idgate{{- end }}
 {{- define "idgate.configPath" -}}/etc/idgate/idgate.toml{{- end }}
 {{- define "idgate.secretsDir" -}}/etc/idgate/secrets{{- end }}
 
@@ -155,6 +157,33 @@ change.
 {{- end }}
 {{- if and $v.sidecar.native (semverCompare "<1.29-0" .Capabilities.KubeVersion.Version) }}
 {{- fail (printf "sidecar.native needs Kubernetes 1.29 or later (native sidecars: initContainers with restartPolicy: Always), but the cluster is %s: set sidecar.native=false" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- end }}
+{{- /* A misspelt key of a rule or an issuer would be left out of idgate.toml without a
+word: for a rule that widens access (allowGroup admits every signed-in user), so the
+render stops instead. */}}
+{{- $ruleKeys := list "name" "path" "pathRegex" "methods" "tenants" "public" "api" "allowGroups" "allowRoles" "allowUsers" }}
+{{- range $i, $r := ($v.access | default dict).rules | default list }}
+{{- if not (kindIs "map" $r) }}
+{{- fail (printf "access.rules[%d] must be a mapping with the keys %s" $i (join ", " $ruleKeys)) }}
+{{- end }}
+{{- range $k, $_ := $r }}
+{{- if not (has $k $ruleKeys) }}
+{{- fail (printf "access.rules[%d].%s is not a rule key: use %s" $i $k (join ", " $ruleKeys)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $bearerKeys := list "issuer" "audience" "jwksUrl" "jwks" "caCertificate" "algorithms" "userClaim" "groupClaim" "emailClaim" "roleClaim" "nameClaim" "forwardAuthorization" }}
+{{- range $i, $t := $v.tenants | default list }}
+{{- range $j, $b := ($t | default dict).bearer | default list }}
+{{- if not (kindIs "map" $b) }}
+{{- fail (printf "tenants[%d].bearer[%d] must be a mapping with the keys %s" $i $j (join ", " $bearerKeys)) }}
+{{- end }}
+{{- range $k, $_ := $b }}
+{{- if not (has $k $bearerKeys) }}
+{{- fail (printf "tenants[%d].bearer[%d].%s is not an issuer key: use %s" $i $j $k (join ", " $bearerKeys)) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- $preStop := int (($v.preStop | default dict).sleepSeconds | default 0) }}

@@ -111,6 +111,12 @@ All three take one dict:
       mountPath: {{ include "idgate.configPath" $c }}
       subPath: idgate.toml
       readOnly: true
+    {{- range $key, $_ := include "idgate.publicFiles" $c | fromYaml }}
+    - name: idgate-config
+      mountPath: {{ printf "%s/%s" (include "idgate.configDir" $c) $key }}
+      subPath: {{ $key }}
+      readOnly: true
+    {{- end }}
     {{- if include "idgate.hasSecret" $c }}
     - name: idgate-secrets
       mountPath: {{ include "idgate.secretsDir" $c }}
