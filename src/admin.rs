@@ -1,5 +1,8 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`. It binds to loopback by
-//! default because metrics and readiness are for the kubelet and Prometheus only.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the operators' API under
+//! `/admin/` (see [`api`]). It binds to loopback by default because metrics and
+//! readiness are for the kubelet and Prometheus only.
+
+pub mod api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
     signer: Arc<Signer>,
+    api: Option<api::Api>,
 }
 
 impl Admin {
@@ -34,12 +38,14 @@ impl Admin {
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
         signer: Arc<Signer>,
+        api: Option<api::Api>,
     ) -> Admin {
         Admin {
             store,
             metrics,
             draining,
             signer,
+            api,
         }
     }
 
@@ -69,6 +75,14 @@ impl Admin {
 
 impl Handler for Admin {
     async fn call(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        let path = req.uri().path();
+        if path == "/admin" || path.starts_with("/admin/") {
+            // Without a token the API does not exist, whatever the method.
+            return match &self.api {
+                Some(api) => api.handle(req).await,
+                None => response::text(StatusCode::NOT_FOUND, "not found\n"),
+            };
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return response::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }

@@ -106,6 +106,23 @@ pub struct Tenancy {
     maestrano: crate::maestrano::Maestrano,
     /// The credential-failure limiter the tenancy was built with (it outlives it).
     failures: Arc<Failures>,
+    /// Per tenant, in id order: where it came from and whether it has SCIM, for the
+    /// admin API.
+    origins: Vec<(String, &'static str, bool)>,
+}
+
+/// A tenant as the admin API describes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantSummary {
+    /// Tenant id.
+    pub id: String,
+    /// `config` (the config file) or `devpl` (Maestrano's developer platform).
+    pub source: &'static str,
+    /// The IdP's metadata: `ok` (configured, or fetched and current) or `none` (a
+    /// metadata URL not fetched successfully yet).
+    pub saml_metadata: &'static str,
+    /// Whether SCIM is served for it.
+    pub scim: bool,
 }
 
 /// Where a tenant's SP comes from.
@@ -170,6 +187,18 @@ impl Tenancy {
                 .iter()
                 .map(|t| (t.id.clone(), t.provisioning.clone()))
                 .collect(),
+            origins: {
+                let mut o: Vec<(String, &'static str, bool)> = config
+                    .tenants
+                    .iter()
+                    .map(|t| {
+                        let source = if t.from_devpl { "devpl" } else { "config" };
+                        (t.id.clone(), source, t.scim.is_some())
+                    })
+                    .collect();
+                o.sort();
+                o
+            },
             scim: crate::scim::Scim::new(config, directory.clone(), failures.clone()),
             maestrano: crate::maestrano::Maestrano::new(config, directory.clone()),
             failures: failures.clone(),
@@ -198,6 +227,27 @@ impl Tenancy {
     /// `tenant`'s provisioning rules, which a login goes through.
     pub fn provisioning(&self, tenant: &str) -> Option<&ProvisioningConfig> {
         self.provisioning.get(tenant)
+    }
+
+    /// Every tenant, in id order, as the admin API lists them.
+    pub fn summaries(&self) -> Vec<TenantSummary> {
+        self.origins
+            .iter()
+            .map(|(id, source, scim)| TenantSummary {
+                id: id.clone(),
+                source,
+                saml_metadata: match self.sp(id) {
+                    Some(SpState::Ready(_)) => "ok",
+                    _ => "none",
+                },
+                scim: *scim,
+            })
+            .collect()
+    }
+
+    /// Whether `tenant` exists.
+    pub fn has(&self, tenant: &str) -> bool {
+        self.saml.contains_key(tenant)
     }
 
     /// The Maestrano side of this tenant set (inert when no tenant is a Maestrano one).
@@ -304,6 +354,11 @@ impl Gateway {
     /// The open tunnels, for the listener's shutdown.
     pub fn tunnels(&self) -> &Arc<Tunnels> {
         &self.tunnels
+    }
+
+    /// The tenant set now.
+    pub fn tenancy(&self) -> Arc<Tenancy> {
+        self.tenancy.load_full()
     }
 
     /// Replaces the tenant set (Maestrano's developer platform changed it).

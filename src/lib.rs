@@ -172,11 +172,20 @@ impl App {
             store.clone(),
             signer.clone(),
         ));
+        let api = config.server.admin_token_sha256.map(|token| {
+            admin::api::Api::new(
+                token,
+                gateway.clone(),
+                sessions.clone(),
+                directory.clone(),
+            )
+        });
         let admin = Arc::new(Admin::new(
             store.clone(),
             metrics.clone(),
             draining.clone(),
             signer,
+            api,
         ));
         Ok(App {
             config: Arc::new(config),

@@ -6,17 +6,11 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use idgate::config::Config;
-use idgate::directory::Directory;
-use idgate::identity::Signer;
-use idgate::session::Sessions;
-use idgate::store::Store;
-use sha2::Digest;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -24,59 +18,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-const SCIM_TOKEN: &str = "tunnel-test-scim-token";
-
-/// The library side of a deployment on one Redis: provisions users and makes sessions
-/// as a login would; the replicas run the same config.
-struct Deployment {
-    dir: Directory,
-    sessions: Arc<Sessions>,
-    text: String,
-    _keys: tempfile::TempDir,
-}
-
-fn deployment(
-    upstream: std::net::SocketAddr,
-    redis: &str,
-    server: &str,
-    extra: &str,
-) -> Deployment {
-    let keys = tempfile::tempdir().unwrap();
-    let key = signing_key_file(keys.path(), "EdDSA");
-    let hash = hex::encode(sha2::Sha256::digest(SCIM_TOKEN.as_bytes()));
-    let text = config(
-        upstream,
-        server,
-        &format!(
-            "[store]\nurl = \"{redis}\"\n{extra}\n[identity]\nsigning_key = \"file:{}\"\n\
-             {}[tenants.scim]\ntoken = \"sha256:{hash}\"\n",
-            key.display(),
-            tenant_toml("acme"),
-        ),
-    );
-    let cfg = Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
-    let store = Store::open(&cfg.store).expect("store");
-    let signer = Arc::new(Signer::new(&cfg.identity, false).expect("signer"));
-    Deployment {
-        dir: Directory::new(store.clone()),
-        sessions: Arc::new(Sessions::new(&cfg, store, signer)),
-        text,
-        _keys: keys,
-    }
-}
-
-impl Deployment {
-    async fn login(&self, user: &str, group: &str) -> String {
-        provision(&self.dir, "acme", user, group).await;
-        let new = self
-            .sessions
-            .create_session("acme", user, group)
-            .await
-            .expect("create_session");
-        cookie_for(&self.sessions, &new)
-    }
-}
 
 /// A WebSocket through idgate with `cookie`, checked to echo.
 async fn open_ws(idgate: &Idgate, cookie: &str) -> Ws {

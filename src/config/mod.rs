@@ -219,6 +219,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Threads serving the public listener, each with its own upstream pool.
     pub workers: usize,
+    /// SHA-256 of the admin API's bearer token; `None` leaves `/admin/` unserved.
+    pub admin_token_sha256: Option<[u8; 32]>,
 }
 
 impl ServerConfig {
@@ -593,6 +595,8 @@ pub struct TenantConfig {
     pub maestrano: Option<MaestranoConfig>,
     /// Issuers whose JWTs machine clients may present instead of a session.
     pub bearer: Vec<BearerConfig>,
+    /// Added by Maestrano's developer platform rather than written in the config file.
+    pub from_devpl: bool,
 }
 
 /// `[[tenants.bearer]]`: an issuer of JWTs that machine clients present as

@@ -36,6 +36,7 @@ pub(crate) struct RawServer {
     pub shutdown_grace: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub workers: Option<i64>,
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -585,7 +585,12 @@ fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
             1
         }
     };
+    let admin_token_sha256 = raw
+        .admin_token
+        .as_deref()
+        .and_then(|t| scim_token(c, "server.admin_token", Some(t)));
     ServerConfig {
+        admin_token_sha256,
         workers,
         listen,
         admin_listen: c.socket_addr(
@@ -992,6 +997,7 @@ fn tenants(c: &mut Checker<'_>, raw: Vec<RawTenant>, server: &ServerConfig) -> V
                 scim,
                 maestrano,
                 bearer,
+                from_devpl: false,
             });
         }
     }

@@ -111,6 +111,7 @@ pub fn dev_tenant(config: &Config) -> Result<(TenantConfig, idp::DevIdp), idp::D
         scim: None,
         maestrano: None,
         bearer: Vec::new(),
+        from_devpl: false,
     };
     Ok((tenant, idp))
 }

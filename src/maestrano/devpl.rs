@@ -180,7 +180,11 @@ pub fn merged(base: &Config, marketplaces: &[Value]) -> Result<Config, String> {
             Err(reason) => tracing::error!(reason, "a marketplace is not a valid tenant: left out"),
         }
     }
-    Config::from_toml(&render(&tenants)?, dir).map_err(|e| e.to_string())
+    let mut merged = Config::from_toml(&render(&tenants)?, dir).map_err(|e| e.to_string())?;
+    for t in &mut merged.tenants {
+        t.from_devpl = !base.tenants.iter().any(|b| b.id == t.id);
+    }
+    Ok(merged)
 }
 
 #[cfg(test)]

@@ -955,6 +955,44 @@ impl Sessions {
         Ok(ended)
     }
 
+    /// The live sessions of a user, with their store keys (the admin API's session ids).
+    pub async fn user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<(String, StoredSession)>, StoreError> {
+        let mut live = self.store.user_sessions(tenant, user_id).await?;
+        live.retain(|(_, s)| s.record.tenant == tenant && s.record.user_id == user_id);
+        Ok(live)
+    }
+
+    /// Ends every session of a user on every replica, as a logout would (they are gone,
+    /// not blocked: their cookies count as no session). Returns how many were ended.
+    pub async fn end_user_sessions(&self, tenant: &str, user_id: &str) -> Result<usize, StoreError> {
+        let live = self.user_sessions(tenant, user_id).await?;
+        let n = live.len();
+        for (hash, stored) in live {
+            self.end(hash, &stored.record).await?;
+        }
+        Ok(n)
+    }
+
+    /// Ends the session stored under `hash` if it is one of `tenant`'s; false if there is
+    /// no such session.
+    pub async fn end_session(&self, tenant: &str, hash: &str) -> Result<bool, StoreError> {
+        let is_key = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !is_key {
+            return Ok(false);
+        }
+        match self.store.get_session(hash).await? {
+            Some(stored) if stored.record.tenant == tenant => {
+                self.end(hash.to_owned(), &stored.record).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Deletes a session and tells every replica, through the same event that closes
     /// its open tunnels and streams: logout and Single Logout end a session alike.
     async fn end(&self, hash: String, record: &SessionRecord) -> Result<(), StoreError> {

@@ -264,6 +264,26 @@ impl DirectoryStore for MemoryStore {
         Ok((page, set.len()))
     }
 
+    async fn list_after(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        after: Option<&str>,
+        count: usize,
+    ) -> StoreResult<Vec<String>> {
+        use std::ops::Bound;
+        let g = self.lock();
+        let Some(set) = g.lists.get(&(tenant.to_owned(), listing.key())) else {
+            return Ok(Vec::new());
+        };
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        Ok(set
+            .range((from, Bound::Unbounded))
+            .take(count)
+            .cloned()
+            .collect())
+    }
+
     async fn get_users(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<User>> {
         let g = self.lock();
         Ok(ids
@@ -409,6 +429,27 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(revoked)
+    }
+
+    async fn user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> StoreResult<Vec<(String, StoredSession)>> {
+        let g = self.lock();
+        let now = Instant::now();
+        let mut live: Vec<(String, StoredSession)> = g
+            .user_sessions
+            .get(&(tenant.to_owned(), user_id.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|h| match g.sessions.get(h) {
+                Some((s, until)) if *until > now => Some((h.clone(), s.clone())),
+                _ => None,
+            })
+            .collect();
+        live.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(live)
     }
 
     async fn saml_sessions(

@@ -253,6 +253,16 @@ pub trait DirectoryStore: Send + Sync {
         start: usize,
         count: usize,
     ) -> impl Future<Output = StoreResult<(Vec<String>, usize)>> + Send;
+    /// Up to `count` ids of a listing that sort after `after` (from the start when
+    /// `None`), in id order: a page that a cursor (the last id seen) continues, read in
+    /// one bounded range query whatever the listing's size.
+    fn list_after(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        after: Option<&str>,
+        count: usize,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
     /// Reads several users in one round trip; missing ones are left out.
     fn get_users(
         &self,
@@ -323,6 +333,13 @@ pub trait SessionStore: Send + Sync {
         reason: RevokeReason,
         group: Option<&str>,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+    /// The live sessions of a user, with their hashes, from the user's session index
+    /// (entries whose session expired are dropped from it on the way).
+    fn user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> impl Future<Output = StoreResult<Vec<(String, StoredSession)>>> + Send;
     /// The live sessions made from assertions about this SAML NameID, with their hashes:
     /// what a Single Logout naming it must end. Sessions put with a `saml` subject are
     /// indexed by it until they expire or are deleted.
@@ -521,6 +538,15 @@ impl DirectoryStore for Store {
     ) -> StoreResult<(Vec<String>, usize)> {
         delegate!(self, s => s.list(tenant, listing, start, count))
     }
+    async fn list_after(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        after: Option<&str>,
+        count: usize,
+    ) -> StoreResult<Vec<String>> {
+        delegate!(self, s => s.list_after(tenant, listing, after, count))
+    }
     async fn get_users(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<User>> {
         delegate!(self, s => s.get_users(tenant, ids))
     }
@@ -564,6 +590,13 @@ impl SessionStore for Store {
         group: Option<&str>,
     ) -> StoreResult<Vec<String>> {
         delegate!(self, s => s.revoke_user_sessions(tenant, user_id, reason, group))
+    }
+    async fn user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> StoreResult<Vec<(String, StoredSession)>> {
+        delegate!(self, s => s.user_sessions(tenant, user_id))
     }
     async fn saml_sessions(
         &self,

@@ -620,6 +620,32 @@ impl DirectoryStore for RedisStore {
         Ok((ids, total))
     }
 
+    async fn list_after(
+        &self,
+        tenant: &str,
+        listing: Listing,
+        after: Option<&str>,
+        count: usize,
+    ) -> StoreResult<Vec<String>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        // Every member has score 0, so a lexical range continues exactly after the
+        // cursor: O(log n + count) on one key (one slot on a Cluster, by the tenant's
+        // hash tag), however large the listing.
+        let from = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        redis::cmd("ZRANGEBYLEX")
+            .arg(self.list_key(tenant, listing))
+            .arg(from)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn get_users(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<User>> {
         self.mget(tenant, "user", ids).await
     }
@@ -859,6 +885,39 @@ impl SessionStore for RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(revoked)
+    }
+
+    async fn user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> StoreResult<Vec<(String, StoredSession)>> {
+        let index = self.tkey(tenant, "usess", user_id);
+        let mut hashes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&index)
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        hashes.sort();
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        // Sessions live in their own slots (keyed by hash alone), so each is read on
+        // its own; a user has a handful of sessions at most.
+        for h in hashes {
+            match self.get_session(&h).await? {
+                Some(s) => live.push((h, s)),
+                None => gone.push(h),
+            }
+        }
+        if !gone.is_empty() {
+            let _: () = redis::cmd("SREM")
+                .arg(&index)
+                .arg(&gone)
+                .query_async(&mut self.active().await?)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(live)
     }
 
     async fn saml_sessions(

@@ -775,6 +775,66 @@ pub async fn provision(dir: &idgate::directory::Directory, tenant: &str, user: &
         .expect("set_membership");
 }
 
+/// The SCIM token of a [`Deployment`]'s tenant `acme`.
+pub const SCIM_TOKEN: &str = "tunnel-test-scim-token";
+
+/// The library side of a deployment on one Redis: provisions users and makes sessions
+/// as a login would; the replicas run the same config.
+pub struct Deployment {
+    /// The directory on the deployment's store.
+    pub dir: idgate::directory::Directory,
+    /// Sessions on the deployment's store.
+    pub sessions: Arc<idgate::session::Sessions>,
+    /// The replicas' config.
+    pub text: String,
+    _keys: tempfile::TempDir,
+}
+
+/// A deployment of tenant `acme` (with SCIM, [`SCIM_TOKEN`]) on the Redis at `redis`:
+/// `server` adds `[server]` keys, `extra` top-level tables.
+pub fn deployment(
+    upstream: std::net::SocketAddr,
+    redis: &str,
+    server: &str,
+    extra: &str,
+) -> Deployment {
+    let keys = tempfile::tempdir().unwrap();
+    let key = signing_key_file(keys.path(), "EdDSA");
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(SCIM_TOKEN.as_bytes()));
+    let text = config(
+        upstream,
+        server,
+        &format!(
+            "[store]\nurl = \"{redis}\"\n{extra}\n[identity]\nsigning_key = \"file:{}\"\n\
+             {}[tenants.scim]\ntoken = \"sha256:{hash}\"\n",
+            key.display(),
+            tenant_toml("acme"),
+        ),
+    );
+    let cfg = idgate::config::Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
+    let store = idgate::store::Store::open(&cfg.store).expect("store");
+    let signer = Arc::new(idgate::identity::Signer::new(&cfg.identity, false).expect("signer"));
+    Deployment {
+        dir: idgate::directory::Directory::new(store.clone()),
+        sessions: Arc::new(idgate::session::Sessions::new(&cfg, store, signer)),
+        text,
+        _keys: keys,
+    }
+}
+
+impl Deployment {
+    /// A session for `user` in `group` (both provisioned), as a `Cookie` value.
+    pub async fn login(&self, user: &str, group: &str) -> String {
+        provision(&self.dir, "acme", user, group).await;
+        let new = self
+            .sessions
+            .create_session("acme", user, group)
+            .await
+            .expect("create_session");
+        cookie_for(&self.sessions, &new)
+    }
+}
+
 /// A `Cookie` header value for a new session.
 pub fn cookie_for(
     sessions: &idgate::session::Sessions,
