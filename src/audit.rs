@@ -279,10 +279,14 @@ pub fn record(origin: &Origin<'_>, event: Event<'_>) {
             (tenant, user, session, reason) =
                 (Some(t), Some(u), Some(session_ref(s)), Some(r.code()));
         }
-        Event::UserDeactivated { tenant: t, user: u } | Event::UserActivated { tenant: t, user: u } => {
+        Event::UserDeactivated { tenant: t, user: u }
+        | Event::UserActivated { tenant: t, user: u } => {
             (tenant, user) = (Some(t), Some(u));
         }
-        Event::CompanyCancelled { tenant: t, group: g } => (tenant, group) = (Some(t), Some(g)),
+        Event::CompanyCancelled {
+            tenant: t,
+            group: g,
+        } => (tenant, group) = (Some(t), Some(g)),
         Event::MembershipRemoved {
             tenant: t,
             user: u,

@@ -368,9 +368,21 @@ async fn deactivated_cancelled_and_removed_users_get_a_page_with_a_way_back_in()
             "{code}: works before"
         );
         match code {
-            "account_deactivated" => s.dir.deactivate_user("acme", user).await.unwrap(),
-            "company_cancelled" => s.dir.cancel_group("acme", group).await.unwrap(),
-            _ => s.dir.remove_membership("acme", user, group).await.unwrap(),
+            "account_deactivated" => s
+                .dir
+                .deactivate_user(&idgate::audit::Origin::system(), "acme", user)
+                .await
+                .unwrap(),
+            "company_cancelled" => s
+                .dir
+                .cancel_group(&idgate::audit::Origin::system(), "acme", group)
+                .await
+                .unwrap(),
+            _ => s
+                .dir
+                .remove_membership(&idgate::audit::Origin::system(), "acme", user, group)
+                .await
+                .unwrap(),
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         let r = loop {

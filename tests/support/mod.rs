@@ -805,9 +805,15 @@ pub async fn provision(dir: &idgate::directory::Directory, tenant: &str, user: &
         Ok(()) | Err(idgate::directory::DirectoryError::Taken { field: "id", .. }) => {}
         Err(e) => panic!("create_user: {e}"),
     }
-    dir.set_membership(tenant, user, group, "admin")
-        .await
-        .expect("set_membership");
+    dir.set_membership(
+        &idgate::audit::Origin::system(),
+        tenant,
+        user,
+        group,
+        "admin",
+    )
+    .await
+    .expect("set_membership");
 }
 
 /// A `Cookie` header value for a new session.
