@@ -575,7 +575,9 @@ async fn a_store_outage_page_offers_to_try_the_same_page_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_and_unknown_endpoints_get_a_page_when_the_client_takes_html() {
-    let s = site("", "", "").await;
+    // The test client stands for an ingress (a trusted proxy): the request ids it sends
+    // are the references the pages show.
+    let s = site("trusted_proxies = [\"127.0.0.1/32\"]", "", "").await;
     // 400: an ambiguous path, as a browser would send it.
     let raw_reply = raw(
         s.idgate.public,

@@ -825,9 +825,11 @@ struct Logged {
 async fn start_logged(saml_extra: &str) -> Logged {
     let idp = TestIdp::new("test-idp");
     let up = TestUpstream::start().await;
+    // The test client stands for an ingress (a trusted proxy), so that the request ids
+    // it chooses are idgate's too and find the log lines.
     let idgate = Idgate::start(&config(
         up.addr,
-        "",
+        "trusted_proxies = [\"127.0.0.1/32\"]",
         &format!(
             "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
              idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
