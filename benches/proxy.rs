@@ -412,7 +412,13 @@ fn main() {
             u.email = Some(format!("{user}@example.com"));
             directory.create_user("bench", &u).await.unwrap();
             directory
-                .set_membership("bench", &user, "g", "member")
+                .set_membership(
+                    &idgate::audit::Origin::system(),
+                    "bench",
+                    &user,
+                    "g",
+                    "member",
+                )
                 .await
                 .unwrap();
             let s = sessions.create_session("bench", &user, "g").await.unwrap();
@@ -534,7 +540,10 @@ fn main() {
         rt.block_on(async {
             assert_eq!(status(&client, &url, &cookie).await, 200);
             let start = Instant::now();
-            directory.deactivate_user("bench", &user).await.unwrap();
+            directory
+                .deactivate_user(&idgate::audit::Origin::system(), "bench", &user)
+                .await
+                .unwrap();
             loop {
                 if status(&client, &url, &cookie).await == 403 {
                     break;

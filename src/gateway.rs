@@ -827,7 +827,11 @@ impl Gateway {
         let host = host_of(&req);
         let ended = match self
             .sessions
-            .logout(req.headers(), &|t| self.serves(host, t))
+            .logout(
+                &crate::audit::Origin::new(crate::audit::Actor::User, request_id),
+                req.headers(),
+                &|t| self.serves(host, t),
+            )
             .await
         {
             Ok(r) => r,
@@ -1191,7 +1195,8 @@ impl Handler for GatewayWorker {
         // front: growing it later rehashes it. Identity headers do not go into the map
         // on the common path (see `forward`).
         req.headers_mut().reserve(6);
-        let request_id = ensure_request_id(req.headers_mut());
+        let (request_id, client_request_id) =
+            ensure_request_id(req.headers_mut(), || gw.is_trusted(peer.ip()));
         let rid = request_id.to_str().unwrap_or("-");
         let method = req.method().clone();
         // A cheap (reference-counted) copy, so the routing path can borrow from it while
@@ -1211,9 +1216,17 @@ impl Handler for GatewayWorker {
         let (route, mut resp, log_path) = match checked {
             Ok(path) => {
                 let (route, rule) = gw.classify(&method, &path, host_of(&req));
-                let resp = gw
-                    .handle(&self.upstream, req, peer, rid, (route, rule), &path, &uri)
-                    .await;
+                let handled = gw.handle(&self.upstream, req, peer, rid, (route, rule), &path, &uri);
+                // A client's own id reaches the audit lines of this request (as
+                // `client_request_id`) without being threaded through every protocol.
+                let resp = match &client_request_id {
+                    None => handled.await,
+                    Some(c) => {
+                        crate::audit::CLIENT_REQUEST_ID
+                            .scope(c.clone(), handled)
+                            .await
+                    }
+                };
                 (route, resp, path)
             }
             Err(status) => {
@@ -1244,6 +1257,7 @@ impl Handler for GatewayWorker {
         tracing::info!(
             target: "idgate::access",
             request_id = rid,
+            client_request_id = client_request_id.as_deref(),
             method = %method,
             path = &*log_path,
             route = route.as_str(),
@@ -1370,21 +1384,32 @@ fn session_json(a: &Authenticated) -> Response<Body> {
     )
 }
 
-/// Keeps a well-formed client `X-Request-Id` (so a trace crosses hops) or sets a new one,
-/// and returns it for the log and the response.
-fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID)
-        && let Ok(s) = v.to_str()
-        && !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+/// The request's id, for the logs, the pages, the upstream and the response, and the
+/// client's own `X-Request-Id` when it is not that. A well-formed `X-Request-Id` from a
+/// trusted proxy is kept (so a trace crosses hops); from anyone else idgate sets its
+/// own, so that a client cannot choose what the audit log says (SPEC §10), and the
+/// client's well-formed one is returned to be logged as `client_request_id` only.
+fn ensure_request_id(
+    headers: &mut http::HeaderMap,
+    trusted: impl FnOnce() -> bool,
+) -> (HeaderValue, Option<Box<str>>) {
+    let sent = headers.get(&X_REQUEST_ID).and_then(|v| {
+        let s = v.to_str().ok()?;
+        let sane = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        sane.then_some((v, s))
+    });
+    if let Some((v, _)) = sent
+        && trusted()
     {
-        return v.clone();
+        return (v.clone(), None);
     }
+    let client = sent.map(|(_, s)| Box::from(s));
     let id = new_request_id();
     headers.insert(X_REQUEST_ID, id.clone());
-    id
+    (id, client)
 }
 
 thread_local! {
@@ -1852,16 +1877,31 @@ mod tests {
     fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
         let mut h = http::HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(ensure_request_id(&mut h), "abc-123");
+        assert_eq!(
+            ensure_request_id(&mut h, || true),
+            (HeaderValue::from_static("abc-123"), None)
+        );
         h.insert("x-request-id", HeaderValue::from_static("has space"));
-        let id = ensure_request_id(&mut h);
+        let (id, client) = ensure_request_id(&mut h, || true);
+        assert_eq!(client, None, "an ill-formed id is not logged at all");
         assert_eq!(id.len(), 32);
         assert!(id.to_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(h["x-request-id"], id);
         assert_ne!(
-            ensure_request_id(&mut http::HeaderMap::new()),
+            ensure_request_id(&mut http::HeaderMap::new(), || true).0,
             id,
             "ids differ"
         );
+    }
+
+    #[test]
+    fn an_untrusted_clients_request_id_is_only_the_client_request_id() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("chosen-123"));
+        let (id, client) = ensure_request_id(&mut h, || false);
+        assert_eq!(client.as_deref(), Some("chosen-123"));
+        assert_ne!(id, "chosen-123");
+        assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id, "the upstream gets idgate's id");
     }
 }

@@ -26,7 +26,7 @@ impl Running {
     async fn login(&self, user: &str, group: &str, role: &str) -> String {
         provision(&self.dir, "acme", user, group).await;
         self.dir
-            .set_membership("acme", user, group, role)
+            .set_membership(&idgate::audit::Origin::system(), "acme", user, group, role)
             .await
             .expect("set_membership");
         let new = self
@@ -194,7 +194,13 @@ async fn a_role_change_reaches_the_rules() {
         403
     );
     r.dir
-        .set_membership("acme", "u-1", "g-acme", "editor")
+        .set_membership(
+            &idgate::audit::Origin::system(),
+            "acme",
+            "u-1",
+            "g-acme",
+            "editor",
+        )
         .await
         .unwrap();
     // Within one second on every replica (SPEC §9), through the invalidation events.
@@ -219,7 +225,13 @@ async fn a_users_other_groups_count_and_travel_as_headers_and_claims() {
         .unwrap();
     assert_eq!(status(&r, "GET", "/admin", Some(&user)).await.status, 403);
     r.dir
-        .set_membership("acme", "u-1", "g-admins", "member")
+        .set_membership(
+            &idgate::audit::Origin::system(),
+            "acme",
+            "u-1",
+            "g-admins",
+            "member",
+        )
         .await
         .unwrap();
     let within = |want: u16, path: &'static str| {
@@ -275,7 +287,7 @@ async fn a_users_other_groups_count_and_travel_as_headers_and_claims() {
 
     // Removed from g-admins: /admin is gone within a second.
     r.dir
-        .remove_membership("acme", "u-1", "g-admins")
+        .remove_membership(&idgate::audit::Origin::system(), "acme", "u-1", "g-admins")
         .await
         .unwrap();
     within(403, "/admin").await;

@@ -98,7 +98,7 @@ impl Running {
     async fn login(&self, user: &str, group: &str, role: &str) -> String {
         provision(&self.dir, "acme", user, group).await;
         self.dir
-            .set_membership("acme", user, group, role)
+            .set_membership(&idgate::audit::Origin::system(), "acme", user, group, role)
             .await
             .expect("set_membership");
         let new = self
@@ -553,8 +553,14 @@ async fn deactivated_users_and_cancelled_groups_get_403() {
     let dashboard = || nginx("GET", "/dashboard", "acme.example.com");
     assert_eq!(r.ask(&user, dashboard()).await.status, 200);
     assert_eq!(r.ask(&other, dashboard()).await.status, 200);
-    r.dir.deactivate_user("acme", "u-1").await.unwrap();
-    r.dir.cancel_group("acme", "g-other").await.unwrap();
+    r.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "u-1")
+        .await
+        .unwrap();
+    r.dir
+        .cancel_group(&idgate::audit::Origin::system(), "acme", "g-other")
+        .await
+        .unwrap();
     for (cookie, reason) in [
         (&user, "account_deactivated"),
         (&other, "company_cancelled"),
@@ -1008,7 +1014,14 @@ async fn through(ingress: &Ingress, behind: &Behind) {
         behind.dir.ensure_group("acme", g, g).await.unwrap();
         behind
             .dir
-            .change_members("acme", g, &["idp-user-1".to_owned()], &[], "member")
+            .change_members(
+                &idgate::audit::Origin::system(),
+                "acme",
+                g,
+                &["idp-user-1".to_owned()],
+                &[],
+                "member",
+            )
             .await
             .unwrap();
     }

@@ -1258,7 +1258,10 @@ async fn sessions_revoked_by_webhooks_end_once_the_user_is_back_on_every_replica
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let r = on_b(&ann_3, json).await;
     assert_eq!(r.status, 403, "still cancelled: still the 403");
-    m.dir.reactivate_group("mno", "cld-3").await.unwrap();
+    m.dir
+        .reactivate_group(&idgate::audit::Origin::system(), "mno", "cld-3")
+        .await
+        .unwrap();
     until_b(ann_3.clone(), 401).await;
 
     // Bob leaves every company: deactivated. SSO is refused while he is inactive, and
@@ -1272,7 +1275,10 @@ async fn sessions_revoked_by_webhooks_end_once_the_user_is_back_on_every_replica
     assert!(!m.dir.user("mno", "bob").await.unwrap().unwrap().active);
     until_b(bob_1.clone(), 403).await;
     assert_eq!(login("bob", "cld-1").await.status, 403);
-    m.dir.reactivate_user("mno", "bob").await.unwrap();
+    m.dir
+        .reactivate_user(&idgate::audit::Origin::system(), "mno", "bob")
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let r = on_b(&bob_1, json).await;
     assert_eq!(

@@ -368,9 +368,21 @@ async fn deactivated_cancelled_and_removed_users_get_a_page_with_a_way_back_in()
             "{code}: works before"
         );
         match code {
-            "account_deactivated" => s.dir.deactivate_user("acme", user).await.unwrap(),
-            "company_cancelled" => s.dir.cancel_group("acme", group).await.unwrap(),
-            _ => s.dir.remove_membership("acme", user, group).await.unwrap(),
+            "account_deactivated" => s
+                .dir
+                .deactivate_user(&idgate::audit::Origin::system(), "acme", user)
+                .await
+                .unwrap(),
+            "company_cancelled" => s
+                .dir
+                .cancel_group(&idgate::audit::Origin::system(), "acme", group)
+                .await
+                .unwrap(),
+            _ => s
+                .dir
+                .remove_membership(&idgate::audit::Origin::system(), "acme", user, group)
+                .await
+                .unwrap(),
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         let r = loop {
@@ -563,7 +575,9 @@ async fn a_store_outage_page_offers_to_try_the_same_page_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_and_unknown_endpoints_get_a_page_when_the_client_takes_html() {
-    let s = site("", "", "").await;
+    // The test client stands for an ingress (a trusted proxy): the request ids it sends
+    // are the references the pages show.
+    let s = site("trusted_proxies = [\"127.0.0.1/32\"]", "", "").await;
     // 400: an ambiguous path, as a browser would send it.
     let raw_reply = raw(
         s.idgate.public,

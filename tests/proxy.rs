@@ -346,8 +346,24 @@ async fn request_id_is_forwarded_kept_and_returned() {
         "the access log carries the id"
     );
 
+    // A client's own id is not idgate's (SPEC §10): the upstream, the response and the
+    // log carry idgate's id, and the client's only as `client_request_id`.
     let r = get(&idgate.url("/r"), &[("x-request-id", "trace-abc-123")]).await;
+    let own = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(own, "trace-abc-123");
+    assert_eq!(received(&r.json(), "x-request-id"), [own.as_str()]);
+    let needle = format!("\"request_id\":\"{own}\",\"client_request_id\":\"trace-abc-123\"");
+    assert!(idgate.wait_for_log(&needle), "{}", idgate.logs());
+
+    // From a trusted proxy the id is kept, so a trace crosses hops.
+    let trusted = Idgate::start(&config(
+        up.addr,
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        "[access]\npublic_paths = [\"/\"]\n",
+    ));
+    let r = get(&trusted.url("/r"), &[("x-request-id", "trace-abc-123")]).await;
     assert_eq!(received(&r.json(), "x-request-id"), ["trace-abc-123"]);
+    assert_eq!(r.headers["x-request-id"], "trace-abc-123");
 }
 
 #[tokio::test]

@@ -143,7 +143,10 @@ async fn revocation_reaches_the_other_replica(store_url: &str) {
     let echo = get(&b.url("/x"), &[("cookie", &cookie)]).await.json();
     assert_eq!(received(&echo, "x-idgate-user-id"), ["u-1"]);
 
-    ctl.dir.deactivate_user("acme", "u-1").await.unwrap();
+    ctl.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "u-1")
+        .await
+        .unwrap();
     let took = until_status(&b.url("/x"), &cookie, 403, Duration::from_secs(1)).await;
     assert!(took < Duration::from_secs(1), "revocation took {took:?}");
     let r = get(
@@ -160,7 +163,10 @@ async fn revocation_reaches_the_other_replica(store_url: &str) {
     );
 
     // A cancelled company is blocked everywhere too.
-    ctl.dir.cancel_group("acme", "g-1").await.unwrap();
+    ctl.dir
+        .cancel_group(&idgate::audit::Origin::system(), "acme", "g-1")
+        .await
+        .unwrap();
     until_status(&a.url("/x"), &bystander, 403, Duration::from_secs(1)).await;
     until_status(&b.url("/x"), &bystander, 403, Duration::from_secs(1)).await;
 }
@@ -310,7 +316,10 @@ async fn a_revoked_session_keeps_its_403_while_redis_is_down() {
     idgate.wait_ready().await;
     let cookie = ctl.login("u-r", "g-r").await;
     assert_eq!(status(&idgate.url("/x"), &cookie).await, 200);
-    ctl.dir.deactivate_user("acme", "u-r").await.unwrap();
+    ctl.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "u-r")
+        .await
+        .unwrap();
     until_status(&idgate.url("/x"), &cookie, 403, Duration::from_secs(1)).await;
 
     redis.stop();

@@ -614,7 +614,10 @@ async fn provisioning(sso: &Sso) {
     );
 
     // A deactivated user, or a cancelled company, gets no session but a 403 saying so.
-    sso.dir.deactivate_user("acme", "legacy-42").await.unwrap();
+    sso.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "legacy-42")
+        .await
+        .unwrap();
     let r = sso
         .post(
             &signed_assertion_response(&spec.clone().fresh(), &sso.idp),
@@ -624,7 +627,10 @@ async fn provisioning(sso: &Sso) {
     assert_eq!(r.status, 403);
     assert!(r.text().contains("deactivated"));
     assert!(r.headers.get("set-cookie").is_none());
-    sso.dir.cancel_group("acme", "grp-race").await.unwrap();
+    sso.dir
+        .cancel_group(&idgate::audit::Origin::system(), "acme", "grp-race")
+        .await
+        .unwrap();
     let r = sso
         .post(
             &signed_assertion_response(
@@ -819,9 +825,11 @@ struct Logged {
 async fn start_logged(saml_extra: &str) -> Logged {
     let idp = TestIdp::new("test-idp");
     let up = TestUpstream::start().await;
+    // The test client stands for an ingress (a trusted proxy), so that the request ids
+    // it chooses are idgate's too and find the log lines.
     let idgate = Idgate::start(&config(
         up.addr,
-        "",
+        "trusted_proxies = [\"127.0.0.1/32\"]",
         &format!(
             "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
              idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\

@@ -226,30 +226,6 @@ fn logout_request_to(
     )
 }
 
-/// [`logout_request_to`] issued at `issue_instant`, valid until `not_on_or_after` (no
-/// NotOnOrAfter attribute when `None`).
-#[allow(clippy::too_many_arguments)]
-fn logout_request_at(
-    destination: &str,
-    id: &str,
-    issue_instant: &str,
-    not_on_or_after: Option<&str>,
-    issuer: &str,
-    name_id: &str,
-    session_index: Option<&str>,
-    signature: &str,
-) -> String {
-    let index = session_index
-        .map(|s| format!("<samlp:SessionIndex>{s}</samlp:SessionIndex>"))
-        .unwrap_or_default();
-    let until = not_on_or_after
-        .map(|t| format!(" NotOnOrAfter=\"{t}\""))
-        .unwrap_or_default();
-    format!(
-        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{issue_instant}" Destination="{destination}"{until}><saml:Issuer>{issuer}</saml:Issuer>{signature}<saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">{name_id}</saml:NameID>{index}</samlp:LogoutRequest>"#,
-    )
-}
-
 /// The same request signed by `key` in the HTTP-POST binding (enveloped signature).
 fn post_signed(id: &str, name_id: &str, session_index: Option<&str>, idp: &TestIdp) -> String {
     let xml = logout_request(id, IDP, name_id, session_index, &signature_template(id));

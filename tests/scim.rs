@@ -142,7 +142,13 @@ impl Env {
             .await
             .unwrap();
         self.dir
-            .set_membership("acme", user, group, "member")
+            .set_membership(
+                &idgate::audit::Origin::system(),
+                "acme",
+                user,
+                group,
+                "member",
+            )
             .await
             .unwrap();
         let new = self
@@ -1037,6 +1043,7 @@ async fn users_made_by_saml_are_seen_like_any_other_and_adopted_by_user_name() {
     let sam = e
         .dir
         .login(
+            &idgate::audit::Origin::system(),
             "acme",
             &no_link,
             &saml_identity("sam.saml", "Sam@X.com", "g1"),
@@ -1046,11 +1053,19 @@ async fn users_made_by_saml_are_seen_like_any_other_and_adopted_by_user_name() {
     let mut opaque = saml_identity("nid.saml", "", "g1");
     opaque.email = None;
     opaque.name_id = Some("nid-7f3a".into());
-    let nid = e.dir.login("acme", &no_link, &opaque).await.unwrap();
+    let nid = e
+        .dir
+        .login(&idgate::audit::Origin::system(), "acme", &no_link, &opaque)
+        .await
+        .unwrap();
     let mut bare = saml_identity("bare.saml", "", "g1");
     bare.email = None;
     bare.name_id = None;
-    let bare = e.dir.login("acme", &no_link, &bare).await.unwrap();
+    let bare = e
+        .dir
+        .login(&idgate::audit::Origin::system(), "acme", &no_link, &bare)
+        .await
+        .unwrap();
 
     let list = e.call("GET", "/Users", None).await.json();
     assert_eq!(list["totalResults"], 4, "{list}");
@@ -1129,6 +1144,7 @@ async fn users_made_by_saml_are_seen_like_any_other_and_adopted_by_user_name() {
     assert_eq!(
         e.dir
             .login(
+                &idgate::audit::Origin::system(),
                 "acme",
                 &no_link,
                 &saml_identity("sam.saml", "Sam@X.com", "g1")
@@ -1155,6 +1171,7 @@ async fn a_saml_user_whose_email_is_taken_gets_a_user_name_of_its_own() {
     let first = e
         .dir
         .login(
+            &idgate::audit::Origin::system(),
             "acme",
             &rules(),
             &saml_identity("one.saml", "dup@x.com", "g1"),
@@ -1163,7 +1180,11 @@ async fn a_saml_user_whose_email_is_taken_gets_a_user_name_of_its_own() {
         .unwrap();
     let mut second = saml_identity("two.saml", "dup@x.com", "g1");
     second.name_id = Some("two-nameid".into());
-    let second = e.dir.login("acme", &rules(), &second).await.unwrap();
+    let second = e
+        .dir
+        .login(&idgate::audit::Origin::system(), "acme", &rules(), &second)
+        .await
+        .unwrap();
     assert_ne!(
         first, second,
         "a different IdP identity is a different user"
@@ -1270,7 +1291,11 @@ async fn a_scim_user_logging_in_through_saml_is_one_person() {
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let who = saml_identity("ann.saml", "ann@x.com", "g1");
-    let logged_in = e.dir.login("acme", &rules(), &who).await.unwrap();
+    let logged_in = e
+        .dir
+        .login(&idgate::audit::Origin::system(), "acme", &rules(), &who)
+        .await
+        .unwrap();
     assert_eq!(logged_in, id, "found by userName = NameID, not duplicated");
     // The link is the uid from now on, whatever the client does to its externalId.
     let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "externalId", "value": "00u-new"}]});
@@ -1282,7 +1307,13 @@ async fn a_scim_user_logging_in_through_saml_is_one_person() {
     );
     let mut renamed = who.clone();
     renamed.name_id = Some("someone-else@x.com".into());
-    assert_eq!(e.dir.login("acme", &rules(), &renamed).await.unwrap(), id);
+    assert_eq!(
+        e.dir
+            .login(&idgate::audit::Origin::system(), "acme", &rules(), &renamed)
+            .await
+            .unwrap(),
+        id
+    );
     assert_eq!(
         e.call("GET", "/Users", None).await.json()["totalResults"],
         1
@@ -1290,13 +1321,26 @@ async fn a_scim_user_logging_in_through_saml_is_one_person() {
     // Deactivating that SCIM user blocks the person's SAML logins.
     let off = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "active", "value": false}]});
     e.call("PATCH", &format!("/Users/{id}"), Some(&off)).await;
-    match e.dir.login("acme", &rules(), &who).await {
+    match e
+        .dir
+        .login(&idgate::audit::Origin::system(), "acme", &rules(), &who)
+        .await
+    {
         Err(idgate::directory::LoginError::Blocked(_)) => {}
         other => panic!("a deactivated user logged in: {other:?}"),
     }
     // Another IdP identity with the same email is not logged in as Ann.
     let intruder = saml_identity("mallory", "ann@x.com", "g1");
-    let other = e.dir.login("acme", &rules(), &intruder).await.unwrap();
+    let other = e
+        .dir
+        .login(
+            &idgate::audit::Origin::system(),
+            "acme",
+            &rules(),
+            &intruder,
+        )
+        .await
+        .unwrap();
     assert_ne!(other, id);
 }
 
@@ -1562,7 +1606,11 @@ async fn reactivation_sends_a_revoked_session_to_the_login_on_every_replica_with
     };
     let ended = e
         .sessions
-        .logout(&cookie_header(&logged_out), &|_| true)
+        .logout(
+            &idgate::audit::Origin::system(),
+            &cookie_header(&logged_out),
+            &|_| true,
+        )
         .await
         .unwrap();
     assert!(ended.is_some(), "logged out");
@@ -1627,7 +1675,7 @@ async fn reactivation_sends_a_revoked_session_to_the_login_on_every_replica_with
     // reactivating the account alone does not lift that 403.
     let other = e.session(&id, "g-back").await;
     e.dir
-        .remove_membership("acme", &id, "g-back")
+        .remove_membership(&idgate::audit::Origin::system(), "acme", &id, "g-back")
         .await
         .unwrap();
     e.call("PATCH", &path, Some(&patch(false))).await;
@@ -1843,7 +1891,9 @@ async fn an_identity_that_cannot_be_a_header_is_refused_not_replaced() {
     );
     // Once the name is corrected the session works.
     e.dir
-        .update_user("acme", "broken-1", |u| u.given_name = Some("Ann".into()))
+        .update_user(&idgate::audit::Origin::system(), "acme", "broken-1", |u| {
+            u.given_name = Some("Ann".into())
+        })
         .await
         .unwrap();
     let start = Instant::now();

@@ -289,7 +289,10 @@ async fn deactivation_and_cancellation_give_403_with_the_reason_and_forward_noth
         200
     );
 
-    app.dir.deactivate_user("acme", "u-4").await.unwrap();
+    app.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "u-4")
+        .await
+        .unwrap();
     let r = get(
         &app.url("/x"),
         &[("cookie", &cookie), ("accept", "application/json")],
@@ -318,7 +321,10 @@ async fn deactivation_and_cancellation_give_403_with_the_reason_and_forward_noth
 
     // Reactivated: the old session has ended (the login, not the 403, SPEC §10); a
     // new login works.
-    app.dir.reactivate_user("acme", "u-4").await.unwrap();
+    app.dir
+        .reactivate_user(&idgate::audit::Origin::system(), "acme", "u-4")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         get(&app.url("/x"), &[("cookie", &cookie)]).await.status,
@@ -333,7 +339,10 @@ async fn deactivation_and_cancellation_give_403_with_the_reason_and_forward_noth
     assert_eq!(get(&app.url("/x"), &[("cookie", &fresh)]).await.status, 200);
 
     // The company is cancelled: every member is blocked, with that reason.
-    app.dir.cancel_group("acme", "g-4").await.unwrap();
+    app.dir
+        .cancel_group(&idgate::audit::Origin::system(), "acme", "g-4")
+        .await
+        .unwrap();
     let r = get(
         &app.url("/x"),
         &[("cookie", &fresh), ("accept", "application/json")],
@@ -351,7 +360,7 @@ async fn deactivation_and_cancellation_give_403_with_the_reason_and_forward_noth
     // Removal from a company blocks that membership.
     let other = app.login("acme", "u-5", "g-5").await;
     app.dir
-        .remove_membership("acme", "u-5", "g-5")
+        .remove_membership(&idgate::audit::Origin::system(), "acme", "u-5", "g-5")
         .await
         .unwrap();
     let r = get(

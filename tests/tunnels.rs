@@ -265,10 +265,14 @@ async fn logout_cancellation_and_removal_close_tunnels_everywhere() {
                 .await;
                 assert_eq!(r.status, 302, "{}", r.text());
             }
-            "cancellation" => d.dir.cancel_group("acme", &group).await.unwrap(),
+            "cancellation" => d
+                .dir
+                .cancel_group(&idgate::audit::Origin::system(), "acme", &group)
+                .await
+                .unwrap(),
             _ => d
                 .dir
-                .remove_membership("acme", &user, &group)
+                .remove_membership(&idgate::audit::Origin::system(), "acme", &user, &group)
                 .await
                 .unwrap(),
         }

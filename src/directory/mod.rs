@@ -4,9 +4,16 @@
 //! When SCIM deactivates a user and when a Maestrano webhook removes one, both end up in
 //! the same function here, which updates the record, marks the user's sessions revoked
 //! with the reason, and tells every replica to drop what it cached.
+//!
+//! The same functions write the audit lines of those changes ([`crate::audit`]): a
+//! deactivation, a reactivation, a cancelled company, a removed membership and each
+//! session revoked by them. Every function that can make such a change takes `by`,
+//! who acts and on which request, so that no protocol can change a user without
+//! saying who it was.
 
 pub mod model;
 
+use crate::audit::{self, Origin};
 use crate::config::ProvisioningConfig;
 use crate::session::model::RevokeReason;
 use crate::store::{
@@ -206,6 +213,7 @@ impl Directory {
     /// Returns the stored (old, new) pair, or None when `change` made no difference.
     pub async fn update_user(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         id: &str,
         change: impl Fn(&mut User),
@@ -221,7 +229,7 @@ impl Directory {
             if new == old {
                 return Ok(None);
             }
-            match self.replace_user(tenant, &old, new).await {
+            match self.replace_user(by, tenant, &old, new).await {
                 Ok(new) => return Ok(Some((old, new))),
                 Err(DirectoryError::VersionMismatch) => continue,
                 Err(e) => return Err(e),
@@ -237,6 +245,7 @@ impl Directory {
     /// with the reason. Every protocol's user writes end here.
     pub async fn replace_user(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         old: &User,
         mut new: User,
@@ -259,7 +268,7 @@ impl Directory {
                     tracing::info!(tenant, user = %new.id, "the userName a login chose for a user is taken; choosing another");
                     new.login_name = Some(name);
                 }
-                other => break self.replaced(tenant, old, new, other).await,
+                other => break self.replaced(by, tenant, old, new, other).await,
             }
         }
     }
@@ -267,6 +276,7 @@ impl Directory {
     /// The rest of [`Directory::replace_user`], once the store answered.
     async fn replaced(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         old: &User,
         new: User,
@@ -299,21 +309,49 @@ impl Directory {
             id: new.id.clone(),
         })
         .await;
+        // Written once the change is stored, before the sessions it revokes: a failed
+        // revocation (retried by the client) must not leave the change unrecorded.
+        let had_account = old.active && !old.deprovisioned;
+        let has_account = new.active && !new.deprovisioned;
+        if had_account != has_account {
+            let (tenant, user) = (tenant, new.id.as_str());
+            audit::record(
+                by,
+                if has_account {
+                    audit::Event::UserActivated { tenant, user }
+                } else {
+                    audit::Event::UserDeactivated { tenant, user }
+                },
+            );
+        }
+        let left: Vec<&str> = old
+            .memberships
+            .iter()
+            .filter(|m| new.role_in(&m.group_id).is_none())
+            .map(|m| m.group_id.as_str())
+            .collect();
+        for group in &left {
+            audit::record(
+                by,
+                audit::Event::MembershipRemoved {
+                    tenant,
+                    user: &new.id,
+                    group,
+                },
+            );
+        }
         let lost_account = (old.active && !new.active) || (!old.deprovisioned && new.deprovisioned);
         if lost_account {
-            self.revoke_sessions(tenant, &new.id, RevokeReason::AccountDeactivated, None)
+            self.revoke_sessions(by, tenant, &new.id, RevokeReason::AccountDeactivated, None)
                 .await?;
         } else {
-            for left in old
-                .memberships
-                .iter()
-                .filter(|m| new.role_in(&m.group_id).is_none())
-            {
+            for left in left {
                 self.revoke_sessions(
+                    by,
                     tenant,
                     &new.id,
                     RevokeReason::RemovedFromCompany,
-                    Some(&left.group_id),
+                    Some(left),
                 )
                 .await?;
             }
@@ -324,9 +362,14 @@ impl Directory {
     /// Marks the sessions of a user who is blocked revoked again. The write that
     /// blocked them revoked them already; this repairs the case where that revocation
     /// failed after the write (the store went away in between) and the client retried.
-    pub async fn enforce_block(&self, tenant: &str, user: &User) -> Result<(), DirectoryError> {
+    pub async fn enforce_block(
+        &self,
+        by: &Origin<'_>,
+        tenant: &str,
+        user: &User,
+    ) -> Result<(), DirectoryError> {
         if !user.active || user.deprovisioned {
-            self.revoke_sessions(tenant, &user.id, RevokeReason::AccountDeactivated, None)
+            self.revoke_sessions(by, tenant, &user.id, RevokeReason::AccountDeactivated, None)
                 .await?;
         }
         Ok(())
@@ -335,6 +378,7 @@ impl Directory {
     /// Applies `change` to a group with compare-and-set.
     pub async fn update_group(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         id: &str,
         change: impl Fn(&mut Group),
@@ -350,7 +394,7 @@ impl Directory {
             if new == old {
                 return Ok(None);
             }
-            match self.replace_group(tenant, &old, new).await {
+            match self.replace_group(by, tenant, &old, new).await {
                 Ok(new) => return Ok(Some(new)),
                 Err(DirectoryError::VersionMismatch) => continue,
                 Err(e) => return Err(e),
@@ -364,6 +408,7 @@ impl Directory {
     /// access gate checks on every request.
     pub async fn replace_group(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         old: &Group,
         mut new: Group,
@@ -387,11 +432,19 @@ impl Directory {
         })
         .await;
         if old.active && !new.active {
+            audit::record(
+                by,
+                audit::Event::CompanyCancelled {
+                    tenant,
+                    group: &new.id,
+                },
+            );
             // The gate already refuses members through the group's status; marking
             // their sessions keeps them refused (with the reason) even if the group
             // comes back.
             for member in self.store.find(tenant, Index::Members, &new.id).await? {
                 self.revoke_sessions(
+                    by,
                     tenant,
                     &member,
                     RevokeReason::CompanyCancelled,
@@ -406,12 +459,13 @@ impl Directory {
     /// Adds (or changes the role of) a membership.
     pub async fn set_membership(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         user_id: &str,
         group_id: &str,
         role: &str,
     ) -> Result<(), DirectoryError> {
-        self.update_user(tenant, user_id, |u| {
+        self.update_user(by, tenant, user_id, |u| {
             match u.memberships.iter_mut().find(|m| m.group_id == group_id) {
                 Some(m) => m.role = role.to_owned(),
                 None => u.memberships.push(Membership {
@@ -426,16 +480,27 @@ impl Directory {
 
     /// Deactivates a user: blocked at once on every replica, sessions kept and marked
     /// with the reason. The record is never erased.
-    pub async fn deactivate_user(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
-        self.update_user(tenant, id, |u| u.active = false).await?;
+    pub async fn deactivate_user(
+        &self,
+        by: &Origin<'_>,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), DirectoryError> {
+        self.update_user(by, tenant, id, |u| u.active = false)
+            .await?;
         Ok(())
     }
 
     /// Reactivates a user. Sessions revoked by the deactivation count as ended from
     /// then on, on every replica (the gate reads the user's status through the caches
     /// this change invalidates): the person is sent to the login, not to the 403.
-    pub async fn reactivate_user(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
-        self.update_user(tenant, id, |u| {
+    pub async fn reactivate_user(
+        &self,
+        by: &Origin<'_>,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), DirectoryError> {
+        self.update_user(by, tenant, id, |u| {
             u.active = true;
             u.deprovisioned = false;
         })
@@ -446,11 +511,12 @@ impl Directory {
     /// Removes a user from a group: their sessions are revoked with that reason.
     pub async fn remove_membership(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         user_id: &str,
         group_id: &str,
     ) -> Result<(), DirectoryError> {
-        self.update_user(tenant, user_id, |u| {
+        self.update_user(by, tenant, user_id, |u| {
             u.memberships.retain(|m| m.group_id != group_id)
         })
         .await?;
@@ -458,15 +524,27 @@ impl Directory {
     }
 
     /// Cancels a group: every member is blocked at once, on every replica.
-    pub async fn cancel_group(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
-        self.update_group(tenant, id, |g| g.active = false).await?;
+    pub async fn cancel_group(
+        &self,
+        by: &Origin<'_>,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), DirectoryError> {
+        self.update_group(by, tenant, id, |g| g.active = false)
+            .await?;
         Ok(())
     }
 
     /// Reopens a cancelled group. Its members' sessions revoked by the cancellation
     /// count as ended from then on, on every replica, as after a user's reactivation.
-    pub async fn reactivate_group(&self, tenant: &str, id: &str) -> Result<(), DirectoryError> {
-        self.update_group(tenant, id, |g| g.active = true).await?;
+    pub async fn reactivate_group(
+        &self,
+        by: &Origin<'_>,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), DirectoryError> {
+        self.update_group(by, tenant, id, |g| g.active = true)
+            .await?;
         Ok(())
     }
 
@@ -484,6 +562,7 @@ impl Directory {
     ///   one that merely shares the email or uid does not stop a new user.
     pub async fn provision_user(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         rules: &ProvisioningConfig,
         desired: &User,
@@ -551,7 +630,7 @@ impl Directory {
             new.display_name.clone_from(&desired.display_name);
             new.active = desired.active;
             new.deprovisioned = false;
-            match self.replace_user(tenant, &old, new).await {
+            match self.replace_user(by, tenant, &old, new).await {
                 Ok(user) => {
                     tracing::info!(tenant, user = %user.id, how, "provisioned an existing user");
                     return Ok(user);
@@ -572,6 +651,7 @@ impl Directory {
     /// it existed before (the caller then sets its members to exactly the requested ones).
     pub async fn provision_group(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         desired: &Group,
     ) -> Result<(Group, bool), DirectoryError> {
@@ -624,7 +704,7 @@ impl Directory {
             new.external_id.clone_from(&desired.external_id);
             new.active = true;
             new.deprovisioned = false;
-            match self.replace_group(tenant, &old, new).await {
+            match self.replace_group(by, tenant, &old, new).await {
                 Ok(g) => return Ok((g, true)),
                 Err(DirectoryError::VersionMismatch) => continue,
                 Err(e) => return Err(e),
@@ -656,6 +736,7 @@ impl Directory {
     /// [`Directory::check_members`]; one that vanished since is reported as unknown.
     pub async fn change_members(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         group_id: &str,
         add: &[String],
@@ -663,7 +744,7 @@ impl Directory {
         role: &str,
     ) -> Result<(), DirectoryError> {
         for id in add {
-            self.update_user(tenant, id, |u| {
+            self.update_user(by, tenant, id, |u| {
                 if u.role_in(group_id).is_none() {
                     u.memberships.push(Membership {
                         group_id: group_id.to_owned(),
@@ -678,7 +759,7 @@ impl Directory {
             })?;
         }
         for id in remove {
-            match self.remove_membership(tenant, id, group_id).await {
+            match self.remove_membership(by, tenant, id, group_id).await {
                 Ok(()) | Err(DirectoryError::NotFound) => {}
                 Err(e) => return Err(e),
             }
@@ -714,6 +795,7 @@ impl Directory {
     /// group are refreshed. Returns the local user id.
     pub async fn login(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         rules: &ProvisioningConfig,
         who: &LoginIdentity,
@@ -791,7 +873,7 @@ impl Directory {
         let idp_id = who.user_id.clone();
         let fresh = who.clone();
         let group_id = who.group_id.clone();
-        self.update_user(tenant, &found, move |u| {
+        self.update_user(by, tenant, &found, move |u| {
             if u.idp_subject.is_none() {
                 u.idp_subject = Some(idp_id.clone());
             }
@@ -924,7 +1006,7 @@ impl Directory {
                     .free_user_name(tenant, &user.id, &[user.email.as_deref()])
                     .await?;
                 let named = self
-                    .update_user(tenant, &user.id, |u| {
+                    .update_user(&Origin::system(), tenant, &user.id, |u| {
                         if !u.client_managed() && u.login_name.is_none() {
                             u.login_name = Some(name.clone());
                         }
@@ -944,6 +1026,7 @@ impl Directory {
     /// Marks the user's sessions revoked and tells every replica to drop them.
     async fn revoke_sessions(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         user_id: &str,
         reason: RevokeReason,
@@ -954,6 +1037,15 @@ impl Directory {
             .revoke_user_sessions(tenant, user_id, reason, group)
             .await?;
         for hash in hashes {
+            audit::record(
+                by,
+                audit::Event::SessionRevoked {
+                    tenant,
+                    user: user_id,
+                    session: &hash,
+                    reason,
+                },
+            );
             self.publish(Event::Session { hash }).await;
         }
         Ok(())

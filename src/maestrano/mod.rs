@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::audit::Origin;
 use crate::config::{Config, IdpSource, MaestranoConfig, UserMode};
 use crate::directory::{Directory, DirectoryError, LoginIdentity};
 use crate::session::model::MnoSession;
@@ -310,8 +311,13 @@ impl Maestrano {
     /// `DELETE /maestrano/account/groups/{group}`: the company cancelled. Its members
     /// are blocked on every replica, and its recurring bill is cancelled. Unknown or
     /// already cancelled groups are fine.
-    pub async fn group_cancelled(&self, tenant: &str, group: &str) -> Result<(), DirectoryError> {
-        match self.directory.cancel_group(tenant, group).await {
+    pub async fn group_cancelled(
+        &self,
+        by: &Origin<'_>,
+        tenant: &str,
+        group: &str,
+    ) -> Result<(), DirectoryError> {
+        match self.directory.cancel_group(by, tenant, group).await {
             Ok(()) | Err(DirectoryError::NotFound) => {}
             Err(e) => return Err(e),
         }
@@ -380,6 +386,7 @@ impl Maestrano {
     /// company; once they belong to no active company, they are deactivated.
     pub async fn user_removed(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         group: &str,
         uid: &str,
@@ -393,7 +400,11 @@ impl Maestrano {
                 None => return Ok(()),
             },
         };
-        match self.directory.remove_membership(tenant, &id, group).await {
+        match self
+            .directory
+            .remove_membership(by, tenant, &id, group)
+            .await
+        {
             Ok(()) | Err(DirectoryError::NotFound) => {}
             Err(e) => return Err(e),
         }
@@ -407,7 +418,7 @@ impl Maestrano {
             .collect();
         let groups = store.get_groups(tenant, &ids).await?;
         if user.active && !groups.iter().any(|g| g.active) {
-            self.directory.deactivate_user(tenant, &id).await?;
+            self.directory.deactivate_user(by, tenant, &id).await?;
         }
         self.billing_changed(tenant, group).await
     }

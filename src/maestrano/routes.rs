@@ -27,6 +27,8 @@ pub async fn handle(
     path: &str,
 ) -> Response<Body> {
     let request_id = ctx.request_id;
+    // What a webhook changes is written to the audit log as Maestrano's doing.
+    let by = crate::audit::Origin::new(crate::audit::Actor::Maestrano, request_id);
     let mno = ctx.tenancy.maestrano();
     let not_found = |what: &str| {
         answer(
@@ -105,11 +107,12 @@ pub async fn handle(
             Some(SpState::Pending) => crate::saml::routes::metadata_pending(ctx, &tenant, html),
             None => not_found("Tenant"),
         },
-        (&Method::DELETE, Route::GroupCancelled { group }) => {
-            done(mno.group_cancelled(&tenant, group).await, "group cancelled")
-        }
+        (&Method::DELETE, Route::GroupCancelled { group }) => done(
+            mno.group_cancelled(&by, &tenant, group).await,
+            "group cancelled",
+        ),
         (&Method::DELETE, Route::UserRemoved { group, user }) => done(
-            mno.user_removed(&tenant, group, user).await,
+            mno.user_removed(&by, &tenant, group, user).await,
             "user removed from group",
         ),
         (&Method::POST, Route::ConnecNotifications) => {

@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::{AcsError, SamlTenant, SpState};
+use crate::audit::{self, Actor, Origin};
 use crate::config::Config;
 use crate::directory::LoginError;
 use crate::gateway::RouteCtx;
@@ -472,6 +473,19 @@ impl SamlRoutes {
             .into_response()
         };
         let refuse = |status: StatusCode, reason: &str| refuse_page(status, reason, "/");
+        // The person signing in acts; a refusal is audited with its reason, and with
+        // the IdP's id for the person once a validated response has named one.
+        let by = Origin::new(Actor::User, request_id);
+        let refused = |reason: &str, subject: Option<&str>| {
+            audit::record(
+                &by,
+                audit::Event::LoginRefused {
+                    tenant,
+                    reason,
+                    subject,
+                },
+            );
+        };
         let login_nonce =
             crate::session::find_cookie(req.headers(), &self.login_cookie_name).map(str::to_owned);
         let body = match http_body_util::Limited::new(req.into_body(), MAX_ACS_BODY)
@@ -482,6 +496,7 @@ impl SamlRoutes {
             Err(e) => {
                 ctx.metrics.saml_rejected("malformed");
                 tracing::warn!(request_id, tenant, reason = "malformed", error = %e, "SAML login rejected: unreadable body");
+                refused("malformed", None);
                 return refuse(StatusCode::BAD_REQUEST, "malformed");
             }
         };
@@ -504,6 +519,7 @@ impl SamlRoutes {
             Err(e) => {
                 ctx.metrics.saml_rejected(e.code());
                 tracing::warn!(request_id, tenant, reason = e.code(), error = %e, "SAML login rejected");
+                refused(e.code(), None);
                 let status = if matches!(e, AcsError::Store(_)) {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
@@ -534,6 +550,7 @@ impl SamlRoutes {
                     attribute,
                     "SAML login rejected: an identity value holds a control character"
                 );
+                refused("malformed_attribute", None);
                 return refuse(StatusCode::FORBIDDEN, "malformed_attribute");
             }
         };
@@ -556,9 +573,10 @@ impl SamlRoutes {
                 tenant,
                 "no provisioning rules for a SAML tenant"
             );
+            refused("internal", Some(&who.user_id));
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal");
         };
-        let user_id = match ctx.directory.login(tenant, rules, who).await {
+        let user_id = match ctx.directory.login(&by, tenant, rules, who).await {
             Ok(id) => id,
             Err(LoginError::Blocked(reason)) => {
                 tracing::info!(
@@ -568,14 +586,17 @@ impl SamlRoutes {
                     user = who.user_id,
                     "login refused: blocked"
                 );
+                refused(reason.code(), Some(&who.user_id));
                 return refuse_page(StatusCode::FORBIDDEN, reason.code(), &claims.return_to);
             }
             Err(e @ (LoginError::UnknownGroup | LoginError::UnknownUser)) => {
                 tracing::warn!(request_id, tenant, error = %e, user = who.user_id, "login refused: not provisioned");
+                refused("not_provisioned", Some(&who.user_id));
                 return refuse_page(StatusCode::FORBIDDEN, "not_provisioned", &claims.return_to);
             }
             Err(LoginError::Directory(e)) => {
                 tracing::error!(request_id, tenant, error = %e, "login failed: directory unavailable");
+                refused("store_unavailable", Some(&who.user_id));
                 return refuse_page(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
@@ -585,7 +606,7 @@ impl SamlRoutes {
         };
         match ctx
             .sessions
-            .create_session_with(tenant, &user_id, &who.group_id, mno, saml_subject)
+            .create_session_with(&by, tenant, &user_id, &who.group_id, mno, saml_subject)
             .await
         {
             Ok(new) => {
@@ -611,10 +632,12 @@ impl SamlRoutes {
                 resp
             }
             Err(SessionError::Refused(reason)) => {
+                refused(reason.code(), Some(&who.user_id));
                 refuse_page(StatusCode::FORBIDDEN, reason.code(), &claims.return_to)
             }
             Err(e) => {
                 tracing::error!(request_id, tenant, error = %e, "cannot create session");
+                refused("store_unavailable", Some(&who.user_id));
                 refuse_page(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
@@ -647,7 +670,12 @@ async fn end_subject(
     for index in indexes {
         match ctx
             .sessions
-            .end_saml_sessions(tenant, &request.name_id, index)
+            .end_saml_sessions(
+                &Origin::new(Actor::Idp, request_id),
+                tenant,
+                &request.name_id,
+                index,
+            )
             .await
         {
             Ok(records) => ended.extend(records),

@@ -325,6 +325,11 @@ fn directory_error(e: DirectoryError, request_id: &str) -> ScimError {
     }
 }
 
+/// A SCIM client acting on request `request_id`, for the audit lines of what it changes.
+fn by(request_id: &str) -> crate::audit::Origin<'_> {
+    crate::audit::Origin::new(crate::audit::Actor::Scim, request_id)
+}
+
 fn store_error(e: StoreError, request_id: &str) -> ScimError {
     directory_error(DirectoryError::Store(e), request_id)
 }
@@ -948,7 +953,7 @@ impl Scim {
         let desired = resource::user_from_json(body, &User::new("", crate::directory::now()))?;
         let user = self
             .directory
-            .provision_user(tenant, &t.provisioning, &desired)
+            .provision_user(&by(rid), tenant, &t.provisioning, &desired)
             .await
             .map_err(|e| directory_error(e, rid))?;
         tracing::info!(request_id = rid, tenant, user = %user.id, "SCIM user provisioned");
@@ -982,7 +987,7 @@ impl Scim {
             .map_err(|e| directory_error(e, rid))?;
         let (group, existed) = self
             .directory
-            .provision_group(tenant, &desired)
+            .provision_group(&by(rid), tenant, &desired)
             .await
             .map_err(|e| directory_error(e, rid))?;
         // A restored or adopted group has exactly the members asked for: former members
@@ -1001,6 +1006,7 @@ impl Scim {
         };
         self.directory
             .change_members(
+                &by(rid),
                 tenant,
                 &group.id,
                 &members,
@@ -1054,13 +1060,17 @@ impl Scim {
             };
             if new == old {
                 self.directory
-                    .enforce_block(tenant, &old)
+                    .enforce_block(&by(rid), tenant, &old)
                     .await
                     .map_err(|e| directory_error(e, rid))?;
                 let mut docs = self.render_users(t, tenant, &[old], rid).await?;
                 return docs.pop().ok_or_else(|| ScimError::internal(rid));
             }
-            match self.directory.replace_user(tenant, &old, new).await {
+            match self
+                .directory
+                .replace_user(&by(rid), tenant, &old, new)
+                .await
+            {
                 Ok(user) => {
                     tracing::info!(
                         request_id = rid,
@@ -1139,14 +1149,25 @@ impl Scim {
             let stored = if new == old && add.is_empty() && remove.is_empty() {
                 old
             } else {
-                match self.directory.replace_group(tenant, &old, new).await {
+                match self
+                    .directory
+                    .replace_group(&by(rid), tenant, &old, new)
+                    .await
+                {
                     Ok(g) => g,
                     Err(DirectoryError::VersionMismatch) if if_match.is_none() => continue,
                     Err(e) => return Err(directory_error(e, rid)),
                 }
             };
             self.directory
-                .change_members(tenant, id, &add, &remove, &t.provisioning.default_role)
+                .change_members(
+                    &by(rid),
+                    tenant,
+                    id,
+                    &add,
+                    &remove,
+                    &t.provisioning.default_role,
+                )
                 .await
                 .map_err(|e| directory_error(e, rid))?;
             tracing::info!(
@@ -1183,7 +1204,7 @@ impl Scim {
                     new.active = false;
                     new.deprovisioned = true;
                     self.directory
-                        .replace_user(tenant, &old, new)
+                        .replace_user(&by(rid), tenant, &old, new)
                         .await
                         .map(|_| ())
                 }
@@ -1194,7 +1215,7 @@ impl Scim {
                     new.active = false;
                     new.deprovisioned = true;
                     self.directory
-                        .replace_group(tenant, &old, new)
+                        .replace_group(&by(rid), tenant, &old, new)
                         .await
                         .map(|_| ())
                 }

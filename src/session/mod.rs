@@ -21,6 +21,7 @@ use moka::sync::Cache;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::audit::{self, Origin};
 use crate::config::{Config, FailMode, NameOrder, SessionConfig};
 use crate::directory::model::{Group, User};
 use crate::directory::now;
@@ -755,6 +756,18 @@ impl Sessions {
     /// 403 with its reason while the user or group stays blocked, until it would have
     /// expired (see [`Sessions::still_revoked`] for what it amounts to after that).
     fn revoke(&self, live: &Arc<Live>, reason: RevokeReason) {
+        // idgate's own repair of a revocation that did not happen when the user or
+        // group was blocked (so no request to name).
+        let rec = &live.stored.record;
+        audit::record(
+            &Origin::system(),
+            audit::Event::SessionRevoked {
+                tenant: &rec.tenant,
+                user: &rec.user_id,
+                session: &live.hash,
+                reason,
+            },
+        );
         let hash = live.hash.clone();
         let store = self.store.clone();
         let mut key = [0u8; 32];
@@ -832,21 +845,27 @@ impl Sessions {
     }
 
     /// Creates a session for a login (a new id every time: no fixation). Refused with
-    /// the reason while the user or group is blocked.
+    /// the reason while the user or group is blocked. Its audit line names no request:
+    /// logins over HTTP go through [`Sessions::create_session_with`].
     pub async fn create_session(
         &self,
         tenant: &str,
         user_id: &str,
         group_id: &str,
     ) -> Result<NewSession, SessionError> {
-        self.create_session_with(tenant, user_id, group_id, None, None)
+        let by = Origin {
+            actor: audit::Actor::User,
+            request_id: None,
+        };
+        self.create_session_with(&by, tenant, user_id, group_id, None, None)
             .await
     }
 
     /// [`Sessions::create_session`], keeping the Maestrano session and the SAML subject
-    /// it came with.
+    /// it came with. `by` is the login's request, for the audit line.
     pub async fn create_session_with(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         user_id: &str,
         group_id: &str,
@@ -888,6 +907,14 @@ impl Sessions {
         self.store
             .put_session(&hex::encode(hash_cookie(&value)), &stored, ttl)
             .await?;
+        audit::record(
+            by,
+            audit::Event::Login {
+                tenant,
+                user: user_id,
+                group: group_id,
+            },
+        );
         let set_cookie = self.cookie_header(&value, lifetime);
         Ok(NewSession {
             cookie_value: value,
@@ -913,6 +940,7 @@ impl Sessions {
     /// session of a tenant for which `serves` is false is not this request's to end.
     pub async fn logout(
         &self,
+        by: &Origin<'_>,
         headers: &HeaderMap,
         serves: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Option<SessionRecord>, StoreError> {
@@ -926,7 +954,15 @@ impl Sessions {
         if !serves(&stored.record.tenant) {
             return Ok(None);
         }
-        self.end(hash, &stored.record).await?;
+        self.end(&hash, &stored.record).await?;
+        audit::record(
+            by,
+            audit::Event::Logout {
+                tenant: &stored.record.tenant,
+                user: &stored.record.user_id,
+                session: &hash,
+            },
+        );
         Ok(Some(stored.record))
     }
 
@@ -936,6 +972,7 @@ impl Sessions {
     /// about a session this SP does not know, or no longer has).
     pub async fn end_saml_sessions(
         &self,
+        by: &Origin<'_>,
         tenant: &str,
         name_id: &str,
         session_index: Option<&str>,
@@ -948,7 +985,15 @@ impl Sessions {
                         && session_index.is_none_or(|i| s.session_index.as_deref() == Some(i))
                 });
             if matches {
-                self.end(hash, &stored.record).await?;
+                self.end(&hash, &stored.record).await?;
+                audit::record(
+                    by,
+                    audit::Event::SingleLogout {
+                        tenant,
+                        user: &stored.record.user_id,
+                        session: &hash,
+                    },
+                );
                 ended.push(stored.record);
             }
         }
@@ -995,15 +1040,18 @@ impl Sessions {
 
     /// Deletes a session and tells every replica, through the same event that closes
     /// its open tunnels and streams: logout and Single Logout end a session alike.
-    async fn end(&self, hash: String, record: &SessionRecord) -> Result<(), StoreError> {
-        self.store.delete_session(&hash, record).await?;
+    async fn end(&self, hash: &str, record: &SessionRecord) -> Result<(), StoreError> {
+        self.store.delete_session(hash, record).await?;
         let mut key = [0u8; 32];
-        if hex::decode_to_slice(&hash, &mut key).is_ok() {
+        if hex::decode_to_slice(hash, &mut key).is_ok() {
             self.live.invalidate(&key);
         }
         // This replica's per-thread entries stop at once, not when the event echoes back.
         self.generation.fetch_add(1, Ordering::Release);
-        if let Err(e) = self.store.publish(&Event::Session { hash }).await {
+        let event = Event::Session {
+            hash: hash.to_owned(),
+        };
+        if let Err(e) = self.store.publish(&event).await {
             tracing::warn!(error = %e, "cannot publish logout; replicas catch up within cache_ttl");
         }
         Ok(())

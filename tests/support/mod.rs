@@ -770,9 +770,15 @@ pub async fn provision(dir: &idgate::directory::Directory, tenant: &str, user: &
         Ok(()) | Err(idgate::directory::DirectoryError::Taken { field: "id", .. }) => {}
         Err(e) => panic!("create_user: {e}"),
     }
-    dir.set_membership(tenant, user, group, "admin")
-        .await
-        .expect("set_membership");
+    dir.set_membership(
+        &idgate::audit::Origin::system(),
+        tenant,
+        user,
+        group,
+        "admin",
+    )
+    .await
+    .expect("set_membership");
 }
 
 /// The SCIM token of a [`Deployment`]'s tenant `acme`.

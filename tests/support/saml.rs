@@ -558,3 +558,28 @@ pub fn signed_response_around(s: &ResponseSpec, idp: &TestIdp, encrypted: &str) 
 pub fn response_around(s: &ResponseSpec, encrypted: &str) -> String {
     shell_response(s, &Shell::of(s), encrypted)
 }
+
+/// A LogoutRequest as an IdP writes it, to `destination`, issued at `issue_instant`,
+/// valid until `not_on_or_after` (no NotOnOrAfter attribute when `None`); `signature`
+/// goes after the Issuer (a [`signature_template`] to sign it with [`xmlsec_sign`]).
+#[allow(clippy::too_many_arguments)]
+pub fn logout_request_at(
+    destination: &str,
+    id: &str,
+    issue_instant: &str,
+    not_on_or_after: Option<&str>,
+    issuer: &str,
+    name_id: &str,
+    session_index: Option<&str>,
+    signature: &str,
+) -> String {
+    let index = session_index
+        .map(|s| format!("<samlp:SessionIndex>{s}</samlp:SessionIndex>"))
+        .unwrap_or_default();
+    let until = not_on_or_after
+        .map(|t| format!(" NotOnOrAfter=\"{t}\""))
+        .unwrap_or_default();
+    format!(
+        r#"<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="{id}" Version="2.0" IssueInstant="{issue_instant}" Destination="{destination}"{until}><saml:Issuer>{issuer}</saml:Issuer>{signature}<saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">{name_id}</saml:NameID>{index}</samlp:LogoutRequest>"#,
+    )
+}
