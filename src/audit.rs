@@ -143,7 +143,8 @@ pub enum Event<'a> {
         /// The session.
         session: &'a str,
     },
-    /// A session was marked revoked: it answers 403 with `reason` from now on.
+    /// A session was revoked: marked, answering 403 with `reason` from now on, or
+    /// (`reason` none) ended by an operator through the admin API, gone like a logout.
     SessionRevoked {
         /// The tenant.
         tenant: &'a str,
@@ -151,8 +152,8 @@ pub enum Event<'a> {
         user: &'a str,
         /// The session.
         session: &'a str,
-        /// Why.
-        reason: RevokeReason,
+        /// Why; none when an operator ended it (logged as `ended_by_admin`).
+        reason: Option<RevokeReason>,
     },
     /// A user lost their account (deactivated or deprovisioned).
     UserDeactivated {
@@ -276,8 +277,12 @@ pub fn record(origin: &Origin<'_>, event: Event<'_>) {
             session: s,
             reason: r,
         } => {
-            (tenant, user, session, reason) =
-                (Some(t), Some(u), Some(session_ref(s)), Some(r.code()));
+            (tenant, user, session, reason) = (
+                Some(t),
+                Some(u),
+                Some(session_ref(s)),
+                Some(r.map_or("ended_by_admin", RevokeReason::code)),
+            );
         }
         Event::UserDeactivated { tenant: t, user: u }
         | Event::UserActivated { tenant: t, user: u } => {
@@ -439,7 +444,7 @@ mod tests {
                     tenant: "acme",
                     user: "u-1",
                     session: hash,
-                    reason: RevokeReason::CompanyCancelled,
+                    reason: Some(RevokeReason::CompanyCancelled),
                 },
             )
         });

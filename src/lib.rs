@@ -174,12 +174,7 @@ impl App {
             signer.clone(),
         ));
         let api = config.server.admin_token_sha256.map(|token| {
-            admin::api::Api::new(
-                token,
-                gateway.clone(),
-                sessions.clone(),
-                directory.clone(),
-            )
+            admin::api::Api::new(token, gateway.clone(), sessions.clone(), directory.clone())
         });
         let admin = Arc::new(Admin::new(
             store.clone(),

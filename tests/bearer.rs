@@ -374,17 +374,29 @@ async fn directory_users_are_blocked_by_deactivation_and_cancellation_within_a_s
     }
 
     // Deactivated: the same token is refused like a session, within a second.
-    r.dir.deactivate_user("acme", "u-svc").await.unwrap();
+    r.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "u-svc")
+        .await
+        .unwrap();
     let refused = eventually(&r, "/data", &token, 403).await;
     assert_eq!(refused.json()["error"], "account_deactivated");
-    r.dir.reactivate_user("acme", "u-svc").await.unwrap();
+    r.dir
+        .reactivate_user(&idgate::audit::Origin::system(), "acme", "u-svc")
+        .await
+        .unwrap();
     eventually(&r, "/data", &token, 200).await;
 
     // The company cancelled.
-    r.dir.cancel_group("acme", "g-acme").await.unwrap();
+    r.dir
+        .cancel_group(&idgate::audit::Origin::system(), "acme", "g-acme")
+        .await
+        .unwrap();
     let refused = eventually(&r, "/data", &token, 403).await;
     assert_eq!(refused.json()["error"], "company_cancelled");
-    r.dir.reactivate_group("acme", "g-acme").await.unwrap();
+    r.dir
+        .reactivate_group(&idgate::audit::Origin::system(), "acme", "g-acme")
+        .await
+        .unwrap();
     eventually(&r, "/data", &token, 200).await;
 
     // A token cannot place a user in a group the directory says they are not in.
@@ -405,7 +417,10 @@ async fn directory_users_are_blocked_by_deactivation_and_cancellation_within_a_s
         &claims("svc-billing", r#""grp": "g-other""#),
     );
     assert_eq!(r.call("/data", &machine).await.status, 200);
-    r.dir.cancel_group("acme", "g-other").await.unwrap();
+    r.dir
+        .cancel_group(&idgate::audit::Origin::system(), "acme", "g-other")
+        .await
+        .unwrap();
     let refused = eventually(&r, "/data", &machine, 403).await;
     assert_eq!(refused.json()["error"], "company_cancelled");
 }
@@ -441,7 +456,12 @@ async fn access_rules_decide_for_bearer_identities_and_follow_membership_changes
     let echo = eventually(&r, "/admin/users", &ops, 200).await.json();
     assert_eq!(received(&echo, "x-idgate-groups"), vec!["g-acme,g-admins"]);
     r.dir
-        .remove_membership("acme", "u-ops", "g-admins")
+        .remove_membership(
+            &idgate::audit::Origin::system(),
+            "acme",
+            "u-ops",
+            "g-admins",
+        )
         .await
         .unwrap();
     let refused = eventually(&r, "/admin/users", &ops, 403).await;
@@ -729,7 +749,10 @@ async fn a_websocket_opened_with_a_token_closes_when_its_user_is_deactivated() {
     let mut ws = open().await;
     // Other users' changes leave it open.
     provision(&r.dir, "acme", "u-else", "g-acme").await;
-    r.dir.deactivate_user("acme", "u-else").await.unwrap();
+    r.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "u-else")
+        .await
+        .unwrap();
     ws.send(Message::text("still")).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
@@ -737,7 +760,10 @@ async fn a_websocket_opened_with_a_token_closes_when_its_user_is_deactivated() {
     assert!(matches!(got, Some(Ok(Message::Text(t))) if t.as_str() == "still"));
 
     let start = Instant::now();
-    r.dir.deactivate_user("acme", "u-live").await.unwrap();
+    r.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "u-live")
+        .await
+        .unwrap();
     loop {
         let left = Duration::from_secs(1).saturating_sub(start.elapsed());
         match tokio::time::timeout(left, ws.next()).await {
@@ -747,7 +773,10 @@ async fn a_websocket_opened_with_a_token_closes_when_its_user_is_deactivated() {
         }
     }
     // And a new one is refused.
-    r.dir.deactivate_user("acme", "u-live").await.unwrap();
+    r.dir
+        .deactivate_user(&idgate::audit::Origin::system(), "acme", "u-live")
+        .await
+        .unwrap();
     let mut req = format!("ws://{}/ws", r.app.public_addr())
         .into_client_request()
         .unwrap();

@@ -344,6 +344,7 @@ fn existing_secret_files(file: &str) -> BTreeMap<String, String> {
         "existing-secret-values.yaml" => vec![
             ("signing.pem", signing),
             ("scim-acme.token", token),
+            ("admin-token", "admin-token-from-secret".into()),
             (
                 "mno-mno-marketplace.api-key",
                 "mno-api-key-from-secret".into(),
@@ -996,12 +997,18 @@ fn existing_secret_is_mounted_and_every_secret_refers_to_it() {
     assert_eq!(
         secret_refs(&r),
         set(&[
+            "admin-token",
             "devpl-env-key",
             "devpl-env-secret",
             "mno-mno-marketplace.api-key",
             "scim-acme.token",
             "signing.pem",
         ])
+    );
+    // The admin API's token is read from the operator's Secret.
+    assert_eq!(
+        r.config()["server"]["admin_token"].as_str(),
+        Some("file:/etc/idgate/secrets/admin-token")
     );
     assert_eq!(
         r.config()["store"]["url"].as_str(),

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::audit;
 use crate::directory::model::{Group, User};
 use crate::directory::{Directory, DirectoryError};
 use crate::gateway::Gateway;
@@ -124,11 +125,26 @@ impl Api {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
-        tracing::info!(%method, path, "admin API call");
+        // The admin listener has no request ids of its own: each call gets one, so the
+        // audit lines of one call (admin_call, user_deactivated, …) can be joined.
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
         let Some(rest) = path.strip_prefix("/admin/v1/") else {
             return not_found();
         };
         let parts: Vec<&str> = rest.split('/').collect();
+        let named_tenant = match parts.as_slice() {
+            ["tenants", t, ..] => segment(t),
+            _ => None,
+        };
+        let by = audit::Origin::new(audit::Actor::Admin, &request_id);
+        audit::record(
+            &by,
+            audit::Event::AdminCall {
+                tenant: named_tenant.as_deref(),
+                method: &method,
+                path: &path,
+            },
+        );
         let tenancy = self.gateway.tenancy();
         match (method, parts.as_slice()) {
             (Method::GET, ["tenants"]) => {
@@ -150,7 +166,7 @@ impl Api {
                 let Some(tenant) = segment(t).filter(|t| tenancy.has(t)) else {
                     return not_found();
                 };
-                self.tenant_route(m, &tenant, tail, &query).await
+                self.tenant_route(&by, m, &tenant, tail, &query).await
             }
             (_, ["tenants"]) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             _ => not_found(),
@@ -159,6 +175,7 @@ impl Api {
 
     async fn tenant_route(
         &self,
+        by: &audit::Origin<'_>,
         method: Method,
         tenant: &str,
         tail: &[&str],
@@ -196,16 +213,21 @@ impl Api {
                     Ok(None) => return not_found(),
                     Err(e) => return unavailable(e),
                 }
-                match self.sessions.end_user_sessions(tenant, &id).await {
+                match self.sessions.end_user_sessions(by, tenant, &id).await {
                     Ok(n) => {
-                        tracing::info!(tenant, user_id = id, revoked = n, "admin API: sessions ended");
+                        tracing::info!(
+                            tenant,
+                            user_id = id,
+                            revoked = n,
+                            "admin API: sessions ended"
+                        );
                         json_response(StatusCode::OK, &json!({ "revoked": n }))
                     }
                     Err(e) => unavailable(e),
                 }
             }
             (Method::DELETE, ["sessions", sid]) => {
-                match self.sessions.end_session(tenant, sid).await {
+                match self.sessions.end_session(by, tenant, sid).await {
                     Ok(true) => {
                         tracing::info!(tenant, "admin API: session ended");
                         json_response(StatusCode::OK, &json!({ "revoked": 1 }))
@@ -219,9 +241,9 @@ impl Api {
                     return not_found();
                 };
                 let done = if *action == "deactivate" {
-                    self.directory.deactivate_user(tenant, &id).await
+                    self.directory.deactivate_user(by, tenant, &id).await
                 } else {
-                    self.directory.reactivate_user(tenant, &id).await
+                    self.directory.reactivate_user(by, tenant, &id).await
                 };
                 match done {
                     Ok(()) => {
@@ -327,7 +349,11 @@ impl Api {
             .collect();
         group_ids.sort();
         group_ids.dedup();
-        let groups: Vec<Group> = self.directory.store().get_groups(tenant, &group_ids).await?;
+        let groups: Vec<Group> = self
+            .directory
+            .store()
+            .get_groups(tenant, &group_ids)
+            .await?;
         let mut out = Vec::with_capacity(users.len());
         for u in users {
             let sessions = self.sessions.user_sessions(tenant, &u.id).await?.len();

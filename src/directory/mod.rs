@@ -1043,7 +1043,7 @@ impl Directory {
                     tenant,
                     user: user_id,
                     session: &hash,
-                    reason,
+                    reason: Some(reason),
                 },
             );
             self.publish(Event::Session { hash }).await;

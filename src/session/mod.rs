@@ -765,7 +765,7 @@ impl Sessions {
                 tenant: &rec.tenant,
                 user: &rec.user_id,
                 session: &live.hash,
-                reason,
+                reason: Some(reason),
             },
         );
         let hash = live.hash.clone();
@@ -1013,25 +1013,54 @@ impl Sessions {
 
     /// Ends every session of a user on every replica, as a logout would (they are gone,
     /// not blocked: their cookies count as no session). Returns how many were ended.
-    pub async fn end_user_sessions(&self, tenant: &str, user_id: &str) -> Result<usize, StoreError> {
+    pub async fn end_user_sessions(
+        &self,
+        by: &audit::Origin<'_>,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<usize, StoreError> {
         let live = self.user_sessions(tenant, user_id).await?;
         let n = live.len();
         for (hash, stored) in live {
-            self.end(hash, &stored.record).await?;
+            self.end(&hash, &stored.record).await?;
+            audit::record(
+                by,
+                audit::Event::SessionRevoked {
+                    tenant,
+                    user: user_id,
+                    session: &hash,
+                    reason: None,
+                },
+            );
         }
         Ok(n)
     }
 
     /// Ends the session stored under `hash` if it is one of `tenant`'s; false if there is
     /// no such session.
-    pub async fn end_session(&self, tenant: &str, hash: &str) -> Result<bool, StoreError> {
-        let is_key = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    pub async fn end_session(
+        &self,
+        by: &audit::Origin<'_>,
+        tenant: &str,
+        hash: &str,
+    ) -> Result<bool, StoreError> {
+        let is_key =
+            hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !is_key {
             return Ok(false);
         }
         match self.store.get_session(hash).await? {
             Some(stored) if stored.record.tenant == tenant => {
-                self.end(hash.to_owned(), &stored.record).await?;
+                self.end(hash, &stored.record).await?;
+                audit::record(
+                    by,
+                    audit::Event::SessionRevoked {
+                        tenant,
+                        user: &stored.record.user_id,
+                        session: hash,
+                        reason: None,
+                    },
+                );
                 Ok(true)
             }
             _ => Ok(false),

@@ -806,7 +806,9 @@ pub fn deployment(
 ) -> Deployment {
     let keys = tempfile::tempdir().unwrap();
     let key = signing_key_file(keys.path(), "EdDSA");
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(SCIM_TOKEN.as_bytes()));
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        SCIM_TOKEN.as_bytes(),
+    ));
     let text = config(
         upstream,
         server,
@@ -817,7 +819,8 @@ pub fn deployment(
             tenant_toml("acme"),
         ),
     );
-    let cfg = idgate::config::Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
+    let cfg =
+        idgate::config::Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
     let store = idgate::store::Store::open(&cfg.store).expect("store");
     let signer = Arc::new(idgate::identity::Signer::new(&cfg.identity, false).expect("signer"));
     Deployment {

@@ -84,6 +84,14 @@ config. Args: ctx, plan.
 {{- end }}
 {{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" $slot "key" (printf "%s.pem" $slot) "value" $k "what" (printf "identity.previousKeys[%d]" $i) "required" true) }}
 {{- end }}
+{{- if ($v.adminApi | default dict).enabled }}
+{{- $adminToken := $v.adminApi.token | default "" | toString }}
+{{- if hasPrefix "sha256:" $adminToken }}
+{{- $_ := set $plan.refs "admin" $adminToken }}
+{{- else }}
+{{- include "idgate.secretSlot" (dict "ctx" $ctx "plan" $plan "slot" "admin" "key" "admin-token" "value" $adminToken "what" "adminApi.token" "required" true) }}
+{{- end }}
+{{- end }}
 {{- range $i, $t := $v.tenants | default list }}
 {{- if not $t.id }}
 {{- fail (printf "tenants[%d].id is required" $i) }}
@@ -222,6 +230,7 @@ admin_listen = {{ printf "0.0.0.0:%d" (int $v.ports.admin) | toJson }}
 upstream = {{ include "idgate.upstream" . | toJson }}
 {{- include "idgate.toml.kv" (dict "k" "public_url" "v" $v.publicUrl) }}
 {{- include "idgate.toml.map" (dict "m" $v.server "keys" (list "connectTimeout=connect_timeout" "upstreamTimeout=upstream_timeout" "shutdownGrace=shutdown_grace" "trustedProxies=trusted_proxies" "workers=workers")) }}
+{{- include "idgate.toml.kv" (dict "k" "admin_token" "v" (index $refs "admin")) }}
 
 [store]
 url = {{ index $refs "store" | default (include "idgate.storeUrl" .) | toJson }}
