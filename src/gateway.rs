@@ -58,9 +58,10 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Gateway {
     policy: IdentityHeaderPolicy,
     cookie_name: String,
-    /// `[[access.rules]]` with `public_paths` first (SPEC §9).
-    rules: crate::access::Rules,
-    api_paths: Vec<String>,
+    /// `[[access.rules]]` with `public_paths` first (SPEC §9); replaced by a reload.
+    /// A request loads them once and decides with that copy to its end.
+    rules: arc_swap::ArcSwap<crate::access::Rules>,
+    api_paths: arc_swap::ArcSwap<Vec<String>>,
     trusted_proxies: Vec<ipnet::IpNet>,
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
@@ -325,8 +326,8 @@ impl Gateway {
             tenancy: arc_swap::ArcSwap::from_pointee(tenancy),
             policy: IdentityHeaderPolicy::new(config.identity.headers.all()),
             cookie_name: config.session.cookie_name.clone(),
-            rules: config.access.rules.clone(),
-            api_paths: config.access.api_paths.clone(),
+            rules: arc_swap::ArcSwap::from_pointee(config.access.rules.clone()),
+            api_paths: arc_swap::ArcSwap::from_pointee(config.access.api_paths.clone()),
             trusted_proxies: config.server.trusted_proxies.clone(),
             metrics,
             sessions,
@@ -354,6 +355,14 @@ impl Gateway {
     /// The open tunnels, for the listener's shutdown.
     pub fn tunnels(&self) -> &Arc<Tunnels> {
         &self.tunnels
+    }
+
+    /// Takes the access rules and API paths of a new config (a reload). Requests in
+    /// flight finish with the rules they started with.
+    pub fn set_access(&self, config: &Config) {
+        self.rules.store(Arc::new(config.access.rules.clone()));
+        self.api_paths
+            .store(Arc::new(config.access.api_paths.clone()));
     }
 
     /// The tenant set now.
@@ -428,12 +437,13 @@ impl Gateway {
     /// not reserved. Without rules naming tenants this reads no tenancy at all; with
     /// them, the tenant is the one the host names (a session's own tenant is checked
     /// again at the gate).
-    fn classify(
+    fn classify<'r>(
         &self,
+        rules: &'r crate::access::Rules,
         method: &Method,
         path: &str,
         host: Option<&str>,
-    ) -> (RouteClass, Option<&Rule>) {
+    ) -> (RouteClass, Option<&'r Rule>) {
         if has_prefix(path, "/_idgate")
             || (self
                 .maestrano_reserved
@@ -442,14 +452,14 @@ impl Gateway {
         {
             return (RouteClass::Reserved, None);
         }
-        if self.rules.is_empty() {
+        if rules.is_empty() {
             return (RouteClass::Proxied, None);
         }
-        let rule = if self.rules.tenant_scoped() {
+        let rule = if rules.tenant_scoped() {
             let tenant = self.tenant_for(host);
-            self.rules.decide(method, path, tenant.as_deref())
+            rules.decide(method, path, tenant.as_deref())
         } else {
-            self.rules.decide(method, path, None)
+            rules.decide(method, path, None)
         };
         match rule {
             Some(r) if r.public => (RouteClass::Public, rule),
@@ -460,8 +470,10 @@ impl Gateway {
     /// The rule's verdict on a signed-in request: `None` to forward, or the 403. A rule
     /// that names tenants is decided again for the session's own tenant when the host
     /// did not name it (a host-less tenant's session on a shared host).
+    #[allow(clippy::too_many_arguments)]
     fn refused_by_rule(
         &self,
+        rules: &crate::access::Rules,
         rule: Option<&Rule>,
         method: &Method,
         path: &str,
@@ -469,12 +481,12 @@ impl Gateway {
         html: bool,
         request_id: &str,
     ) -> Option<Response<Body>> {
-        if self.rules.is_empty() {
+        if rules.is_empty() {
             return None;
         }
         let id = &pass.auth.identity;
-        let rule = if self.rules.tenant_scoped() {
-            self.rules.decide(method, path, Some(&id.tenant))
+        let rule = if rules.tenant_scoped() {
+            rules.decide(method, path, Some(&id.tenant))
         } else {
             rule
         }?;
@@ -536,7 +548,7 @@ impl Gateway {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
-        (route, rule): (RouteClass, Option<&Rule>),
+        (route, rule, rules): (RouteClass, Option<&Rule>, &crate::access::Rules),
         path: &str,
         uri: &http::Uri,
     ) -> Response<Body> {
@@ -590,7 +602,14 @@ impl Gateway {
                 .await;
             if !matches!(verdict, BearerGate::NotAccepted) {
                 return self
-                    .bearer(upstream, req, peer, request_id, (rule, path), verdict)
+                    .bearer(
+                        upstream,
+                        req,
+                        peer,
+                        request_id,
+                        (rules, rule, path),
+                        verdict,
+                    )
                     .await;
             }
         }
@@ -608,9 +627,15 @@ impl Gateway {
             .await;
         match gate {
             Gate::Forward(identity) => {
-                if let Some(refusal) =
-                    self.refused_by_rule(rule, req.method(), path, &identity, html, request_id)
-                {
+                if let Some(refusal) = self.refused_by_rule(
+                    rules,
+                    rule,
+                    req.method(),
+                    path,
+                    &identity,
+                    html,
+                    request_id,
+                ) {
                     return refusal;
                 }
                 self.forward(
@@ -675,13 +700,13 @@ impl Gateway {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
-        (rule, path): (Option<&Rule>, &str),
+        (rules, rule, path): (&crate::access::Rules, Option<&Rule>, &str),
         verdict: BearerGate,
     ) -> Response<Body> {
         match verdict {
             BearerGate::Forward(pass, forward_authorization) => {
                 if let Some(refusal) =
-                    self.refused_by_rule(rule, req.method(), path, &pass, false, request_id)
+                    self.refused_by_rule(rules, rule, req.method(), path, &pass, false, request_id)
                 {
                     return refusal;
                 }
@@ -1035,7 +1060,7 @@ impl Gateway {
         path: &str,
         api_rule: bool,
     ) -> bool {
-        let is_api = api_rule || self.api_paths.iter().any(|p| has_prefix(path, p));
+        let is_api = api_rule || self.api_paths.load().iter().any(|p| has_prefix(path, p));
         !is_api
             && (method == Method::GET || method == Method::HEAD)
             && (html
@@ -1215,8 +1240,18 @@ impl Handler for GatewayWorker {
         };
         let (route, mut resp, log_path) = match checked {
             Ok(path) => {
-                let (route, rule) = gw.classify(&method, &path, host_of(&req));
-                let handled = gw.handle(&self.upstream, req, peer, rid, (route, rule), &path, &uri);
+                // One load of the rules for the whole request, whatever a reload does.
+                let rules = gw.rules.load();
+                let (route, rule) = gw.classify(&rules, &method, &path, host_of(&req));
+                let handled = gw.handle(
+                    &self.upstream,
+                    req,
+                    peer,
+                    rid,
+                    (route, rule, &rules),
+                    &path,
+                    &uri,
+                );
                 // A client's own id reaches the audit lines of this request (as
                 // `client_request_id`) without being threaded through every protocol.
                 let resp = match &client_request_id {

@@ -18,6 +18,7 @@ pub mod maestrano;
 pub mod metrics;
 pub mod page;
 pub mod proxy;
+pub mod reload;
 pub mod response;
 pub mod saml;
 pub mod scim;
@@ -129,6 +130,8 @@ pub struct App {
     metrics: Arc<Metrics>,
     /// The SPs of tenants whose IdP metadata comes from a URL.
     metadata_slots: Arc<saml::metadata::Slots>,
+    /// The file reloads read (`serve --config`); none for an app built from text.
+    config_path: Option<std::path::PathBuf>,
 }
 
 impl App {
@@ -194,7 +197,14 @@ impl App {
             draining,
             metrics,
             metadata_slots,
+            config_path: None,
         })
+    }
+
+    /// Reload from `path` on SIGHUP (and on change, with `[server].watch_config`).
+    pub fn reload_from(mut self, path: std::path::PathBuf) -> App {
+        self.config_path = Some(path);
+        self
     }
 
     /// The session layer: what login flows call `create_session` on.
@@ -209,47 +219,25 @@ impl App {
 
     /// Keeps the tenant set in step with Maestrano's developer platform: fetched now,
     /// then every `refresh`. A failed refresh keeps the last good set.
-    fn refresh_tenants(&self, mut stop: watch::Receiver<bool>) {
+    fn refresh_tenants(&self, reloader: Arc<reload::Reloader>, mut stop: watch::Receiver<bool>) {
         let Some(devpl) = self.config.maestrano_devpl.clone() else {
             return;
         };
-        let config = self.config.clone();
-        let gateway = self.gateway.clone();
-        let worker = self.worker.clone();
-        let recheck = self.recheck.clone();
-        let directory = self.directory.clone();
-        let sessions = self.sessions.clone();
-        let slots = self.metadata_slots.clone();
         tokio::spawn(async move {
             let http = maestrano::worker::client();
             let mut applied: Option<Vec<serde_json::Value>> = None;
             loop {
                 match maestrano::devpl::fetch(&devpl, &http).await {
                     Ok(markets) if applied.as_ref() == Some(&markets) => {}
-                    Ok(markets) => {
-                        match maestrano::devpl::merged(&config, &markets).and_then(|cfg| {
-                            gateway::Tenancy::build(&cfg, &directory, gateway.failures(), &slots)
-                                .map(|t| (cfg, t))
-                                .map_err(|(tenant, reason)| format!("tenant {tenant}: {reason}"))
-                        }) {
-                            Ok((cfg, tenancy)) => {
-                                let ids = tenancy.tenant_ids();
-                                gateway.set_tenancy(tenancy);
-                                sessions.set_tenants(
-                                    cfg.tenants.iter().map(|t| t.id.clone()).collect(),
-                                );
-                                worker.set_tenants(&cfg);
-                                if let Some(r) = &recheck {
-                                    r.set_tenants(&cfg);
-                                }
-                                applied = Some(markets);
-                                tracing::info!(tenants = ?ids, "tenants updated from Maestrano's developer platform");
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "the developer platform's marketplaces do not make a valid config; keeping the last good set");
-                            }
+                    Ok(markets) => match reloader.apply_markets(markets.clone()) {
+                        Ok(ids) => {
+                            applied = Some(markets);
+                            tracing::info!(tenants = ?ids, "tenants updated from Maestrano's developer platform");
                         }
-                    }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the developer platform's marketplaces do not make a valid config; keeping the last good set");
+                        }
+                    },
                     Err(e) => {
                         tracing::error!(error = %e, "cannot refresh tenants from Maestrano's developer platform; keeping the last good set");
                     }
@@ -289,8 +277,23 @@ impl App {
             &self.metrics,
             &jobs_rx,
         );
+        let mut reloader = reload::Reloader::new(
+            self.config.clone(),
+            self.gateway.clone(),
+            self.sessions.clone(),
+            self.worker.clone(),
+            self.recheck.clone(),
+            self.directory.clone(),
+            self.metadata_slots.clone(),
+            self.metrics.clone(),
+        );
+        if let Some(path) = &self.config_path {
+            reloader = reloader.with_path(path.clone());
+        }
+        let reloader = Arc::new(reloader);
+        reloader.spawn(jobs_rx.clone());
         if self.config.maestrano_devpl.is_some() {
-            self.refresh_tenants(jobs_rx);
+            self.refresh_tenants(reloader, jobs_rx);
         }
         let grace = self.config.server.shutdown_grace;
         let (public_tx, public_rx) = watch::channel(false);

@@ -100,9 +100,9 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Serve { config } => {
+        Command::Serve { config: path } => {
             telemetry::init(cli.log_format);
-            let config = match idgate::check_config(&config) {
+            let config = match idgate::check_config(&path) {
                 Ok(c) => {
                     for w in &c.warnings {
                         tracing::warn!(key = w.path, "{}", w.message);
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
                 }
             };
             run(async move {
-                let running = idgate::App::new(config)?.start().await?;
+                let running = idgate::App::new(config)?.reload_from(path).start().await?;
                 running.run_until_signal().await;
                 Ok::<_, idgate::StartError>(())
             })

@@ -138,6 +138,7 @@ pub struct Metrics {
     saml_rejections: IntCounterVec,
     saml_metadata_refreshes: IntCounterVec,
     logins: IntCounter,
+    config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -171,11 +172,24 @@ impl Metrics {
         .expect("static metric definition");
         let logins = IntCounter::new("logins_total", "Sessions created by logins.")
             .expect("static metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Configuration reloads (SIGHUP, watch_config), by result.",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        // Both series exist from the start, so an alert on errors sees 0, not nothing.
+        for r in ["ok", "error"] {
+            config_reloads.with_label_values(&[r]);
+        }
         for c in [
             Box::new(upstream_vec.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(saml_rejections.clone()),
             Box::new(saml_metadata_refreshes.clone()),
             Box::new(logins.clone()),
+            Box::new(config_reloads.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -187,7 +201,15 @@ impl Metrics {
             saml_rejections,
             saml_metadata_refreshes,
             logins,
+            config_reloads,
         }
+    }
+
+    /// Counts a configuration reload, applied (`ok`) or refused.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     /// A new shard for one worker thread.

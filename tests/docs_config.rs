@@ -454,6 +454,7 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
             "server.trusted_proxies",
             empty(c.server.trusted_proxies.is_empty()),
         ),
+        ("server.watch_config", Value::Boolean(c.server.watch_config)),
         // 0 = automatic, which the assertion on default_workers() above shows is applied.
         ("server.workers", Value::Integer(0)),
         ("store.url", s(defaults::STORE_URL)),

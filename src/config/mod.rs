@@ -221,6 +221,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// SHA-256 of the admin API's bearer token; `None` leaves `/admin/` unserved.
     pub admin_token_sha256: Option<[u8; 32]>,
+    /// Reload when the config file changes (checked every 5 s), besides on SIGHUP.
+    pub watch_config: bool,
 }
 
 impl ServerConfig {

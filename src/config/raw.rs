@@ -37,6 +37,7 @@ pub(crate) struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub workers: Option<i64>,
     pub admin_token: Option<String>,
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -590,6 +590,7 @@ fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
         .as_deref()
         .and_then(|t| scim_token(c, "server.admin_token", Some(t)));
     ServerConfig {
+        watch_config: raw.watch_config.unwrap_or(false),
         admin_token_sha256,
         workers,
         listen,

@@ -189,7 +189,8 @@ pub(super) async fn answer(
         }
     };
 
-    let (route, rule) = gw.classify(&orig.method, &path, orig.host);
+    let rules = gw.rules.load();
+    let (route, rule) = gw.classify(&rules, &orig.method, &path, orig.host);
     match route {
         // idgate's own endpoints guard themselves (the ingress routes `/_idgate/` to
         // idgate); public paths pass without identity. Either way no identity headers,
@@ -215,7 +216,7 @@ pub(super) async fn answer(
             BearerGate::NotAccepted => {}
             BearerGate::Forward(pass, _) => {
                 if let Some(refusal) =
-                    gw.refused_by_rule(rule, &orig.method, &path, &pass, false, request_id)
+                    gw.refused_by_rule(&rules, rule, &orig.method, &path, &pass, false, request_id)
                 {
                     return refusal;
                 }
@@ -246,7 +247,7 @@ pub(super) async fn answer(
     match gate {
         Gate::Forward(pass) => {
             if let Some(refusal) =
-                gw.refused_by_rule(rule, &orig.method, &path, &pass, html, request_id)
+                gw.refused_by_rule(&rules, rule, &orig.method, &path, &pass, html, request_id)
             {
                 return refusal;
             }

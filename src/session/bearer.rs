@@ -183,6 +183,9 @@ fn same_family(key: Algorithm, alg: Algorithm) -> bool {
 pub struct Issuers {
     by_tenant: HashMap<String, Vec<Arc<Issuer>>>,
     verdicts: moka::sync::Cache<Box<str>, Arc<Verdict>>,
+    /// What they were built from, so that a reload that leaves them as they were keeps
+    /// them (and their fetched keys).
+    fingerprint: Vec<String>,
 }
 
 /// A token's cached verdict, valid while nothing was invalidated since `generation`.
@@ -222,12 +225,18 @@ impl Issuers {
             }
         }
         Issuers {
+            fingerprint: fingerprint(config),
             by_tenant,
             verdicts: moka::sync::Cache::builder()
                 .max_capacity(VERDICT_CAPACITY)
                 .time_to_live(cache_ttl)
                 .build(),
         }
+    }
+
+    /// What they were built from (see [`Sessions::set_config`]).
+    pub fn fingerprint(&self) -> &Vec<String> {
+        &self.fingerprint
     }
 
     /// Whether any tenant accepts bearer tokens (else `Authorization` is the app's).
@@ -247,14 +256,19 @@ impl Issuers {
                 continue;
             }
             // A plain-http URL off loopback was warned about with the config's warnings.
-            let issuer = issuer.clone();
+            // Weak: the task ends once a reload has replaced the issuer.
+            let issuer = Arc::downgrade(issuer);
             tokio::spawn(async move {
                 loop {
+                    let Some(issuer) = issuer.upgrade() else {
+                        return;
+                    };
                     let wait = match issuer.fetch().await {
                         Ok(()) => REFRESH_EVERY,
                         Err(_) if issuer.keys.load().keys.is_empty() => RETRY_EMPTY,
                         Err(_) => KID_MISS_REFETCH,
                     };
+                    drop(issuer);
                     tokio::time::sleep(wait).await;
                 }
             });
@@ -409,6 +423,15 @@ fn client(ca: Option<&[u8]>) -> crate::maestrano::worker::Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
 }
 
+/// What the issuers of `config` are built from, comparable between two configs.
+pub fn fingerprint(config: &Config) -> Vec<String> {
+    config
+        .tenants
+        .iter()
+        .map(|t| format!("{}:{:?}", t.id, t.bearer))
+        .collect()
+}
+
 /// The `iss` of a token not yet verified: only to pick the issuer that verifies it.
 fn unverified_issuer(token: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -443,12 +466,12 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 impl Sessions {
     /// Whether bearer tokens are accepted on requests for `tenant`.
     pub fn accepts_bearer(&self, tenant: &str) -> bool {
-        self.bearer.serves_tenant(tenant)
+        self.bearer.load().serves_tenant(tenant)
     }
 
     /// Whether any tenant accepts bearer tokens.
     pub fn any_bearer(&self) -> bool {
-        self.bearer.any()
+        self.bearer.load().any()
     }
 
     /// The gate for a machine client: the token's verdict, from the cache while nothing
@@ -464,7 +487,8 @@ impl Sessions {
         }
         let generation = self.generation.load(Ordering::Acquire);
         let now = now();
-        if let Some(v) = self.bearer.verdicts.get(token)
+        let issuers = self.bearer.load();
+        if let Some(v) = issuers.verdicts.get(token)
             && v.generation == generation
             && now <= v.until
             && v.pass.auth.headers.expires_at - now > self.signer.ttl().as_secs() as i64 / 2
@@ -472,7 +496,8 @@ impl Sessions {
         {
             return BearerGate::Forward(v.pass.clone(), v.forward_authorization);
         }
-        if !self.bearer.by_tenant.keys().any(|t| serves(t)) {
+        let issuers = arc_swap::Guard::into_inner(issuers);
+        if !issuers.by_tenant.keys().any(|t| serves(t)) {
             return BearerGate::NotAccepted;
         }
         let Ok(header) = jsonwebtoken::decode_header(token) else {
@@ -481,8 +506,7 @@ impl Sessions {
         let Some(iss) = unverified_issuer(token) else {
             return BearerGate::Invalid(Invalid::Malformed);
         };
-        let Some(issuer) = self
-            .bearer
+        let Some(issuer) = issuers
             .by_tenant
             .iter()
             .filter(|(tenant, _)| serves(tenant) && self.known_tenants.load().contains(*tenant))
@@ -506,10 +530,15 @@ impl Sessions {
             return BearerGate::Unavailable;
         }
         let tenant = &issuer.tenant;
-        let rules = self.tenants.get(tenant).cloned().unwrap_or(TenantRules {
-            name_order: NameOrder::GivenFamily,
-            default_role: crate::config::defaults::DEFAULT_ROLE.into(),
-        });
+        let rules = self
+            .tenants
+            .load()
+            .get(tenant)
+            .cloned()
+            .unwrap_or(TenantRules {
+                name_order: NameOrder::GivenFamily,
+                default_role: crate::config::defaults::DEFAULT_ROLE.into(),
+            });
         let may_fetch = self.store_healthy();
         let user_key = (tenant.clone(), subject.to_owned());
         let user = match self.user(&user_key, may_fetch, generation).await {
@@ -624,7 +653,7 @@ impl Sessions {
             watched: Watched::Bearer(watch),
         });
         if self.generation.load(Ordering::Acquire) == generation {
-            self.bearer.verdicts.insert(
+            issuers.verdicts.insert(
                 token.into(),
                 Arc::new(Verdict {
                     tenant: tenant.clone(),

@@ -132,7 +132,8 @@ pub struct Sessions {
     secure: bool,
     fail_mode: FailMode,
     signer: Arc<Signer>,
-    tenants: HashMap<String, TenantRules>,
+    /// Per tenant, how identities are composed; replaced by a reload.
+    tenants: arc_swap::ArcSwap<HashMap<String, TenantRules>>,
     live: Cache<[u8; 32], Arc<Live>>,
     users: Cache<(String, String), Arc<User>>,
     groups: Cache<(String, String), Arc<Group>>,
@@ -152,8 +153,8 @@ pub struct Sessions {
     watches: Arc<WatchMap>,
     /// The runtime that [`Sessions::start`] ran on, for the watches' background work.
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
-    /// Machine clients' issuers and verdicts.
-    bearer: bearer::Issuers,
+    /// Machine clients' issuers and verdicts; replaced by a reload that changes them.
+    bearer: arc_swap::ArcSwap<bearer::Issuers>,
     /// Woken by every invalidation, for the bearer connections that watch a user.
     changed: tokio::sync::Notify,
 }
@@ -270,29 +271,14 @@ impl Sessions {
             secure: config.server.is_https(),
             fail_mode: config.store.fail_mode,
             signer,
-            tenants: config
-                .tenants
-                .iter()
-                .map(|t| {
-                    (
-                        t.id.clone(),
-                        TenantRules {
-                            name_order: t
-                                .scim
-                                .as_ref()
-                                .map_or(NameOrder::GivenFamily, |s| s.name_order),
-                            default_role: t.provisioning.default_role.clone(),
-                        },
-                    )
-                })
-                .collect(),
+            tenants: arc_swap::ArcSwap::from_pointee(tenant_rules(config)),
             recheck: std::sync::OnceLock::new(),
             known_tenants: arc_swap::ArcSwap::from_pointee(
                 config.tenants.iter().map(|t| t.id.clone()).collect(),
             ),
             watches: Arc::default(),
             runtime: std::sync::OnceLock::new(),
-            bearer: bearer::Issuers::new(config, ttl),
+            bearer: arc_swap::ArcSwap::from_pointee(bearer::Issuers::new(config, ttl)),
             changed: tokio::sync::Notify::new(),
             live: cache(CACHE_CAPACITY, ttl),
             users: cache(CACHE_CAPACITY, ttl),
@@ -306,7 +292,7 @@ impl Sessions {
     /// Starts the invalidation listener and the store health monitor.
     pub fn start(self: &Arc<Self>) {
         let _ = self.runtime.set(tokio::runtime::Handle::current());
-        self.bearer.start();
+        self.bearer.load().start();
         let mut events = self.store.subscribe();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -669,6 +655,7 @@ impl Sessions {
         }
         let rules = self
             .tenants
+            .load()
             .get(&rec.tenant)
             .cloned()
             .unwrap_or(TenantRules {
@@ -779,6 +766,21 @@ impl Sessions {
                 tracing::warn!(error = %e, "cannot mark session revoked");
             }
         });
+    }
+
+    /// Takes what a new config says about tenants (a reload, or Maestrano's developer
+    /// platform): how identities are composed, the bearer issuers (kept, with their
+    /// fetched keys and verdicts, when unchanged) and which tenants exist.
+    pub fn set_config(self: &Arc<Self>, config: &Config) {
+        self.tenants.store(Arc::new(tenant_rules(config)));
+        if *self.bearer.load().fingerprint() != bearer::fingerprint(config) {
+            let fresh = bearer::Issuers::new(config, self.config.cache_ttl);
+            if self.runtime.get().is_some() {
+                fresh.start();
+            }
+            self.bearer.store(Arc::new(fresh));
+        }
+        self.set_tenants(config.tenants.iter().map(|t| t.id.clone()).collect());
     }
 
     /// Replaces the set of existing tenants. Sessions of tenants no longer in it stop
@@ -1085,6 +1087,26 @@ impl Sessions {
         }
         Ok(())
     }
+}
+
+/// How each tenant's identities are composed.
+fn tenant_rules(config: &Config) -> HashMap<String, TenantRules> {
+    config
+        .tenants
+        .iter()
+        .map(|t| {
+            (
+                t.id.clone(),
+                TenantRules {
+                    name_order: t
+                        .scim
+                        .as_ref()
+                        .map_or(NameOrder::GivenFamily, |s| s.name_order),
+                    default_role: t.provisioning.default_role.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// Whether `reason` still keeps this user out of this group.

@@ -285,6 +285,11 @@ impl Idgate {
         format!("http://{}{path}", self.public)
     }
 
+    /// The config file it was started with (a test may rewrite it, then reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("idgate.toml")
+    }
+
     /// `http://<admin>` + path.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)

@@ -1,0 +1,342 @@
+//! Configuration reload without a restart (SPEC §10): on `SIGHUP`, and when the config
+//! file changes with `[server].watch_config` (checked every [`WATCH_EVERY`], as a
+//! mounted ConfigMap changes).
+//!
+//! [`Reloader::apply`] is the one function that puts a config's run-time settings in
+//! place — tenants with their SAML, SCIM, Maestrano and bearer settings, access rules,
+//! per-tenant session rules — for startup's devices and for both of the things that
+//! change them later: a reload and Maestrano's developer platform. A setting derived from
+//! the config that can change at run time is added there. Each component takes its part
+//! as one atomic swap; a request keeps what it started with.
+//!
+//! Keys bound at startup (listeners, store, session cookie and lifetimes, identity
+//! signing keys and header names, the developer platform's credentials, the header strip
+//! list and the login-start limit) are compared with the running config: a change is
+//! logged as needing a restart and ignored, and the rest of the reload goes ahead.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::audit::{self, ReloadResult};
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::gateway::{Gateway, Tenancy};
+use crate::maestrano;
+use crate::metrics::Metrics;
+use crate::session::Sessions;
+
+/// How often `watch_config` looks at the file.
+pub const WATCH_EVERY: Duration = Duration::from_secs(5);
+
+/// Config keys (dotted, top-level table then key; a table alone means all of it) that
+/// only a restart changes.
+pub const RESTART_ONLY: &[&str] = &[
+    "server.listen",
+    "server.admin_listen",
+    "server.upstream",
+    "server.public_url",
+    "server.connect_timeout",
+    "server.upstream_timeout",
+    "server.shutdown_grace",
+    "server.trusted_proxies",
+    "server.workers",
+    "server.admin_token",
+    "server.watch_config",
+    "store",
+    "session",
+    "identity",
+    "maestrano_devpl",
+    "access.strip_headers",
+    "access.login_starts_per_minute",
+];
+
+/// What a reload came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// In use; the restart-only keys that changed and were ignored.
+    Applied {
+        /// Keys that need a restart.
+        ignored: Vec<String>,
+    },
+    /// Refused; the running config stays. Every error, with its key path.
+    Refused(Vec<String>),
+}
+
+/// The parts of a running app that a config changes, and the config file behind them.
+pub struct Reloader {
+    path: Option<PathBuf>,
+    /// The config file's config as last applied (without the developer platform's
+    /// marketplaces, which are merged into it).
+    base: arc_swap::ArcSwap<Config>,
+    /// The developer platform's marketplaces as last applied, merged into every reload.
+    markets: Mutex<Option<Vec<serde_json::Value>>>,
+    gateway: Arc<Gateway>,
+    sessions: Arc<Sessions>,
+    worker: Arc<maestrano::worker::Worker>,
+    recheck: Option<Arc<maestrano::recheck::Recheck>>,
+    directory: Directory,
+    slots: Arc<crate::saml::metadata::Slots>,
+    metrics: Arc<Metrics>,
+    /// One reload at a time (a signal during a file-triggered reload waits).
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// The reloader of an app built from `config`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        gateway: Arc<Gateway>,
+        sessions: Arc<Sessions>,
+        worker: Arc<maestrano::worker::Worker>,
+        recheck: Option<Arc<maestrano::recheck::Recheck>>,
+        directory: Directory,
+        slots: Arc<crate::saml::metadata::Slots>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
+        Reloader {
+            path: None,
+            base: arc_swap::ArcSwap::new(config),
+            markets: Mutex::new(None),
+            gateway,
+            sessions,
+            worker,
+            recheck,
+            directory,
+            slots,
+            metrics,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reloads read `path` (the file `serve` was started with).
+    pub fn with_path(mut self, path: PathBuf) -> Reloader {
+        self.path = Some(path);
+        self
+    }
+
+    /// The config file's config in use.
+    pub fn base(&self) -> Arc<Config> {
+        self.base.load_full()
+    }
+
+    /// Puts `config`'s run-time settings in place, every component at once. Fails
+    /// (changing nothing) when a tenant's SAML settings do not make a working SP.
+    pub fn apply(&self, config: &Config) -> Result<Vec<String>, String> {
+        let tenancy = Tenancy::build(
+            config,
+            &self.directory,
+            self.gateway.failures(),
+            &self.slots,
+        )
+        .map_err(|(tenant, reason)| format!("tenants.{tenant}.saml: {reason}"))?;
+        let ids = tenancy.tenant_ids();
+        self.gateway.set_tenancy(tenancy);
+        self.gateway.set_access(config);
+        self.sessions.set_config(config);
+        self.worker.set_tenants(config);
+        if let Some(r) = &self.recheck {
+            r.set_tenants(config);
+        }
+        Ok(ids)
+    }
+
+    /// Applies the developer platform's `markets` on top of the config file's config.
+    pub fn apply_markets(&self, markets: Vec<serde_json::Value>) -> Result<Vec<String>, String> {
+        let merged = maestrano::devpl::merged(&self.base(), &markets)?;
+        let ids = self.apply(&merged)?;
+        *self.markets.lock().unwrap_or_else(|p| p.into_inner()) = Some(markets);
+        Ok(ids)
+    }
+
+    /// Re-reads the config file, validates it, and applies it; logs, counts and audits
+    /// the outcome.
+    pub async fn reload(&self, trigger: &'static str) -> Outcome {
+        let _one = self.running.lock().await;
+        let outcome = self.try_reload();
+        match &outcome {
+            Outcome::Applied { ignored } => {
+                self.metrics.config_reload(true);
+                for key in ignored {
+                    tracing::warn!(
+                        key,
+                        trigger,
+                        "config reload: this key needs a restart; the running value stays"
+                    );
+                }
+                tracing::info!(trigger, "config reloaded");
+            }
+            Outcome::Refused(errors) => {
+                self.metrics.config_reload(false);
+                for e in errors {
+                    tracing::error!(trigger, error = %e, "config reload refused; the running config stays");
+                }
+            }
+        }
+        audit::record(
+            &audit::Origin::system(),
+            audit::Event::ConfigReload {
+                result: if matches!(outcome, Outcome::Applied { .. }) {
+                    ReloadResult::Ok
+                } else {
+                    ReloadResult::Error
+                },
+            },
+        );
+        outcome
+    }
+
+    fn try_reload(&self) -> Outcome {
+        let Some(path) = &self.path else {
+            return Outcome::Refused(vec![
+                "no config file to reload (started without one)".into(),
+            ]);
+        };
+        let new = match crate::check_config(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                return Outcome::Refused(errors.0.iter().map(ToString::to_string).collect());
+            }
+        };
+        for w in &new.warnings {
+            tracing::warn!(key = w.path, "{}", w.message);
+        }
+        let old = self.base();
+        let ignored = changed_restart_only(&old.source.0, &new.source.0);
+        // Tenants whose IdP metadata comes from a URL have refresh tasks from startup;
+        // a new one would have none.
+        for t in &new.tenants {
+            if matches!(t.saml.idp, crate::config::IdpSource::Url(_))
+                && self.slots.get(&t.id).is_none()
+            {
+                return Outcome::Refused(vec![format!(
+                    "tenants.{}.saml.idp_metadata_url: a tenant whose metadata comes from a URL can only be added by a restart",
+                    t.id
+                )]);
+            }
+        }
+        let markets = self
+            .markets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let effective = match &markets {
+            Some(m) => match maestrano::devpl::merged(&new, m) {
+                Ok(c) => c,
+                Err(e) => return Outcome::Refused(vec![e]),
+            },
+            None => new.clone(),
+        };
+        if let Some(lost) = old.default_tenant().map(|t| t.id.clone())
+            && effective.default_tenant().map(|t| t.id.as_str()) != Some(lost.as_str())
+        {
+            tracing::warn!(
+                tenant = lost,
+                "config reload: this tenant is no longer the default: requests whose Host names no tenant now get no tenant"
+            );
+        }
+        if let Err(e) = self.apply(&effective) {
+            return Outcome::Refused(vec![e]);
+        }
+        self.base.store(Arc::new(new));
+        Outcome::Applied { ignored }
+    }
+
+    /// Reloads on every SIGHUP, and on every change of the file with `watch_config`,
+    /// until `stop`.
+    pub fn spawn(self: &Arc<Self>, stop: watch::Receiver<bool>) {
+        #[cfg(unix)]
+        {
+            let this = self.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let mut hup = match tokio::signal::unix::signal(
+                    tokio::signal::unix::SignalKind::hangup(),
+                ) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot watch SIGHUP: reload by signal is off");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        got = hup.recv() => {
+                            if got.is_none() {
+                                return;
+                            }
+                            this.reload("sighup").await;
+                        }
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+        if self.base().server.watch_config
+            && let Some(path) = self.path.clone()
+        {
+            let this = self.clone();
+            let mut stop = stop;
+            tokio::spawn(async move {
+                // A ConfigMap update swaps a symlink: compare contents, not times.
+                let mut seen = std::fs::read(&path).ok();
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(WATCH_EVERY) => {}
+                        _ = stop.changed() => return,
+                    }
+                    let now = std::fs::read(&path).ok();
+                    if now.is_some() && now != seen {
+                        seen = now;
+                        this.reload("watch_config").await;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// The restart-only keys whose values differ between two config texts.
+fn changed_restart_only(old: &str, new: &str) -> Vec<String> {
+    let parse = |t: &str| t.parse::<toml::Table>().unwrap_or_default();
+    let (old, new) = (parse(old), parse(new));
+    let get = |doc: &toml::Table, key: &str| -> Option<toml::Value> {
+        let mut parts = key.split('.');
+        let mut v = doc.get(parts.next()?)?;
+        for p in parts {
+            v = v.get(p)?;
+        }
+        Some(v.clone())
+    };
+    RESTART_ONLY
+        .iter()
+        .filter(|k| get(&old, k) != get(&new, k))
+        .map(|k| (*k).to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_keys_are_found_by_value_not_by_spelling() {
+        let old = "[server]\nlisten = \"0.0.0.0:8080\"\n[store]\nurl = \"memory://\"\n[access]\npublic_paths = [\"/a\"]\n";
+        assert!(changed_restart_only(old, old).is_empty());
+        let same_other_spelling = "[access]\npublic_paths = [ \"/a\" ]\n[server]\nlisten = '0.0.0.0:8080'\n[store]\nurl = \"memory://\"\n";
+        assert!(changed_restart_only(old, same_other_spelling).is_empty());
+        let moved = old
+            .replace("8080", "9000")
+            .replace("memory://", "redis://r");
+        assert_eq!(
+            changed_restart_only(old, &moved),
+            vec!["server.listen".to_owned(), "store".to_owned()]
+        );
+        // Reloadable keys are not reported.
+        let rules = old.replace("\"/a\"", "\"/b\"");
+        assert!(changed_restart_only(old, &rules).is_empty());
+    }
+}
