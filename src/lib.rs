@@ -132,6 +132,8 @@ pub struct App {
     metadata_slots: Arc<saml::metadata::Slots>,
     /// The file reloads read (`serve --config`); none for an app built from text.
     config_path: Option<std::path::PathBuf>,
+    /// The identity signer every component shares (a reload replaces its keys).
+    signer: Arc<Signer>,
 }
 
 impl App {
@@ -183,7 +185,7 @@ impl App {
             store.clone(),
             metrics.clone(),
             draining.clone(),
-            signer,
+            signer.clone(),
             api,
         ));
         Ok(App {
@@ -198,6 +200,7 @@ impl App {
             metrics,
             metadata_slots,
             config_path: None,
+            signer,
         })
     }
 
@@ -286,6 +289,7 @@ impl App {
             self.directory.clone(),
             self.metadata_slots.clone(),
             self.metrics.clone(),
+            self.signer.clone(),
         );
         if let Some(path) = &self.config_path {
             reloader = reloader.with_path(path.clone());

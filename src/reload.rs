@@ -10,8 +10,8 @@
 //! as one atomic swap; a request keeps what it started with.
 //!
 //! Keys bound at startup (listeners, store, session cookie and lifetimes, identity
-//! signing keys and header names, the developer platform's credentials, the header strip
-//! list and the login-start limit) are compared with the running config: a change is
+//! header names, the developer platform's credentials, the header strip list and the
+//! login-start limit) are compared with the running config: a change is
 //! logged as needing a restart and ignored, and the rest of the reload goes ahead.
 
 use std::path::PathBuf;
@@ -47,7 +47,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.watch_config",
     "store",
     "session",
-    "identity",
+    "identity.headers",
     "maestrano_devpl",
     "access.strip_headers",
     "access.login_starts_per_minute",
@@ -80,6 +80,7 @@ pub struct Reloader {
     directory: Directory,
     slots: Arc<crate::saml::metadata::Slots>,
     metrics: Arc<Metrics>,
+    signer: Arc<crate::identity::Signer>,
     /// One reload at a time (a signal during a file-triggered reload waits).
     running: tokio::sync::Mutex<()>,
 }
@@ -96,6 +97,7 @@ impl Reloader {
         directory: Directory,
         slots: Arc<crate::saml::metadata::Slots>,
         metrics: Arc<Metrics>,
+        signer: Arc<crate::identity::Signer>,
     ) -> Reloader {
         Reloader {
             path: None,
@@ -108,6 +110,7 @@ impl Reloader {
             directory,
             slots,
             metrics,
+            signer,
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -123,7 +126,9 @@ impl Reloader {
         self.base.load_full()
     }
 
-    /// Puts `config`'s run-time settings in place, every component at once. Fails
+    /// Puts `config`'s run-time settings in place, every component at once: the
+    /// tenancy, access rules, per-tenant session rules, bearer issuers, the identity
+    /// signing keys (audience, lifetime), the jobs' and re-check's tenants. Fails
     /// (changing nothing) when a tenant's SAML settings do not make a working SP.
     pub fn apply(&self, config: &Config) -> Result<Vec<String>, String> {
         let tenancy = Tenancy::build(
@@ -133,6 +138,10 @@ impl Reloader {
             &self.slots,
         )
         .map_err(|(tenant, reason)| format!("tenants.{tenant}.saml: {reason}"))?;
+        // Keys were checked with the config; a failure here changes nothing either.
+        self.signer
+            .reload(&config.identity)
+            .map_err(|e| e.to_string())?;
         let ids = tenancy.tenant_ids();
         self.gateway.set_tenancy(tenancy);
         self.gateway.set_access(config);

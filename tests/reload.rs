@@ -186,3 +186,83 @@ async fn watch_config_applies_a_changed_file_without_a_signal() {
         a.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_rotates_the_identity_signing_key_and_audience() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let d = deployment(up.addr, &redis.url(), "", "");
+    let a = Idgate::start(&d.text);
+    a.wait_ready().await;
+    let cookie = d.login("u-1", "g-1").await;
+    let claims = |echo: &serde_json::Value| {
+        use base64::Engine;
+        let jwt = received(echo, "x-idgate-assertion").pop().expect("a JWT");
+        let part = |i: usize| {
+            serde_json::from_slice::<serde_json::Value>(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(jwt.split('.').nth(i).unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        (part(0)["kid"].clone(), part(1)["aud"].clone())
+    };
+    let echo = get(&a.url("/data"), &[("cookie", cookie.as_str())])
+        .await
+        .json();
+    let (old_kid, aud) = claims(&echo);
+    assert_eq!(aud, "legacy-app");
+
+    // A new key, the old one kept for verification, and a new audience; a header name
+    // change needs a restart and is ignored.
+    let keys = tempfile::tempdir().unwrap();
+    let new_key = signing_key_file(keys.path(), "ES256");
+    let old_key_line = d
+        .text
+        .lines()
+        .find(|l| l.starts_with("signing_key = "))
+        .unwrap()
+        .to_owned();
+    let old_ref = old_key_line.trim_start_matches("signing_key = ").to_owned();
+    let text = d.text.replace(
+        &old_key_line,
+        &format!(
+            "signing_key = \"file:{}\"\nprevious_keys = [{old_ref}]\naudience = \"app-2\"\n[identity.headers]\nuser_id = \"X-Who\"",
+            new_key.display()
+        ),
+    );
+    std::fs::write(a.config_path(), &text).unwrap();
+    a.signal("HUP");
+    let start = Instant::now();
+    let (kid, aud) = loop {
+        let echo = get(&a.url("/data"), &[("cookie", cookie.as_str())])
+            .await
+            .json();
+        let (kid, aud) = claims(&echo);
+        if aud == "app-2" {
+            assert!(
+                received(&echo, "x-who").is_empty(),
+                "header names are not reloaded"
+            );
+            break (kid, aud);
+        }
+        assert!(start.elapsed() < Duration::from_secs(2), "{}", a.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(aud, "app-2");
+    assert_ne!(kid, old_kid, "signed with the new key");
+    let jwks = get(&a.url("/_idgate/jwks.json"), &[]).await.json();
+    let kids: Vec<&serde_json::Value> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["kid"])
+        .collect();
+    assert!(kids.contains(&&kid) && kids.contains(&&old_kid), "{jwks}");
+    assert!(
+        a.wait_for_log("\"key\":\"identity.headers\""),
+        "{}",
+        a.logs()
+    );
+}

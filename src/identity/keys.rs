@@ -88,6 +88,7 @@ pub fn generate_pem(alg: Algorithm) -> Result<String, KeyError> {
 }
 
 /// A private key loaded for signing, with its public JWK.
+#[derive(Clone)]
 pub struct SigningKey {
     /// JWS algorithm.
     pub alg: jsonwebtoken::Algorithm,

@@ -167,13 +167,41 @@ impl Via {
     }
 }
 
-/// Signs identities and publishes the JWKS.
+/// Signs identities and publishes the JWKS. The keys, audience and lifetime can be
+/// replaced by a configuration reload ([`Signer::reload`]) under every holder at once;
+/// the header names are fixed for the process (the gateway strips them by name).
 pub struct Signer {
+    keys: arc_swap::ArcSwap<SignerKeys>,
+    names: HeaderNames,
+}
+
+/// What a reload of `[identity]` replaces.
+struct SignerKeys {
     key: SigningKey,
     audience: String,
     ttl: Duration,
-    names: HeaderNames,
     jwks: Bytes,
+    /// SHA-256 over what the keys were built from, to tell a change from a re-read.
+    source: [u8; 32],
+}
+
+/// SHA-256 over the `[identity]` settings the keys are built from.
+fn keys_source(config: &IdentityConfig) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in config
+        .signing_key
+        .iter()
+        .chain(config.previous_keys.iter())
+        .map(|s| s.expose())
+    {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(config.audience.as_bytes());
+    h.update([0]);
+    h.update(config.ttl.as_millis().to_le_bytes());
+    h.finalize().into()
 }
 
 /// Errors building the signer.
@@ -191,29 +219,7 @@ impl Signer {
     /// Loads the signing key (or makes an ephemeral one when `ephemeral_ok` and none is
     /// configured) and the previous keys.
     pub fn new(config: &IdentityConfig, ephemeral_ok: bool) -> Result<Signer, SignerError> {
-        let key = match &config.signing_key {
-            Some(secret) => SigningKey::from_pem(secret.expose()).map_err(SignerError::Key)?,
-            None => {
-                // Validation guarantees this only happens with the memory store.
-                debug_assert!(ephemeral_ok);
-                tracing::warn!(
-                    "no [identity].signing_key: using an ephemeral EdDSA key; JWTs change key at every restart"
-                );
-                let pem = keys::generate_pem(keys::Algorithm::EdDSA)
-                    .map_err(|e| SignerError::Key(LoadError::from_display(e)))?;
-                SigningKey::from_pem(&pem).map_err(SignerError::Key)?
-            }
-        };
-        let mut jwks = vec![key.jwk.clone()];
-        for (i, prev) in config.previous_keys.iter().enumerate() {
-            let jwk = keys::public_jwk(prev.expose()).map_err(|e| SignerError::Previous(i, e))?;
-            if !jwks.iter().any(|k| k.common.key_id == jwk.common.key_id) {
-                jwks.push(jwk);
-            }
-        }
-        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
-            .expect("JWKS serializes")
-            .into();
+        let keys = SignerKeys::new(config, ephemeral_ok, None)?;
         // Static names clone without touching a reference count, which matters on the
         // hot path where every forwarded request carries seven of them. The leak is
         // seven short strings, once per process.
@@ -234,27 +240,81 @@ impl Signer {
             auth: leak(&h.auth),
         };
         Ok(Signer {
-            key,
-            audience: config.audience.clone(),
-            ttl: config.ttl,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
             names,
-            jwks,
         })
     }
 
+    /// Takes the keys, audience and lifetime of a reloaded `[identity]`; true if they
+    /// changed. Without a configured signing key (the memory store's ephemeral one), the
+    /// running key stays. Header names are not reloaded.
+    pub fn reload(&self, config: &IdentityConfig) -> Result<bool, SignerError> {
+        let current = self.keys.load();
+        if current.source == keys_source(config) {
+            return Ok(false);
+        }
+        let keys = SignerKeys::new(config, true, Some(&current.key))?;
+        tracing::info!(kid = %keys.key.kid, "identity signing keys reloaded");
+        self.keys.store(Arc::new(keys));
+        Ok(true)
+    }
+}
+
+impl SignerKeys {
+    /// `keep`: the running key, kept when the config names none (ephemeral).
+    fn new(
+        config: &IdentityConfig,
+        ephemeral_ok: bool,
+        keep: Option<&SigningKey>,
+    ) -> Result<SignerKeys, SignerError> {
+        let key = match (&config.signing_key, keep) {
+            (Some(secret), _) => SigningKey::from_pem(secret.expose()).map_err(SignerError::Key)?,
+            (None, Some(running)) => running.clone(),
+            (None, None) => {
+                // Validation guarantees this only happens with the memory store.
+                debug_assert!(ephemeral_ok);
+                tracing::warn!(
+                    "no [identity].signing_key: using an ephemeral EdDSA key; JWTs change key at every restart"
+                );
+                let pem = keys::generate_pem(keys::Algorithm::EdDSA)
+                    .map_err(|e| SignerError::Key(LoadError::from_display(e)))?;
+                SigningKey::from_pem(&pem).map_err(SignerError::Key)?
+            }
+        };
+        let mut jwks = vec![key.jwk.clone()];
+        for (i, prev) in config.previous_keys.iter().enumerate() {
+            let jwk = keys::public_jwk(prev.expose()).map_err(|e| SignerError::Previous(i, e))?;
+            if !jwks.iter().any(|k| k.common.key_id == jwk.common.key_id) {
+                jwks.push(jwk);
+            }
+        }
+        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
+            .expect("JWKS serializes")
+            .into();
+        Ok(SignerKeys {
+            key,
+            audience: config.audience.clone(),
+            ttl: config.ttl,
+            jwks,
+            source: keys_source(config),
+        })
+    }
+}
+
+impl Signer {
     /// The JWKS document, pre-serialized.
     pub fn jwks(&self) -> Bytes {
-        self.jwks.clone()
+        self.keys.load().jwks.clone()
     }
 
     /// The current key's id.
-    pub fn kid(&self) -> &str {
-        &self.key.kid
+    pub fn kid(&self) -> String {
+        self.keys.load().key.kid.clone()
     }
 
     /// JWT lifetime.
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        self.keys.load().ttl
     }
 
     /// Signs `identity` at `now` and builds its headers. Every value must be a header
@@ -306,14 +366,15 @@ impl Signer {
         }
         let (group_header, kept) = bounded_groups(&identity.groups);
         let groups = &identity.groups[..kept];
-        let exp = now + self.ttl.as_secs() as i64;
+        let keys = self.keys.load();
+        let exp = now + keys.ttl.as_secs() as i64;
         let jti = {
             let bytes: [u8; 16] = rand::random();
             hex::encode(bytes)
         };
-        let token = self.key.sign(&Claims {
+        let token = keys.key.sign(&Claims {
             iss: "idgate",
-            aud: &self.audience,
+            aud: &keys.audience,
             sub: &identity.user_id,
             group_id: &identity.group_id,
             tenant: &identity.tenant,
@@ -366,13 +427,14 @@ impl Signer {
         group_id: &str,
         now: i64,
     ) -> Result<Vec<(http::HeaderName, HeaderValue)>, LoadError> {
-        let token = self.key.sign(&ServiceClaims {
+        let keys = self.keys.load();
+        let token = keys.key.sign(&ServiceClaims {
             iss: "idgate",
-            aud: &self.audience,
+            aud: &keys.audience,
             tenant,
             group_id,
             iat: now,
-            exp: now + self.ttl.as_secs() as i64,
+            exp: now + keys.ttl.as_secs() as i64,
             jti: hex::encode(rand::random::<[u8; 16]>()),
         })?;
         let value = |s: &str| HeaderValue::from_str(s).map_err(LoadError::from_display);

@@ -168,6 +168,19 @@ impl Caller {
         {
             tracing::warn!(error = %e, "cannot publish a session end; replicas catch up within cache_ttl");
         }
+        // The IdP (Maestrano) no longer vouches for the session: its Single Logout, in
+        // effect.
+        crate::audit::record(
+            &crate::audit::Origin {
+                actor: crate::audit::Actor::Maestrano,
+                request_id: None,
+            },
+            crate::audit::Event::SingleLogout {
+                tenant: &record.tenant,
+                user: &record.user_id,
+                session: hash,
+            },
+        );
     }
 }
 
