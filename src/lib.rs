@@ -77,7 +77,18 @@ pub enum StartError {
 /// settings make a working SP (for example, IdP metadata that is not valid XML). Both
 /// `check-config` and `serve` use this, so a config `check-config` accepts also starts.
 pub fn check_config(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
-    let mut config = Config::load(path)?;
+    checked(Config::load(path)?)
+}
+
+/// [`check_config`] for config text, `file:` references resolving against `base_dir`.
+pub fn check_config_text(
+    text: &str,
+    base_dir: &std::path::Path,
+) -> Result<Config, config::ConfigErrors> {
+    checked(Config::from_toml(text, base_dir)?)
+}
+
+fn checked(mut config: Config) -> Result<Config, config::ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     if config.identity.signing_key.is_some()
@@ -232,7 +243,7 @@ impl App {
             loop {
                 match maestrano::devpl::fetch(&devpl, &http).await {
                     Ok(markets) if applied.as_ref() == Some(&markets) => {}
-                    Ok(markets) => match reloader.apply_markets(markets.clone()) {
+                    Ok(markets) => match reloader.apply_markets(markets.clone()).await {
                         Ok(ids) => {
                             applied = Some(markets);
                             tracing::info!(tenants = ?ids, "tenants updated from Maestrano's developer platform");

@@ -71,6 +71,9 @@ pub struct Reloader {
     /// The config file's config as last applied (without the developer platform's
     /// marketplaces, which are merged into it).
     base: arc_swap::ArcSwap<Config>,
+    /// The config the process started with: restart-only keys are compared with it and
+    /// taken from it, so they stay what is running whatever a reload reads.
+    startup: Arc<Config>,
     /// The developer platform's marketplaces as last applied, merged into every reload.
     markets: Mutex<Option<Vec<serde_json::Value>>>,
     gateway: Arc<Gateway>,
@@ -101,6 +104,7 @@ impl Reloader {
     ) -> Reloader {
         Reloader {
             path: None,
+            startup: config.clone(),
             base: arc_swap::ArcSwap::new(config),
             markets: Mutex::new(None),
             gateway,
@@ -153,8 +157,14 @@ impl Reloader {
         Ok(ids)
     }
 
-    /// Applies the developer platform's `markets` on top of the config file's config.
-    pub fn apply_markets(&self, markets: Vec<serde_json::Value>) -> Result<Vec<String>, String> {
+    /// Applies the developer platform's `markets` on top of the config file's config,
+    /// one change at a time with reloads (a reload in between would otherwise be undone
+    /// by a merge with the file it replaced).
+    pub async fn apply_markets(
+        &self,
+        markets: Vec<serde_json::Value>,
+    ) -> Result<Vec<String>, String> {
+        let _one = self.running.lock().await;
         let merged = maestrano::devpl::merged(&self.base(), &markets)?;
         let ids = self.apply(&merged)?;
         *self.markets.lock().unwrap_or_else(|p| p.into_inner()) = Some(markets);
@@ -204,17 +214,27 @@ impl Reloader {
                 "no config file to reload (started without one)".into(),
             ]);
         };
-        let new = match crate::check_config(path) {
+        // Validated alone first, so that its errors name the keys as the file has them.
+        let file = match crate::check_config(path) {
             Ok(c) => c,
             Err(errors) => {
                 return Outcome::Refused(errors.0.iter().map(ToString::to_string).collect());
             }
         };
+        let ignored = changed_restart_only(&self.startup.source.0, &file.source.0);
+        let new = match with_running_restart_only(&self.startup.source.0, &file.source.0)
+            .map_err(|e| vec![e])
+            .and_then(|text| {
+                crate::check_config_text(&text, &file.source.1)
+                    .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+            }) {
+            Ok(c) => c,
+            Err(errors) => return Outcome::Refused(errors),
+        };
         for w in &new.warnings {
             tracing::warn!(key = w.path, "{}", w.message);
         }
         let old = self.base();
-        let ignored = changed_restart_only(&old.source.0, &new.source.0);
         // Tenants whose IdP metadata comes from a URL have refresh tasks from startup;
         // a new one would have none.
         for t in &new.tenants {
@@ -308,6 +328,47 @@ impl Reloader {
     }
 }
 
+/// `new` with every restart-only key ([`RESTART_ONLY`]) set as in `running` (or left
+/// out where it is), so that nothing derived from one (the SP entity ids and ACS URLs
+/// from `public_url`, say) changes by a reload either.
+fn with_running_restart_only(running: &str, new: &str) -> Result<String, String> {
+    let running: toml::Table = running.parse().map_err(|e| format!("{e}"))?;
+    let mut new: toml::Table = new.parse().map_err(|e| format!("{e}"))?;
+    for key in RESTART_ONLY {
+        let (table, leaf) = match key.split_once('.') {
+            Some((t, l)) => (t, Some(l)),
+            None => (*key, None),
+        };
+        match leaf {
+            None => match running.get(table) {
+                Some(v) => {
+                    new.insert(table.to_owned(), v.clone());
+                }
+                None => {
+                    new.remove(table);
+                }
+            },
+            Some(leaf) => {
+                let was = running.get(table).and_then(|t| t.get(leaf)).cloned();
+                let entry = new
+                    .entry(table.to_owned())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let Some(t) = entry.as_table_mut() {
+                    match was {
+                        Some(v) => {
+                            t.insert(leaf.to_owned(), v);
+                        }
+                        None => {
+                            t.remove(leaf);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    toml::to_string(&new).map_err(|e| e.to_string())
+}
+
 /// The restart-only keys whose values differ between two config texts.
 fn changed_restart_only(old: &str, new: &str) -> Vec<String> {
     let parse = |t: &str| t.parse::<toml::Table>().unwrap_or_default();
@@ -330,6 +391,21 @@ fn changed_restart_only(old: &str, new: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_only_keys_take_the_running_values() {
+        let running = "[server]\npublic_url = \"https://a\"\n[store]\nurl = \"memory://\"\n";
+        let new = "[server]\npublic_url = \"https://b\"\nwatch_config = true\n[access]\npublic_paths = [\"/x\"]\n[session]\nidle_timeout = \"1h\"\n";
+        let kept: toml::Table = with_running_restart_only(running, new)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(kept["server"]["public_url"].as_str(), Some("https://a"));
+        assert!(kept["server"].get("watch_config").is_none());
+        assert_eq!(kept["store"]["url"].as_str(), Some("memory://"));
+        assert!(kept.get("session").is_none());
+        assert_eq!(kept["access"]["public_paths"][0].as_str(), Some("/x"));
+    }
 
     #[test]
     fn restart_only_keys_are_found_by_value_not_by_spelling() {

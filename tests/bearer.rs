@@ -399,6 +399,17 @@ async fn directory_users_are_blocked_by_deactivation_and_cancellation_within_a_s
         .unwrap();
     eventually(&r, "/data", &token, 200).await;
 
+    // Removed from their last company, they are placed nowhere: refused as a session is.
+    provision(&r.dir, "acme", "u-solo", "g-solo").await;
+    let solo = keys.sign("rsa.pem", "RS256", "rsa", &claims("u-solo", ""));
+    assert_eq!(r.call("/data", &solo).await.status, 200);
+    r.dir
+        .remove_membership(&idgate::audit::Origin::system(), "acme", "u-solo", "g-solo")
+        .await
+        .unwrap();
+    let refused = eventually(&r, "/data", &solo, 403).await;
+    assert_eq!(refused.json()["error"], "removed_from_company");
+
     // A token cannot place a user in a group the directory says they are not in.
     provision(&r.dir, "acme", "u-other", "g-other").await;
     let claimed = keys.sign(

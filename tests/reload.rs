@@ -84,7 +84,7 @@ async fn sighup_applies_tenants_and_rules_and_keeps_sessions_and_tunnels() {
     // Tenant beta and an access rule arrive; so does a restart-only change.
     let text = format!("{ADMINS_ONLY}{}{}", d.text, beta()).replace(
         "public_url = \"http://127.0.0.1\"",
-        "public_url = \"http://127.0.0.1\"\nshutdown_grace = \"7s\"",
+        "public_url = \"http://moved.example\"\nshutdown_grace = \"7s\"",
     );
     std::fs::write(a.config_path(), &text).unwrap();
     let signalled = Instant::now();
@@ -113,6 +113,14 @@ async fn sighup_applies_tenants_and_rules_and_keeps_sessions_and_tunnels() {
         "the restart-only key is reported:\n{}",
         a.logs()
     );
+    // public_url needs a restart: nothing derived from it moved either.
+    assert!(a.logs().contains("\"key\":\"server.public_url\""));
+    let md = get(&a.url("/_idgate/saml/beta/metadata"), &[]).await.text();
+    assert!(
+        md.contains("http://127.0.0.1/_idgate/saml/beta/acs"),
+        "{md}"
+    );
+    assert!(!md.contains("moved.example"), "{md}");
     let m = get(&a.admin_url("/metrics"), &[]).await.text();
     assert_eq!(metric(&m, "idgate_config_reloads_total{result=\"ok\"}"), 1);
     assert_eq!(

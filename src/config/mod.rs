@@ -8,6 +8,7 @@
 mod raw;
 mod secret;
 mod validate;
+pub(crate) use validate::redact_url;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -908,6 +908,36 @@ fn bearer_issuers_need_an_audience_and_exactly_one_key_source() {
 }
 
 #[test]
+fn two_tenants_cannot_trust_one_issuer_for_one_audience() {
+    let issuer = |aud: &str| {
+        format!(
+            "[[tenants.bearer]]\nissuer = \"https://login.example.com/\"\naudience = \"{aud}\"\n{STATIC_JWKS}\n"
+        )
+    };
+    let text = format!(
+        "{}{}{}{}",
+        tenant("acme", "hosts = [\"a.example\"]"),
+        issuer("api://app"),
+        tenant("beta", "hosts = [\"b.example\"]"),
+        issuer("api://app")
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("tenants[1].bearer[0].audience") && e.contains("\"acme\"")),
+        "{errs:?}"
+    );
+    let text = format!(
+        "{}{}{}{}",
+        tenant("acme", "hosts = [\"a.example\"]"),
+        issuer("api://acme"),
+        tenant("beta", "hosts = [\"b.example\"]"),
+        issuer("api://beta")
+    );
+    load(&text).unwrap();
+}
+
+#[test]
 fn a_plain_http_jwks_url_is_a_warning_unless_it_is_loopback() {
     let c = load(&bearer_tenant(
         "audience = \"a\"\njwks_url = \"http://login.example.com/jwks\"",

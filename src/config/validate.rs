@@ -241,6 +241,23 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         login_starts_per_minute: login_starts_per_minute(c, raw.access.login_starts_per_minute),
     };
     let tenants = tenants(c, raw.tenants, &server);
+    // One (issuer, audience) per deployment: a token made for one tenant must not be
+    // valid on another's host because both trust the same issuer.
+    let mut seen: HashMap<(&str, &str), &str> = HashMap::new();
+    for (i, t) in tenants.iter().enumerate() {
+        for (j, b) in t.bearer.iter().enumerate() {
+            if let Some(other) = seen.insert((&b.issuer, &b.audience), &t.id)
+                && other != t.id
+            {
+                c.err(
+                    format!("tenants[{i}].bearer[{j}].audience"),
+                    format!(
+                        "tenant {other:?} trusts the same issuer with the same audience: its tokens would be valid here too; give each tenant its own audience"
+                    ),
+                );
+            }
+        }
+    }
     let maestrano_devpl = raw.maestrano_devpl.map(|d| devpl(c, d));
     Config {
         server,
@@ -743,7 +760,7 @@ fn store(c: &mut Checker<'_>, raw: RawStore) -> StoreConfig {
 }
 
 /// Hides a password in a URL before it goes into an error message.
-fn redact_url(text: &str) -> String {
+pub(crate) fn redact_url(text: &str) -> String {
     match url::Url::parse(text) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -45,6 +45,8 @@ pub const KID_MISS_REFETCH: Duration = Duration::from_secs(60);
 const RETRY_EMPTY: Duration = Duration::from_secs(5);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Keys tried for a token that names no `kid`.
+const MAX_KEYS_WITHOUT_KID: usize = 4;
 /// Longer tokens are refused before any parsing (real ones are 1–3 KB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Cached verdicts kept at most.
@@ -109,6 +111,8 @@ struct Issuer {
     /// One fetch at a time per issuer.
     fetching: tokio::sync::Mutex<()>,
     http: Option<crate::maestrano::worker::Client>,
+    /// Its refresh task runs (an issuer kept across a reload keeps its task).
+    started: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -152,6 +156,9 @@ impl Keys {
                 Some(kid) => k.as_deref() == Some(kid),
                 None => same_family(*fam, alg),
             })
+            // A token without a `kid` costs at most this many signature checks, however
+            // many keys the issuer publishes.
+            .take(MAX_KEYS_WITHOUT_KID)
             .map(|(_, _, key)| key)
     }
 }
@@ -182,7 +189,9 @@ fn same_family(key: Algorithm, alg: Algorithm) -> bool {
 /// The bearer issuers of every tenant, and the verdicts already reached.
 pub struct Issuers {
     by_tenant: HashMap<String, Vec<Arc<Issuer>>>,
-    verdicts: moka::sync::Cache<Box<str>, Arc<Verdict>>,
+    /// By SHA-256 of the token: bounded memory whatever the tokens' size, and no live
+    /// credential kept in memory.
+    verdicts: moka::sync::Cache<[u8; 32], Arc<Verdict>>,
     /// What they were built from, so that a reload that leaves them as they were keeps
     /// them (and their fetched keys).
     fingerprint: Vec<String>,
@@ -202,9 +211,29 @@ impl Issuers {
     /// The issuers `config` names, with their static keys loaded; fetched keys arrive
     /// once [`Issuers::start`] runs.
     pub fn new(config: &Config, cache_ttl: Duration) -> Issuers {
+        Issuers::renewed(config, cache_ttl, None)
+    }
+
+    /// [`Issuers::new`], keeping from `previous` every issuer whose tenant and settings
+    /// are unchanged, with the keys it fetched: a reload or a marketplace change that does
+    /// not touch an issuer must not leave its clients without keys while it refetches.
+    pub fn renewed(config: &Config, cache_ttl: Duration, previous: Option<&Issuers>) -> Issuers {
         let mut by_tenant: HashMap<String, Vec<Arc<Issuer>>> = HashMap::new();
         for t in &config.tenants {
             for b in &t.bearer {
+                let kept = previous
+                    .and_then(|p| p.by_tenant.get(&t.id))
+                    .and_then(|list| {
+                        list.iter()
+                            .find(|i| format!("{:?}", i.config) == format!("{b:?}"))
+                    });
+                if let Some(kept) = kept {
+                    by_tenant
+                        .entry(t.id.clone())
+                        .or_default()
+                        .push(kept.clone());
+                    continue;
+                }
                 let (keys, http) = match &b.keys {
                     JwksSource::Static(set) => (Keys::from_set(set).0, None),
                     JwksSource::Url { ca_certificate, .. } => {
@@ -221,6 +250,7 @@ impl Issuers {
                         last_fetch: Mutex::new(None),
                         fetching: tokio::sync::Mutex::new(()),
                         http,
+                        started: std::sync::atomic::AtomicBool::new(false),
                     }));
             }
         }
@@ -252,7 +282,11 @@ impl Issuers {
     /// Fetches every `jwks_url` now and keeps them fresh, in the background.
     pub fn start(&self) {
         for issuer in self.by_tenant.values().flatten() {
-            if !matches!(issuer.config.keys, JwksSource::Url { .. }) {
+            if !matches!(issuer.config.keys, JwksSource::Url { .. })
+                || issuer
+                    .started
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
                 continue;
             }
             // A plain-http URL off loopback was warned about with the config's warnings.
@@ -279,13 +313,20 @@ impl Issuers {
 impl Issuer {
     /// Fetches the JWKS and replaces the keys; on failure the last good keys stay.
     async fn fetch(&self) -> Result<(), ()> {
+        let _one = self.fetching.lock().await;
+        self.fetch_locked().await
+    }
+
+    /// [`Issuer::fetch`], the caller holding `fetching`.
+    async fn fetch_locked(&self) -> Result<(), ()> {
         let JwksSource::Url { url, .. } = &self.config.keys else {
             return Ok(());
         };
         let Some(http) = &self.http else {
             return Ok(());
         };
-        let _one = self.fetching.lock().await;
+        // For the log: a URL's password never is.
+        let shown = crate::config::redact_url(url.as_str());
         *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let result = async {
             let req = http::Request::get(url.as_str())
@@ -316,15 +357,15 @@ impl Issuer {
             Ok(set) => {
                 let (keys, skipped) = Keys::from_set(&set);
                 if keys.keys.is_empty() {
-                    tracing::error!(tenant = self.tenant, url = %url, skipped, "bearer JWKS holds no usable key; keeping the last good keys");
+                    tracing::error!(tenant = self.tenant, url = %shown, skipped, "bearer JWKS holds no usable key; keeping the last good keys");
                     return Err(());
                 }
-                tracing::info!(tenant = self.tenant, url = %url, keys = keys.keys.len(), skipped, "bearer JWKS fetched");
+                tracing::info!(tenant = self.tenant, url = %shown, keys = keys.keys.len(), skipped, "bearer JWKS fetched");
                 self.keys.store(Arc::new(keys));
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(tenant = self.tenant, url = %url, error, "bearer JWKS fetch failed; keeping the last good keys");
+                tracing::warn!(tenant = self.tenant, url = %shown, error, "bearer JWKS fetch failed; keeping the last good keys");
                 Err(())
             }
         }
@@ -336,13 +377,15 @@ impl Issuer {
         if self.http.is_none() {
             return false;
         }
+        // Checked under the fetch lock: misses that queued behind a fetch find it done.
+        let _one = self.fetching.lock().await;
         {
             let last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < KID_MISS_REFETCH) {
                 return false;
             }
         }
-        self.fetch().await.is_ok()
+        self.fetch_locked().await.is_ok()
     }
 
     /// Checks the token's signature and registered claims; its claims if it holds.
@@ -488,7 +531,11 @@ impl Sessions {
         let generation = self.generation.load(Ordering::Acquire);
         let now = now();
         let issuers = self.bearer.load();
-        if let Some(v) = issuers.verdicts.get(token)
+        let token_key: [u8; 32] = sha2::Digest::finalize(
+            <sha2::Sha256 as sha2::Digest>::new_with_prefix(token.as_bytes()),
+        )
+        .into();
+        if let Some(v) = issuers.verdicts.get(&token_key)
             && v.generation == generation
             && now <= v.until
             && v.pass.auth.headers.expires_at - now > self.signer.ttl().as_secs() as i64 / 2
@@ -506,19 +553,35 @@ impl Sessions {
         let Some(iss) = unverified_issuer(token) else {
             return BearerGate::Invalid(Invalid::Malformed);
         };
-        let Some(issuer) = issuers
+        // Every issuer of a tenant this host serves with this `iss`, in tenant order
+        // (several tenants may share a host and an issuer, each with its own audience:
+        // the one whose audience the token holds verifies it).
+        let mut candidates: Vec<&Arc<Issuer>> = issuers
             .by_tenant
             .iter()
             .filter(|(tenant, _)| serves(tenant) && self.known_tenants.load().contains(*tenant))
             .flat_map(|(_, list)| list.iter())
-            .find(|i| i.config.issuer == iss)
-            .cloned()
-        else {
+            .filter(|i| i.config.issuer == iss)
+            .collect();
+        if candidates.is_empty() {
             return BearerGate::Invalid(Invalid::UnknownIssuer);
-        };
-        let claims = match issuer.verify(token, &header).await {
-            Ok(c) => c,
-            Err(e) => return BearerGate::Invalid(e),
+        }
+        candidates.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        let mut verified = None;
+        let mut first_error = None;
+        for candidate in candidates {
+            match candidate.verify(token, &header).await {
+                Ok(c) => {
+                    verified = Some((candidate.clone(), c));
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some((issuer, claims)) = verified else {
+            return BearerGate::Invalid(first_error.unwrap_or(Invalid::Rejected));
         };
         let c = &issuer.config;
         let Some(subject) = claim(&claims, Some(&c.user_claim)) else {
@@ -561,7 +624,7 @@ impl Sessions {
             },
             None => None,
         };
-        if let Some(reason) = refusal(user.as_deref(), group.as_deref(), group_id.as_deref()) {
+        if let Some(reason) = refusal(user.as_deref(), group.as_deref()) {
             return BearerGate::Revoked(reason);
         }
         let identity = match &user {
@@ -654,7 +717,7 @@ impl Sessions {
         });
         if self.generation.load(Ordering::Acquire) == generation {
             issuers.verdicts.insert(
-                token.into(),
+                token_key,
                 Arc::new(Verdict {
                     tenant: tenant.clone(),
                     generation,
@@ -689,9 +752,7 @@ impl Sessions {
                     if known && user.is_none() {
                         return Some(ClosedBy::Revoked);
                     }
-                    let group_id = w.group.as_ref().map(|(_, g)| g.as_str());
-                    return refusal(user.as_deref(), group.as_deref(), group_id)
-                        .map(|_| ClosedBy::Revoked);
+                    return refusal(user.as_deref(), group.as_deref()).map(|_| ClosedBy::Revoked);
                 }
                 _ if self.fail_mode == FailMode::Closed
                     && start.elapsed() >= super::watch::UNCONFIRMED_LIMIT =>
@@ -710,17 +771,13 @@ impl Sessions {
 
 /// What refuses a bearer identity: a deactivated user, a cancelled group, or a user
 /// placed by the token in a group the directory says they are not in.
-fn refusal(
-    user: Option<&User>,
-    group: Option<&Group>,
-    group_id: Option<&str>,
-) -> Option<RevokeReason> {
+fn refusal(user: Option<&User>, group: Option<&Group>) -> Option<RevokeReason> {
     match (user, group) {
         (Some(u), Some(g)) => blocked(u, g),
         (Some(u), None) if !u.active || u.deprovisioned => Some(RevokeReason::AccountDeactivated),
-        // The user names a group that does not exist: the directory cannot place them.
-        (Some(_), None) if group_id.is_some() => Some(RevokeReason::RemovedFromCompany),
-        (Some(_), None) => None,
+        // Named a group that does not exist, or in no company at all (removed from their
+        // last one): the directory places them nowhere, as for a session.
+        (Some(_), None) => Some(RevokeReason::RemovedFromCompany),
         (None, Some(g)) if !g.active => Some(RevokeReason::CompanyCancelled),
         (None, _) => None,
     }

@@ -773,8 +773,9 @@ impl Sessions {
     /// fetched keys and verdicts, when unchanged) and which tenants exist.
     pub fn set_config(self: &Arc<Self>, config: &Config) {
         self.tenants.store(Arc::new(tenant_rules(config)));
-        if *self.bearer.load().fingerprint() != bearer::fingerprint(config) {
-            let fresh = bearer::Issuers::new(config, self.config.cache_ttl);
+        let current = self.bearer.load_full();
+        if *current.fingerprint() != bearer::fingerprint(config) {
+            let fresh = bearer::Issuers::renewed(config, self.config.cache_ttl, Some(&current));
             if self.runtime.get().is_some() {
                 fresh.start();
             }
