@@ -2082,9 +2082,9 @@ fn pod_annotations(r: &Rendered) -> &serde_json::Map<String, Value> {
 
 #[test]
 fn reload_mounts_the_config_map_as_a_directory_and_keeps_the_pods() {
-    // Rendered, linted, and its idgate.toml run through check-config with the public files
-    // where it now refers to them; the shared checks follow the reload layout.
-    let r = scenario("reload-values.yaml");
+    // What reload changes, asserted first so that each assertion is the one to fail when
+    // its part of the chart breaks; the shared checks (below) follow the reload layout.
+    let r = render_ok("idgate", &chart_dir(), &with("reload-values.yaml", &[]));
     let text = r.config_text();
     let config = r.config();
     assert_eq!(
@@ -2143,6 +2143,10 @@ fn reload_mounts_the_config_map_as_a_directory_and_keeps_the_pods() {
         bearer[1]["ca_certificate"].as_str(),
         Some("file:/etc/idgate/config/bearer-acme-1.ca.pem")
     );
+
+    // Rendered, linted, and its idgate.toml run through check-config with the public files
+    // where it now refers to them (every ConfigMap file in the directory and referred to).
+    scenario("reload-values.yaml");
 
     // A config change (a rule; a JWKS document, which idgate.toml lists by SHA-256) changes
     // idgate.toml, which watch_config notices, and leaves the pod template as it was.
