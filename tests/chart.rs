@@ -37,6 +37,10 @@ const CONFIG_PATH: &str = "/etc/idgate/idgate.toml";
 /// Where the ConfigMap's other (public) files are mounted, next to `idgate.toml`.
 const CONFIG_DIR: &str = "/etc/idgate";
 const SECRETS_DIR: &str = "/etc/idgate/secrets";
+/// With `reload: true` the whole ConfigMap is mounted here as a directory (a subPath mount
+/// never sees the ConfigMap's updates), `idgate.toml` and its public files included.
+const RELOAD_CONFIG_DIR: &str = "/etc/idgate/config";
+const RELOAD_CONFIG_PATH: &str = "/etc/idgate/config/idgate.toml";
 /// The Kubernetes version rendered against (native sidecars need 1.29+).
 const KUBE_VERSION: &str = "1.30.0";
 /// The API a ServiceMonitor needs; `helm template` knows it only through `--api-versions`.
@@ -50,6 +54,7 @@ const REQUIRED_SCENARIOS: &[&str] = &[
     "redis-cluster-values.yaml",
     "ha-values.yaml",
     "access-bearer-values.yaml",
+    "reload-values.yaml",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -239,6 +244,28 @@ impl Rendered {
             .collect()
     }
 
+    /// Where this render puts the config: with `watch_config = true` in the shipped
+    /// config (`reload: true`) the ConfigMap is a directory at [`RELOAD_CONFIG_DIR`],
+    /// else `idgate.toml` and each public file are mounted one by one into [`CONFIG_DIR`].
+    /// The reload test checks separately that `reload: true` is what turns it on.
+    fn layout(&self) -> Layout {
+        let reload =
+            self.config()["server"].get("watch_config") == Some(&toml::Value::Boolean(true));
+        if reload {
+            Layout {
+                reload,
+                dir: RELOAD_CONFIG_DIR,
+                path: RELOAD_CONFIG_PATH,
+            }
+        } else {
+            Layout {
+                reload,
+                dir: CONFIG_DIR,
+                path: CONFIG_PATH,
+            }
+        }
+    }
+
     fn config(&self) -> toml::Table {
         toml::from_str(self.config_text())
             .unwrap_or_else(|e| panic!("idgate.toml is not TOML: {e}\n{}", self.config_text()))
@@ -260,6 +287,16 @@ impl Rendered {
                 .collect()
         })
     }
+}
+
+/// Where the idgate container finds the ConfigMap's files (see [`Rendered::layout`]).
+struct Layout {
+    /// `reload: true`: the ConfigMap mounted whole, no `checksum/config`.
+    reload: bool,
+    /// The directory `idgate.toml`'s public files are referred to in.
+    dir: &'static str,
+    /// What `--config` names.
+    path: &'static str,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -321,7 +358,9 @@ fn scenario_args(file: &str) -> Vec<String> {
             args.extend(set_file("identity.signingKey", &keys().signing));
             args.extend(set_file("identity.previousKeys[0]", &keys().previous));
         }
-        "ha-values.yaml" => args.extend(set_file("identity.signingKey", &keys().signing)),
+        "ha-values.yaml" | "reload-values.yaml" => {
+            args.extend(set_file("identity.signingKey", &keys().signing))
+        }
         _ => {}
     }
     args
@@ -415,6 +454,7 @@ fn idgate_container(pod: &Value) -> (&Value, bool) {
 fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
     let pod = &pod_template["spec"];
     let (c, native) = idgate_container(pod);
+    let layout = r.layout();
 
     // Image: the tag defaults to the chart's appVersion.
     assert_eq!(
@@ -422,7 +462,8 @@ fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
         format!("ghcr.io/idgate/idgate:{}", app_version()),
         "idgate image"
     );
-    // Command: `idgate … serve --config /etc/idgate/idgate.toml`.
+    // Command: `idgate … serve --config /etc/idgate/idgate.toml` (with reload
+    // `/etc/idgate/config/idgate.toml`).
     let cmd: Vec<&str> = arr(&c["command"], "command")
         .iter()
         .map(|a| a.as_str().unwrap())
@@ -430,8 +471,9 @@ fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
     assert_eq!(cmd[0], "idgate");
     assert!(
         cmd.windows(3)
-            .any(|w| w == ["serve", "--config", CONFIG_PATH]),
-        "command {cmd:?} must run `serve --config {CONFIG_PATH}`"
+            .any(|w| w == ["serve", "--config", layout.path]),
+        "command {cmd:?} must run `serve --config {}`",
+        layout.path
     );
 
     // Ports: public 8080 and admin 9090, and the config listens on exactly those.
@@ -510,13 +552,32 @@ fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
             .unwrap_or_else(|| panic!("volume {} of {path} is not in the pod", m["name"]))
     }
     let volume_of = |path: &str| volume_at(mounts, volumes, path);
-    let config_mount = arr(mounts, "volumeMounts")
+    // The ConfigMap's public files are in the config's directory, and the config refers
+    // to exactly those: mounted one by one next to idgate.toml, or (reload) with it as
+    // the whole ConfigMap. The config volume is the one mounted where `--config` points
+    // (the file, or with reload its directory).
+    let config_at = if layout.reload {
+        layout.dir
+    } else {
+        layout.path
+    };
+    let config_volume = volume_of(config_at);
+    let config_mounts: Vec<&Value> = arr(mounts, "volumeMounts")
         .iter()
-        .find(|m| m["mountPath"] == CONFIG_PATH)
-        .expect("config mount");
-    assert_eq!(config_mount["subPath"], "idgate.toml");
+        .filter(|m| m["name"] == config_volume["name"])
+        .collect();
+    for m in &config_mounts {
+        let at = m["mountPath"].as_str().unwrap();
+        assert!(
+            at != SECRETS_DIR
+                && !at.starts_with(&format!("{SECRETS_DIR}/"))
+                && !SECRETS_DIR.starts_with(&format!("{at}/")),
+            "the ConfigMap mount at {at} clashes with the secrets at {SECRETS_DIR}"
+        );
+        assert_eq!(m["readOnly"], true, "ConfigMap mount at {at}");
+    }
     assert_eq!(
-        volume_of(CONFIG_PATH)["configMap"]["name"],
+        config_volume["configMap"]["name"],
         r.one("ConfigMap")["metadata"]["name"],
         "the config volume must be the rendered ConfigMap"
     );
@@ -524,25 +585,48 @@ fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
         volume_of("/tmp").get("emptyDir").is_some(),
         "/tmp is an emptyDir"
     );
-
-    // The ConfigMap's public files are mounted one by one next to idgate.toml, and the
-    // config refers to exactly those.
-    let mounted_files: BTreeSet<String> = arr(mounts, "volumeMounts")
-        .iter()
-        .filter(|m| m["mountPath"] != CONFIG_PATH && m["name"] == config_mount["name"])
-        .map(|m| {
-            let key = m["subPath"]
-                .as_str()
-                .expect("a ConfigMap file mount has a subPath");
-            assert_eq!(
-                m["mountPath"],
-                format!("{CONFIG_DIR}/{key}"),
-                "ConfigMap file {key} must be mounted next to idgate.toml"
-            );
-            assert_eq!(m["readOnly"], true, "mount of {key}");
-            key.to_owned()
-        })
-        .collect();
+    let mounted_files: BTreeSet<String> = if layout.reload {
+        // One directory mount, which kubelet keeps up to date; subPath would pin the
+        // files the pod started with, and items would leave keys out.
+        assert_eq!(
+            config_mounts.len(),
+            1,
+            "with reload the ConfigMap is mounted once, as a directory: {config_mounts:?}"
+        );
+        let m = config_mounts[0];
+        assert_eq!(m["mountPath"], layout.dir, "the ConfigMap's directory");
+        assert!(
+            m.get("subPath").is_none() && m.get("subPathExpr").is_none(),
+            "with reload the ConfigMap must not be mounted with subPath (it would never see \
+             an update): {m}"
+        );
+        assert!(
+            config_volume["configMap"].get("items").is_none(),
+            "the directory holds every key of the ConfigMap: {config_volume}"
+        );
+        r.config_files().into_keys().collect()
+    } else {
+        let config_mount = config_mounts
+            .iter()
+            .find(|m| m["mountPath"] == layout.path)
+            .expect("config mount");
+        assert_eq!(config_mount["subPath"], "idgate.toml");
+        config_mounts
+            .iter()
+            .filter(|m| m["mountPath"] != layout.path)
+            .map(|m| {
+                let key = m["subPath"]
+                    .as_str()
+                    .expect("a ConfigMap file mount has a subPath");
+                assert_eq!(
+                    m["mountPath"],
+                    format!("{}/{key}", layout.dir),
+                    "ConfigMap file {key} must be mounted next to idgate.toml"
+                );
+                key.to_owned()
+            })
+            .collect()
+    };
     let shipped: BTreeSet<String> = r.config_files().into_keys().collect();
     assert_eq!(
         mounted_files, shipped,
@@ -572,13 +656,21 @@ fn check_idgate_in_pod(r: &Rendered, pod_template: &Value) {
         }
     }
 
-    // Checksums: of the config exactly as shipped, and of the Secret's data.
+    // Checksums: of the config exactly as shipped (none with reload: idgate reloads the
+    // mounted ConfigMap itself, the pods stay), and of the Secret's data.
     let ann = obj(&pod_template["metadata"]["annotations"], "pod annotations");
-    assert_eq!(
-        ann["checksum/config"],
-        sha256_hex(r.config_text()),
-        "checksum/config must be the SHA-256 of the shipped idgate.toml"
-    );
+    if layout.reload {
+        assert!(
+            !ann.contains_key("checksum/config"),
+            "with reload a config change must not roll the pods: {ann:?}"
+        );
+    } else {
+        assert_eq!(
+            ann["checksum/config"],
+            sha256_hex(r.config_text()),
+            "checksum/config must be the SHA-256 of the shipped idgate.toml"
+        );
+    }
     let expected_secret = match (r.maybe("Secret"), secret_mount) {
         (Some(s), _) => {
             let data: BTreeMap<String, String> = obj(&s["data"], "Secret data")
@@ -722,17 +814,18 @@ fn check_config(r: &Rendered, existing: &BTreeMap<String, String>) {
     );
     // The ConfigMap's public files, each referred to by its full path.
     let public = r.config_files();
+    let config_dir = r.layout().dir;
     for key in config_dir_refs(r) {
         let content = public.get(&key).unwrap_or_else(|| {
             panic!(
-                "idgate.toml refers to {CONFIG_DIR}/{key}, which the ConfigMap does not hold \
+                "idgate.toml refers to {config_dir}/{key}, which the ConfigMap does not hold \
                  (keys: {:?})",
                 public.keys().collect::<Vec<_>>()
             )
         });
         std::fs::write(dir.path().join(&key), content).unwrap();
         rewritten = rewritten.replace(
-            &format!("\"file:{CONFIG_DIR}/{key}\""),
+            &format!("\"file:{config_dir}/{key}\""),
             &format!("\"file:{}\"", dir.path().join(&key).display()),
         );
     }
@@ -783,10 +876,12 @@ fn secret_refs(r: &Rendered) -> BTreeSet<String> {
 }
 
 /// The keys of the ConfigMap's own files that idgate.toml refers to
-/// (`"file:/etc/idgate/<key>"`, the secrets directory aside).
+/// (`"file:/etc/idgate/<key>"`, or `/etc/idgate/config/<key>` with reload; the secrets
+/// directory aside).
 fn config_dir_refs(r: &Rendered) -> BTreeSet<String> {
     let text = r.config_text();
-    let prefix = format!("\"file:{CONFIG_DIR}/");
+    let config_dir = r.layout().dir;
+    let prefix = format!("\"file:{config_dir}/");
     text.match_indices(&prefix)
         .map(|(i, _)| {
             text[i + prefix.len()..]
@@ -795,7 +890,7 @@ fn config_dir_refs(r: &Rendered) -> BTreeSet<String> {
                 .unwrap()
                 .to_owned()
         })
-        .filter(|key| !format!("{CONFIG_DIR}/{key}").starts_with(&format!("{SECRETS_DIR}/")))
+        .filter(|key| !format!("{config_dir}/{key}").starts_with(&format!("{SECRETS_DIR}/")))
         .collect()
 }
 
@@ -1973,4 +2068,139 @@ fn misspelt_rule_and_issuer_keys_are_refused_not_dropped() {
         &access_bearer(&["--set", "access.rules[2]=admins"]),
         &["access.rules[2] must be a mapping"],
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration reload (`reload: true`).
+
+fn pod_annotations(r: &Rendered) -> &serde_json::Map<String, Value> {
+    obj(
+        &r.one("Deployment")["spec"]["template"]["metadata"]["annotations"],
+        "pod annotations",
+    )
+}
+
+#[test]
+fn reload_mounts_the_config_map_as_a_directory_and_keeps_the_pods() {
+    // What reload changes, asserted first so that each assertion is the one to fail when
+    // its part of the chart breaks; the shared checks (below) follow the reload layout.
+    let r = render_ok("idgate", &chart_dir(), &with("reload-values.yaml", &[]));
+    let text = r.config_text();
+    let config = r.config();
+    assert_eq!(
+        config["server"].get("watch_config"),
+        Some(&toml::Value::Boolean(true)),
+        "reload: true must set [server].watch_config = true:\n{text}"
+    );
+
+    // No rollout on a config change; secrets are read at start, so their checksum stays.
+    let ann = pod_annotations(&r);
+    assert!(
+        !ann.contains_key("checksum/config"),
+        "reload: true must not roll the pods on a config change: {ann:?}"
+    );
+    assert!(
+        ann.contains_key("checksum/secret"),
+        "a Secret change still needs a restart: {ann:?}"
+    );
+
+    // `--config` names idgate.toml in the ConfigMap's directory, which is mounted whole.
+    let template = &r.one("Deployment")["spec"]["template"];
+    let (c, _) = idgate_container(&template["spec"]);
+    let cmd: Vec<&str> = arr(&c["command"], "command")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cmd[cmd.len() - 3..],
+        ["serve", "--config", RELOAD_CONFIG_PATH],
+        "command {cmd:?}"
+    );
+    let mounts = arr(&c["volumeMounts"], "volumeMounts");
+    let config_mounts: Vec<&Value> = mounts
+        .iter()
+        .filter(|m| m["name"] == "idgate-config")
+        .collect();
+    assert_eq!(config_mounts.len(), 1, "{config_mounts:?}");
+    assert_eq!(config_mounts[0]["mountPath"], RELOAD_CONFIG_DIR);
+    assert!(
+        config_mounts[0].get("subPath").is_none(),
+        "a subPath mount never sees a ConfigMap update: {}",
+        config_mounts[0]
+    );
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["name"] == "idgate-secrets" && m["mountPath"] == SECRETS_DIR),
+        "the Secret stays at {SECRETS_DIR}, next to the config directory: {mounts:?}"
+    );
+    let bearer = &config["tenants"][0]["bearer"];
+    assert_eq!(
+        bearer[0]["jwks"].as_str(),
+        Some("file:/etc/idgate/config/bearer-acme-0.jwks.json")
+    );
+    assert_eq!(
+        bearer[1]["ca_certificate"].as_str(),
+        Some("file:/etc/idgate/config/bearer-acme-1.ca.pem")
+    );
+
+    // Rendered, linted, and its idgate.toml run through check-config with the public files
+    // where it now refers to them (every ConfigMap file in the directory and referred to).
+    scenario("reload-values.yaml");
+
+    // A config change (a rule; a JWKS document, which idgate.toml lists by SHA-256) changes
+    // idgate.toml, which watch_config notices, and leaves the pod template as it was.
+    let other = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"rotated","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rotated-jwks.json");
+    std::fs::write(&file, other).unwrap();
+    let jwks = set_file("tenants[0].bearer[0].jwks", &file);
+    for extra in [
+        vec!["--set", "access.rules[0].allowUsers[0]=svc-export"],
+        vec![jwks[0].as_str(), jwks[1].as_str()],
+    ] {
+        let changed = render_ok("idgate", &chart_dir(), &with("reload-values.yaml", &extra));
+        assert_ne!(changed.config_text(), text, "{extra:?} changes idgate.toml");
+        assert_eq!(
+            &changed.one("Deployment")["spec"]["template"],
+            template,
+            "with reload, {extra:?} must leave the pod template alone (no rollout)"
+        );
+    }
+    // A new signing key is in the Secret: that still rolls the pods.
+    let mut rekeyed = with("reload-values.yaml", &[]);
+    rekeyed.extend(set_file("identity.signingKey", &keys().other_signing));
+    let rekeyed = render_ok("idgate", &chart_dir(), &rekeyed);
+    assert_ne!(
+        pod_annotations(&rekeyed)["checksum/secret"],
+        ann["checksum/secret"]
+    );
+
+    // reload: false, the default, is the file-by-file layout with checksum/config.
+    let off = render_ok(
+        "idgate",
+        &chart_dir(),
+        &with("reload-values.yaml", &["--set", "reload=false"]),
+    );
+    check_deployment(&off);
+    check_config(&off, &BTreeMap::new());
+    assert!(off.config()["server"].get("watch_config").is_none());
+    assert!(pod_annotations(&off).contains_key("checksum/config"));
+    assert_eq!(
+        off.config()["tenants"][0]["bearer"][0]["jwks"].as_str(),
+        Some("file:/etc/idgate/bearer-acme-0.jwks.json")
+    );
+
+    // Another chart embedding idgate gets the same through the named templates.
+    let (_dir, parent) = embedding_app();
+    let mut args: Vec<String> = set_file("idgate.identity.signingKey", &keys().signing).into();
+    args.extend(["--set".to_owned(), "idgate.reload=true".to_owned()]);
+    let embedded = render_ok("shop", &parent, &args);
+    assert_eq!(
+        embedded.config()["server"].get("watch_config"),
+        Some(&toml::Value::Boolean(true))
+    );
+    check_idgate_in_pod(&embedded, &embedded.one("Deployment")["spec"]["template"]);
+    check_config(&embedded, &BTreeMap::new());
+    assert!(!pod_annotations(&embedded).contains_key("checksum/config"));
 }

@@ -218,7 +218,12 @@ is written as JSON.
 {{- end }}
 {{- with $public.files }}
 # Public files of this ConfigMap, mounted next to this file in {{ include "idgate.configDir" $ }}
+{{- if $v.reload }}
+# (their SHA-256 is listed so that a change to one changes this file, and so
+# watch_config reloads both):
+{{- else }}
 # (their SHA-256 is listed so that checksum/config rolls the pods when one changes):
+{{- end }}
 {{- range $key, $b64 := . }}
 #   {{ $key }} sha256:{{ b64dec $b64 | sha256sum }}
 {{- end }}
@@ -231,6 +236,11 @@ upstream = {{ include "idgate.upstream" . | toJson }}
 {{- include "idgate.toml.kv" (dict "k" "public_url" "v" $v.publicUrl) }}
 {{- include "idgate.toml.map" (dict "m" $v.server "keys" (list "connectTimeout=connect_timeout" "upstreamTimeout=upstream_timeout" "shutdownGrace=shutdown_grace" "trustedProxies=trusted_proxies" "workers=workers")) }}
 {{- include "idgate.toml.kv" (dict "k" "admin_token" "v" (index $refs "admin")) }}
+{{- if $v.reload }}
+# reload: the chart mounts this ConfigMap as a directory; idgate re-reads this file when
+# its content changes (looked at every 5 s).
+watch_config = true
+{{- end }}
 
 [store]
 url = {{ index $refs "store" | default (include "idgate.storeUrl" .) | toJson }}
@@ -340,13 +350,13 @@ sp_previous_keys = {{ $spPrevious | toJson }}
 Pod annotations that roll the pods when the config or the secret changes: the SHA-256 of
 idgate.toml as shipped in the ConfigMap, and of the generated Secret's data as JSON (or,
 with existingSecret, of its name only: changes inside a Secret the chart does not manage
-need a `kubectl rollout restart`).
+need a `kubectl rollout restart`). With reload there is no checksum/config: idgate reloads
+the mounted ConfigMap itself (watch_config), and the pods stay; secrets are read at start,
+so checksum/secret stays.
 */}}
 {{- define "idgate.checksumAnnotations" -}}
+{{- if not .Values.reload -}}
 checksum/config: {{ include "idgate.config" . | sha256sum }}
-{{- if .Values.existingSecret }}
-checksum/secret: {{ printf "existingSecret:%s" .Values.existingSecret | sha256sum }}
-{{- else }}
-checksum/secret: {{ include "idgate.secretDataJson" . | sha256sum }}
-{{- end }}
+{{ end -}}
+checksum/secret: {{ if .Values.existingSecret }}{{ printf "existingSecret:%s" .Values.existingSecret | sha256sum }}{{ else }}{{ include "idgate.secretDataJson" . | sha256sum }}{{ end }}
 {{- end }}

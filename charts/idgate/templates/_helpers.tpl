@@ -76,9 +76,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/* Where the config file, the public files next to it (idgate.publicFiles) and the
-secret files are mounted in the idgate container. */}}
-{{- define "idgate.configDir" -}}/etc/idgate{{- end }}
-{{- define "idgate.configPath" -}}/etc/idgate/idgate.toml{{- end }}
+secret files are mounted in the idgate container. Without reload, idgate.toml and each
+public file are mounted one by one (subPath) into /etc/idgate; with reload, the whole
+ConfigMap is mounted as the directory /etc/idgate/config, since only a directory mount
+sees the ConfigMap's updates (a subPath mount keeps the file it started with). */}}
+{{- define "idgate.configDir" -}}
+{{- if .Values.reload }}/etc/idgate/config{{ else }}/etc/idgate{{ end }}
+{{- end }}
+{{- define "idgate.configPath" -}}{{ include "idgate.configDir" . }}/idgate.toml{{- end }}
 {{- define "idgate.secretsDir" -}}/etc/idgate/secrets{{- end }}
 
 {{/* The store URL as given in values (a reference with redis.urlSecretKey); the config

@@ -18,7 +18,9 @@ All three take one dict:
                             startupProbe and belongs under initContainers, else under
                             containers.
   idgate.sidecarVolumes     the pod volumes it mounts (list items).
-  idgate.podAnnotations     checksum/config and checksum/secret, to roll pods on change.
+  idgate.podAnnotations     checksum/config and checksum/secret, to roll pods on change
+                            (with reload: checksum/secret only; idgate reloads the
+                            config itself).
 */}}
 
 {{/* Resolves the idgate chart context of an args dict (root, subchart, overrides) into args.ctx. */}}
@@ -107,6 +109,13 @@ All three take one dict:
     {{- toYaml . | nindent 4 }}
   {{- end }}
   volumeMounts:
+    {{- if $v.reload }}
+    # The whole ConfigMap as a directory: kubelet swaps in its updates, watch_config
+    # reloads them (a subPath mount would never see one).
+    - name: idgate-config
+      mountPath: {{ include "idgate.configDir" $c }}
+      readOnly: true
+    {{- else }}
     - name: idgate-config
       mountPath: {{ include "idgate.configPath" $c }}
       subPath: idgate.toml
@@ -116,6 +125,7 @@ All three take one dict:
       mountPath: {{ printf "%s/%s" (include "idgate.configDir" $c) $key }}
       subPath: {{ $key }}
       readOnly: true
+    {{- end }}
     {{- end }}
     {{- if include "idgate.hasSecret" $c }}
     - name: idgate-secrets
