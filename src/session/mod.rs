@@ -760,6 +760,7 @@ impl Sessions {
         // group was blocked (so no request to name).
         let rec = &live.stored.record;
         audit::record(
+            self.store.metrics(),
             &Origin::system(),
             audit::Event::SessionRevoked {
                 tenant: &rec.tenant,
@@ -908,6 +909,7 @@ impl Sessions {
             .put_session(&hex::encode(hash_cookie(&value)), &stored, ttl)
             .await?;
         audit::record(
+            self.store.metrics(),
             by,
             audit::Event::Login {
                 tenant,
@@ -956,6 +958,7 @@ impl Sessions {
         }
         self.end(&hash, &stored.record).await?;
         audit::record(
+            self.store.metrics(),
             by,
             audit::Event::Logout {
                 tenant: &stored.record.tenant,
@@ -987,6 +990,7 @@ impl Sessions {
             if matches {
                 self.end(&hash, &stored.record).await?;
                 audit::record(
+                    self.store.metrics(),
                     by,
                     audit::Event::SingleLogout {
                         tenant,
@@ -1024,6 +1028,7 @@ impl Sessions {
         for (hash, stored) in live {
             self.end(&hash, &stored.record).await?;
             audit::record(
+                self.store.metrics(),
                 by,
                 audit::Event::SessionRevoked {
                     tenant,
@@ -1053,6 +1058,7 @@ impl Sessions {
             Some(stored) if stored.record.tenant == tenant => {
                 self.end(hash, &stored.record).await?;
                 audit::record(
+                    self.store.metrics(),
                     by,
                     audit::Event::SessionRevoked {
                         tenant,
