@@ -451,6 +451,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Makes tenant `tenant`'s refresh series exist at 0 for every result, so that an
+    /// alert on `increase()` sees its first failure. Called when its refresher starts.
+    pub fn saml_metadata_tenant(&self, tenant: &str) {
+        for result in ["ok", "error", "invalid", "signature", "expired"] {
+            self.saml_metadata_refreshes
+                .with_label_values(&[tenant, result]);
+        }
+    }
+
     /// Counts a successful login. Called by [`crate::audit::record`] for every
     /// `login` event, so login code does not call it itself.
     pub fn login(&self) {
