@@ -15,7 +15,19 @@
 //! body or credential, so that a secret, cookie or token cannot reach the audit log by
 //! accident. A session is named by a prefix of its store hash ([`session_ref`]), which
 //! cannot be turned back into the cookie.
+//!
+//! [`record`] also counts what it records in the app's [`Metrics`] (logins, refused
+//! logins by reason, sessions ended by cause, configuration reloads), for the same
+//! reason: a path that writes the audit line is counted, and no path can be counted
+//! without being audited, or the other way round. The metrics are an explicit argument,
+//! not a process-global set at startup: tests and benchmarks run several apps in one
+//! process, each with its own `/metrics`, and a global would count every app's events
+//! in whichever app set it first. The lifecycle code needs no new plumbing for it: the
+//! app's [`crate::store::Store`], which `directory` and `session` already hold, carries
+//! the app's metrics ([`crate::store::Store::metrics`]); the SAML routes and the admin
+//! API pass the ones they serve.
 
+use crate::metrics::{EndCause, Metrics};
 use crate::session::model::RevokeReason;
 
 /// The `target` of every audit line: operators filter the log stream on it.
@@ -94,7 +106,8 @@ pub enum ReloadResult {
 }
 
 impl ReloadResult {
-    fn as_str(self) -> &'static str {
+    /// The value of the `result` field and metric label.
+    pub fn as_str(self) -> &'static str {
         match self {
             ReloadResult::Ok => "ok",
             ReloadResult::Error => "error",
@@ -239,8 +252,10 @@ tokio::task_local! {
     pub static CLIENT_REQUEST_ID: Box<str>;
 }
 
-/// Writes one audit line. The only place that does.
-pub fn record(origin: &Origin<'_>, event: Event<'_>) {
+/// Writes one audit line, and counts the event in `metrics` (see the module comment).
+/// The only place that does either.
+pub fn record(metrics: &Metrics, origin: &Origin<'_>, event: Event<'_>) {
+    count(metrics, &event);
     let mut tenant = None;
     let mut user = None;
     let mut group = None;
@@ -327,6 +342,28 @@ pub fn record(origin: &Origin<'_>, event: Event<'_>) {
     );
 }
 
+/// The metrics an event moves. A session revoked without a reason was ended by an
+/// operator (the admin API); one revoked with a reason is counted by that reason, once,
+/// whoever found it due (`directory` at the change, or the gate repairing a revocation
+/// that did not happen then).
+fn count(metrics: &Metrics, event: &Event<'_>) {
+    match *event {
+        Event::Login { .. } => metrics.login(),
+        Event::LoginRefused { reason, .. } => metrics.login_refused(reason),
+        Event::Logout { .. } => metrics.session_ended(EndCause::Logout),
+        Event::SingleLogout { .. } => metrics.session_ended(EndCause::SingleLogout),
+        Event::SessionRevoked { reason, .. } => {
+            metrics.session_ended(reason.map_or(EndCause::Admin, EndCause::from))
+        }
+        Event::ConfigReload { result } => metrics.config_reloaded(result),
+        Event::UserDeactivated { .. }
+        | Event::UserActivated { .. }
+        | Event::CompanyCancelled { .. }
+        | Event::MembershipRemoved { .. }
+        | Event::AdminCall { .. } => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +404,7 @@ mod tests {
     fn admin_calls_are_one_json_line_without_the_query() {
         let got = lines(|| {
             record(
+                &Metrics::new(),
                 &Origin::new(Actor::Admin, "rid-1"),
                 Event::AdminCall {
                     tenant: Some("acme"),
@@ -393,12 +431,14 @@ mod tests {
     fn config_reloads_are_the_system_acting() {
         let got = lines(|| {
             record(
+                &Metrics::new(),
                 &Origin::system(),
                 Event::ConfigReload {
                     result: ReloadResult::Ok,
                 },
             );
             record(
+                &Metrics::new(),
                 &Origin::system(),
                 Event::ConfigReload {
                     result: ReloadResult::Error,
@@ -420,6 +460,7 @@ mod tests {
         let got = lines(|| {
             CLIENT_REQUEST_ID.sync_scope("chosen-by-client".into(), || {
                 record(
+                    &Metrics::new(),
                     &Origin::new(Actor::Scim, "idgate-own"),
                     Event::UserDeactivated {
                         tenant: "acme",
@@ -439,6 +480,7 @@ mod tests {
         let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let got = lines(|| {
             record(
+                &Metrics::new(),
                 &Origin::system(),
                 Event::SessionRevoked {
                     tenant: "acme",

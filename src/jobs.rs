@@ -28,6 +28,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Most jobs one replica holds at a time per queue.
 const HOLD: usize = 64;
+/// How often the loop reads its queue's backlog for the metrics. Alerts on a backlog
+/// look at minutes; the oldest job's age grows between reads on its own.
+const STATS_EVERY: Duration = Duration::from_secs(5);
 
 /// What a handler made of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +64,10 @@ fn backoff(attempts: u32) -> Duration {
 /// Held jobs are touched by a task of their own, every [`KEEP_EVERY`], however long a
 /// handler takes; a job another replica took over meanwhile (this one was cut off from
 /// the store for longer than [`STALE_AFTER`]) is let go, not run again.
+///
+/// Every [`STATS_EVERY`] the loop also reads the queue's backlog into the store's
+/// metrics (`idgate_job_queue_depth`, `idgate_job_queue_oldest_age_seconds`), so that a
+/// scrape never waits on the store.
 pub fn spawn<H, F>(
     store: Store,
     queue: &'static str,
@@ -111,8 +118,10 @@ pub fn spawn<H, F>(
             }
         });
     }
+    let gauges = store.metrics().queue(queue);
     tokio::spawn(async move {
         let mut held: Vec<Held> = Vec::new();
+        let mut stats_due = Instant::now();
         let publish = |held: &Vec<Held>| {
             *ids.lock().unwrap_or_else(|p| p.into_inner()) =
                 held.iter().map(|h| h.job.id.clone()).collect();
@@ -120,6 +129,14 @@ pub fn spawn<H, F>(
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if Instant::now() >= stats_due {
+                match store.stats(queue).await {
+                    Ok(s) => gauges.set(s.depth, s.oldest),
+                    // Counted as a store error; the gauges keep the last reading.
+                    Err(e) => tracing::debug!(queue, error = %e, "cannot read the queue's backlog"),
+                }
+                stats_due = Instant::now() + STATS_EVERY;
             }
             {
                 let mut gone = lost.lock().unwrap_or_else(|p| p.into_inner());

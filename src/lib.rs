@@ -161,7 +161,7 @@ impl App {
 
     fn build(config: Config, dev_idp: Option<Arc<demo::idp::DevIdp>>) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let store = Store::open(&config.store)?;
+        let store = Store::open(&config.store)?.with_metrics(metrics.clone());
         let signer = Arc::new(Signer::new(&config.identity, store.is_memory())?);
         tracing::info!(kid = %signer.kid(), "identity signing key loaded");
         let sessions = Arc::new(Sessions::new(&config, store.clone(), signer.clone()));
@@ -184,6 +184,7 @@ impl App {
             tenancy,
             dev_idp,
         ));
+        metrics.watch_tunnels(gateway.tunnels().clone());
         let worker = Arc::new(maestrano::worker::Worker::new(
             &config,
             store.clone(),

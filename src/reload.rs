@@ -178,7 +178,6 @@ impl Reloader {
         let outcome = self.try_reload();
         match &outcome {
             Outcome::Applied { ignored } => {
-                self.metrics.config_reload(true);
                 for key in ignored {
                     tracing::warn!(
                         key,
@@ -189,13 +188,14 @@ impl Reloader {
                 tracing::info!(trigger, "config reloaded");
             }
             Outcome::Refused(errors) => {
-                self.metrics.config_reload(false);
                 for e in errors {
                     tracing::error!(trigger, error = %e, "config reload refused; the running config stays");
                 }
             }
         }
+        // The audit event also counts idgate_config_reloads_total.
         audit::record(
+            &self.metrics,
             &audit::Origin::system(),
             audit::Event::ConfigReload {
                 result: if matches!(outcome, Outcome::Applied { .. }) {

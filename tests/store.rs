@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use idgate::config::{FailMode, StoreConfig, StoreUrl};
 use idgate::directory::model::Email;
@@ -11,7 +11,8 @@ use idgate::directory::model::{Group, Membership, User};
 use idgate::session::model::{RevokeReason, SamlSubject, SessionRecord};
 use idgate::store::{
     CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Job, JobQueue,
-    Listing, Records, ReplaceGroup, ReplaceUser, SessionStore, Store, StoredSession, UserKey,
+    Listing, QueueStats, Records, ReplaceGroup, ReplaceUser, SessionStore, Store, StoredSession,
+    UserKey,
 };
 use support::{RedisCluster, RedisServer};
 
@@ -47,6 +48,7 @@ async fn conformance(store: Store) {
     sessions_live_expire_and_revoke(&store).await;
     saml_subjects_find_their_sessions(&store).await;
     job_queues_hand_each_job_to_one_consumer_and_recover_stale_ones(&store).await;
+    queue_stats_count_what_is_not_done_and_date_the_oldest(&store).await;
     ephemeral_values_are_claimed_once_taken_once_and_expire(&store).await;
     events_reach_subscribers(&store).await;
 }
@@ -125,6 +127,47 @@ async fn job_queues_hand_each_job_to_one_consumer_and_recover_stale_ones(store: 
     assert_eq!(store.get_record("r1").await.unwrap().as_deref(), Some("v1"));
     store.delete_record("r1").await.unwrap();
     assert_eq!(store.get_record("r1").await.unwrap(), None);
+}
+
+/// What the job loop reads for `idgate_job_queue_depth` and
+/// `idgate_job_queue_oldest_age_seconds`.
+async fn queue_stats_count_what_is_not_done_and_date_the_oldest(store: &Store) {
+    let q = "conformance-stats";
+    assert_eq!(
+        store.stats(q).await.unwrap(),
+        QueueStats::default(),
+        "no queue yet"
+    );
+    // Redis dates a job by its own clock: a generous window, not a timing bound.
+    let slack = Duration::from_secs(30);
+    let before = SystemTime::now() - slack;
+    store.enqueue(q, "a").await.unwrap();
+    store.enqueue(q, "b").await.unwrap();
+    let after = SystemTime::now() + slack;
+    let s = store.stats(q).await.unwrap();
+    assert_eq!(s.depth, 2);
+    let first = s.oldest.expect("an oldest job");
+    assert!(before <= first && first <= after, "{first:?}");
+    // A claimed job is not done yet.
+    let jobs = store
+        .claim(q, "A", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.stats(q).await.unwrap().depth, 2);
+    store.ack(q, &jobs[0].id).await.unwrap();
+    let s = store.stats(q).await.unwrap();
+    assert_eq!(s.depth, 1);
+    assert!(s.oldest.expect("the second job") >= first);
+    let jobs = store
+        .claim(q, "A", 5, Duration::from_secs(60))
+        .await
+        .unwrap();
+    store.ack(q, &jobs[0].id).await.unwrap();
+    assert_eq!(
+        store.stats(q).await.unwrap(),
+        QueueStats::default(),
+        "all done"
+    );
 }
 
 async fn ephemeral_values_are_claimed_once_taken_once_and_expire(store: &Store) {

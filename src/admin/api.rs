@@ -138,6 +138,7 @@ impl Api {
         };
         let by = audit::Origin::new(audit::Actor::Admin, &request_id);
         audit::record(
+            self.directory.store().metrics(),
             &by,
             audit::Event::AdminCall {
                 tenant: named_tenant.as_deref(),

@@ -316,6 +316,7 @@ impl Directory {
         if had_account != has_account {
             let (tenant, user) = (tenant, new.id.as_str());
             audit::record(
+                self.store.metrics(),
                 by,
                 if has_account {
                     audit::Event::UserActivated { tenant, user }
@@ -332,6 +333,7 @@ impl Directory {
             .collect();
         for group in &left {
             audit::record(
+                self.store.metrics(),
                 by,
                 audit::Event::MembershipRemoved {
                     tenant,
@@ -433,6 +435,7 @@ impl Directory {
         .await;
         if old.active && !new.active {
             audit::record(
+                self.store.metrics(),
                 by,
                 audit::Event::CompanyCancelled {
                     tenant,
@@ -1038,6 +1041,7 @@ impl Directory {
             .await?;
         for hash in hashes {
             audit::record(
+                self.store.metrics(),
                 by,
                 audit::Event::SessionRevoked {
                     tenant,

@@ -171,6 +171,7 @@ impl Caller {
         // The IdP (Maestrano) no longer vouches for the session: its Single Logout, in
         // effect.
         crate::audit::record(
+            self.store.metrics(),
             &crate::audit::Origin {
                 actor: crate::audit::Actor::Maestrano,
                 request_id: None,

@@ -300,6 +300,7 @@ impl Refresher {
             let (IdpSource::Url(source), Some(slot)) = (&t.saml.idp, slots.get(&t.id)) else {
                 continue;
             };
+            metrics.saml_metadata_tenant(&t.id);
             let refresher = Refresher {
                 tenant: t.clone(),
                 source: source.clone(),

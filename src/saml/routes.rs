@@ -478,6 +478,7 @@ impl SamlRoutes {
         let by = Origin::new(Actor::User, request_id);
         let refused = |reason: &str, subject: Option<&str>| {
             audit::record(
+                ctx.metrics,
                 &by,
                 audit::Event::LoginRefused {
                     tenant,
@@ -610,7 +611,6 @@ impl SamlRoutes {
             .await
         {
             Ok(new) => {
-                ctx.metrics.login();
                 if tn.maestrano().is_maestrano(tenant) {
                     // A new company gets its bill, and a per-user bill follows a new
                     // member; the job finds out which (and does nothing otherwise).

@@ -747,6 +747,7 @@ impl Sessions {
         // group was blocked (so no request to name).
         let rec = &live.stored.record;
         audit::record(
+            self.store.metrics(),
             &Origin::system(),
             audit::Event::SessionRevoked {
                 tenant: &rec.tenant,
@@ -911,6 +912,7 @@ impl Sessions {
             .put_session(&hex::encode(hash_cookie(&value)), &stored, ttl)
             .await?;
         audit::record(
+            self.store.metrics(),
             by,
             audit::Event::Login {
                 tenant,
@@ -959,6 +961,7 @@ impl Sessions {
         }
         self.end(&hash, &stored.record).await?;
         audit::record(
+            self.store.metrics(),
             by,
             audit::Event::Logout {
                 tenant: &stored.record.tenant,
@@ -990,6 +993,7 @@ impl Sessions {
             if matches {
                 self.end(&hash, &stored.record).await?;
                 audit::record(
+                    self.store.metrics(),
                     by,
                     audit::Event::SingleLogout {
                         tenant,
@@ -1027,6 +1031,7 @@ impl Sessions {
         for (hash, stored) in live {
             self.end(&hash, &stored.record).await?;
             audit::record(
+                self.store.metrics(),
                 by,
                 audit::Event::SessionRevoked {
                     tenant,
@@ -1056,6 +1061,7 @@ impl Sessions {
             Some(stored) if stored.record.tenant == tenant => {
                 self.end(hash, &stored.record).await?;
                 audit::record(
+                    self.store.metrics(),
                     by,
                     audit::Event::SessionRevoked {
                         tenant,

@@ -11,7 +11,8 @@ use tokio::sync::broadcast;
 use super::index::{Entries, IndexOp};
 use super::{
     CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Job, JobQueue,
-    Listing, Records, ReplaceGroup, ReplaceUser, SessionStore, StoreResult, StoredSession, UserKey,
+    Listing, QueueStats, Records, ReplaceGroup, ReplaceUser, SessionStore, StoreResult,
+    StoredSession, UserKey,
 };
 use crate::directory::model::{Group, User};
 use crate::session::model::{RevokeReason, SessionRecord};
@@ -38,6 +39,8 @@ struct Inner {
     /// queue → sequence → job
     queues: HashMap<String, BTreeMap<u64, QueuedJob>>,
     next_job: u64,
+    /// job sequence → when it was enqueued, until it is acknowledged
+    enqueued_at: HashMap<u64, std::time::SystemTime>,
     records: HashMap<String, String>,
 }
 
@@ -501,6 +504,7 @@ impl JobQueue for MemoryStore {
         let mut g = self.lock();
         g.next_job += 1;
         let n = g.next_job;
+        g.enqueued_at.insert(n, std::time::SystemTime::now());
         g.queues
             .entry(queue.to_owned())
             .or_default()
@@ -563,10 +567,23 @@ impl JobQueue for MemoryStore {
 
     async fn ack(&self, queue: &str, id: &str) -> StoreResult<()> {
         let mut g = self.lock();
-        if let (Some(q), Ok(n)) = (g.queues.get_mut(queue), id.parse::<u64>()) {
-            q.remove(&n);
+        if let (Some(q), Ok(n)) = (g.queues.get_mut(queue), id.parse::<u64>())
+            && q.remove(&n).is_some()
+        {
+            g.enqueued_at.remove(&n);
         }
         Ok(())
+    }
+
+    async fn stats(&self, queue: &str) -> StoreResult<QueueStats> {
+        let g = self.lock();
+        let Some(q) = g.queues.get(queue) else {
+            return Ok(QueueStats::default());
+        };
+        Ok(QueueStats {
+            depth: q.len() as u64,
+            oldest: q.keys().next().and_then(|n| g.enqueued_at.get(n).copied()),
+        })
     }
 }
 

@@ -3,15 +3,16 @@
 //!
 //! [`DirectoryStore`], [`SessionStore`] and [`EventBus`] are the contract; `tests/store.rs`
 //! runs one conformance suite against every implementation. [`Store`] is the configured
-//! backend, an enum rather than a trait object: there are exactly two backends and static
-//! dispatch keeps the hot path free of boxing.
+//! backend, an enum inside rather than a trait object: there are exactly two backends
+//! and static dispatch keeps the hot path free of boxing.
 
 mod index;
 mod memory;
 mod redis;
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
 
@@ -21,6 +22,7 @@ pub use self::redis::RedisStore;
 
 use crate::config::{StoreConfig, StoreUrl};
 use crate::directory::model::{Group, User};
+use crate::metrics::{Metrics, StoreOp};
 use crate::session::model::{RevokeReason, SessionRecord};
 
 /// Errors from a store backend.
@@ -401,6 +403,19 @@ pub trait JobQueue: Send + Sync {
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
     /// Completes a job: it is gone for good.
     fn ack(&self, queue: &str, id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The queue's backlog, for its metrics: bounded work whatever the queue's length
+    /// (a length and the first entry, never a scan).
+    fn stats(&self, queue: &str) -> impl Future<Output = StoreResult<QueueStats>> + Send;
+}
+
+/// What [`JobQueue::stats`] says of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Jobs not yet acknowledged: waiting, or held by a replica.
+    pub depth: u64,
+    /// When the oldest of them was enqueued (on Redis, by the Redis server's clock);
+    /// none when there is none.
+    pub oldest: Option<SystemTime>,
 }
 
 /// Small durable records that outlive sessions: recurring bill ids per company, Connec!
@@ -422,9 +437,17 @@ pub trait EventBus: Send + Sync {
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 }
 
-/// The configured backend.
+/// The configured backend, and the metrics its calls are counted in: every call to
+/// the backend goes through [`delegate!`] here, which times it and counts its failure,
+/// so no caller can make an uncounted round trip.
 #[derive(Clone)]
-pub enum Store {
+pub struct Store {
+    backend: Backend,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+enum Backend {
     /// In-process store (one replica only).
     Memory(MemoryStore),
     /// Redis, standalone or Cluster.
@@ -434,13 +457,16 @@ pub enum Store {
 impl Store {
     /// Creates the backend. Redis connects lazily, so idgate starts (and reports "not
     /// ready") while Redis is still coming up, rather than crash-looping.
+    ///
+    /// Its calls are counted in metrics of its own that nobody reads, until
+    /// [`Store::with_metrics`] gives it the app's.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        match &config.url {
+        let backend = match &config.url {
             StoreUrl::Memory => {
                 tracing::warn!(
                     "store is memory://: state lives in this process only; run exactly one replica"
                 );
-                Ok(Store::Memory(MemoryStore::new()))
+                Backend::Memory(MemoryStore::new())
             }
             StoreUrl::Redis(url) => {
                 if url.ends_with("#insecure") {
@@ -448,58 +474,90 @@ impl Store {
                         "store TLS certificate is not verified (#insecure): use only on a network you trust"
                     );
                 }
-                Ok(Store::Redis(RedisStore::standalone(
+                Backend::Redis(RedisStore::standalone(
                     url,
                     &config.key_prefix,
                     config.ca_certificate.as_deref(),
-                )?))
+                )?)
             }
-            StoreUrl::Cluster(nodes) => Ok(Store::Redis(RedisStore::cluster(
+            StoreUrl::Cluster(nodes) => Backend::Redis(RedisStore::cluster(
                 nodes,
                 &config.key_prefix,
                 config.ca_certificate.as_deref(),
-            )?)),
-        }
+            )?),
+        };
+        Ok(Store {
+            backend,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    /// The same store, counting its calls in `metrics` (the app's, which `/metrics`
+    /// serves). Set before the store is cloned into the components that use it: the
+    /// clones keep the metrics they were made with.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Store {
+        Store { metrics, ..self }
+    }
+
+    /// The metrics this store's calls are counted in: the app's, once
+    /// [`Store::with_metrics`] has set them. `audit::record` counts lifecycle events
+    /// in them too, so the code that changes who may use the app, which holds the store
+    /// already, needs no other handle.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn counted<T>(&self, op: StoreOp, started: Instant, result: StoreResult<T>) -> StoreResult<T> {
+        self.metrics
+            .store_call(op, started.elapsed(), result.is_err());
+        result
     }
 
     /// Whether the backend answers right now.
     pub async fn ping(&self) -> StoreResult<()> {
-        match self {
-            Store::Memory(_) => Ok(()),
-            Store::Redis(r) => r.ping().await,
-        }
+        let started = Instant::now();
+        let result = match &self.backend {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(r) => r.ping().await,
+        };
+        self.counted(StoreOp::Ping, started, result)
     }
 
     /// Whether invalidations from other replicas are being received (always true for the
     /// in-process store, which has no other replicas).
     pub fn bus_connected(&self) -> bool {
-        match self {
-            Store::Memory(_) => true,
-            Store::Redis(r) => r.bus_connected(),
+        match &self.backend {
+            Backend::Memory(_) => true,
+            Backend::Redis(r) => r.bus_connected(),
         }
     }
 
     /// True for the in-process store.
     pub fn is_memory(&self) -> bool {
-        matches!(self, Store::Memory(_))
+        matches!(self.backend, Backend::Memory(_))
     }
 }
 
+/// Calls the backend, timed and counted as a call of kind `$op`. Timing costs two
+/// clock reads and a histogram update, against a round trip of a hundred microseconds
+/// or more; the hot path makes no store call in the steady state anyway.
 macro_rules! delegate {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Memory($s) => $call.await,
-            Store::Redis($s) => $call.await,
-        }
-    };
+    ($self:ident, $op:ident, $s:ident => $call:expr) => {{
+        let started = Instant::now();
+        let result = match &$self.backend {
+            Backend::Memory($s) => $call.await,
+            Backend::Redis($s) => $call.await,
+        };
+        $self.counted(StoreOp::$op, started, result)
+    }};
 }
 
 impl DirectoryStore for Store {
     async fn create_group(&self, tenant: &str, group: &Group) -> StoreResult<CreateGroup> {
-        delegate!(self, s => s.create_group(tenant, group))
+        delegate!(self, Directory, s => s.create_group(tenant, group))
     }
     async fn get_group(&self, tenant: &str, id: &str) -> StoreResult<Option<Group>> {
-        delegate!(self, s => s.get_group(tenant, id))
+        delegate!(self, Directory, s => s.get_group(tenant, id))
     }
     async fn replace_group(
         &self,
@@ -507,16 +565,16 @@ impl DirectoryStore for Store {
         old: &Group,
         new: &Group,
     ) -> StoreResult<ReplaceGroup> {
-        delegate!(self, s => s.replace_group(tenant, old, new))
+        delegate!(self, Directory, s => s.replace_group(tenant, old, new))
     }
     async fn create_user(&self, tenant: &str, user: &User) -> StoreResult<CreateUser> {
-        delegate!(self, s => s.create_user(tenant, user))
+        delegate!(self, Directory, s => s.create_user(tenant, user))
     }
     async fn get_user(&self, tenant: &str, id: &str) -> StoreResult<Option<User>> {
-        delegate!(self, s => s.get_user(tenant, id))
+        delegate!(self, Directory, s => s.get_user(tenant, id))
     }
     async fn replace_user(&self, tenant: &str, old: &User, new: &User) -> StoreResult<ReplaceUser> {
-        delegate!(self, s => s.replace_user(tenant, old, new))
+        delegate!(self, Directory, s => s.replace_user(tenant, old, new))
     }
     async fn find_user(
         &self,
@@ -524,10 +582,10 @@ impl DirectoryStore for Store {
         key: UserKey,
         value: &str,
     ) -> StoreResult<Option<String>> {
-        delegate!(self, s => s.find_user(tenant, key, value))
+        delegate!(self, Directory, s => s.find_user(tenant, key, value))
     }
     async fn find(&self, tenant: &str, index: Index, value: &str) -> StoreResult<Vec<String>> {
-        delegate!(self, s => s.find(tenant, index, value))
+        delegate!(self, Directory, s => s.find(tenant, index, value))
     }
     async fn list(
         &self,
@@ -536,7 +594,7 @@ impl DirectoryStore for Store {
         start: usize,
         count: usize,
     ) -> StoreResult<(Vec<String>, usize)> {
-        delegate!(self, s => s.list(tenant, listing, start, count))
+        delegate!(self, Directory, s => s.list(tenant, listing, start, count))
     }
     async fn list_after(
         &self,
@@ -545,16 +603,16 @@ impl DirectoryStore for Store {
         after: Option<&str>,
         count: usize,
     ) -> StoreResult<Vec<String>> {
-        delegate!(self, s => s.list_after(tenant, listing, after, count))
+        delegate!(self, Directory, s => s.list_after(tenant, listing, after, count))
     }
     async fn get_users(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<User>> {
-        delegate!(self, s => s.get_users(tenant, ids))
+        delegate!(self, Directory, s => s.get_users(tenant, ids))
     }
     async fn get_groups(&self, tenant: &str, ids: &[String]) -> StoreResult<Vec<Group>> {
-        delegate!(self, s => s.get_groups(tenant, ids))
+        delegate!(self, Directory, s => s.get_groups(tenant, ids))
     }
     async fn user_ids(&self, tenant: &str) -> StoreResult<Vec<String>> {
-        delegate!(self, s => s.user_ids(tenant))
+        delegate!(self, Directory, s => s.user_ids(tenant))
     }
 }
 
@@ -565,22 +623,22 @@ impl SessionStore for Store {
         session: &StoredSession,
         ttl: Duration,
     ) -> StoreResult<()> {
-        delegate!(self, s => s.put_session(hash, session, ttl))
+        delegate!(self, Session, s => s.put_session(hash, session, ttl))
     }
     async fn get_session(&self, hash: &str) -> StoreResult<Option<StoredSession>> {
-        delegate!(self, s => s.get_session(hash))
+        delegate!(self, Session, s => s.get_session(hash))
     }
     async fn touch_session(&self, hash: &str, last_seen: i64, ttl: Duration) -> StoreResult<bool> {
-        delegate!(self, s => s.touch_session(hash, last_seen, ttl))
+        delegate!(self, Session, s => s.touch_session(hash, last_seen, ttl))
     }
     async fn delete_session(&self, hash: &str, record: &SessionRecord) -> StoreResult<()> {
-        delegate!(self, s => s.delete_session(hash, record))
+        delegate!(self, Session, s => s.delete_session(hash, record))
     }
     async fn set_session_record(&self, hash: &str, record: &SessionRecord) -> StoreResult<bool> {
-        delegate!(self, s => s.set_session_record(hash, record))
+        delegate!(self, Session, s => s.set_session_record(hash, record))
     }
     async fn revoke_session(&self, hash: &str, reason: RevokeReason) -> StoreResult<bool> {
-        delegate!(self, s => s.revoke_session(hash, reason))
+        delegate!(self, Session, s => s.revoke_session(hash, reason))
     }
     async fn revoke_user_sessions(
         &self,
@@ -589,36 +647,36 @@ impl SessionStore for Store {
         reason: RevokeReason,
         group: Option<&str>,
     ) -> StoreResult<Vec<String>> {
-        delegate!(self, s => s.revoke_user_sessions(tenant, user_id, reason, group))
+        delegate!(self, Session, s => s.revoke_user_sessions(tenant, user_id, reason, group))
     }
     async fn user_sessions(
         &self,
         tenant: &str,
         user_id: &str,
     ) -> StoreResult<Vec<(String, StoredSession)>> {
-        delegate!(self, s => s.user_sessions(tenant, user_id))
+        delegate!(self, Session, s => s.user_sessions(tenant, user_id))
     }
     async fn saml_sessions(
         &self,
         tenant: &str,
         name_id: &str,
     ) -> StoreResult<Vec<(String, StoredSession)>> {
-        delegate!(self, s => s.saml_sessions(tenant, name_id))
+        delegate!(self, Session, s => s.saml_sessions(tenant, name_id))
     }
 }
 
 impl EphemeralStore for Store {
     async fn put_once(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
-        delegate!(self, s => s.put_once(key, value, ttl))
+        delegate!(self, Ephemeral, s => s.put_once(key, value, ttl))
     }
     async fn take(&self, key: &str) -> StoreResult<Option<String>> {
-        delegate!(self, s => s.take(key))
+        delegate!(self, Ephemeral, s => s.take(key))
     }
 }
 
 impl JobQueue for Store {
     async fn enqueue(&self, queue: &str, body: &str) -> StoreResult<String> {
-        delegate!(self, s => s.enqueue(queue, body))
+        delegate!(self, Queue, s => s.enqueue(queue, body))
     }
     async fn claim(
         &self,
@@ -627,36 +685,39 @@ impl JobQueue for Store {
         max: usize,
         stale_after: Duration,
     ) -> StoreResult<Vec<Job>> {
-        delegate!(self, s => s.claim(queue, consumer, max, stale_after))
+        delegate!(self, Queue, s => s.claim(queue, consumer, max, stale_after))
     }
     async fn keep(&self, queue: &str, consumer: &str, ids: &[String]) -> StoreResult<Vec<String>> {
-        delegate!(self, s => s.keep(queue, consumer, ids))
+        delegate!(self, Queue, s => s.keep(queue, consumer, ids))
     }
     async fn ack(&self, queue: &str, id: &str) -> StoreResult<()> {
-        delegate!(self, s => s.ack(queue, id))
+        delegate!(self, Queue, s => s.ack(queue, id))
+    }
+    async fn stats(&self, queue: &str) -> StoreResult<QueueStats> {
+        delegate!(self, Queue, s => s.stats(queue))
     }
 }
 
 impl Records for Store {
     async fn get_record(&self, key: &str) -> StoreResult<Option<String>> {
-        delegate!(self, s => s.get_record(key))
+        delegate!(self, Records, s => s.get_record(key))
     }
     async fn set_record(&self, key: &str, value: &str) -> StoreResult<()> {
-        delegate!(self, s => s.set_record(key, value))
+        delegate!(self, Records, s => s.set_record(key, value))
     }
     async fn delete_record(&self, key: &str) -> StoreResult<()> {
-        delegate!(self, s => s.delete_record(key))
+        delegate!(self, Records, s => s.delete_record(key))
     }
 }
 
 impl EventBus for Store {
     async fn publish(&self, event: &Event) -> StoreResult<()> {
-        delegate!(self, s => s.publish(event))
+        delegate!(self, Publish, s => s.publish(event))
     }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
-        match self {
-            Store::Memory(s) => s.subscribe(),
-            Store::Redis(s) => s.subscribe(),
+        match &self.backend {
+            Backend::Memory(s) => s.subscribe(),
+            Backend::Redis(s) => s.subscribe(),
         }
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::{OnceCell, broadcast};
 use super::index::{Entries, IndexOp};
 use super::{
     CreateGroup, CreateUser, DirectoryStore, EphemeralStore, Event, EventBus, Index, Job, JobQueue,
-    Listing, Records, ReplaceGroup, ReplaceUser, SessionStore, StoreError, StoreResult,
+    Listing, QueueStats, Records, ReplaceGroup, ReplaceUser, SessionStore, StoreError, StoreResult,
     StoredSession, UserKey,
 };
 use crate::directory::model::{Group, User};
@@ -1120,6 +1120,31 @@ impl JobQueue for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn stats(&self, queue: &str) -> StoreResult<QueueStats> {
+        // Acknowledged jobs are deleted from the stream, so its length is the backlog
+        // and its first entry the oldest job; the entry id starts with the Redis
+        // server's clock at XADD, in milliseconds. Both keys are one, so this pipeline
+        // goes to one node on a Cluster.
+        let key = self.queue_key(queue);
+        let (depth, first): (u64, Value) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&key)
+            .cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        let oldest = stream_entries(&first).first().and_then(|job| {
+            let ms: u64 = job.id.split_once('-')?.0.parse().ok()?;
+            Some(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        });
+        Ok(QueueStats { depth, oldest })
     }
 }
 
