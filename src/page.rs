@@ -187,6 +187,11 @@ pub const REASONS: &[Reason] = &[
         "Your account has not been set up for this application. Please ask your administrator to give you access.",
     ),
     r(
+        "invalid_token",
+        "Access token not accepted",
+        "The access token sent with this request is not valid for this application: it may have expired, or come from another issuer. Ask for a new token.",
+    ),
+    r(
         "unauthenticated",
         "Not signed in",
         "This page needs you to be signed in, and sign-in is not set up for this address.",
