@@ -47,6 +47,8 @@ async fn conformance(store: Store) {
     group_external_ids_are_unique(&store).await;
     sessions_live_expire_and_revoke(&store).await;
     saml_subjects_find_their_sessions(&store).await;
+    listings_continue_after_a_cursor(&store).await;
+    a_users_sessions_are_found_by_their_index(&store).await;
     job_queues_hand_each_job_to_one_consumer_and_recover_stale_ones(&store).await;
     queue_stats_count_what_is_not_done_and_date_the_oldest(&store).await;
     ephemeral_values_are_claimed_once_taken_once_and_expire(&store).await;
@@ -664,6 +666,82 @@ fn session(user_id: &str, now: i64) -> StoredSession {
         last_seen: now,
         revoked: None,
     }
+}
+
+/// The admin API's pages: ids after the cursor, in id order, however the ids read to
+/// Redis's range syntax.
+async fn listings_continue_after_a_cursor(store: &Store) {
+    for id in ["c-a", "c-b", "[c", "(c", "c-c", "c+d", "-c"] {
+        let u = user(id, Some(&format!("cur-{id}")), None, None);
+        store.create_user("t-cursor", &u).await.unwrap();
+    }
+    let mut all: Vec<String> = ["c-a", "c-b", "[c", "(c", "c-c", "c+d", "-c"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    all.sort();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_after("t-cursor", Listing::Users, cursor.as_deref(), 2)
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().cloned();
+        seen.extend(page);
+    }
+    assert_eq!(seen, all);
+    assert!(
+        store
+            .list_after("t-cursor", Listing::Users, Some("zzz"), 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_after("t-cursor", Listing::Users, None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The admin API lists a user's sessions from the user's index: live ones only, that
+/// tenant's only.
+async fn a_users_sessions_are_found_by_their_index(store: &Store) {
+    let now = 1_700_000_000;
+    let long = Duration::from_secs(60);
+    store
+        .put_session("h-u1", &session("uu", now), long)
+        .await
+        .unwrap();
+    store
+        .put_session("h-u2", &session("uu", now), long)
+        .await
+        .unwrap();
+    store
+        .put_session("h-u3", &session("uu", now), Duration::from_millis(300))
+        .await
+        .unwrap();
+    store
+        .put_session("h-u4", &session("other", now), long)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let found: Vec<String> = store
+        .user_sessions("t5", "uu")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    assert_eq!(found, ["h-u1", "h-u2"]);
+    assert!(store.user_sessions("t6", "uu").await.unwrap().is_empty());
 }
 
 /// Single Logout finds sessions by (tenant, NameID): only live ones, only that tenant's,

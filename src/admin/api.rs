@@ -189,14 +189,10 @@ impl Api {
                 None => not_found(),
             },
             (Method::GET, ["users", id, "sessions"]) => {
-                let Some(id) = segment(id) else {
-                    return not_found();
+                let id = match self.existing_user(tenant, id).await {
+                    Ok(id) => id,
+                    Err(resp) => return resp,
                 };
-                match self.directory.user(tenant, &id).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return not_found(),
-                    Err(e) => return unavailable(e),
-                }
                 match self.sessions.user_sessions(tenant, &id).await {
                     Ok(live) => {
                         let list: Vec<Value> = live.iter().map(session_json).collect();
@@ -206,14 +202,10 @@ impl Api {
                 }
             }
             (Method::DELETE, ["users", id, "sessions"]) => {
-                let Some(id) = segment(id) else {
-                    return not_found();
+                let id = match self.existing_user(tenant, id).await {
+                    Ok(id) => id,
+                    Err(resp) => return resp,
                 };
-                match self.directory.user(tenant, &id).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return not_found(),
-                    Err(e) => return unavailable(e),
-                }
                 match self.sessions.end_user_sessions(by, tenant, &id).await {
                     Ok(n) => {
                         tracing::info!(
@@ -260,6 +252,17 @@ impl Api {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             _ => not_found(),
+        }
+    }
+
+    /// The decoded id of a user of `tenant` named by a path segment, or the answer
+    /// (404, 503) when there is none.
+    async fn existing_user(&self, tenant: &str, raw: &str) -> Result<String, Response<Body>> {
+        let id = segment(raw).ok_or_else(not_found)?;
+        match self.directory.user(tenant, &id).await {
+            Ok(Some(_)) => Ok(id),
+            Ok(None) => Err(not_found()),
+            Err(e) => Err(unavailable(e)),
         }
     }
 

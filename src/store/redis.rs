@@ -892,7 +892,24 @@ impl SessionStore for RedisStore {
         tenant: &str,
         user_id: &str,
     ) -> StoreResult<Vec<(String, StoredSession)>> {
-        let index = self.tkey(tenant, "usess", user_id);
+        self.indexed_sessions(self.tkey(tenant, "usess", user_id))
+            .await
+    }
+
+    async fn saml_sessions(
+        &self,
+        tenant: &str,
+        name_id: &str,
+    ) -> StoreResult<Vec<(String, StoredSession)>> {
+        self.indexed_sessions(self.tkey(tenant, "nsess", name_id))
+            .await
+    }
+}
+
+impl RedisStore {
+    /// The live sessions a session index (a user's, a NameID's) names, in hash order;
+    /// the entries of sessions that expired are dropped from it on the way.
+    async fn indexed_sessions(&self, index: String) -> StoreResult<Vec<(String, StoredSession)>> {
         let mut hashes: Vec<String> = redis::cmd("SMEMBERS")
             .arg(&index)
             .query_async(&mut self.active().await?)
@@ -902,39 +919,7 @@ impl SessionStore for RedisStore {
         let mut live = Vec::new();
         let mut gone = Vec::new();
         // Sessions live in their own slots (keyed by hash alone), so each is read on
-        // its own; a user has a handful of sessions at most.
-        for h in hashes {
-            match self.get_session(&h).await? {
-                Some(s) => live.push((h, s)),
-                None => gone.push(h),
-            }
-        }
-        if !gone.is_empty() {
-            let _: () = redis::cmd("SREM")
-                .arg(&index)
-                .arg(&gone)
-                .query_async(&mut self.active().await?)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(live)
-    }
-
-    async fn saml_sessions(
-        &self,
-        tenant: &str,
-        name_id: &str,
-    ) -> StoreResult<Vec<(String, StoredSession)>> {
-        let index = self.tkey(tenant, "nsess", name_id);
-        let hashes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&index)
-            .query_async(&mut self.active().await?)
-            .await
-            .map_err(unavailable)?;
-        let mut live = Vec::new();
-        let mut gone = Vec::new();
-        // Sessions live in their own slots (keyed by hash alone), so each is read on
-        // its own; a NameID has a handful of sessions at most.
+        // its own; an index holds a handful of sessions at most.
         for h in hashes {
             match self.get_session(&h).await? {
                 Some(s) => live.push((h, s)),
