@@ -582,12 +582,37 @@ impl Gateway {
             RouteClass::Reserved => {
                 return Box::pin(self.reserved(req, peer, html, path, request_id)).await;
             }
-            RouteClass::Public => {
-                return self
-                    .forward(upstream, req, peer, request_id, html.then_some(uri), None)
-                    .await;
+            RouteClass::Public | RouteClass::Proxied => {}
+        }
+
+        // Where bearer tokens are idgate's to judge, `Authorization` is a single field
+        // (two could be read differently by idgate and the app), and a token reaches the
+        // app only through an issuer that forwards it: not even on a public path.
+        if self.sessions.any_bearer() && req.headers().contains_key(header::AUTHORIZATION) {
+            let host = host_of(&req);
+            if let Some(forwards) = self.sessions.bearer_host(|t| self.serves(host, t)) {
+                if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
+                    tracing::warn!(request_id, "refused: more than one Authorization header");
+                    return response::error(
+                        StatusCode::BAD_REQUEST,
+                        html,
+                        "bad_request",
+                        "The request carries more than one Authorization header.",
+                        request_id,
+                    );
+                }
+                if route == RouteClass::Public
+                    && !forwards
+                    && crate::session::bearer::bearer_token(req.headers()).is_some()
+                {
+                    req.headers_mut().remove(header::AUTHORIZATION);
+                }
             }
-            RouteClass::Proxied => {}
+        }
+        if route == RouteClass::Public {
+            return self
+                .forward(upstream, req, peer, request_id, html.then_some(uri), None)
+                .await;
         }
 
         // 4. A machine client's bearer token, where a tenant this host serves accepts

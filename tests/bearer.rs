@@ -146,6 +146,11 @@ const RULES: &str = r#"
 name = "admins only"
 path = "/admin"
 allow_groups = ["g-admins"]
+
+[[access.rules]]
+name = "status"
+path = "/status"
+public = true
 "#;
 
 /// idgate in-process, tenant `acme` (default) accepting tokens of [`ISSUER`] (static
@@ -161,9 +166,12 @@ async fn start(keys: &Keys) -> Running {
          group_claim = \"grp\"\nrole_claim = \"role\"\n\
          [[tenants.bearer]]\nissuer = \"https://forwarding.example.com/\"\n\
          audience = \"{AUDIENCE}\"\njwks = \"file:{jwks}\"\nforward_authorization = true\n\
-         {beta}",
+         {beta}{gamma}\
+         [[tenants.bearer]]\nissuer = \"{ISSUER}\"\naudience = \"api://gamma\"\n\
+         jwks = \"file:{jwks}\"\n",
         acme = tenant_with("acme", "default = true"),
         beta = tenant_with("beta", "hosts = [\"beta.test\"]"),
+        gamma = tenant_with("gamma", "hosts = [\"gamma.test\"]"),
     );
     // The test client is the ingress for forward auth.
     let server = "trusted_proxies = [\"127.0.0.1/32\"]";
@@ -794,4 +802,58 @@ async fn a_websocket_opened_with_a_token_closes_when_its_user_is_deactivated() {
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn where_tokens_are_judged_a_token_never_reaches_the_app_and_authorization_is_single() {
+    let keys = Keys::new();
+    let r = start(&keys).await;
+    let token = keys.sign(
+        "rsa.pem",
+        "RS256",
+        "rsa",
+        &claims("svc", "").replace(AUDIENCE, "api://gamma"),
+    );
+    let bearer = format!("Bearer {token}");
+    let ask = |host: &'static str, auth: Vec<String>| {
+        let url = r.url("/status");
+        async move {
+            let mut headers = vec![("accept", "application/json"), ("host", host)];
+            for a in &auth {
+                headers.push(("authorization", a.as_str()));
+            }
+            get(&url, &headers).await
+        }
+    };
+    // gamma accepts tokens and forwards none: even a public path drops it.
+    let reply = ask("gamma.test", vec![bearer.clone()]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(received(&reply.json(), "authorization").is_empty());
+    // beta accepts none: its Authorization is the app's.
+    let reply = ask("beta.test", vec![bearer.clone()]).await;
+    assert_eq!(
+        received(&reply.json(), "authorization"),
+        vec![bearer.clone()]
+    );
+    // Two Authorization fields where tokens are judged: refused, whatever the path.
+    let two = vec!["Basic dXNlcjpwdw==".to_owned(), bearer.clone()];
+    assert_eq!(ask("gamma.test", two.clone()).await.status, 400);
+    let reply = get(
+        &r.url("/data"),
+        &[
+            ("host", "gamma.test"),
+            ("authorization", &two[0]),
+            ("authorization", &two[1]),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    // And the token itself works there.
+    let reply = get(
+        &r.url("/data"),
+        &[("host", "gamma.test"), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(received(&reply.json(), "x-idgate-tenant"), vec!["gamma"]);
 }

@@ -512,6 +512,20 @@ impl Sessions {
         self.bearer.load().serves_tenant(tenant)
     }
 
+    /// For a request to a host that serves a tenant accepting bearer tokens: whether a
+    /// client's token may reach the app (one of those issuers sets
+    /// `forward_authorization`). `None`: no such tenant, `Authorization` is the app's.
+    pub fn bearer_host(&self, serves: impl Fn(&str) -> bool) -> Option<bool> {
+        let issuers = self.bearer.load();
+        let mut served = issuers
+            .by_tenant
+            .iter()
+            .filter(|(t, _)| serves(t))
+            .peekable();
+        served.peek()?;
+        Some(served.any(|(_, list)| list.iter().any(|i| i.config.forward_authorization)))
+    }
+
     /// Whether any tenant accepts bearer tokens.
     pub fn any_bearer(&self) -> bool {
         self.bearer.load().any()
