@@ -37,6 +37,8 @@
 //! session, so that a change is measured against its predecessor in the same run.
 
 mod common;
+#[path = "../tests/support/jwt_tool.rs"]
+mod jwt_tool;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -345,23 +347,7 @@ fn main() {
         .output()
         .expect("openssl");
     assert!(out.status.success(), "openssl genpkey failed");
-    let jwt_tool = format!(
-        "{}/tests/fixtures/bearer/jwt_tool.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let py = |args: &[&str]| {
-        let out = Command::new("python3")
-            .arg(&jwt_tool)
-            .args(args)
-            .output()
-            .expect("python3 (PyJWT is installed by `make deps`)");
-        assert!(
-            out.status.success(),
-            "jwt_tool: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let py = jwt_tool::jwt_tool;
     let rsa_path = rsa.display().to_string();
     std::fs::write(
         dir.path().join("issuer-jwks.json"),

@@ -19,25 +19,8 @@ use support::*;
 const ISSUER: &str = "https://login.example.com/";
 const AUDIENCE: &str = "api://legacy-app";
 
-fn tool() -> String {
-    format!(
-        "{}/tests/fixtures/bearer/jwt_tool.py",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
 fn python(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(tool())
-        .args(args)
-        .output()
-        .expect("python3 is installed by `make deps`");
-    assert!(
-        out.status.success(),
-        "jwt_tool {args:?} (needs PyJWT and cryptography, installed by `make deps`): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    support::jwt_tool::jwt_tool(args)
 }
 
 /// Keys made by the `openssl` CLI: RSA 2048, P-256 and Ed25519, and a stranger's RSA key.

@@ -37,17 +37,8 @@ pub struct Api {
     directory: Directory,
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut resp = response::text(status, body.to_string());
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
 fn error(status: StatusCode, code: &str) -> Response<Body> {
-    json_response(status, &json!({ "error": code }))
+    response::json(status, &json!({ "error": code }))
 }
 
 fn not_found() -> Response<Body> {
@@ -68,16 +59,11 @@ fn segment(s: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// The query's value for `name`, decoded (`+` is a space, as forms send it).
+/// The query's value for `name`, decoded.
 fn query_value(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| {
-            percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 impl Api {
@@ -99,14 +85,7 @@ impl Api {
     /// Whether the request carries the admin token (compared as a SHA-256 digest, in
     /// constant time).
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-        else {
+        let Some(token) = crate::session::bearer::bearer_token(req.headers()) else {
             return false;
         };
         let digest = crate::scim::token::digest(token);
@@ -161,7 +140,7 @@ impl Api {
                         })
                     })
                     .collect();
-                json_response(StatusCode::OK, &json!({ "tenants": tenants }))
+                response::json(StatusCode::OK, &json!({ "tenants": tenants }))
             }
             (m, ["tenants", t, tail @ ..]) => {
                 let Some(tenant) = segment(t).filter(|t| tenancy.has(t)) else {
@@ -196,7 +175,7 @@ impl Api {
                 match self.sessions.user_sessions(tenant, &id).await {
                     Ok(live) => {
                         let list: Vec<Value> = live.iter().map(session_json).collect();
-                        json_response(StatusCode::OK, &json!({ "sessions": list }))
+                        response::json(StatusCode::OK, &json!({ "sessions": list }))
                     }
                     Err(e) => unavailable(e),
                 }
@@ -214,7 +193,7 @@ impl Api {
                             revoked = n,
                             "admin API: sessions ended"
                         );
-                        json_response(StatusCode::OK, &json!({ "revoked": n }))
+                        response::json(StatusCode::OK, &json!({ "revoked": n }))
                     }
                     Err(e) => unavailable(e),
                 }
@@ -223,7 +202,7 @@ impl Api {
                 match self.sessions.end_session(by, tenant, sid).await {
                     Ok(true) => {
                         tracing::info!(tenant, "admin API: session ended");
-                        json_response(StatusCode::OK, &json!({ "revoked": 1 }))
+                        response::json(StatusCode::OK, &json!({ "revoked": 1 }))
                     }
                     Ok(false) => not_found(),
                     Err(e) => unavailable(e),
@@ -269,7 +248,7 @@ impl Api {
     async fn one_user(&self, tenant: &str, id: &str) -> Response<Body> {
         match self.directory.user(tenant, id).await {
             Ok(Some(u)) => match self.users_json(tenant, vec![u]).await {
-                Ok(mut list) => json_response(StatusCode::OK, &list.remove(0)),
+                Ok(mut list) => response::json(StatusCode::OK, &list.remove(0)),
                 Err(e) => unavailable(e),
             },
             Ok(None) => not_found(),
@@ -333,7 +312,7 @@ impl Api {
             .filter(|u| active.is_none_or(|a| u.active == a))
             .collect();
         match self.users_json(tenant, users).await {
-            Ok(list) => json_response(
+            Ok(list) => response::json(
                 StatusCode::OK,
                 &json!({ "users": list, "next_cursor": next_cursor }),
             ),

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod jwt_tool;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
