@@ -274,3 +274,34 @@ async fn a_reload_rotates_the_identity_signing_key_and_audience() {
         a.logs()
     );
 }
+
+/// Issue 17's opening: per-tenant session rules were read once at startup. A reload
+/// (and the developer platform, through the same `apply`) now changes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_changes_how_a_tenants_names_are_composed() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start().await;
+    let d = deployment(up.addr, &redis.url(), "", "");
+    let a = Idgate::start(&d.text);
+    a.wait_ready().await;
+    let cookie = d.login("u-1", "g-1").await;
+    let name = || async {
+        let echo = get(&a.url("/data"), &[("cookie", cookie.as_str())])
+            .await
+            .json();
+        received(&echo, "x-idgate-name").pop().unwrap_or_default()
+    };
+    assert_eq!(name().await, "Ada Lovelace");
+    let text = d.text.replace(
+        "[tenants.scim]\n",
+        "[tenants.scim]\nname_order = \"family_given\"\n",
+    );
+    assert_ne!(text, d.text, "the deployment has a [tenants.scim] table");
+    std::fs::write(a.config_path(), text).unwrap();
+    a.signal("HUP");
+    let start = Instant::now();
+    while name().await != "Lovelace Ada" {
+        assert!(start.elapsed() < Duration::from_secs(2), "{}", a.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
