@@ -88,7 +88,7 @@ impl Handler for Admin {
         }
         match req.uri().path() {
             "/healthz" => response::text(StatusCode::OK, "ok\n"),
-            "/.well-known/jwks.json" => crate::gateway::jwks_response(&self.signer),
+            "/.well-known/jwks.json" => crate::identity::jwks_response(&self.signer),
             "/readyz" => self.ready().await,
             "/metrics" => {
                 let mut resp = response::text(StatusCode::OK, self.metrics.encode());

@@ -2,8 +2,9 @@
 //! request id → strip spoofable headers → path sanity → reserved path? → public path? →
 //! session gate → forward. Nothing reaches the upstream without crossing all of them.
 //!
-//! The reserved endpoints belong to their protocols (`saml::routes`, `maestrano::routes`,
-//! `scim`, `demo::routes`); the gateway only dispatches to them, lending its shared
+//! The reserved endpoints belong to their modules (`saml::routes`, `maestrano::routes`,
+//! `scim`, `demo::routes`, `session::routes` for session, logout and logged-out, and
+//! `identity` for the JWKS); the gateway only dispatches to them, lending its shared
 //! services through [`RouteCtx`].
 
 use std::borrow::Cow;
@@ -37,12 +38,9 @@ use crate::saml::routes::SamlRoutes;
 use crate::saml::{SamlTenant, SpState};
 use crate::server::Handler;
 use crate::session::bearer::BearerGate;
-use crate::session::{Auth, Authenticated, Gate, Sessions, ThreadHeaders};
+use crate::session::{Gate, Sessions, ThreadHeaders};
 
 mod forward_auth;
-
-/// Where a logout lands when the tenant sets no `after_logout_url`.
-const LOGGED_OUT: &str = "/_idgate/logged-out";
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -100,7 +98,7 @@ pub struct Tenancy {
     /// own such a path keep it otherwise.
     maestrano_reserved: bool,
     /// Tenant id → `after_logout_url`, where the browser lands after a logout.
-    after_logout: HashMap<String, String>,
+    pub after_logout: HashMap<String, String>,
     saml: HashMap<String, SpSource>,
     provisioning: HashMap<String, ProvisioningConfig>,
     scim: crate::scim::Scim,
@@ -286,6 +284,33 @@ impl RouteCtx<'_> {
     /// gateway resolves it for everything else.
     pub fn client_ip(&self, headers: &http::HeaderMap) -> IpAddr {
         self.gateway.client_ip(headers, self.peer)
+    }
+
+    /// The host the request addressed (`Host`, or HTTP/2's `:authority`).
+    pub fn host<'r, B>(&self, req: &'r Request<B>) -> Option<&'r str> {
+        host_of(req)
+    }
+
+    /// Whether a session of `tenant` counts on a request to `host`, by the gate's rule
+    /// (SPEC §7).
+    pub fn serves(&self, host: Option<&str>, tenant: &str) -> bool {
+        self.gateway.serves(host, tenant)
+    }
+
+    /// The tenant whose pages (login, logged-out) a request to `host` gets.
+    pub fn tenant_for(&self, host: Option<&str>) -> Option<String> {
+        self.gateway.tenant_for(host)
+    }
+
+    /// Whether the request provably comes from a page of the host it addresses
+    /// (`Sec-Fetch-Site`, else `Referer`).
+    pub fn same_origin<B>(&self, req: &Request<B>) -> bool {
+        self.gateway.same_origin(req)
+    }
+
+    /// 401 JSON naming the host's tenant's login URL.
+    pub fn unauthenticated_json<B>(&self, req: &Request<B>) -> Response<Body> {
+        self.gateway.unauthenticated_json(req, self.request_id)
     }
 }
 
@@ -763,9 +788,8 @@ impl Gateway {
     }
 
     /// `/_idgate/…`, and `/maestrano/…` when a tenant is a Maestrano one. Each protocol
-    /// prefix goes to the module that owns it. The session endpoints (`session`,
-    /// `logout`) stay here: they judge a session by the gate's own rules (which tenant
-    /// a host serves) and answer with the gate's refusals.
+    /// prefix goes to the module that owns it; the session endpoints (`session`,
+    /// `logout`, `logged-out`) to `session::routes`.
     async fn reserved(
         &self,
         req: Request<Incoming>,
@@ -786,27 +810,16 @@ impl Gateway {
         let method = req.method();
         match path {
             "/_idgate/jwks.json" if method == Method::GET || method == Method::HEAD => {
-                jwks_response(&self.signer)
+                crate::identity::jwks_response(&self.signer)
             }
-            "/_idgate/session" if method == Method::GET || method == Method::HEAD => {
-                let host = host_of(&req);
-                match self
-                    .sessions
-                    .authenticate(req.headers(), &|t| self.serves(host, t))
+            "/_idgate/session" | "/_idgate/logout" | "/_idgate/logged-out" => {
+                let tn = self.tenancy.load_full();
+                let ctx = self.route_ctx(&tn, peer, request_id);
+                crate::session::routes::handle(&ctx, req, html, path)
                     .await
-                {
-                    Auth::Valid(a) => session_json(&a),
-                    Auth::Missing => self.unauthenticated_json(&req, request_id),
-                    Auth::Revoked(reason) => forbidden(reason, false, request_id),
-                    Auth::Unavailable => store_unavailable(false, request_id),
-                    Auth::Unusable(attribute) => unusable_identity(attribute, false, request_id),
-                }
+                    .unwrap_or_else(not_found)
             }
-            "/_idgate/logout" => self.logout(req, html, request_id).await,
             "/_idgate/auth" => forward_auth::answer(self, req.headers(), peer, request_id).await,
-            "/_idgate/logged-out" if method == Method::GET || method == Method::HEAD => {
-                self.logged_out(&req)
-            }
             p if p.starts_with("/_idgate/saml/") => {
                 let tn = self.tenancy.load_full();
                 let ctx = self.route_ctx(&tn, peer, request_id);
@@ -832,153 +845,6 @@ impl Gateway {
         }
     }
 
-    /// Ends the session and redirects through SAML Single Logout, or to
-    /// `after_logout_url` / `/_idgate/logged-out`. A GET must come from one of our own
-    /// pages, so that a cross-site link or image cannot log people out; any other GET
-    /// (typed in the address bar, a link from elsewhere) gets a page that asks, whose
-    /// button POSTs. The POST needs no other check: the session cookie is
-    /// `SameSite=Lax`, so a cross-site form arrives without it and ends nothing.
-    async fn logout(&self, req: Request<Incoming>, html: bool, request_id: &str) -> Response<Body> {
-        let method = req.method().clone();
-        let direct = method == Method::POST || (method == Method::GET && self.same_origin(&req));
-        if !direct {
-            if method != Method::GET && method != Method::HEAD {
-                tracing::warn!(request_id, %method, "refused: logout is GET or POST");
-                let mut resp = response::error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    html,
-                    "method_not_allowed",
-                    "Log out with POST (or a GET from a page of this application).",
-                    request_id,
-                );
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
-                return resp;
-            }
-            if wants_json_only(req.headers()) {
-                tracing::info!(
-                    request_id,
-                    "logout GET is not same-origin: refused, not confirmed (JSON client)"
-                );
-                return response::error(
-                    StatusCode::FORBIDDEN,
-                    false,
-                    "cross_site_logout",
-                    "Log out with POST, or with a GET from a page of this application (same origin).",
-                    request_id,
-                );
-            }
-            tracing::info!(
-                request_id,
-                "logout GET is not same-origin: asking for confirmation"
-            );
-            return self.confirm_logout(&req);
-        }
-        let host = host_of(&req);
-        let ended = match self
-            .sessions
-            .logout(
-                &crate::audit::Origin::new(crate::audit::Actor::User, request_id),
-                req.headers(),
-                &|t| self.serves(host, t),
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(request_id, error = %e, "logout failed: store unavailable");
-                if html {
-                    return Page::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-                        .step(Step::post("Try to log out again", Href::logout()))
-                        .reference(request_id)
-                        .into_response();
-                }
-                return store_unavailable(false, request_id);
-            }
-        };
-        let tn = self.tenancy.load_full();
-        let land_on = ended
-            .as_ref()
-            .and_then(|r| tn.after_logout.get(&r.tenant).cloned())
-            .unwrap_or_else(|| LOGGED_OUT.to_owned());
-        // With an SP key and an IdP SLO endpoint the IdP ends its own session too: the
-        // browser goes there with a signed LogoutRequest, and the IdP's answer lands it
-        // on `land_on` (see `saml::routes`). The session here is over already, so a
-        // failure to start that only skips the IdP's part.
-        let mut location = land_on.clone();
-        if let Some(r) = &ended
-            && let Some(subject) = &r.saml
-            && let Some(SpState::Ready(sp)) = tn.sp(&r.tenant)
-            && sp.slo_enabled()
-        {
-            match sp
-                .logout_request_redirect(
-                    self.directory.store(),
-                    &subject.name_id,
-                    subject.session_index.as_deref(),
-                    &land_on,
-                )
-                .await
-            {
-                Ok(url) => location = url,
-                Err(e) => {
-                    tracing::error!(request_id, tenant = r.tenant, error = %e, "cannot start SAML Single Logout; logged out here only");
-                }
-            }
-        }
-        if let Some(r) = &ended {
-            tracing::info!(
-                request_id,
-                tenant = r.tenant,
-                user_id = r.user_id,
-                "logged out"
-            );
-        }
-        let mut resp = response::redirect(&location);
-        resp.headers_mut()
-            .insert(header::SET_COOKIE, self.sessions.clear_cookie());
-        resp
-    }
-
-    /// `/_idgate/logged-out`: where a logout lands without `after_logout_url`, with a
-    /// way back in (the login of the tenant this host serves).
-    fn logged_out(&self, req: &Request<Incoming>) -> Response<Body> {
-        let tenant = self.tenant_for(host_of(req));
-        Page::new(StatusCode::OK, "logged_out")
-            .step(Step::sign_in(tenant.as_deref(), "/"))
-            .into_response()
-    }
-
-    /// The page a logout GET that is not provably same-origin gets: a "Log out" button
-    /// that POSTs here, and a way back to the app. The button's POST may be redirected
-    /// on to the IdP (Single Logout) or an absolute `after_logout_url`; browsers hold
-    /// every redirect of a form submission to `form-action`, so those origins are named.
-    fn confirm_logout(&self, req: &Request<Incoming>) -> Response<Body> {
-        let mut page = Page::new(StatusCode::OK, "confirm_logout")
-            .step(Step::post("Log out", Href::logout()))
-            .step(Step::link("Stay signed in", Href::home()));
-        if let Some(tenant) = self.tenant_for(host_of(req)) {
-            let tn = self.tenancy.load();
-            let origins = [
-                tn.after_logout.get(&tenant).cloned(),
-                match tn.sp(&tenant) {
-                    Some(SpState::Ready(sp)) if sp.slo_enabled() => {
-                        sp.idp_slo_url().map(str::to_owned)
-                    }
-                    _ => None,
-                },
-            ];
-            for url in origins.into_iter().flatten() {
-                if let Ok(u) = url::Url::parse(&url)
-                    && u.origin().is_tuple()
-                {
-                    page = page.allow_form_target(u.origin().ascii_serialization());
-                }
-            }
-        }
-        page.into_response()
-    }
-
     /// A refusal page whose next step is this host's tenant's login, coming back to the
     /// path the request was for.
     fn sign_in_page(
@@ -997,7 +863,7 @@ impl Gateway {
     }
 
     /// `Sec-Fetch-Site: same-origin`, or a `Referer` on the host the request addressed.
-    fn same_origin(&self, req: &Request<Incoming>) -> bool {
+    fn same_origin<B>(&self, req: &Request<B>) -> bool {
         let h = req.headers();
         if let Some(site) = h.get("sec-fetch-site") {
             return site.as_bytes() == b"same-origin";
@@ -1017,7 +883,7 @@ impl Gateway {
         })
     }
 
-    fn login_url(&self, req: &Request<Incoming>) -> Option<String> {
+    fn login_url<B>(&self, req: &Request<B>) -> Option<String> {
         let tenant = self.tenant_for(host_of(req))?;
         let target = req
             .uri()
@@ -1030,7 +896,7 @@ impl Gateway {
         ))
     }
 
-    fn unauthenticated_json(&self, req: &Request<Incoming>, request_id: &str) -> Response<Body> {
+    fn unauthenticated_json<B>(&self, req: &Request<B>, request_id: &str) -> Response<Body> {
         match self.login_url(req) {
             Some(url) => response::json(
                 StatusCode::UNAUTHORIZED,
@@ -1374,7 +1240,11 @@ fn forbidden_by_rule(rule: &str, html: bool, request_id: &str) -> Response<Body>
 /// 403 for a session whose identity cannot travel as headers (a stored value holds a
 /// control character): refused and logged, never forwarded under a stand-in value that
 /// other users could share.
-fn unusable_identity(attribute: &'static str, html: bool, request_id: &str) -> Response<Body> {
+pub(crate) fn unusable_identity(
+    attribute: &'static str,
+    html: bool,
+    request_id: &str,
+) -> Response<Body> {
     log_unusable(attribute, request_id);
     response::error(
         StatusCode::FORBIDDEN,
@@ -1397,51 +1267,6 @@ fn log_unusable(attribute: &'static str, request_id: &str) {
 /// The path and query as the client sent them (still percent-encoded).
 fn path_and_query(uri: &http::Uri) -> &str {
     uri.path_and_query().map_or("/", |pq| pq.as_str())
-}
-
-/// Whether the client asks for JSON and not HTML (an API client rather than a browser
-/// or a tool that takes anything).
-fn wants_json_only(headers: &http::HeaderMap) -> bool {
-    !response::accepts_html(headers)
-        && headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.to_ascii_lowercase().contains("json"))
-}
-
-/// The JWKS, cacheable for a few minutes (keys rotate with a previous-key overlap).
-pub fn jwks_response(signer: &Signer) -> Response<Body> {
-    let mut resp = Response::new(response::full(signer.jwks()));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    resp
-}
-
-fn session_json(a: &Authenticated) -> Response<Body> {
-    let id = &a.identity;
-    response::json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "user_id": id.user_id,
-            "group_id": id.group_id,
-            "tenant": id.tenant,
-            "email": id.email,
-            "name": a.name,
-            "given_name": id.given_name,
-            "family_name": id.family_name,
-            "role": id.role,
-            "created_at": a.record.created_at,
-            "expires_at": a.record.expires_at,
-        }),
-    )
 }
 
 /// The request's id, for the logs, the pages, the upstream and the response, and the

@@ -450,6 +450,21 @@ impl Signer {
 /// Shared handle.
 pub type SharedSigner = Arc<Signer>;
 
+/// The JWKS, cacheable for a few minutes (keys rotate with a previous-key overlap).
+pub fn jwks_response(signer: &Signer) -> http::Response<crate::response::Body> {
+    let mut resp = http::Response::new(crate::response::full(signer.jwks()));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

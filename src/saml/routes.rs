@@ -48,6 +48,40 @@ pub fn metadata_pending(ctx: &RouteCtx<'_>, tenant: &str, html: bool) -> Respons
     )
 }
 
+/// Where the browser goes once idgate has ended the session `ended`: with Single
+/// Logout (an SP key and the IdP's SLO endpoint) to the IdP with a signed
+/// LogoutRequest, whose answer lands on `land_on` (see [`SamlRoutes::handle`]'s `slo`);
+/// otherwise straight to `land_on`. The session here is over already, so a failure to
+/// start only skips the IdP's part.
+pub async fn single_logout_location(
+    ctx: &RouteCtx<'_>,
+    ended: &crate::session::model::SessionRecord,
+    land_on: &str,
+) -> String {
+    let (Some(subject), Some(SpState::Ready(sp))) = (&ended.saml, ctx.tenancy.sp(&ended.tenant))
+    else {
+        return land_on.to_owned();
+    };
+    if !sp.slo_enabled() {
+        return land_on.to_owned();
+    }
+    match sp
+        .logout_request_redirect(
+            ctx.directory.store(),
+            &subject.name_id,
+            subject.session_index.as_deref(),
+            land_on,
+        )
+        .await
+    {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::error!(request_id = ctx.request_id, tenant = ended.tenant, error = %e, "cannot start SAML Single Logout; logged out here only");
+            land_on.to_owned()
+        }
+    }
+}
+
 /// What the SAML endpoints keep between requests: the login-start limiter and how to
 /// write the login cookie. Tenant-independent, so it outlives tenant-set changes.
 pub struct SamlRoutes {

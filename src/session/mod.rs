@@ -8,6 +8,7 @@
 
 pub mod bearer;
 pub mod model;
+pub mod routes;
 pub mod watch;
 
 use std::collections::HashMap;
