@@ -646,10 +646,21 @@ impl Gateway {
             && let Some(token) = crate::session::bearer::bearer_token(req.headers())
         {
             let host = host_of(&req);
-            let verdict = self
-                .sessions
-                .gate_bearer(token, |tenant| self.serves(host, tenant))
-                .await;
+            let gate_span = crate::telemetry::span!(
+                "idgate.gate",
+                idgate.auth = "bearer",
+                idgate.gate.result = tracing::field::Empty,
+                idgate.tenant = tracing::field::Empty,
+            );
+            let verdict = crate::telemetry::traced(
+                self.sessions
+                    .gate_bearer(token, |tenant| self.serves(host, tenant)),
+                &gate_span,
+            )
+            .await;
+            if !gate_span.is_none() {
+                trace_bearer_gate(&gate_span, &verdict);
+            }
             if !matches!(verdict, BearerGate::NotAccepted) {
                 return self
                     .bearer(
@@ -667,14 +678,24 @@ impl Gateway {
         // 5–6. Everything else needs a live session of an active user in an active group,
         // made for the tenant this request is addressed to.
         let host = host_of(&req);
-        let gate = self
-            .sessions
-            .gate(
+        let gate_span = crate::telemetry::span!(
+            "idgate.gate",
+            idgate.auth = "session",
+            idgate.gate.result = tracing::field::Empty,
+            idgate.tenant = tracing::field::Empty,
+        );
+        let gate = crate::telemetry::traced(
+            self.sessions.gate(
                 req.headers(),
                 host.map_or(&b""[..], str::as_bytes),
                 |tenant| self.serves(host, tenant),
-            )
-            .await;
+            ),
+            &gate_span,
+        )
+        .await;
+        if !gate_span.is_none() {
+            trace_gate(&gate_span, &gate);
+        }
         match gate {
             Gate::Forward(identity) => {
                 if let Some(refusal) = self.refused_by_rule(
@@ -1003,7 +1024,33 @@ impl Gateway {
         // idgate sets), which saves seven hashed inserts per request.
         let headers: &[(HeaderName, HeaderValue)] = identity.as_ref().map_or(&[], |p| &p.headers);
         let path = is_upgrade.then(|| req.uri().path().to_owned());
-        match upstream.forward(req, is_upgrade, headers).await {
+        let upstream_span = crate::telemetry::span!(
+            "idgate.upstream",
+            otel.kind = "client",
+            http.request.method = req.method().as_str(),
+            url.path = req.uri().path(),
+            idgate.upgrade = is_upgrade,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        if !upstream_span.is_none() {
+            // idgate's span, not the client's, is the app's parent.
+            crate::telemetry::inject(req.headers_mut(), &upstream_span);
+        }
+        let forwarded =
+            crate::telemetry::traced(upstream.forward(req, is_upgrade, headers), &upstream_span)
+                .await;
+        if !upstream_span.is_none() {
+            match &forwarded {
+                Ok((resp, _)) => {
+                    upstream_span.record("http.response.status_code", resp.status().as_u16());
+                }
+                Err(e) => {
+                    upstream_span.record("error.type", e.kind().as_str());
+                }
+            }
+        }
+        match forwarded {
             Ok((resp, upgraded)) => {
                 // The session goes along with whatever outlives this request: the
                 // response body while it streams, or the tunnel.
@@ -1118,6 +1165,9 @@ impl Handler for GatewayWorker {
         // A cheap (reference-counted) copy, so the routing path can borrow from it while
         // the request itself moves on.
         let uri = req.uri().clone();
+        // None when tracing is off: the request then costs one flag load more.
+        let trace = crate::telemetry::enabled()
+            .then(|| crate::telemetry::request_span(&method, uri.path(), req.headers()));
 
         let checked = match check_request_head(&req) {
             Ok(()) => routing_path(uri.path()).map_err(|reason| {
@@ -1143,6 +1193,10 @@ impl Handler for GatewayWorker {
                     &path,
                     &uri,
                 );
+                let handled = match &trace {
+                    Some(span) => crate::telemetry::traced(handled, span),
+                    None => futures_util::future::Either::Right(handled),
+                };
                 // A client's own id reaches the audit lines of this request (as
                 // `client_request_id`) without being threaded through every protocol.
                 let resp = match &client_request_id {
@@ -1179,6 +1233,10 @@ impl Handler for GatewayWorker {
         };
         let elapsed = start.elapsed();
         self.stats.record(route, resp.status(), elapsed);
+        if let Some(span) = &trace {
+            span.record("http.response.status_code", resp.status().as_u16());
+            span.record("idgate.route", route.as_str());
+        }
         // The query string is left out: it can carry tokens.
         tracing::info!(
             target: "idgate::access",
@@ -1194,6 +1252,40 @@ impl Handler for GatewayWorker {
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
         resp
     }
+}
+
+/// Notes the session gate's verdict (and the tenant, once known) on its span and the
+/// request's. Tracing only.
+fn trace_gate(span: &tracing::Span, gate: &Gate) {
+    let result = match gate {
+        Gate::Forward(pass) => {
+            span.record("idgate.tenant", pass.auth.identity.tenant.as_str());
+            crate::telemetry::record_tenant(&pass.auth.identity.tenant);
+            "forward"
+        }
+        Gate::Missing => "missing",
+        Gate::Revoked(_) => "revoked",
+        Gate::Unavailable => "unavailable",
+        Gate::Unusable(_) => "unusable",
+    };
+    span.record("idgate.gate.result", result);
+}
+
+/// [`trace_gate`] for a bearer token's verdict.
+fn trace_bearer_gate(span: &tracing::Span, verdict: &BearerGate) {
+    let result = match verdict {
+        BearerGate::Forward(pass, _) => {
+            span.record("idgate.tenant", pass.auth.identity.tenant.as_str());
+            crate::telemetry::record_tenant(&pass.auth.identity.tenant);
+            "forward"
+        }
+        BearerGate::Invalid(_) => "invalid",
+        BearerGate::Revoked(_) => "revoked",
+        BearerGate::Unavailable => "unavailable",
+        BearerGate::Unusable(_) => "unusable",
+        BearerGate::NotAccepted => "not_accepted",
+    };
+    span.record("idgate.gate.result", result);
 }
 
 /// 403 naming the access rule that refused (SPEC §9): `{"error":"forbidden","rule":…}`,

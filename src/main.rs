@@ -101,8 +101,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config: path } => {
-            telemetry::init(cli.log_format);
-            let config = match idgate::check_config(&path) {
+            // Read before the subscriber is installed, which `[telemetry]` shapes; its
+            // errors and warnings are logged right after.
+            let checked = idgate::check_config(&path);
+            let tracing =
+                telemetry::init(cli.log_format, checked.as_ref().ok().map(|c| &c.telemetry));
+            let config = match checked {
                 Ok(c) => {
                     for w in &c.warnings {
                         tracing::warn!(key = w.path, "{}", w.message);
@@ -117,14 +121,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            run(async move {
+            let code = run(async move {
                 let running = idgate::App::new(config)?.reload_from(path).start().await?;
                 running.run_until_signal().await;
                 Ok::<_, idgate::StartError>(())
-            })
+            });
+            // After the runtime is gone: the last spans (the drained requests') go out.
+            tracing.shutdown();
+            code
         }
         Command::Demo { listen } => {
-            telemetry::init(cli.log_format);
+            telemetry::init(cli.log_format, None);
             run(idgate::demo::run(listen))
         }
     }

@@ -51,6 +51,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "maestrano_devpl",
     "access.strip_headers",
     "access.login_starts_per_minute",
+    "telemetry",
 ];
 
 /// What a reload came to.

@@ -116,6 +116,10 @@ pub mod defaults {
     pub const DEVPL_HOST: &str = "https://developer.maestrano.com";
     /// `[maestrano_devpl].refresh`
     pub const DEVPL_REFRESH: &str = "10m";
+    /// `[telemetry].service_name`
+    pub const SERVICE_NAME: &str = "idgate";
+    /// `[telemetry].sample_ratio`
+    pub const SAMPLE_RATIO: f64 = 1.0;
 }
 
 /// `[server].workers` when unset or 0: the CPUs this process may use (cgroup quota
@@ -179,6 +183,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// `[maestrano_devpl]`
     pub maestrano_devpl: Option<DevplConfig>,
+    /// `[telemetry]`
+    pub telemetry: TelemetryConfig,
     /// The TOML this was read from, and the directory `file:` references resolve
     /// against: tenants from Maestrano's developer platform are added to it and the
     /// whole validated again, so they meet exactly the rules of configured ones.
@@ -655,6 +661,27 @@ pub struct DevplConfig {
     pub env_secret: Secret,
     /// Refresh interval.
     pub refresh: Duration,
+}
+
+/// `[telemetry]`: OpenTelemetry tracing (SPEC §10).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (spans go to `{otlp_endpoint}/v1/traces`); `None` turns
+    /// tracing off.
+    pub otlp_endpoint: Option<url::Url>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces (those without a sampled incoming parent) that are recorded,
+    /// 0.0 to 1.0.
+    pub sample_ratio: f64,
+}
+
+impl TelemetryConfig {
+    /// Where spans are POSTed: the endpoint's path with `/v1/traces` appended.
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.as_ref()?;
+        Some(format!("{}/v1/traces", base.as_str().trim_end_matches('/')))
+    }
 }
 
 impl Config {

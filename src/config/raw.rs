@@ -23,6 +23,15 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
     pub maestrano_devpl: Option<RawDevpl>,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

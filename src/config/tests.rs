@@ -968,3 +968,56 @@ fn a_plain_http_jwks_url_is_a_warning_unless_it_is_loopback() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn telemetry_is_off_without_an_endpoint_and_checks_its_keys() {
+    let c = load("").unwrap();
+    assert!(c.telemetry.otlp_endpoint.is_none());
+    assert_eq!(c.telemetry.traces_url(), None);
+    assert_eq!(c.telemetry.service_name, defaults::SERVICE_NAME);
+    assert_eq!(c.telemetry.sample_ratio, defaults::SAMPLE_RATIO);
+
+    let c = load("[telemetry]\notlp_endpoint = \"http://collector:4318/\"\nsample_ratio = 0\n")
+        .unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(c.telemetry.sample_ratio, 0.0);
+    let c = load("[telemetry]\notlp_endpoint = \"https://otel.example.com/otlp\"\n").unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("https://otel.example.com/otlp/v1/traces")
+    );
+
+    let e = errors(
+        "[telemetry]\notlp_endpoint = \"grpc://collector:4317\"\nsample_ratio = 1.5\n\
+         service_name = \" \"\n",
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with("telemetry.otlp_endpoint: ")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with("telemetry.sample_ratio: ")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with("telemetry.service_name: ")),
+        "{e:?}"
+    );
+    for bad in [
+        "http://collector:4318/?x=1",
+        "http://u:p@collector:4318",
+        "collector:4318",
+    ] {
+        let e = errors(&format!("[telemetry]\notlp_endpoint = \"{bad}\"\n"));
+        assert!(
+            e.iter().any(|e| e.starts_with("telemetry.otlp_endpoint: ")),
+            "{bad}: {e:?}"
+        );
+    }
+    let e = errors("[telemetry]\nsample_ratio = -0.1\nno_such_key = 1\n");
+    assert!(e.iter().any(|e| e.starts_with("telemetry.sample_ratio: ")));
+    assert!(e.iter().any(|e| e == "telemetry.no_such_key: unknown key"));
+}

@@ -259,6 +259,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         }
     }
     let maestrano_devpl = raw.maestrano_devpl.map(|d| devpl(c, d));
+    let telemetry = telemetry(c, raw.telemetry);
     Config {
         server,
         store,
@@ -267,6 +268,7 @@ fn build(c: &mut Checker<'_>, raw: RawConfig) -> Config {
         access,
         tenants,
         maestrano_devpl,
+        telemetry,
         source: super::Source::default(),
         warnings: Vec::new(),
     }
@@ -1780,5 +1782,43 @@ fn devpl(c: &mut Checker<'_>, raw: RawDevpl) -> DevplConfig {
             raw.refresh.as_deref(),
             defaults::DEVPL_REFRESH,
         ),
+    }
+}
+
+fn telemetry(c: &mut Checker<'_>, raw: RawTelemetry) -> TelemetryConfig {
+    let otlp_endpoint = raw.otlp_endpoint.and_then(|text| {
+        let url = c.web_url("telemetry.otlp_endpoint", &text)?;
+        // A base URL: `/v1/traces` is appended, so a query or fragment would end up in
+        // the middle of the path, and credentials in it would reach every log of it.
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            c.err(
+                "telemetry.otlp_endpoint",
+                "must be a base URL without user info, query or fragment (spans go to {otlp_endpoint}/v1/traces)",
+            );
+            return None;
+        }
+        Some(url)
+    });
+    let service_name = raw
+        .service_name
+        .unwrap_or_else(|| defaults::SERVICE_NAME.into());
+    if service_name.trim().is_empty() {
+        c.err("telemetry.service_name", "must not be empty");
+    }
+    let sample_ratio = match raw.sample_ratio {
+        None => defaults::SAMPLE_RATIO,
+        Some(r) if (0.0..=1.0).contains(&r) => r,
+        Some(r) => {
+            c.err(
+                "telemetry.sample_ratio",
+                format!("{r} is not between 0.0 and 1.0"),
+            );
+            defaults::SAMPLE_RATIO
+        }
+    };
+    TelemetryConfig {
+        otlp_endpoint,
+        service_name,
+        sample_ratio,
     }
 }

@@ -20,7 +20,24 @@ use crate::saml::routes::SamlRoutes;
 
 /// Dispatches a path under `/maestrano/`. The gateway sends only what it reserved for
 /// Maestrano here, so every other answer is this module's own 404 in Maestrano's shape.
+/// Traced as `idgate.maestrano`.
 pub async fn handle(
+    ctx: &RouteCtx<'_>,
+    saml: &SamlRoutes,
+    req: Request<Incoming>,
+    path: &str,
+) -> Response<Body> {
+    let span = crate::telemetry::span!(
+        "idgate.maestrano",
+        idgate.tenant = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let resp = crate::telemetry::traced(dispatch(ctx, saml, req, path), &span).await;
+    span.record("http.response.status_code", resp.status().as_u16());
+    resp
+}
+
+async fn dispatch(
     ctx: &RouteCtx<'_>,
     saml: &SamlRoutes,
     req: Request<Incoming>,
@@ -42,6 +59,7 @@ pub async fn handle(
     let Some(tenant) = mno.tenant_id(named).map(str::to_owned) else {
         return not_found("Tenant");
     };
+    crate::telemetry::record_tenant(&tenant);
     let method = req.method().clone();
     let html = response::accepts_html(req.headers());
     let api = matches!(

@@ -59,8 +59,40 @@ pub fn basic_auth(user: &str, secret: &str) -> HeaderValue {
 
 /// One call to Maestrano (or the app): its status, headers and body, each wait bounded
 /// by [`CALL_TIMEOUT`] and the body by `limit` bytes. Errors name the URL, never the
-/// credentials.
+/// credentials. Traced as `idgate.maestrano` (host and path; never the query or the
+/// credentials).
 pub async fn call(
+    http: &Client,
+    method: Method,
+    url: &str,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    body: Bytes,
+    limit: usize,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
+    let span = if crate::telemetry::enabled() {
+        let parsed = url::Url::parse(url).ok();
+        crate::telemetry::span!(
+            "idgate.maestrano",
+            otel.kind = "client",
+            http.request.method = method.as_str(),
+            server.address = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or(""),
+            url.path = parsed.as_ref().map_or("", |u| u.path()),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let result =
+        crate::telemetry::traced(send(http, method, url, headers, body, limit), &span).await;
+    match &result {
+        Ok((status, _, _)) => span.record("http.response.status_code", status.as_u16()),
+        Err(_) => span.record("error.type", "call_failed"),
+    };
+    result
+}
+
+async fn send(
     http: &Client,
     method: Method,
     url: &str,

@@ -483,8 +483,26 @@ impl SamlRoutes {
 
     /// The Assertion Consumer Service: validate, provision, create the session, go back
     /// to where the user was. Every refusal is a short page with a reference and a log
-    /// line (same reference) naming the precise reason.
+    /// line (same reference) naming the precise reason. Traced as `idgate.saml.acs`
+    /// (the tenant and the status only: nothing of the assertion).
     pub async fn acs(
+        &self,
+        ctx: &RouteCtx<'_>,
+        sp: &SamlTenant,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let span = crate::telemetry::span!(
+            "idgate.saml.acs",
+            idgate.tenant = sp.tenant(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::record_tenant(sp.tenant());
+        let resp = crate::telemetry::traced(self.consume(ctx, sp, req), &span).await;
+        span.record("http.response.status_code", resp.status().as_u16());
+        resp
+    }
+
+    async fn consume(
         &self,
         ctx: &RouteCtx<'_>,
         sp: &SamlTenant,

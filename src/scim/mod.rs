@@ -392,10 +392,26 @@ impl Scim {
         }
         self.list_every_user(tenant, tenant_id, request_id).await;
         let method = req.method().clone();
-        match self
-            .dispatch(req, tenant, tenant_id, tail, request_id)
-            .await
-        {
+        let span = crate::telemetry::span!(
+            "idgate.scim",
+            http.request.method = method.as_str(),
+            scim.resource = scim_resource(tail),
+            idgate.tenant = tenant_id,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let outcome = crate::telemetry::traced(
+            self.dispatch(req, tenant, tenant_id, tail, request_id),
+            &span,
+        )
+        .await;
+        if !span.is_none() {
+            let status = match &outcome {
+                Ok(r) => r.status(),
+                Err(e) => e.status,
+            };
+            span.record("http.response.status_code", status.as_u16());
+        }
+        match outcome {
             Ok(r) => r,
             Err(e) => {
                 // The detail may echo the request (a filter naming an email): it goes
@@ -1369,6 +1385,21 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, ScimError> {
         .to_bytes();
     serde_json::from_slice(&bytes)
         .map_err(|e| ScimError::invalid_syntax(format!("the body is not valid JSON: {e}")))
+}
+
+/// The resource type a SCIM path addresses (`/Users/{id}` → `Users`), for the span:
+/// never the id, which the request's own path already carries.
+fn scim_resource(tail: &str) -> &'static str {
+    match tail.trim_start_matches('/').split('/').next().unwrap_or("") {
+        "" => "Base",
+        "Users" => "Users",
+        "Groups" => "Groups",
+        "ServiceProviderConfig" => "ServiceProviderConfig",
+        "ResourceTypes" => "ResourceTypes",
+        "Schemas" => "Schemas",
+        "Bulk" => "Bulk",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]
