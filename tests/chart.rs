@@ -951,6 +951,10 @@ fn sidecar_runs_the_app_on_loopback_behind_idgate() {
         Some("https://app.example.com")
     );
     assert_eq!(config["store"]["url"].as_str(), Some("memory://"));
+    assert!(
+        config.get("telemetry").is_none(),
+        "no endpoint: tracing off"
+    );
     // No key source with the memory store: no signing_key, no Secret, nothing mounted.
     assert!(config["identity"].get("signing_key").is_none());
     assert!(r.maybe("Secret").is_none());
@@ -1071,6 +1075,15 @@ fn gateway_runs_idgate_alone_with_its_secrets_generated() {
     assert_eq!(
         config["maestrano_devpl"]["env_secret"].as_str(),
         Some("file:/etc/idgate/secrets/devpl-env-secret")
+    );
+    assert_eq!(
+        config["telemetry"]["otlp_endpoint"].as_str(),
+        Some("http://otel-collector.observability:4318")
+    );
+    assert_eq!(config["telemetry"]["sample_ratio"].as_float(), Some(0.25));
+    assert!(
+        config["telemetry"].get("service_name").is_none(),
+        "idgate's default applies"
     );
     // logFormat reaches the command line.
     let (idgate, _) = idgate_container(pod);

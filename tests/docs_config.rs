@@ -367,6 +367,10 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
     let devpl = c.maestrano_devpl.as_ref().expect("maestrano_devpl");
     let rule = c.access.rules.iter().next().expect("MINIMAL's access rule");
     let bearer = t.bearer.first().expect("MINIMAL's bearer issuer");
+    assert!(
+        c.telemetry.otlp_endpoint.is_none(),
+        "tracing is off by default"
+    );
     let dur = |constant: &str, applied: Duration| {
         assert_eq!(
             humantime::parse_duration(constant).unwrap(),
@@ -680,6 +684,14 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
             "maestrano_devpl.refresh",
             dur(defaults::DEVPL_REFRESH, devpl.refresh),
         ),
+        (
+            "telemetry.service_name",
+            same(defaults::SERVICE_NAME, &c.telemetry.service_name),
+        ),
+        ("telemetry.sample_ratio", {
+            assert_eq!(c.telemetry.sample_ratio, defaults::SAMPLE_RATIO);
+            Value::Float(defaults::SAMPLE_RATIO)
+        }),
     ])
 }
 

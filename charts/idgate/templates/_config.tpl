@@ -344,6 +344,12 @@ sp_previous_keys = {{ $spPrevious | toJson }}
 {{- include "idgate.toml.kv" (dict "k" "env_secret" "v" (index $refs "devpl-secret")) }}
 {{- include "idgate.toml.kv" (dict "k" "refresh" "v" $v.maestranoDevpl.refresh) }}
 {{- end }}
+{{- $telemetry := $v.telemetry | default dict }}
+{{- if $telemetry.otlpEndpoint }}
+
+[telemetry]
+{{- include "idgate.toml.map" (dict "m" $telemetry "keys" (list "otlpEndpoint=otlp_endpoint" "serviceName=service_name" "sampleRatio=sample_ratio")) }}
+{{- end }}
 {{ end }}
 
 {{/*
