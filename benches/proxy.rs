@@ -16,6 +16,11 @@
 //!   JWKS, RS256 key from the `openssl` CLI, token signed by PyJWT), wrk sending the
 //!   token as `Authorization: Bearer` for the same directory user, reported as a ratio to
 //!   idgate-auth and counted in the Redis commands per request;
+//! - **idg-trace-0.01** and **idg-trace-1**: idgate-auth's deployment with tracing on
+//!   (`[telemetry]`, `sample_ratio` 0.01 and 1.0) exporting to a sink collector in this
+//!   process (it answers 200 to every `POST /v1/traces`), reported as ratios to
+//!   idgate-auth; tracing off against the build before it is idgate-auth against
+//!   `BENCH_IDGATE_BASELINE` below;
 //! - **revocation**: a second replica on the same Redis; the time from deactivating a user
 //!   through the library to that replica answering 403, over many samples.
 //!
@@ -88,6 +93,45 @@ fn start_upstream() -> SocketAddr {
         });
     });
     wait_for_port(addr, "upstream");
+    addr
+}
+
+/// A collector that takes every OTLP export and answers 200 with an empty body (what an
+/// `ExportTraceServiceResponse` without partial failures is), reading nothing into it.
+fn start_sink() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
+                        use http_body_util::BodyExt;
+                        let _ = req.into_body().collect().await;
+                        let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                        resp.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/x-protobuf"),
+                        );
+                        Ok::<_, Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    wait_for_port(addr, "trace sink");
     addr
 }
 
@@ -371,6 +415,21 @@ fn main() {
             dir.path().display()
         ),
     );
+    // idg-trace-*: the same deployment tracing every request, or one in a hundred.
+    let sink = start_sink();
+    let traced = |name: &str, ratio: &str| {
+        start_idgate(
+            upstream,
+            dir.path(),
+            name,
+            &format!(
+                "{auth_rest}[telemetry]\notlp_endpoint = \"http://{sink}\"\n\
+                 sample_ratio = {ratio}\n"
+            ),
+        )
+    };
+    let (trace_low_proc, trace_low, admin_trace_low) = traced("auth-trace-low", "0.01");
+    let (trace_all_proc, trace_all, admin_trace_all) = traced("auth-trace-all", "1.0");
     let baseline = std::env::var("BENCH_IDGATE_BASELINE")
         .ok()
         .map(|bin| common::start_idgate_bin(&bin, upstream, dir.path(), "auth-base", &auth_rest));
@@ -412,9 +471,16 @@ fn main() {
         })
     };
     rt.block_on(async {
-        for admin in [admin_a, admin_b, admin_rules, admin_bearer]
-            .into_iter()
-            .chain(baseline.as_ref().map(|(_, _, admin)| *admin))
+        for admin in [
+            admin_a,
+            admin_b,
+            admin_rules,
+            admin_bearer,
+            admin_trace_low,
+            admin_trace_all,
+        ]
+        .into_iter()
+        .chain(baseline.as_ref().map(|(_, _, admin)| *admin))
         {
             let url = format!("http://{admin}/readyz");
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -464,6 +530,18 @@ fn main() {
             auth_bearer,
             Some(&with_token),
             Some(auth_bearer_proc.pid()),
+        ),
+        (
+            "idg-trace-0.01",
+            trace_low,
+            Some(&with_cookie),
+            Some(trace_low_proc.pid()),
+        ),
+        (
+            "idg-trace-1",
+            trace_all,
+            Some(&with_cookie),
+            Some(trace_all_proc.pid()),
         ),
     ];
     if let Some((proc, addr, _)) = &baseline {
@@ -632,6 +710,18 @@ fn main() {
         "idg-bearer",
         "idg-auth",
         "   (the same user by bearer token instead of a session cookie)",
+    );
+    ratio(
+        "trace-0.01/idgate-auth",
+        "idg-trace-0.01",
+        "idg-auth",
+        "   (tracing on, 1% of traces sampled and exported)",
+    );
+    ratio(
+        "trace-1/idgate-auth",
+        "idg-trace-1",
+        "idg-auth",
+        "   (tracing on, every trace sampled and exported)",
     );
     ratio(
         "idgate-auth/nginx-hdr",
