@@ -424,5 +424,11 @@ mod tests {
         // Reloadable keys are not reported.
         let rules = old.replace("\"/a\"", "\"/b\"");
         assert!(changed_restart_only(old, &rules).is_empty());
+        // Tracing is set up once, before the first request.
+        let traced = format!("{old}[telemetry]\notlp_endpoint = \"http://c:4318\"\n");
+        assert_eq!(
+            changed_restart_only(old, &traced),
+            vec!["telemetry".to_owned()]
+        );
     }
 }

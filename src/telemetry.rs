@@ -357,3 +357,28 @@ mod otlp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::future::Either;
+
+    #[test]
+    fn with_tracing_off_spans_are_none_and_futures_go_unwrapped() {
+        assert!(
+            !super::enabled(),
+            "nothing in the unit tests turns tracing on"
+        );
+        let mut evaluated = false;
+        let span = crate::telemetry::span!(
+            "idgate.test",
+            field = {
+                evaluated = true;
+                1
+            }
+        );
+        assert!(span.is_none());
+        assert!(!evaluated, "fields are not computed when tracing is off");
+        assert!(matches!(super::traced(async {}, &span), Either::Right(_)));
+        assert!(!super::in_trace());
+    }
+}

@@ -614,3 +614,65 @@ async fn a_collector_that_is_down_is_logged_once() {
     let n = idgate.logs().matches("cannot export spans").count();
     assert_eq!(n, 1, "{}", idgate.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_and_upgrades_carry_idgates_traceparent_as_bodiless_requests_do() {
+    // GET without a body takes the direct HTTP/1.1 path (`proxy::h1`); a POST with a body
+    // and a WebSocket upgrade take hyper's client. The app is a recorder of raw heads.
+    let collector = Collector::start().await;
+    let rec = HeadRecorder::start().await;
+    let text = config(
+        rec.addr,
+        "",
+        &format!(
+            "[access]\npublic_paths = [\"/pub\"]\n{}",
+            telemetry(&collector.endpoint(), 1.0)
+        ),
+    );
+    let idgate = Idgate::start_with_env(&text, FAST_EXPORT);
+    idgate.wait_ready().await;
+    let upgrade = [
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for (method, body, extra, is_upgrade) in [
+        ("GET", "", &[][..], "false"),
+        ("POST", "a body", &[][..], "false"),
+        ("GET", "", &upgrade[..], "true"),
+    ] {
+        rec.clear();
+        let (tp, trace, client_span) = client_trace("01");
+        let mut headers = vec![("traceparent", tp.as_str()), ("tracestate", "k=v")];
+        headers.extend_from_slice(extra);
+        let r = send(method, &idgate.url("/pub/x"), &headers, body.to_owned()).await;
+        assert_eq!(r.status, 200, "{method} {is_upgrade}");
+        let heads = rec.heads();
+        assert_eq!(heads.len(), 1, "{heads:?}");
+        let fields = head_fields(&heads[0]);
+        let sent: Vec<&str> = fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("traceparent"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(sent.len(), 1, "{}", heads[0]);
+        let (sent_trace, parent, _) = traceparent(sent[0]);
+        assert_eq!(sent_trace, trace, "{method} upgrade {is_upgrade}");
+        assert!(
+            fields
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case("tracestate") && v == "k=v"),
+            "{}",
+            heads[0]
+        );
+        let spans = collector
+            .trace(&trace, &["idgate.request", "idgate.upstream"])
+            .await;
+        let up = one(&spans, "idgate.upstream");
+        assert_eq!(up.span_id, parent, "{method} upgrade {is_upgrade}");
+        assert_eq!(up.attr("http.request.method"), Some(method));
+        assert_eq!(up.attr("idgate.upgrade"), Some(is_upgrade));
+        assert_eq!(one(&spans, "idgate.request").parent, client_span);
+    }
+}
