@@ -1165,9 +1165,13 @@ impl Handler for GatewayWorker {
         // A cheap (reference-counted) copy, so the routing path can borrow from it while
         // the request itself moves on.
         let uri = req.uri().clone();
-        // None when tracing is off: the request then costs one flag load more.
-        let trace = crate::telemetry::enabled()
-            .then(|| crate::telemetry::request_span(&method, uri.path(), req.headers()));
+        // None when tracing is off (the request then costs one flag load more) and when
+        // the request is not sampled.
+        let trace = if crate::telemetry::enabled() {
+            crate::telemetry::request_span(&method, uri.path(), req.headers_mut())
+        } else {
+            None
+        };
 
         let checked = match check_request_head(&req) {
             Ok(()) => routing_path(uri.path()).map_err(|reason| {

@@ -3,11 +3,16 @@
 //! and only when `[telemetry].otlp_endpoint` is set.
 //!
 //! Off (the default) must cost the proxied path nothing measurable, so spans are built in
-//! two layers of "no":
+//! layers of "no":
 //! - every span is made through [`span!`], which checks one process-wide flag
 //!   ([`enabled`]) and otherwise yields [`tracing::Span::none`] (no subscriber call, no
 //!   allocation), and instrumenting with such a span ([`traced`]) is a branch, not a
 //!   wrapper;
+//! - sampling is decided before any span exists ([`request_span`], [`root_span`]): a
+//!   request that is not sampled makes no span at all, only a `traceparent` for the app,
+//!   and [`span!`] makes a span only inside a sampled one. So at `sample_ratio = 0.01`
+//!   ninety-nine requests in a hundred cost about what they cost with tracing off, where
+//!   building spans only to drop them at export would cost all of them alike;
 //! - the spans use their own target ([`TARGET`]) that the log's filter always turns off,
 //!   so a span never reaches a log line (nor its fields: they may name a tenant or a
 //!   path), whatever `IDGATE_LOG` says, and the log's events never become span events.
@@ -60,6 +65,8 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// `sample_ratio` as a bound on a random `u64` (see [`sample_root`]).
+static SAMPLE_BELOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Whether spans are being made and exported in this process. Read on every request, so
 /// it is one relaxed load.
@@ -68,19 +75,37 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// A span on [`TARGET`], or [`tracing::Span::none`] when tracing is off (the fields are
-/// then not even evaluated). Field names follow OpenTelemetry's semantic conventions
+/// A child span on [`TARGET`] inside the sampled span the code runs in, or
+/// [`tracing::Span::none`] when tracing is off or the request is not sampled (the fields
+/// are then not even evaluated). Field names follow OpenTelemetry's semantic conventions
 /// (`http.request.method`, `url.path`, …); `otel.kind` sets the span kind.
 #[macro_export]
 macro_rules! otel_span {
     ($name:literal $(, $($fields:tt)*)?) => {
-        if $crate::telemetry::enabled() {
+        if $crate::telemetry::in_trace() {
             ::tracing::info_span!(target: "idgate::otel", $name $(, $($fields)*)?)
         } else {
             ::tracing::Span::none()
         }
     };
 }
+
+/// Like [`span!`], but a span that may start a trace of its own (work that no request
+/// asked for, such as a background call to Maestrano): outside a trace it is made when
+/// [`sample_root`] says so.
+#[macro_export]
+macro_rules! otel_root_span {
+    ($name:literal $(, $($fields:tt)*)?) => {
+        if $crate::telemetry::enabled()
+            && ($crate::telemetry::in_trace() || $crate::telemetry::sample_root())
+        {
+            ::tracing::info_span!(target: "idgate::otel", $name $(, $($fields)*)?)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+pub use crate::otel_root_span as root_span;
 pub use crate::otel_span as span;
 
 /// `fut` inside `span`, or `fut` alone when the span is none (tracing off): no wrapper
@@ -96,8 +121,8 @@ pub fn traced<F: Future>(
     }
 }
 
-/// Whether the code runs inside one of idgate's spans: store spans are made only there,
-/// so that background loops (a queue polled every second) do not each start a trace.
+/// Whether the code runs inside one of idgate's spans, which exist only in sampled
+/// traces: [`span!`] makes child spans only there.
 pub fn in_trace() -> bool {
     enabled()
         && tracing::Span::current()
@@ -105,11 +130,59 @@ pub fn in_trace() -> bool {
             .is_some_and(|m| m.target() == TARGET)
 }
 
-/// The span of a request on the public listener, continuing the trace of the client's
-/// W3C `traceparent` (and `tracestate`) when it sends a valid one. `path` is the path
-/// alone: a query string can carry tokens.
-pub fn request_span(method: &http::Method, path: &str, headers: &HeaderMap) -> tracing::Span {
-    let span = span!(
+/// Whether a trace that nobody else started is recorded: true for a share
+/// `sample_ratio` of calls.
+pub fn sample_root() -> bool {
+    rand::random::<u64>() < SAMPLE_BELOW.load(Ordering::Relaxed)
+}
+
+/// The span of a request on the public listener, when it is sampled: it continues the
+/// trace of the client's W3C `traceparent` (and `tracestate`) when it sends a valid one,
+/// and follows that trace's sampling decision; a new trace is sampled at
+/// `sample_ratio`. A request that is not sampled gets no span: its `traceparent` (the
+/// client's trace, or a new one) is rewritten here to name a span of idgate's, not
+/// sampled, so the app still joins the trace. `path` is the path alone: a query string
+/// can carry tokens.
+pub fn request_span(
+    method: &http::Method,
+    path: &str,
+    headers: &mut HeaderMap,
+) -> Option<tracing::Span> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let propagator = TraceContextPropagator::new();
+    let parent = headers
+        .contains_key("traceparent")
+        .then(|| propagator.extract(&HeaderExtractor(headers)))
+        .filter(|cx| cx.span().span_context().is_valid());
+    let sampled = match &parent {
+        Some(cx) => cx.span().span_context().is_sampled(),
+        None => sample_root(),
+    };
+    if !sampled {
+        let trace_id = parent.as_ref().map_or_else(
+            || opentelemetry::trace::TraceId::from(rand::random::<u128>().max(1)),
+            |cx| cx.span().span_context().trace_id(),
+        );
+        let ours = opentelemetry::trace::SpanContext::new(
+            trace_id,
+            opentelemetry::trace::SpanId::from(rand::random::<u64>().max(1)),
+            opentelemetry::trace::TraceFlags::default(),
+            false,
+            parent
+                .as_ref()
+                .map(|cx| cx.span().span_context().trace_state().clone())
+                .unwrap_or_default(),
+        );
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+        propagator.inject_context(
+            &opentelemetry::Context::new().with_remote_span_context(ours),
+            &mut HeaderInjector(headers),
+        );
+        return None;
+    }
+    let span = tracing::info_span!(
+        target: "idgate::otel",
         "idgate.request",
         otel.kind = "server",
         http.request.method = method.as_str(),
@@ -118,12 +191,11 @@ pub fn request_span(method: &http::Method, path: &str, headers: &HeaderMap) -> t
         idgate.route = tracing::field::Empty,
         idgate.tenant = tracing::field::Empty,
     );
-    if !span.is_none() && headers.contains_key("traceparent") {
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if let Some(parent) = parent {
         // Only fails without the OpenTelemetry layer, when there is no span either.
         let _ = span.set_parent(parent);
     }
-    span
+    Some(span)
 }
 
 /// Replaces the client's `traceparent` and `tracestate` with `span`'s own: the upstream
@@ -220,6 +292,13 @@ pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Telemetry
         .try_init()
         .is_ok();
     if installed {
+        // The ratio as a share of u64's range; 1.0 is every value.
+        let below = if config.sample_ratio >= 1.0 {
+            u64::MAX
+        } else {
+            (config.sample_ratio * u64::MAX as f64) as u64
+        };
+        SAMPLE_BELOW.store(below, Ordering::Relaxed);
         ENABLED.store(true, Ordering::Relaxed);
         tracing::info!(
             endpoint = %config.otlp_endpoint.as_ref().map_or("", |u| u.as_str()),
@@ -261,9 +340,10 @@ fn provider(config: &TelemetryConfig, url: String) -> Result<SdkTracerProvider, 
         .build();
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            config.sample_ratio,
-        ))))
+        // The ratio is applied before a span is made (`request_span`, `root_span`): every
+        // span that reaches the SDK belongs to a trace already chosen. ParentBased keeps a
+        // client's decision either way.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(config.service_name.clone())

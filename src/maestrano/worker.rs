@@ -71,7 +71,7 @@ pub async fn call(
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
     let span = if crate::telemetry::enabled() {
         let parsed = url::Url::parse(url).ok();
-        crate::telemetry::span!(
+        crate::telemetry::root_span!(
             "idgate.maestrano",
             otel.kind = "client",
             http.request.method = method.as_str(),

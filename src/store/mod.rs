@@ -508,11 +508,9 @@ impl Store {
     }
 
     /// The span of one store call (`operation` is the method's name), or none outside a
-    /// traced request.
+    /// sampled request: background loops (a queue polled every second) do not each start
+    /// a trace.
     fn span(&self, operation: &'static str) -> tracing::Span {
-        if !crate::telemetry::in_trace() {
-            return tracing::Span::none();
-        }
         crate::telemetry::span!(
             "idgate.store",
             otel.kind = "client",
