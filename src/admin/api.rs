@@ -386,8 +386,8 @@ fn session_json((hash, s): &(String, StoredSession)) -> Value {
         "created": s.record.created_at,
         "last_seen": s.last_seen,
         "expires": s.record.expires_at,
-        "client": null,
-        "user_agent": null,
+        "client": s.record.client,
+        "user_agent": s.record.user_agent,
         "auth": auth,
         "revoked": s.revoked.map(|r| r.code()),
     })

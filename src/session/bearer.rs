@@ -715,6 +715,8 @@ impl Sessions {
                 expires_at: exp,
                 mno: None,
                 saml: None,
+                client: None,
+                user_agent: None,
             },
             name: identity.display_name(rules.name_order),
             identity,

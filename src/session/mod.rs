@@ -920,20 +920,20 @@ impl Sessions {
             actor: audit::Actor::User,
             request_id: None,
         };
-        self.create_session_with(&by, tenant, user_id, group_id, None, None)
+        self.create_session_with(&by, tenant, user_id, group_id, Default::default())
             .await
     }
 
-    /// [`Sessions::create_session`], keeping the Maestrano session and the SAML subject
-    /// it came with. `by` is the login's request, for the audit line.
+    /// [`Sessions::create_session`], keeping what the login knew besides the user (the
+    /// Maestrano session, the SAML subject, the client). `by` is the login's request,
+    /// for the audit line.
     pub async fn create_session_with(
         &self,
         by: &Origin<'_>,
         tenant: &str,
         user_id: &str,
         group_id: &str,
-        mno: Option<crate::session::model::MnoSession>,
-        saml: Option<crate::session::model::SamlSubject>,
+        details: model::LoginDetails,
     ) -> Result<NewSession, SessionError> {
         let user = self
             .store
@@ -960,8 +960,10 @@ impl Sessions {
                 group_id: group_id.to_owned(),
                 created_at: now,
                 expires_at: now + lifetime,
-                mno,
-                saml,
+                mno: details.mno,
+                saml: details.saml,
+                client: details.client.map(|ip| ip.to_canonical().to_string()),
+                user_agent: details.user_agent.as_deref().map(model::stored_user_agent),
             },
             last_seen: now,
             revoked: None,
