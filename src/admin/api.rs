@@ -136,7 +136,7 @@ impl Api {
                         json!({
                             "id": t.id,
                             "source": t.source,
-                            "saml": { "metadata": t.saml_metadata, "refreshed_at": null },
+                            "saml": { "metadata": t.saml_metadata, "refreshed_at": t.saml_refreshed_at },
                             "scim": t.scim,
                         })
                     })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::config::{Config, IdpSource, ProvisioningConfig};
 use crate::directory::Directory;
 use crate::limits::Failures;
-use crate::saml::metadata::{Slot, Slots};
+use crate::saml::metadata::{Freshness, Slot, Slots};
 use crate::saml::{SamlTenant, SpState};
 
 /// The tenant-dependent parts of the gateway, built from one config.
@@ -38,9 +38,13 @@ pub struct TenantSummary {
     pub id: String,
     /// `config` (the config file) or `devpl` (Maestrano's developer platform).
     pub source: &'static str,
-    /// The IdP's metadata: `ok` (configured, or fetched and current) or `none` (a
-    /// metadata URL not fetched successfully yet).
+    /// The IdP's metadata: `ok` (configured, or fetched at the last refresh), `stale`
+    /// (the last refresh failed; an older copy is in use) or `none` (a metadata URL
+    /// never fetched successfully).
     pub saml_metadata: &'static str,
+    /// When a metadata URL's document was last had (unix seconds); none for metadata
+    /// in the config.
+    pub saml_refreshed_at: Option<i64>,
     /// Whether SCIM is served for it.
     pub scim: bool,
 }
@@ -155,13 +159,23 @@ impl Tenancy {
             .map(|(id, source, scim)| TenantSummary {
                 id: id.clone(),
                 source,
-                saml_metadata: match self.sp(id) {
-                    Some(SpState::Ready(_)) => "ok",
-                    _ => "none",
+                saml_metadata: match self.freshness(id).0 {
+                    Freshness::Ok => "ok",
+                    Freshness::Stale => "stale",
+                    Freshness::None => "none",
                 },
+                saml_refreshed_at: self.freshness(id).1,
                 scim: *scim,
             })
             .collect()
+    }
+
+    /// How current `tenant`'s IdP metadata is: metadata in the config is always current.
+    fn freshness(&self, tenant: &str) -> (Freshness, Option<i64>) {
+        match self.saml.get(tenant) {
+            Some(SpSource::Fetched(slot)) => slot.freshness(),
+            _ => (Freshness::Ok, None),
+        }
     }
 
     /// Whether `tenant` exists.
