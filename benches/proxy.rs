@@ -442,8 +442,7 @@ fn main() {
         .unwrap();
     let store = rt.block_on(async { idgate::store::Store::open(&cfg.store).unwrap() });
     let directory = idgate::directory::Directory::new(store.clone());
-    let signer = std::sync::Arc::new(idgate::identity::Signer::new(&cfg.identity, false).unwrap());
-    let sessions = idgate::session::Sessions::new(&cfg, store, signer);
+    let sessions = idgate::session::Sessions::standalone(&cfg, store).unwrap();
     let client: Client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();

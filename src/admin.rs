@@ -12,10 +12,10 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::identity::Signer;
 use crate::metrics::Metrics;
 use crate::response::{self, Body};
 use crate::server::Handler;
+use crate::snapshot::Snapshots;
 use crate::store::Store;
 
 /// How long `/readyz` waits for the store's answer.
@@ -26,7 +26,7 @@ pub struct Admin {
     store: Store,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
-    signer: Arc<Signer>,
+    snapshots: Arc<Snapshots>,
     api: Option<api::Api>,
 }
 
@@ -37,14 +37,14 @@ impl Admin {
         store: Store,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
-        signer: Arc<Signer>,
+        snapshots: Arc<Snapshots>,
         api: Option<api::Api>,
     ) -> Admin {
         Admin {
             store,
             metrics,
             draining,
-            signer,
+            snapshots,
             api,
         }
     }
@@ -88,7 +88,9 @@ impl Handler for Admin {
         }
         match req.uri().path() {
             "/healthz" => response::text(StatusCode::OK, "ok\n"),
-            "/.well-known/jwks.json" => crate::identity::jwks_response(&self.signer),
+            "/.well-known/jwks.json" => {
+                crate::identity::jwks_response(&self.snapshots.load().identity)
+            }
             "/readyz" => self.ready().await,
             "/metrics" => {
                 let mut resp = response::text(StatusCode::OK, self.metrics.encode());

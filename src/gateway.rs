@@ -8,7 +8,6 @@
 //! services through [`RouteCtx`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,11 +19,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 
 use crate::access::Rule;
 use crate::config::Config;
-use crate::config::IdpSource;
-use crate::config::ProvisioningConfig;
 use crate::demo::idp::DevIdp;
 use crate::directory::Directory;
-use crate::identity::Signer;
 use crate::limits::Failures;
 use crate::metrics::{Metrics, RouteClass};
 use crate::page::{Href, Page, Step};
@@ -33,12 +29,11 @@ use crate::proxy::headers::{self as hh, IdentityHeaderPolicy};
 use crate::proxy::tunnel::{self, GuardedBody, StreamGuard, Tunnels};
 use crate::response::{self, Body};
 use crate::response::{forbidden, store_unavailable};
-use crate::saml::metadata::{Slot, Slots};
 use crate::saml::routes::SamlRoutes;
-use crate::saml::{SamlTenant, SpState};
 use crate::server::Handler;
 use crate::session::bearer::BearerGate;
 use crate::session::{Gate, Sessions, ThreadHeaders};
+use crate::snapshot::{Snapshot, Snapshots, Tenancy};
 
 mod forward_auth;
 
@@ -56,14 +51,13 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Gateway {
     policy: IdentityHeaderPolicy,
     cookie_name: String,
-    /// `[[access.rules]]` with `public_paths` first (SPEC §9); replaced by a reload.
-    /// A request loads them once and decides with that copy to its end.
-    rules: arc_swap::ArcSwap<crate::access::Rules>,
-    api_paths: arc_swap::ArcSwap<Vec<String>>,
+    /// The running configuration's derived state (tenants, access rules, identity
+    /// keys): a request loads it once in [`GatewayWorker::call`] and uses that copy to
+    /// its end.
+    snapshots: Arc<Snapshots>,
     trusted_proxies: Vec<ipnet::IpNet>,
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
-    signer: Arc<Signer>,
     public_scheme: String,
     /// `X-Forwarded-Proto` for untrusted peers: the scheme users reach the app by
     /// (TLS usually ends at an ingress in front of idgate).
@@ -72,196 +66,23 @@ pub struct Gateway {
     dev_idp: Option<Arc<DevIdp>>,
     /// The SAML endpoints' own state (login-start limiter, login cookie).
     saml: SamlRoutes,
-    /// Failed machine authentications per client (SCIM and Maestrano share it); kept
-    /// here because the tenancy that uses it is rebuilt.
+    /// Failed machine authentications per client (SCIM and Maestrano share it).
     failures: Arc<Failures>,
-    /// Everything that depends on the set of tenants, replaced whole when Maestrano's
-    /// developer platform changes it.
-    tenancy: arc_swap::ArcSwap<Tenancy>,
-    /// `tenancy.maestrano_reserved`, copied out so that classifying a proxied request
-    /// reads one atomic instead of the tenancy.
-    maestrano_reserved: std::sync::atomic::AtomicBool,
     /// Open tunnels, so that shutdown waits for them and then closes them.
     tunnels: Arc<Tunnels>,
     /// `/_idgate/auth` for an ingress that asks instead of forwarding (SPEC §9).
     forward_auth: forward_auth::ForwardAuth,
 }
 
-/// The tenant-dependent parts of the gateway, built from one config.
-pub struct Tenancy {
-    /// Lower-cased host (no port) → tenant id.
-    hosts: HashMap<String, String>,
-    /// Tenants that claim no host.
-    hostless: std::collections::HashSet<String>,
-    default_tenant: Option<String>,
-    /// `/maestrano/` is reserved only when some tenant is a Maestrano tenant, so apps that
-    /// own such a path keep it otherwise.
-    maestrano_reserved: bool,
-    /// Tenant id → `after_logout_url`, where the browser lands after a logout.
-    pub after_logout: HashMap<String, String>,
-    saml: HashMap<String, SpSource>,
-    provisioning: HashMap<String, ProvisioningConfig>,
-    scim: crate::scim::Scim,
-    maestrano: crate::maestrano::Maestrano,
-    /// The credential-failure limiter the tenancy was built with (it outlives it).
-    failures: Arc<Failures>,
-    /// Per tenant, in id order: where it came from and whether it has SCIM, for the
-    /// admin API.
-    origins: Vec<(String, &'static str, bool)>,
-}
-
-/// A tenant as the admin API describes it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TenantSummary {
-    /// Tenant id.
-    pub id: String,
-    /// `config` (the config file) or `devpl` (Maestrano's developer platform).
-    pub source: &'static str,
-    /// The IdP's metadata: `ok` (configured, or fetched and current) or `none` (a
-    /// metadata URL not fetched successfully yet).
-    pub saml_metadata: &'static str,
-    /// Whether SCIM is served for it.
-    pub scim: bool,
-}
-
-/// Where a tenant's SP comes from.
-enum SpSource {
-    /// Built once from the config.
-    Fixed(Arc<SamlTenant>),
-    /// Built from metadata fetched from a URL, and rebuilt by each refresh that changes
-    /// it (see `saml::metadata`).
-    Fetched(Slot),
-}
-
-impl Tenancy {
-    /// Builds every tenant's SP and endpoints from a validated config. Tenants whose
-    /// IdP metadata comes from a URL take their slot from `slots`, which the refresh
-    /// tasks fill.
-    pub fn build(
-        config: &Config,
-        directory: &Directory,
-        failures: &Arc<Failures>,
-        slots: &Slots,
-    ) -> Result<Tenancy, (String, String)> {
-        let mut saml = HashMap::new();
-        for t in &config.tenants {
-            let sp = match (&t.saml.idp, slots.get(&t.id)) {
-                (IdpSource::Url(_), Some(slot)) => SpSource::Fetched(slot.clone()),
-                (IdpSource::Url(_), None) => {
-                    return Err((
-                        t.id.clone(),
-                        "idp_metadata_url is supported only for tenants of the config file".into(),
-                    ));
-                }
-                _ => SpSource::Fixed(Arc::new(
-                    SamlTenant::new(t, config.acs_url(t)).map_err(|e| (t.id.clone(), e))?,
-                )),
-            };
-            saml.insert(t.id.clone(), sp);
-        }
-        let mut hosts = HashMap::new();
-        for t in &config.tenants {
-            for h in &t.hosts {
-                hosts.insert(h.clone(), t.id.clone());
-            }
-        }
-        Ok(Tenancy {
-            hostless: config
-                .tenants
-                .iter()
-                .filter(|t| t.hosts.is_empty())
-                .map(|t| t.id.clone())
-                .collect(),
-            hosts,
-            default_tenant: config.default_tenant().map(|t| t.id.clone()),
-            maestrano_reserved: config.tenants.iter().any(|t| t.maestrano.is_some()),
-            after_logout: config
-                .tenants
-                .iter()
-                .filter_map(|t| Some((t.id.clone(), t.saml.after_logout_url.clone()?)))
-                .collect(),
-            saml,
-            provisioning: config
-                .tenants
-                .iter()
-                .map(|t| (t.id.clone(), t.provisioning.clone()))
-                .collect(),
-            origins: {
-                let mut o: Vec<(String, &'static str, bool)> = config
-                    .tenants
-                    .iter()
-                    .map(|t| {
-                        let source = if t.from_devpl { "devpl" } else { "config" };
-                        (t.id.clone(), source, t.scim.is_some())
-                    })
-                    .collect();
-                o.sort();
-                o
-            },
-            scim: crate::scim::Scim::new(config, directory.clone(), failures.clone()),
-            maestrano: crate::maestrano::Maestrano::new(config, directory.clone()),
-            failures: failures.clone(),
-        })
-    }
-
-    /// Tenant ids, sorted.
-    pub fn tenant_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.saml.keys().cloned().collect();
-        ids.sort();
-        ids
-    }
-
-    /// The SP of `tenant`, if there is such a tenant: loaded once, so a request keeps
-    /// the SP it started with even if a metadata refresh replaces it meanwhile.
-    pub fn sp(&self, tenant: &str) -> Option<SpState> {
-        Some(match self.saml.get(tenant)? {
-            SpSource::Fixed(sp) => SpState::Ready(sp.clone()),
-            SpSource::Fetched(slot) => match slot.load_full() {
-                Some(sp) => SpState::Ready(sp),
-                None => SpState::Pending,
-            },
-        })
-    }
-
-    /// `tenant`'s provisioning rules, which a login goes through.
-    pub fn provisioning(&self, tenant: &str) -> Option<&ProvisioningConfig> {
-        self.provisioning.get(tenant)
-    }
-
-    /// Every tenant, in id order, as the admin API lists them.
-    pub fn summaries(&self) -> Vec<TenantSummary> {
-        self.origins
-            .iter()
-            .map(|(id, source, scim)| TenantSummary {
-                id: id.clone(),
-                source,
-                saml_metadata: match self.sp(id) {
-                    Some(SpState::Ready(_)) => "ok",
-                    _ => "none",
-                },
-                scim: *scim,
-            })
-            .collect()
-    }
-
-    /// Whether `tenant` exists.
-    pub fn has(&self, tenant: &str) -> bool {
-        self.saml.contains_key(tenant)
-    }
-
-    /// The Maestrano side of this tenant set (inert when no tenant is a Maestrano one).
-    pub fn maestrano(&self) -> &crate::maestrano::Maestrano {
-        &self.maestrano
-    }
-}
-
 /// What a reserved route may use of the gateway, lent for one request. Protocol modules
 /// take this rather than the [`Gateway`], so the gateway's fields stay private and a
 /// route reaches the shared services only, never the proxied path's state.
 pub struct RouteCtx<'a> {
-    /// The tenant set the request was dispatched under, loaded once so that a change of
-    /// the set mid-request cannot mix two of them.
+    /// The tenant set the request was dispatched under (its snapshot's), loaded once so
+    /// that a change of the set mid-request cannot mix two of them.
     pub tenancy: &'a Tenancy,
+    /// The snapshot the request was dispatched under.
+    pub snapshot: &'a Snapshot,
     /// Provisioning, and the store behind it.
     pub directory: &'a Directory,
     /// Where a login creates its session.
@@ -294,12 +115,12 @@ impl RouteCtx<'_> {
     /// Whether a session of `tenant` counts on a request to `host`, by the gate's rule
     /// (SPEC §7).
     pub fn serves(&self, host: Option<&str>, tenant: &str) -> bool {
-        self.gateway.serves(host, tenant)
+        self.tenancy.serves(host, tenant)
     }
 
     /// The tenant whose pages (login, logged-out) a request to `host` gets.
     pub fn tenant_for(&self, host: Option<&str>) -> Option<String> {
-        self.gateway.tenant_for(host)
+        self.tenancy.tenant_for(host)
     }
 
     /// Whether the request provably comes from a page of the host it addresses
@@ -310,7 +131,8 @@ impl RouteCtx<'_> {
 
     /// 401 JSON naming the host's tenant's login URL.
     pub fn unauthenticated_json<B>(&self, req: &Request<B>) -> Response<Body> {
-        self.gateway.unauthenticated_json(req, self.request_id)
+        self.gateway
+            .unauthenticated_json(self.tenancy, req, self.request_id)
     }
 }
 
@@ -340,23 +162,18 @@ impl Gateway {
         config: &Config,
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
-        signer: Arc<Signer>,
         directory: Directory,
-        tenancy: Tenancy,
+        snapshots: Arc<Snapshots>,
+        failures: Arc<Failures>,
         dev_idp: Option<Arc<DevIdp>>,
     ) -> Gateway {
-        let failures = tenancy.failures.clone();
         Gateway {
-            maestrano_reserved: std::sync::atomic::AtomicBool::new(tenancy.maestrano_reserved),
-            tenancy: arc_swap::ArcSwap::from_pointee(tenancy),
+            snapshots,
             policy: IdentityHeaderPolicy::new(config.identity.headers.all()),
             cookie_name: config.session.cookie_name.clone(),
-            rules: arc_swap::ArcSwap::from_pointee(config.access.rules.clone()),
-            api_paths: arc_swap::ArcSwap::from_pointee(config.access.api_paths.clone()),
             trusted_proxies: config.server.trusted_proxies.clone(),
             metrics,
             sessions,
-            signer,
             public_scheme: config.server.public_url.scheme().to_owned(),
             public_proto: if config.server.is_https() {
                 "https"
@@ -372,47 +189,21 @@ impl Gateway {
         }
     }
 
-    /// The credential-failure limiter, for tenancies built later.
-    pub fn failures(&self) -> &Arc<Failures> {
-        &self.failures
-    }
-
     /// The open tunnels, for the listener's shutdown.
     pub fn tunnels(&self) -> &Arc<Tunnels> {
         &self.tunnels
     }
 
-    /// Takes the access rules and API paths of a new config (a reload). Requests in
-    /// flight finish with the rules they started with.
-    pub fn set_access(&self, config: &Config) {
-        self.rules.store(Arc::new(config.access.rules.clone()));
-        self.api_paths
-            .store(Arc::new(config.access.api_paths.clone()));
-    }
-
-    /// The tenant set now.
-    pub fn tenancy(&self) -> Arc<Tenancy> {
-        self.tenancy.load_full()
-    }
-
-    /// Replaces the tenant set (Maestrano's developer platform changed it).
-    pub fn set_tenancy(&self, tenancy: Tenancy) {
-        self.maestrano_reserved.store(
-            tenancy.maestrano_reserved,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.tenancy.store(Arc::new(tenancy));
-    }
-
-    /// Lends the shared services to a reserved route under the tenant set `tenancy`.
+    /// Lends the shared services to a reserved route under the snapshot `snap`.
     fn route_ctx<'a>(
         &'a self,
-        tenancy: &'a Tenancy,
+        snap: &'a Snapshot,
         peer: SocketAddr,
         request_id: &'a str,
     ) -> RouteCtx<'a> {
         RouteCtx {
-            tenancy,
+            tenancy: &snap.tenancy,
+            snapshot: snap,
             directory: &self.directory,
             sessions: &self.sessions,
             metrics: &self.metrics,
@@ -464,16 +255,14 @@ impl Gateway {
     /// again at the gate).
     fn classify<'r>(
         &self,
-        rules: &'r crate::access::Rules,
+        snap: &'r Snapshot,
         method: &Method,
         path: &str,
         host: Option<&str>,
     ) -> (RouteClass, Option<&'r Rule>) {
+        let rules = &snap.rules;
         if has_prefix(path, "/_idgate")
-            || (self
-                .maestrano_reserved
-                .load(std::sync::atomic::Ordering::Relaxed)
-                && has_prefix(path, "/maestrano"))
+            || (snap.tenancy.maestrano_reserved && has_prefix(path, "/maestrano"))
         {
             return (RouteClass::Reserved, None);
         }
@@ -481,7 +270,7 @@ impl Gateway {
             return (RouteClass::Proxied, None);
         }
         let rule = if rules.tenant_scoped() {
-            let tenant = self.tenant_for(host);
+            let tenant = snap.tenancy.tenant_for(host);
             rules.decide(method, path, tenant.as_deref())
         } else {
             rules.decide(method, path, None)
@@ -535,35 +324,6 @@ impl Gateway {
         Some(forbidden_by_rule(&rule.name, html, request_id))
     }
 
-    /// Whether a session of `tenant` counts on a request to `host` (SPEC §7): on a host
-    /// that a tenant claims, only that tenant's sessions do; on any other host, the
-    /// default tenant's, and those of tenants that claim no host at all (Maestrano's
-    /// marketplaces share the app's one host and are told apart by path).
-    fn serves(&self, host: Option<&str>, tenant: &str) -> bool {
-        let tn = self.tenancy.load();
-        match host
-            .map(host_name)
-            .and_then(|h| tn.hosts.get(&h.to_ascii_lowercase()))
-        {
-            Some(owner) => owner == tenant,
-            None => tn.default_tenant.as_deref() == Some(tenant) || tn.hostless.contains(tenant),
-        }
-    }
-
-    fn tenant_for(&self, host: Option<&str>) -> Option<String> {
-        let tn = self.tenancy.load();
-        host.map(host_name)
-            .and_then(|h| {
-                if h.bytes().any(|b| b.is_ascii_uppercase()) {
-                    tn.hosts.get(&h.to_ascii_lowercase())
-                } else {
-                    tn.hosts.get(h)
-                }
-            })
-            .or(tn.default_tenant.as_ref())
-            .cloned()
-    }
-
     // The request and what `call` already worked out about it (its route, its routing
     // path, the URI as sent), passed on rather than worked out twice.
     #[allow(clippy::too_many_arguments)]
@@ -573,10 +333,12 @@ impl Gateway {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
-        (route, rule, rules): (RouteClass, Option<&Rule>, &crate::access::Rules),
+        (snap, route, rule): (&Snapshot, RouteClass, Option<&Rule>),
         path: &str,
         uri: &http::Uri,
     ) -> Response<Body> {
+        let rules = &snap.rules;
+        let tn = &snap.tenancy;
         let html = response::accepts_html(req.headers());
 
         // 1. Header hygiene, before anything looks at the request's identity.
@@ -605,7 +367,7 @@ impl Gateway {
             // Boxed: the reserved endpoints' state (SAML, SCIM, Maestrano) is far larger
             // than the proxied path's, and hyper moves the request future as a whole.
             RouteClass::Reserved => {
-                return Box::pin(self.reserved(req, peer, html, path, request_id)).await;
+                return Box::pin(self.reserved(snap, req, peer, html, path, request_id)).await;
             }
             RouteClass::Public | RouteClass::Proxied => {}
         }
@@ -613,9 +375,9 @@ impl Gateway {
         // Where bearer tokens are idgate's to judge, `Authorization` is a single field
         // (two could be read differently by idgate and the app), and a token reaches the
         // app only through an issuer that forwards it: not even on a public path.
-        if self.sessions.any_bearer() && req.headers().contains_key(header::AUTHORIZATION) {
+        if self.sessions.any_bearer(snap) && req.headers().contains_key(header::AUTHORIZATION) {
             let host = host_of(&req);
-            if let Some(forwards) = self.sessions.bearer_host(|t| self.serves(host, t)) {
+            if let Some(forwards) = self.sessions.bearer_host(snap, |t| tn.serves(host, t)) {
                 if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
                     tracing::warn!(request_id, "refused: more than one Authorization header");
                     return response::error(
@@ -642,7 +404,7 @@ impl Gateway {
 
         // 4. A machine client's bearer token, where a tenant this host serves accepts
         // them (else `Authorization` is the app's own business).
-        if self.sessions.any_bearer()
+        if self.sessions.any_bearer(snap)
             && let Some(token) = crate::session::bearer::bearer_token(req.headers())
         {
             let host = host_of(&req);
@@ -654,7 +416,7 @@ impl Gateway {
             );
             let verdict = crate::telemetry::traced(
                 self.sessions
-                    .gate_bearer(token, |tenant| self.serves(host, tenant)),
+                    .gate_bearer(snap, token, |tenant| tn.serves(host, tenant)),
                 &gate_span,
             )
             .await;
@@ -686,9 +448,10 @@ impl Gateway {
         );
         let gate = crate::telemetry::traced(
             self.sessions.gate(
+                snap,
                 req.headers(),
                 host.map_or(&b""[..], str::as_bytes),
-                |tenant| self.serves(host, tenant),
+                |tenant| tn.serves(host, tenant),
             ),
             &gate_span,
         )
@@ -721,7 +484,7 @@ impl Gateway {
             }
             Gate::Missing => {
                 let api = rule.is_some_and(|r| r.api);
-                self.unauthenticated(&req, html, path, api, request_id)
+                self.unauthenticated(snap, &req, html, path, api, request_id)
             }
             Gate::Revoked(reason) => {
                 tracing::info!(
@@ -730,7 +493,7 @@ impl Gateway {
                     "refused: session revoked"
                 );
                 if html {
-                    self.sign_in_page(&req, StatusCode::FORBIDDEN, reason.code(), request_id)
+                    self.sign_in_page(tn, &req, StatusCode::FORBIDDEN, reason.code(), request_id)
                 } else {
                     forbidden(reason, false, request_id)
                 }
@@ -753,6 +516,7 @@ impl Gateway {
             Gate::Unusable(attribute) if html => {
                 log_unusable(attribute, request_id);
                 self.sign_in_page(
+                    tn,
                     &req,
                     StatusCode::FORBIDDEN,
                     "malformed_attribute",
@@ -813,6 +577,7 @@ impl Gateway {
     /// `logout`, `logged-out`) to `session::routes`.
     async fn reserved(
         &self,
+        snap: &Snapshot,
         req: Request<Incoming>,
         peer: SocketAddr,
         html: bool,
@@ -831,30 +596,27 @@ impl Gateway {
         let method = req.method();
         match path {
             "/_idgate/jwks.json" if method == Method::GET || method == Method::HEAD => {
-                crate::identity::jwks_response(&self.signer)
+                crate::identity::jwks_response(&snap.identity)
             }
             "/_idgate/session" | "/_idgate/logout" | "/_idgate/logged-out" => {
-                let tn = self.tenancy.load_full();
-                let ctx = self.route_ctx(&tn, peer, request_id);
+                let ctx = self.route_ctx(snap, peer, request_id);
                 crate::session::routes::handle(&ctx, req, html, path)
                     .await
                     .unwrap_or_else(not_found)
             }
             "/_idgate/auth" => forward_auth::answer(self, req.headers(), peer, request_id).await,
             p if p.starts_with("/_idgate/saml/") => {
-                let tn = self.tenancy.load_full();
-                let ctx = self.route_ctx(&tn, peer, request_id);
+                let ctx = self.route_ctx(snap, peer, request_id);
                 self.saml.handle(&ctx, req, p).await
             }
-            p if p.starts_with("/maestrano/") && self.tenancy.load().maestrano.any() => {
-                let tn = self.tenancy.load_full();
-                let ctx = self.route_ctx(&tn, peer, request_id);
+            p if p.starts_with("/maestrano/") && snap.tenancy.maestrano().any() => {
+                let ctx = self.route_ctx(snap, peer, request_id);
                 crate::maestrano::routes::handle(&ctx, &self.saml, req, p).await
             }
             p if p.starts_with("/_idgate/scim/") => {
                 let client = self.client_ip(req.headers(), peer.ip());
-                let tn = self.tenancy.load_full();
-                tn.scim
+                snap.tenancy
+                    .scim
                     .handle(req, &p["/_idgate/scim/".len()..], client, request_id)
                     .await
             }
@@ -870,12 +632,13 @@ impl Gateway {
     /// path the request was for.
     fn sign_in_page(
         &self,
+        tn: &Tenancy,
         req: &Request<Incoming>,
         status: StatusCode,
         code: &str,
         request_id: &str,
     ) -> Response<Body> {
-        let tenant = self.tenant_for(host_of(req));
+        let tenant = tn.tenant_for(host_of(req));
         let target = path_and_query(req.uri());
         Page::new(status, code)
             .step(Step::sign_in(tenant.as_deref(), target))
@@ -904,8 +667,8 @@ impl Gateway {
         })
     }
 
-    fn login_url<B>(&self, req: &Request<B>) -> Option<String> {
-        let tenant = self.tenant_for(host_of(req))?;
+    fn login_url<B>(&self, tn: &Tenancy, req: &Request<B>) -> Option<String> {
+        let tenant = tn.tenant_for(host_of(req))?;
         let target = req
             .uri()
             .path_and_query()
@@ -917,8 +680,13 @@ impl Gateway {
         ))
     }
 
-    fn unauthenticated_json<B>(&self, req: &Request<B>, request_id: &str) -> Response<Body> {
-        match self.login_url(req) {
+    fn unauthenticated_json<B>(
+        &self,
+        tn: &Tenancy,
+        req: &Request<B>,
+        request_id: &str,
+    ) -> Response<Body> {
+        match self.login_url(tn, req) {
             Some(url) => response::json(
                 StatusCode::UNAUTHORIZED,
                 &serde_json::json!({"error": "unauthenticated", "login_url": url}),
@@ -937,14 +705,16 @@ impl Gateway {
     /// gets 401 JSON naming the login URL.
     fn unauthenticated(
         &self,
+        snap: &Snapshot,
         req: &Request<Incoming>,
         html: bool,
         path: &str,
         api_rule: bool,
         request_id: &str,
     ) -> Response<Body> {
-        let login_url = self.login_url(req);
-        let navigation = self.is_navigation(req.method(), req.headers(), html, path, api_rule);
+        let login_url = self.login_url(&snap.tenancy, req);
+        let navigation =
+            self.is_navigation(snap, req.method(), req.headers(), html, path, api_rule);
         match (navigation, login_url) {
             (true, Some(url)) => response::redirect(&url),
             (false, Some(url)) => response::json(
@@ -966,13 +736,14 @@ impl Gateway {
     /// navigates, on a path no `api` rule or `api_paths` entry claims.
     fn is_navigation(
         &self,
+        snap: &Snapshot,
         method: &Method,
         headers: &http::HeaderMap,
         html: bool,
         path: &str,
         api_rule: bool,
     ) -> bool {
-        let is_api = api_rule || self.api_paths.load().iter().any(|p| has_prefix(path, p));
+        let is_api = api_rule || snap.api_paths.iter().any(|p| has_prefix(path, p));
         !is_api
             && (method == Method::GET || method == Method::HEAD)
             && (html
@@ -1185,15 +956,16 @@ impl Handler for GatewayWorker {
         };
         let (route, mut resp, log_path) = match checked {
             Ok(path) => {
-                // One load of the rules for the whole request, whatever a reload does.
-                let rules = gw.rules.load();
-                let (route, rule) = gw.classify(&rules, &method, &path, host_of(&req));
+                // One load of the configuration for the whole request, whatever a
+                // reload does meanwhile.
+                let snap = gw.snapshots.load();
+                let (route, rule) = gw.classify(&snap, &method, &path, host_of(&req));
                 let handled = gw.handle(
                     &self.upstream,
                     req,
                     peer,
                     rid,
-                    (route, rule, &rules),
+                    (&snap, route, rule),
                     &path,
                     &uri,
                 );
@@ -1441,7 +1213,7 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
 
 /// The host name a `Host` value names, as tenants list it: no port, and no trailing dot
 /// (`acme.example.com.` is the same host to DNS and to most apps).
-fn host_name(host: &str) -> &str {
+pub(crate) fn host_name(host: &str) -> &str {
     let h = strip_port(host);
     h.strip_suffix('.').unwrap_or(h)
 }

@@ -24,6 +24,7 @@ pub mod saml;
 pub mod scim;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 
@@ -43,6 +44,7 @@ use crate::identity::{Signer, SignerError};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::session::Sessions;
+use crate::snapshot::Snapshots;
 use crate::store::{Store, StoreError};
 
 /// Why the app could not start.
@@ -92,7 +94,7 @@ fn checked(mut config: Config) -> Result<Config, config::ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     if config.identity.signing_key.is_some()
-        && let Err(e) = identity::Signer::new(&config.identity, false)
+        && let Err(e) = identity::SignerKeys::new(&config.identity, false, None)
     {
         let (path, message) = match e {
             SignerError::Key(m) => ("identity.signing_key".to_owned(), m.to_string()),
@@ -131,7 +133,6 @@ fn checked(mut config: Config) -> Result<Config, config::ConfigErrors> {
 /// The product, built from a config and ready to bind.
 pub struct App {
     config: Arc<Config>,
-    recheck: Option<Arc<maestrano::recheck::Recheck>>,
     worker: Arc<maestrano::worker::Worker>,
     gateway: Arc<Gateway>,
     admin: Arc<Admin>,
@@ -143,8 +144,10 @@ pub struct App {
     metadata_slots: Arc<saml::metadata::Slots>,
     /// The file reloads read (`serve --config`); none for an app built from text.
     config_path: Option<std::path::PathBuf>,
-    /// The identity signer every component shares (a reload replaces its keys).
-    signer: Arc<Signer>,
+    /// How every snapshot of the config is built (startup's, and each reload's).
+    builder: Arc<snapshot::Builder>,
+    /// The running snapshot of the config, shared by every component.
+    snapshots: Arc<Snapshots>,
 }
 
 impl App {
@@ -162,26 +165,39 @@ impl App {
     fn build(config: Config, dev_idp: Option<Arc<demo::idp::DevIdp>>) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(&config.store)?.with_metrics(metrics.clone());
-        let signer = Arc::new(Signer::new(&config.identity, store.is_memory())?);
-        tracing::info!(kid = %signer.kid(), "identity signing key loaded");
-        let sessions = Arc::new(Sessions::new(&config, store.clone(), signer.clone()));
-        let recheck = maestrano::recheck::Recheck::new(&config, store.clone());
+        let signer = Arc::new(Signer::new(&config.identity));
+        let directory = directory::Directory::new(store.clone());
+        let failures = limits::Failures::new();
+        let metadata_slots = saml::metadata::Slots::new(&config);
+        let builder = Arc::new(snapshot::Builder {
+            directory: directory.clone(),
+            failures: failures.clone(),
+            slots: metadata_slots.clone(),
+            ephemeral_key_ok: store.is_memory(),
+        });
+        let snapshots = Snapshots::new(builder.build(&config, None).map_err(|e| match e {
+            snapshot::BuildError::Saml { tenant, reason } => StartError::Saml { tenant, reason },
+            snapshot::BuildError::Identity(e) => StartError::Identity(e),
+        })?);
+        tracing::info!(kid = %snapshots.load().identity.kid(), "identity signing key loaded");
+        let sessions = Arc::new(Sessions::new(
+            &config,
+            store.clone(),
+            signer.clone(),
+            snapshots.clone(),
+        ));
+        let recheck = maestrano::recheck::Recheck::new(&config, store.clone(), snapshots.clone());
         if let Some(r) = &recheck {
             sessions.set_recheck(r.clone());
         }
         let draining = Arc::new(AtomicBool::new(false));
-        let directory = directory::Directory::new(store.clone());
-        let failures = limits::Failures::new();
-        let metadata_slots = saml::metadata::Slots::new(&config);
-        let tenancy = gateway::Tenancy::build(&config, &directory, &failures, &metadata_slots)
-            .map_err(|(tenant, reason)| StartError::Saml { tenant, reason })?;
         let gateway = Arc::new(Gateway::new(
             &config,
             metrics.clone(),
             sessions.clone(),
-            signer.clone(),
             directory.clone(),
-            tenancy,
+            snapshots.clone(),
+            failures,
             dev_idp,
         ));
         metrics.watch_tunnels(gateway.tunnels().clone());
@@ -189,20 +205,25 @@ impl App {
             &config,
             store.clone(),
             signer.clone(),
+            snapshots.clone(),
         ));
         let api = config.server.admin_token_sha256.map(|token| {
-            admin::api::Api::new(token, gateway.clone(), sessions.clone(), directory.clone())
+            admin::api::Api::new(
+                token,
+                snapshots.clone(),
+                sessions.clone(),
+                directory.clone(),
+            )
         });
         let admin = Arc::new(Admin::new(
             store.clone(),
             metrics.clone(),
             draining.clone(),
-            signer.clone(),
+            snapshots.clone(),
             api,
         ));
         Ok(App {
             config: Arc::new(config),
-            recheck,
             worker,
             gateway,
             admin,
@@ -212,7 +233,8 @@ impl App {
             metrics,
             metadata_slots,
             config_path: None,
-            signer,
+            builder,
+            snapshots,
         })
     }
 
@@ -294,14 +316,10 @@ impl App {
         );
         let mut reloader = reload::Reloader::new(
             self.config.clone(),
-            self.gateway.clone(),
+            self.builder.clone(),
+            self.snapshots.clone(),
             self.sessions.clone(),
-            self.worker.clone(),
-            self.recheck.clone(),
-            self.directory.clone(),
-            self.metadata_slots.clone(),
             self.metrics.clone(),
-            self.signer.clone(),
         );
         if let Some(path) = &self.config_path {
             reloader = reloader.with_path(path.clone());
@@ -309,7 +327,7 @@ impl App {
         let reloader = Arc::new(reloader);
         reloader.spawn(jobs_rx.clone());
         if self.config.maestrano_devpl.is_some() {
-            self.refresh_tenants(reloader, jobs_rx);
+            self.refresh_tenants(reloader.clone(), jobs_rx);
         }
         let grace = self.config.server.shutdown_grace;
         let (public_tx, public_rx) = watch::channel(false);
@@ -359,6 +377,7 @@ impl App {
             admin_tx,
             public_task,
             admin_task,
+            reloader,
         })
     }
 }
@@ -373,9 +392,16 @@ pub struct Running {
     admin_tx: watch::Sender<bool>,
     public_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    reloader: Arc<reload::Reloader>,
 }
 
 impl Running {
+    /// Reloads the config file now, as `SIGHUP` does (for an app embedded in another
+    /// process, where a signal would reach its host too).
+    pub async fn reload(&self) -> reload::Outcome {
+        self.reloader.reload("call").await
+    }
+
     /// Where the public listener is bound (useful with port 0).
     pub fn public_addr(&self) -> SocketAddr {
         self.public_addr

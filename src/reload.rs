@@ -2,12 +2,12 @@
 //! file changes with `[server].watch_config` (checked every [`WATCH_EVERY`], as a
 //! mounted ConfigMap changes).
 //!
-//! [`Reloader::apply`] is the one function that puts a config's run-time settings in
-//! place — tenants with their SAML, SCIM, Maestrano and bearer settings, access rules,
-//! per-tenant session rules — for startup's devices and for both of the things that
-//! change them later: a reload and Maestrano's developer platform. A setting derived from
-//! the config that can change at run time is added there. Each component takes its part
-//! as one atomic swap; a request keeps what it started with.
+//! [`Reloader::apply`] puts a config in place for both of the things that change it
+//! after startup, a reload and Maestrano's developer platform: it builds a new
+//! [`crate::snapshot::Snapshot`] through the same [`crate::snapshot::Builder`] that
+//! startup used and publishes it with one atomic swap. A request keeps the snapshot it
+//! started with. (A setting derived from the config is added to the snapshot, not
+//! here.)
 //!
 //! Keys bound at startup (listeners, store, session cookie and lifetimes, identity
 //! header names, the developer platform's credentials, the header strip list and the
@@ -22,11 +22,10 @@ use tokio::sync::watch;
 
 use crate::audit::{self, ReloadResult};
 use crate::config::Config;
-use crate::directory::Directory;
-use crate::gateway::{Gateway, Tenancy};
 use crate::maestrano;
 use crate::metrics::Metrics;
 use crate::session::Sessions;
+use crate::snapshot::{self, Snapshots};
 
 /// How often `watch_config` looks at the file.
 pub const WATCH_EVERY: Duration = Duration::from_secs(5);
@@ -77,45 +76,35 @@ pub struct Reloader {
     startup: Arc<Config>,
     /// The developer platform's marketplaces as last applied, merged into every reload.
     markets: Mutex<Option<Vec<serde_json::Value>>>,
-    gateway: Arc<Gateway>,
+    /// What startup built its snapshot with; every later snapshot is built the same way.
+    builder: Arc<snapshot::Builder>,
+    /// Where the running snapshot is published.
+    snapshots: Arc<Snapshots>,
+    /// Told of every published snapshot (its caches predate it).
     sessions: Arc<Sessions>,
-    worker: Arc<maestrano::worker::Worker>,
-    recheck: Option<Arc<maestrano::recheck::Recheck>>,
-    directory: Directory,
-    slots: Arc<crate::saml::metadata::Slots>,
     metrics: Arc<Metrics>,
-    signer: Arc<crate::identity::Signer>,
     /// One reload at a time (a signal during a file-triggered reload waits).
     running: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
     /// The reloader of an app built from `config`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
-        gateway: Arc<Gateway>,
+        builder: Arc<snapshot::Builder>,
+        snapshots: Arc<Snapshots>,
         sessions: Arc<Sessions>,
-        worker: Arc<maestrano::worker::Worker>,
-        recheck: Option<Arc<maestrano::recheck::Recheck>>,
-        directory: Directory,
-        slots: Arc<crate::saml::metadata::Slots>,
         metrics: Arc<Metrics>,
-        signer: Arc<crate::identity::Signer>,
     ) -> Reloader {
         Reloader {
             path: None,
             startup: config.clone(),
             base: arc_swap::ArcSwap::new(config),
             markets: Mutex::new(None),
-            gateway,
+            builder,
+            snapshots,
             sessions,
-            worker,
-            recheck,
-            directory,
-            slots,
             metrics,
-            signer,
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -131,30 +120,22 @@ impl Reloader {
         self.base.load_full()
     }
 
-    /// Puts `config`'s run-time settings in place, every component at once: the
-    /// tenancy, access rules, per-tenant session rules, bearer issuers, the identity
-    /// signing keys (audience, lifetime), the jobs' and re-check's tenants. Fails
-    /// (changing nothing) when a tenant's SAML settings do not make a working SP.
+    /// Puts `config` in place: its snapshot (tenancy, access rules, per-tenant session
+    /// rules, bearer issuers, identity keys, Maestrano tenants) replaces the running
+    /// one at once, and the sessions' caches are dropped. Fails (changing nothing) when
+    /// a tenant's SAML settings do not make a working SP or a key does not load.
     pub fn apply(&self, config: &Config) -> Result<Vec<String>, String> {
-        let tenancy = Tenancy::build(
-            config,
-            &self.directory,
-            self.gateway.failures(),
-            &self.slots,
-        )
-        .map_err(|(tenant, reason)| format!("tenants.{tenant}.saml: {reason}"))?;
-        // Keys were checked with the config; a failure here changes nothing either.
-        self.signer
-            .reload(&config.identity)
+        let running = self.snapshots.load_full();
+        let next = self
+            .builder
+            .build(config, Some(&running))
             .map_err(|e| e.to_string())?;
-        let ids = tenancy.tenant_ids();
-        self.gateway.set_tenancy(tenancy);
-        self.gateway.set_access(config);
-        self.sessions.set_config(config);
-        self.worker.set_tenants(config);
-        if let Some(r) = &self.recheck {
-            r.set_tenants(config);
+        let ids = next.tenancy.tenant_ids();
+        if !Arc::ptr_eq(&next.identity, &running.identity) {
+            tracing::info!(kid = %next.identity.kid(), "identity signing keys reloaded");
         }
+        self.snapshots.publish(next);
+        self.sessions.config_changed();
         Ok(ids)
     }
 
@@ -240,7 +221,7 @@ impl Reloader {
         // a new one would have none.
         for t in &new.tenants {
             if matches!(t.saml.idp, crate::config::IdpSource::Url(_))
-                && self.slots.get(&t.id).is_none()
+                && self.builder.slots.get(&t.id).is_none()
             {
                 return Outcome::Refused(vec![format!(
                     "tenants.{}.saml.idp_metadata_url: a tenant whose metadata comes from a URL can only be added by a restart",

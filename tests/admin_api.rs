@@ -2,6 +2,8 @@
 //! users a page at a time, listing and ending sessions, deactivating and activating —
 //! each seen by the other replica within a second, open tunnels included.
 
+#[path = "support/saml.rs"]
+mod saml_support;
 mod support;
 
 use std::collections::BTreeSet;
@@ -316,4 +318,58 @@ async fn an_admin_ends_sessions_and_deactivates_users_on_every_replica_within_a_
             .any(|v| field(v, "event") == "session_revoked" && field(v, "actor") == "admin"),
         "no session_revoked by the admin"
     );
+}
+
+/// A session made by a SAML login is listed with the client's address and browser
+/// (cut to 256 printable bytes), so that an operator can tell a user's sessions apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_session_is_listed_with_its_client_and_browser() {
+    const IDP: &str = "https://idp.example.com/metadata";
+    const ACS: &str = "http://127.0.0.1/_idgate/saml/acme/acs";
+    const SP: &str = "http://127.0.0.1/_idgate/saml/acme/metadata";
+    let up = TestUpstream::start().await;
+    let idp = saml_support::TestIdp::new("admin-api-idp");
+    let text = config(
+        up.addr,
+        &admin_server(),
+        &format!(
+            "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
+             idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
+             allow_idp_initiated = true\n",
+            idp.cert.display()
+        ),
+    );
+    let idgate = Idgate::start(&text);
+    idgate.wait_ready().await;
+    let spec = saml_support::ResponseSpec::new(IDP, ACS, SP, None)
+        .attr("uid", "u-ua")
+        .attr("email", "ua@example.com")
+        .attr("group_uid", "g-ua");
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "SAMLResponse",
+            &saml_support::b64(&saml_support::signed_assertion_response(&spec, &idp)),
+        )
+        .finish();
+    let agent = format!("Mozilla/5.0 (Test) {}", "x".repeat(400));
+    let r = send(
+        "POST",
+        &idgate.url("/_idgate/saml/acme/acs"),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("user-agent", &agent),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+
+    let listed = admin(&idgate, "GET", "/admin/v1/tenants/acme/users/u-ua/sessions").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let sessions = listed.json()["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let s = &sessions[0];
+    assert_eq!(s["auth"], "saml");
+    assert_eq!(s["client"], "127.0.0.1");
+    assert_eq!(s["user_agent"].as_str().unwrap(), &agent[..256]);
 }

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use idgate::config::Config;
 use idgate::directory::Directory;
-use idgate::identity::Signer;
 use idgate::session::Sessions;
 use idgate::store::Store;
 use support::*;
@@ -62,14 +61,13 @@ async fn site(server: &str, rest: &str, saml: &str) -> Site {
     );
     let cfg = Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
     let store = Store::open(&cfg.store).expect("store");
-    let signer = Arc::new(Signer::new(&cfg.identity, false).expect("signer"));
     let idgate = Idgate::start(&text);
     idgate.wait_ready().await;
     Site {
         idgate,
         idp,
         dir: Directory::new(store.clone()),
-        sessions: Arc::new(Sessions::new(&cfg, store, signer)),
+        sessions: Arc::new(Sessions::standalone(&cfg, store).expect("sessions")),
         redis,
         _up: up,
         _keys: keys,

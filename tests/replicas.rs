@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use idgate::config::Config;
 use idgate::directory::Directory;
-use idgate::identity::Signer;
 use idgate::session::Sessions;
 use idgate::store::Store;
 use support::*;
@@ -45,11 +44,10 @@ fn deployment(upstream: std::net::SocketAddr, store_url: &str, extra: &str) -> C
     );
     let cfg = Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
     let store = Store::open(&cfg.store).expect("store");
-    let signer = Arc::new(Signer::new(&cfg.identity, false).expect("signer"));
     Control {
         idp,
         dir: Directory::new(store.clone()),
-        sessions: Arc::new(Sessions::new(&cfg, store, signer)),
+        sessions: Arc::new(Sessions::standalone(&cfg, store).expect("sessions")),
         text,
         _keys: keys,
     }

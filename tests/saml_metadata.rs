@@ -219,12 +219,31 @@ async fn refused_documents_keep_the_last_good_copy() {
     let good = TestIdp::new("idp-good");
     let intruder = TestIdp::new("idp-intruder");
     let server = MetadataServer::start(metadata(&[&good], "")).await;
-    let (app, _up_app) = start(&server.url(), "", "").await;
+    let admin_token = format!(
+        "admin_token = \"sha256:{}\"",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"metadata-admin"))
+    );
+    let (app, _up_app) = start(&server.url(), "", &admin_token).await;
     eventually("the metadata is fetched", || async {
         refreshes(&app, "ok").await > 0
     })
     .await;
     assert_eq!(login_signed_by(&app, &good).await, 303);
+    // The admin API says the metadata is current, and since when.
+    let metadata_state = || async {
+        let r = get(
+            &format!("http://{}/admin/v1/tenants", app.admin_addr()),
+            &[("authorization", "Bearer metadata-admin")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["tenants"][0]["saml"].clone()
+    };
+    let fresh = metadata_state().await;
+    assert_eq!(fresh["metadata"], "ok", "{fresh}");
+    let had_at = fresh["refreshed_at"].as_i64().expect("refreshed_at");
+    assert!((idgate::directory::now() - had_at).abs() < 30, "{fresh}");
+    let mut stale_since = None;
 
     let past =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(60));
@@ -271,6 +290,14 @@ async fn refused_documents_keep_the_last_good_copy() {
             403,
             "a refused document's certificates are never trusted ({result})"
         );
+        // Stale since the last good copy (which a refresh between the reading above
+        // and the first bad document may have renewed), and no later.
+        let state = metadata_state().await;
+        assert_eq!(state["metadata"], "stale", "after {result}: {state}");
+        let at = state["refreshed_at"].as_i64().expect("refreshed_at");
+        assert!(at >= had_at, "after {result}: {state}");
+        let last_good = *stale_since.get_or_insert(at);
+        assert_eq!(at, last_good, "after {result}: {state}");
     }
     app.shutdown().await;
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use idgate::config::Config;
 use idgate::directory::Directory;
-use idgate::identity::Signer;
 use idgate::session::Sessions;
 use idgate::store::Store;
 use serde_json::{Value, json};
@@ -60,7 +59,6 @@ async fn env(extra: &str) -> Env {
     );
     let cfg = Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
     let store = Store::open(&cfg.store).expect("store");
-    let signer = Arc::new(Signer::new(&cfg.identity, false).expect("signer"));
     let idgate = Idgate::start(&text);
     idgate.wait_ready().await;
     Env {
@@ -68,7 +66,7 @@ async fn env(extra: &str) -> Env {
         token,
         other_token,
         dir: Directory::new(store.clone()),
-        sessions: Arc::new(Sessions::new(&cfg, store, signer)),
+        sessions: Arc::new(Sessions::standalone(&cfg, store).expect("sessions")),
         text,
         _up: up,
         _redis: redis,
@@ -1664,7 +1662,7 @@ async fn reactivation_sends_a_revoked_session_to_the_login_on_every_replica_with
     assert!(
         matches!(
             e.sessions
-                .authenticate(&cookie_header(&cookie), &|_| true)
+                .authenticate(&e.sessions.snapshot(), &cookie_header(&cookie), &|_| true)
                 .await,
             idgate::session::Auth::Missing
         ),

@@ -662,6 +662,8 @@ fn session(user_id: &str, now: i64) -> StoredSession {
             expires_at: now + 3600,
             mno: None,
             saml: None,
+            client: None,
+            user_agent: None,
         },
         last_seen: now,
         revoked: None,

@@ -367,15 +367,19 @@ async fn a_tunnel_closed_by_its_client_is_logged() {
     drop(stream.frame().await);
 }
 
-/// A tenant that goes away (Maestrano's developer platform dropped its marketplace)
-/// takes its open tunnels along, as it takes its sessions: the tenant set is replaced
-/// through the same call the platform refresh makes.
+/// A tenant that goes away (a reload without it, or Maestrano's developer platform
+/// dropping its marketplace: both publish a new snapshot through `Reloader::apply`)
+/// takes its open tunnels along, as it takes its sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_tenant_closes_its_tunnels() {
     let up = TestUpstream::start().await;
     let text = config(up.addr, "", &tenant_toml("acme"));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
     let cfg = Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
-    let app = idgate::App::new(cfg).expect("app");
+    let app = idgate::App::new(cfg)
+        .expect("app")
+        .reload_from(file.path().to_owned());
     let (dir, sessions) = (app.directory().clone(), app.sessions().clone());
     let running = app.start().await.expect("start");
     provision(&dir, "acme", "u-t", "g-t").await;
@@ -395,7 +399,14 @@ async fn removing_a_tenant_closes_its_tunnels() {
         "the tunnel watches its session"
     );
 
-    sessions.set_tenants(std::collections::HashSet::new());
+    std::fs::write(file.path(), config(up.addr, "", "")).unwrap();
+    assert!(
+        matches!(
+            running.reload().await,
+            idgate::reload::Outcome::Applied { .. }
+        ),
+        "the config without the tenant is applied"
+    );
     let (took, code) = closed(&mut ws, Duration::from_secs(3)).await;
     assert!(took < Duration::from_secs(1), "closed after {took:?}");
     assert_eq!(code, Some(CloseCode::Policy));

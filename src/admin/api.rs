@@ -19,9 +19,9 @@ use subtle::ConstantTimeEq;
 use crate::audit;
 use crate::directory::model::{Group, User};
 use crate::directory::{Directory, DirectoryError};
-use crate::gateway::Gateway;
 use crate::response::{self, Body};
 use crate::session::Sessions;
+use crate::snapshot::Snapshots;
 use crate::store::{DirectoryStore, Index, Listing, StoredSession};
 
 /// Users per page unless `limit` says otherwise.
@@ -32,7 +32,7 @@ pub const MAX_LIMIT: usize = 1000;
 /// The admin API's state.
 pub struct Api {
     token_sha256: [u8; 32],
-    gateway: Arc<Gateway>,
+    snapshots: Arc<Snapshots>,
     sessions: Arc<Sessions>,
     directory: Directory,
 }
@@ -70,13 +70,13 @@ impl Api {
     /// The API, answering requests that carry the token whose SHA-256 is `token_sha256`.
     pub fn new(
         token_sha256: [u8; 32],
-        gateway: Arc<Gateway>,
+        snapshots: Arc<Snapshots>,
         sessions: Arc<Sessions>,
         directory: Directory,
     ) -> Api {
         Api {
             token_sha256,
-            gateway,
+            snapshots,
             sessions,
             directory,
         }
@@ -125,7 +125,8 @@ impl Api {
                 path: &path,
             },
         );
-        let tenancy = self.gateway.tenancy();
+        let snap = self.snapshots.load();
+        let tenancy = &snap.tenancy;
         match (method, parts.as_slice()) {
             (Method::GET, ["tenants"]) => {
                 let tenants: Vec<Value> = tenancy
@@ -135,7 +136,7 @@ impl Api {
                         json!({
                             "id": t.id,
                             "source": t.source,
-                            "saml": { "metadata": t.saml_metadata, "refreshed_at": null },
+                            "saml": { "metadata": t.saml_metadata, "refreshed_at": t.saml_refreshed_at },
                             "scim": t.scim,
                         })
                     })
@@ -385,8 +386,8 @@ fn session_json((hash, s): &(String, StoredSession)) -> Value {
         "created": s.record.created_at,
         "last_seen": s.last_seen,
         "expires": s.record.expires_at,
-        "client": null,
-        "user_agent": null,
+        "client": s.record.client,
+        "user_agent": s.record.user_agent,
         "auth": auth,
         "revoked": s.revoked.map(|r| r.code()),
     })

@@ -18,6 +18,7 @@ use crate::metrics::RouteClass;
 use crate::response::{self, Body, forbidden, store_unavailable};
 use crate::session::Gate;
 use crate::session::bearer::BearerGate;
+use crate::snapshot::{Snapshot, Tenancy};
 
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -189,8 +190,11 @@ pub(super) async fn answer(
         }
     };
 
-    let rules = gw.rules.load();
-    let (route, rule) = gw.classify(&rules, &orig.method, &path, orig.host);
+    // One load of the configuration for the whole question, as for a proxied request.
+    let snap = gw.snapshots.load();
+    let rules = &snap.rules;
+    let tn = &snap.tenancy;
+    let (route, rule) = gw.classify(&snap, &orig.method, &path, orig.host);
     match route {
         // idgate's own endpoints guard themselves (the ingress routes `/_idgate/` to
         // idgate); public paths pass without identity. Either way no identity headers,
@@ -205,18 +209,18 @@ pub(super) async fn answer(
     // A machine client's token, as on the proxied path. The ingress decides what reaches
     // the app: `forward_authorization` cannot strip the client's header from here (see
     // docs/forward-auth.md).
-    if gw.sessions.any_bearer()
+    if gw.sessions.any_bearer(&snap)
         && let Some(token) = crate::session::bearer::bearer_token(headers)
     {
         match gw
             .sessions
-            .gate_bearer(token, |tenant| gw.serves(host, tenant))
+            .gate_bearer(&snap, token, |tenant| tn.serves(host, tenant))
             .await
         {
             BearerGate::NotAccepted => {}
             BearerGate::Forward(pass, _) => {
                 if let Some(refusal) =
-                    gw.refused_by_rule(&rules, rule, &orig.method, &path, &pass, false, request_id)
+                    gw.refused_by_rule(rules, rule, &orig.method, &path, &pass, false, request_id)
                 {
                     return refusal;
                 }
@@ -240,14 +244,17 @@ pub(super) async fn answer(
     }
     let gate = gw
         .sessions
-        .gate(headers, host.map_or(&b""[..], str::as_bytes), |tenant| {
-            gw.serves(host, tenant)
-        })
+        .gate(
+            &snap,
+            headers,
+            host.map_or(&b""[..], str::as_bytes),
+            |tenant| tn.serves(host, tenant),
+        )
         .await;
     match gate {
         Gate::Forward(pass) => {
             if let Some(refusal) =
-                gw.refused_by_rule(&rules, rule, &orig.method, &path, &pass, html, request_id)
+                gw.refused_by_rule(rules, rule, &orig.method, &path, &pass, html, request_id)
             {
                 return refusal;
             }
@@ -256,7 +263,7 @@ pub(super) async fn answer(
         }
         Gate::Missing => {
             let api = rule.is_some_and(|r| r.api);
-            unauthenticated(gw, headers, &orig, &path, html, api, request_id)
+            unauthenticated(gw, &snap, headers, &orig, &path, html, api, request_id)
         }
         Gate::Revoked(reason) => {
             tracing::info!(
@@ -284,8 +291,10 @@ fn allowed(identity: &[(HeaderName, HeaderValue)]) -> Response<Body> {
 /// No session. nginx gets 401 with the login URL in [`LOGIN_URL_HEADER`]; Traefik and
 /// Caddy relay idgate's answer to the client, so a browser navigation gets the 302 and
 /// anything else 401 JSON, as on the proxied path.
+#[allow(clippy::too_many_arguments)]
 fn unauthenticated(
     gw: &Gateway,
+    snap: &Snapshot,
     headers: &HeaderMap,
     orig: &Original<'_>,
     path: &str,
@@ -293,8 +302,8 @@ fn unauthenticated(
     api_rule: bool,
     request_id: &str,
 ) -> Response<Body> {
-    let login_url = login_url(gw, orig, request_id);
-    let navigation = gw.is_navigation(&orig.method, headers, html, path, api_rule);
+    let login_url = login_url(gw, &snap.tenancy, orig, request_id);
+    let navigation = gw.is_navigation(snap, &orig.method, headers, html, path, api_rule);
     let Some(url) = login_url else {
         return response::error(
             StatusCode::UNAUTHORIZED,
@@ -323,11 +332,11 @@ fn unauthenticated(
 /// the original URI. The host comes from a header a client may have chosen (the ingress
 /// passes its `Host` on), so it is used only when a tenant claims it or it is
 /// `public_url`'s; otherwise the login goes to `public_url`, never elsewhere.
-fn login_url(gw: &Gateway, orig: &Original<'_>, request_id: &str) -> Option<String> {
+fn login_url(gw: &Gateway, tn: &Tenancy, orig: &Original<'_>, request_id: &str) -> Option<String> {
     let fa = &gw.forward_auth;
     let known = orig.host.is_some_and(|h| {
         let name = host_name(h).to_ascii_lowercase();
-        name == fa.host || gw.tenancy.load().hosts.contains_key(&name)
+        name == fa.host || tn.hosts.contains_key(&name)
     });
     let (scheme, authority) = match orig.host {
         Some(h) if known => (orig.proto.unwrap_or(&fa.scheme), h),
@@ -342,7 +351,7 @@ fn login_url(gw: &Gateway, orig: &Original<'_>, request_id: &str) -> Option<Stri
             (fa.scheme.as_str(), fa.authority.as_str())
         }
     };
-    let tenant = gw.tenant_for(Some(authority))?;
+    let tenant = tn.tenant_for(Some(authority))?;
     Some(format!(
         "{scheme}://{authority}/_idgate/saml/{tenant}/login?return_to={}",
         utf8_percent_encode(orig.uri, QUERY_VALUE)

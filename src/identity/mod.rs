@@ -167,16 +167,16 @@ impl Via {
     }
 }
 
-/// Signs identities and publishes the JWKS. The keys, audience and lifetime can be
-/// replaced by a configuration reload ([`Signer::reload`]) under every holder at once;
-/// the header names are fixed for the process (the gateway strips them by name).
+/// Builds identity headers under the header names, which are fixed for the process
+/// (the gateway strips them by name). The keys, audience and lifetime are
+/// configuration that a reload replaces: they are part of the
+/// [`crate::snapshot::Snapshot`] and passed in by the caller, which loaded it.
 pub struct Signer {
-    keys: arc_swap::ArcSwap<SignerKeys>,
     names: HeaderNames,
 }
 
 /// What a reload of `[identity]` replaces.
-struct SignerKeys {
+pub struct SignerKeys {
     key: SigningKey,
     audience: String,
     ttl: Duration,
@@ -216,10 +216,8 @@ pub enum SignerError {
 }
 
 impl Signer {
-    /// Loads the signing key (or makes an ephemeral one when `ephemeral_ok` and none is
-    /// configured) and the previous keys.
-    pub fn new(config: &IdentityConfig, ephemeral_ok: bool) -> Result<Signer, SignerError> {
-        let keys = SignerKeys::new(config, ephemeral_ok, None)?;
+    /// The header names of `[identity.headers]`.
+    pub fn new(config: &IdentityConfig) -> Signer {
         // Static names clone without touching a reference count, which matters on the
         // hot path where every forwarded request carries seven of them. The leak is
         // seven short strings, once per process.
@@ -239,35 +237,20 @@ impl Signer {
             groups_truncated: leak(&h.groups_truncated),
             auth: leak(&h.auth),
         };
-        Ok(Signer {
-            keys: arc_swap::ArcSwap::from_pointee(keys),
-            names,
-        })
-    }
-
-    /// Takes the keys, audience and lifetime of a reloaded `[identity]`; true if they
-    /// changed. Without a configured signing key (the memory store's ephemeral one), the
-    /// running key stays. Header names are not reloaded.
-    pub fn reload(&self, config: &IdentityConfig) -> Result<bool, SignerError> {
-        let current = self.keys.load();
-        if current.source == keys_source(config) {
-            return Ok(false);
-        }
-        let keys = SignerKeys::new(config, true, Some(&current.key))?;
-        tracing::info!(kid = %keys.key.kid, "identity signing keys reloaded");
-        self.keys.store(Arc::new(keys));
-        Ok(true)
+        Signer { names }
     }
 }
 
 impl SignerKeys {
-    /// `keep`: the running key, kept when the config names none (ephemeral).
-    fn new(
+    /// Loads the signing key (or makes an ephemeral one when `ephemeral_ok` and none is
+    /// configured) and the previous keys. `running`: the keys in use (on a reload),
+    /// whose key is kept when the config names none (the ephemeral one).
+    pub fn new(
         config: &IdentityConfig,
         ephemeral_ok: bool,
-        keep: Option<&SigningKey>,
+        running: Option<&SignerKeys>,
     ) -> Result<SignerKeys, SignerError> {
-        let key = match (&config.signing_key, keep) {
+        let key = match (&config.signing_key, running.map(|r| &r.key)) {
             (Some(secret), _) => SigningKey::from_pem(secret.expose()).map_err(SignerError::Key)?,
             (None, Some(running)) => running.clone(),
             (None, None) => {
@@ -301,38 +284,48 @@ impl SignerKeys {
     }
 }
 
-impl Signer {
+impl SignerKeys {
+    /// Whether these keys are what `config` would build (so a reload keeps them, and
+    /// with them an ephemeral key).
+    pub fn built_from(&self, config: &IdentityConfig) -> bool {
+        self.source == keys_source(config)
+    }
+
     /// The JWKS document, pre-serialized.
     pub fn jwks(&self) -> Bytes {
-        self.keys.load().jwks.clone()
+        self.jwks.clone()
     }
 
     /// The current key's id.
-    pub fn kid(&self) -> String {
-        self.keys.load().key.kid.clone()
+    pub fn kid(&self) -> &str {
+        &self.key.kid
     }
 
     /// JWT lifetime.
     pub fn ttl(&self) -> Duration {
-        self.keys.load().ttl
+        self.ttl
     }
+}
 
+impl Signer {
     /// Signs `identity` at `now` and builds its headers. Every value must be a header
     /// value as it is: one that is not makes an error, never a stand-in, because a
     /// shared stand-in would let different users reach the app as one.
     pub fn headers(
         &self,
+        keys: &SignerKeys,
         identity: &Identity,
         order: NameOrder,
         now: i64,
     ) -> Result<IdentityHeaders, HeadersError> {
-        self.headers_via(identity, order, now, Via::Session)
+        self.headers_via(keys, identity, order, now, Via::Session)
     }
 
     /// [`Signer::headers`] for an identity established `via` a session or a bearer
     /// token: the app can tell the two apart by `X-Idgate-Auth`.
     pub fn headers_via(
         &self,
+        keys: &SignerKeys,
         identity: &Identity,
         order: NameOrder,
         now: i64,
@@ -366,7 +359,6 @@ impl Signer {
         }
         let (group_header, kept) = bounded_groups(&identity.groups);
         let groups = &identity.groups[..kept];
-        let keys = self.keys.load();
         let exp = now + keys.ttl.as_secs() as i64;
         let jti = {
             let bytes: [u8; 16] = rand::random();
@@ -423,11 +415,11 @@ impl Signer {
     /// a company rather than a user.
     pub fn service_headers(
         &self,
+        keys: &SignerKeys,
         tenant: &str,
         group_id: &str,
         now: i64,
     ) -> Result<Vec<(http::HeaderName, HeaderValue)>, LoadError> {
-        let keys = self.keys.load();
         let token = keys.key.sign(&ServiceClaims {
             iss: "idgate",
             aud: &keys.audience,
@@ -451,8 +443,8 @@ impl Signer {
 pub type SharedSigner = Arc<Signer>;
 
 /// The JWKS, cacheable for a few minutes (keys rotate with a previous-key overlap).
-pub fn jwks_response(signer: &Signer) -> http::Response<crate::response::Body> {
-    let mut resp = http::Response::new(crate::response::full(signer.jwks()));
+pub fn jwks_response(keys: &SignerKeys) -> http::Response<crate::response::Body> {
+    let mut resp = http::Response::new(crate::response::full(keys.jwks()));
     let h = resp.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -490,7 +482,8 @@ mod tests {
             ["g-2", "g-1", "g-3"]
         );
         let config = crate::config::Config::from_toml("", std::path::Path::new("/")).unwrap();
-        let signer = Signer::new(&config.identity, true).unwrap();
+        let signer = Signer::new(&config.identity);
+        let keys = SignerKeys::new(&config.identity, true, None).unwrap();
         let header = |h: &IdentityHeaders, name: &str| {
             h.headers
                 .iter()
@@ -499,7 +492,9 @@ mod tests {
         };
         let mut id = identity("u-1", "Ada");
         id.groups = Identity::group_list("g", ["b", "a"]);
-        let h = signer.headers(&id, NameOrder::GivenFamily, 1_000).unwrap();
+        let h = signer
+            .headers(&keys, &id, NameOrder::GivenFamily, 1_000)
+            .unwrap();
         assert_eq!(header(&h, "x-idgate-groups").as_deref(), Some("g,a,b"));
         assert_eq!(header(&h, "x-idgate-groups-truncated"), None);
         assert_eq!(header(&h, "x-idgate-auth").as_deref(), Some("session"));
@@ -515,7 +510,9 @@ mod tests {
             .map(|i| format!("{i:03}{}", "x".repeat(47)))
             .collect();
         id.groups = Identity::group_list("g", many.iter().map(String::as_str));
-        let h = signer.headers(&id, NameOrder::GivenFamily, 1_000).unwrap();
+        let h = signer
+            .headers(&keys, &id, NameOrder::GivenFamily, 1_000)
+            .unwrap();
         let value = header(&h, "x-idgate-groups").unwrap();
         assert!(
             value.len() <= 4096 && value.len() > 4096 - 51,
@@ -548,9 +545,12 @@ mod tests {
     #[test]
     fn a_value_that_is_no_header_refuses_the_identity_instead_of_a_stand_in() {
         let config = crate::config::Config::from_toml("", std::path::Path::new("/")).unwrap();
-        let signer = Signer::new(&config.identity, true).unwrap();
+        let signer = Signer::new(&config.identity);
+        let keys = SignerKeys::new(&config.identity, true, None).unwrap();
         let order = NameOrder::GivenFamily;
-        let ok = signer.headers(&identity("u1", "Ann\tB"), order, 0).unwrap();
+        let ok = signer
+            .headers(&keys, &identity("u1", "Ann\tB"), order, 0)
+            .unwrap();
         assert_eq!(ok.headers[4].1, "Ann\tB Lee");
         for (who, field) in [
             (identity("u\n1", "Ann"), "user_id"),
@@ -560,7 +560,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    signer.headers(&who, order, 0),
+                    signer.headers(&keys, &who, order, 0),
                     Err(HeadersError::NotAHeaderValue(f)) if f == field
                 ),
                 "{who:?}"

@@ -8,7 +8,6 @@
 //! - Maestrano unreachable: `recheck_fail_mode` decides. `"keep"` logs a warning and
 //!   retries with backoff; `"logout"` ends the session, as the Ruby SDK did.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -20,6 +19,7 @@ use serde_json::Value;
 use crate::config::{Config, MaestranoConfig, RecheckFailMode};
 use crate::session::RecheckHook;
 use crate::session::model::SessionRecord;
+use crate::snapshot::Snapshots;
 use crate::store::{Event, EventBus, SessionStore, Store};
 
 /// First wait after Maestrano could not be reached ("keep" mode); it doubles.
@@ -34,19 +34,10 @@ const MIN_INTERVAL: i64 = 10;
 
 /// The re-check for every tenant that asks for it.
 pub struct Recheck {
-    tenants: arc_swap::ArcSwap<HashMap<String, MaestranoConfig>>,
+    /// The running configuration, whose Maestrano tenants with `session_recheck` are
+    /// re-checked.
+    snapshots: Arc<Snapshots>,
     caller: Caller,
-}
-
-fn rechecking(config: &Config) -> HashMap<String, MaestranoConfig> {
-    config
-        .tenants
-        .iter()
-        .filter_map(|t| {
-            let m = t.maestrano.clone()?;
-            m.session_recheck.then(|| (t.id.clone(), m))
-        })
-        .collect()
 }
 
 /// What a re-check in flight needs (cheap to clone into its task).
@@ -70,13 +61,16 @@ enum Verdict {
 
 impl Recheck {
     /// None when no tenant re-checks (and the developer platform cannot add one).
-    pub fn new(config: &Config, store: Store) -> Option<Arc<Recheck>> {
-        let tenants = rechecking(config);
-        if tenants.is_empty() && config.maestrano_devpl.is_none() {
+    pub fn new(config: &Config, store: Store, snapshots: Arc<Snapshots>) -> Option<Arc<Recheck>> {
+        let none = !config
+            .tenants
+            .iter()
+            .any(|t| t.maestrano.as_ref().is_some_and(|m| m.session_recheck));
+        if none && config.maestrano_devpl.is_none() {
             return None;
         }
         Some(Arc::new(Recheck {
-            tenants: arc_swap::ArcSwap::from_pointee(tenants),
+            snapshots,
             caller: Caller {
                 store,
                 http: super::worker::client(),
@@ -90,13 +84,6 @@ impl Recheck {
                     .build(),
             },
         }))
-    }
-}
-
-impl Recheck {
-    /// Takes the re-checking tenants of a new config.
-    pub fn set_tenants(&self, config: &Config) {
-        self.tenants.store(Arc::new(rechecking(config)));
     }
 }
 
@@ -187,7 +174,14 @@ impl Caller {
 
 impl RecheckHook for Recheck {
     fn due(&self, hash: &str, record: &SessionRecord, next: Arc<AtomicI64>) {
-        let Some(m) = self.tenants.load().get(&record.tenant).cloned() else {
+        let Some(m) = self
+            .snapshots
+            .load()
+            .maestrano
+            .get(&record.tenant)
+            .filter(|m| m.session_recheck)
+            .cloned()
+        else {
             next.store(i64::MAX, Ordering::Relaxed);
             return;
         };

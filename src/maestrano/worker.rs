@@ -2,7 +2,6 @@
 //! queue: keeping each company's recurring bill in step with its state, and relaying
 //! Connec! notifications to the app.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use crate::config::{BillingMode, Config, MaestranoConfig};
 use crate::directory::Directory;
 use crate::identity::Signer;
 use crate::jobs::Outcome;
+use crate::snapshot::Snapshots;
 use crate::store::{DirectoryStore, Index, Job, JobQueue, Records, Store};
 
 /// Queue of billing reconciliations.
@@ -164,19 +164,13 @@ fn local_id_key(tenant: &str, entity: &str, connec_id: &str) -> String {
     format!("{{{tenant}}}:connec:{entity}:{connec_id}")
 }
 
-fn maestrano_tenants(config: &Config) -> HashMap<String, MaestranoConfig> {
-    config
-        .tenants
-        .iter()
-        .filter_map(|t| Some((t.id.clone(), t.maestrano.clone()?)))
-        .collect()
-}
-
 /// Shared state of the background handlers.
 pub struct Worker {
     store: Store,
     directory: Directory,
-    tenants: arc_swap::ArcSwap<HashMap<String, MaestranoConfig>>,
+    /// The running configuration: Maestrano tenants and the identity keys, loaded once
+    /// per job.
+    snapshots: Arc<Snapshots>,
     /// Runs even with no Maestrano tenant yet: the developer platform may add some.
     devpl: bool,
     signer: Arc<Signer>,
@@ -191,11 +185,16 @@ pub struct CallError(pub String);
 
 impl Worker {
     /// Handlers for every Maestrano tenant of `config`.
-    pub fn new(config: &Config, store: Store, signer: Arc<Signer>) -> Worker {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        signer: Arc<Signer>,
+        snapshots: Arc<Snapshots>,
+    ) -> Worker {
         Worker {
             directory: Directory::new(store.clone()),
             store,
-            tenants: arc_swap::ArcSwap::from_pointee(maestrano_tenants(config)),
+            snapshots,
             devpl: config.maestrano_devpl.is_some(),
             signer,
             upstream: config
@@ -215,12 +214,7 @@ impl Worker {
 
     /// Whether there is anything to run.
     pub fn any(&self) -> bool {
-        self.devpl || !self.tenants.load().is_empty()
-    }
-
-    /// Takes the Maestrano tenants of a new config (the developer platform's changed).
-    pub fn set_tenants(&self, config: &Config) {
-        self.tenants.store(Arc::new(maestrano_tenants(config)));
+        self.devpl || !self.snapshots.load().maestrano.is_empty()
     }
 
     /// A job for a tenant this replica does not know (now). With the developer platform,
@@ -277,8 +271,8 @@ impl Worker {
         let Ok(SyncBill { tenant, group }) = serde_json::from_str(&job.body) else {
             return Outcome::Drop("not a billing job".into());
         };
-        let tenants = self.tenants.load_full();
-        let Some(m) = tenants.get(&tenant) else {
+        let snap = self.snapshots.load_full();
+        let Some(m) = snap.maestrano.get(&tenant) else {
             return self.unknown_tenant(&tenant);
         };
         if m.billing.mode == BillingMode::None {
@@ -444,15 +438,19 @@ impl Worker {
         let Ok(d) = serde_json::from_str::<ConnecDelivery>(&job.body) else {
             return Outcome::Drop("not a Connec! delivery".into());
         };
-        let tenants = self.tenants.load_full();
-        let Some(m) = tenants.get(&d.tenant) else {
+        let snap = self.snapshots.load_full();
+        let Some(m) = snap.maestrano.get(&d.tenant) else {
             return self.unknown_tenant(&d.tenant);
         };
         let now = crate::directory::now();
-        let mut headers = match self.signer.service_headers(&d.tenant, &d.group, now) {
-            Ok(h) => h,
-            Err(e) => return Outcome::Retry(format!("cannot sign: {e}")),
-        };
+        let mut headers =
+            match self
+                .signer
+                .service_headers(&snap.identity, &d.tenant, &d.group, now)
+            {
+                Ok(h) => h,
+                Err(e) => return Outcome::Retry(format!("cannot sign: {e}")),
+            };
         headers.push((
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -235,8 +235,57 @@ fn xs_duration(text: &str) -> Option<Duration> {
 }
 
 /// The SP of a tenant whose metadata comes from a URL: empty until metadata was first
-/// had, then replaced whole by every refresh that changes it.
-pub type Slot = Arc<ArcSwapOption<SamlTenant>>;
+/// had, then replaced whole by every refresh that changes it; with when it was last
+/// refreshed, for the admin API.
+pub type Slot = Arc<SlotState>;
+
+/// What a [`Slot`] holds.
+#[derive(Default)]
+pub struct SlotState {
+    sp: ArcSwapOption<SamlTenant>,
+    /// Unix seconds of the last good fetch (or load of the stored copy); 0: never.
+    refreshed_at: std::sync::atomic::AtomicI64,
+    /// Whether the last refresh failed while an older copy is in use.
+    stale: std::sync::atomic::AtomicBool,
+}
+
+/// How current a URL tenant's IdP metadata is, as the admin API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Never had: the tenant's logins answer 503.
+    None,
+    /// The last refresh succeeded.
+    Ok,
+    /// The last refresh failed; an older good copy is in use.
+    Stale,
+}
+
+impl SlotState {
+    /// The SP built from the metadata in use, if any.
+    pub fn load_full(&self) -> Option<Arc<SamlTenant>> {
+        self.sp.load_full()
+    }
+
+    /// How current the metadata is, and when it was last had (unix seconds).
+    pub fn freshness(&self) -> (Freshness, Option<i64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let at = self.refreshed_at.load(Relaxed);
+        let at = (at > 0).then_some(at);
+        if self.sp.load().is_none() {
+            (Freshness::None, at)
+        } else if self.stale.load(Relaxed) {
+            (Freshness::Stale, at)
+        } else {
+            (Freshness::Ok, at)
+        }
+    }
+
+    fn had(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.refreshed_at.store(crate::directory::now(), Relaxed);
+        self.stale.store(false, Relaxed);
+    }
+}
 
 /// One slot per URL tenant of the configured tenant set. They outlive the tenancy,
 /// which Maestrano's developer platform may rebuild, so a rebuild keeps the SPs that
@@ -336,6 +385,7 @@ impl Refresher {
         match self.store.get_record(&store_key(tenant)).await {
             Ok(Some(xml)) => match self.apply(&xml) {
                 Ok(_) => {
+                    self.slot.had();
                     tracing::info!(tenant, url = %self.source.url, "IdP metadata loaded from the store's last good copy")
                 }
                 Err(e) => {
@@ -365,6 +415,7 @@ impl Refresher {
         match outcome {
             Ok((max_age, changed, xml)) => {
                 self.metrics.saml_metadata_refresh(tenant, "ok");
+                self.slot.had();
                 if changed {
                     tracing::info!(tenant, url, "IdP metadata refreshed");
                     if let Err(e) = self.store.set_record(&store_key(tenant), &xml).await {
@@ -379,7 +430,10 @@ impl Refresher {
             }
             Err(e) => {
                 self.metrics.saml_metadata_refresh(tenant, e.result());
-                if self.slot.load().is_some() {
+                self.slot
+                    .stale
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if self.slot.sp.load().is_some() {
                     tracing::warn!(tenant, url, result = e.result(), error = %e, "IdP metadata refresh refused; keeping the last good copy");
                 } else {
                     tracing::error!(tenant, url, result = e.result(), error = %e, "no IdP metadata yet; this tenant's logins answer 503 until a good copy is fetched");
@@ -431,10 +485,10 @@ impl Refresher {
     /// document's own bound on its age.
     fn apply(&mut self, xml: &str) -> Result<Option<Duration>, MetadataError> {
         let checked = check(xml, self.source.signer.as_deref(), chrono::Utc::now())?;
-        if self.current.as_deref() != Some(xml) || self.slot.load().is_none() {
+        if self.current.as_deref() != Some(xml) || self.slot.sp.load().is_none() {
             let sp = SamlTenant::from_metadata(&self.tenant, self.acs_url.clone(), checked.entity)
                 .map_err(MetadataError::Invalid)?;
-            self.slot.store(Some(Arc::new(sp)));
+            self.slot.sp.store(Some(Arc::new(sp)));
             self.current = Some(xml.to_owned());
         }
         self.max_age = checked.max_age;

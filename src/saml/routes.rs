@@ -541,6 +541,11 @@ impl SamlRoutes {
         };
         let login_nonce =
             crate::session::find_cookie(req.headers(), &self.login_cookie_name).map(str::to_owned);
+        let client = ctx.client_ip(req.headers());
+        let user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let body = match http_body_util::Limited::new(req.into_body(), MAX_ACS_BODY)
             .collect()
             .await
@@ -659,7 +664,18 @@ impl SamlRoutes {
         };
         match ctx
             .sessions
-            .create_session_with(&by, tenant, &user_id, &who.group_id, mno, saml_subject)
+            .create_session_with(
+                &by,
+                tenant,
+                &user_id,
+                &who.group_id,
+                crate::session::model::LoginDetails {
+                    mno,
+                    saml: saml_subject,
+                    client: Some(client),
+                    user_agent,
+                },
+            )
             .await
         {
             Ok(new) => {

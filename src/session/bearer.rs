@@ -27,12 +27,13 @@ use serde_json::{Map, Value};
 
 use super::model::{RevokeReason, SessionRecord};
 use super::watch::{Pass, Watched};
-use super::{Authenticated, Sessions, TenantRules, blocked};
-use crate::config::{BearerConfig, Config, FailMode, JwksSource, NameOrder};
+use super::{Authenticated, Sessions, blocked};
+use crate::config::{BearerConfig, Config, FailMode, JwksSource};
 use crate::directory::model::{Group, User};
 use crate::directory::now;
 use crate::identity::{Identity, Via};
 use crate::proxy::tunnel::ClosedBy;
+use crate::snapshot::Snapshot;
 
 /// Clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 60;
@@ -264,7 +265,7 @@ impl Issuers {
         }
     }
 
-    /// What they were built from (see [`Sessions::set_config`]).
+    /// What they were built from (see [`crate::session::Settings::build`]).
     pub fn fingerprint(&self) -> &Vec<String> {
         &self.fingerprint
     }
@@ -508,15 +509,15 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 
 impl Sessions {
     /// Whether bearer tokens are accepted on requests for `tenant`.
-    pub fn accepts_bearer(&self, tenant: &str) -> bool {
-        self.bearer.load().serves_tenant(tenant)
+    pub fn accepts_bearer(&self, snap: &Snapshot, tenant: &str) -> bool {
+        snap.sessions.bearer.serves_tenant(tenant)
     }
 
     /// For a request to a host that serves a tenant accepting bearer tokens: whether a
     /// client's token may reach the app (one of those issuers sets
     /// `forward_authorization`). `None`: no such tenant, `Authorization` is the app's.
-    pub fn bearer_host(&self, serves: impl Fn(&str) -> bool) -> Option<bool> {
-        let issuers = self.bearer.load();
+    pub fn bearer_host(&self, snap: &Snapshot, serves: impl Fn(&str) -> bool) -> Option<bool> {
+        let issuers = &snap.sessions.bearer;
         let mut served = issuers
             .by_tenant
             .iter()
@@ -527,8 +528,8 @@ impl Sessions {
     }
 
     /// Whether any tenant accepts bearer tokens.
-    pub fn any_bearer(&self) -> bool {
-        self.bearer.load().any()
+    pub fn any_bearer(&self, snap: &Snapshot) -> bool {
+        snap.sessions.bearer.any()
     }
 
     /// The gate for a machine client: the token's verdict, from the cache while nothing
@@ -536,6 +537,7 @@ impl Sessions {
     /// request's host belongs to `tenant`, as for sessions.
     pub async fn gate_bearer(
         self: &Arc<Self>,
+        snap: &Snapshot,
         token: &str,
         serves: impl Fn(&str) -> bool + Sync,
     ) -> BearerGate {
@@ -544,7 +546,7 @@ impl Sessions {
         }
         let generation = self.generation.load(Ordering::Acquire);
         let now = now();
-        let issuers = self.bearer.load();
+        let issuers = &snap.sessions.bearer;
         let token_key: [u8; 32] = sha2::Digest::finalize(
             <sha2::Sha256 as sha2::Digest>::new_with_prefix(token.as_bytes()),
         )
@@ -552,12 +554,11 @@ impl Sessions {
         if let Some(v) = issuers.verdicts.get(&token_key)
             && v.generation == generation
             && now <= v.until
-            && v.pass.auth.headers.expires_at - now > self.signer.ttl().as_secs() as i64 / 2
+            && v.pass.auth.headers.expires_at - now > snap.identity.ttl().as_secs() as i64 / 2
             && serves(&v.tenant)
         {
             return BearerGate::Forward(v.pass.clone(), v.forward_authorization);
         }
-        let issuers = arc_swap::Guard::into_inner(issuers);
         if !issuers.by_tenant.keys().any(|t| serves(t)) {
             return BearerGate::NotAccepted;
         }
@@ -573,7 +574,7 @@ impl Sessions {
         let mut candidates: Vec<&Arc<Issuer>> = issuers
             .by_tenant
             .iter()
-            .filter(|(tenant, _)| serves(tenant) && self.known_tenants.load().contains(*tenant))
+            .filter(|(tenant, _)| serves(tenant) && snap.sessions.known.contains(*tenant))
             .flat_map(|(_, list)| list.iter())
             .filter(|i| i.config.issuer == iss)
             .collect();
@@ -607,15 +608,7 @@ impl Sessions {
             return BearerGate::Unavailable;
         }
         let tenant = &issuer.tenant;
-        let rules = self
-            .tenants
-            .load()
-            .get(tenant)
-            .cloned()
-            .unwrap_or(TenantRules {
-                name_order: NameOrder::GivenFamily,
-                default_role: crate::config::defaults::DEFAULT_ROLE.into(),
-            });
+        let rules = snap.sessions.rules(tenant);
         let may_fetch = self.store_healthy();
         let user_key = (tenant.clone(), subject.to_owned());
         let user = match self.user(&user_key, may_fetch, generation).await {
@@ -691,10 +684,13 @@ impl Sessions {
                 }
             }
         };
-        let headers = match self
-            .signer
-            .headers_via(&identity, rules.name_order, now, Via::Bearer)
-        {
+        let headers = match self.signer.headers_via(
+            &snap.identity,
+            &identity,
+            rules.name_order,
+            now,
+            Via::Bearer,
+        ) {
             Ok(h) => h,
             Err(crate::identity::HeadersError::NotAHeaderValue(field)) => {
                 return BearerGate::Unusable(field);
@@ -719,6 +715,8 @@ impl Sessions {
                 expires_at: exp,
                 mno: None,
                 saml: None,
+                client: None,
+                user_agent: None,
             },
             name: identity.display_name(rules.name_order),
             identity,

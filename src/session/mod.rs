@@ -27,6 +27,7 @@ use crate::config::{Config, FailMode, NameOrder, SessionConfig};
 use crate::directory::model::{Group, User};
 use crate::directory::now;
 use crate::identity::{Identity, IdentityHeaders, Signer};
+use crate::snapshot::{Snapshot, Snapshots};
 use crate::store::{
     DirectoryStore, Event, EventBus, SessionStore, Store, StoreError, StoredSession,
 };
@@ -125,6 +126,46 @@ struct TenantRules {
     default_role: String,
 }
 
+/// What the session layer takes from a config: how each tenant's identities are
+/// composed, which tenants exist, and the machine clients' issuers. Part of the
+/// [`Snapshot`].
+pub struct Settings {
+    rules: HashMap<String, TenantRules>,
+    /// The tenants that exist: a session of a tenant removed since (a marketplace the
+    /// developer platform dropped) no longer works.
+    known: std::collections::HashSet<String>,
+    /// Machine clients' issuers and their verdicts.
+    bearer: Arc<bearer::Issuers>,
+}
+
+impl Settings {
+    /// From `config`; issuers that `previous` (the running settings) already has with
+    /// the same settings are kept, with their fetched keys and verdicts.
+    pub fn build(config: &Config, previous: Option<&Settings>) -> Settings {
+        let bearer = match previous {
+            Some(p) if *p.bearer.fingerprint() == bearer::fingerprint(config) => p.bearer.clone(),
+            _ => Arc::new(bearer::Issuers::renewed(
+                config,
+                config.session.cache_ttl,
+                previous.map(|p| &*p.bearer),
+            )),
+        };
+        Settings {
+            rules: tenant_rules(config),
+            known: config.tenants.iter().map(|t| t.id.clone()).collect(),
+            bearer,
+        }
+    }
+
+    /// `tenant`'s rules, or the defaults for a tenant the config does not name.
+    fn rules(&self, tenant: &str) -> TenantRules {
+        self.rules.get(tenant).cloned().unwrap_or(TenantRules {
+            name_order: NameOrder::GivenFamily,
+            default_role: crate::config::defaults::DEFAULT_ROLE.into(),
+        })
+    }
+}
+
 /// Sessions of one deployment.
 pub struct Sessions {
     store: Store,
@@ -133,8 +174,9 @@ pub struct Sessions {
     secure: bool,
     fail_mode: FailMode,
     signer: Arc<Signer>,
-    /// Per tenant, how identities are composed; replaced by a reload.
-    tenants: arc_swap::ArcSwap<HashMap<String, TenantRules>>,
+    /// The running configuration: per-tenant rules, known tenants and bearer issuers
+    /// are its [`Settings`]. A request is handed the snapshot its gateway loaded.
+    snapshots: Arc<Snapshots>,
     live: Cache<[u8; 32], Arc<Live>>,
     users: Cache<(String, String), Arc<User>>,
     groups: Cache<(String, String), Arc<Group>>,
@@ -147,15 +189,10 @@ pub struct Sessions {
     instance: u64,
     /// Maestrano's session re-check, for tenants that ask for it.
     recheck: std::sync::OnceLock<Arc<dyn RecheckHook>>,
-    /// The tenants that exist now: a session of a tenant removed since (a marketplace
-    /// the developer platform dropped) no longer works.
-    known_tenants: arc_swap::ArcSwap<std::collections::HashSet<String>>,
     /// Sessions with connections that outlived their request (see [`watch`]).
     watches: Arc<WatchMap>,
     /// The runtime that [`Sessions::start`] ran on, for the watches' background work.
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
-    /// Machine clients' issuers and verdicts; replaced by a reload that changes them.
-    bearer: arc_swap::ArcSwap<bearer::Issuers>,
     /// Woken by every invalidation, for the bearer connections that watch a user.
     changed: tokio::sync::Notify,
 }
@@ -256,7 +293,12 @@ pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 impl Sessions {
     /// Builds the session layer; call [`Sessions::start`] inside the runtime to begin
     /// listening for invalidations.
-    pub fn new(config: &Config, store: Store, signer: Arc<Signer>) -> Sessions {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        signer: Arc<Signer>,
+        snapshots: Arc<Snapshots>,
+    ) -> Sessions {
         let ttl = config.session.cache_ttl;
         fn cache<K, V>(cap: u64, ttl: Duration) -> Cache<K, V>
         where
@@ -272,14 +314,10 @@ impl Sessions {
             secure: config.server.is_https(),
             fail_mode: config.store.fail_mode,
             signer,
-            tenants: arc_swap::ArcSwap::from_pointee(tenant_rules(config)),
+            snapshots,
             recheck: std::sync::OnceLock::new(),
-            known_tenants: arc_swap::ArcSwap::from_pointee(
-                config.tenants.iter().map(|t| t.id.clone()).collect(),
-            ),
             watches: Arc::default(),
             runtime: std::sync::OnceLock::new(),
-            bearer: arc_swap::ArcSwap::from_pointee(bearer::Issuers::new(config, ttl)),
             changed: tokio::sync::Notify::new(),
             live: cache(CACHE_CAPACITY, ttl),
             users: cache(CACHE_CAPACITY, ttl),
@@ -290,10 +328,37 @@ impl Sessions {
         }
     }
 
+    /// The running snapshot, for a caller outside a request (a tool, a test) that asks
+    /// [`Sessions::authenticate`] directly.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshots.load()
+    }
+
+    /// A session layer outside a running app, under `config`'s own snapshot: for tools
+    /// and tests that create or end sessions in a shared store as another replica would.
+    pub fn standalone(
+        config: &Config,
+        store: Store,
+    ) -> Result<Sessions, crate::snapshot::BuildError> {
+        let builder = crate::snapshot::Builder {
+            directory: crate::directory::Directory::new(store.clone()),
+            failures: crate::limits::Failures::new(),
+            slots: crate::saml::metadata::Slots::new(config),
+            ephemeral_key_ok: store.is_memory(),
+        };
+        let snapshots = Snapshots::new(builder.build(config, None)?);
+        Ok(Sessions::new(
+            config,
+            store,
+            Arc::new(Signer::new(&config.identity)),
+            snapshots,
+        ))
+    }
+
     /// Starts the invalidation listener and the store health monitor.
     pub fn start(self: &Arc<Self>) {
         let _ = self.runtime.set(tokio::runtime::Handle::current());
-        self.bearer.load().start();
+        self.snapshots.load().sessions.bearer.start();
         let mut events = self.store.subscribe();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -452,6 +517,7 @@ impl Sessions {
     /// host resolves to the session's tenant: a session counts only on its own tenant.
     pub async fn gate(
         self: &Arc<Self>,
+        snap: &Snapshot,
         headers: &HeaderMap,
         host: &[u8],
         serves: impl Fn(&str) -> bool + Sync,
@@ -474,7 +540,7 @@ impl Sessions {
             }
             let now = now();
             if self.expired(&entry.live, now)
-                || entry.jwt_expires_at - now <= self.signer.ttl().as_secs() as i64 / 2
+                || entry.jwt_expires_at - now <= snap.identity.ttl().as_secs() as i64 / 2
             {
                 return None;
             }
@@ -490,7 +556,10 @@ impl Sessions {
             Some(None) => return Gate::Missing,
             None => {}
         }
-        match self.authenticate_hashed(hash_cookie(value), &serves).await {
+        match self
+            .authenticate_hashed(snap, hash_cookie(value), &serves)
+            .await
+        {
             AuthInner::Valid(auth, live) => {
                 self.poke_recheck(&live, now());
                 let copied: Box<[(http::HeaderName, HeaderValue)]> = auth
@@ -551,6 +620,7 @@ impl Sessions {
     /// is false counts as missing.
     pub async fn authenticate(
         &self,
+        snap: &Snapshot,
         headers: &HeaderMap,
         serves: &(dyn Fn(&str) -> bool + Sync),
     ) -> Auth {
@@ -560,7 +630,10 @@ impl Sessions {
         if !self.store_healthy() && self.fail_mode == FailMode::Closed {
             return Auth::Unavailable;
         }
-        match self.authenticate_hashed(hash_cookie(value), serves).await {
+        match self
+            .authenticate_hashed(snap, hash_cookie(value), serves)
+            .await
+        {
             AuthInner::Valid(a, _) => Auth::Valid(a),
             AuthInner::Missing => Auth::Missing,
             AuthInner::Revoked(r) => Auth::Revoked(r),
@@ -571,6 +644,7 @@ impl Sessions {
 
     async fn authenticate_hashed(
         &self,
+        snap: &Snapshot,
         key: [u8; 32],
         serves: &(dyn Fn(&str) -> bool + Sync),
     ) -> AuthInner {
@@ -619,10 +693,10 @@ impl Sessions {
         let rec = &live.stored.record;
         if let Some(reason) = live.stored.revoked {
             return self
-                .still_revoked(&live, reason, now, may_fetch, generation)
+                .still_revoked(snap, &live, reason, now, may_fetch, generation)
                 .await;
         }
-        if self.expired(&live, now) || !self.known_tenants.load().contains(&rec.tenant) {
+        if self.expired(&live, now) || !snap.sessions.known.contains(&rec.tenant) {
             return AuthInner::Missing;
         }
         let user = match self.user(&live.user_key, may_fetch, generation).await {
@@ -648,21 +722,13 @@ impl Sessions {
             .filter(|(uv, gv, a)| {
                 *uv == user.version
                     && *gv == group.version
-                    && a.headers.expires_at - now > self.signer.ttl().as_secs() as i64 / 2
+                    && a.headers.expires_at - now > snap.identity.ttl().as_secs() as i64 / 2
             })
             .map(|(_, _, a)| a.clone());
         if let Some(a) = cached {
             return AuthInner::Valid(a, live.clone());
         }
-        let rules = self
-            .tenants
-            .load()
-            .get(&rec.tenant)
-            .cloned()
-            .unwrap_or(TenantRules {
-                name_order: NameOrder::GivenFamily,
-                default_role: crate::config::defaults::DEFAULT_ROLE.into(),
-            });
+        let rules = snap.sessions.rules(&rec.tenant);
         let identity = Identity {
             user_id: user.id.clone(),
             group_id: group.id.clone(),
@@ -679,7 +745,10 @@ impl Sessions {
                 user.memberships.iter().map(|m| m.group_id.as_str()),
             ),
         };
-        let headers = match self.signer.headers(&identity, rules.name_order, now) {
+        let headers = match self
+            .signer
+            .headers(&snap.identity, &identity, rules.name_order, now)
+        {
             Ok(h) => h,
             Err(crate::identity::HeadersError::NotAHeaderValue(field)) => {
                 return AuthInner::Unusable(field);
@@ -710,13 +779,14 @@ impl Sessions {
     /// their status cannot be read, the 403 stands: never a guess that lets anyone in.
     async fn still_revoked(
         &self,
+        snap: &Snapshot,
         live: &Live,
         reason: RevokeReason,
         now: i64,
         may_fetch: bool,
         generation: u64,
     ) -> AuthInner {
-        if self.expired(live, now) || !self.known_tenants.load().contains(&live.user_key.0) {
+        if self.expired(live, now) || !snap.sessions.known.contains(&live.user_key.0) {
             return AuthInner::Missing;
         }
         let user = match self.user(&live.user_key, may_fetch, generation).await {
@@ -770,29 +840,17 @@ impl Sessions {
         });
     }
 
-    /// Takes what a new config says about tenants (a reload, or Maestrano's developer
-    /// platform): how identities are composed, the bearer issuers (kept, with their
-    /// fetched keys and verdicts, when unchanged) and which tenants exist.
-    pub fn set_config(self: &Arc<Self>, config: &Config) {
-        self.tenants.store(Arc::new(tenant_rules(config)));
-        let current = self.bearer.load_full();
-        if *current.fingerprint() != bearer::fingerprint(config) {
-            let fresh = bearer::Issuers::renewed(config, self.config.cache_ttl, Some(&current));
-            if self.runtime.get().is_some() {
-                fresh.start();
-            }
-            self.bearer.store(Arc::new(fresh));
+    /// A new snapshot was published (a reload, or Maestrano's developer platform):
+    /// starts its new bearer issuers' key fetches, and drops every cached outcome, so
+    /// that sessions are judged again under the new tenants and rules. Sessions of
+    /// tenants no longer in it stop working at their next request on this replica, and
+    /// their open connections close.
+    pub fn config_changed(self: &Arc<Self>) {
+        if self.runtime.get().is_some() {
+            self.snapshots.load().sessions.bearer.start();
         }
-        self.set_tenants(config.tenants.iter().map(|t| t.id.clone()).collect());
-    }
-
-    /// Replaces the set of existing tenants. Sessions of tenants no longer in it stop
-    /// working at their next request on this replica (every cached entry is dropped).
-    pub fn set_tenants(self: &Arc<Self>, ids: std::collections::HashSet<String>) {
-        self.known_tenants.store(Arc::new(ids));
         self.live.invalidate_all();
         self.generation.fetch_add(1, Ordering::Release);
-        // Open connections of a removed tenant's sessions close too.
         self.check_later(self.watched(None));
     }
 
@@ -862,20 +920,20 @@ impl Sessions {
             actor: audit::Actor::User,
             request_id: None,
         };
-        self.create_session_with(&by, tenant, user_id, group_id, None, None)
+        self.create_session_with(&by, tenant, user_id, group_id, Default::default())
             .await
     }
 
-    /// [`Sessions::create_session`], keeping the Maestrano session and the SAML subject
-    /// it came with. `by` is the login's request, for the audit line.
+    /// [`Sessions::create_session`], keeping what the login knew besides the user (the
+    /// Maestrano session, the SAML subject, the client). `by` is the login's request,
+    /// for the audit line.
     pub async fn create_session_with(
         &self,
         by: &Origin<'_>,
         tenant: &str,
         user_id: &str,
         group_id: &str,
-        mno: Option<crate::session::model::MnoSession>,
-        saml: Option<crate::session::model::SamlSubject>,
+        details: model::LoginDetails,
     ) -> Result<NewSession, SessionError> {
         let user = self
             .store
@@ -902,8 +960,10 @@ impl Sessions {
                 group_id: group_id.to_owned(),
                 created_at: now,
                 expires_at: now + lifetime,
-                mno,
-                saml,
+                mno: details.mno,
+                saml: details.saml,
+                client: details.client.map(|ip| ip.to_canonical().to_string()),
+                user_agent: details.user_agent.as_deref().map(model::stored_user_agent),
             },
             last_seen: now,
             revoked: None,

@@ -54,6 +54,45 @@ pub struct SessionRecord {
     /// find this session, and so that an SP-initiated logout can name it to the IdP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saml: Option<SamlSubject>,
+    /// The client's address at login (through the trusted proxies), for the admin
+    /// API's session list: an operator telling a user's sessions apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The browser's `User-Agent` at login, cut to [`MAX_USER_AGENT`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// The most of a `User-Agent` a session keeps: enough to tell browsers apart, never a
+/// way for a client to make its session record large.
+pub const MAX_USER_AGENT: usize = 256;
+
+/// What a login knows besides who signed in, kept with the session it makes.
+#[derive(Debug, Clone, Default)]
+pub struct LoginDetails {
+    /// The Maestrano session behind it, for tenants that re-check it.
+    pub mno: Option<MnoSession>,
+    /// The SAML subject, for Single Logout.
+    pub saml: Option<SamlSubject>,
+    /// The client's address.
+    pub client: Option<std::net::IpAddr>,
+    /// The `User-Agent` header as sent (cut and made printable when stored).
+    pub user_agent: Option<String>,
+}
+
+/// `ua` as a session keeps it: printable ASCII only (anything else becomes `?`), at
+/// most [`MAX_USER_AGENT`] bytes.
+pub fn stored_user_agent(ua: &str) -> String {
+    ua.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(MAX_USER_AGENT)
+        .collect()
 }
 
 /// The subject of the assertion a session was made from, as SAML Single Logout names it.
@@ -77,4 +116,17 @@ pub struct MnoSession {
     pub session: String,
     /// Unix seconds after which Maestrano must be asked again (0: at once).
     pub recheck: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_user_agent_is_printable_and_bounded() {
+        assert_eq!(stored_user_agent("Mozilla/5.0 (X11)"), "Mozilla/5.0 (X11)");
+        assert_eq!(stored_user_agent("a\u{e9}b\tc\u{7f}"), "a?b?c?");
+        let long = "y".repeat(1000);
+        assert_eq!(stored_user_agent(&long).len(), MAX_USER_AGENT);
+    }
 }

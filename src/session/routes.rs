@@ -38,7 +38,7 @@ async fn session(ctx: &RouteCtx<'_>, req: &Request<Incoming>) -> Response<Body> 
     let host = ctx.host(req);
     match ctx
         .sessions
-        .authenticate(req.headers(), &|t| ctx.serves(host, t))
+        .authenticate(ctx.snapshot, req.headers(), &|t| ctx.serves(host, t))
         .await
     {
         Auth::Valid(a) => session_json(&a),

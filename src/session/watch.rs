@@ -206,7 +206,7 @@ impl Sessions {
         if now > watch.expires_at {
             return Ok(Some(ClosedBy::Expired));
         }
-        if !self.known_tenants.load().contains(&watch.tenant) {
+        if !self.snapshots.load().sessions.known.contains(&watch.tenant) {
             return Ok(Some(ClosedBy::Revoked));
         }
         let idle = self.config.idle_timeout.as_secs() as i64;

@@ -828,10 +828,9 @@ pub fn deployment(
     let cfg =
         idgate::config::Config::from_toml(&text, std::path::Path::new("/")).expect("valid config");
     let store = idgate::store::Store::open(&cfg.store).expect("store");
-    let signer = Arc::new(idgate::identity::Signer::new(&cfg.identity, false).expect("signer"));
     Deployment {
         dir: idgate::directory::Directory::new(store.clone()),
-        sessions: Arc::new(idgate::session::Sessions::new(&cfg, store, signer)),
+        sessions: Arc::new(idgate::session::Sessions::standalone(&cfg, store).expect("sessions")),
         text,
         _keys: keys,
     }
