@@ -21,6 +21,9 @@
 //!   process (it answers 200 to every `POST /v1/traces`), reported as ratios to
 //!   idgate-auth; tracing off against the build before it is idgate-auth against
 //!   `BENCH_IDGATE_BASELINE` below;
+//! - **idg-reload**: idgate-auth's deployment sent SIGHUP every 250 ms for the whole run
+//!   (each reload publishes a new config snapshot and drops the session caches),
+//!   reported as a ratio to idgate-auth;
 //! - **revocation**: a second replica on the same Redis; the time from deactivating a user
 //!   through the library to that replica answering 403, over many samples.
 //!
@@ -60,6 +63,9 @@ use common::*;
 
 /// The upstream's answer: 20 bytes, as in the engine comparison in STYLE.md.
 const BODY: &[u8] = b"hello from upstream\n";
+
+/// How often the `idg-reload` target is sent SIGHUP.
+const RELOAD_EVERY: Duration = Duration::from_millis(250);
 
 /// A minimal keep-alive HTTP/1.1 upstream on its own runtime thread.
 fn start_upstream() -> SocketAddr {
@@ -430,6 +436,28 @@ fn main() {
     };
     let (trace_low_proc, trace_low, admin_trace_low) = traced("auth-trace-low", "0.01");
     let (trace_all_proc, trace_all, admin_trace_all) = traced("auth-trace-all", "1.0");
+    // The authenticated deployment reloading its config (SIGHUP) every RELOAD_EVERY
+    // while it is measured: each reload publishes a new snapshot and drops the session
+    // caches, so this is what an operator's reloads cost the traffic.
+    let (reload_proc, reload_addr, admin_reload) =
+        start_idgate(upstream, dir.path(), "auth-reload", &auth_rest);
+    let reloading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reloads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reloader = {
+        let (pid, on, n) = (reload_proc.pid(), reloading.clone(), reloads.clone());
+        std::thread::spawn(move || {
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(RELOAD_EVERY);
+                let sent = std::process::Command::new("kill")
+                    .args(["-HUP", &pid.to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if sent {
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
     let baseline = std::env::var("BENCH_IDGATE_BASELINE")
         .ok()
         .map(|bin| common::start_idgate_bin(&bin, upstream, dir.path(), "auth-base", &auth_rest));
@@ -477,6 +505,7 @@ fn main() {
             admin_bearer,
             admin_trace_low,
             admin_trace_all,
+            admin_reload,
         ]
         .into_iter()
         .chain(baseline.as_ref().map(|(_, _, admin)| *admin))
@@ -541,6 +570,12 @@ fn main() {
             trace_all,
             Some(&with_cookie),
             Some(trace_all_proc.pid()),
+        ),
+        (
+            "idg-reload",
+            reload_addr,
+            Some(&with_cookie),
+            Some(reload_proc.pid()),
         ),
     ];
     if let Some((proc, addr, _)) = &baseline {
@@ -721,6 +756,18 @@ fn main() {
         "idg-trace-1",
         "idg-auth",
         "   (tracing on, every trace sampled and exported)",
+    );
+    reloading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = reloader.join();
+    ratio(
+        "reload/idgate-auth",
+        "idg-reload",
+        "idg-auth",
+        &format!(
+            "   (config reloaded every {} ms while measured: {} reloads in all)",
+            RELOAD_EVERY.as_millis(),
+            reloads.load(std::sync::atomic::Ordering::Relaxed)
+        ),
     );
     ratio(
         "idgate-auth/nginx-hdr",
