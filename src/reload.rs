@@ -122,7 +122,7 @@ impl Reloader {
 
     /// Puts `config` in place: its snapshot (tenancy, access rules, per-tenant session
     /// rules, bearer issuers, identity keys, Maestrano tenants) replaces the running
-    /// one at once, and the sessions' caches are dropped. Fails (changing nothing) when
+    /// one at once, and every session is judged again under it at its next request. Fails (changing nothing) when
     /// a tenant's SAML settings do not make a working SP or a key does not load.
     pub fn apply(&self, config: &Config) -> Result<Vec<String>, String> {
         let running = self.snapshots.load_full();
@@ -134,8 +134,8 @@ impl Reloader {
         if !Arc::ptr_eq(&next.identity, &running.identity) {
             tracing::info!(kid = %next.identity.kid(), "identity signing keys reloaded");
         }
-        self.snapshots.publish(next);
-        self.sessions.config_changed();
+        let old = self.snapshots.publish(next);
+        self.sessions.config_changed(&old);
         Ok(ids)
     }
 

@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub identity: Arc<SignerKeys>,
     /// Maestrano tenants, for the background jobs and the session re-check.
     pub maestrano: HashMap<String, MaestranoConfig>,
+    /// Which publication this is: 0 at startup, one more at each reload. What is
+    /// cached from a snapshot (a session's signed identity) is checked against it.
+    pub epoch: u64,
 }
 
 /// What building a snapshot needs besides the config: the long-lived services that
@@ -101,6 +104,7 @@ impl Builder {
                 .iter()
                 .filter_map(|t| Some((t.id.clone(), t.maestrano.clone()?)))
                 .collect(),
+            epoch: 0,
         })
     }
 }
@@ -125,8 +129,10 @@ impl Snapshots {
         self.0.load_full()
     }
 
-    /// Makes `next` the running snapshot and returns the one it replaces.
-    pub fn publish(&self, next: Snapshot) -> Arc<Snapshot> {
+    /// Makes `next` the running snapshot and returns the one it replaces. Callers
+    /// publish one at a time (the reloader's lock).
+    pub fn publish(&self, mut next: Snapshot) -> Arc<Snapshot> {
+        next.epoch = self.0.load().epoch + 1;
         self.0.swap(Arc::new(next))
     }
 }

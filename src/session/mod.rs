@@ -112,12 +112,21 @@ struct Live {
     user_key: (String, String),
     group_key: (String, String),
     last_touch: AtomicI64,
-    /// (user version, group version, signed identity): reused until either record
-    /// changes or the JWT reaches half its lifetime.
-    identity: Mutex<Option<(u64, u64, Arc<Authenticated>)>>,
+    /// The signed identity, reused until the config, either record changes, or the JWT
+    /// reaches half its lifetime.
+    identity: Mutex<Option<Signed>>,
     /// Unix seconds of the next Maestrano re-check (`i64::MAX`: none). Shared with the
     /// re-check in flight, which moves it.
     recheck_at: Arc<AtomicI64>,
+}
+
+/// A session's signed identity and what it was made from.
+struct Signed {
+    /// The snapshot's epoch (keys, rules).
+    epoch: u64,
+    user_version: u64,
+    group_version: u64,
+    auth: Arc<Authenticated>,
 }
 
 #[derive(Clone)]
@@ -719,12 +728,13 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .filter(|(uv, gv, a)| {
-                *uv == user.version
-                    && *gv == group.version
-                    && a.headers.expires_at - now > snap.identity.ttl().as_secs() as i64 / 2
+            .filter(|m| {
+                m.epoch == snap.epoch
+                    && m.user_version == user.version
+                    && m.group_version == group.version
+                    && m.auth.headers.expires_at - now > snap.identity.ttl().as_secs() as i64 / 2
             })
-            .map(|(_, _, a)| a.clone());
+            .map(|m| m.auth.clone());
         if let Some(a) = cached {
             return AuthInner::Valid(a, live.clone());
         }
@@ -764,8 +774,12 @@ impl Sessions {
             identity,
             headers,
         });
-        *live.identity.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((user.version, group.version, auth.clone()));
+        *live.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(Signed {
+            epoch: snap.epoch,
+            user_version: user.version,
+            group_version: group.version,
+            auth: auth.clone(),
+        });
         AuthInner::Valid(auth, live)
     }
 
@@ -840,18 +854,23 @@ impl Sessions {
         });
     }
 
-    /// A new snapshot was published (a reload, or Maestrano's developer platform):
-    /// starts its new bearer issuers' key fetches, and drops every cached outcome, so
-    /// that sessions are judged again under the new tenants and rules. Sessions of
+    /// A new snapshot replaced `old` (a reload, or Maestrano's developer platform):
+    /// starts its new bearer issuers' key fetches, and makes every session and token be
+    /// judged again under the new tenants, rules and keys at its next request. The
+    /// caches of store records (sessions, users, groups) stay: a reload costs each
+    /// session one re-signed identity per worker, not a store round trip. Sessions of
     /// tenants no longer in it stop working at their next request on this replica, and
     /// their open connections close.
-    pub fn config_changed(self: &Arc<Self>) {
+    pub fn config_changed(self: &Arc<Self>, old: &Snapshot) {
+        let new = self.snapshots.load();
         if self.runtime.get().is_some() {
-            self.snapshots.load().sessions.bearer.start();
+            new.sessions.bearer.start();
         }
-        self.live.invalidate_all();
+        // Per-thread passes and bearer verdicts were made under the old snapshot.
         self.generation.fetch_add(1, Ordering::Release);
-        self.check_later(self.watched(None));
+        if new.sessions.known != old.sessions.known {
+            self.check_later(self.watched(None));
+        }
     }
 
     /// Installs the re-check (once, at startup).
