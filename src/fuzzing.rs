@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::directory::model::{Email, Group, Membership, User};
 use crate::proxy::h1::{self, Decoder, Framing, Parsed, Step};
-use crate::scim::resource::{case_exact, group_json, group_from_json, user_from_json, user_json};
+use crate::scim::resource::{case_exact, group_from_json, group_json, user_from_json, user_json};
 use crate::scim::{filter, patch};
 
 const SCIM_BASE: &str = "https://sp.example.com/_idgate/scim/acme/v2";
@@ -45,8 +45,7 @@ pub fn scim_filter(data: &[u8]) {
     for (key, value) in parsed.required_eqs() {
         // A key from inside a value path can hold two dots (`emails.name.x`), which
         // no index has and no filter can write.
-        let Ok(clause) = filter::parse(&format!("{key} eq {}", Value::String(value.into())))
-        else {
+        let Ok(clause) = filter::parse(&format!("{key} eq {}", Value::String(value.into()))) else {
             continue;
         };
         assert!(
@@ -280,7 +279,11 @@ fn read_response(input: &[u8], head_request: bool, read_size: usize) -> ReadOutc
         }
     };
     if head.keep_alive {
-        assert_ne!(head.framing, Framing::Close, "a read-to-close body kept alive");
+        assert_ne!(
+            head.framing,
+            Framing::Close,
+            "a read-to-close body kept alive"
+        );
     }
     let mut decoder = Decoder::new(head.framing);
     let mut body = Vec::new();
@@ -299,7 +302,11 @@ fn read_response(input: &[u8], head_request: bool, read_size: usize) -> ReadOutc
     if body_error.is_none()
         && let Framing::Length(n) = head.framing
     {
-        assert_eq!(body.len() as u64, n, "a Content-Length body of another length");
+        assert_eq!(
+            body.len() as u64,
+            n,
+            "a Content-Length body of another length"
+        );
     }
     ReadOutcome {
         head: Ok((head.status.as_u16(), head.framing, head.keep_alive)),
@@ -446,4 +453,54 @@ fn scim_user_doc() -> &'static Value {
             json!({"employeeNumber": "42", "manager": {"value": "u-0"}});
         doc
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed(target: &str, name: &str) -> Vec<u8> {
+        std::fs::read(source_dir().join("fuzz/corpus").join(target).join(name)).unwrap()
+    }
+
+    /// A harness that stopped at its first check would fuzz nothing behind it: the
+    /// seeds must reach the end of what each target covers.
+    #[test]
+    fn the_saml_seeds_reach_decryption_and_the_shell_of_the_plaintext() {
+        for name in ["plain.xml", "encrypted-gcm.xml", "encrypted-cbc-rsa15.xml"] {
+            let form =
+                base64::engine::general_purpose::STANDARD.encode(seed("saml_response", name));
+            if let Err(e) = saml_sp().check_unverified(&form) {
+                panic!("{name}: {e}");
+            }
+        }
+        let plain_b64 = String::from_utf8(seed("saml_response", "plain.b64")).unwrap();
+        assert!(saml_sp().check_unverified(&plain_b64).is_ok());
+        let sha1 = base64::engine::general_purpose::STANDARD
+            .encode(seed("saml_response", "sha1-refused.xml"));
+        assert_eq!(
+            saml_sp().check_unverified(&sha1).map_err(|e| e.code()),
+            Err("signature")
+        );
+    }
+
+    #[test]
+    fn the_config_seeds_reach_the_saml_check() {
+        let text = String::from_utf8(seed("config", "tenant-sp-key.toml")).unwrap();
+        let base = source_dir().join("config");
+        let table = text.parse::<toml::Table>().unwrap();
+        assert!(harmless_config(&table, &base));
+        let config = crate::check_config_text(&text, &base).unwrap();
+        assert!(config.tenants[0].saml.sp_key.is_some());
+        // What the target skips: reads that never end, and name lookups.
+        for skipped in [
+            "[identity]\nsigning_key = \"file:/dev/zero\"",
+            "[server]\nlisten = \"example.com:80\"",
+        ] {
+            assert!(
+                !harmless_config(&skipped.parse().unwrap(), &base),
+                "{skipped}"
+            );
+        }
+    }
 }
