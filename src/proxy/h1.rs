@@ -34,11 +34,11 @@ use tokio::net::TcpStream;
 
 /// Largest response head accepted: eight times nginx's default `proxy_buffer_size`
 /// limit, below hyper's 400 KiB.
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in one response head.
 const MAX_HEADERS: usize = 128;
 /// Interim (1xx) responses tolerated before the final one.
-const MAX_INTERIM: usize = 8;
+pub(crate) const MAX_INTERIM: usize = 8;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Most bytes of trailer fields after the last chunk (they are read and dropped).
@@ -395,7 +395,7 @@ enum State {
 
 /// One step of decoding.
 #[derive(Debug)]
-enum Step {
+pub(crate) enum Step {
     /// Body bytes.
     Data(Bytes),
     /// The body ended.
@@ -436,7 +436,14 @@ impl Decoder {
         }
     }
 
-    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, H1Error> {
+    /// Whether the body ends only when the upstream closes (no length given), so that
+    /// the end of the stream is the end of the body rather than a truncation.
+    pub(crate) fn reads_until_close(&self) -> bool {
+        self.state == State::Close
+    }
+
+    /// Decodes what `buf` holds of the body, consuming it.
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, H1Error> {
         loop {
             match self.state {
                 State::Done => return Ok(Step::End),
@@ -576,7 +583,7 @@ impl BodyReader {
                 }
             }
             match ready!(conn.poll_fill(cx)) {
-                Ok(0) if self.decoder.state == State::Close => {
+                Ok(0) if self.decoder.reads_until_close() => {
                     self.decoder.state = State::Done;
                     self.conn = None;
                     return Poll::Ready(None);

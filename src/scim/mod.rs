@@ -9,7 +9,7 @@
 
 pub mod filter;
 pub mod patch;
-mod resource;
+pub(crate) mod resource;
 pub mod token;
 
 use std::collections::{HashMap, HashSet};
@@ -1266,7 +1266,7 @@ fn wants_members(q: &Query) -> bool {
 }
 
 /// Parses a PatchOp body, refusing more operations than [`MAX_PATCH_OPS`].
-fn parse_patch(body: &Value) -> Result<Vec<patch::PatchOp>, ScimError> {
+pub(crate) fn parse_patch(body: &Value) -> Result<Vec<patch::PatchOp>, ScimError> {
     let ops = patch::parse(body).map_err(patch_error)?;
     if ops.len() > MAX_PATCH_OPS {
         return Err(ScimError::invalid_value(format!(
