@@ -408,12 +408,7 @@ impl Gateway {
             && let Some(token) = crate::session::bearer::bearer_token(req.headers())
         {
             let host = host_of(&req);
-            let gate_span = crate::telemetry::span!(
-                "idgate.gate",
-                idgate.auth = "bearer",
-                idgate.gate.result = tracing::field::Empty,
-                idgate.tenant = tracing::field::Empty,
-            );
+            let gate_span = gate_span("bearer");
             let verdict = crate::telemetry::traced(
                 self.sessions
                     .gate_bearer(snap, token, |tenant| tn.serves(host, tenant)),
@@ -440,12 +435,7 @@ impl Gateway {
         // 5–6. Everything else needs a live session of an active user in an active group,
         // made for the tenant this request is addressed to.
         let host = host_of(&req);
-        let gate_span = crate::telemetry::span!(
-            "idgate.gate",
-            idgate.auth = "session",
-            idgate.gate.result = tracing::field::Empty,
-            idgate.tenant = tracing::field::Empty,
-        );
+        let gate_span = gate_span("session");
         let gate = crate::telemetry::traced(
             self.sessions.gate(
                 snap,
@@ -1028,6 +1018,17 @@ impl Handler for GatewayWorker {
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
         resp
     }
+}
+
+/// The span of a gate decision (`auth`: session or bearer), filled in by
+/// [`trace_gate`] or [`trace_bearer_gate`]; none when the request is not traced.
+fn gate_span(auth: &'static str) -> tracing::Span {
+    crate::telemetry::span!(
+        "idgate.gate",
+        idgate.auth = auth,
+        idgate.gate.result = tracing::field::Empty,
+        idgate.tenant = tracing::field::Empty,
+    )
 }
 
 /// Notes the session gate's verdict (and the tenant, once known) on its span and the
