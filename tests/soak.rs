@@ -246,7 +246,10 @@ async fn idle_rss() {
     for i in 0..10 {
         let r = get(&idgate.url(&format!("/app/{i}")), &[("cookie", &cookie)]).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(get(&idgate.url("/_idgate/jwks.json"), &[]).await.status, 200);
+        assert_eq!(
+            get(&idgate.url("/_idgate/jwks.json"), &[]).await.status,
+            200
+        );
         assert_eq!(get(&idgate.url("/app/anon"), &[]).await.status, 401);
     }
     assert_eq!(get(&idgate.admin_url("/metrics"), &[]).await.status, 200);
@@ -269,7 +272,12 @@ async fn idle_rss() {
 }
 
 /// An IdP-initiated login; returns the session cookie.
-async fn idp_initiated_login(idgate: &Idgate, idp: &Arc<TestIdp>, uid: &str, group: &str) -> String {
+async fn idp_initiated_login(
+    idgate: &Idgate,
+    idp: &Arc<TestIdp>,
+    uid: &str,
+    group: &str,
+) -> String {
     let xml = sign(idp, login_spec(IDP, ACS, SP, None, uid, group)).await;
     let r = send(
         "POST",
@@ -333,7 +341,7 @@ async fn hold_one(addr: SocketAddr, i: usize, cookie: &str) -> Result<Held, Stri
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let path = if i % 2 == 0 {
+    let path = if i.is_multiple_of(2) {
         format!("/app/held/{i}")
     } else {
         "/_idgate/jwks.json".to_owned()
@@ -495,7 +503,10 @@ async fn ten_thousand_connections() {
                 .status,
             200
         );
-        assert_eq!(get(&idgate.url("/_idgate/jwks.json"), &[]).await.status, 200);
+        assert_eq!(
+            get(&idgate.url("/_idgate/jwks.json"), &[]).await.status,
+            200
+        );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(pid);
@@ -592,7 +603,7 @@ async fn ten_thousand_connections() {
     let until = Instant::now() + Duration::from_secs(15);
     let mut n = 0usize;
     while Instant::now() < until {
-        let path = if n % 2 == 0 {
+        let path = if n.is_multiple_of(2) {
             "/app/active"
         } else {
             "/_idgate/jwks.json"
@@ -722,7 +733,7 @@ struct Window {
     events: BTreeMap<&'static str, u64>,
     latencies_us: Vec<u32>,
     proxied_us: Vec<u32>,
-    /// Slowest close of a revoked tunnel, after the deactivation's answer.
+    /// Slowest close of a revoked tunnel, from the deactivation request.
     revoke_max: Duration,
 }
 
@@ -882,9 +893,7 @@ impl Traffic {
                 SP,
             )
         };
-        let r = self
-            .call("GET", &start, &[], Bytes::new(), &[302])
-            .await?;
+        let r = self.call("GET", &start, &[], Bytes::new(), &[302]).await?;
         let location = r.headers.get("location")?.to_str().ok()?.to_owned();
         let relay = url::Url::parse(&location)
             .ok()?
@@ -921,13 +930,21 @@ impl Traffic {
         self.stats.event("logins");
         let session = set_cookie(&r);
         if session.is_none() {
-            self.stats
-                .error("status", format!("{consume}: a login without a session cookie"));
+            self.stats.error(
+                "status",
+                format!("{consume}: a login without a session cookie"),
+            );
         }
         session
     }
 
-    async fn scim(&self, method: &str, path: &str, body: Option<serde_json::Value>, expect: &[u16]) -> Option<Reply> {
+    async fn scim(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        expect: &[u16],
+    ) -> Option<Reply> {
         let mut headers = vec![("authorization", self.scim_auth.as_str())];
         if body.is_some() {
             headers.push(("content-type", SCIM_JSON));
@@ -982,11 +999,11 @@ async fn reader(t: Traffic, n: usize) {
     while t.running() {
         tick.tick().await;
         t.app(&format!("/app/{uid}/{i}"), &cookie, Some(&uid)).await;
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             t.call("GET", "/_idgate/jwks.json", &[], Bytes::new(), &[200])
                 .await;
         }
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             t.call(
                 "GET",
                 "/_idgate/session",
@@ -1010,17 +1027,16 @@ async fn logins(t: Traffic) {
         let group = format!("g-login-{}", n % 4);
         if let Some(cookie) = t.login(&uid, &group, false).await
             && t.app(&format!("/app/{uid}"), &cookie, Some(&uid)).await
-            && n % 2 == 0
-            && t
-                .call(
-                    "POST",
-                    "/_idgate/logout",
-                    &[("cookie", &cookie)],
-                    Bytes::new(),
-                    &[302],
-                )
-                .await
-                .is_some()
+            && n.is_multiple_of(2)
+            && t.call(
+                "POST",
+                "/_idgate/logout",
+                &[("cookie", &cookie)],
+                Bytes::new(),
+                &[302],
+            )
+            .await
+            .is_some()
         {
             t.stats.event("logouts");
             t.call(
@@ -1075,14 +1091,16 @@ async fn scim_writes(t: Traffic) {
                 t.set_active(&id, true).await;
             }
             4 => {
-                let filter: String =
-                    url::form_urlencoded::byte_serialize(format!("userName eq \"{user}\"").as_bytes())
-                        .collect();
+                let filter: String = url::form_urlencoded::byte_serialize(
+                    format!("userName eq \"{user}\"").as_bytes(),
+                )
+                .collect();
                 t.scim("GET", &format!("/Users?filter={filter}"), None, &[200])
                     .await;
             }
             _ => {
-                t.scim("DELETE", &format!("/Users/{id}"), None, &[204]).await;
+                t.scim("DELETE", &format!("/Users/{id}"), None, &[204])
+                    .await;
             }
         }
         n += 1;
@@ -1136,7 +1154,7 @@ async fn ws_closed(ws: &mut Ws, limit: Duration) -> Option<Duration> {
 
 /// Tunnels opened and revoked: a SCIM user (5 per actor, reused) logs in through SAML
 /// (linked by externalId), opens three WebSockets through idgate, echoes, and is
-/// deactivated by SCIM; every tunnel must close within a second of the answer. The user
+/// deactivated by SCIM; every tunnel must close within a second of the request. The user
 /// is then reactivated for its next turn.
 async fn tunnels(t: Traffic, actor: usize) {
     let mut ids: BTreeMap<usize, String> = BTreeMap::new();
@@ -1145,24 +1163,24 @@ async fn tunnels(t: Traffic, actor: usize) {
         let k = n % 5;
         n += 1;
         let uid = format!("tun-{actor}-{k}");
-        if !ids.contains_key(&k) {
-            let body = json!({
-                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-                "userName": format!("{uid}@x.com"),
-                "externalId": uid,
-                "active": true,
-            });
-            match t.scim("POST", "/Users", Some(body), &[201]).await {
-                Some(r) => {
-                    ids.insert(k, r.json()["id"].as_str().unwrap_or_default().to_owned());
-                }
-                None => {
+        let id = match ids.get(&k) {
+            Some(id) => id.clone(),
+            None => {
+                let body = json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "userName": format!("{uid}@x.com"),
+                    "externalId": uid,
+                    "active": true,
+                });
+                let Some(r) = t.scim("POST", "/Users", Some(body), &[201]).await else {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
-                }
+                };
+                let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+                ids.insert(k, id.clone());
+                id
             }
-        }
-        let id = ids[&k].clone();
+        };
         let Some(cookie) = t.login(&uid, "g-tunnels", false).await else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -1177,13 +1195,16 @@ async fn tunnels(t: Traffic, actor: usize) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         for ws in &mut open {
             if let Err(e) = ws_echo(ws, "still here").await {
-                t.stats.error("tunnel", format!("{uid} before revocation: {e}"));
+                t.stats
+                    .error("tunnel", format!("{uid} before revocation: {e}"));
             }
         }
+        // Timed from the deactivation's request: idgate may close the tunnels before it
+        // answers.
+        let sent = Instant::now();
         if !t.set_active(&id, false).await {
             continue;
         }
-        let answered = Instant::now();
         for ws in &mut open {
             match ws_closed(ws, Duration::from_secs(3)).await {
                 None => t.stats.error(
@@ -1191,7 +1212,7 @@ async fn tunnels(t: Traffic, actor: usize) {
                     format!("{uid}: a tunnel still open 3 s after the deactivation"),
                 ),
                 Some(_) => {
-                    let took = answered.elapsed();
+                    let took = sent.elapsed();
                     let mut w = t.stats.window.lock().unwrap();
                     w.revoke_max = w.revoke_max.max(took);
                     drop(w);
@@ -1241,7 +1262,10 @@ async fn maestrano(t: Traffic) {
         // A home company, so the webhook never leaves the user without one (which
         // would deactivate them).
         if !homed[k] {
-            homed[k] = t.login(&uid, &format!("cld-home-{k}"), true).await.is_some();
+            homed[k] = t
+                .login(&uid, &format!("cld-home-{k}"), true)
+                .await
+                .is_some();
             continue;
         }
         let group = format!("cld-x-{k}");
@@ -1251,16 +1275,15 @@ async fn maestrano(t: Traffic) {
         if !t.app(&format!("/app/{uid}"), &cookie, Some(&uid)).await {
             continue;
         }
-        if t
-            .call(
-                "DELETE",
-                &format!("/maestrano/account/groups/{group}/users/{uid}/mno"),
-                &[("authorization", &auth)],
-                Bytes::new(),
-                &[200],
-            )
-            .await
-            .is_some()
+        if t.call(
+            "DELETE",
+            &format!("/maestrano/account/groups/{group}/users/{uid}/mno"),
+            &[("authorization", &auth)],
+            Bytes::new(),
+            &[200],
+        )
+        .await
+        .is_some()
         {
             t.stats.event("webhooks");
             t.call(
@@ -1303,14 +1326,7 @@ async fn mixed_traffic() {
     let idp = Arc::new(TestIdp::new("soak-idp"));
     let keys = tempfile::tempdir().unwrap();
     let (token, hash) = idgate::scim::token::generate();
-    let text = soak_config(
-        up.addr,
-        &idp,
-        keys.path(),
-        &redis.url(),
-        Some(&hash),
-        true,
-    );
+    let text = soak_config(up.addr, &idp, keys.path(), &redis.url(), Some(&hash), true);
     let idgate = start_idgate(&text);
     idgate.wait_ready().await;
     let pid = idgate.pid();
@@ -1375,7 +1391,7 @@ async fn mixed_traffic() {
         let proxied_p99 = quantile_ms(&mut window.proxied_us, 0.99);
         println!(
             "  minute {:>2}: rss {:6.1} MB  fds {:4}  requests {:6} ({:4.0}/s)  errors {:?}  \
-             p99 {:6.2} ms ({:.2})  tunnel close max {:4.0} ms  {:?}",
+             p99 {:6.2} ms ({:.2})  tunnel close max {:5.1} ms  {:?}",
             m.minute,
             mb(m.rss),
             m.fds,
@@ -1411,7 +1427,7 @@ async fn mixed_traffic() {
     let allowed = (base_rss / 10).max(8 * 1024);
     println!(
         "  total: {total_requests} requests, errors {total_errors:?}, events {total_events:?}, \
-         slowest revoked-tunnel close {:.0} ms; baseline (at {} s) {:.1} MB / {base_fds} fds, \
+         slowest revoked-tunnel close {:.1} ms; baseline (at {} s) {:.1} MB / {base_fds} fds, \
          end {:.1} MB / {} fds",
         revoke_max.as_secs_f64() * 1000.0,
         base_at.as_secs(),
@@ -1446,9 +1462,17 @@ async fn mixed_traffic() {
             details.first().cloned().unwrap_or_default()
         ));
     }
-    for needed in ["logins", "logouts", "scim_writes", "tunnels_revoked", "webhooks"] {
+    for needed in [
+        "logins",
+        "logouts",
+        "scim_writes",
+        "tunnels_revoked",
+        "webhooks",
+    ] {
         if total_events.get(needed).copied().unwrap_or(0) == 0 {
-            failures.push(format!("no {needed} happened: the soak did not exercise them"));
+            failures.push(format!(
+                "no {needed} happened: the soak did not exercise them"
+            ));
         }
     }
     drop(redis);
