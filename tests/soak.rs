@@ -3,7 +3,8 @@
 //!
 //! Every test here is ignored, so `make test` compiles them but never runs them: they
 //! take minutes, need a release build and a high file-descriptor limit. `make soak` builds
-//! the release binary, points `IDGATE_SOAK_BINARY` at it and runs them one at a time:
+//! the release binary, points `IDGATE_SOAK_BINARY` at it and runs them one at a time (in
+//! name order):
 //! - [`idle_rss`]: resident memory of an idle idgate on the memory store;
 //! - [`ten_thousand_connections`]: 10,000 keep-alive connections (HTTP/1.1 and HTTP/2)
 //!   plus 500 slowloris ones, then all closed again;
