@@ -342,6 +342,9 @@ impl App {
         let strip = Arc::new(crate::proxy::headers::StripList::new(
             &self.config.access.strip_headers,
         ));
+        let connections = server::ConnectionLimit::new(self.config.server.max_connections);
+        self.metrics.watch_connections(connections.clone());
+        raise_fd_limit(self.config.server.max_connections);
         let public_task = tokio::spawn(server::serve_workers(
             public,
             workers,
@@ -354,6 +357,7 @@ impl App {
             public_rx,
             grace,
             tunnels,
+            connections,
         ));
         // The admin listener outlives the drain, so probes keep answering (503) while
         // the public side finishes its requests.
@@ -436,6 +440,40 @@ impl Running {
         shutdown_signal().await;
         tracing::info!("shutdown signal received; draining");
         self.shutdown().await;
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as nginx's
+/// `worker_rlimit_nofile` would; the soft limit is often 1024 while the hard one is much
+/// higher), and warns when `max_connections` cannot fit under it: each client connection
+/// may hold an upstream connection too, and Redis, the config and the logs need a few.
+fn raise_fd_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = max_connections as u64 * 2 + 64;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = limit.rlim_cur,
+            needed,
+            "the open-files limit is below what max_connections may need: connections beyond it fail to be accepted; raise the limit or lower [server].max_connections"
+        );
     }
 }
 

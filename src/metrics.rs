@@ -318,6 +318,8 @@ pub struct Metrics {
     store_errors: [IntCounter; 7],
     /// The gateway's tunnels, read at scrape time (set once the gateway exists).
     tunnels: OnceLock<Arc<Tunnels>>,
+    /// The public listener's connection bound, read at scrape time.
+    connections: OnceLock<Arc<crate::server::ConnectionLimit>>,
     /// Durable queues by name, in registration order.
     queues: Mutex<Vec<(&'static str, Arc<QueueGauges>)>>,
 }
@@ -414,6 +416,7 @@ impl Metrics {
             store_durations,
             store_errors,
             tunnels: OnceLock::new(),
+            connections: OnceLock::new(),
             queues: Mutex::new(Vec::new()),
         };
         // The Maestrano queues exist whether or not a Maestrano tenant does, so that
@@ -507,6 +510,12 @@ impl Metrics {
         let _ = self.tunnels.set(tunnels);
     }
 
+    /// Reports the public listener's open connections and its limit from now on. The
+    /// first call wins.
+    pub fn watch_connections(&self, limit: Arc<crate::server::ConnectionLimit>) {
+        let _ = self.connections.set(limit);
+    }
+
     /// The gauges of durable queue `name`, created on first use; the job loop of that
     /// queue keeps them up to date.
     pub fn queue(&self, name: &'static str) -> Arc<QueueGauges> {
@@ -535,6 +544,23 @@ impl Metrics {
     /// The gauges read from elsewhere at scrape time: open tunnels, queue backlogs.
     fn encode_gauges(&self, out: &mut String) {
         use std::fmt::Write;
+        if let Some(limit) = self.connections.get() {
+            let _ = writeln!(
+                out,
+                "# HELP idgate_connections_open Client connections open on the public listener.\n\
+                 # TYPE idgate_connections_open gauge\n\
+                 idgate_connections_open {}\n\
+                 # HELP idgate_connections_max The public listener's max_connections.\n\
+                 # TYPE idgate_connections_max gauge\n\
+                 idgate_connections_max {}\n\
+                 # HELP idgate_connection_limit_reached_total Times a new connection had to wait because max_connections were open.\n\
+                 # TYPE idgate_connection_limit_reached_total counter\n\
+                 idgate_connection_limit_reached_total {}",
+                limit.open(),
+                limit.max(),
+                limit.times_reached()
+            );
+        }
         let open = self.tunnels.get().map_or(0, |t| t.open());
         let _ = writeln!(
             out,

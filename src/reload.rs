@@ -42,6 +42,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.shutdown_grace",
     "server.trusted_proxies",
     "server.workers",
+    "server.max_connections",
     "server.admin_token",
     "server.watch_config",
     "store",

@@ -13,8 +13,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -23,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::proxy::deadline::{CoarseTimer, Deadlines};
 use crate::proxy::tunnel::Tunnels;
@@ -62,28 +64,75 @@ fn builder(
     builder
 }
 
+/// How long a worker keeps serving its open HTTP/1 connections after shutdown begins,
+/// answering each request with `Connection: close`, before it closes the idle ones. An
+/// HTTP/1 client cannot tell "closed while idle" from "closed while my request was on
+/// the wire": without this pause a request sent just before SIGTERM could be lost.
+/// HTTP/2 needs none (GOAWAY says which streams were taken).
+const DRAIN_LINGER: Duration = Duration::from_millis(1000);
+
+/// What a connection task holds besides the connection: its slot under
+/// `max_connections` (released when the task ends) and the worker's draining flag.
+struct ConnectionSlot {
+    _permit: Option<OwnedSemaphorePermit>,
+    draining: Arc<AtomicBool>,
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
 fn spawn_connection<H: Handler>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
     handler: &Arc<H>,
+    slot: ConnectionSlot,
 ) {
     let _ = stream.set_nodelay(true);
     let handler = handler.clone();
-    let service = service_fn(move |req| {
+    let draining = slot.draining.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.call(req, peer).await) }
+        let draining = draining.clone();
+        // Boxed: hyper keeps an HTTP/1 connection's request future in an allocation
+        // sized for it for the connection's whole life, so an unboxed handler future
+        // (several kilobytes) would be held by every idle keep-alive connection.
+        let version = req.version();
+        let call: HandlerFuture = Box::pin(handler.call(req, peer));
+        async move {
+            let resp = call.await;
+            Ok::<_, Infallible>(close_if_draining(version, resp, &draining))
+        }
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     });
+}
+
+/// During the drain linger, an HTTP/1 response asks the client to close: it is the
+/// connection's last. A `101 Switching Protocols` keeps its own `Connection: upgrade`.
+fn close_if_draining(
+    version: http::Version,
+    mut resp: Response<Body>,
+    draining: &AtomicBool,
+) -> Response<Body> {
+    if draining.load(Ordering::Relaxed)
+        && version < http::Version::HTTP_2
+        && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Waits up to `grace` for in-flight requests and open tunnels to finish, then closes
@@ -132,10 +181,12 @@ pub async fn serve<H: Handler>(
 ) {
     let builder = builder(None, HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
+    let draining = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
             (stream, peer) = accept_next(&listener) => {
-                spawn_connection(&builder, &graceful, stream, peer, &handler);
+                let slot = ConnectionSlot { _permit: None, draining: draining.clone() };
+                spawn_connection(&builder, &graceful, stream, peer, &handler, slot);
             }
             _ = stopped(&mut shutdown) => break,
         }
@@ -144,10 +195,78 @@ pub async fn serve<H: Handler>(
     drain(graceful, grace, None).await;
 }
 
+/// The public listener's bound on open connections (`[server].max_connections`). At
+/// the bound idgate stops accepting: new connections wait in the kernel's listen
+/// backlog, as with nginx's `worker_connections`, rather than being accepted only to be
+/// closed, and every open connection keeps being served.
+pub struct ConnectionLimit {
+    max: usize,
+    permits: Arc<Semaphore>,
+    reached: AtomicU64,
+}
+
+/// How often, at most, reaching the connection limit is logged.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl ConnectionLimit {
+    /// A limit of `max` open connections (at least one).
+    pub fn new(max: usize) -> Arc<ConnectionLimit> {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(ConnectionLimit {
+            max,
+            permits: Arc::new(Semaphore::new(max)),
+            reached: AtomicU64::new(0),
+        })
+    }
+
+    /// The configured bound.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    /// How many times a connection had to wait because the bound was reached.
+    pub fn times_reached(&self) -> u64 {
+        self.reached.load(Ordering::Relaxed)
+    }
+
+    /// A slot for the next connection, waiting for one to close when all are taken.
+    async fn acquire(&self, last_log: &mut Option<Instant>) -> OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        let times = self.reached.fetch_add(1, Ordering::Relaxed) + 1;
+        if last_log.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
+            *last_log = Some(Instant::now());
+            tracing::warn!(
+                max_connections = self.max,
+                times_reached = times,
+                "connection limit reached: new connections wait in the listen backlog until one closes (raise [server].max_connections, or add replicas)"
+            );
+        }
+        // The semaphore is never closed, so this only waits.
+        match self.permits.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("the connection semaphore is never closed"),
+        }
+    }
+}
+
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
 /// The public listener on `workers` threads (see the module docs). `make_handler` runs
 /// once on each worker thread, inside its runtime, so that whatever the handler creates
 /// there (the upstream pool) belongs to that thread. Returns when every worker has
 /// drained; `tunnels` are waited for (and closed when `grace` ends) as requests are.
+///
+/// Shutdown: accepting stops at once (and connections already in the listen backlog
+/// are still taken and served), HTTP/2 connections get GOAWAY after [`DRAIN_LINGER`],
+/// HTTP/1 connections answer what they receive meanwhile with `Connection: close` and
+/// idle ones are closed when it ends, and in-flight requests get the rest of `grace`.
 pub async fn serve_workers<H, F>(
     listener: TcpListener,
     workers: usize,
@@ -155,6 +274,7 @@ pub async fn serve_workers<H, F>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     tunnels: Arc<Tunnels>,
+    limit: Arc<ConnectionLimit>,
 ) where
     H: Handler,
     F: Fn(usize) -> Arc<H> + Send + Sync + 'static,
@@ -162,11 +282,13 @@ pub async fn serve_workers<H, F>(
     let make_handler = Arc::new(make_handler);
     let mut senders = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
+    let started = Instant::now();
+    let (drain_tx, drain_rx) = watch::channel(None::<Instant>);
     for index in 0..workers.max(1) {
-        let (tx, rx) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+        let (tx, rx) = mpsc::unbounded_channel::<Handoff>();
         senders.push(tx);
         let make_handler = make_handler.clone();
-        let shutdown = shutdown.clone();
+        let drain_rx = drain_rx.clone();
         let tunnels = tunnels.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("idgate-worker-{index}"))
@@ -181,7 +303,7 @@ pub async fn serve_workers<H, F>(
                         return;
                     }
                 };
-                runtime.block_on(worker(rx, make_handler(index), shutdown, grace, tunnels));
+                runtime.block_on(worker(rx, make_handler(index), drain_rx, grace, tunnels));
             });
         match spawned {
             Ok(handle) => threads.push(handle),
@@ -190,28 +312,52 @@ pub async fn serve_workers<H, F>(
     }
 
     let mut next = 0usize;
-    loop {
+    let mut last_log = None;
+    let mut hand_over = |stream: std::net::TcpStream, peer, permit| {
+        // Round-robin by connection keeps workers balanced even with few long-lived
+        // connections (an ingress's keep-alive pool), which SO_REUSEPORT's hashing
+        // would not.
+        if senders[next % senders.len()]
+            .send((stream, peer, permit))
+            .is_err()
+        {
+            tracing::error!(
+                worker = next % senders.len(),
+                "worker is gone; connection dropped"
+            );
+        }
+        next = next.wrapping_add(1);
+    };
+    'accepting: loop {
+        let permit = tokio::select! {
+            permit = limit.acquire(&mut last_log) => permit,
+            _ = stopped(&mut shutdown) => break 'accepting,
+        };
         tokio::select! {
-            (stream, peer) = accept_next(&listener) => {
-                // Round-robin by connection keeps workers balanced even with few
-                // long-lived connections (an ingress's keep-alive pool), which
-                // SO_REUSEPORT's hashing would not.
-                let std_stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot hand over connection");
-                        continue;
-                    }
-                };
-                if senders[next % senders.len()].send((std_stream, peer)).is_err() {
-                    tracing::error!(worker = next % senders.len(), "worker is gone; connection dropped");
-                }
-                next = next.wrapping_add(1);
-            }
-            _ = stopped(&mut shutdown) => break,
+            (stream, peer) = accept_next(&listener) => match stream.into_std() {
+                Ok(s) => hand_over(s, peer, permit),
+                Err(e) => tracing::warn!(error = %e, "cannot hand over connection"),
+            },
+            _ = stopped(&mut shutdown) => break 'accepting,
         }
     }
-    drop(listener);
+    // Connections the kernel completed before the listener closes were made by clients
+    // that sent their request before shutdown: serve them rather than reset them.
+    let drain_started = Instant::now();
+    let _ = drain_tx.send(Some(drain_started));
+    match listener.into_std() {
+        Ok(std_listener) => {
+            let _ = std_listener.set_nonblocking(true);
+            while let Ok((stream, peer)) = std_listener.accept() {
+                let Ok(permit) = limit.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                hand_over(stream, peer, permit);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot take the listen backlog at shutdown"),
+    }
+    tracing::debug!(uptime = ?started.elapsed(), "stopped accepting connections");
     drop(senders);
     let _ = tokio::task::spawn_blocking(move || {
         for t in threads {
@@ -222,29 +368,62 @@ pub async fn serve_workers<H, F>(
 }
 
 async fn worker<H: Handler>(
-    mut connections: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    mut connections: mpsc::UnboundedReceiver<Handoff>,
     handler: Arc<H>,
-    mut shutdown: watch::Receiver<bool>,
+    mut drain_signal: watch::Receiver<Option<Instant>>,
     grace: Duration,
     tunnels: Arc<Tunnels>,
 ) {
     let builder = builder(Some(Deadlines::new()), HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
+    let draining = Arc::new(AtomicBool::new(false));
+    let adopt = |(std_stream, peer, permit): Handoff| match TcpStream::from_std(std_stream) {
+        Ok(stream) => {
+            let slot = ConnectionSlot {
+                _permit: Some(permit),
+                draining: draining.clone(),
+            };
+            spawn_connection(&builder, &graceful, stream, peer, &handler, slot);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot adopt connection"),
+    };
     loop {
         tokio::select! {
-            next = connections.recv() => {
-                let Some((std_stream, peer)) = next else { break };
-                match TcpStream::from_std(std_stream) {
-                    Ok(stream) => spawn_connection(&builder, &graceful, stream, peer, &handler),
-                    Err(e) => tracing::warn!(error = %e, "cannot adopt connection"),
-                }
-            }
-            _ = stopped(&mut shutdown) => break,
+            next = connections.recv() => match next {
+                Some(handoff) => adopt(handoff),
+                None => break,
+            },
+            _ = drain_signal.wait_for(Option::is_some) => break,
+        }
+    }
+    let began = (*drain_signal.borrow()).unwrap_or_else(Instant::now);
+    draining.store(true, Ordering::Relaxed);
+    // The linger: keep reading requests on open connections (answered with
+    // `Connection: close`) and take the connections the acceptor still hands over
+    // from the listen backlog, until the channel closes and the linger is over.
+    let linger_end = began + DRAIN_LINGER.min(grace / 2);
+    let mut open = true;
+    loop {
+        let past = Instant::now() >= linger_end;
+        if !open && (past || graceful.count() == 0) {
+            break;
+        }
+        tokio::select! {
+            next = connections.recv(), if open => match next {
+                Some(handoff) => adopt(handoff),
+                None => open = false,
+            },
+            _ = tokio::time::sleep_until(linger_end.into()), if !past => {}
         }
     }
     // Tunnels run on the workers' runtimes: a worker that returned would drop them
     // unlogged, so each waits until all are gone.
-    drain(graceful, grace, Some(&tunnels)).await;
+    drain(
+        graceful,
+        grace.saturating_sub(began.elapsed()),
+        Some(&tunnels),
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -278,7 +457,11 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = listener.accept().await.unwrap();
-                spawn_connection(&builder, &graceful, stream, peer, &handler);
+                let slot = ConnectionSlot {
+                    _permit: None,
+                    draining: Arc::new(AtomicBool::new(false)),
+                };
+                spawn_connection(&builder, &graceful, stream, peer, &handler, slot);
             }
         });
 

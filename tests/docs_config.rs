@@ -461,6 +461,13 @@ fn code_defaults() -> BTreeMap<&'static str, Value> {
         ("server.watch_config", Value::Boolean(c.server.watch_config)),
         // 0 = automatic, which the assertion on default_workers() above shows is applied.
         ("server.workers", Value::Integer(0)),
+        (
+            "server.max_connections",
+            Value::Integer({
+                assert_eq!(c.server.max_connections as i64, defaults::MAX_CONNECTIONS);
+                defaults::MAX_CONNECTIONS
+            }),
+        ),
         ("store.url", s(defaults::STORE_URL)),
         (
             "store.key_prefix",

@@ -147,3 +147,52 @@ async fn metrics_count_requests_by_route_and_status_class() {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
 }
+
+/// `[server].max_connections`: at the limit a new connection waits (in the listen
+/// backlog) while the open ones keep being served, the log says why, the metrics show
+/// it, and the waiting connection is served as soon as one closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_holds_new_connections_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr, "max_connections = 3\nworkers = 2"));
+    let request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    async fn answer(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(idgate.public).await.unwrap();
+        s.write_all(request).await.unwrap();
+        assert!(answer(&mut s).await.starts_with("HTTP/1.1 200"));
+        open.push(s);
+    }
+    let mut waiting = tokio::net::TcpStream::connect(idgate.public).await.unwrap();
+    waiting.write_all(request).await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut buf))
+            .await
+            .is_err(),
+        "a fourth connection is not served while three are open"
+    );
+    // The open ones are.
+    open[0].write_all(request).await.unwrap();
+    assert!(answer(&mut open[0]).await.starts_with("HTTP/1.1 200"));
+    assert!(idgate.wait_for_log("connection limit reached"));
+    let metrics = get(&idgate.admin_url("/metrics"), &[]).await.text();
+    assert!(metrics.contains("idgate_connections_open 3"), "{metrics}");
+    assert!(metrics.contains("idgate_connections_max 3"), "{metrics}");
+    assert!(
+        metrics.contains("idgate_connection_limit_reached_total 1"),
+        "{metrics}"
+    );
+
+    drop(open.pop());
+    let got = tokio::time::timeout(Duration::from_secs(5), answer(&mut waiting))
+        .await
+        .expect("served once a connection closed");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}

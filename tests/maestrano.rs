@@ -1319,3 +1319,143 @@ async fn credential_failures_are_limited_per_client() {
     .await;
     assert_eq!(r.status, 429);
 }
+
+/// SIGKILL in the middle of delivering billing calls and Connec! notifications, then a
+/// restart: every bill and every entity is delivered at least once, and more than once
+/// only within the at-least-once window. Jobs of a queue run one at a time, so at the
+/// kill at most one per queue can have reached the other side without being
+/// acknowledged: per queue, at most one job is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_and_connec_jobs_survive_sigkill_mid_delivery() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Both ends answer slowly enough for the kill to land mid-delivery.
+    let slow = std::time::Duration::from_millis(40);
+    let bills = Arc::new(AtomicUsize::new(0));
+    let b = bills.clone();
+    let api = Recorder::start(move |r| {
+        std::thread::sleep(slow * 6);
+        let json = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if r.method == "POST" {
+            let i = b.fetch_add(1, Ordering::SeqCst) + 1;
+            return (
+                200,
+                json,
+                format!("{{\"success\":true,\"data\":{{\"id\":\"rbill-{i}\"}}}}"),
+            );
+        }
+        (200, json, "{\"success\":true}".into())
+    })
+    .await;
+    let app = Recorder::start(move |r| {
+        std::thread::sleep(slow);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        let id = v["id"].as_str().unwrap_or("?");
+        (
+            201,
+            vec![("content-type".into(), "application/json".into())],
+            json!({"id": format!("local-{id}")}).to_string(),
+        )
+    })
+    .await;
+    let extra = format!(
+        "api_host = \"{}\"\n[tenants.maestrano.billing]\nmode = \"per_user\"\nprice_cents = 1500\n\
+         currency = \"AUD\"\nperiod = \"Month\"\ndescription = \"Seat\"\n",
+        api.url()
+    );
+    let mut m = market_with(app.addr, &extra, None).await;
+    let mut first = m.switch_to_process().await;
+
+    let companies: Vec<String> = (0..6).map(|i| format!("cld-{i}")).collect();
+    for (i, group) in companies.iter().enumerate() {
+        let r = m
+            .login("mno", spec(CONSUME, "app-123", &format!("u{i}"), group))
+            .await;
+        assert_eq!(r.status, 303, "{}", r.text());
+    }
+    let people: Vec<serde_json::Value> = (0..40)
+        .map(|i| json!({"id": format!("per-{i}"), "group_id": "cld-0", "first_name": "P"}))
+        .collect();
+    let r = send(
+        "POST",
+        &m.url("/maestrano/connec/notifications"),
+        &[
+            ("authorization", &basic("app-123", "key-123")),
+            ("content-type", "application/json"),
+        ],
+        json!({ "people": people }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(
+        "deliveries under way",
+        std::time::Duration::from_secs(20),
+        || app.calls().len() >= 5 && bill_calls(&api).0.len() >= 2,
+    )
+    .await;
+    first.signal("KILL");
+    assert!(
+        tokio::task::block_in_place(|| first.wait_exit(std::time::Duration::from_secs(10)))
+            .is_some()
+    );
+    let at_kill = (app.calls().len(), bill_calls(&api).0.len());
+    assert!(
+        at_kill.0 < 40 && at_kill.1 < companies.len(),
+        "the kill came mid-delivery ({} of 40 entities, {} bills)",
+        at_kill.0,
+        at_kill.1
+    );
+
+    let _second = m.switch_to_process().await;
+    let limit = idgate::jobs::STALE_AFTER + std::time::Duration::from_secs(30);
+    eventually("every entity reaches the app", limit, || {
+        let ids: std::collections::HashSet<String> = app
+            .calls()
+            .iter()
+            .filter_map(|c| {
+                serde_json::from_slice::<serde_json::Value>(&c.body).ok()?["id"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        ids.len() == 40
+    })
+    .await;
+    eventually("every company is billed", limit, || {
+        let billed: std::collections::HashSet<String> = bill_calls(&api)
+            .0
+            .iter()
+            .map(|c| c.form()["group_id"].clone())
+            .collect();
+        billed.len() == companies.len()
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+
+    let mut per_entity: HashMap<String, usize> = HashMap::new();
+    for c in app.calls() {
+        let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+        *per_entity
+            .entry(v["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let mut per_company: HashMap<String, usize> = HashMap::new();
+    for c in bill_calls(&api).0 {
+        *per_company.entry(c.form()["group_id"].clone()).or_default() += 1;
+    }
+    let twice = |counts: &HashMap<String, usize>| -> usize {
+        assert!(counts.values().all(|n| *n <= 2), "{counts:?}");
+        counts.values().filter(|n| **n == 2).count()
+    };
+    let (dup_entities, dup_bills) = (twice(&per_entity), twice(&per_company));
+    assert!(dup_entities <= 1, "Connec! duplicates: {per_entity:?}");
+    assert!(dup_bills <= 1, "billing duplicates: {per_company:?}");
+    println!(
+        "killed after {} of 40 entities and {} of {} bills; after the restart all \
+         delivered; duplicates: {dup_entities} entity, {dup_bills} bill",
+        at_kill.0,
+        at_kill.1,
+        companies.len()
+    );
+}

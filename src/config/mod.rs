@@ -35,6 +35,10 @@ pub mod defaults {
     pub const UPSTREAM_TIMEOUT: &str = "60s";
     /// `[server].shutdown_grace`: below Kubernetes' default 30 s termination grace.
     pub const SHUTDOWN_GRACE: &str = "25s";
+    /// `[server].max_connections`: a sidecar's share of a node. Each open connection
+    /// costs a file descriptor (two when it has an upstream connection) and about
+    /// 10 KiB, so 4096 fit in a 64 MiB memory limit and under the common 65536-fd limit.
+    pub const MAX_CONNECTIONS: i64 = 4096;
     /// `[store].url`
     pub const STORE_URL: &str = "memory://";
     /// `[store].key_prefix`
@@ -226,6 +230,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Threads serving the public listener, each with its own upstream pool.
     pub workers: usize,
+    /// Open connections on the public listener beyond which idgate stops accepting.
+    pub max_connections: usize,
     /// SHA-256 of the admin API's bearer token; `None` leaves `/admin/` unserved.
     pub admin_token_sha256: Option<[u8; 32]>,
     /// Reload when the config file changes (checked every 5 s), besides on SIGHUP.

@@ -45,6 +45,7 @@ pub(crate) struct RawServer {
     pub shutdown_grace: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub workers: Option<i64>,
+    pub max_connections: Option<i64>,
     pub admin_token: Option<String>,
     pub watch_config: Option<bool>,
 }

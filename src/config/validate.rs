@@ -604,6 +604,17 @@ fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
             1
         }
     };
+    let max_connections = match raw.max_connections {
+        None => defaults::MAX_CONNECTIONS as usize,
+        Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+        Some(n) => {
+            c.err(
+                "server.max_connections",
+                format!("{n} is not between 1 and 1000000"),
+            );
+            defaults::MAX_CONNECTIONS as usize
+        }
+    };
     let admin_token_sha256 = raw
         .admin_token
         .as_deref()
@@ -612,6 +623,7 @@ fn server(c: &mut Checker<'_>, raw: RawServer) -> ServerConfig {
         watch_config: raw.watch_config.unwrap_or(false),
         admin_token_sha256,
         workers,
+        max_connections,
         listen,
         admin_listen: c.socket_addr(
             "server.admin_listen",

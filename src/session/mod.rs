@@ -375,6 +375,15 @@ impl Sessions {
                 let event = events.recv().await;
                 let Some(this) = weak.upgrade() else { return };
                 match event {
+                    Ok(Event::Lost) => {
+                        // Caches stay (fail mode "cached" serves from them); the flag
+                        // is what the gate reads first, so "closed" answers 503 from
+                        // now on rather than from the next failed health ping.
+                        if this.healthy.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(fail_mode = ?this.fail_mode, "store unavailable: its event bus connection broke");
+                        }
+                        this.check_later(this.watched(Some(&Event::Lost)));
+                    }
                     Ok(e) => {
                         this.invalidate(&e);
                         this.check_later(this.watched(Some(&e)));
@@ -426,6 +435,8 @@ impl Sessions {
                     self.live.invalidate(&key);
                 }
             }
+            // Handled by the listener before it gets here: nothing cached is wrong.
+            Event::Lost => return,
             Event::Resync => {
                 // Sent when the bus (re)connects: the store is reachable again.
                 self.healthy.store(true, Ordering::Relaxed);

@@ -61,7 +61,9 @@ impl SessionWatch {
             Event::User { tenant, id } => *tenant == self.tenant && *id == self.user_id,
             Event::Group { tenant, id } => *tenant == self.tenant && *id == self.group_id,
             Event::Session { hash } => *hash == self.hash,
-            Event::Resync => true,
+            // Revocations can no longer arrive: each watched session must be confirmed
+            // by the store itself (or, fail mode "closed", be closed when it cannot).
+            Event::Resync | Event::Lost => true,
         }
     }
 }

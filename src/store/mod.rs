@@ -156,6 +156,10 @@ pub enum Event {
     },
     /// Events may have been missed (the bus reconnected): drop everything cached.
     Resync,
+    /// The bus connection broke. Revocations from other replicas can no longer arrive,
+    /// and the store itself is most likely gone too: this is the earliest sign of an
+    /// outage, well before a health ping would time out.
+    Lost,
 }
 
 impl Event {
@@ -167,6 +171,7 @@ impl Event {
             Event::Group { tenant, id } => format!("g|{tenant}|{id}"),
             Event::Session { hash } => format!("s|{hash}"),
             Event::Resync => "r".into(),
+            Event::Lost => "l".into(),
         }
     }
 
@@ -184,6 +189,7 @@ impl Event {
             }),
             ("s", Some(hash), None) => Some(Event::Session { hash: hash.into() }),
             ("r", None, None) => Some(Event::Resync),
+            ("l", None, None) => Some(Event::Lost),
             _ => None,
         }
     }
@@ -554,20 +560,37 @@ impl Store {
     }
 }
 
+/// The longest any one store call may take, reconnection included, before it counts
+/// as a failure: SPEC §6 promises that no request waits longer than 2 s for a store that
+/// does not answer, and a call that races a reconnect would otherwise wait for the
+/// connection attempt and then for its own response timeout.
+pub const CALL_DEADLINE: Duration = Duration::from_millis(1500);
+
 /// Calls the backend, timed and counted as a call of kind `$op`, and traced as an
 /// `idgate.store` span named after the method when it runs inside a traced request.
 /// Timing costs two clock reads and a histogram update, against a round trip of a
 /// hundred microseconds or more; the hot path makes no store call in the steady state
 /// anyway.
 macro_rules! delegate {
-    ($self:ident, $op:ident, $s:ident => $recv:ident . $method:ident ( $($arg:expr),* $(,)? )) => {{
+    ($self:ident, $op:ident, $s:ident => $recv:ident . $method:ident ( $($arg:expr),* $(,)? )) => {
+        delegate!($self, $op, Some(CALL_DEADLINE), $s => $recv.$method($($arg),*))
+    };
+    ($self:ident, $op:ident, $deadline:expr, $s:ident => $recv:ident . $method:ident ( $($arg:expr),* $(,)? )) => {{
         let started = Instant::now();
         let span = $self.span(stringify!($method));
         let result = crate::telemetry::traced(
             async {
                 match &$self.backend {
                     Backend::Memory($s) => $recv.$method($($arg),*).await,
-                    Backend::Redis($s) => $recv.$method($($arg),*).await,
+                    Backend::Redis($s) => match $deadline {
+                        Some(limit) => tokio::time::timeout(limit, $recv.$method($($arg),*))
+                            .await
+                            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!(
+                                "{} did not answer within {limit:?}",
+                                stringify!($method)
+                            )))),
+                        None => $recv.$method($($arg),*).await,
+                    },
                 }
             },
             &span,
@@ -640,7 +663,9 @@ impl DirectoryStore for Store {
         delegate!(self, Directory, s => s.get_groups(tenant, ids))
     }
     async fn user_ids(&self, tenant: &str) -> StoreResult<Vec<String>> {
-        delegate!(self, Directory, s => s.user_ids(tenant))
+        // A listing walks the whole tenant with SCAN: each command has its own timeout,
+        // the walk as a whole has none.
+        delegate!(self, Directory, None::<Duration>, s => s.user_ids(tenant))
     }
 }
 
@@ -769,6 +794,7 @@ mod tests {
                 hash: "ab12".into(),
             },
             Event::Resync,
+            Event::Lost,
         ] {
             assert_eq!(Event::decode(&e.encode()), Some(e));
         }

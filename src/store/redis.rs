@@ -257,7 +257,11 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_max_delay(Duration::from_millis(500));
+            .set_max_delay(Duration::from_millis(500))
+            // A command that arrives while the connection is down waits for the
+            // reconnection: with the default six retries that wait was 2.4 s. One quick
+            // retry, and the health monitor's ping (every 500 ms) keeps trying after it.
+            .set_number_of_retries(1);
         let manager =
             ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
         Ok(RedisStore::new(
@@ -415,6 +419,18 @@ impl RedisStore {
             .collect()
     }
 
+    /// Whether a PING over the command connection answers within a second, trying a
+    /// few times: the connection manager reconnects on demand.
+    async fn commands_answer(&self) -> bool {
+        for _ in 0..5 {
+            if let Ok(Ok(())) = tokio::time::timeout(RESPONSE_TIMEOUT, self.ping()).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     fn spawn_subscriber(&self) {
         let store = self.clone();
         tokio::spawn(async move {
@@ -431,6 +447,15 @@ impl RedisStore {
                 };
                 match tokio::time::timeout(CONNECT_TIMEOUT * 2, connected).await {
                     Ok(Ok(pubsub)) => {
+                        // Resync drops every cache, to be refilled over the command
+                        // connection: when that one has not reconnected yet, the
+                        // refills fail, and under fail mode "cached" the very sessions
+                        // that carried the outage would be refused as it ends.
+                        if !store.commands_answer().await {
+                            tracing::debug!("subscribed, but commands do not answer yet");
+                            tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                            continue;
+                        }
                         store.bus_up.store(true, Ordering::Relaxed);
                         // Anything published while we were away is lost: start clean.
                         let _ = store.events.send(Event::Resync);
@@ -448,6 +473,7 @@ impl RedisStore {
                             }
                         }
                         store.bus_up.store(false, Ordering::Relaxed);
+                        let _ = store.events.send(Event::Lost);
                         tracing::warn!("store event subscription lost; reconnecting");
                     }
                     Ok(Err(e)) => {

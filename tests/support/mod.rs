@@ -517,6 +517,8 @@ pub struct RedisServer {
     pub port: u16,
     /// Its TLS port and certificate directory, when started with TLS.
     tls: Option<(u16, tempfile::TempDir)>,
+    /// Where it keeps its append-only file, when started persistent.
+    persist: Option<tempfile::TempDir>,
 }
 
 /// A port that was free a moment ago.
@@ -532,10 +534,22 @@ impl RedisServer {
     /// Starts one. Panics, with the reason, if `redis-server` is missing or does not
     /// answer: a test that needs Redis must never pass without it.
     pub fn start() -> RedisServer {
+        RedisServer::start_from(None)
+    }
+
+    /// Starts one that writes every command to an append-only file (fsync always) in a
+    /// private directory, so that it comes back from a SIGKILL with its data, as a
+    /// production Redis with persistence does.
+    pub fn start_persistent() -> RedisServer {
+        RedisServer::start_from(Some(tempfile::tempdir().expect("tempdir")))
+    }
+
+    fn start_from(persist: Option<tempfile::TempDir>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             tls: None,
+            persist,
         };
         // `free_port` can race with another test binding the same port: a server that
         // exits at once (its bind failed) is tried again on another port.
@@ -561,6 +575,7 @@ impl RedisServer {
             child: None,
             port,
             tls: Some((tls_port, dir)),
+            persist: None,
         };
         server.restart();
         server
@@ -632,9 +647,16 @@ impl RedisServer {
     /// Starts the server and waits for PING; false if it exited instead.
     fn try_start(&mut self, extra: &[&str]) -> bool {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()]);
+        match &self.persist {
+            Some(dir) => cmd
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+                .args(["--appendfsync", "always", "--dir"])
+                .arg(dir.path()),
+            None => cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
+        };
+        let child = cmd
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -684,9 +706,15 @@ impl RedisCluster {
     /// Starts three nodes on free ports and joins them with `redis-cli --cluster create`.
     /// Panics when that cannot be done: cluster tests never pass without a cluster.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`cluster-node-timeout` 2000 ms), so
+    /// that a master can fail over.
+    pub fn start_with(replicas: usize) -> RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let port = free_port();
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
@@ -694,7 +722,10 @@ impl RedisCluster {
                 child: None,
                 port,
                 tls: None,
+                persist: None,
             };
+            // The bus port defaults to port + 10000, which can be taken or past 65535.
+            let bus_port = free_port().to_string();
             server.start_with(&[
                 "--cluster-enabled",
                 "yes",
@@ -702,6 +733,12 @@ impl RedisCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
+                "--cluster-port",
+                &bus_port,
+                // A replica that has never synced cannot be promoted: sync at once
+                // rather than after the default 5 s wait for more replicas.
+                "--repl-diskless-sync-delay",
+                "0",
                 "--dir",
                 node_dir.to_str().unwrap(),
             ]);
@@ -713,7 +750,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli is installed by `make test`");
         assert!(
@@ -736,7 +773,76 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        for n in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "info", "replication"])
+                    .output()
+                    .expect("redis-cli");
+                let info = String::from_utf8_lossy(&info.stdout);
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "a replica never synced: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         RedisCluster { nodes, _dir: dir }
+    }
+
+    /// `redis-cli -p <a live node's port> <args>`, its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
+        let out = Command::new("redis-cli")
+            .args(["-p", &node.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The port of the master that serves `key`'s slot now.
+    pub fn master_for(&self, key: &str) -> u16 {
+        let slot: u16 = self
+            .cli(&["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answer");
+        // CLUSTER NODES: `<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch>
+        // <state> <slot ranges…>`.
+        let nodes = self.cli(&["cluster", "nodes"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let mut ends = range
+                    .split('-')
+                    .map(|n| n.parse::<u16>().unwrap_or(u16::MAX));
+                let lo = ends.next().unwrap_or(u16::MAX);
+                let hi = ends.next().unwrap_or(lo);
+                (lo..=hi).contains(&slot)
+            });
+            if serves {
+                let addr = fields[1].split('@').next().unwrap();
+                return addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}:\n{nodes}")
+    }
+
+    /// Kills (SIGKILL) the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+            .stop();
     }
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`
