@@ -50,9 +50,9 @@ const MNO_CONSUME: &str = "http://127.0.0.1/maestrano/auth/saml/consume/mno";
 const SCIM_JSON: &str = "application/scim+json";
 const MB: f64 = 1024.0;
 
-/// Extra `[server]` keys for every soak config. The 10,000 connections of
-/// [`ten_thousand_connections`] need `max_connections` above them once idgate has it.
-const SERVER_EXTRA: &str = "";
+/// Extra `[server]` keys for every soak config: [`ten_thousand_connections`] holds
+/// 10,500 connections at once, above the default limit of 4096.
+const SERVER_EXTRA: &str = "max_connections = 12000";
 
 // ---------------------------------------------------------------------------------------
 // The process under test, seen through /proc.
