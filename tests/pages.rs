@@ -494,8 +494,9 @@ async fn every_saml_rejection_says_why_in_plain_words_and_offers_to_sign_in_agai
             !page.contains("Technical reason") && !page.contains(&format!("<code>{code}</code>")),
             "{code}: production pages keep the check to the log: {page}"
         );
+        // Log lines cross a pipe and a reader thread: they may trail the page.
         assert!(
-            s.idgate.logs().contains(&format!("\"reason\":\"{code}\"")),
+            s.idgate.wait_for_log(&format!("\"reason\":\"{code}\"")),
             "{code}: the log names it"
         );
     }
