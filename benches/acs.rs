@@ -566,7 +566,7 @@ fn main() {
 
     println!("\nACS logins/s, median of {rounds} rounds of {logins} logins, {clients} clients:");
     println!(
-        "  {:<11} {:>8} {:>14}",
+        "  {:<12} {:>8} {:>14}",
         "target", "logins/s", "cpu ms/login"
     );
     let medians: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
