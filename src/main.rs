@@ -67,6 +67,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. } | Command::Demo { .. }) {
+        tune_memory();
+    }
     match cli.command {
         Command::Keygen { alg } => match keys::generate_pem(alg) {
             Ok(pem) => {
@@ -135,6 +138,34 @@ fn main() -> ExitCode {
             run(idgate::demo::run(listen))
         }
     }
+}
+
+/// How often freed memory is handed back to the kernel while idgate is idle.
+const RETURN_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Memory for a long-running server: idle RSS low and memory given back after a burst.
+///
+/// - Transparent huge pages off for this process: mimalloc asks for them on its arenas,
+///   and 2 MiB pages made a freshly started idgate 28 MB resident instead of 17, and
+///   10,000 idle connections 324 MB instead of 191.
+/// - mimalloc returns freed pages to the kernel only once they have been free for a
+///   second *and* the allocator runs again: after a burst of connections closed, an idle
+///   process never did (its RSS stayed at the peak). A collection every few seconds lets
+///   it, at the cost of one call per interval.
+fn tune_memory() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory map.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+    let _ = std::thread::Builder::new()
+        .name("idgate-memory".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(RETURN_MEMORY_EVERY);
+                // SAFETY: mi_collect may be called from any thread at any time.
+                unsafe { libmimalloc_sys::mi_collect(false) };
+            }
+        });
 }
 
 fn run<E: std::fmt::Display>(fut: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {

@@ -42,8 +42,13 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
-/// Slowloris bound: a client gets this long to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slowloris bound: a client gets this long to send a request's headers. hyper starts
+/// this clock as soon as a keep-alive connection waits for its next request, so it is
+/// also how long an idle HTTP/1.1 connection stays open. Ingresses and load balancers
+/// keep idle upstream connections for 60 s (nginx ingress, AWS ALB) and expect the
+/// backend to keep them longer, or they race a close with their next request and
+/// answer 502: 75 s, as nginx's own `keepalive_timeout`.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// The connection builder. `coarse` gives HTTP/1's header-read timeout, which hyper arms
 /// for every request, a worker's coarse clock instead of a tokio timer.

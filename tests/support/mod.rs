@@ -222,10 +222,20 @@ impl Idgate {
 
     /// Starts idgate with extra environment variables.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Idgate {
+        Idgate::start_binary(
+            std::path::Path::new(env!("CARGO_BIN_EXE_idgate")),
+            config,
+            env,
+        )
+    }
+
+    /// Starts the idgate binary at `binary` (the soak runs the release build, not the
+    /// debug one Cargo built for the tests), with extra environment variables.
+    pub fn start_binary(binary: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Idgate {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("idgate.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idgate"));
+        let mut cmd = Command::new(binary);
         cmd.arg("serve")
             .arg("--config")
             .arg(&path)
