@@ -19,7 +19,14 @@ CARGO ?= cargo
 #     benchmark compares idgate with it
 SYSTEM_PACKAGES := libxmlsec1-dev libclang-dev pkg-config libssl-dev xmlsec1 redis-server redis-tools openssl ca-certificates ruby \
   simplesamlphp php-cli php-xml php-mbstring chromium chromium-driver nginx-light
-BENCH_PACKAGES := wrk
+# Bench tools: wrk (closed loop); apache2 with libapache2-mod-auth-mellon, the SAML SP that
+# benches/acs.rs measures idgate's ACS against (run from a temp dir with its own config).
+BENCH_PACKAGES := wrk apache2 libapache2-mod-auth-mellon
+# oha, the open-loop load generator of benches/proxy.rs (constant arrival rate with latency
+# correction), from crates.io into target/bench-tools, pinned; TLS through the system OpenSSL
+# (native-tls: the build needs no cmake, and oha 1.16 does not build without a TLS backend).
+BENCH_TOOLS := target/bench-tools
+OHA_VERSION := 1.16.0
 # The public SCIM compliance checker, in a private virtualenv under target/ (see
 # tests/scim_compliance.rs); pinned so that its verdicts only change when we bump it.
 SCIM2_TESTER := target/scim2-tester
@@ -101,6 +108,10 @@ apt-python:
 
 bench-deps: deps
 	$(call apt_install,$(BENCH_PACKAGES))
+	@$(BENCH_TOOLS)/bin/oha --version 2>/dev/null | grep -q '^oha $(OHA_VERSION)$$' || { \
+	  echo "installing oha $(OHA_VERSION) into $(BENCH_TOOLS)"; \
+	  $(CARGO) install oha --version $(OHA_VERSION) --locked --no-default-features --features native-tls --root $(BENCH_TOOLS); \
+	}
 
 toolchain:
 	@command -v rustup >/dev/null 2>&1 && { \

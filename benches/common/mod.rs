@@ -14,6 +14,26 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// idgate's `[server].workers` in every bench: `BENCH_IDGATE_WORKERS`, or idgate's own
+/// default (one per CPU this process may use). The processes of the servers compared
+/// with idgate (nginx, Apache) are set to the same number.
+pub fn idgate_workers() -> usize {
+    std::env::var("BENCH_IDGATE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+        .filter(|w| *w > 0)
+        .unwrap_or_else(idgate::config::default_workers)
+}
+
+/// Whether this process runs as root (nginx and Apache then need a `user` to drop to).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -142,14 +162,12 @@ pub fn start_idgate_on(
     rest: &str,
 ) -> (Proc, SocketAddr, SocketAddr) {
     let admin = free_port();
-    // BENCH_IDGATE_WORKERS sets [server].workers (default: one per core).
-    let workers = std::env::var("BENCH_IDGATE_WORKERS")
-        .ok()
-        .and_then(|w| w.parse::<usize>().ok())
-        .map_or(String::new(), |w| format!("workers = {w}\n"));
+    // Written out, not left to idgate's default, so that the baselines given the same
+    // count (nginx's worker_processes, Apache's processes) match it by construction.
+    let workers = idgate_workers();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-         upstream = \"http://{upstream}\"\n{workers}{rest}\n"
+         upstream = \"http://{upstream}\"\nworkers = {workers}\n{rest}\n"
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();
