@@ -256,12 +256,62 @@ thread_local! {
     /// Keyed by the cookie value itself, so the hot path does not hash it with SHA-256
     /// (only the store key needs that). The map's keyed SipHash leaves no useful timing
     /// signal about other cookies.
-    static FRONT: std::cell::RefCell<HashMap<Box<str>, Front>> =
-        std::cell::RefCell::new(HashMap::new());
+    static FRONT: std::cell::RefCell<FrontMap<Front>> =
+        std::cell::RefCell::new(FrontMap::default());
 }
 
 /// Per-thread front entries kept at most.
 const FRONT_CAPACITY: usize = 10_000;
+
+/// Inserts between two sweeps of a thread's front map.
+const FRONT_SWEEP_EVERY: u32 = 256;
+
+/// A worker's front entries. Entries of sessions that ended, expired or were
+/// invalidated are never looked up again, so without a sweep they would stay until the
+/// map filled: a steady stream of logins grew every worker by megabytes a minute (the
+/// soak's mixed traffic). Sweeping every [`FRONT_SWEEP_EVERY`] inserts keeps the map
+/// near the sessions seen within one `cache_ttl`, at an amortised cost per insert.
+struct FrontMap<V> {
+    map: HashMap<Box<str>, V>,
+    inserts: u32,
+}
+
+impl<V> Default for FrontMap<V> {
+    fn default() -> Self {
+        FrontMap {
+            map: HashMap::new(),
+            inserts: 0,
+        }
+    }
+}
+
+impl<V> FrontMap<V> {
+    fn get(&self, key: &str) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    /// Inserts `value`, first dropping every entry for which `usable` is false when a
+    /// sweep is due or the map is full. Should the map still be full, it starts over:
+    /// the entries are only a copy of the caches behind them.
+    fn insert(&mut self, key: Box<str>, value: V, usable: impl Fn(&V) -> bool) {
+        self.inserts = self.inserts.wrapping_add(1);
+        if self.inserts % FRONT_SWEEP_EVERY == 0 || self.map.len() >= FRONT_CAPACITY {
+            self.map.retain(|_, v| usable(v));
+            if self.map.len() >= FRONT_CAPACITY {
+                self.map.clear();
+            }
+            if self.map.capacity() > 4 * self.map.len().max(64) {
+                self.map.shrink_to_fit();
+            }
+        }
+        self.map.insert(key, value);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
@@ -601,20 +651,23 @@ impl Sessions {
                     },
                 });
                 FRONT.with(|front| {
-                    let mut front = front.borrow_mut();
-                    if front.len() >= FRONT_CAPACITY {
-                        front.clear();
-                    }
-                    front.insert(
+                    let at = std::time::Instant::now();
+                    let current = self.generation.load(Ordering::Acquire);
+                    front.borrow_mut().insert(
                         value.into(),
                         Front {
                             instance: self.instance,
                             generation,
-                            until: std::time::Instant::now() + self.config.cache_ttl,
+                            until: at + self.config.cache_ttl,
                             live,
                             jwt_expires_at: auth.headers.expires_at,
                             host: host.into(),
                             pass: pass.clone(),
+                        },
+                        // Another instance's entries (a test's second app) are judged
+                        // by their time alone.
+                        |e| {
+                            e.until > at && (e.instance != self.instance || e.generation == current)
                         },
                     );
                 });
@@ -1232,6 +1285,39 @@ fn blocked(user: &User, group: &Group) -> Option<RevokeReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn front_map_sweeps_entries_that_can_no_longer_be_used() {
+        // (expires at, generation): what `Front` is judged by.
+        let mut front = FrontMap::<(u32, u32)>::default();
+        let mut clock = 0u32;
+        let usable = |clock: u32| move |e: &(u32, u32)| e.0 > clock && e.1 == 0;
+        // A steady stream of short-lived sessions, each seen once: the map holds
+        // about the live ones, not every one ever seen.
+        for i in 0..50_000u32 {
+            clock = i;
+            front.insert(i.to_string().into(), (clock + 100, 0), usable(clock));
+            assert!(
+                front.len() <= 100 + FRONT_SWEEP_EVERY as usize,
+                "{}",
+                front.len()
+            );
+        }
+        assert!(front.get("49999").is_some());
+        // Entries of an older generation are swept as well.
+        for i in 0..FRONT_SWEEP_EVERY {
+            front.insert(format!("g{i}").into(), (u32::MAX, 1), usable(clock));
+        }
+        assert!(front.len() < FRONT_SWEEP_EVERY as usize, "{}", front.len());
+        // Live entries stay until the map is full, then it starts over.
+        let mut front = FrontMap::<(u32, u32)>::default();
+        for i in 0..FRONT_CAPACITY as u32 {
+            front.insert(i.to_string().into(), (u32::MAX, 0), usable(0));
+        }
+        assert_eq!(front.len(), FRONT_CAPACITY);
+        front.insert("last".into(), (u32::MAX, 0), usable(0));
+        assert_eq!(front.len(), 1);
+    }
 
     #[test]
     fn cookies_are_found_by_exact_name() {
