@@ -436,16 +436,15 @@ impl Gateway {
         // made for the tenant this request is addressed to.
         let host = host_of(&req);
         let gate_span = gate_span("session");
-        let gate = crate::telemetry::traced(
+        let gate = crate::telemetry::traced_await!(
+            gate_span,
             self.sessions.gate(
                 snap,
                 req.headers(),
                 host.map_or(&b""[..], str::as_bytes),
                 |tenant| tn.serves(host, tenant),
-            ),
-            &gate_span,
-        )
-        .await;
+            )
+        );
         if !gate_span.is_none() {
             trace_gate(&gate_span, &gate);
         }
@@ -798,9 +797,10 @@ impl Gateway {
             // idgate's span, not the client's, is the app's parent.
             crate::telemetry::inject(req.headers_mut(), &upstream_span);
         }
-        let forwarded =
-            crate::telemetry::traced(upstream.forward(req, is_upgrade, headers), &upstream_span)
-                .await;
+        let forwarded = crate::telemetry::traced_await!(
+            upstream_span,
+            upstream.forward(req, is_upgrade, headers)
+        );
         if !upstream_span.is_none() {
             match &forwarded {
                 Ok((resp, _)) => {
@@ -950,28 +950,24 @@ impl Handler for GatewayWorker {
                 // reload does meanwhile.
                 let snap = gw.snapshots.load();
                 let (route, rule) = gw.classify(&snap, &method, &path, host_of(&req));
-                let handled = gw.handle(
-                    &self.upstream,
-                    req,
-                    peer,
-                    rid,
-                    (&snap, route, rule),
-                    &path,
-                    &uri,
-                );
-                let handled = match &trace {
-                    Some(span) => crate::telemetry::traced(handled, span),
-                    None => futures_util::future::Either::Right(handled),
+                let handled = |req| {
+                    gw.handle(
+                        &self.upstream,
+                        req,
+                        peer,
+                        rid,
+                        (&snap, route, rule),
+                        &path,
+                        &uri,
+                    )
                 };
-                // A client's own id reaches the audit lines of this request (as
-                // `client_request_id`) without being threaded through every protocol.
-                let resp = match &client_request_id {
-                    None => handled.await,
-                    Some(c) => {
-                        crate::audit::CLIENT_REQUEST_ID
-                            .scope(c.clone(), handled)
-                            .await
-                    }
+                // The common case awaits the handler in place; wrapping it (a span, a
+                // task-local) moves it, and each move copies kilobytes, so only the
+                // requests that need a wrapper get one, boxed.
+                let resp = if trace.is_none() && client_request_id.is_none() {
+                    handled(req).await
+                } else {
+                    wrapped(handled(req), trace.as_ref(), client_request_id.clone()).await
                 };
                 (route, resp, path)
             }
@@ -1017,6 +1013,25 @@ impl Handler for GatewayWorker {
         );
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
         resp
+    }
+}
+
+/// A request's handling inside its trace span and with the client's own request id,
+/// boxed: only requests that carry either pay for the wrappers (see `call`). A client's
+/// own id reaches the audit lines of the request (as `client_request_id`) without being
+/// threaded through every protocol.
+fn wrapped<'a>(
+    handled: impl Future<Output = Response<Body>> + Send + 'a,
+    trace: Option<&tracing::Span>,
+    client_request_id: Option<Box<str>>,
+) -> std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
+    let handled = match trace {
+        Some(span) => crate::telemetry::traced(handled, span),
+        None => futures_util::future::Either::Right(handled),
+    };
+    match client_request_id {
+        None => Box::pin(handled),
+        Some(c) => Box::pin(crate::audit::CLIENT_REQUEST_ID.scope(c, handled)),
     }
 }
 

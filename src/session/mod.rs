@@ -295,7 +295,7 @@ impl<V> FrontMap<V> {
     /// the entries are only a copy of the caches behind them.
     fn insert(&mut self, key: Box<str>, value: V, usable: impl Fn(&V) -> bool) {
         self.inserts = self.inserts.wrapping_add(1);
-        if self.inserts % FRONT_SWEEP_EVERY == 0 || self.map.len() >= FRONT_CAPACITY {
+        if self.inserts.is_multiple_of(FRONT_SWEEP_EVERY) || self.map.len() >= FRONT_CAPACITY {
             self.map.retain(|_, v| usable(v));
             if self.map.len() >= FRONT_CAPACITY {
                 self.map.clear();
@@ -626,10 +626,10 @@ impl Sessions {
             Some(None) => return Gate::Missing,
             None => {}
         }
-        match self
-            .authenticate_hashed(snap, hash_cookie(value), &serves)
-            .await
-        {
+        // Boxed: the store round trips make this future large, and it is only taken
+        // when this thread has no usable copy; unboxed, every request's future would
+        // carry (and copy) its size.
+        match Box::pin(self.authenticate_hashed(snap, hash_cookie(value), &serves)).await {
             AuthInner::Valid(auth, live) => {
                 self.poke_recheck(&live, now());
                 let copied: Box<[(http::HeaderName, HeaderValue)]> = auth
