@@ -338,6 +338,12 @@ pub fn signed_response(s: &ResponseSpec, idp: &TestIdp) -> String {
     xmlsec_sign(&doc, &idp.key, &idp.cert, RESPONSE)
 }
 
+/// A signed Response around an Assertion signed itself, as ADFS or Okta send it when
+/// set to sign both.
+pub fn signed_response_and_assertion(s: &ResponseSpec, idp: &TestIdp) -> String {
+    signed_response_around(s, idp, &signed_assertion(s, idp))
+}
+
 /// A Response with nothing signed.
 pub fn unsigned_response(s: &ResponseSpec) -> String {
     response_xml(s, &format!("_r{}", rand_hex()), "", &assertion_xml(s, ""))
