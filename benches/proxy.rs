@@ -38,15 +38,17 @@
 //! `worker_processes` as idgate has workers.
 //!
 //! wrk is a closed loop: a slow answer delays the next request, so queueing hides from
-//! its percentiles. After the closed-loop rounds, **direct** and **idgate-auth** are
-//! therefore driven again by an open loop, oha (`target/bench-tools`, pinned by `make
-//! bench-deps`) at a constant arrival rate of half idgate-auth's closed-loop maximum
-//! from this run, with latency correction, in interleaved rounds; the added p99 is
-//! idgate-auth's p99 minus direct's.
+//! its percentiles. After the closed-loop rounds, **direct**, **nginx** and
+//! **idgate-auth** are therefore driven again by an open loop, oha (`target/bench-tools`,
+//! pinned by `make bench-deps`) at a constant arrival rate of half idgate-auth's
+//! closed-loop maximum from this run, with latency correction, in interleaved rounds; the
+//! added p99 is each proxy's p99 minus direct's, nginx's being the baseline for what the
+//! machine itself adds to a second hop.
 //!
 //! The last lines of the output are the summary of issue 18's performance figures, one
 //! greppable line each: `ratio idg-auth/nginx`, `ratio idgate/nginx` (throughput),
-//! `ratio cpu/req idg-auth/nginx` and `added p99 idg-auth-direct`.
+//! `ratio cpu/req idg-auth/nginx`, `added p99 nginx-direct` and `added p99
+//! idg-auth-direct`.
 //!
 //! Knobs: `BENCH_SECONDS` (per round, default 8), `BENCH_ROUNDS` (default 3),
 //! `BENCH_CONNECTIONS` (default 64), `BENCH_REVOCATIONS` (default 100),
@@ -722,8 +724,10 @@ fn main() {
         }
     }
 
-    // Open loop: direct and idgate-auth at a constant arrival rate of OPEN_LOOP_SHARE of
-    // idgate-auth's closed-loop maximum just measured, in interleaved rounds.
+    // Open loop: direct, nginx (when installed) and idgate-auth at a constant arrival
+    // rate of OPEN_LOOP_SHARE of idgate-auth's closed-loop maximum just measured, in
+    // interleaved rounds. nginx at the same rate says how much of the added tail is
+    // the machine's (a second process on two shared cores) rather than idgate's.
     let position = |n: &str| targets.iter().position(|(name, ..)| *name == n);
     let share = std::env::var("BENCH_OPEN_LOOP_SHARE")
         .ok()
@@ -733,9 +737,14 @@ fn main() {
     let open_loop = position("direct").zip(position("idg-auth")).map(|(d, a)| {
         let max = median(samples[a].clone()).rps;
         let rate = (max * share).round().max(1.0) as u64;
-        let mut runs: [Vec<OpenLoop>; 2] = [Vec::new(), Vec::new()];
+        let order: Vec<usize> = [Some(d), position("nginx"), Some(a)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut runs: Vec<(&str, Vec<OpenLoop>)> =
+            order.iter().map(|&i| (targets[i].0, Vec::new())).collect();
         for round in 0..rounds {
-            for (k, i) in [d, a].into_iter().enumerate() {
+            for (k, &i) in order.iter().enumerate() {
                 let (name, addr, header, _) = targets[i];
                 let r = oha(addr, seconds, rate, connections, header);
                 eprintln!(
@@ -759,7 +768,7 @@ fn main() {
                         r.max_us / 1000.0
                     );
                 }
-                runs[k].push(r);
+                runs[k].1.push(r);
             }
         }
         (max, rate, runs)
@@ -963,21 +972,33 @@ fn main() {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let p99 = |k: usize| mid(runs[k].iter().map(|r| r.p99_us).collect());
-        // Within a round the two runs are seconds apart: the median of those differences
-        // moves less with the machine's load than the difference of the medians.
-        let per_round = mid(runs[1]
-            .iter()
-            .zip(&runs[0])
-            .map(|(a, d)| a.p99_us - d.p99_us)
-            .collect());
-        println!(
-            "added p99 idg-auth-direct {:.3} ms  (per round {:.3} ms; open loop at {rate} req/s, {:.0}% of idg-auth's {max:.0}: p99 direct {:.3} ms, idg-auth {:.3} ms; target <= 0.300 ms)",
-            (p99(1) - p99(0)) / 1000.0,
-            per_round / 1000.0,
-            share * 100.0,
-            p99(0) / 1000.0,
-            p99(1) / 1000.0
-        );
+        let p99 = |name: &str| {
+            runs.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, r)| r.iter().map(|r| r.p99_us).collect::<Vec<_>>())
+        };
+        // Within a round the runs are seconds apart: the median of the differences moves
+        // less with the machine's load than the difference of the medians.
+        let added = |name: &str| {
+            let (proxy, direct) = (p99(name)?, p99("direct")?);
+            let per_round = mid(proxy.iter().zip(&direct).map(|(p, d)| p - d).collect());
+            Some((
+                (mid(proxy.clone()) - mid(direct)) / 1000.0,
+                per_round / 1000.0,
+                mid(proxy) / 1000.0,
+            ))
+        };
+        let direct = p99("direct").map(mid).unwrap_or_default() / 1000.0;
+        if let Some((ms, per_round, p)) = added("nginx") {
+            println!(
+                "added p99 nginx-direct {ms:.3} ms  (per round {per_round:.3} ms; the same open loop: p99 direct {direct:.3} ms, nginx {p:.3} ms)"
+            );
+        }
+        if let Some((ms, per_round, p)) = added("idg-auth") {
+            println!(
+                "added p99 idg-auth-direct {ms:.3} ms  (per round {per_round:.3} ms; open loop at {rate} req/s, {:.0}% of idg-auth's {max:.0}: p99 direct {direct:.3} ms, idg-auth {p:.3} ms; target <= 0.300 ms)",
+                share * 100.0,
+            );
+        }
     }
 }

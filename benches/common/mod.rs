@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,10 @@ pub struct Proc {
     /// its workers) or a profiler wrapping idgate must get to clean up, or workers are
     /// orphaned and profiles never written.
     gentle: bool,
+    /// The child leads a process group of its own (`process_group(0)`), and the whole
+    /// group is ended: a profiler wrapping idgate may exit on SIGTERM and leave idgate
+    /// running, orphaned, under init.
+    group: bool,
 }
 
 impl Proc {
@@ -68,6 +73,7 @@ impl Proc {
         Proc {
             child,
             gentle: false,
+            group: false,
         }
     }
 
@@ -76,6 +82,17 @@ impl Proc {
         Proc {
             child,
             gentle: true,
+            group: false,
+        }
+    }
+
+    /// As [`Proc::gentle`], for a child spawned with `process_group(0)`: SIGTERM and
+    /// then SIGKILL go to its whole group, so nothing it started outlives it.
+    pub fn gentle_group(child: Child) -> Proc {
+        Proc {
+            child,
+            gentle: true,
+            group: true,
         }
     }
 
@@ -87,18 +104,31 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // Only the process this bench started, by its PID.
-        if self.gentle {
+        // Only the process this bench started, by its PID, or the group it leads.
+        let target = if self.group {
+            format!("-{}", self.child.id())
+        } else {
+            self.child.id().to_string()
+        };
+        let signal = |sig: &str| {
             let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
+                .args([sig, "--", &target])
+                .stderr(Stdio::null())
                 .status();
+        };
+        if self.gentle {
+            signal("-TERM");
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        if self.group {
+            // The leader may be gone while what it wrapped is not.
+            signal("-KILL");
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -178,7 +208,7 @@ pub fn start_idgate_on(
     let mut cmd = match words.next() {
         Some(program) => {
             let mut cmd = Command::new(program);
-            cmd.args(words).arg(bin);
+            cmd.args(words).arg(bin).process_group(0);
             cmd
         }
         None => Command::new(bin),
@@ -195,7 +225,7 @@ pub fn start_idgate_on(
     let proc = if wrapper.is_empty() {
         Proc::new(child)
     } else {
-        Proc::gentle(child)
+        Proc::gentle_group(child)
     };
     wait_for_port(addr, "idgate");
     (proc, addr, format!("127.0.0.1:{admin}").parse().unwrap())
