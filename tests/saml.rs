@@ -396,6 +396,54 @@ async fn signature_wrapping_and_comment_injection_cannot_change_the_identity() {
         }
     }
 
+    // A second IdP-signed Response (another user's) hidden in a ds:Object of the
+    // honest Assertion's signature: outside what that signature covers, so it still
+    // verifies, and the hidden Response verifies on its own. The login must be the
+    // honest Assertion's, which is the one the Response around it holds, or nobody's.
+    let victim = ResponseSpec::new(IDP, ACS, SP, None)
+        .attr("uid", "victim")
+        .attr("group_uid", "grp-victim");
+    let hidden = signed_response(&victim, &sso.idp);
+    let hidden = &hidden[hidden.find("<samlp:Response").unwrap()..];
+    let honest = ResponseSpec::new(IDP, ACS, SP, None).attr("uid", "honest-user");
+    let assertion = signed_assertion(&honest, &sso.idp);
+    let close = assertion.find("</ds:Signature>").expect("a signature");
+    let assertion = format!(
+        "{}<ds:Object>{hidden}</ds:Object>{}",
+        &assertion[..close],
+        &assertion[close..]
+    );
+    let nested = response_xml(&honest, "_r-outer", "", &assertion);
+    let r = sso.post(&nested, None).await;
+    if r.status == 303 {
+        let echo = get(&sso.url("/x"), &[("cookie", &session_cookie(&r))])
+            .await
+            .json();
+        assert_eq!(
+            received(&echo, "x-idgate-user-id"),
+            ["honest-user"],
+            "a Response hidden inside the Assertion's signature became the identity"
+        );
+    } else {
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+
+    // A solicited assertion, captured, in a Response that drops its InResponseTo to
+    // pass as unsolicited (this tenant allows IdP-initiated logins).
+    let solicited = ResponseSpec::new(IDP, ACS, SP, Some("_req-of-someone-else"));
+    let unsolicited = ResponseSpec {
+        in_response_to: None,
+        ..ResponseSpec::new(IDP, ACS, SP, None)
+    };
+    let rewrapped = response_xml(
+        &unsolicited,
+        "_r-rewrapped",
+        "",
+        &signed_assertion(&solicited, &sso.idp),
+    );
+    let r = sso.post(&rewrapped, None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
     // Comment injection: the IdP signed "victim@example.com.evil.test"; a comment
     // splits the text node without breaking the (comment-free C14N) signature.
     let spec = ResponseSpec::new(IDP, ACS, SP, None).attr("uid", "victim@example.com.evil.test");

@@ -550,6 +550,33 @@ impl SamlTenant {
                 code: rejection_code(&e),
                 detail: e.to_string(),
             })?;
+        // The verified content must be the Assertion the checked shell holds. Another
+        // signed Response or Assertion elsewhere in the document (in a ds:Object of a
+        // signature, say) verifies too, and PreDigest prefers a signed Response.
+        if root_assertion_id(&xml).as_deref() != Some(assertion.id.as_str()) {
+            return Err(AcsError::Rejected {
+                code: "signature",
+                detail: format!(
+                    "the signed assertion {} is not the Assertion the Response holds",
+                    assertion.id
+                ),
+            });
+        }
+        // A solicited assertion names its request in signed content. The unsigned
+        // Response around it must name the same, or a captured answer could be passed
+        // off as unsolicited where IdP-initiated logins are allowed (samael checks
+        // nothing then), skipping the tie to the browser that began the login.
+        if let Some(signed) = assertion_in_response_to(&assertion)
+            && in_response_to.as_deref() != Some(signed)
+        {
+            return Err(AcsError::Rejected {
+                code: "in_response_to",
+                detail: format!(
+                    "the assertion answers request {signed}, the Response around it {}",
+                    in_response_to.as_deref().unwrap_or("none")
+                ),
+            });
+        }
         self.check_audience(&assertion)?;
         // samael hands back only verified content, with signatures stripped; the
         // Assertion was signed itself if some signature in the document references its
@@ -902,6 +929,48 @@ fn response_in_response_to(xml: &str) -> Option<String> {
                     .and_then(|a| String::from_utf8(a.value.to_vec()).ok());
             }
             Ok(quick_xml::events::Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// The request a (verified) assertion says it answers, from its subject confirmation.
+fn assertion_in_response_to(assertion: &Assertion) -> Option<&str> {
+    assertion
+        .subject
+        .as_ref()?
+        .subject_confirmations
+        .as_ref()?
+        .iter()
+        .find_map(|c| {
+            c.subject_confirmation_data
+                .as_ref()?
+                .in_response_to
+                .as_deref()
+        })
+}
+
+/// The `ID` of the Assertion that is a direct child of the root Response (the shell
+/// check has made sure there is exactly one, or one EncryptedAssertion, which
+/// decryption has replaced by then).
+fn root_assertion_id(xml: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e))
+                if depth == 1 && e.local_name().as_ref() == b"Assertion" =>
+            {
+                return e
+                    .try_get_attribute("ID")
+                    .ok()
+                    .flatten()
+                    .and_then(|a| String::from_utf8(a.value.to_vec()).ok());
+            }
+            Ok(Event::Start(_)) => depth += 1,
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Eof) | Err(_) => return None,
             _ => {}
         }
     }
