@@ -1364,7 +1364,8 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// SPEC §7: a request that two readers could take for different requests is refused
-/// before routing, with the status and the reason for the log: two `Host` fields, a host
+/// before routing, with the status and the reason for the log: an HTTP/1.1 request
+/// without `Host`, two `Host` fields, a host
 /// that is not `host[:port]`, an `:authority` (or absolute-form target) that a `Host`
 /// field contradicts, a target that is not ASCII origin-form, and any transfer coding but
 /// `chunked`. hyper's parser already refuses a coding list that does not end in `chunked`
@@ -1378,6 +1379,12 @@ fn check_request_head<B>(req: &Request<B>) -> Result<(), (StatusCode, &'static s
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err((BAD, "two Host headers"));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400; which site it
+    // meant would otherwise be the app's guess.
+    if host.is_none() && req.version() == http::Version::HTTP_11 && req.uri().authority().is_none()
+    {
+        return Err((BAD, "HTTP/1.1 request without Host"));
     }
     if let Some(h) = host
         && !is_host_port(h.as_bytes())
@@ -1551,7 +1558,14 @@ mod tests {
         let h1 = |fields: &[(&str, &str)]| head(Version::HTTP_11, "/x", fields);
         let refused = |req: Request<()>| check_request_head(&req).map_err(|(s, _)| s.as_u16());
         assert_eq!(refused(h1(&[("host", "a.example")])), Ok(()));
-        assert_eq!(refused(h1(&[])), Ok(()));
+        // RFC 9112 §3.2; HTTP/1.0 has no Host to require, and an absolute-form target
+        // names its host itself.
+        assert_eq!(refused(h1(&[])), Err(400));
+        assert_eq!(refused(head(Version::HTTP_10, "/x", &[])), Ok(()));
+        assert_eq!(
+            refused(head(Version::HTTP_11, "http://a.example/x", &[])),
+            Ok(())
+        );
         assert_eq!(
             refused(h1(&[("host", "a.example"), ("host", "b.example")])),
             Err(400)
@@ -1602,8 +1616,16 @@ mod tests {
         assert_eq!(refused(h2("http://a.example?q=1", &[])), Err(400));
         assert_eq!(refused(h2("*", &[])), Err(400));
         // Transfer codings: only exactly `chunked`.
-        assert_eq!(refused(h1(&[("transfer-encoding", "chunked")])), Ok(()));
-        assert_eq!(refused(h1(&[("transfer-encoding", " Chunked ")])), Ok(()));
+        let hosted = |fields: &[(&str, &str)]| {
+            let mut all = vec![("host", "a.example")];
+            all.extend_from_slice(fields);
+            head(Version::HTTP_11, "/x", &all)
+        };
+        assert_eq!(refused(hosted(&[("transfer-encoding", "chunked")])), Ok(()));
+        assert_eq!(
+            refused(hosted(&[("transfer-encoding", " Chunked ")])),
+            Ok(())
+        );
         for bad in [
             &[("transfer-encoding", "gzip, chunked")][..],
             &[("transfer-encoding", "chunked, chunked")],
@@ -1613,7 +1635,7 @@ mod tests {
                 ("transfer-encoding", "chunked"),
             ],
         ] {
-            assert_eq!(refused(h1(bad)), Err(501), "{bad:?}");
+            assert_eq!(refused(hosted(bad)), Err(501), "{bad:?}");
         }
     }
 

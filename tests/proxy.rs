@@ -1103,6 +1103,7 @@ async fn ambiguous_requests_are_refused_before_anything_reaches_the_app() {
             400,
             "two Host headers",
         ),
+        (get("/public/x", ""), 400, "HTTP/1.1 request without Host"),
         (
             get("/public/x", "Host: evil.example/x\r\n"),
             400,
