@@ -1365,10 +1365,9 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// SPEC §7: a request that two readers could take for different requests is refused
 /// before routing, with the status and the reason for the log: an HTTP/1.1 request
-/// without `Host`, two `Host` fields, a host
-/// that is not `host[:port]`, an `:authority` (or absolute-form target) that a `Host`
-/// field contradicts, a target that is not ASCII origin-form, and any transfer coding but
-/// `chunked`. hyper's parser already refuses a coding list that does not end in `chunked`
+/// without `Host`, two `Host` fields, a host that is not `host[:port]`, an `:authority`
+/// (or absolute-form target) that a `Host` field contradicts, a target that is not ASCII
+/// origin-form, and any transfer coding but `chunked`. hyper's parser already refuses a coding list that does not end in `chunked`
 /// and `Transfer-Encoding` on HTTP/1.0, but it takes `gzip, chunked` (and `chunked,
 /// chunked`) as plain chunked: forwarded de-chunked, the app would get a body whose
 /// coding was dropped.

@@ -531,6 +531,28 @@ async fn sha1_is_refused_unless_the_tenant_allows_it_and_certificates_can_roll_o
     }
 }
 
+/// Values typed with a prefix declared only on the Response (`xs` of `xsi:type`), which
+/// the exclusive C14N the signature covers leaves undeclared: the login still reads
+/// every value exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_with_prefixes_declared_on_the_response_log_in() {
+    let sso = start("allow_idp_initiated = true", "").await;
+    let spec = ResponseSpec::new(IDP, ACS, SP, None)
+        .attr("uid", "typed-user")
+        .attr("name", "Ada & <Co>");
+    let xml = typed_signed_assertion_response(&spec, &sso.idp);
+    assert!(xml.contains(r#"xsi:type="xs:string""#), "{xml}");
+    let r = sso.post(&xml, None).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let echo = get(&sso.url("/x"), &[("cookie", &session_cookie(&r))])
+        .await
+        .json();
+    assert_eq!(received(&echo, "x-idgate-user-id"), ["typed-user"]);
+    assert_eq!(received(&echo, "x-idgate-group-id"), ["grp-1"]);
+    assert_eq!(received(&echo, "x-idgate-email"), ["ada@example.com"]);
+    assert_eq!(received(&echo, "x-idgate-name"), ["Ada & <Co> Lovelace"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idp_initiated_logins_follow_safe_relay_states_only() {
     let sso = start("allow_idp_initiated = true", "").await;

@@ -258,6 +258,23 @@ pub fn signed_assertion_response(s: &ResponseSpec, idp: &TestIdp) -> String {
     xmlsec_sign(&doc, &idp.key, &idp.cert, ASSERTION)
 }
 
+/// As [`signed_assertion_response`], with typed values (`xsi:type="xs:string"`) and the
+/// `xs` and `xsi` prefixes declared only on the Response root. Exclusive C14N carries
+/// `xsi` into the signed Assertion (an attribute name uses it) but not `xs`, which only
+/// an attribute value names: what the signature covers leaves `xs` undeclared.
+pub fn typed_signed_assertion_response(s: &ResponseSpec, idp: &TestIdp) -> String {
+    let assertion = assertion_xml(s, &signature_template(&s.assertion_id)).replace(
+        "<saml:AttributeValue>",
+        r#"<saml:AttributeValue xsi:type="xs:string">"#,
+    );
+    let doc = response_xml(s, &format!("_r{}", rand_hex()), "", &assertion).replacen(
+        "<samlp:Response ",
+        r#"<samlp:Response xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" "#,
+        1,
+    );
+    xmlsec_sign(&doc, &idp.key, &idp.cert, ASSERTION)
+}
+
 /// The Assertion of `s` alone, signed by `idp` (its own signature covers it wherever
 /// it is placed: exclusive C14N carries only the namespaces it uses).
 pub fn signed_assertion(s: &ResponseSpec, idp: &TestIdp) -> String {
