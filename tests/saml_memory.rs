@@ -78,12 +78,7 @@ async fn logins() {
     let text = config(
         up.addr,
         "",
-        &format!(
-            "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{IDP}\"\n\
-             idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n\
-             allow_idp_initiated = true\n",
-            idp.cert.display()
-        ),
+        &acme_tenant(IDP, &idp.cert, "allow_idp_initiated = true"),
     );
     let app = idgate::App::new(Config::from_toml(&text, std::path::Path::new("/")).unwrap())
         .expect("app")

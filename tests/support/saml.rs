@@ -68,6 +68,16 @@ pub struct ResponseSpec {
     pub status: String,
 }
 
+/// The config of tenant `acme`, whose SAML IdP is `idp_entity_id` signing with the
+/// certificate(s) in `cert`, plus `saml_extra` lines under `[tenants.saml]`.
+pub fn acme_tenant(idp_entity_id: &str, cert: &Path, saml_extra: &str) -> String {
+    format!(
+        "[[tenants]]\nid = \"acme\"\n[tenants.saml]\nidp_entity_id = \"{idp_entity_id}\"\n\
+         idp_sso_url = \"https://idp.example.com/sso\"\nidp_certificate = \"file:{}\"\n{saml_extra}\n",
+        cert.display()
+    )
+}
+
 impl ResponseSpec {
     /// A valid response for `acs` / `audience` from `issuer`.
     pub fn new(issuer: &str, acs: &str, audience: &str, in_response_to: Option<&str>) -> Self {
