@@ -555,10 +555,14 @@ impl Metrics {
                  idgate_connections_max {}\n\
                  # HELP idgate_connection_limit_reached_total Times a new connection had to wait because max_connections were open.\n\
                  # TYPE idgate_connection_limit_reached_total counter\n\
-                 idgate_connection_limit_reached_total {}",
+                 idgate_connection_limit_reached_total {}\n\
+                 # HELP idgate_connections_parked Idle HTTP/1 keep-alive connections holding no buffers (a subset of the open ones).\n\
+                 # TYPE idgate_connections_parked gauge\n\
+                 idgate_connections_parked {}",
                 limit.open(),
                 limit.max(),
-                limit.times_reached()
+                limit.times_reached(),
+                limit.parked()
             );
         }
         let open = self.tunnels.get().map_or(0, |t| t.open());

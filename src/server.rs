@@ -10,26 +10,22 @@
 //!   wake-ups, no work stealing, no contended pool lock (the nginx worker model). Measured
 //!   on the 2-core reference machine, this is what brings the proxied path near nginx.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::proxy::deadline::{CoarseTimer, Deadlines};
+use crate::proxy::deadline::Deadlines;
 use crate::proxy::tunnel::Tunnels;
 use crate::response::Body;
+
+mod conn;
 
 /// Something that answers requests. Errors are already responses by the time they leave
 /// a handler, so the connection layer never sees one.
@@ -50,25 +46,6 @@ pub trait Handler: Send + Sync + 'static {
 /// answer 502: 75 s, as nginx's own `keepalive_timeout`.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
-/// The connection builder. `coarse` gives HTTP/1's header-read timeout, which hyper arms
-/// for every request, a worker's coarse clock instead of a tokio timer.
-fn builder(
-    coarse: Option<Arc<Deadlines>>,
-    header_read_timeout: Duration,
-) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let mut http1 = builder.http1();
-    match coarse {
-        Some(deadlines) => http1.timer(CoarseTimer(deadlines)),
-        None => http1.timer(TokioTimer::new()),
-    };
-    http1
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    builder
-}
-
 /// How long a worker keeps serving its open HTTP/1 connections after shutdown begins,
 /// answering each request with `Connection: close`, before it closes the idle ones. An
 /// HTTP/1 client cannot tell "closed while idle" from "closed while my request was on
@@ -83,42 +60,54 @@ struct ConnectionSlot {
     draining: Arc<AtomicBool>,
 }
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+/// The open connections of one listener (or worker): how many, and the signal that
+/// closes them (idle HTTP/1 ones at once, HTTP/2 ones with GOAWAY, busy ones after
+/// their response).
+struct Connections {
+    settings: Arc<conn::Settings>,
+    close: watch::Sender<bool>,
+}
 
-fn spawn_connection<H: Handler>(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    stream: TcpStream,
-    peer: SocketAddr,
-    handler: &Arc<H>,
-    slot: ConnectionSlot,
-) {
-    let _ = stream.set_nodelay(true);
-    let handler = handler.clone();
-    let draining = slot.draining.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let handler = handler.clone();
-        let draining = draining.clone();
-        // Boxed: hyper keeps an HTTP/1 connection's request future in an allocation
-        // sized for it for the connection's whole life, so an unboxed handler future
-        // (several kilobytes) would be held by every idle keep-alive connection.
-        let version = req.version();
-        let call: HandlerFuture = Box::pin(handler.call(req, peer));
-        async move {
-            let resp = call.await;
-            Ok::<_, Infallible>(close_if_draining(version, resp, &draining))
+impl Connections {
+    fn new(
+        deadlines: Arc<Deadlines>,
+        header_read_timeout: Duration,
+        parked: Arc<AtomicUsize>,
+    ) -> Connections {
+        Connections {
+            settings: Arc::new(conn::Settings::new(deadlines, header_read_timeout, parked)),
+            close: watch::Sender::new(false),
         }
-    });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, %peer, "connection ended with an error");
-        }
-    });
+    }
+
+    fn spawn<H: Handler>(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        handler: &Arc<H>,
+        slot: ConnectionSlot,
+    ) {
+        tokio::spawn(conn::run(
+            stream,
+            peer,
+            handler.clone(),
+            slot,
+            self.settings.clone(),
+            self.close.subscribe(),
+        ));
+    }
+
+    /// Connections still open.
+    fn count(&self) -> usize {
+        self.close.receiver_count()
+    }
+
+    /// Closes the idle connections, lets the busy ones finish, and resolves when all
+    /// are closed.
+    async fn shutdown(&self) {
+        self.close.send_replace(true);
+        self.close.closed().await;
+    }
 }
 
 /// During the drain linger, an HTTP/1 response asks the client to close: it is the
@@ -142,9 +131,9 @@ fn close_if_draining(
 
 /// Waits up to `grace` for in-flight requests and open tunnels to finish, then closes
 /// the tunnels that are left (each logs its end) and gives them a moment to do so.
-async fn drain(graceful: GracefulShutdown, grace: Duration, tunnels: Option<&Tunnels>) {
+async fn drain(connections: &Connections, grace: Duration, tunnels: Option<&Tunnels>) {
     let all = async {
-        graceful.shutdown().await;
+        connections.shutdown().await;
         if let Some(t) = tunnels {
             t.wait_idle().await;
         }
@@ -184,20 +173,19 @@ pub async fn serve<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let builder = builder(None, HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    let connections = Connections::new(Deadlines::new(), HEADER_READ_TIMEOUT, Arc::default());
     let draining = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
             (stream, peer) = accept_next(&listener) => {
                 let slot = ConnectionSlot { _permit: None, draining: draining.clone() };
-                spawn_connection(&builder, &graceful, stream, peer, &handler, slot);
+                connections.spawn(stream, peer, &handler, slot);
             }
             _ = stopped(&mut shutdown) => break,
         }
     }
     drop(listener);
-    drain(graceful, grace, None).await;
+    drain(&connections, grace, None).await;
 }
 
 /// The public listener's bound on open connections (`[server].max_connections`). At
@@ -208,6 +196,7 @@ pub struct ConnectionLimit {
     max: usize,
     permits: Arc<Semaphore>,
     reached: AtomicU64,
+    parked: Arc<AtomicUsize>,
 }
 
 /// How often, at most, reaching the connection limit is logged.
@@ -221,7 +210,13 @@ impl ConnectionLimit {
             max,
             permits: Arc::new(Semaphore::new(max)),
             reached: AtomicU64::new(0),
+            parked: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Open connections that are parked (idle, holding no buffers; see `server/conn.rs`).
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
     }
 
     /// The configured bound.
@@ -295,6 +290,7 @@ pub async fn serve_workers<H, F>(
         let make_handler = make_handler.clone();
         let drain_rx = drain_rx.clone();
         let tunnels = tunnels.clone();
+        let parked = limit.parked.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("idgate-worker-{index}"))
             .spawn(move || {
@@ -308,7 +304,14 @@ pub async fn serve_workers<H, F>(
                         return;
                     }
                 };
-                runtime.block_on(worker(rx, make_handler(index), drain_rx, grace, tunnels));
+                runtime.block_on(worker(
+                    rx,
+                    make_handler(index),
+                    drain_rx,
+                    grace,
+                    tunnels,
+                    parked,
+                ));
             });
         match spawned {
             Ok(handle) => threads.push(handle),
@@ -373,14 +376,14 @@ pub async fn serve_workers<H, F>(
 }
 
 async fn worker<H: Handler>(
-    mut connections: mpsc::UnboundedReceiver<Handoff>,
+    mut handoffs: mpsc::UnboundedReceiver<Handoff>,
     handler: Arc<H>,
     mut drain_signal: watch::Receiver<Option<Instant>>,
     grace: Duration,
     tunnels: Arc<Tunnels>,
+    parked: Arc<AtomicUsize>,
 ) {
-    let builder = builder(Some(Deadlines::new()), HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    let connections = Connections::new(Deadlines::new(), HEADER_READ_TIMEOUT, parked);
     let draining = Arc::new(AtomicBool::new(false));
     let adopt = |(std_stream, peer, permit): Handoff| match TcpStream::from_std(std_stream) {
         Ok(stream) => {
@@ -388,13 +391,13 @@ async fn worker<H: Handler>(
                 _permit: Some(permit),
                 draining: draining.clone(),
             };
-            spawn_connection(&builder, &graceful, stream, peer, &handler, slot);
+            connections.spawn(stream, peer, &handler, slot);
         }
         Err(e) => tracing::warn!(error = %e, "cannot adopt connection"),
     };
     loop {
         tokio::select! {
-            next = connections.recv() => match next {
+            next = handoffs.recv() => match next {
                 Some(handoff) => adopt(handoff),
                 None => break,
             },
@@ -410,11 +413,11 @@ async fn worker<H: Handler>(
     let mut open = true;
     loop {
         let past = Instant::now() >= linger_end;
-        if !open && (past || graceful.count() == 0) {
+        if !open && (past || connections.count() == 0) {
             break;
         }
         tokio::select! {
-            next = connections.recv(), if open => match next {
+            next = handoffs.recv(), if open => match next {
                 Some(handoff) => adopt(handoff),
                 None => open = false,
             },
@@ -424,7 +427,7 @@ async fn worker<H: Handler>(
     // Tunnels run on the workers' runtimes: a worker that returned would drop them
     // unlogged, so each waits until all are gone.
     drain(
-        graceful,
+        &connections,
         grace.saturating_sub(began.elapsed()),
         Some(&tunnels),
     )
@@ -448,17 +451,18 @@ mod tests {
         }
     }
 
-    /// Slowloris: a client that never finishes its request head is cut off once the
-    /// header-read timeout passes, on the workers' coarse clock, while requests sent in
-    /// time on the same kind of connection are served.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_request_head_that_never_ends_is_cut_off() {
-        let timeout = Duration::from_millis(300);
-        let builder = builder(Some(Deadlines::new()), timeout);
-        let graceful = GracefulShutdown::new();
+    /// A listener on 127.0.0.1 served by [`Connections`] with these timings.
+    async fn listen(timeout: Duration, park_after: Duration) -> (SocketAddr, Arc<Connections>) {
+        let mut settings = conn::Settings::new(Deadlines::new(), timeout, Arc::default());
+        settings.park_after = park_after;
+        let connections = Arc::new(Connections {
+            settings: Arc::new(settings),
+            close: watch::Sender::new(false),
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handler = Arc::new(Hello);
+        let serving = connections.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = listener.accept().await.unwrap();
@@ -466,9 +470,46 @@ mod tests {
                     _permit: None,
                     draining: Arc::new(AtomicBool::new(false)),
                 };
-                spawn_connection(&builder, &graceful, stream, peer, &handler, slot);
+                serving.spawn(stream, peer, &handler, slot);
             }
         });
+        (addr, connections)
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// Reads one `Hello` response (its length is known) from a keep-alive connection.
+    async fn read_hello(stream: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"hello") {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    /// Resolves when the server closes `stream`; returns what it sent meanwhile.
+    async fn closed(stream: &mut TcpStream) -> String {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .expect("the server closes the connection")
+            .ok();
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+
+    /// Slowloris: a client that never finishes its request head is cut off once the
+    /// header-read timeout passes, on the workers' coarse clock, while requests sent in
+    /// time on the same kind of connection are served.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_head_that_never_ends_is_cut_off() {
+        let timeout = Duration::from_millis(300);
+        let (addr, _connections) = listen(timeout, conn::PARK_AFTER).await;
 
         let mut ok = TcpStream::connect(addr).await.unwrap();
         ok.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -483,16 +524,130 @@ mod tests {
         slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
             .await
             .unwrap();
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
-            .await
-            .expect("the server closes the connection")
-            .ok();
+        let rest = closed(&mut slow).await;
         let waited = start.elapsed();
         assert!(waited >= timeout, "closed after {waited:?}");
-        assert!(
-            !String::from_utf8_lossy(&rest).contains(" 200 "),
-            "{rest:?}"
+        assert!(!rest.contains(" 200 "), "{rest:?}");
+    }
+
+    /// An idle keep-alive connection parks (hyper's buffers are freed) and its next
+    /// request is answered on the same socket; a busy one never parks.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_keep_alive_connection_parks_and_answers_its_next_request() {
+        let park_after = Duration::from_millis(200);
+        let (addr, connections) = listen(Duration::from_secs(30), park_after).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..20 {
+            client.write_all(GET).await.unwrap();
+            assert!(read_hello(&mut client).await.starts_with("HTTP/1.1 200"));
+        }
+        assert_eq!(connections.settings.parked(), 0, "parked while busy");
+        tokio::time::sleep(park_after * 4).await;
+        assert_eq!(connections.settings.parked(), 1, "idle but not parked");
+        client.write_all(GET).await.unwrap();
+        assert!(read_hello(&mut client).await.starts_with("HTTP/1.1 200"));
+        assert_eq!(connections.settings.parked(), 0);
+        // Parked again, the client's close ends the connection's task.
+        tokio::time::sleep(park_after * 4).await;
+        assert_eq!(connections.settings.parked(), 1);
+        drop(client);
+        let end = Instant::now() + Duration::from_secs(5);
+        while connections.count() > 0 {
+            assert!(
+                Instant::now() < end,
+                "the connection's task outlived its socket"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Bytes hyper had read past a request (pipelining) are handed back across a park:
+    /// two requests in one write get two answers, and a head that has begun never
+    /// parks.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pipelined_and_partial_requests_survive_parking() {
+        let park_after = Duration::from_millis(200);
+        let (addr, connections) = listen(Duration::from_secs(30), park_after).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(GET).await.unwrap();
+        read_hello(&mut client).await;
+        tokio::time::sleep(park_after * 4).await;
+        assert_eq!(connections.settings.parked(), 1);
+        // Two requests and a third's beginning, in one write, to a parked connection.
+        client
+            .write_all(
+                b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HT",
+            )
+            .await
+            .unwrap();
+        let mut got = read_hello(&mut client).await;
+        if got.matches("hello").count() < 2 {
+            got += &read_hello(&mut client).await;
+        }
+        assert_eq!(got.matches("HTTP/1.1 200").count(), 2, "{got}");
+        tokio::time::sleep(park_after * 4).await;
+        assert_eq!(
+            connections.settings.parked(),
+            0,
+            "parked with half a head read"
         );
+        client
+            .write_all(b"TP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_hello(&mut client).await.starts_with("HTTP/1.1 200"));
+    }
+
+    /// The header-read timeout keeps running across a park: a keep-alive connection
+    /// closes that long after its last response, and a head begun after a park gets
+    /// only what is left of it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_idle_timeout_runs_across_a_park() {
+        let timeout = Duration::from_millis(1200);
+        let park_after = Duration::from_millis(200);
+        let (addr, connections) = listen(timeout, park_after).await;
+
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(GET).await.unwrap();
+        read_hello(&mut idle).await;
+        let answered = Instant::now();
+        let rest = closed(&mut idle).await;
+        let waited = answered.elapsed();
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(
+            waited >= timeout && waited < timeout * 2,
+            "closed after {waited:?}"
+        );
+
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(GET).await.unwrap();
+        read_hello(&mut slow).await;
+        let answered = Instant::now();
+        tokio::time::sleep(park_after * 3).await;
+        assert_eq!(connections.settings.parked(), 1);
+        slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let rest = closed(&mut slow).await;
+        let waited = answered.elapsed();
+        assert!(!rest.contains(" 200 "), "{rest:?}");
+        assert!(
+            waited >= timeout && waited < timeout * 2,
+            "closed after {waited:?}"
+        );
+    }
+
+    /// Shutdown closes parked connections at once, like hyper's idle ones.
+    #[tokio::test(flavor = "current_thread")]
+    async fn shutdown_closes_parked_connections() {
+        let park_after = Duration::from_millis(200);
+        let (addr, connections) = listen(Duration::from_secs(30), park_after).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(GET).await.unwrap();
+        read_hello(&mut client).await;
+        tokio::time::sleep(park_after * 4).await;
+        assert_eq!(connections.settings.parked(), 1);
+        tokio::time::timeout(Duration::from_secs(5), connections.shutdown())
+            .await
+            .expect("shutdown waits for nothing but the parked connection");
+        assert_eq!(closed(&mut client).await, "");
     }
 }

@@ -196,3 +196,54 @@ async fn max_connections_holds_new_connections_until_one_closes() {
         .expect("served once a connection closed");
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
 }
+
+/// Idle HTTP/1.1 keep-alive connections park (idgate keeps their socket, not hyper's
+/// buffers), the metrics count them, and each still answers its next request on the
+/// same socket, on every worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_park_and_answer_their_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start().await;
+    let idgate = Idgate::start(&public_all(up.addr, "workers = 2"));
+    let request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    async fn answer(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    async fn parked(idgate: &Idgate) -> String {
+        let metrics = get(&idgate.admin_url("/metrics"), &[]).await.text();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("idgate_connections_parked "))
+            .unwrap_or_else(|| panic!("no idgate_connections_parked in {metrics}"))
+            .to_owned()
+    }
+    // Four connections: the acceptor hands them to the two workers in turn.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(idgate.public).await.unwrap();
+        s.write_all(request).await.unwrap();
+        assert!(answer(&mut s).await.starts_with("HTTP/1.1 200"));
+        open.push(s);
+    }
+    assert_eq!(parked(&idgate).await, "idgate_connections_parked 0");
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while parked(&idgate).await != "idgate_connections_parked 4" {
+        assert!(
+            std::time::Instant::now() < end,
+            "not all idle connections parked: {}",
+            parked(&idgate).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for s in &mut open {
+        s.write_all(request).await.unwrap();
+        let got = answer(s).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    }
+    assert_eq!(parked(&idgate).await, "idgate_connections_parked 0");
+}

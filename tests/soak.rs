@@ -598,10 +598,11 @@ async fn ten_thousand_connections() {
     let open_now = held.iter().filter(|h| h.open()).count();
     let loaded = rss_kib(pid);
     println!(
-        "  all open, slowloris too: {:.1} MB resident ({:.1} KB per connection over idle), \
-         {} fds, {open_now} held connections still open",
+        "  all open, slowloris too: {:.1} MB resident ({:.1} KB per connection over idle; \
+         peak while opening {:.1} MB), {} fds, {open_now} held connections still open",
         mb(loaded),
         (loaded.saturating_sub(idle)) as f64 / (CONNECTIONS + SLOWLORIS) as f64,
+        mb(status_kib(pid, "VmHWM")),
         fd_count(pid)
     );
     if open_now < CONNECTIONS * 99 / 100 {

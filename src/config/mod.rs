@@ -36,9 +36,9 @@ pub mod defaults {
     /// `[server].shutdown_grace`: below Kubernetes' default 30 s termination grace.
     pub const SHUTDOWN_GRACE: &str = "25s";
     /// `[server].max_connections`: a sidecar's share of a node. Each open connection
-    /// costs a file descriptor (two when it has an upstream connection) and about 20 KiB
-    /// (measured: docs/operations.md, "Capacity"), so 4096 fit in a 128 MiB memory
-    /// limit and under the common 65536-fd limit.
+    /// costs a file descriptor (two when it has an upstream connection) and at most about
+    /// 16 KiB on average (measured: docs/operations.md, "Capacity"), so 4096 fit in a
+    /// 128 MiB memory limit and under the common 65536-fd limit.
     pub const MAX_CONNECTIONS: i64 = 4096;
     /// `[store].url`
     pub const STORE_URL: &str = "memory://";

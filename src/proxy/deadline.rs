@@ -10,9 +10,9 @@
 //!
 //! A deadline fires no earlier than asked and at most two ticks later.
 //!
-//! [`CoarseTimer`] puts the same clock behind hyper's timer, for the server's
-//! header-read timeout, which hyper arms for every request on a connection and drops as
-//! soon as the request's head has arrived.
+//! [`Deadlines::sleep_until`] gives the same clock to the server's header-read timeout,
+//! which hyper arms for every request on a connection and drops as soon as the
+//! request's head has arrived.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -90,6 +90,17 @@ impl Deadlines {
                 slot: None,
             },
         }
+    }
+
+    /// A sleep until `at` (no earlier, at most two ticks later). It costs nothing until
+    /// first polled; callers compute `at` from the system clock, so a deadline computed
+    /// after an idle spell is right even though the tick count stood still.
+    pub fn sleep_until(self: &Arc<Self>, at: Instant) -> CoarseSleep {
+        CoarseSleep(Registration {
+            deadlines: self.clone(),
+            due: Due::At(self.tick_at(at)),
+            slot: None,
+        })
     }
 
     fn register(self: &Arc<Self>, due: Due, waker: Waker) -> usize {
@@ -268,27 +279,7 @@ impl<F: Future> Future for Deadline<F> {
     }
 }
 
-/// hyper's timer on a worker's [`Deadlines`]. hyper reads `now` from the system clock
-/// (the default), so deadlines computed after an idle spell are right even though the
-/// tick count stood still.
-#[derive(Clone)]
-pub struct CoarseTimer(pub Arc<Deadlines>);
-
-impl hyper::rt::Timer for CoarseTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(Instant::now() + duration)
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(CoarseSleep(Registration {
-            deadlines: self.0.clone(),
-            due: Due::At(self.0.tick_at(deadline)),
-            slot: None,
-        }))
-    }
-}
-
-/// A sleep on the coarse clock; see [`CoarseTimer`].
+/// A sleep on the coarse clock; see [`Deadlines::sleep_until`].
 pub struct CoarseSleep(Registration);
 
 impl Future for CoarseSleep {
@@ -343,18 +334,16 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn hyper_sleeps_end_at_their_deadline_and_free_their_slot() {
-        use hyper::rt::Timer;
+    async fn sleeps_end_at_their_deadline_and_free_their_slot() {
         let deadlines = Deadlines::new();
-        let timer = CoarseTimer(deadlines.clone());
         let start = Instant::now();
-        bounded(timer.sleep(Duration::from_millis(250))).await;
+        bounded(deadlines.sleep_until(start + Duration::from_millis(250))).await;
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
         assert_eq!(deadlines.pending(), 0);
         // A deadline already past ends at the next tick; a dropped sleep gives its slot back.
-        bounded(timer.sleep_until(Instant::now() - Duration::from_secs(1))).await;
-        let mut far = timer.sleep(Duration::from_secs(60));
+        bounded(deadlines.sleep_until(Instant::now() - Duration::from_secs(1))).await;
+        let mut far = Box::pin(deadlines.sleep_until(Instant::now() + Duration::from_secs(60)));
         assert!(futures_util::poll!(far.as_mut()).is_pending());
         assert_eq!(deadlines.pending(), 1);
         drop(far);
