@@ -282,6 +282,16 @@ impl<F: Future> Future for Deadline<F> {
 /// A sleep on the coarse clock; see [`Deadlines::sleep_until`].
 pub struct CoarseSleep(Registration);
 
+impl CoarseSleep {
+    /// Moves the deadline to `at`, reusing the sleep (and its clock reference).
+    pub fn reset(&mut self, at: Instant) {
+        if let Some(i) = self.0.slot.take() {
+            self.0.deadlines.release(i);
+        }
+        self.0.due = Due::At(self.0.deadlines.tick_at(at));
+    }
+}
+
 impl Future for CoarseSleep {
     type Output = ();
 
@@ -347,6 +357,22 @@ mod tests {
         assert!(futures_util::poll!(far.as_mut()).is_pending());
         assert_eq!(deadlines.pending(), 1);
         drop(far);
+        assert_eq!(deadlines.pending(), 0);
+    }
+
+    /// A reset sleep gives its slot back and ends at its new deadline, not its old one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reset_sleep_ends_at_its_new_deadline() {
+        let deadlines = Deadlines::new();
+        let start = Instant::now();
+        let mut sleep = Box::pin(deadlines.sleep_until(start + Duration::from_millis(100)));
+        assert!(futures_util::poll!(sleep.as_mut()).is_pending());
+        assert_eq!(deadlines.pending(), 1);
+        sleep.reset(start + Duration::from_millis(450));
+        assert_eq!(deadlines.pending(), 0);
+        bounded(sleep.as_mut()).await;
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(450), "{waited:?}");
         assert_eq!(deadlines.pending(), 0);
     }
 

@@ -391,7 +391,9 @@ impl AsyncRead for Io {
             std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         }
         let n = (buf.filled().len() - before) as u64;
-        this.shared.delivered.fetch_add(n, Ordering::Relaxed);
+        // One writer (this IO): a plain store, not a locked add, on every read.
+        let delivered = &this.shared.delivered;
+        delivered.store(delivered.load(Ordering::Relaxed) + n, Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
 }
@@ -456,20 +458,26 @@ impl hyper::rt::Timer for HeadTimer {
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         // hyper's deadline is its clock's now plus the timeout: when the wait began.
         let began = deadline.checked_sub(self.timeout).unwrap_or(deadline);
-        let first = self.shared.heads.fetch_add(1, Ordering::Relaxed) == 0;
-        let deadline = match self.shared.deadline().take() {
+        let heads = self.shared.heads.load(Ordering::Relaxed);
+        self.shared.heads.store(heads + 1, Ordering::Relaxed);
+        let first = heads == 0;
+        // Only a new hyper connection's first head can have a deadline carried over.
+        let deadline = match first.then(|| self.shared.deadline().take()).flatten() {
             Some(carried) => carried.min(deadline),
             None => deadline,
         };
         // A new hyper connection is not idle in hyper's sense until its first request is
         // done (hyper would answer that request before closing): only later heads park.
-        let park = (!first && !self.park_after.is_zero()).then(|| ParkCheck {
-            sleep: self.deadlines.sleep_until(began + self.park_after),
-            delivered: self.shared.delivered.load(Ordering::Relaxed),
-        });
+        // One sleep serves both: first until the park check, then reset to the deadline.
+        let park = !first && !self.park_after.is_zero();
+        let first_due = if park {
+            began + self.park_after
+        } else {
+            deadline
+        };
         Box::pin(HeadSleep {
-            park,
-            last: self.deadlines.sleep_until(deadline),
+            park: park.then(|| self.shared.delivered.load(Ordering::Relaxed)),
+            sleep: self.deadlines.sleep_until(first_due),
             deadline,
             shared: self.shared.clone(),
         })
@@ -478,16 +486,12 @@ impl hyper::rt::Timer for HeadTimer {
 
 /// The header-read timeout, with the park check before it.
 struct HeadSleep {
-    park: Option<ParkCheck>,
-    last: CoarseSleep,
+    /// While the park check is pending: what the IO had delivered when hyper began
+    /// waiting for the head.
+    park: Option<u64>,
+    sleep: CoarseSleep,
     deadline: Instant,
     shared: Arc<Shared>,
-}
-
-struct ParkCheck {
-    sleep: CoarseSleep,
-    /// What the IO had delivered when hyper began waiting for the head.
-    delivered: u64,
 }
 
 impl Future for HeadSleep {
@@ -495,14 +499,14 @@ impl Future for HeadSleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if let Some(check) = &mut this.park {
-            if Pin::new(&mut check.sleep).poll(cx).is_pending() {
+        if let Some(delivered) = this.park {
+            if Pin::new(&mut this.sleep).poll(cx).is_pending() {
                 return Poll::Pending;
             }
             // hyper polls this only after a read found nothing to complete the head; with
             // no byte of it received and no response bytes waiting, hyper holds nothing
             // the connection needs.
-            let idle = this.shared.delivered.load(Ordering::Relaxed) == check.delivered
+            let idle = this.shared.delivered.load(Ordering::Relaxed) == delivered
                 && !this.shared.unflushed.load(Ordering::Relaxed);
             this.park = None;
             if idle {
@@ -511,8 +515,9 @@ impl Future for HeadSleep {
                 // The task, polling hyper's connection, ends it now.
                 return Poll::Pending;
             }
+            this.sleep.reset(this.deadline);
         }
-        Pin::new(&mut this.last).poll(cx)
+        Pin::new(&mut this.sleep).poll(cx)
     }
 }
 
