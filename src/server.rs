@@ -635,6 +635,26 @@ mod tests {
         );
     }
 
+    /// A new connection's first head has the timeout from the accept: bytes sent late
+    /// do not start a fresh one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_first_head_begun_late_gets_only_what_is_left_of_the_timeout() {
+        let timeout = Duration::from_millis(1200);
+        let (addr, _connections) = listen(timeout, conn::PARK_AFTER).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let connected = Instant::now();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let rest = closed(&mut slow).await;
+        let waited = connected.elapsed();
+        assert!(!rest.contains(" 200 "), "{rest:?}");
+        // At most two coarse ticks late; a fresh timeout would close at 2 s.
+        assert!(
+            waited >= timeout && waited < timeout + Duration::from_millis(500),
+            "closed after {waited:?}"
+        );
+    }
+
     /// Shutdown closes parked connections at once, like hyper's idle ones.
     #[tokio::test(flavor = "current_thread")]
     async fn shutdown_closes_parked_connections() {

@@ -166,6 +166,8 @@ pub(super) async fn run<H: Handler>(
     if h2 {
         Box::pin(conn.serve_h2(stream, carry, &mut close)).await;
     } else {
+        // The first head's time began at the accept, not at its first bytes.
+        *conn.shared.deadline() = Some(deadline);
         conn.serve(stream, carry, close).await;
     }
 }
@@ -443,6 +445,11 @@ impl AsyncRead for Io {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // An emptied slice still holds its whole buffer (a previous hyper
+                // connection's read buffer, up to hyper's maximum): let it go.
+                this.prefix = Bytes::new();
+            }
         } else {
             std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         }
@@ -515,7 +522,9 @@ impl hyper::rt::Timer for HeadTimer {
         // hyper's deadline is its clock's now plus the timeout: when the wait began.
         let began = deadline.checked_sub(self.timeout).unwrap_or(deadline);
         let heads = self.shared.heads.load(Ordering::Relaxed);
-        self.shared.heads.store(heads + 1, Ordering::Relaxed);
+        self.shared
+            .heads
+            .store(heads.saturating_add(1), Ordering::Relaxed);
         let first = heads == 0;
         // Only a new hyper connection's first head can have a deadline carried over.
         let deadline = match first.then(|| self.shared.deadline().take()).flatten() {
@@ -527,7 +536,7 @@ impl hyper::rt::Timer for HeadTimer {
         // One sleep serves both: first until the park check, then reset to the deadline.
         let park = !first && !self.park_after.is_zero();
         let first_due = if park {
-            began + self.park_after
+            (began + self.park_after).min(deadline)
         } else {
             deadline
         };
