@@ -493,6 +493,20 @@ mod tests {
         String::from_utf8(got).unwrap()
     }
 
+    /// A connection that made one request and has parked since.
+    async fn parked_client(
+        addr: SocketAddr,
+        connections: &Connections,
+        park_after: Duration,
+    ) -> TcpStream {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(GET).await.unwrap();
+        read_hello(&mut client).await;
+        tokio::time::sleep(park_after * 4).await;
+        assert_eq!(connections.settings.parked(), 1);
+        client
+    }
+
     /// Resolves when the server closes `stream`; returns what it sent meanwhile.
     async fn closed(stream: &mut TcpStream) -> String {
         let mut rest = Vec::new();
@@ -568,11 +582,7 @@ mod tests {
     async fn pipelined_and_partial_requests_survive_parking() {
         let park_after = Duration::from_millis(200);
         let (addr, connections) = listen(Duration::from_secs(30), park_after).await;
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client.write_all(GET).await.unwrap();
-        read_hello(&mut client).await;
-        tokio::time::sleep(park_after * 4).await;
-        assert_eq!(connections.settings.parked(), 1);
+        let mut client = parked_client(addr, &connections, park_after).await;
         // Two requests and a third's beginning, in one write, to a parked connection.
         client
             .write_all(
@@ -660,11 +670,7 @@ mod tests {
     async fn shutdown_closes_parked_connections() {
         let park_after = Duration::from_millis(200);
         let (addr, connections) = listen(Duration::from_secs(30), park_after).await;
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client.write_all(GET).await.unwrap();
-        read_hello(&mut client).await;
-        tokio::time::sleep(park_after * 4).await;
-        assert_eq!(connections.settings.parked(), 1);
+        let mut client = parked_client(addr, &connections, park_after).await;
         tokio::time::timeout(Duration::from_secs(5), connections.shutdown())
             .await
             .expect("shutdown waits for nothing but the parked connection");

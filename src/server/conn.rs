@@ -156,18 +156,11 @@ pub(super) async fn run<H: Handler>(
     let Some((h2, carry)) = first_bytes(&stream, &mut close, deadline, true).await else {
         return;
     };
-    let conn = Served {
-        peer,
-        handler,
-        slot,
-        settings,
-        shared: Arc::new(Shared::default()),
-    };
+    // The first head's time began at the accept, not at its first bytes.
+    let conn = Served::new(peer, handler, slot, settings, deadline);
     if h2 {
         Box::pin(conn.serve_h2(stream, carry, &mut close)).await;
     } else {
-        // The first head's time began at the accept, not at its first bytes.
-        *conn.shared.deadline() = Some(deadline);
         conn.serve(stream, carry, close).await;
     }
 }
@@ -197,16 +190,10 @@ async fn parked<H: Handler>(
             None => return,
         }
     };
-    let conn = Served {
-        peer,
-        handler,
-        slot,
-        settings,
-        shared: Arc::new(Shared::default()),
-    };
     // The head that follows is measured from when the wait for it began.
-    *conn.shared.deadline() = Some(deadline);
-    conn.serve(stream, carry, close).await;
+    Served::new(peer, handler, slot, settings, deadline)
+        .serve(stream, carry, close)
+        .await;
 }
 
 /// Waits for a connection's next bytes and reads the first few: `None` when the client
@@ -252,6 +239,27 @@ struct Served<H> {
 }
 
 impl<H: Handler> Served<H> {
+    /// A connection whose next request head is due by `deadline`.
+    fn new(
+        peer: SocketAddr,
+        handler: Arc<H>,
+        slot: ConnectionSlot,
+        settings: Arc<Settings>,
+        deadline: Instant,
+    ) -> Self {
+        let shared = Shared {
+            deadline: Mutex::new(Some(deadline)),
+            ..Shared::default()
+        };
+        Served {
+            peer,
+            handler,
+            slot,
+            settings,
+            shared: Arc::new(shared),
+        }
+    }
+
     fn service(&self) -> Service<H> {
         Service {
             handler: self.handler.clone(),
