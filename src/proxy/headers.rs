@@ -24,12 +24,14 @@ fn fold_byte(b: u8) -> u8 {
     }
 }
 
-/// `a` equals the already-folded `folded` after folding.
+/// `a` equals the already-folded `folded` after folding. Compared from the end: the
+/// names that get here share prefixes (`x-forwarded-`), not suffixes.
 #[inline]
 fn eq_folded(a: &str, folded: &str) -> bool {
     a.len() == folded.len()
         && a.bytes()
-            .zip(folded.bytes())
+            .rev()
+            .zip(folded.bytes().rev())
             .all(|(x, y)| fold_byte(x) == y)
 }
 
@@ -142,7 +144,7 @@ const FRAMING: [&str; 9] = [
 /// fields.
 #[derive(Debug, Clone)]
 pub struct StripList {
-    /// Folded configured names.
+    /// Folded configured names, shortest first: the names of one length are one slice.
     names: Vec<Box<str>>,
     /// Bit `n` is set when some configured name is `n` bytes long (names of 128 bytes or
     /// more share bit 127): most request headers are ruled out by one bit test.
@@ -156,7 +158,7 @@ impl StripList {
             .iter()
             .map(|n| fold_name(n.as_str()).into_boxed_str())
             .collect();
-        names.sort();
+        names.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         names.dedup();
         let lengths = names.iter().fold(0u128, |m, n| m | length_bit(n.len()));
         StripList { names, lengths }
@@ -166,8 +168,19 @@ impl StripList {
     #[inline]
     pub fn matches(&self, name: &str) -> bool {
         (self.lengths & length_bit(name.len()) != 0
-            && self.names.iter().any(|n| eq_folded(name, n)))
+            && self
+                .of_length(name.len())
+                .iter()
+                .any(|n| eq_folded(name, n)))
             || (name.as_bytes().contains(&b'_') && FRAMING.iter().any(|f| eq_folded(name, f)))
+    }
+
+    /// The configured names `len` bytes long.
+    #[inline]
+    fn of_length(&self, len: usize) -> &[Box<str>] {
+        let start = self.names.partition_point(|n| n.len() < len);
+        let rest = &self.names[start..];
+        &rest[..rest.partition_point(|n| n.len() == len)]
     }
 
     /// Removes every matching header, all occurrences, in one pass over the names; it
@@ -605,6 +618,28 @@ mod tests {
             "remote-user-x",
             "x-remote-user",
             "content_length_x",
+        ] {
+            assert!(!list.matches(name), "{name}");
+        }
+        // The default list: names of one length share a slice, each is found in it,
+        // and idgate's own neighbours of the same lengths are not.
+        let defaults: Vec<HeaderName> = crate::config::defaults::STRIP_HEADERS
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap())
+            .collect();
+        let list = StripList::new(&defaults);
+        for name in crate::config::defaults::STRIP_HEADERS {
+            assert!(list.matches(name), "{name}");
+            assert!(
+                list.matches(&name.to_ascii_lowercase().replace('-', "_")),
+                "{name}"
+            );
+        }
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-request-id",
         ] {
             assert!(!list.matches(name), "{name}");
         }

@@ -417,16 +417,16 @@ struct Service<H> {
 impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     type Response = Response<Body>;
     type Error = Infallible;
-    // Boxed: hyper keeps an HTTP/1 connection's request future in an allocation sized
-    // for it for the hyper connection's life.
+    // Boxed: the handler's future has no name to give hyper.
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let draining = self.draining.clone();
-        let version = req.version();
-        let call = self.handler.clone().call(req, self.peer);
+        let (handler, peer, draining) = (self.handler.clone(), self.peer, self.draining.clone());
+        // The handler's future (kilobytes) is made inside the box, at its first poll:
+        // made here, it would be copied whole into each wrapper on its way there.
         Box::pin(async move {
-            let resp = call.await;
+            let version = req.version();
+            let resp = handler.call(req, peer).await;
             Ok(close_if_draining(version, resp, &draining))
         })
     }
