@@ -441,12 +441,18 @@ mod tests {
 
     struct Hello;
 
+    /// How long `Hello` takes to answer `/slow`.
+    const SLOW: Duration = Duration::from_millis(1500);
+
     impl Handler for Hello {
         async fn call(
             self: Arc<Self>,
-            _req: Request<Incoming>,
+            req: Request<Incoming>,
             _peer: SocketAddr,
         ) -> Response<Body> {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(SLOW).await;
+            }
             crate::response::text(http::StatusCode::OK, "hello")
         }
     }
@@ -662,6 +668,78 @@ mod tests {
         assert!(
             waited >= timeout && waited < timeout + Duration::from_millis(500),
             "closed after {waited:?}"
+        );
+    }
+
+    /// An HTTP/2 client that opens no stream is sent GOAWAY once the header-read timeout
+    /// passes, and closed shortly after even if it never answers (hyper's graceful close
+    /// waits for a PING round trip that such a client never completes).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_http2_connection_is_closed_even_if_its_client_never_answers() {
+        let timeout = Duration::from_millis(600);
+        let (addr, connections) = listen(timeout, conn::PARK_AFTER).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let connected = Instant::now();
+        // The preface and an empty SETTINGS frame, then nothing: no ACK, no PING answer.
+        silent
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let mut sent = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut sent))
+            .await
+            .expect("the server closes an idle HTTP/2 connection")
+            .ok();
+        let waited = connected.elapsed();
+        assert!(
+            waited >= timeout && waited < timeout * 3 + Duration::from_millis(500),
+            "closed after {waited:?}"
+        );
+        // Frames: 3-byte length, then type (7 = GOAWAY).
+        let mut types = Vec::new();
+        let mut rest = &sent[..];
+        while rest.len() >= 9 {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            types.push(rest[3]);
+            rest = &rest[(9 + len).min(rest.len())..];
+        }
+        assert!(types.contains(&7), "no GOAWAY among frame types {types:?}");
+        assert_eq!(connections.count(), 0);
+    }
+
+    /// An HTTP/2 connection is idle only with no stream open: a request that takes
+    /// longer than the timeout is answered, and the connection closes a timeout after.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_http2_connection_with_a_stream_open_is_not_idle() {
+        let timeout = Duration::from_millis(600);
+        assert!(SLOW > timeout * 2);
+        let (addr, _connections) = listen(timeout, conn::PARK_AFTER).await;
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = Request::get("http://x/slow")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send
+            .send_request(req)
+            .await
+            .expect("answered after the timeout");
+        assert_eq!(resp.status(), 200);
+        let answered = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("closed once idle")
+            .unwrap()
+            .ok();
+        let waited = answered.elapsed();
+        assert!(
+            waited >= timeout && waited < timeout * 3,
+            "closed {waited:?} after the answer"
         );
     }
 

@@ -15,7 +15,9 @@
 //! across a park, so a keep-alive connection still closes [`Settings::header_read_timeout`]
 //! after its last response, and a slowloris head is never reset by one), pipelining,
 //! upgrades, and graceful shutdown. HTTP/2 connections carry state from request to
-//! request (HPACK tables, settings, streams) and keep one hyper connection for life.
+//! request (HPACK tables, settings, streams) and keep one hyper connection for life;
+//! hyper gives them no idle timeout, so [`Served::serve_h2`] closes one that has had no
+//! stream open for the header-read timeout, as an idle HTTP/1 connection closes.
 //!
 //! A busy connection never parks: hyper drops the header-read timer as soon as a head
 //! has arrived, and the park check rides on that timer, so a keep-alive connection
@@ -132,7 +134,61 @@ struct Shared {
     park: AtomicBool,
     /// The header-read deadline that keeps running across a park.
     deadline: Mutex<Option<Instant>>,
+    /// HTTP/2: streams open now (a request being answered or its body being sent).
+    streams: AtomicUsize,
+    /// HTTP/2: streams begun so far, so that one opened and closed between two idle
+    /// checks still counts as use.
+    begun: AtomicU64,
 }
+
+/// An HTTP/2 stream's place in its connection's count, given back when the stream's
+/// request future or response body is dropped (answered, or reset by the client).
+struct OpenStream(Arc<Shared>);
+
+impl OpenStream {
+    fn new(shared: Arc<Shared>) -> OpenStream {
+        shared.streams.fetch_add(1, Ordering::Relaxed);
+        shared.begun.fetch_add(1, Ordering::Relaxed);
+        OpenStream(shared)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that holds its HTTP/2 stream open in the count until it is sent.
+pub(super) struct Counted {
+    body: Body,
+    _open: Option<OpenStream>,
+}
+
+impl http_body::Body for Counted {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// After an idle HTTP/2 connection was sent GOAWAY, how long its client gets to
+/// acknowledge it (hyper waits for a PING round trip) before the socket is closed
+/// anyway: a client that never answers must not keep its place.
+const IDLE_GOAWAY_GRACE: Duration = Duration::from_secs(5);
 
 impl Shared {
     fn deadline(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -260,11 +316,12 @@ impl<H: Handler> Served<H> {
         }
     }
 
-    fn service(&self) -> Service<H> {
+    fn service(&self, count_streams: bool) -> Service<H> {
         Service {
             handler: self.handler.clone(),
             draining: self.slot.draining.clone(),
             peer: self.peer,
+            streams: count_streams.then(|| self.shared.clone()),
         }
     }
 
@@ -334,7 +391,11 @@ impl<H: Handler> Served<H> {
             park_after: self.settings.park_after,
         });
         // Boxed so that a parked connection's task holds none of hyper's state.
-        let mut conn = Box::new(builder.serve_connection(io, self.service()).with_upgrades());
+        let mut conn = Box::new(
+            builder
+                .serve_connection(io, self.service(false))
+                .with_upgrades(),
+        );
         let mut parking = false;
         let mut closing = false;
         let ended = loop {
@@ -380,16 +441,26 @@ impl<H: Handler> Served<H> {
         Some((stream, rest))
     }
 
-    /// Serves an HTTP/2 connection to its end; `close` sends GOAWAY.
+    /// Serves an HTTP/2 connection to its end; `close` sends GOAWAY, and so does a
+    /// header-read timeout with no stream open (hyper has no idle timeout for HTTP/2:
+    /// a client that sent the preface and nothing more would keep its place in
+    /// `max_connections` for as long as it liked).
     async fn serve_h2(self, stream: TcpStream, carry: Bytes, close: &mut watch::Receiver<bool>) {
         let io = TokioIo::new(Io {
             stream,
             prefix: carry,
             shared: self.shared.clone(),
         });
-        let conn = self.settings.http2.serve_connection(io, self.service());
+        let conn = self.settings.http2.serve_connection(io, self.service(true));
         tokio::pin!(conn);
+        let idle_limit = self.settings.header_read_timeout;
+        // Checked a few times per timeout: an idle connection closes at most a quarter
+        // of it late.
+        let mut check = tokio::time::interval((idle_limit / 4).max(Duration::from_millis(10)));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut begun, mut quiet_since) = (0, Instant::now());
         let mut closing = false;
+        let mut idle_closed: Option<Instant> = None;
         loop {
             tokio::select! {
                 ended = conn.as_mut() => {
@@ -402,6 +473,24 @@ impl<H: Handler> Served<H> {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                _ = check.tick(), if !closing || idle_closed.is_some() => {
+                    if let Some(at) = idle_closed {
+                        if at.elapsed() >= IDLE_GOAWAY_GRACE.min(idle_limit) {
+                            tracing::debug!(peer = %self.peer, "idle HTTP/2 client did not end the connection after GOAWAY; closed");
+                            return;
+                        }
+                        continue;
+                    }
+                    let now_begun = self.shared.begun.load(Ordering::Relaxed);
+                    if now_begun != begun || self.shared.streams.load(Ordering::Relaxed) > 0 {
+                        (begun, quiet_since) = (now_begun, Instant::now());
+                    } else if quiet_since.elapsed() >= idle_limit {
+                        tracing::debug!(peer = %self.peer, "HTTP/2 connection idle past the header-read timeout; sending GOAWAY");
+                        closing = true;
+                        idle_closed = Some(Instant::now());
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
             }
         }
     }
@@ -412,22 +501,26 @@ struct Service<H> {
     handler: Arc<H>,
     draining: Arc<AtomicBool>,
     peer: SocketAddr,
+    /// HTTP/2: the connection whose open streams are counted.
+    streams: Option<Arc<Shared>>,
 }
 
 impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
-    type Response = Response<Body>;
+    type Response = Response<Counted>;
     type Error = Infallible;
     // Boxed: the handler's future has no name to give hyper.
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Counted>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let (handler, peer, draining) = (self.handler.clone(), self.peer, self.draining.clone());
+        let open = self.streams.clone().map(OpenStream::new);
         // The handler's future (kilobytes) is made inside the box, at its first poll:
         // made here, it would be copied whole into each wrapper on its way there.
         Box::pin(async move {
             let version = req.version();
             let resp = handler.call(req, peer).await;
-            Ok(close_if_draining(version, resp, &draining))
+            Ok(close_if_draining(version, resp, &draining)
+                .map(|body| Counted { body, _open: open }))
         })
     }
 }
