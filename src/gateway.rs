@@ -327,7 +327,9 @@ impl Gateway {
     // The request and what `call` already worked out about it (its route, its routing
     // path, the URI as sent), passed on rather than worked out twice.
     #[allow(clippy::too_many_arguments)]
-    async fn handle(
+    // Not `async fn`: see the async block below.
+    #[allow(clippy::manual_async_fn)]
+    fn handle(
         &self,
         upstream: &Upstream,
         mut req: Request<Incoming>,
@@ -336,183 +338,194 @@ impl Gateway {
         (snap, route, rule): (&Snapshot, RouteClass, Option<&Rule>),
         path: &str,
         uri: &http::Uri,
-    ) -> Response<Body> {
-        let rules = &snap.rules;
-        let tn = &snap.tenancy;
-        let html = response::accepts_html(req.headers());
+    ) -> impl std::future::Future<Output = Response<Body>> {
+        // An async block, not an `async fn`: that would move its arguments into locals
+        // and hold the request twice in a future this size.
+        async move {
+            let rules = &snap.rules;
+            let tn = &snap.tenancy;
+            let html = response::accepts_html(req.headers());
 
-        // 1. Header hygiene, before anything looks at the request's identity.
-        if let Some(name) = self.policy.connection_names_protected(req.headers()) {
-            tracing::warn!(
-                request_id,
-                header = name,
-                "refused: Connection header names an identity header"
-            );
-            return response::error(
-                StatusCode::BAD_REQUEST,
-                html,
-                "bad_request",
-                "The Connection header names a header that this gateway sets.",
-                request_id,
-            );
-        }
-        let removed = self.policy.strip(req.headers_mut());
-        for name in &removed {
-            tracing::debug!(request_id, header = %name, "stripped client-sent identity header");
-        }
-
-        // 2. Reserved paths: idgate's own endpoints. Never forwarded.
-        // 3. Public paths go through without identity.
-        match route {
-            // Boxed: the reserved endpoints' state (SAML, SCIM, Maestrano) is far larger
-            // than the proxied path's, and hyper moves the request future as a whole.
-            RouteClass::Reserved => {
-                return Box::pin(self.reserved(snap, req, peer, html, path, request_id)).await;
+            // 1. Header hygiene, before anything looks at the request's identity.
+            if let Some(name) = self.policy.connection_names_protected(req.headers()) {
+                tracing::warn!(
+                    request_id,
+                    header = name,
+                    "refused: Connection header names an identity header"
+                );
+                return response::error(
+                    StatusCode::BAD_REQUEST,
+                    html,
+                    "bad_request",
+                    "The Connection header names a header that this gateway sets.",
+                    request_id,
+                );
             }
-            RouteClass::Public | RouteClass::Proxied => {}
-        }
+            let removed = self.policy.strip(req.headers_mut());
+            for name in &removed {
+                tracing::debug!(request_id, header = %name, "stripped client-sent identity header");
+            }
 
-        // Where bearer tokens are idgate's to judge, `Authorization` is a single field
-        // (two could be read differently by idgate and the app), and a token reaches the
-        // app only through an issuer that forwards it: not even on a public path.
-        if self.sessions.any_bearer(snap) && req.headers().contains_key(header::AUTHORIZATION) {
-            let host = host_of(&req);
-            if let Some(forwards) = self.sessions.bearer_host(snap, |t| tn.serves(host, t)) {
-                if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
-                    tracing::warn!(request_id, "refused: more than one Authorization header");
-                    return response::error(
-                        StatusCode::BAD_REQUEST,
-                        html,
-                        "bad_request",
-                        "The request carries more than one Authorization header.",
-                        request_id,
-                    );
+            // 2. Reserved paths: idgate's own endpoints. Never forwarded.
+            // 3. Public paths go through without identity.
+            match route {
+                // Boxed: the reserved endpoints' state (SAML, SCIM, Maestrano) is far larger
+                // than the proxied path's, and hyper moves the request future as a whole.
+                RouteClass::Reserved => {
+                    return Box::pin(self.reserved(snap, req, peer, html, path, request_id)).await;
                 }
-                if route == RouteClass::Public
-                    && !forwards
-                    && crate::session::bearer::bearer_token(req.headers()).is_some()
-                {
-                    req.headers_mut().remove(header::AUTHORIZATION);
+                RouteClass::Public | RouteClass::Proxied => {}
+            }
+
+            // Where bearer tokens are idgate's to judge, `Authorization` is a single field
+            // (two could be read differently by idgate and the app), and a token reaches the
+            // app only through an issuer that forwards it: not even on a public path.
+            if self.sessions.any_bearer(snap) && req.headers().contains_key(header::AUTHORIZATION) {
+                let host = host_of(&req);
+                if let Some(forwards) = self.sessions.bearer_host(snap, |t| tn.serves(host, t)) {
+                    if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
+                        tracing::warn!(request_id, "refused: more than one Authorization header");
+                        return response::error(
+                            StatusCode::BAD_REQUEST,
+                            html,
+                            "bad_request",
+                            "The request carries more than one Authorization header.",
+                            request_id,
+                        );
+                    }
+                    if route == RouteClass::Public
+                        && !forwards
+                        && crate::session::bearer::bearer_token(req.headers()).is_some()
+                    {
+                        req.headers_mut().remove(header::AUTHORIZATION);
+                    }
                 }
             }
-        }
-        if route == RouteClass::Public {
-            return self
-                .forward(upstream, req, peer, request_id, html.then_some(uri), None)
-                .await;
-        }
-
-        // 4. A machine client's bearer token, where a tenant this host serves accepts
-        // them (else `Authorization` is the app's own business).
-        if self.sessions.any_bearer(snap)
-            && let Some(token) = crate::session::bearer::bearer_token(req.headers())
-        {
-            let host = host_of(&req);
-            let gate_span = gate_span("bearer");
-            let verdict = crate::telemetry::traced(
-                self.sessions
-                    .gate_bearer(snap, token, |tenant| tn.serves(host, tenant)),
-                &gate_span,
-            )
-            .await;
-            if !gate_span.is_none() {
-                trace_bearer_gate(&gate_span, &verdict);
-            }
-            if !matches!(verdict, BearerGate::NotAccepted) {
+            if route == RouteClass::Public {
                 return self
-                    .bearer(
+                    .forward(upstream, req, peer, request_id, html.then_some(uri), None)
+                    .await;
+            }
+
+            // 4. A machine client's bearer token, where a tenant this host serves accepts
+            // them (else `Authorization` is the app's own business).
+            if self.sessions.any_bearer(snap)
+                && let Some(token) = crate::session::bearer::bearer_token(req.headers())
+            {
+                let host = host_of(&req);
+                let gate_span = gate_span("bearer");
+                let verdict = crate::telemetry::traced(
+                    self.sessions
+                        .gate_bearer(snap, token, |tenant| tn.serves(host, tenant)),
+                    &gate_span,
+                )
+                .await;
+                if !gate_span.is_none() {
+                    trace_bearer_gate(&gate_span, &verdict);
+                }
+                if !matches!(verdict, BearerGate::NotAccepted) {
+                    // Boxed, as the reserved paths are: its state is larger than the
+                    // session path's, which every request's future would otherwise carry.
+                    return Box::pin(self.bearer(
                         upstream,
                         req,
                         peer,
                         request_id,
                         (rules, rule, path),
                         verdict,
-                    )
+                    ))
                     .await;
+                }
             }
-        }
 
-        // 5–6. Everything else needs a live session of an active user in an active group,
-        // made for the tenant this request is addressed to.
-        let host = host_of(&req);
-        let gate_span = gate_span("session");
-        let gate = crate::telemetry::traced_await!(
-            gate_span,
-            self.sessions.gate(
-                snap,
-                req.headers(),
-                host.map_or(&b""[..], str::as_bytes),
-                |tenant| tn.serves(host, tenant),
-            )
-        );
-        if !gate_span.is_none() {
-            trace_gate(&gate_span, &gate);
-        }
-        match gate {
-            Gate::Forward(identity) => {
-                if let Some(refusal) = self.refused_by_rule(
-                    rules,
-                    rule,
-                    req.method(),
-                    path,
-                    &identity,
-                    html,
-                    request_id,
-                ) {
-                    return refusal;
-                }
-                self.forward(
-                    upstream,
-                    req,
-                    peer,
-                    request_id,
-                    html.then_some(uri),
-                    Some(identity),
+            // 5–6. Everything else needs a live session of an active user in an active group,
+            // made for the tenant this request is addressed to.
+            let host = host_of(&req);
+            let gate_span = gate_span("session");
+            let gate = crate::telemetry::traced_await!(
+                gate_span,
+                self.sessions.gate(
+                    snap,
+                    req.headers(),
+                    host.map_or(&b""[..], str::as_bytes),
+                    |tenant| tn.serves(host, tenant),
                 )
-                .await
+            );
+            if !gate_span.is_none() {
+                trace_gate(&gate_span, &gate);
             }
-            Gate::Missing => {
-                let api = rule.is_some_and(|r| r.api);
-                self.unauthenticated(snap, &req, html, path, api, request_id)
-            }
-            Gate::Revoked(reason) => {
-                tracing::info!(
-                    request_id,
-                    reason = reason.code(),
-                    "refused: session revoked"
-                );
-                if html {
-                    self.sign_in_page(tn, &req, StatusCode::FORBIDDEN, reason.code(), request_id)
-                } else {
-                    forbidden(reason, false, request_id)
+            match gate {
+                Gate::Forward(identity) => {
+                    if let Some(refusal) = self.refused_by_rule(
+                        rules,
+                        rule,
+                        req.method(),
+                        path,
+                        &identity,
+                        html,
+                        request_id,
+                    ) {
+                        return refusal;
+                    }
+                    self.forward(
+                        upstream,
+                        req,
+                        peer,
+                        request_id,
+                        html.then_some(uri),
+                        Some(identity),
+                    )
+                    .await
                 }
+                Gate::Missing => {
+                    let api = rule.is_some_and(|r| r.api);
+                    self.unauthenticated(snap, &req, html, path, api, request_id)
+                }
+                Gate::Revoked(reason) => {
+                    tracing::info!(
+                        request_id,
+                        reason = reason.code(),
+                        "refused: session revoked"
+                    );
+                    if html {
+                        self.sign_in_page(
+                            tn,
+                            &req,
+                            StatusCode::FORBIDDEN,
+                            reason.code(),
+                            request_id,
+                        )
+                    } else {
+                        forbidden(reason, false, request_id)
+                    }
+                }
+                Gate::Unavailable if html => {
+                    let again = if req.method() == Method::GET || req.method() == Method::HEAD {
+                        Step::link("Try again", Href::path(path_and_query(req.uri())))
+                    } else {
+                        Step::home()
+                    };
+                    let mut resp = Page::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                        .step(again)
+                        .reference(request_id)
+                        .into_response();
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                    resp
+                }
+                Gate::Unavailable => store_unavailable(false, request_id),
+                Gate::Unusable(attribute) if html => {
+                    log_unusable(attribute, request_id);
+                    self.sign_in_page(
+                        tn,
+                        &req,
+                        StatusCode::FORBIDDEN,
+                        "malformed_attribute",
+                        request_id,
+                    )
+                }
+                Gate::Unusable(attribute) => unusable_identity(attribute, false, request_id),
             }
-            Gate::Unavailable if html => {
-                let again = if req.method() == Method::GET || req.method() == Method::HEAD {
-                    Step::link("Try again", Href::path(path_and_query(req.uri())))
-                } else {
-                    Step::home()
-                };
-                let mut resp = Page::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-                    .step(again)
-                    .reference(request_id)
-                    .into_response();
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-                resp
-            }
-            Gate::Unavailable => store_unavailable(false, request_id),
-            Gate::Unusable(attribute) if html => {
-                log_unusable(attribute, request_id);
-                self.sign_in_page(
-                    tn,
-                    &req,
-                    StatusCode::FORBIDDEN,
-                    "malformed_attribute",
-                    request_id,
-                )
-            }
-            Gate::Unusable(attribute) => unusable_identity(attribute, false, request_id),
         }
     }
 
@@ -744,7 +757,9 @@ impl Gateway {
     /// Sends the request upstream with `identity` (none on a public path). `page_for` is
     /// the request's URI when the client takes HTML: a failure is then a page whose
     /// "Try again" goes back to it.
-    async fn forward(
+    // Not `async fn`: see the async block below.
+    #[allow(clippy::manual_async_fn)]
+    fn forward(
         &self,
         upstream: &Upstream,
         mut req: Request<Incoming>,
@@ -752,123 +767,129 @@ impl Gateway {
         request_id: &str,
         page_for: Option<&http::Uri>,
         identity: Option<ThreadHeaders>,
-    ) -> Response<Body> {
-        let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
-        // After the session was read: the app never sees idgate's cookie.
-        hh::strip_cookie(req.headers_mut(), &self.cookie_name);
-        // The client's own `Host` value is reused as is (no copy); HTTP/2 requests carry
-        // it in :authority instead.
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        let upgrade = hh::upgrade_request(req.headers());
-        let is_upgrade = upgrade.is_some();
-        let headers = req.headers_mut();
-        hh::remove_hop_by_hop(headers, upgrade);
-        if let Some(h) = &host {
-            // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs `Host`.
-            headers.entry(header::HOST).or_insert_with(|| h.clone());
-        }
-        hh::set_forwarded(
-            headers,
-            peer.ip(),
-            self.is_trusted(peer.ip()),
-            self.public_proto,
-            host,
-        );
-        // The identity headers are handed over separately rather than inserted here:
-        // the direct path writes them straight onto the wire (the client's copies are
-        // gone, stripped by the policy, and config keeps their names off every header
-        // idgate sets), which saves seven hashed inserts per request.
-        let headers: &[(HeaderName, HeaderValue)] = identity.as_ref().map_or(&[], |p| &p.headers);
-        let path = is_upgrade.then(|| req.uri().path().to_owned());
-        let upstream_span = crate::telemetry::span!(
-            "idgate.upstream",
-            otel.kind = "client",
-            http.request.method = req.method().as_str(),
-            url.path = req.uri().path(),
-            idgate.upgrade = is_upgrade,
-            http.response.status_code = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
-        if !upstream_span.is_none() {
-            // idgate's span, not the client's, is the app's parent.
-            crate::telemetry::inject(req.headers_mut(), &upstream_span);
-        }
-        let forwarded = crate::telemetry::traced_await!(
-            upstream_span,
-            upstream.forward(req, is_upgrade, headers)
-        );
-        if !upstream_span.is_none() {
-            match &forwarded {
-                Ok((resp, _)) => {
-                    upstream_span.record("http.response.status_code", resp.status().as_u16());
+    ) -> impl std::future::Future<Output = Response<Body>> {
+        // An async block, not an `async fn`: that would move its arguments into locals
+        // and hold the request twice in a future this size.
+        async move {
+            let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
+            // After the session was read: the app never sees idgate's cookie.
+            hh::strip_cookie(req.headers_mut(), &self.cookie_name);
+            // The client's own `Host` value is reused as is (no copy); HTTP/2 requests carry
+            // it in :authority instead.
+            let host = req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+            let upgrade = hh::upgrade_request(req.headers());
+            let is_upgrade = upgrade.is_some();
+            let headers = req.headers_mut();
+            hh::remove_hop_by_hop(headers, upgrade);
+            if let Some(h) = &host {
+                // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs `Host`.
+                headers.entry(header::HOST).or_insert_with(|| h.clone());
+            }
+            hh::set_forwarded(
+                headers,
+                peer.ip(),
+                self.is_trusted(peer.ip()),
+                self.public_proto,
+                host,
+            );
+            // The identity headers are handed over separately rather than inserted here:
+            // the direct path writes them straight onto the wire (the client's copies are
+            // gone, stripped by the policy, and config keeps their names off every header
+            // idgate sets), which saves seven hashed inserts per request.
+            let headers: &[(HeaderName, HeaderValue)] =
+                identity.as_ref().map_or(&[], |p| &p.headers);
+            let path = is_upgrade.then(|| req.uri().path().to_owned());
+            let upstream_span = crate::telemetry::span!(
+                "idgate.upstream",
+                otel.kind = "client",
+                http.request.method = req.method().as_str(),
+                url.path = req.uri().path(),
+                idgate.upgrade = is_upgrade,
+                http.response.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            );
+            if !upstream_span.is_none() {
+                // idgate's span, not the client's, is the app's parent.
+                crate::telemetry::inject(req.headers_mut(), &upstream_span);
+            }
+            let forwarded = crate::telemetry::traced_await!(
+                upstream_span,
+                upstream.forward(req, is_upgrade, headers)
+            );
+            if !upstream_span.is_none() {
+                match &forwarded {
+                    Ok((resp, _)) => {
+                        upstream_span.record("http.response.status_code", resp.status().as_u16());
+                    }
+                    Err(e) => {
+                        upstream_span.record("error.type", e.kind().as_str());
+                    }
+                }
+            }
+            match forwarded {
+                Ok((resp, upgraded)) => {
+                    // The session goes along with whatever outlives this request: the
+                    // response body while it streams, or the tunnel.
+                    let guard = identity.map(|p| p as Arc<dyn StreamGuard>);
+                    if let Some(up) = upgraded {
+                        self.spawn_tunnel(up, guard, peer, request_id, path.unwrap_or_default());
+                        return resp
+                            .map(|b| http_body_util::Either::Left(GuardedBody::new(b, None)));
+                    }
+                    let clock = upstream.clock();
+                    resp.map(|b| {
+                        http_body_util::Either::Left(GuardedBody::new(b, guard.map(|g| (g, clock))))
+                    })
+                }
+                Err(e @ crate::proxy::ProxyError::ClientStalled(_)) => {
+                    tracing::warn!(request_id, error = %e, "refused: request body stalled");
+                    if page_for.is_some() {
+                        return Page::new(e.status(), "request_timeout")
+                            .step(Step::home())
+                            .reference(request_id)
+                            .into_response();
+                    }
+                    response::error(
+                        e.status(),
+                        false,
+                        "request_timeout",
+                        "The upload stopped arriving. Please try again.",
+                        request_id,
+                    )
                 }
                 Err(e) => {
-                    upstream_span.record("error.type", e.kind().as_str());
-                }
-            }
-        }
-        match forwarded {
-            Ok((resp, upgraded)) => {
-                // The session goes along with whatever outlives this request: the
-                // response body while it streams, or the tunnel.
-                let guard = identity.map(|p| p as Arc<dyn StreamGuard>);
-                if let Some(up) = upgraded {
-                    self.spawn_tunnel(up, guard, peer, request_id, path.unwrap_or_default());
-                    return resp.map(|b| http_body_util::Either::Left(GuardedBody::new(b, None)));
-                }
-                let clock = upstream.clock();
-                resp.map(|b| {
-                    http_body_util::Either::Left(GuardedBody::new(b, guard.map(|g| (g, clock))))
-                })
-            }
-            Err(e @ crate::proxy::ProxyError::ClientStalled(_)) => {
-                tracing::warn!(request_id, error = %e, "refused: request body stalled");
-                if page_for.is_some() {
-                    return Page::new(e.status(), "request_timeout")
-                        .step(Step::home())
-                        .reference(request_id)
-                        .into_response();
-                }
-                response::error(
-                    e.status(),
-                    false,
-                    "request_timeout",
-                    "The upload stopped arriving. Please try again.",
-                    request_id,
-                )
-            }
-            Err(e) => {
-                self.metrics.upstream_error(e.kind());
-                tracing::error!(request_id, kind = e.kind().as_str(), error = %e, "upstream request failed");
-                let (code, message) = if e.status() == StatusCode::GATEWAY_TIMEOUT {
-                    (
-                        "upstream_timeout",
-                        "The application did not answer in time.",
-                    )
-                } else {
-                    (
-                        "upstream_unavailable",
-                        "The application is not reachable right now.",
-                    )
-                };
-                if let Some(uri) = page_for {
-                    // Trying again is the way forward; for anything but a GET, the
-                    // start page rather than a link that would turn it into one.
-                    let again = if is_get {
-                        Step::link("Try again", Href::path(path_and_query(uri)))
+                    self.metrics.upstream_error(e.kind());
+                    tracing::error!(request_id, kind = e.kind().as_str(), error = %e, "upstream request failed");
+                    let (code, message) = if e.status() == StatusCode::GATEWAY_TIMEOUT {
+                        (
+                            "upstream_timeout",
+                            "The application did not answer in time.",
+                        )
                     } else {
-                        Step::home()
+                        (
+                            "upstream_unavailable",
+                            "The application is not reachable right now.",
+                        )
                     };
-                    return Page::new(e.status(), code)
-                        .step(again)
-                        .reference(request_id)
-                        .into_response();
+                    if let Some(uri) = page_for {
+                        // Trying again is the way forward; for anything but a GET, the
+                        // start page rather than a link that would turn it into one.
+                        let again = if is_get {
+                            Step::link("Try again", Href::path(path_and_query(uri)))
+                        } else {
+                            Step::home()
+                        };
+                        return Page::new(e.status(), code)
+                            .step(again)
+                            .reference(request_id)
+                            .into_response();
+                    }
+                    response::error(e.status(), false, code, message, request_id)
                 }
-                response::error(e.status(), false, code, message, request_id)
             }
         }
     }
@@ -911,108 +932,118 @@ impl Gateway {
 }
 
 impl Handler for GatewayWorker {
-    async fn call(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let gw = &*self.gateway;
-        let start = Instant::now();
-        let _in_flight = self.stats.in_flight();
-        // Room for what idgate adds to the map (request id, X-Forwarded-*, Host) up
-        // front: growing it later rehashes it. Identity headers do not go into the map
-        // on the common path (see `forward`).
-        req.headers_mut().reserve(6);
-        let (request_id, client_request_id) =
-            ensure_request_id(req.headers_mut(), || gw.is_trusted(peer.ip()));
-        let rid = request_id.to_str().unwrap_or("-");
-        let method = req.method().clone();
-        // A cheap (reference-counted) copy, so the routing path can borrow from it while
-        // the request itself moves on.
-        let uri = req.uri().clone();
-        // None when tracing is off (the request then costs one flag load more) and when
-        // the request is not sampled.
-        let trace = if crate::telemetry::enabled() {
-            crate::telemetry::request_span(&method, uri.path(), req.headers_mut())
-        } else {
-            None
-        };
+    // Not `async fn`: see the async block below.
+    #[allow(clippy::manual_async_fn)]
+    fn call(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        // An async block, not an `async fn`: that would move its arguments into locals
+        // and hold the request twice in a future this size.
+        async move {
+            let gw = &*self.gateway;
+            let start = Instant::now();
+            let _in_flight = self.stats.in_flight();
+            // Room for what idgate adds to the map (request id, X-Forwarded-*, Host) up
+            // front: growing it later rehashes it. Identity headers do not go into the map
+            // on the common path (see `forward`).
+            req.headers_mut().reserve(6);
+            let (request_id, client_request_id) =
+                ensure_request_id(req.headers_mut(), || gw.is_trusted(peer.ip()));
+            let rid = request_id.to_str().unwrap_or("-");
+            let method = req.method().clone();
+            // A cheap (reference-counted) copy, so the routing path can borrow from it while
+            // the request itself moves on.
+            let uri = req.uri().clone();
+            // None when tracing is off (the request then costs one flag load more) and when
+            // the request is not sampled.
+            let trace = if crate::telemetry::enabled() {
+                crate::telemetry::request_span(&method, uri.path(), req.headers_mut())
+            } else {
+                None
+            };
 
-        let checked = match check_request_head(&req) {
-            Ok(()) => routing_path(uri.path()).map_err(|reason| {
-                tracing::warn!(request_id = rid, reason, "refused: ambiguous request path");
-                StatusCode::BAD_REQUEST
-            }),
-            Err((status, reason)) => {
-                tracing::warn!(request_id = rid, reason, "refused: ambiguous request");
-                Err(status)
+            let checked = match check_request_head(&req) {
+                Ok(()) => routing_path(uri.path()).map_err(|reason| {
+                    tracing::warn!(request_id = rid, reason, "refused: ambiguous request path");
+                    StatusCode::BAD_REQUEST
+                }),
+                Err((status, reason)) => {
+                    tracing::warn!(request_id = rid, reason, "refused: ambiguous request");
+                    Err(status)
+                }
+            };
+            let (route, mut resp, log_path) = match checked {
+                Ok(path) => {
+                    // One load of the configuration for the whole request, whatever a
+                    // reload does meanwhile.
+                    let snap = gw.snapshots.load();
+                    let (route, rule) = gw.classify(&snap, &method, &path, host_of(&req));
+                    let handled = |req| {
+                        gw.handle(
+                            &self.upstream,
+                            req,
+                            peer,
+                            rid,
+                            (&snap, route, rule),
+                            &path,
+                            &uri,
+                        )
+                    };
+                    // The common case awaits the handler in place; wrapping it (a span, a
+                    // task-local) moves it, and each move copies kilobytes, so only the
+                    // requests that need a wrapper get one, boxed.
+                    let resp = if trace.is_none() && client_request_id.is_none() {
+                        handled(req).await
+                    } else {
+                        wrapped(handled(req), trace.as_ref(), client_request_id.clone()).await
+                    };
+                    (route, resp, path)
+                }
+                Err(status) => {
+                    let html = response::accepts_html(req.headers());
+                    let resp = if status == StatusCode::NOT_IMPLEMENTED {
+                        response::error(
+                            status,
+                            html,
+                            "not_implemented",
+                            "This gateway accepts no transfer coding but chunked.",
+                            rid,
+                        )
+                    } else {
+                        response::error(
+                            status,
+                            html,
+                            "bad_request",
+                            "The request is not in a form this gateway accepts.",
+                            rid,
+                        )
+                    };
+                    (RouteClass::Proxied, resp, Cow::Borrowed(""))
+                }
+            };
+            let elapsed = start.elapsed();
+            self.stats.record(route, resp.status(), elapsed);
+            if let Some(span) = &trace {
+                span.record("http.response.status_code", resp.status().as_u16());
+                span.record("idgate.route", route.as_str());
             }
-        };
-        let (route, mut resp, log_path) = match checked {
-            Ok(path) => {
-                // One load of the configuration for the whole request, whatever a
-                // reload does meanwhile.
-                let snap = gw.snapshots.load();
-                let (route, rule) = gw.classify(&snap, &method, &path, host_of(&req));
-                let handled = |req| {
-                    gw.handle(
-                        &self.upstream,
-                        req,
-                        peer,
-                        rid,
-                        (&snap, route, rule),
-                        &path,
-                        &uri,
-                    )
-                };
-                // The common case awaits the handler in place; wrapping it (a span, a
-                // task-local) moves it, and each move copies kilobytes, so only the
-                // requests that need a wrapper get one, boxed.
-                let resp = if trace.is_none() && client_request_id.is_none() {
-                    handled(req).await
-                } else {
-                    wrapped(handled(req), trace.as_ref(), client_request_id.clone()).await
-                };
-                (route, resp, path)
-            }
-            Err(status) => {
-                let html = response::accepts_html(req.headers());
-                let resp = if status == StatusCode::NOT_IMPLEMENTED {
-                    response::error(
-                        status,
-                        html,
-                        "not_implemented",
-                        "This gateway accepts no transfer coding but chunked.",
-                        rid,
-                    )
-                } else {
-                    response::error(
-                        status,
-                        html,
-                        "bad_request",
-                        "The request is not in a form this gateway accepts.",
-                        rid,
-                    )
-                };
-                (RouteClass::Proxied, resp, Cow::Borrowed(""))
-            }
-        };
-        let elapsed = start.elapsed();
-        self.stats.record(route, resp.status(), elapsed);
-        if let Some(span) = &trace {
-            span.record("http.response.status_code", resp.status().as_u16());
-            span.record("idgate.route", route.as_str());
+            // The query string is left out: it can carry tokens.
+            tracing::info!(
+                target: "idgate::access",
+                request_id = rid,
+                client_request_id = client_request_id.as_deref(),
+                method = %method,
+                path = &*log_path,
+                route = route.as_str(),
+                status = resp.status().as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                peer = %peer.ip(),
+            );
+            resp.headers_mut().insert(X_REQUEST_ID, request_id);
+            resp
         }
-        // The query string is left out: it can carry tokens.
-        tracing::info!(
-            target: "idgate::access",
-            request_id = rid,
-            client_request_id = client_request_id.as_deref(),
-            method = %method,
-            path = &*log_path,
-            route = route.as_str(),
-            status = resp.status().as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            peer = %peer.ip(),
-        );
-        resp.headers_mut().insert(X_REQUEST_ID, request_id);
-        resp
     }
 }
 

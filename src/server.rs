@@ -737,8 +737,9 @@ mod tests {
             .unwrap()
             .ok();
         let waited = answered.elapsed();
+        // The client sees the answer a moment after its stream ended on the server.
         assert!(
-            waited >= timeout && waited < timeout * 3,
+            waited + Duration::from_millis(50) >= timeout && waited < timeout * 3,
             "closed {waited:?} after the answer"
         );
     }

@@ -139,6 +139,17 @@ const FRAMING: [&str; 9] = [
     "upgrade",
 ];
 
+/// Bit `n` is set when some [`FRAMING`] name is `n` bytes long.
+const FRAMING_LENGTHS: u128 = {
+    let mut lengths = 0u128;
+    let mut i = 0;
+    while i < FRAMING.len() {
+        lengths |= 1u128 << FRAMING[i].len();
+        i += 1;
+    }
+    lengths
+};
+
 /// Request header names that never reach the app, whoever sends them:
 /// `[access].strip_headers` in any spelling, and `_` spellings of framing and hop-by-hop
 /// fields.
@@ -172,7 +183,9 @@ impl StripList {
                 .of_length(name.len())
                 .iter()
                 .any(|n| eq_folded(name, n)))
-            || (name.as_bytes().contains(&b'_') && FRAMING.iter().any(|f| eq_folded(name, f)))
+            || (FRAMING_LENGTHS & length_bit(name.len()) != 0
+                && name.as_bytes().contains(&b'_')
+                && FRAMING.iter().any(|f| eq_folded(name, f)))
     }
 
     /// The configured names `len` bytes long.

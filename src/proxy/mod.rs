@@ -115,54 +115,75 @@ impl Upstream {
     /// `upgrade` is set when the client asked for a protocol switch; on a `101` the two
     /// sides of the switch come back with the response, for the caller to join (see
     /// [`tunnel::run`]) under the session the request was made with.
-    pub async fn forward(
+    // Not `async fn`: see the async block below.
+    #[allow(clippy::manual_async_fn)]
+    pub fn forward(
         &self,
         mut req: Request<Incoming>,
         upgrade: bool,
         identity: &[(HeaderName, HeaderValue)],
+    ) -> impl std::future::Future<Output = Result<(Response<PooledBody>, Option<Upgraded>), ProxyError>>
+    {
+        // An async block, not an `async fn`: that would move its arguments into locals
+        // and hold the request twice in a future this size.
+        async move {
+            // Here, where both paths to the app begin, so neither can miss it; before the
+            // identity is added, so a configured name can never remove idgate's own.
+            self.strip.strip(req.headers_mut());
+            // Origin-form on the wire (`GET /path?q HTTP/1.1`), as every app server expects;
+            // the host travels in `Host`, which the gateway has set.
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            if !req.headers().contains_key(http::header::HOST)
+                && let Ok(v) = http::HeaderValue::from_str(self.authority.as_str())
+            {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+            // Most requests carry no body: those skip hyper's client (see `h1`).
+            if !upgrade
+                && (req.method() == Method::GET || req.method() == Method::HEAD)
+                && req.body().is_end_stream()
+            {
+                // `PathAndQuery` may lack the leading `/` (an HTTP/2 `:path` of `?q`). The
+                // gateway refuses such a target; should one get here anyway, the app gets
+                // the path `/` that routing would have seen.
+                let target = match path_and_query.as_str() {
+                    t if t.starts_with('/') => Cow::Borrowed(t),
+                    _ => Cow::Owned(match path_and_query.query() {
+                        Some(q) => format!("{}?{q}", path_and_query.path()),
+                        None => path_and_query.path().to_owned(),
+                    }),
+                };
+                let sent = self
+                    .deadlines
+                    .run(
+                        self.response_timeout,
+                        self.pool
+                            .send_bodiless(req.method(), &target, req.headers(), identity),
+                    )
+                    .await;
+                let mut resp = Self::settle(sent, self.response_timeout)?;
+                headers::remove_hop_by_hop(resp.headers_mut(), None);
+                return Ok((resp, None));
+            }
+            // Boxed: its state (the upload's watch, hyper's client) is twice the bodiless
+            // path's, and every request's future would otherwise be sized for it.
+            Box::pin(self.forward_streaming(req, path_and_query, upgrade, identity)).await
+        }
+    }
+
+    /// [`Upstream::forward`] for a request with a body or an upgrade: through hyper's
+    /// client, the upload watched so that `upstream_timeout` counts from its end.
+    async fn forward_streaming(
+        &self,
+        mut req: Request<Incoming>,
+        path_and_query: http::uri::PathAndQuery,
+        upgrade: bool,
+        identity: &[(HeaderName, HeaderValue)],
     ) -> Result<(Response<PooledBody>, Option<Upgraded>), ProxyError> {
-        // Here, where both paths to the app begin, so neither can miss it; before the
-        // identity is added, so a configured name can never remove idgate's own.
-        self.strip.strip(req.headers_mut());
-        // Origin-form on the wire (`GET /path?q HTTP/1.1`), as every app server expects;
-        // the host travels in `Host`, which the gateway has set.
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        if !req.headers().contains_key(http::header::HOST)
-            && let Ok(v) = http::HeaderValue::from_str(self.authority.as_str())
-        {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
-        // Most requests carry no body: those skip hyper's client (see `h1`).
-        if !upgrade
-            && (req.method() == Method::GET || req.method() == Method::HEAD)
-            && req.body().is_end_stream()
-        {
-            // `PathAndQuery` may lack the leading `/` (an HTTP/2 `:path` of `?q`). The
-            // gateway refuses such a target; should one get here anyway, the app gets
-            // the path `/` that routing would have seen.
-            let target = match path_and_query.as_str() {
-                t if t.starts_with('/') => Cow::Borrowed(t),
-                _ => Cow::Owned(match path_and_query.query() {
-                    Some(q) => format!("{}?{q}", path_and_query.path()),
-                    None => path_and_query.path().to_owned(),
-                }),
-            };
-            let sent = self
-                .deadlines
-                .run(
-                    self.response_timeout,
-                    self.pool
-                        .send_bodiless(req.method(), &target, req.headers(), identity),
-                )
-                .await;
-            let mut resp = Self::settle(sent, self.response_timeout)?;
-            headers::remove_hop_by_hop(resp.headers_mut(), None);
-            return Ok((resp, None));
-        }
         *req.uri_mut() = Uri::from(path_and_query);
         for (name, value) in identity {
             req.headers_mut().insert(name.clone(), value.clone());

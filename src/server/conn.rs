@@ -458,7 +458,7 @@ impl<H: Handler> Served<H> {
         // of it late.
         let mut check = tokio::time::interval((idle_limit / 4).max(Duration::from_millis(10)));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut begun, mut quiet_since) = (0, Instant::now());
+        let (mut begun, mut quiet_since, mut busy) = (0, Instant::now(), false);
         let mut closing = false;
         let mut idle_closed: Option<Instant> = None;
         loop {
@@ -483,7 +483,11 @@ impl<H: Handler> Served<H> {
                     }
                     let now_begun = self.shared.begun.load(Ordering::Relaxed);
                     if now_begun != begun || self.shared.streams.load(Ordering::Relaxed) > 0 {
-                        (begun, quiet_since) = (now_begun, Instant::now());
+                        (begun, quiet_since, busy) = (now_begun, Instant::now(), true);
+                    } else if busy {
+                        // The last stream ended since the last check: idle from now, so
+                        // never less than the timeout after it.
+                        (quiet_since, busy) = (Instant::now(), false);
                     } else if quiet_since.elapsed() >= idle_limit {
                         tracing::debug!(peer = %self.peer, "HTTP/2 connection idle past the header-read timeout; sending GOAWAY");
                         closing = true;
