@@ -442,7 +442,7 @@ mod tests {
     struct Hello;
 
     /// How long `Hello` takes to answer `/slow`.
-    const SLOW: Duration = Duration::from_millis(1500);
+    const SLOW: Duration = Duration::from_millis(2500);
 
     impl Handler for Hello {
         async fn call(
@@ -712,7 +712,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_http2_connection_with_a_stream_open_is_not_idle() {
         let timeout = Duration::from_millis(600);
-        assert!(SLOW > timeout * 2);
+        assert!(SLOW >= timeout * 4);
         let (addr, _connections) = listen(timeout, conn::PARK_AFTER).await;
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -729,6 +729,15 @@ mod tests {
             .send_request(req)
             .await
             .expect("answered after the timeout");
+        assert_eq!(resp.status(), 200);
+        // No GOAWAY came while the stream was open: the connection takes a new one.
+        let again = Request::get("http://x/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send
+            .send_request(again)
+            .await
+            .expect("the connection still takes requests");
         assert_eq!(resp.status(), 200);
         let answered = Instant::now();
         tokio::time::timeout(Duration::from_secs(10), conn)

@@ -454,13 +454,24 @@ impl<H: Handler> Served<H> {
         let conn = self.settings.http2.serve_connection(io, self.service(true));
         tokio::pin!(conn);
         let idle_limit = self.settings.header_read_timeout;
-        // Checked a few times per timeout: an idle connection closes at most a quarter
-        // of it late.
+        // Checked four times per timeout: GOAWAY comes between one and one and a half
+        // timeouts after the last stream ended.
         let mut check = tokio::time::interval((idle_limit / 4).max(Duration::from_millis(10)));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut begun, mut quiet_since, mut busy) = (0, Instant::now(), false);
+        // Idle from the accept: a preface dribbled out slowly buys no extra time.
+        let accepted = self
+            .shared
+            .deadline()
+            .take()
+            .and_then(|d| d.checked_sub(idle_limit))
+            .unwrap_or_else(Instant::now);
+        let (mut begun, mut quiet_since, mut busy) = (0, accepted, false);
         let mut closing = false;
-        let mut idle_closed: Option<Instant> = None;
+        // Armed once an idle connection was sent GOAWAY: by then its client should have
+        // ended it.
+        let grace = tokio::time::sleep(idle_limit);
+        tokio::pin!(grace);
+        let mut grace_armed = false;
         loop {
             tokio::select! {
                 ended = conn.as_mut() => {
@@ -473,27 +484,32 @@ impl<H: Handler> Served<H> {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = check.tick(), if !closing || idle_closed.is_some() => {
-                    if let Some(at) = idle_closed {
-                        if at.elapsed() >= IDLE_GOAWAY_GRACE.min(idle_limit) {
-                            tracing::debug!(peer = %self.peer, "idle HTTP/2 client did not end the connection after GOAWAY; closed");
-                            return;
-                        }
-                        continue;
-                    }
+                now = check.tick(), if !closing => {
+                    let now = now.into_std();
                     let now_begun = self.shared.begun.load(Ordering::Relaxed);
                     if now_begun != begun || self.shared.streams.load(Ordering::Relaxed) > 0 {
-                        (begun, quiet_since, busy) = (now_begun, Instant::now(), true);
+                        (begun, quiet_since, busy) = (now_begun, now, true);
                     } else if busy {
                         // The last stream ended since the last check: idle from now, so
                         // never less than the timeout after it.
-                        (quiet_since, busy) = (Instant::now(), false);
-                    } else if quiet_since.elapsed() >= idle_limit {
+                        (quiet_since, busy) = (now, false);
+                    } else if now.saturating_duration_since(quiet_since) >= idle_limit {
                         tracing::debug!(peer = %self.peer, "HTTP/2 connection idle past the header-read timeout; sending GOAWAY");
                         closing = true;
-                        idle_closed = Some(Instant::now());
                         conn.as_mut().graceful_shutdown();
+                        grace.as_mut().reset((Instant::now() + IDLE_GOAWAY_GRACE.min(idle_limit)).into());
+                        grace_armed = true;
                     }
+                }
+                _ = &mut grace, if grace_armed => {
+                    // Streams the client opened before it saw GOAWAY are served to their
+                    // end (each has its own timeouts); only a connection with none left
+                    // is closed under a client that does not answer.
+                    if self.shared.streams.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(peer = %self.peer, "idle HTTP/2 client did not end the connection after GOAWAY; closed");
+                        return;
+                    }
+                    grace.as_mut().reset((Instant::now() + IDLE_GOAWAY_GRACE.min(idle_limit)).into());
                 }
             }
         }
