@@ -515,12 +515,17 @@ mod tests {
 
     /// Resolves when the server closes `stream`; returns what it sent meanwhile.
     async fn closed(stream: &mut TcpStream) -> String {
+        String::from_utf8_lossy(&closed_bytes(stream).await).into_owned()
+    }
+
+    /// [`closed`], the bytes as sent.
+    async fn closed_bytes(stream: &mut TcpStream) -> Vec<u8> {
         let mut rest = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
             .await
             .expect("the server closes the connection")
             .ok();
-        String::from_utf8_lossy(&rest).into_owned()
+        rest
     }
 
     /// Slowloris: a client that never finishes its request head is cut off once the
@@ -685,11 +690,7 @@ mod tests {
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
             .await
             .unwrap();
-        let mut sent = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut sent))
-            .await
-            .expect("the server closes an idle HTTP/2 connection")
-            .ok();
+        let sent = closed_bytes(&mut silent).await;
         let waited = connected.elapsed();
         assert!(
             waited >= timeout && waited < timeout * 3 + Duration::from_millis(500),

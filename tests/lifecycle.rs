@@ -148,6 +148,17 @@ async fn metrics_count_requests_by_route_and_status_class() {
     }
 }
 
+/// The first read of an answer on a raw connection (the tests' answers fit in one).
+async fn answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// `[server].max_connections`: at the limit a new connection waits (in the listen
 /// backlog) while the open ones keep being served, the log says why, the metrics show
 /// it, and the waiting connection is served as soon as one closes.
@@ -157,11 +168,6 @@ async fn max_connections_holds_new_connections_until_one_closes() {
     let up = TestUpstream::start().await;
     let idgate = Idgate::start(&public_all(up.addr, "max_connections = 3\nworkers = 2"));
     let request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
-    async fn answer(s: &mut tokio::net::TcpStream) -> String {
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).await.unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
     let mut open = Vec::new();
     for _ in 0..3 {
         let mut s = tokio::net::TcpStream::connect(idgate.public).await.unwrap();
@@ -202,18 +208,10 @@ async fn max_connections_holds_new_connections_until_one_closes() {
 /// same socket, on every worker.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_keep_alive_connections_park_and_answer_their_next_request() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = TestUpstream::start().await;
     let idgate = Idgate::start(&public_all(up.addr, "workers = 2"));
     let request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
-    async fn answer(s: &mut tokio::net::TcpStream) -> String {
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer within 5 s")
-            .unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
     async fn parked(idgate: &Idgate) -> String {
         let metrics = get(&idgate.admin_url("/metrics"), &[]).await.text();
         metrics

@@ -390,18 +390,15 @@ impl<H: Handler> Served<H> {
             timeout: self.settings.header_read_timeout,
             park_after: self.settings.park_after,
         });
-        // Boxed so that a parked connection's task holds none of hyper's state.
-        let mut conn = Box::new(
-            builder
-                .serve_connection(io, self.service(false))
-                .with_upgrades(),
-        );
+        let mut conn = builder
+            .serve_connection(io, self.service(false))
+            .with_upgrades();
         let mut parking = false;
         let mut closing = false;
         let ended = loop {
             let serving = poll_fn(|cx| {
                 loop {
-                    let done = Pin::new(&mut *conn).poll(cx);
+                    let done = Pin::new(&mut conn).poll(cx);
                     if done.is_ready() {
                         return done;
                     }
@@ -409,7 +406,7 @@ impl<H: Handler> Served<H> {
                         // Idle with nothing buffered: hyper closes it at once, and the
                         // IO's shutdown leaves the socket open.
                         parking = true;
-                        Pin::new(&mut *conn).graceful_shutdown();
+                        Pin::new(&mut conn).graceful_shutdown();
                         continue;
                     }
                     return Poll::Pending;
@@ -419,7 +416,7 @@ impl<H: Handler> Served<H> {
                 ended = serving => break ended,
                 _ = close.wait_for(|stop| *stop), if !closing => {
                     closing = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
+                    Pin::new(&mut conn).graceful_shutdown();
                 }
             }
         };
