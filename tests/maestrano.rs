@@ -1325,6 +1325,11 @@ async fn credential_failures_are_limited_per_client() {
 /// only within the at-least-once window. Jobs of a queue run one at a time, so at the
 /// kill at most one per queue can have reached the other side without being
 /// acknowledged: per queue, at most one job is delivered twice.
+///
+/// The kill lands while a billing call is in flight, so the dead replica holds that
+/// company's billing lock: the restarted one must bill the company once the lock lapses
+/// (it once held billing up for two minutes, and CI failed on it when the kill happened
+/// to land there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_and_connec_jobs_survive_sigkill_mid_delivery() {
     use std::collections::HashMap;
@@ -1332,17 +1337,36 @@ async fn billing_and_connec_jobs_survive_sigkill_mid_delivery() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // Both ends answer slowly enough for the kill to land mid-delivery.
     let slow = std::time::Duration::from_millis(40);
-    let bills = Arc::new(AtomicUsize::new(0));
-    let b = bills.clone();
+    // The companies billed, in the order Maestrano created their bills.
+    let made: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let m2 = made.clone();
+    // The third bill call is held until idgate is dead, and then fails: the dead replica
+    // took the company's billing lock and billed nothing.
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (a, k) = (arrived.clone(), killed.clone());
     let api = Recorder::start(move |r| {
-        std::thread::sleep(slow * 6);
         let json = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if r.method == "POST" && a.fetch_add(1, Ordering::SeqCst) == 2 {
+            // Off the runtime's worker: a blocked worker may hold its timer.
+            tokio::task::block_in_place(|| {
+                while !k.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            });
+            return (503, json, "{\"success\":false}".into());
+        }
+        std::thread::sleep(slow * 6);
         if r.method == "POST" {
-            let i = b.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut made = m2.lock().unwrap();
+            made.push(r.form()["group_id"].clone());
             return (
                 200,
                 json,
-                format!("{{\"success\":true,\"data\":{{\"id\":\"rbill-{i}\"}}}}"),
+                format!(
+                    "{{\"success\":true,\"data\":{{\"id\":\"rbill-{}\"}}}}",
+                    made.len()
+                ),
             );
         }
         (200, json, "{\"success\":true}".into())
@@ -1391,7 +1415,7 @@ async fn billing_and_connec_jobs_survive_sigkill_mid_delivery() {
     eventually(
         "deliveries under way",
         std::time::Duration::from_secs(20),
-        || app.calls().len() >= 5 && bill_calls(&api).0.len() >= 2,
+        || app.calls().len() >= 5 && arrived.load(Ordering::SeqCst) >= 3,
     )
     .await;
     first.signal("KILL");
@@ -1399,7 +1423,9 @@ async fn billing_and_connec_jobs_survive_sigkill_mid_delivery() {
         tokio::task::block_in_place(|| first.wait_exit(std::time::Duration::from_secs(10)))
             .is_some()
     );
-    let at_kill = (app.calls().len(), bill_calls(&api).0.len());
+    let at_kill = (app.calls().len(), made.lock().unwrap().len());
+    assert_eq!(at_kill.1, 2, "the third bill was in flight at the kill");
+    killed.store(true, Ordering::SeqCst);
     assert!(
         at_kill.0 < 40 && at_kill.1 < companies.len(),
         "the kill came mid-delivery ({} of 40 entities, {} bills)",
@@ -1423,11 +1449,8 @@ async fn billing_and_connec_jobs_survive_sigkill_mid_delivery() {
     })
     .await;
     eventually("every company is billed", limit, || {
-        let billed: std::collections::HashSet<String> = bill_calls(&api)
-            .0
-            .iter()
-            .map(|c| c.form()["group_id"].clone())
-            .collect();
+        let made = made.lock().unwrap();
+        let billed: std::collections::HashSet<&String> = made.iter().collect();
         billed.len() == companies.len()
     })
     .await;
@@ -1441,8 +1464,8 @@ async fn billing_and_connec_jobs_survive_sigkill_mid_delivery() {
             .or_default() += 1;
     }
     let mut per_company: HashMap<String, usize> = HashMap::new();
-    for c in bill_calls(&api).0 {
-        *per_company.entry(c.form()["group_id"].clone()).or_default() += 1;
+    for group in made.lock().unwrap().iter() {
+        *per_company.entry(group.clone()).or_default() += 1;
     }
     let twice = |counts: &HashMap<String, usize>| -> usize {
         assert!(counts.values().all(|n| *n <= 2), "{counts:?}");

@@ -52,6 +52,7 @@ async fn conformance(store: Store) {
     job_queues_hand_each_job_to_one_consumer_and_recover_stale_ones(&store).await;
     queue_stats_count_what_is_not_done_and_date_the_oldest(&store).await;
     ephemeral_values_are_claimed_once_taken_once_and_expire(&store).await;
+    leases_are_renewed_and_released_only_by_their_holder(&store).await;
     events_reach_subscribers(&store).await;
 }
 
@@ -208,6 +209,70 @@ async fn ephemeral_values_are_claimed_once_taken_once_and_expire(store: &Store) 
         store.put_once("short", "y", ttl).await.unwrap(),
         "free again after expiry"
     );
+}
+
+/// A lease (a lock that a crashed holder cannot keep for long) is an ephemeral value
+/// whose holder renews it: only the holder's token renews or releases it, so a holder
+/// that lost it (it expired and another took it) cannot extend or free the new one.
+async fn leases_are_renewed_and_released_only_by_their_holder(store: &Store) {
+    let short = Duration::from_millis(400);
+    assert!(store.put_once("lease:a", "holder-1", short).await.unwrap());
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            store.renew("lease:a", "holder-1", short).await.unwrap(),
+            "renewed by its holder"
+        );
+    }
+    // 800 ms after it was taken, it holds only because it was renewed.
+    assert!(
+        !store.put_once("lease:a", "holder-2", short).await.unwrap(),
+        "still held"
+    );
+    assert!(
+        !store.renew("lease:a", "holder-2", short).await.unwrap(),
+        "not by another"
+    );
+    assert!(
+        !store.release("lease:a", "holder-2").await.unwrap(),
+        "nor freed by another"
+    );
+    assert!(
+        !store.put_once("lease:a", "holder-2", short).await.unwrap(),
+        "still held"
+    );
+    assert!(
+        store.release("lease:a", "holder-1").await.unwrap(),
+        "freed by its holder"
+    );
+    assert!(!store.release("lease:a", "holder-1").await.unwrap(), "once");
+    assert!(
+        !store.renew("lease:a", "holder-1", short).await.unwrap(),
+        "a freed lease is not renewed back"
+    );
+    // Unrenewed, it lapses; its old holder cannot take it back from the next.
+    assert!(
+        store.put_once("lease:a", "holder-2", short).await.unwrap(),
+        "free again"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !store.renew("lease:a", "holder-2", short).await.unwrap(),
+        "lapsed"
+    );
+    assert!(
+        store.put_once("lease:a", "holder-3", short).await.unwrap(),
+        "taken after it lapsed"
+    );
+    assert!(
+        !store.renew("lease:a", "holder-2", short).await.unwrap(),
+        "the lapsed holder cannot renew it"
+    );
+    assert!(
+        !store.release("lease:a", "holder-2").await.unwrap(),
+        "nor free it"
+    );
+    assert!(store.release("lease:a", "holder-3").await.unwrap());
 }
 
 async fn concurrent_group_creates_have_one_winner(store: &Store) {

@@ -28,9 +28,13 @@ pub const CONNEC_QUEUE: &str = "maestrano-connec";
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from Maestrano or the app.
 pub const MAX_ANSWER: usize = 1 << 20;
-/// How long one replica may hold a company's billing lock (longer than the calls of one
-/// reconciliation can take).
-const BILL_LOCK: Duration = Duration::from_secs(120);
+/// How long a company's billing lock outlives its last renewal: as long as a job's
+/// holder may go quiet before another replica takes the job over, so that a replica
+/// that died mid-reconciliation holds the company's billing up no longer than its jobs.
+pub const BILL_LOCK: Duration = crate::jobs::STALE_AFTER;
+/// How often the reconciling replica renews the billing lock (a reconciliation makes
+/// up to two calls of up to 2 x [`CALL_TIMEOUT`] each, longer than [`BILL_LOCK`]).
+const BILL_LOCK_RENEW: Duration = Duration::from_secs(2);
 
 /// The HTTP(S) client idgate calls Maestrano and the app with.
 pub type Client = hyper_util::client::legacy::Client<
@@ -287,13 +291,34 @@ impl Worker {
             Ok(false) => return Outcome::Retry("another replica is billing this company".into()),
             Err(e) => return Outcome::Retry(format!("store: {e}")),
         }
-        let outcome = match self.reconcile(m, &tenant, &group).await {
-            Ok(()) => Outcome::Done,
-            Err(CallError(e)) if e.starts_with("refused:") => Outcome::Drop(e),
-            Err(e) => Outcome::Retry(e.0),
+        let work = self.reconcile(m, &tenant, &group);
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval_at(
+            tokio::time::Instant::now() + BILL_LOCK_RENEW,
+            BILL_LOCK_RENEW,
+        );
+        let outcome = loop {
+            tokio::select! {
+                done = &mut work => break match done {
+                    Ok(()) => Outcome::Done,
+                    Err(CallError(e)) if e.starts_with("refused:") => Outcome::Drop(e),
+                    Err(e) => Outcome::Retry(e.0),
+                },
+                _ = renew.tick() => {
+                    match crate::store::EphemeralStore::renew(&self.store, &lock, &token, BILL_LOCK).await {
+                        Ok(true) => {}
+                        // Another replica may be reconciling this company now: going on
+                        // could bill it twice. What this one left undone is read back
+                        // from the recorded bill on the retry.
+                        Ok(false) => break Outcome::Retry("the billing lock lapsed mid-reconciliation".into()),
+                        // The store may be back before the lock lapses.
+                        Err(e) => tracing::warn!(error = %e, "cannot renew a billing lock"),
+                    }
+                }
+            }
         };
-        if let Err(e) = crate::store::EphemeralStore::take(&self.store, &lock).await {
-            tracing::warn!(error = %e, "cannot release a billing lock; it expires by itself");
+        if let Err(e) = crate::store::EphemeralStore::release(&self.store, &lock, &token).await {
+            tracing::warn!(error = %e, "cannot release a billing lock; it lapses by itself");
         }
         outcome
     }

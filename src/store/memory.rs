@@ -497,6 +497,30 @@ impl EphemeralStore for MemoryStore {
             .filter(|(_, until)| *until > Instant::now())
             .map(|(v, _)| v))
     }
+
+    async fn renew(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        match g.ephemeral.get_mut(key) {
+            Some((v, until)) if *until > now && v == value => {
+                *until = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release(&self, key: &str, value: &str) -> StoreResult<bool> {
+        let mut g = self.lock();
+        let held = g
+            .ephemeral
+            .get(key)
+            .is_some_and(|(v, until)| *until > Instant::now() && v == value);
+        if held {
+            g.ephemeral.remove(key);
+        }
+        Ok(held)
+    }
 }
 
 impl JobQueue for MemoryStore {

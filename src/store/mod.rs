@@ -359,7 +359,8 @@ pub trait SessionStore: Send + Sync {
 }
 
 /// Short-lived values shared by every replica: pending login requests, the assertion
-/// replay cache.
+/// replay cache, leases (locks whose holder renews them, so that one that crashed holds
+/// them only until they lapse).
 pub trait EphemeralStore: Send + Sync {
     /// Stores `value` under `key` for `ttl` unless the key exists. True if stored: of
     /// concurrent calls with one key, exactly one wins (the replay check relies on it).
@@ -371,6 +372,17 @@ pub trait EphemeralStore: Send + Sync {
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Reads and deletes `key` in one step: a value can be taken once.
     fn take(&self, key: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    /// Gives `key` a new `ttl` if it still holds `value` (a lease's holder token). False
+    /// if it lapsed or is another's: a holder must not extend a lease it lost.
+    fn renew(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Deletes `key` if it still holds `value`. False if it lapsed or is another's, which
+    /// is then left alone.
+    fn release(&self, key: &str, value: &str) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
 /// A job taken from a [`JobQueue`], to be acknowledged once done.
@@ -724,6 +736,12 @@ impl EphemeralStore for Store {
     }
     async fn take(&self, key: &str) -> StoreResult<Option<String>> {
         delegate!(self, Ephemeral, s => s.take(key))
+    }
+    async fn renew(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
+        delegate!(self, Ephemeral, s => s.renew(key, value, ttl))
+    }
+    async fn release(&self, key: &str, value: &str) -> StoreResult<bool> {
+        delegate!(self, Ephemeral, s => s.release(key, value))
     }
 }
 

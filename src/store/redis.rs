@@ -185,6 +185,14 @@ redis.call('HSET', KEYS[1], 'x', ARGV[1])
 return 1
 ";
 
+// A lease is renewed or released only by the holder whose token it still holds.
+// KEYS: the lease. ARGV: token, and a TTL in ms (renew) or nothing (release).
+const LEASE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+";
+
 // A session's record changes only while the session lives (never recreated by it).
 const SET_IF_EXISTS: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -214,6 +222,7 @@ struct Scripts {
     write_record: Script,
     touch_session: Script,
     revoke_session: Script,
+    lease: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -224,6 +233,7 @@ fn scripts() -> &'static Scripts {
         write_record: Script::new(WRITE_RECORD),
         touch_session: Script::new(TOUCH_SESSION),
         revoke_session: Script::new(REVOKE_SESSION),
+        lease: Script::new(LEASE),
     })
 }
 
@@ -984,6 +994,29 @@ impl EphemeralStore for RedisStore {
             .query_async(&mut self.active().await?)
             .await
             .map_err(unavailable)
+    }
+
+    async fn renew(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
+        let n: i64 = scripts()
+            .lease
+            .key(format!("{}:eph:{key}", self.prefix))
+            .arg(value)
+            .arg(ttl_ms(ttl))
+            .invoke_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, key: &str, value: &str) -> StoreResult<bool> {
+        let n: i64 = scripts()
+            .lease
+            .key(format!("{}:eph:{key}", self.prefix))
+            .arg(value)
+            .invoke_async(&mut self.active().await?)
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
     }
 }
 
