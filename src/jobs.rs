@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::store::{Job, JobQueue, Store};
+use crate::store::{EphemeralStore, Job, JobQueue, Store};
 
 /// How long a job may go untouched before another replica takes it over.
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
@@ -220,9 +220,110 @@ pub fn spawn<H, F>(
     });
 }
 
+/// How [`under_lease`] ended short of running its work to the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseLost {
+    /// Another holder has it (or had it: it lapsed while this one was cut off).
+    Held,
+    /// The store did not answer the claim.
+    Store(String),
+}
+
+/// Runs `work` holding the lease `key` (an ephemeral value with a random holder token):
+/// `None` if the lease is another's. The lease is renewed every `renew_every` while
+/// `work` runs and lapses `ttl` after the last renewal, so a holder that dies holds it
+/// up for `ttl` at most, however long work may take. A holder that finds it lapsed
+/// (cut off from the store for `ttl`) drops `work` rather than carry on beside the next
+/// holder; a renewal the store does not answer is tried again. Released at the end.
+pub async fn under_lease<F: Future>(
+    store: &Store,
+    key: &str,
+    ttl: Duration,
+    renew_every: Duration,
+    work: F,
+) -> Result<F::Output, LeaseLost> {
+    let token = hex::encode(rand::random::<[u8; 8]>());
+    match store.put_once(key, &token, ttl).await {
+        Ok(true) => {}
+        Ok(false) => return Err(LeaseLost::Held),
+        Err(e) => return Err(LeaseLost::Store(e.to_string())),
+    }
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
+    let outcome = loop {
+        tokio::select! {
+            done = &mut work => break Ok(done),
+            _ = renew.tick() => match store.renew(key, &token, ttl).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(lease = key, "a lease lapsed while its work ran; dropping the work");
+                    break Err(LeaseLost::Held);
+                }
+                Err(e) => tracing::warn!(lease = key, error = %e, "cannot renew a lease; it lapses if the store stays away"),
+            },
+        }
+    };
+    if let Err(e) = store.release(key, &token).await {
+        tracing::warn!(lease = key, error = %e, "cannot release a lease; it lapses by itself");
+    }
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{FailMode, StoreConfig, StoreUrl};
+
+    fn memory() -> Store {
+        Store::open(&StoreConfig {
+            url: StoreUrl::Memory,
+            key_prefix: "t".into(),
+            fail_mode: FailMode::Closed,
+            ca_certificate: None,
+        })
+        .unwrap()
+    }
+
+    const TTL: Duration = Duration::from_millis(300);
+    const EVERY: Duration = Duration::from_millis(60);
+
+    #[tokio::test]
+    async fn a_lease_is_held_for_as_long_as_its_work_runs_and_freed_after() {
+        let store = memory();
+        let work = async {
+            // Three TTLs: held only because it is renewed.
+            tokio::time::sleep(TTL * 3).await;
+            store.put_once("l", "other", TTL).await.unwrap()
+        };
+        let other_got_it = under_lease(&store, "l", TTL, EVERY, work).await;
+        assert_eq!(other_got_it, Ok(false), "held through the work");
+        assert!(
+            store.put_once("l", "other", TTL).await.unwrap(),
+            "freed at the end"
+        );
+        let again = under_lease(&store, "l", TTL, EVERY, async { 1 }).await;
+        assert_eq!(again, Err(LeaseLost::Held), "another's lease is not taken");
+    }
+
+    #[tokio::test]
+    async fn work_whose_lease_was_taken_over_is_dropped() {
+        let store = memory();
+        let steal = async {
+            // The holder's token is gone: as if the lease lapsed and another took it.
+            tokio::time::sleep(EVERY / 2).await;
+            store.take("l").await.unwrap();
+            assert!(store.put_once("l", "thief", TTL).await.unwrap());
+            tokio::time::sleep(TTL * 3).await;
+            "finished"
+        };
+        let r = under_lease(&store, "l", TTL, EVERY, steal).await;
+        assert_eq!(r, Err(LeaseLost::Held), "dropped at the next renewal");
+        assert_eq!(
+            store.take("l").await.unwrap().as_deref(),
+            Some("thief"),
+            "not released: it is the thief's"
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::config::{BillingMode, Config, MaestranoConfig};
 use crate::directory::Directory;
 use crate::identity::Signer;
+use crate::jobs::LeaseLost;
 use crate::jobs::Outcome;
 use crate::snapshot::Snapshots;
 use crate::store::{DirectoryStore, Index, Job, JobQueue, Records, Store};
@@ -285,42 +286,19 @@ impl Worker {
         // One reconciliation per company at a time, across replicas: two at once would
         // both see "no bill" and both create one.
         let lock = format!("{{{tenant}}}:bill-lock:{group}");
-        let token = hex::encode(rand::random::<[u8; 8]>());
-        match crate::store::EphemeralStore::put_once(&self.store, &lock, &token, BILL_LOCK).await {
-            Ok(true) => {}
-            Ok(false) => return Outcome::Retry("another replica is billing this company".into()),
-            Err(e) => return Outcome::Retry(format!("store: {e}")),
-        }
         let work = self.reconcile(m, &tenant, &group);
-        tokio::pin!(work);
-        let mut renew = tokio::time::interval_at(
-            tokio::time::Instant::now() + BILL_LOCK_RENEW,
-            BILL_LOCK_RENEW,
-        );
-        let outcome = loop {
-            tokio::select! {
-                done = &mut work => break match done {
-                    Ok(()) => Outcome::Done,
-                    Err(CallError(e)) if e.starts_with("refused:") => Outcome::Drop(e),
-                    Err(e) => Outcome::Retry(e.0),
-                },
-                _ = renew.tick() => {
-                    match crate::store::EphemeralStore::renew(&self.store, &lock, &token, BILL_LOCK).await {
-                        Ok(true) => {}
-                        // Another replica may be reconciling this company now: going on
-                        // could bill it twice. What this one left undone is read back
-                        // from the recorded bill on the retry.
-                        Ok(false) => break Outcome::Retry("the billing lock lapsed mid-reconciliation".into()),
-                        // The store may be back before the lock lapses.
-                        Err(e) => tracing::warn!(error = %e, "cannot renew a billing lock"),
-                    }
-                }
+        match crate::jobs::under_lease(&self.store, &lock, BILL_LOCK, BILL_LOCK_RENEW, work).await {
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(CallError(e))) if e.starts_with("refused:") => Outcome::Drop(e),
+            Ok(Err(e)) => Outcome::Retry(e.0),
+            // Another replica may be reconciling this company (or took over when this
+            // one's lease lapsed): going on could bill it twice. What is left undone is
+            // read back from the recorded bill on the retry.
+            Err(LeaseLost::Held) => {
+                Outcome::Retry("another replica is billing this company".into())
             }
-        };
-        if let Err(e) = crate::store::EphemeralStore::release(&self.store, &lock, &token).await {
-            tracing::warn!(error = %e, "cannot release a billing lock; it lapses by itself");
+            Err(LeaseLost::Store(e)) => Outcome::Retry(format!("store: {e}")),
         }
-        outcome
     }
 
     async fn reconcile(
