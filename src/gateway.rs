@@ -789,7 +789,7 @@ impl Gateway {
                 // HTTP/2 carries the host in :authority; the HTTP/1.1 upstream needs `Host`.
                 headers.entry(header::HOST).or_insert_with(|| h.clone());
             }
-            hh::set_forwarded(
+            let forwarded = hh::set_forwarded(
                 headers,
                 peer.ip(),
                 self.is_trusted(peer.ip()),
@@ -800,8 +800,10 @@ impl Gateway {
             // the direct path writes them straight onto the wire (the client's copies are
             // gone, stripped by the policy, and config keeps their names off every header
             // idgate sets), which saves seven hashed inserts per request.
-            let headers: &[(HeaderName, HeaderValue)] =
-                identity.as_ref().map_or(&[], |p| &p.headers);
+            let headers: [&[(HeaderName, HeaderValue)]; 2] = [
+                forwarded.fields(),
+                identity.as_ref().map_or(&[], |p| &p.headers),
+            ];
             let path = is_upgrade.then(|| req.uri().path().to_owned());
             let upstream_span = crate::telemetry::span!(
                 "idgate.upstream",
@@ -818,7 +820,7 @@ impl Gateway {
             }
             let forwarded = crate::telemetry::traced_await!(
                 upstream_span,
-                upstream.forward(req, is_upgrade, headers)
+                upstream.forward(req, is_upgrade, &headers)
             );
             if !upstream_span.is_none() {
                 match &forwarded {
@@ -1193,22 +1195,31 @@ fn ensure_request_id(
     headers: &mut http::HeaderMap,
     trusted: impl FnOnce() -> bool,
 ) -> (HeaderValue, Option<Box<str>>) {
-    let sent = headers.get(&X_REQUEST_ID).and_then(|v| {
+    // One hashed lookup: an entry, not a get and then an insert.
+    let mut entry = match headers.entry(X_REQUEST_ID) {
+        http::header::Entry::Vacant(v) => {
+            let id = new_request_id();
+            v.insert(id.clone());
+            return (id, None);
+        }
+        http::header::Entry::Occupied(o) => o,
+    };
+    let sent = Some(entry.get()).and_then(|v| {
         let s = v.to_str().ok()?;
         let sane = !s.is_empty()
             && s.len() <= 128
             && s.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-        sane.then_some((v, s))
+        sane.then_some(s)
     });
-    if let Some((v, _)) = sent
-        && trusted()
-    {
-        return (v.clone(), None);
+    // A second `X-Request-Id` is not the client's id; it goes with the first.
+    let single = entry.iter().nth(1).is_none();
+    if sent.is_some() && single && trusted() {
+        return (entry.get().clone(), None);
     }
-    let client = sent.map(|(_, s)| Box::from(s));
+    let client = sent.map(Box::from);
     let id = new_request_id();
-    headers.insert(X_REQUEST_ID, id.clone());
+    entry.insert(id.clone());
     (id, client)
 }
 
@@ -1458,6 +1469,19 @@ fn check_request_head<B>(req: &Request<B>) -> Result<(), (StatusCode, &'static s
 /// `host[:port]` (RFC 9110 §7.2): a DNS name or IPv4 address, or an IPv6 literal in
 /// brackets, then an optional decimal port up to 65535. No user info, path, list or
 /// percent-encoding: whatever the app or a log reads in `Host` must be one host.
+/// The bytes of a DNS name or IPv4 address in `Host`: letters, digits, `-`, `.`, `_`. A
+/// table, since every request's `Host` is checked byte by byte.
+const HOST_NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
+        b += 1;
+    }
+    table
+};
+
 fn is_host_port(v: &[u8]) -> bool {
     let (host_ok, port) = if let Some(rest) = v.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&b| b == b']') else {
@@ -1472,9 +1496,7 @@ fn is_host_port(v: &[u8]) -> bool {
         let name = &v[..end];
         let ok = !name.is_empty()
             && name.len() <= 253
-            && name
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            && name.iter().all(|&b| HOST_NAME_BYTES[usize::from(b)]);
         (ok, &v[end..])
     };
     host_ok
@@ -1724,5 +1746,17 @@ mod tests {
         assert_ne!(id, "chosen-123");
         assert_eq!(id.len(), 32);
         assert_eq!(h["x-request-id"], id, "the upstream gets idgate's id");
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+    }
+
+    #[test]
+    fn two_request_ids_are_replaced_even_from_a_trusted_proxy() {
+        let mut h = http::HeaderMap::new();
+        h.append("x-request-id", HeaderValue::from_static("first-1"));
+        h.append("x-request-id", HeaderValue::from_static("second-2"));
+        let (id, client) = ensure_request_id(&mut h, || true);
+        assert_ne!(id, "first-1", "which of two is meant is anyone's guess");
+        assert_eq!(client.as_deref(), Some("first-1"));
+        assert_eq!(h.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id]);
     }
 }

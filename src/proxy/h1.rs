@@ -90,7 +90,7 @@ impl Conn {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
-        extra: &[(HeaderName, HeaderValue)],
+        extra: &[&[(HeaderName, HeaderValue)]],
     ) -> Result<Head, H1Error> {
         self.out.clear();
         encode_head(&mut self.out, method, target, headers, extra);
@@ -173,13 +173,16 @@ pub fn encode_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
-    extra: &[(HeaderName, HeaderValue)],
+    extra: &[&[(HeaderName, HeaderValue)]],
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers.iter().chain(extra.iter().map(|(n, v)| (n, v))) {
+    for (name, value) in headers
+        .iter()
+        .chain(extra.iter().copied().flatten().map(|(n, v)| (n, v)))
+    {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -655,7 +658,7 @@ mod tests {
             HeaderValue::from_static("u1"),
         )];
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::GET, "/p?q=1", &headers, &extra);
+        encode_head(&mut out, &Method::GET, "/p?q=1", &headers, &[&extra]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\nx-idgate-user-id: u1\r\n\r\n"

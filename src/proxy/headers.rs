@@ -160,6 +160,9 @@ pub struct StripList {
     /// Bit `n` is set when some configured name is `n` bytes long (names of 128 bytes or
     /// more share bit 127): most request headers are ruled out by one bit test.
     lengths: u128,
+    /// `by_length[n]`: where the names `n` bytes long lie in `names` (every request
+    /// header is looked up here, so no search).
+    by_length: Box<[(u32, u32)]>,
 }
 
 impl StripList {
@@ -172,7 +175,19 @@ impl StripList {
         names.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         names.dedup();
         let lengths = names.iter().fold(0u128, |m, n| m | length_bit(n.len()));
-        StripList { names, lengths }
+        let longest = names.last().map_or(0, |n| n.len());
+        let by_length = (0..=longest)
+            .map(|len| {
+                let start = names.partition_point(|n| n.len() < len);
+                let end = names.partition_point(|n| n.len() <= len);
+                (start as u32, end as u32)
+            })
+            .collect();
+        StripList {
+            names,
+            lengths,
+            by_length,
+        }
     }
 
     /// Whether a request header of this name must be removed.
@@ -191,9 +206,10 @@ impl StripList {
     /// The configured names `len` bytes long.
     #[inline]
     fn of_length(&self, len: usize) -> &[Box<str>] {
-        let start = self.names.partition_point(|n| n.len() < len);
-        let rest = &self.names[start..];
-        &rest[..rest.partition_point(|n| n.len() == len)]
+        match self.by_length.get(len) {
+            Some(&(start, end)) => &self.names[start as usize..end as usize],
+            None => &[],
+        }
     }
 
     /// Removes every matching header, all occurrences, in one pass over the names; it
@@ -357,19 +373,54 @@ const CLIENT_ADDRESS_HEADERS: [&str; 12] = [
     "x-cluster-client-ip",
 ];
 
-/// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept
-/// (and the peer appended to the chain); from anyone else they are replaced, and the
-/// other client-address headers (`Forwarded`, `X-Real-IP`, `X-Forwarded-Port`, …, see
-/// `CLIENT_ADDRESS_HEADERS`) dropped in every spelling, so the app never
-/// believes a client about its own address.
+/// Bit `n` is set when some [`CLIENT_ADDRESS_HEADERS`] name is `n` bytes long: most
+/// request headers are ruled out by one bit test.
+const CLIENT_ADDRESS_LENGTHS: u128 = {
+    let mut lengths = 0u128;
+    let mut i = 0;
+    while i < CLIENT_ADDRESS_HEADERS.len() {
+        lengths |= 1u128 << CLIENT_ADDRESS_HEADERS[i].len();
+        i += 1;
+    }
+    lengths
+};
+
+/// The `X-Forwarded-*` fields idgate sets on a request. They travel beside the request's
+/// header map, as the identity headers do, and are written after it: inserting them
+/// would cost three hashed inserts per request. [`set_forwarded`] leaves no field of
+/// these names in the map, so none is sent twice.
+pub struct Forwarded(smallvec::SmallVec<[(HeaderName, HeaderValue); 3]>);
+
+impl Forwarded {
+    fn new() -> Forwarded {
+        Forwarded(smallvec::SmallVec::new())
+    }
+
+    fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.push((name, value));
+    }
+
+    /// The fields to add, in the order they are written.
+    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0
+    }
+}
+
+/// The `X-Forwarded-For/-Proto/-Host` to send. From a trusted proxy the existing values
+/// are kept (and the peer appended to the chain); from anyone else they are replaced,
+/// and the other client-address headers (`Forwarded`, `X-Real-IP`, `X-Forwarded-Port`,
+/// …, see `CLIENT_ADDRESS_HEADERS`) dropped in every spelling, so the app never
+/// believes a client about its own address. What is returned replaces its namesakes,
+/// which are removed from `headers`.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
     trusted: bool,
     proto: &'static str,
     host: Option<HeaderValue>,
-) {
-    let chain = if trusted {
+) -> Forwarded {
+    let mut out = Forwarded::new();
+    if trusted {
         let peer_text = peer.to_string();
         let prior: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -381,14 +432,20 @@ pub fn set_forwarded(
         } else {
             format!("{}, {peer_text}", prior.join(", "))
         };
-        HeaderValue::from_str(&chain).ok()
+        // Visible ASCII throughout (what `to_str` let through, and an address), so this
+        // does not fail; were it to, the prior chain would stay as it came.
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            headers.remove(&X_FORWARDED_FOR);
+            out.push(X_FORWARDED_FOR, v);
+        }
     } else {
         // Every spelling of the client-address headers (`X_Forwarded_For` reaches a CGI
         // or Rack app as the same variable) is dropped before idgate sets its own.
         let is_spoofable = |n: &HeaderName| {
-            CLIENT_ADDRESS_HEADERS
-                .iter()
-                .any(|c| eq_folded(n.as_str(), c))
+            CLIENT_ADDRESS_LENGTHS & length_bit(n.as_str().len()) != 0
+                && CLIENT_ADDRESS_HEADERS
+                    .iter()
+                    .any(|c| eq_folded(n.as_str(), c))
         };
         if headers.keys().any(is_spoofable) {
             let names: Vec<HeaderName> = headers
@@ -400,24 +457,18 @@ pub fn set_forwarded(
                 headers.remove(n);
             }
         }
-        Some(peer_value(peer))
-    };
-    if let Some(v) = chain {
-        headers.insert(X_FORWARDED_FOR, v);
+        out.push(X_FORWARDED_FOR, peer_value(peer));
     }
+    // Untrusted, the map holds none of these now; trusted, one that is there is kept.
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        out.push(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(h) => {
-                headers.insert(X_FORWARDED_HOST, h);
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
+    if let Some(h) = host
+        && !(trusted && headers.contains_key(&X_FORWARDED_HOST))
+    {
+        out.push(X_FORWARDED_HOST, h);
     }
+    out
 }
 
 thread_local! {
@@ -580,27 +631,51 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
         let mut untrusted = h.clone();
-        set_forwarded(
+        let added = set_forwarded(
             &mut untrusted,
             peer,
             false,
             "http",
             Some(HeaderValue::from_static("a.example")),
         );
+        assert!(
+            !untrusted.contains_key("x-forwarded-for"),
+            "sent once, from `added`"
+        );
+        apply(&mut untrusted, &added);
         assert_eq!(untrusted["x-forwarded-for"], "10.1.2.3");
         assert_eq!(untrusted["x-forwarded-proto"], "http");
         assert_eq!(untrusted["x-forwarded-host"], "a.example");
         assert!(!untrusted.contains_key("forwarded"));
 
-        set_forwarded(
+        let added = set_forwarded(
             &mut h,
             peer,
             true,
             "http",
             Some(HeaderValue::from_static("a.example")),
         );
+        let names: Vec<&str> = added.fields().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-forwarded-for", "x-forwarded-host"],
+            "the client's proto is kept"
+        );
+        assert!(
+            !h.contains_key("x-forwarded-for"),
+            "sent once, from `added`"
+        );
+        apply(&mut h, &added);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
+    }
+
+    /// What the app receives: the map, then the fields idgate adds.
+    fn apply(h: &mut HeaderMap, added: &Forwarded) {
+        for (name, value) in added.fields() {
+            h.append(name.clone(), value.clone());
+        }
     }
 
     #[test]
@@ -697,9 +772,11 @@ mod tests {
             );
         }
         let mut trusted = h.clone();
-        set_forwarded(&mut h, peer, false, "http", None);
+        let added = set_forwarded(&mut h, peer, false, "http", None);
+        apply(&mut h, &added);
         assert_eq!(h.len(), 2, "{h:?}");
-        set_forwarded(&mut trusted, peer, true, "http", None);
+        let added = set_forwarded(&mut trusted, peer, true, "http", None);
+        apply(&mut trusted, &added);
         assert_eq!(trusted.len(), 9, "{trusted:?}");
     }
 }

@@ -110,8 +110,9 @@ impl Upstream {
         &self.deadlines
     }
 
-    /// Sends a request, already cleaned by the gateway, to the upstream, with the
-    /// `identity` headers added (their names never occur in the cleaned request).
+    /// Sends a request, already cleaned by the gateway, to the upstream, with the `added`
+    /// fields after its own (`X-Forwarded-*`, the identity headers: their names never
+    /// occur in the cleaned request).
     /// `upgrade` is set when the client asked for a protocol switch; on a `101` the two
     /// sides of the switch come back with the response, for the caller to join (see
     /// [`tunnel::run`]) under the session the request was made with.
@@ -121,7 +122,7 @@ impl Upstream {
         &self,
         mut req: Request<Incoming>,
         upgrade: bool,
-        identity: &[(HeaderName, HeaderValue)],
+        added: &[&[(HeaderName, HeaderValue)]],
     ) -> impl std::future::Future<Output = Result<(Response<PooledBody>, Option<Upgraded>), ProxyError>>
     {
         // An async block, not an `async fn`: that would move its arguments into locals
@@ -162,7 +163,7 @@ impl Upstream {
                     .run(
                         self.response_timeout,
                         self.pool
-                            .send_bodiless(req.method(), &target, req.headers(), identity),
+                            .send_bodiless(req.method(), &target, req.headers(), added),
                     )
                     .await;
                 let mut resp = Self::settle(sent, self.response_timeout)?;
@@ -171,7 +172,7 @@ impl Upstream {
             }
             // Boxed: its state (the upload's watch, hyper's client) is twice the bodiless
             // path's, and every request's future would otherwise be sized for it.
-            Box::pin(self.forward_streaming(req, path_and_query, upgrade, identity)).await
+            Box::pin(self.forward_streaming(req, path_and_query, upgrade, added)).await
         }
     }
 
@@ -182,10 +183,10 @@ impl Upstream {
         mut req: Request<Incoming>,
         path_and_query: http::uri::PathAndQuery,
         upgrade: bool,
-        identity: &[(HeaderName, HeaderValue)],
+        added: &[&[(HeaderName, HeaderValue)]],
     ) -> Result<(Response<PooledBody>, Option<Upgraded>), ProxyError> {
         *req.uri_mut() = Uri::from(path_and_query);
-        for (name, value) in identity {
+        for (name, value) in added.iter().copied().flatten() {
             req.headers_mut().insert(name.clone(), value.clone());
         }
         *req.version_mut() = Version::HTTP_11;

@@ -163,7 +163,7 @@ impl Pool {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
-        extra: &[(HeaderName, HeaderValue)],
+        extra: &[&[(HeaderName, HeaderValue)]],
     ) -> Result<Response<PooledBody>, PoolError> {
         let mut retried = false;
         loop {
