@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod alloc;
 pub mod audit;
 pub mod config;
 pub mod demo;

@@ -10,11 +10,9 @@ use clap::{Parser, Subcommand};
 use idgate::identity::keys::{self, Algorithm};
 use idgate::telemetry::{self, LogFormat};
 
-// glibc malloc showed up at ~10% of CPU on the proxied path (many small, short-lived
-// allocations for headers and URIs across threads); mimalloc's thread-local free lists
-// handle that pattern far better.
+// mimalloc: see `idgate::alloc` for why, and for how it is called.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: idgate::alloc::Mimalloc = idgate::alloc::Mimalloc;
 
 /// Exit code for an invalid config (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;

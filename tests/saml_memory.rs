@@ -21,7 +21,7 @@ use saml_support::*;
 use support::*;
 
 #[global_allocator]
-static RUST_HEAP: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static RUST_HEAP: idgate::alloc::Mimalloc = idgate::alloc::Mimalloc;
 
 const IDP: &str = "https://idp.example.com/metadata";
 const ACS: &str = "http://127.0.0.1/_idgate/saml/acme/acs";
