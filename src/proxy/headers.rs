@@ -140,15 +140,20 @@ const FRAMING: [&str; 9] = [
 ];
 
 /// Bit `n` is set when some [`FRAMING`] name is `n` bytes long.
-const FRAMING_LENGTHS: u128 = {
+const FRAMING_LENGTHS: u128 = lengths_of(&FRAMING);
+
+/// Bit `n` is set when some name is `n` bytes long (names of 128 bytes or more share
+/// bit 127, as in [`length_bit`]): most header names are ruled out by one bit test.
+const fn lengths_of(names: &[&str]) -> u128 {
     let mut lengths = 0u128;
     let mut i = 0;
-    while i < FRAMING.len() {
-        lengths |= 1u128 << FRAMING[i].len();
+    while i < names.len() {
+        let len = names[i].len();
+        lengths |= 1u128 << if len < 127 { len } else { 127 };
         i += 1;
     }
     lengths
-};
+}
 
 /// Request header names that never reach the app, whoever sends them:
 /// `[access].strip_headers` in any spelling, and `_` spellings of framing and hop-by-hop
@@ -373,17 +378,8 @@ const CLIENT_ADDRESS_HEADERS: [&str; 12] = [
     "x-cluster-client-ip",
 ];
 
-/// Bit `n` is set when some [`CLIENT_ADDRESS_HEADERS`] name is `n` bytes long: most
-/// request headers are ruled out by one bit test.
-const CLIENT_ADDRESS_LENGTHS: u128 = {
-    let mut lengths = 0u128;
-    let mut i = 0;
-    while i < CLIENT_ADDRESS_HEADERS.len() {
-        lengths |= 1u128 << CLIENT_ADDRESS_HEADERS[i].len();
-        i += 1;
-    }
-    lengths
-};
+/// Bit `n` is set when some [`CLIENT_ADDRESS_HEADERS`] name is `n` bytes long.
+const CLIENT_ADDRESS_LENGTHS: u128 = lengths_of(&CLIENT_ADDRESS_HEADERS);
 
 /// The `X-Forwarded-*` fields idgate sets on a request. They travel beside the request's
 /// header map, as the identity headers do, and are written after it: inserting them
