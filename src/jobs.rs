@@ -220,31 +220,72 @@ pub fn spawn<H, F>(
     });
 }
 
-/// How [`under_lease`] ended short of running its work to the end.
+/// Why [`under_lease`] did not run its work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseLost {
-    /// Another holder has it (or had it: it lapsed while this one was cut off).
+    /// Another holder has it.
     Held,
     /// The store did not answer the claim.
     Store(String),
 }
 
+/// A lease as its holder knows it, for the work done under it (see [`under_lease`]) to
+/// ask before each step that must not overlap another holder's.
+pub struct Lease {
+    ttl: Duration,
+    /// When the store last confirmed the lease (a renewal's sending time, so never
+    /// later than the store's own clock started the new term), and whether it has
+    /// answered that the lease is someone else's.
+    state: Mutex<(Instant, bool)>,
+}
+
+impl Lease {
+    /// A lease of `ttl` per term, not yet claimed.
+    pub fn new(ttl: Duration) -> Lease {
+        Lease {
+            ttl,
+            state: Mutex::new((Instant::now(), true)),
+        }
+    }
+
+    /// Whether the lease stays this holder's for at least `needed` whatever happens
+    /// next: the store confirmed it less than `ttl - needed` ago and has never said it
+    /// is another's. A step that takes at most `needed` and starts only then ends
+    /// before anyone else can hold the lease, even if this holder is cut off from the
+    /// store meanwhile.
+    pub fn holds_for(&self, needed: Duration) -> bool {
+        let (confirmed, lost) = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+        !lost && confirmed.elapsed() + needed < self.ttl
+    }
+
+    fn confirmed(&self, at: Instant) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (at, false);
+    }
+
+    fn lost(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+    }
+}
+
 /// Runs `work` holding the lease `key` (an ephemeral value with a random holder token):
-/// `None` if the lease is another's. The lease is renewed every `renew_every` while
-/// `work` runs and lapses `ttl` after the last renewal, so a holder that dies holds it
-/// up for `ttl` at most, however long work may take. A holder that finds it lapsed
-/// (cut off from the store for `ttl`) drops `work` rather than carry on beside the next
-/// holder; a renewal the store does not answer is tried again. Released at the end.
+/// `Err` if the lease is another's. The lease is renewed every `renew_every` while
+/// `work` runs and lapses `lease`'s ttl after the last renewal, so a holder that dies
+/// holds it up for one ttl at most, however long the work may take. The work is never
+/// cut short from outside (a call half made is worse than one made or not made); it
+/// asks [`Lease::holds_for`] before each step that must not overlap another holder's,
+/// and so stops at the next step once the lease is lost or unconfirmed for too long.
+/// Released at the end if still held.
 pub async fn under_lease<F: Future>(
     store: &Store,
     key: &str,
-    ttl: Duration,
+    lease: &Lease,
     renew_every: Duration,
     work: F,
 ) -> Result<F::Output, LeaseLost> {
     let token = hex::encode(rand::random::<[u8; 8]>());
-    match store.put_once(key, &token, ttl).await {
-        Ok(true) => {}
+    let claimed_at = Instant::now();
+    match store.put_once(key, &token, lease.ttl).await {
+        Ok(true) => lease.confirmed(claimed_at),
         Ok(false) => return Err(LeaseLost::Held),
         Err(e) => return Err(LeaseLost::Store(e.to_string())),
     }
@@ -252,21 +293,24 @@ pub async fn under_lease<F: Future>(
     let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
     let outcome = loop {
         tokio::select! {
-            done = &mut work => break Ok(done),
-            _ = renew.tick() => match store.renew(key, &token, ttl).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(lease = key, "a lease lapsed while its work ran; dropping the work");
-                    break Err(LeaseLost::Held);
+            done = &mut work => break done,
+            _ = renew.tick() => {
+                let sent = Instant::now();
+                match store.renew(key, &token, lease.ttl).await {
+                    Ok(true) => lease.confirmed(sent),
+                    Ok(false) => {
+                        tracing::warn!(lease = key, "a lease lapsed while its work ran; the work stops at its next step");
+                        lease.lost();
+                    }
+                    Err(e) => tracing::warn!(lease = key, error = %e, "cannot renew a lease; it lapses if the store stays away"),
                 }
-                Err(e) => tracing::warn!(lease = key, error = %e, "cannot renew a lease; it lapses if the store stays away"),
-            },
+            }
         }
     };
     if let Err(e) = store.release(key, &token).await {
         tracing::warn!(lease = key, error = %e, "cannot release a lease; it lapses by itself");
     }
-    outcome
+    Ok(outcome)
 }
 
 #[cfg(test)]
@@ -290,34 +334,43 @@ mod tests {
     #[tokio::test]
     async fn a_lease_is_held_for_as_long_as_its_work_runs_and_freed_after() {
         let store = memory();
+        let lease = Lease::new(TTL);
         let work = async {
             // Three TTLs: held only because it is renewed.
             tokio::time::sleep(TTL * 3).await;
-            store.put_once("l", "other", TTL).await.unwrap()
+            (
+                store.put_once("l", "other", TTL).await.unwrap(),
+                lease.holds_for(TTL / 3),
+            )
         };
-        let other_got_it = under_lease(&store, "l", TTL, EVERY, work).await;
-        assert_eq!(other_got_it, Ok(false), "held through the work");
+        let r = under_lease(&store, "l", &lease, EVERY, work).await;
+        assert_eq!(
+            r,
+            Ok((false, true)),
+            "held through the work, and known to be"
+        );
         assert!(
             store.put_once("l", "other", TTL).await.unwrap(),
             "freed at the end"
         );
-        let again = under_lease(&store, "l", TTL, EVERY, async { 1 }).await;
+        let again = under_lease(&store, "l", &Lease::new(TTL), EVERY, async { 1 }).await;
         assert_eq!(again, Err(LeaseLost::Held), "another's lease is not taken");
     }
 
     #[tokio::test]
-    async fn work_whose_lease_was_taken_over_is_dropped() {
+    async fn work_whose_lease_was_taken_over_is_told_and_runs_to_its_end() {
         let store = memory();
+        let lease = Lease::new(TTL);
         let steal = async {
+            assert!(lease.holds_for(TTL / 3));
             // The holder's token is gone: as if the lease lapsed and another took it.
-            tokio::time::sleep(EVERY / 2).await;
             store.take("l").await.unwrap();
-            assert!(store.put_once("l", "thief", TTL).await.unwrap());
-            tokio::time::sleep(TTL * 3).await;
-            "finished"
+            assert!(store.put_once("l", "thief", TTL * 10).await.unwrap());
+            tokio::time::sleep(EVERY * 3).await;
+            lease.holds_for(Duration::ZERO)
         };
-        let r = under_lease(&store, "l", TTL, EVERY, steal).await;
-        assert_eq!(r, Err(LeaseLost::Held), "dropped at the next renewal");
+        let r = under_lease(&store, "l", &lease, EVERY, steal).await;
+        assert_eq!(r, Ok(false), "told at the next renewal, not cut short");
         assert_eq!(
             store.take("l").await.unwrap().as_deref(),
             Some("thief"),
@@ -325,10 +378,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_millis(1000));
-        assert_eq!(backoff(40), MAX_BACKOFF);
+    #[tokio::test]
+    async fn a_lease_the_store_stops_confirming_runs_out_for_its_holder() {
+        let lease = Lease::new(TTL);
+        lease.confirmed(Instant::now());
+        assert!(lease.holds_for(TTL / 2));
+        tokio::time::sleep(TTL / 2).await;
+        assert!(
+            !lease.holds_for(TTL / 2),
+            "a step this long could outlast it"
+        );
+        assert!(lease.holds_for(Duration::ZERO));
+        tokio::time::sleep(TTL / 2).await;
+        assert!(
+            !lease.holds_for(Duration::ZERO),
+            "lapsed, as the store would have it"
+        );
     }
 }

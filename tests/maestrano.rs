@@ -1448,7 +1448,10 @@ async fn billing_and_connec_jobs_survive_sigkill_mid_delivery() {
         ids.len() == 40
     })
     .await;
-    eventually("every company is billed", limit, || {
+    // The company whose bill was in flight waits for the dead replica's billing lock to
+    // lapse, then for the job's next retry.
+    let bill_limit = idgate::maestrano::worker::BILL_LOCK + idgate::jobs::MAX_BACKOFF;
+    eventually("every company is billed", bill_limit, || {
         let made = made.lock().unwrap();
         let billed: std::collections::HashSet<&String> = made.iter().collect();
         billed.len() == companies.len()

@@ -215,16 +215,16 @@ async fn ephemeral_values_are_claimed_once_taken_once_and_expire(store: &Store) 
 /// whose holder renews it: only the holder's token renews or releases it, so a holder
 /// that lost it (it expired and another took it) cannot extend or free the new one.
 async fn leases_are_renewed_and_released_only_by_their_holder(store: &Store) {
-    let short = Duration::from_millis(400);
+    let short = Duration::from_millis(1000);
     assert!(store.put_once("lease:a", "holder-1", short).await.unwrap());
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             store.renew("lease:a", "holder-1", short).await.unwrap(),
             "renewed by its holder"
         );
     }
-    // 800 ms after it was taken, it holds only because it was renewed.
+    // 1.2 s after it was taken, it holds only because it was renewed.
     assert!(
         !store.put_once("lease:a", "holder-2", short).await.unwrap(),
         "still held"
@@ -255,7 +255,7 @@ async fn leases_are_renewed_and_released_only_by_their_holder(store: &Store) {
         store.put_once("lease:a", "holder-2", short).await.unwrap(),
         "free again"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !store.renew("lease:a", "holder-2", short).await.unwrap(),
         "lapsed"

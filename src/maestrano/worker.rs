@@ -29,12 +29,16 @@ pub const CONNEC_QUEUE: &str = "maestrano-connec";
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from Maestrano or the app.
 pub const MAX_ANSWER: usize = 1 << 20;
-/// How long a company's billing lock outlives its last renewal: as long as a job's
-/// holder may go quiet before another replica takes the job over, so that a replica
-/// that died mid-reconciliation holds the company's billing up no longer than its jobs.
-pub const BILL_LOCK: Duration = crate::jobs::STALE_AFTER;
-/// How often the reconciling replica renews the billing lock (a reconciliation makes
-/// up to two calls of up to 2 x [`CALL_TIMEOUT`] each, longer than [`BILL_LOCK`]).
+/// The longest one call to Maestrano or the app can take: its answer's head, then its
+/// body, each within [`CALL_TIMEOUT`].
+const CALL_BUDGET: Duration = Duration::from_secs(2 * CALL_TIMEOUT.as_secs());
+/// How long a company's billing lock (a lease) outlives its last renewal: a call to
+/// Maestrano starts only while the lease is sure to outlast it (see
+/// [`crate::jobs::Lease::holds_for`]), so one whole call, and the renewals' spacing, fit
+/// in it. A replica that dies mid-reconciliation holds the company's billing up this
+/// long at most (it was a fixed two minutes).
+pub const BILL_LOCK: Duration = Duration::from_secs(CALL_BUDGET.as_secs() + 10);
+/// How often the reconciling replica renews the billing lock.
 const BILL_LOCK_RENEW: Duration = Duration::from_secs(2);
 
 /// The HTTP(S) client idgate calls Maestrano and the app with.
@@ -286,14 +290,13 @@ impl Worker {
         // One reconciliation per company at a time, across replicas: two at once would
         // both see "no bill" and both create one.
         let lock = format!("{{{tenant}}}:bill-lock:{group}");
-        let work = self.reconcile(m, &tenant, &group);
-        match crate::jobs::under_lease(&self.store, &lock, BILL_LOCK, BILL_LOCK_RENEW, work).await {
+        let lease = crate::jobs::Lease::new(BILL_LOCK);
+        let work = self.reconcile(m, &tenant, &group, &lease);
+        match crate::jobs::under_lease(&self.store, &lock, &lease, BILL_LOCK_RENEW, work).await {
             Ok(Ok(())) => Outcome::Done,
             Ok(Err(CallError(e))) if e.starts_with("refused:") => Outcome::Drop(e),
             Ok(Err(e)) => Outcome::Retry(e.0),
-            // Another replica may be reconciling this company (or took over when this
-            // one's lease lapsed): going on could bill it twice. What is left undone is
-            // read back from the recorded bill on the retry.
+            // Another replica is reconciling this company: going on could bill it twice.
             Err(LeaseLost::Held) => {
                 Outcome::Retry("another replica is billing this company".into())
             }
@@ -306,7 +309,20 @@ impl Worker {
         m: &MaestranoConfig,
         tenant: &str,
         group: &str,
+        lease: &crate::jobs::Lease,
     ) -> Result<(), CallError> {
+        // Before each call to Maestrano: once the lease may lapse before the call ends,
+        // another replica could be reconciling this company by then. What is left undone
+        // is read back from the recorded bill on the retry.
+        let still_held = || {
+            if lease.holds_for(CALL_BUDGET) {
+                Ok(())
+            } else {
+                Err(CallError(
+                    "the billing lock lapsed or may lapse mid-call".into(),
+                ))
+            }
+        };
         let store_err = |e: crate::store::StoreError| CallError(format!("store: {e}"));
         let key = bill_key(tenant, group);
         let recorded: Option<BillRecord> = self
@@ -356,6 +372,7 @@ impl Worker {
             if units > 0 {
                 let b = &m.billing;
                 let price = b.price_cents.saturating_mul(units);
+                still_held()?;
                 let (status, reply) = self
                     .api(
                         m,
@@ -405,6 +422,11 @@ impl Worker {
         let mut failed = None;
         let mut still = Vec::new();
         for id in std::mem::take(&mut rec.cancel) {
+            if let Err(e) = still_held() {
+                failed = Some(e.0);
+                still.push(id);
+                continue;
+            }
             match self
                 .api(
                     m,
