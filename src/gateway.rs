@@ -1466,9 +1466,6 @@ fn check_request_head<B>(req: &Request<B>) -> Result<(), (StatusCode, &'static s
     Ok(())
 }
 
-/// `host[:port]` (RFC 9110 §7.2): a DNS name or IPv4 address, or an IPv6 literal in
-/// brackets, then an optional decimal port up to 65535. No user info, path, list or
-/// percent-encoding: whatever the app or a log reads in `Host` must be one host.
 /// The bytes of a DNS name or IPv4 address in `Host`: letters, digits, `-`, `.`, `_`. A
 /// table, since every request's `Host` is checked byte by byte.
 const HOST_NAME_BYTES: [bool; 256] = {
@@ -1482,6 +1479,9 @@ const HOST_NAME_BYTES: [bool; 256] = {
     table
 };
 
+/// `host[:port]` (RFC 9110 §7.2): a DNS name or IPv4 address, or an IPv6 literal in
+/// brackets, then an optional decimal port up to 65535. No user info, path, list or
+/// percent-encoding: whatever the app or a log reads in `Host` must be one host.
 fn is_host_port(v: &[u8]) -> bool {
     let (host_ok, port) = if let Some(rest) = v.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&b| b == b']') else {
