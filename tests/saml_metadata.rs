@@ -400,6 +400,23 @@ async fn a_replica_started_while_the_url_is_down_uses_the_stored_copy() {
         page.text()
     );
     assert_eq!(login_signed_by(&alone, &idp).await, 503);
+    // The SP's own metadata needs nothing from the IdP, and an IdP admin often needs it
+    // first (to create the application whose metadata URL idgate is then given).
+    let sp_metadata = get(
+        &format!("http://{}/_idgate/saml/acme/metadata", alone.public_addr()),
+        &[],
+    )
+    .await;
+    assert_eq!(sp_metadata.status, 200, "{}", sp_metadata.text());
+    assert_eq!(
+        sp_metadata.headers["content-type"],
+        "application/samlmetadata+xml"
+    );
+    let text = sp_metadata.text();
+    assert!(text.contains(&format!("entityID=\"{SP}\"")), "{text}");
+    assert!(text.contains(&format!("Location=\"{ACS}\"")), "{text}");
+    // Rendered once per configuration: a validUntil would go stale while it is served.
+    assert!(!text.contains("validUntil"), "{text}");
 
     // When the IdP comes back, so do logins.
     server.serve(200, metadata(&[&idp], ""));

@@ -167,10 +167,6 @@ pub struct SamlTenant {
     decryption: Option<decrypt::DecryptionKeys>,
     /// `sp_certificate`, PEM, for SP metadata.
     sp_certificate: Option<String>,
-    /// Whether that certificate's key is RSA, the only kind the supported key transports
-    /// (RSA-OAEP) can encrypt to: an EC key is published for signing only, so that no
-    /// IdP is invited to encrypt to a key it cannot use.
-    sp_key_encrypts: bool,
     require_encrypted: bool,
     /// `sign_requests`: the SP key and its signature algorithm for HTTP-Redirect
     /// AuthnRequests.
@@ -209,6 +205,94 @@ fn cert_base64(pem: &str) -> String {
         .filter(|l| !l.starts_with("-----"))
         .map(str::trim)
         .collect()
+}
+
+/// A tenant's SP metadata, from its configuration alone: nothing in it comes from the
+/// IdP, so it is published even while the IdP's metadata is still being fetched (an IdP
+/// admin often needs it first, to create the application idgate is then pointed at).
+/// No `validUntil`: the document only changes with the configuration.
+pub fn sp_metadata_xml(tenant: &TenantConfig, acs_url: &str) -> Result<String, String> {
+    use samael::metadata::{Endpoint, IndexedEndpoint, SpSsoDescriptor};
+    let saml = &tenant.saml;
+    let descriptor =
+        |pem: &str, key_use: &str, methods: Option<Vec<EncryptionMethod>>| KeyDescriptor {
+            key_use: Some(key_use.into()),
+            key_info: samael::key_info::KeyInfo {
+                id: None,
+                x509_data: Some(samael::key_info::X509Data {
+                    certificates: vec![cert_base64(pem)],
+                }),
+            },
+            encryption_methods: methods,
+        };
+    let key_descriptors = saml.sp_key.as_ref().map(|k| {
+        let mut descriptors = vec![descriptor(&k.certificate, "signing", None)];
+        // Only an RSA key can be encrypted to with the supported key transports
+        // (RSA-OAEP): an EC key is published for signing only, so that no IdP is
+        // invited to encrypt to a key it cannot use.
+        let encrypts = openssl::x509::X509::from_pem(k.certificate.as_bytes())
+            .and_then(|x| x.public_key())
+            .is_ok_and(|p| p.id() == openssl::pkey::Id::RSA);
+        if encrypts {
+            // GCM first: an IdP picks the first method it supports, and CBC is
+            // malleable.
+            let methods = decrypt::CONTENT_ALGORITHMS
+                .iter()
+                .chain(decrypt::KEY_TRANSPORT_ALGORITHMS.iter())
+                .map(|a| EncryptionMethod {
+                    algorithm: (*a).to_owned(),
+                })
+                .collect();
+            descriptors.push(descriptor(&k.certificate, "encryption", Some(methods)));
+        }
+        descriptors
+    });
+    let slo_endpoint = format!("{}/_idgate/saml/{}/slo", public_root(acs_url), tenant.id);
+    let sp = SpSsoDescriptor {
+        protocol_support_enumeration: Some("urn:oasis:names:tc:SAML:2.0:protocol".into()),
+        key_descriptors,
+        // Single Logout is offered only with a key to sign its messages with.
+        single_logout_services: saml.sp_key.as_ref().map(|_| {
+            [
+                (HTTP_REDIRECT, slo_endpoint.clone()),
+                (HTTP_POST, slo_endpoint.clone()),
+                (SOAP, format!("{slo_endpoint}/soap")),
+            ]
+            .into_iter()
+            .map(|(binding, location)| Endpoint {
+                binding: binding.into(),
+                location,
+                response_location: None,
+            })
+            .collect()
+        }),
+        name_id_formats: Some(
+            [
+                "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+                "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
+                "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        authn_requests_signed: Some(saml.sp_key.is_some() && saml.sign_requests),
+        want_assertions_signed: Some(saml.want_assertions_signed),
+        assertion_consumer_services: vec![IndexedEndpoint {
+            binding: HTTP_POST.into(),
+            location: acs_url.to_owned(),
+            response_location: None,
+            index: 0,
+            is_default: None,
+        }],
+        ..SpSsoDescriptor::default()
+    };
+    EntityDescriptor {
+        entity_id: Some(saml.sp_entity_id.clone()),
+        sp_sso_descriptors: Some(vec![sp]),
+        ..EntityDescriptor::default()
+    }
+    .to_string()
+    .map_err(|e| e.to_string())
 }
 
 impl SamlTenant {
@@ -382,11 +466,6 @@ impl SamlTenant {
             allowed_algorithms,
             decryption,
             sp_certificate: saml.sp_key.as_ref().map(|k| k.certificate.clone()),
-            sp_key_encrypts: saml.sp_key.as_ref().is_some_and(|k| {
-                openssl::x509::X509::from_pem(k.certificate.as_bytes())
-                    .and_then(|x| x.public_key())
-                    .is_ok_and(|p| p.id() == openssl::pkey::Id::RSA)
-            }),
             require_encrypted: saml.require_encrypted_assertions,
             request_signer: match (&saml.sp_key, saml.sign_requests) {
                 (Some(k), true) => Some(RedirectSigner::from_pem(k.key.expose())?),
@@ -414,68 +493,6 @@ impl SamlTenant {
     /// Tenant id.
     pub fn tenant(&self) -> &str {
         &self.tenant
-    }
-
-    /// SP metadata XML.
-    pub fn metadata_xml(&self) -> Result<String, String> {
-        let mut md = self.sp.metadata().map_err(|e| e.to_string())?;
-        md.valid_until = None;
-        if let Some(sp) = md.sp_sso_descriptors.as_mut().and_then(|v| v.first_mut()) {
-            if let Some(pem) = &self.sp_certificate {
-                let descriptor =
-                    |key_use: &str, methods: Option<Vec<EncryptionMethod>>| KeyDescriptor {
-                        key_use: Some(key_use.into()),
-                        key_info: samael::key_info::KeyInfo {
-                            id: None,
-                            x509_data: Some(samael::key_info::X509Data {
-                                certificates: vec![cert_base64(pem)],
-                            }),
-                        },
-                        encryption_methods: methods,
-                    };
-                // GCM first: an IdP picks the first method it supports, and CBC is
-                // malleable.
-                let methods = decrypt::CONTENT_ALGORITHMS
-                    .iter()
-                    .chain(decrypt::KEY_TRANSPORT_ALGORITHMS.iter())
-                    .map(|a| EncryptionMethod {
-                        algorithm: (*a).to_owned(),
-                    })
-                    .collect();
-                let mut descriptors = vec![descriptor("signing", None)];
-                if self.sp_key_encrypts {
-                    descriptors.push(descriptor("encryption", Some(methods)));
-                }
-                sp.key_descriptors = Some(descriptors);
-            }
-            sp.want_assertions_signed = Some(self.want_assertions_signed);
-            sp.authn_requests_signed = Some(self.request_signer.is_some());
-            // Single Logout is offered only with a key to sign its messages with.
-            sp.single_logout_services = self.logout_signer.as_ref().map(|_| {
-                [
-                    (HTTP_REDIRECT, self.slo_endpoint.clone()),
-                    (HTTP_POST, self.slo_endpoint.clone()),
-                    (SOAP, format!("{}/soap", self.slo_endpoint)),
-                ]
-                .into_iter()
-                .map(|(binding, location)| samael::metadata::Endpoint {
-                    binding: binding.into(),
-                    location,
-                    response_location: None,
-                })
-                .collect()
-            });
-            sp.name_id_formats = Some(
-                [
-                    "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
-                    "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
-                    "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified",
-                ]
-                .map(String::from)
-                .to_vec(),
-            );
-        }
-        md.to_string().map_err(|e| e.to_string())
     }
 
     /// Starts an SP-initiated login: returns the IdP redirect URL and a nonce for the

@@ -112,6 +112,16 @@ impl SamlRoutes {
         let html = response::accepts_html(req.headers());
         let rest = &path["/_idgate/saml/".len()..];
         let (tenant, action) = rest.split_once('/').unwrap_or((rest, ""));
+        if (req.method(), action) == (&Method::GET, "metadata")
+            && let Some(xml) = ctx.tenancy.sp_metadata(tenant)
+        {
+            let mut resp = Response::new(response::full(xml));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/samlmetadata+xml"),
+            );
+            return resp;
+        }
         let sp = match ctx.tenancy.sp(tenant) {
             Some(SpState::Ready(sp)) => sp,
             Some(SpState::Pending) => return metadata_pending(ctx, tenant, html),
@@ -127,26 +137,6 @@ impl SamlRoutes {
         };
         let sp = &*sp;
         match (req.method(), action) {
-            (&Method::GET, "metadata") => match sp.metadata_xml() {
-                Ok(xml) => {
-                    let mut resp = Response::new(response::full(xml));
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/samlmetadata+xml"),
-                    );
-                    resp
-                }
-                Err(e) => {
-                    tracing::error!(request_id, tenant, error = %e, "cannot render SP metadata");
-                    response::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        html,
-                        "internal",
-                        "Metadata unavailable.",
-                        request_id,
-                    )
-                }
-            },
             (&Method::GET, "login") => self.login(ctx, sp, req, html).await,
             (&Method::POST, "acs") => self.acs(ctx, sp, req).await,
             (&Method::GET | &Method::POST, "slo") => self.slo(ctx, sp, req, html).await,

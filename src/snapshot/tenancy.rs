@@ -23,6 +23,8 @@ pub struct Tenancy {
     /// Tenant id → `after_logout_url`, where the browser lands after a logout.
     pub after_logout: HashMap<String, String>,
     saml: HashMap<String, SpSource>,
+    /// Tenant id → its SP metadata, rendered once: it depends on the config alone.
+    sp_metadata: HashMap<String, bytes::Bytes>,
     provisioning: HashMap<String, ProvisioningConfig>,
     pub(crate) scim: crate::scim::Scim,
     maestrano: crate::maestrano::Maestrano,
@@ -69,7 +71,11 @@ impl Tenancy {
         slots: &Slots,
     ) -> Result<Tenancy, (String, String)> {
         let mut saml = HashMap::new();
+        let mut sp_metadata = HashMap::new();
         for t in &config.tenants {
+            let xml = crate::saml::sp_metadata_xml(t, &config.acs_url(t))
+                .map_err(|e| (t.id.clone(), format!("cannot render SP metadata: {e}")))?;
+            sp_metadata.insert(t.id.clone(), bytes::Bytes::from(xml));
             let sp = match (&t.saml.idp, slots.get(&t.id)) {
                 (IdpSource::Url(_), Some(slot)) => SpSource::Fetched(slot.clone()),
                 (IdpSource::Url(_), None) => {
@@ -106,6 +112,7 @@ impl Tenancy {
                 .filter_map(|t| Some((t.id.clone(), t.saml.after_logout_url.clone()?)))
                 .collect(),
             saml,
+            sp_metadata,
             provisioning: config
                 .tenants
                 .iter()
@@ -145,6 +152,12 @@ impl Tenancy {
                 None => SpState::Pending,
             },
         })
+    }
+
+    /// `tenant`'s SP metadata XML, if there is such a tenant: available whether or not
+    /// its IdP's metadata has been had.
+    pub fn sp_metadata(&self, tenant: &str) -> Option<bytes::Bytes> {
+        self.sp_metadata.get(tenant).cloned()
     }
 
     /// `tenant`'s provisioning rules, which a login goes through.
