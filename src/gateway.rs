@@ -414,11 +414,13 @@ impl Gateway {
             {
                 let host = host_of(&req);
                 let gate_span = gate_span("bearer");
-                let verdict = crate::telemetry::traced(
+                // Boxed: checking a token holds kilobytes of state, which every request's
+                // future would otherwise carry (and copy) for this one path.
+                let verdict = Box::pin(crate::telemetry::traced(
                     self.sessions
                         .gate_bearer(snap, token, |tenant| tn.serves(host, tenant)),
                     &gate_span,
-                )
+                ))
                 .await;
                 if !gate_span.is_none() {
                     trace_bearer_gate(&gate_span, &verdict);
