@@ -94,19 +94,32 @@ struct Claims<'a> {
 }
 
 /// The comma-separated group list within [`defaults::GROUPS_MAX_BYTES`], cut at a
-/// whole id, and how many ids it kept.
+/// whole id, and how many ids it kept. A `,` inside an id is written `%2C` (and `%`
+/// itself `%25`), so that splitting on commas gives back exactly the ids: IdPs send group
+/// names as ids ("Sales, EMEA"), and one id must never read as two.
 fn bounded_groups(groups: &[String]) -> (String, usize) {
     let mut out = String::new();
     let mut kept = 0;
     for g in groups {
-        let extra = g.len() + usize::from(kept > 0);
+        let escapes = g.bytes().filter(|b| matches!(b, b',' | b'%')).count();
+        let extra = g.len() + 2 * escapes + usize::from(kept > 0);
         if out.len() + extra > defaults::GROUPS_MAX_BYTES {
             break;
         }
         if kept > 0 {
             out.push(',');
         }
-        out.push_str(g);
+        if escapes == 0 {
+            out.push_str(g);
+        } else {
+            for c in g.chars() {
+                match c {
+                    ',' => out.push_str("%2C"),
+                    '%' => out.push_str("%25"),
+                    c => out.push(c),
+                }
+            }
+        }
         kept += 1;
     }
     (out, kept)
@@ -540,6 +553,41 @@ mod tests {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(claim, kept);
+    }
+
+    #[test]
+    fn a_comma_inside_a_group_id_cannot_split_it_in_the_groups_header() {
+        // An IdP may send group names ("Sales, EMEA"): split on commas as documented,
+        // the header must still give back exactly the ids, never an extra one.
+        let config = crate::config::Config::from_toml("", std::path::Path::new("/")).unwrap();
+        let signer = Signer::new(&config.identity);
+        let keys = SignerKeys::new(&config.identity, true, None).unwrap();
+        let mut id = identity("u-1", "Ada");
+        id.group_id = "Sales, EMEA".into();
+        id.groups = Identity::group_list(&id.group_id, ["admins", "100%", "a%2Cb"]);
+        let h = signer
+            .headers(&keys, &id, NameOrder::GivenFamily, 1_000)
+            .unwrap();
+        let value = h
+            .headers
+            .iter()
+            .find(|(n, _)| n == "x-idgate-groups")
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+            .unwrap();
+        assert_eq!(value, "Sales%2C EMEA,100%25,a%252Cb,admins");
+        let decoded: Vec<String> = value
+            .split(',')
+            .map(|g| {
+                percent_encoding::percent_decode_str(g)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(decoded, id.groups);
+        // The group-id header and the JWT carry the id as it is.
+        let group = h.headers.iter().find(|(n, _)| n == "x-idgate-group-id");
+        assert_eq!(group.unwrap().1, "Sales, EMEA");
     }
 
     #[test]
