@@ -997,22 +997,25 @@ impl EphemeralStore for RedisStore {
     }
 
     async fn renew(&self, key: &str, value: &str, ttl: Duration) -> StoreResult<bool> {
-        let n: i64 = scripts()
-            .lease
-            .key(format!("{}:eph:{key}", self.prefix))
-            .arg(value)
-            .arg(ttl_ms(ttl))
-            .invoke_async(&mut self.active().await?)
-            .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
+        self.lease(key, value, Some(ttl)).await
     }
 
     async fn release(&self, key: &str, value: &str) -> StoreResult<bool> {
-        let n: i64 = scripts()
-            .lease
-            .key(format!("{}:eph:{key}", self.prefix))
-            .arg(value)
+        self.lease(key, value, None).await
+    }
+}
+
+impl RedisStore {
+    /// The lease script on `key` held with `value`: renewed for `ttl`, or released
+    /// without one. True when `value` still held it.
+    async fn lease(&self, key: &str, value: &str, ttl: Option<Duration>) -> StoreResult<bool> {
+        let script = &scripts().lease;
+        let mut call = script.key(format!("{}:eph:{key}", self.prefix));
+        call.arg(value);
+        if let Some(ttl) = ttl {
+            call.arg(ttl_ms(ttl));
+        }
+        let n: i64 = call
             .invoke_async(&mut self.active().await?)
             .await
             .map_err(unavailable)?;
