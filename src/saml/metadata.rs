@@ -243,6 +243,10 @@ pub type Slot = Arc<SlotState>;
 #[derive(Default)]
 pub struct SlotState {
     sp: ArcSwapOption<SamlTenant>,
+    /// The SP metadata of the configuration the refresher builds `sp` from (the one
+    /// the process started with: a reload does not change a URL tenant's SP), so that
+    /// what is published always matches the keys and entity id in use.
+    sp_metadata: Option<bytes::Bytes>,
     /// Unix seconds of the last good fetch (or load of the stored copy); 0: never.
     refreshed_at: std::sync::atomic::AtomicI64,
     /// Whether the last refresh failed while an older copy is in use.
@@ -261,6 +265,11 @@ pub enum Freshness {
 }
 
 impl SlotState {
+    /// The SP metadata of the configuration this slot's SP is built from.
+    pub fn sp_metadata(&self) -> Option<&bytes::Bytes> {
+        self.sp_metadata.as_ref()
+    }
+
     /// The SP built from the metadata in use, if any.
     pub fn load_full(&self) -> Option<Arc<SamlTenant>> {
         self.sp.load_full()
@@ -301,7 +310,15 @@ impl Slots {
                 .tenants
                 .iter()
                 .filter(|t| matches!(t.saml.idp, IdpSource::Url(_)))
-                .map(|t| (t.id.clone(), Slot::default()))
+                .map(|t| {
+                    let slot = SlotState {
+                        sp_metadata: crate::saml::sp_metadata_xml(t, &config.acs_url(t))
+                            .ok()
+                            .map(bytes::Bytes::from),
+                        ..SlotState::default()
+                    };
+                    (t.id.clone(), Arc::new(slot))
+                })
                 .collect(),
         ))
     }

@@ -73,9 +73,15 @@ impl Tenancy {
         let mut saml = HashMap::new();
         let mut sp_metadata = HashMap::new();
         for t in &config.tenants {
-            let xml = crate::saml::sp_metadata_xml(t, &config.acs_url(t))
-                .map_err(|e| (t.id.clone(), format!("cannot render SP metadata: {e}")))?;
-            sp_metadata.insert(t.id.clone(), bytes::Bytes::from(xml));
+            // A URL tenant's SP is built from the configuration the process started
+            // with (see `saml::metadata::Refresher`): its metadata comes from there too.
+            let xml = match (&t.saml.idp, slots.get(&t.id).and_then(|s| s.sp_metadata())) {
+                (IdpSource::Url(_), Some(xml)) => xml.clone(),
+                _ => crate::saml::sp_metadata_xml(t, &config.acs_url(t))
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| (t.id.clone(), format!("cannot render SP metadata: {e}")))?,
+            };
+            sp_metadata.insert(t.id.clone(), xml);
             let sp = match (&t.saml.idp, slots.get(&t.id)) {
                 (IdpSource::Url(_), Some(slot)) => SpSource::Fetched(slot.clone()),
                 (IdpSource::Url(_), None) => {
@@ -230,5 +236,40 @@ impl Tenancy {
             })
             .or(self.default_tenant.as_ref())
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_url_tenant_publishes_the_metadata_of_the_config_its_sp_is_built_from() {
+        let config = |entity: &str| {
+            let text = format!(
+                "[[tenants]]\nid = \"acme\"\n[tenants.saml]\n\
+                 idp_metadata_url = \"http://127.0.0.1:9/metadata\"\nsp_entity_id = \"{entity}\"\n"
+            );
+            Config::from_toml(&text, std::path::Path::new("/")).unwrap()
+        };
+        let started = config("https://sp.example/started");
+        let slots = Slots::new(&started);
+        let store = crate::store::Store::open(&started.store).unwrap();
+        let directory = Directory::new(store);
+        let failures = Failures::new();
+        // A reload changes the entity id, but the URL tenant's SP keeps the one it was
+        // started with (its refresher builds it from that config): so does its metadata,
+        // or an IdP reading it would send assertions for an audience nobody checks.
+        let reloaded = config("https://sp.example/reloaded");
+        let tenancy = Tenancy::build(&reloaded, &directory, &failures, &slots)
+            .unwrap_or_else(|(t, e)| panic!("{t}: {e}"));
+        let xml = tenancy.sp_metadata("acme").unwrap();
+        let xml = std::str::from_utf8(&xml).unwrap();
+        assert!(
+            xml.contains("entityID=\"https://sp.example/started\""),
+            "{xml}"
+        );
+        assert!(!xml.contains("reloaded"), "{xml}");
+        assert!(tenancy.sp_metadata("other").is_none());
     }
 }
