@@ -200,6 +200,12 @@ fn public_root(acs_url: &str) -> &str {
         .unwrap_or(acs_url)
 }
 
+/// A tenant's own SLO endpoint: what SP metadata publishes and what logout messages to
+/// this SP must name as their Destination.
+fn slo_endpoint(acs_url: &str, tenant: &str) -> String {
+    format!("{}/_idgate/saml/{tenant}/slo", public_root(acs_url))
+}
+
 fn cert_base64(pem: &str) -> String {
     pem.lines()
         .filter(|l| !l.starts_with("-----"))
@@ -247,7 +253,7 @@ pub fn sp_metadata_xml(tenant: &TenantConfig, acs_url: &str) -> Result<String, S
         }
         descriptors
     });
-    let slo_endpoint = format!("{}/_idgate/saml/{}/slo", public_root(acs_url), tenant.id);
+    let slo_endpoint = slo_endpoint(acs_url, &tenant.id);
     let sp = SpSsoDescriptor {
         protocol_support_enumeration: Some("urn:oasis:names:tc:SAML:2.0:protocol".into()),
         key_descriptors,
@@ -478,7 +484,7 @@ impl SamlTenant {
                 .transpose()?,
             idp_slo_url,
             idp_slo_response_url,
-            slo_endpoint: format!("{}/_idgate/saml/{}/slo", public_root(&acs_url), tenant.id),
+            slo_endpoint: slo_endpoint(&acs_url, &tenant.id),
             sso_url,
             acs_url,
             entity_id: saml.sp_entity_id.clone(),

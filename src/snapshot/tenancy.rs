@@ -73,27 +73,32 @@ impl Tenancy {
         let mut saml = HashMap::new();
         let mut sp_metadata = HashMap::new();
         for t in &config.tenants {
-            // A URL tenant's SP is built from the configuration the process started
-            // with (see `saml::metadata::Refresher`): its metadata comes from there too.
-            let xml = match (&t.saml.idp, slots.get(&t.id).and_then(|s| s.sp_metadata())) {
-                (IdpSource::Url(_), Some(xml)) => xml.clone(),
-                _ => crate::saml::sp_metadata_xml(t, &config.acs_url(t))
-                    .map(bytes::Bytes::from)
-                    .map_err(|e| (t.id.clone(), format!("cannot render SP metadata: {e}")))?,
-            };
-            sp_metadata.insert(t.id.clone(), xml);
-            let sp = match (&t.saml.idp, slots.get(&t.id)) {
-                (IdpSource::Url(_), Some(slot)) => SpSource::Fetched(slot.clone()),
+            let (sp, started_with) = match (&t.saml.idp, slots.get(&t.id)) {
+                // A URL tenant's SP is built from the configuration the process started
+                // with (see `saml::metadata::Refresher`): its metadata comes from there.
+                (IdpSource::Url(_), Some(slot)) => {
+                    (SpSource::Fetched(slot.clone()), slot.sp_metadata().cloned())
+                }
                 (IdpSource::Url(_), None) => {
                     return Err((
                         t.id.clone(),
                         "idp_metadata_url is supported only for tenants of the config file".into(),
                     ));
                 }
-                _ => SpSource::Fixed(Arc::new(
-                    SamlTenant::new(t, config.acs_url(t)).map_err(|e| (t.id.clone(), e))?,
-                )),
+                _ => (
+                    SpSource::Fixed(Arc::new(
+                        SamlTenant::new(t, config.acs_url(t)).map_err(|e| (t.id.clone(), e))?,
+                    )),
+                    None,
+                ),
             };
+            let xml = match started_with {
+                Some(xml) => xml,
+                None => crate::saml::sp_metadata_xml(t, &config.acs_url(t))
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| (t.id.clone(), format!("cannot render SP metadata: {e}")))?,
+            };
+            sp_metadata.insert(t.id.clone(), xml);
             saml.insert(t.id.clone(), sp);
         }
         let mut hosts = HashMap::new();
